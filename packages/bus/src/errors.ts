@@ -1,0 +1,46 @@
+import { PluglineError } from '@plugline/contracts';
+
+/** A feature was requested that the connected nats-server does not have (or would ignore). */
+export class UnsupportedFeatureError extends PluglineError {
+  override name = 'UnsupportedFeatureError';
+  constructor(
+    readonly feature: string,
+    readonly requiredVersion: string,
+    readonly serverVersion: string,
+    options?: ErrorOptions,
+  ) {
+    super(
+      'UnsupportedFeature',
+      `${feature} needs nats-server ${requiredVersion} or newer; the server is ${serverVersion}` +
+        ' (Plugline uses only nats-server 2.9 features; newer ones are optional and detected)',
+      options,
+    );
+  }
+}
+
+/** The bus is shutting down or closed; a publish was given up. */
+export class BusClosedError extends PluglineError {
+  override name = 'BusClosedError';
+  constructor(message: string, options?: ErrorOptions) {
+    super('BusClosed', message, options);
+  }
+}
+
+/** The unit's lease was taken over by another worker while this one still worked on it. */
+export class LeaseLostError extends PluglineError {
+  override name = 'LeaseLostError';
+  constructor(
+    readonly key: string,
+    options?: ErrorOptions,
+  ) {
+    super('LeaseLost', `lost the lease on ${key}`, options);
+  }
+}
+
+/** The machine did not settle (invoked actors still running) within the settle timeout. */
+export class SettleTimeoutError extends PluglineError {
+  override name = 'SettleTimeoutError';
+  constructor(message: string, options?: ErrorOptions) {
+    super('SettleTimeout', message, options);
+  }
+}

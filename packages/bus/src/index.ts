@@ -1,0 +1,84 @@
+export { connectBus } from './connection.js';
+export type { Bus, BusOptions } from './connection.js';
+
+export {
+  ServerFeature,
+  FEATURE_MIN_VERSION,
+  parseServerVersion,
+  compareVersions,
+  supportsFeature,
+  requireFeatures,
+  checkStreamConfig,
+  checkConsumerConfig,
+} from './version.js';
+export type { ServerVersion } from './version.js';
+
+export {
+  UnsupportedFeatureError,
+  BusClosedError,
+  LeaseLostError,
+  SettleTimeoutError,
+} from './errors.js';
+
+export {
+  StreamName,
+  STREAM_SUBJECTS,
+  durableName,
+  snapshotBucket,
+  leaseBucket,
+  kvKey,
+} from './names.js';
+
+export {
+  provision,
+  ensureStreams,
+  ensureConsumer,
+  ensureStageBuckets,
+  consumerConfig,
+} from './provision.js';
+export type {
+  ProvisionOptions,
+  StreamOptions,
+  ConsumerOptions,
+  StageBuckets,
+} from './provision.js';
+
+export { Publisher, abortableDelay } from './publish.js';
+export type { PublishRetryOptions, RawPublish, PublishKind } from './publish.js';
+
+export { LeaseManager } from './lease.js';
+export type { Lease, LeaseResult } from './lease.js';
+
+export { fact, nextWork } from './outbox.js';
+export type { FactSpec, WorkSpec, StageEmitted, OutboxEntry } from './outbox.js';
+
+export { runStage, defaultDisposition, isSettled, StageTag } from './runtime.js';
+export type {
+  StageOptions,
+  StageRunner,
+  StageContext,
+  WorkEvent,
+  Disposition,
+  Delivery,
+} from './runtime.js';
+
+export {
+  envText,
+  envRequired,
+  envInteger,
+  envBoolean,
+  envOneOf,
+  envAbsolutePath,
+  envLogLevel,
+  envNatsUrls,
+  absolutePath,
+  serviceBaseDefaults,
+  parseServiceBaseConfig,
+  parseLeaseTtlMs,
+  DEFAULT_LEASE_TTL_MS,
+  parseNodeConfig,
+} from './service-config.js';
+export type { Env, ServiceBaseConfig, NodeConfig } from './service-config.js';
+
+export { runServiceMain } from './service-main.js';
+export type { RunningService, ServiceMainOptions } from './service-main.js';

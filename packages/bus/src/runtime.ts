@@ -1,0 +1,810 @@
+import { randomUUID } from 'node:crypto';
+import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
+import type { KV } from '@nats-io/kv';
+import {
+  asError,
+  deadLetterSubject,
+  decodeWorkItem,
+  EventType,
+  MalformedMessageError,
+  TerminalError,
+  workSubject,
+  type ParseResult,
+  type Stage,
+  type WorkItem,
+} from '@plugline/contracts';
+import {
+  childLogger,
+  createMetrics,
+  extractTrace,
+  Outcome,
+  withSpan,
+  type Logger,
+  type PluglineMetrics,
+} from '@plugline/telemetry';
+import {
+  createActor,
+  type AnyActorRef,
+  type AnyMachineSnapshot,
+  type AnyStateMachine,
+  type EventFromLogic,
+  type InputFrom,
+} from 'xstate';
+import type { Bus } from './connection.js';
+import { LeaseLostError, SettleTimeoutError } from './errors.js';
+import { isCasFailure, LeaseManager } from './lease.js';
+import { durableName, kvKey, StreamName } from './names.js';
+import { ServerFeature, supportsFeature } from './version.js';
+import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
+import { ensureStageBuckets } from './provision.js';
+import { Publisher } from './publish.js';
+
+/**
+ * Context fields the default disposition reads. A stage machine's context may extend this.
+ * `wakeAt` is the deadline (epoch ms) of a `waiting` or `retry` state: timers live in context,
+ * not in XState `after` delays, so they survive a restart.
+ */
+export interface StageContext {
+  wakeAt?: number | undefined;
+  failure?: { reason: string; message: string } | undefined;
+}
+
+/** The event the runtime sends for each work message (unless `toEvent` maps it differently). */
+export interface WorkEvent {
+  type: 'work';
+  item: WorkItem;
+  /** JetStream delivery count (1 on first delivery). */
+  attempt: number;
+  /** Epoch ms when this delivery was received; compare with `wakeAt` deadlines. */
+  receivedAt: number;
+  /** What `load` returned, when the stage gave one. */
+  observed?: unknown;
+}
+
+/** What becomes of a work message once the machine has settled. */
+export type Disposition =
+  /** `ack` */
+  | { kind: 'done' }
+  /** `nak(delayMs)`: a precondition is not met yet; not an error. */
+  | { kind: 'waiting'; delayMs: number }
+  /** `nak(delayMs ?? backoff)`: transient failure. */
+  | { kind: 'retry'; delayMs?: number; error?: Error }
+  /** `term(reason)` + a `failed` event (unless the machine emitted one). */
+  | { kind: 'terminal'; reason: string; message: string };
+
+/** Tags a stage machine puts on its states to tell the runtime what a resting state means. */
+export const StageTag = {
+  /** Rest here and re-deliver at `context.wakeAt` (default: `waitingDelayMs`). */
+  Waiting: 'waiting',
+  /** A transient failure: re-deliver at `context.wakeAt` or with the runtime's backoff. */
+  Retry: 'retry',
+  /** Given up: `term` and a `failed` event with `context.failure`. */
+  Failed: 'failed',
+  /** Treat as settled even while invoked actors run (they are stopped). */
+  Settled: 'settled',
+} as const;
+export type StageTag = (typeof StageTag)[keyof typeof StageTag];
+
+/**
+ * The default reading of a settled snapshot: `failed` tag → terminal, `retry` tag → retry,
+ * `waiting` tag → waiting until `context.wakeAt`, anything else (including a final state) → done.
+ */
+export function defaultDisposition(
+  snapshot: AnyMachineSnapshot,
+  now: number,
+  waitingDelayMs = 1000,
+): Disposition {
+  const context = (snapshot.context ?? {}) as StageContext;
+  const untilWake = context.wakeAt === undefined ? undefined : Math.max(0, context.wakeAt - now);
+  if (snapshot.hasTag(StageTag.Failed)) {
+    return {
+      kind: 'terminal',
+      reason: context.failure?.reason ?? 'Failed',
+      message: context.failure?.message ?? 'the stage gave up',
+    };
+  }
+  if (snapshot.hasTag(StageTag.Retry)) {
+    return untilWake === undefined ? { kind: 'retry' } : { kind: 'retry', delayMs: untilWake };
+  }
+  if (snapshot.hasTag(StageTag.Waiting)) {
+    return { kind: 'waiting', delayMs: untilWake ?? waitingDelayMs };
+  }
+  return { kind: 'done' };
+}
+
+/** True when nothing is left to run: not active, no invoked actor running, or tagged `settled`. */
+export function isSettled(snapshot: AnyMachineSnapshot): boolean {
+  return (
+    snapshot.status !== 'active' ||
+    Object.keys(snapshot.children as Record<string, unknown>).length === 0 ||
+    snapshot.hasTag(StageTag.Settled)
+  );
+}
+
+/** What a delivery looks like to `toEvent` and `load`. */
+export interface Delivery {
+  attempt: number;
+  receivedAt: number;
+  signal: AbortSignal;
+}
+
+export interface StageOptions<TMachine extends AnyStateMachine> {
+  bus: Bus;
+  stage: Stage;
+  /** The node of a node stage (selects its consumer). */
+  node?: string;
+  /**
+   * The stage machine, created with `setup({...}).createMachine(...)`, with its effect actors
+   * provided (`machine.provide({ actors })`). Its persisted snapshot must be JSON.
+   */
+  machine: TMachine;
+  /** The unit a work item is about, e.g. `ns/vmi/volume`; one unit runs at a time, cluster-wide. */
+  keyOf: (item: WorkItem) => string;
+  /** The input of a fresh actor for a unit with no snapshot. */
+  input?: (item: WorkItem) => InputFrom<TMachine>;
+  /** Re-reads the truth before the event is sent; its result is the event's `observed`. */
+  load?: (item: WorkItem, delivery: Delivery) => Promise<unknown>;
+  /** Maps a work item to the event sent to the machine (default: a {@link WorkEvent}). */
+  toEvent?: (
+    item: WorkItem,
+    delivery: Delivery & { observed: unknown },
+  ) => EventFromLogic<TMachine>;
+  /** Reads the settled snapshot (default {@link defaultDisposition}). */
+  disposition?: (snapshot: AnyMachineSnapshot, now: number) => Disposition;
+  /** Units in flight in this process (default 4). */
+  concurrency?: number;
+  /** Lease time-to-live; renewed every third of it while a unit runs (default 30 s). */
+  leaseTtlMs?: number;
+  /** How often `working()` is sent during long effects (default a third of the ack wait). */
+  workingIntervalMs?: number;
+  /** Longest a machine may take to settle before the attempt is abandoned (default 10 min). */
+  settleTimeoutMs?: number;
+  /** Backoff of `retry`: initial (default 1 s), doubled per delivery, up to max (default 60 s). */
+  retryBackoff?: { initialMs?: number; maxMs?: number };
+  /** Delay before a unit whose lease is held elsewhere is tried again (max; default 250 ms). */
+  busyDelayMs?: number;
+  /** Deliveries after which an unhandled machine error becomes terminal (default 100). */
+  maxDeliveries?: number;
+  /**
+   * Lifetime of each pull request (default 5 s, min 1 s). A crashed worker's open pull requests
+   * can still absorb redeliveries on nats-server 2.9 until they expire, so keep it short.
+   */
+  pullExpiresMs?: number;
+  /** Default `waiting` delay when the context has no `wakeAt` (default 1 s). */
+  waitingDelayMs?: number;
+  /** How long `stop()` lets running units finish before aborting them (default 10 s). */
+  shutdownTimeoutMs?: number;
+  logger?: Logger;
+  metrics?: PluglineMetrics;
+  publisher?: Publisher;
+  /** Identifies this worker in leases (default a random id). */
+  workerId?: string;
+}
+
+/** A running stage loop. */
+export interface StageRunner extends AsyncDisposable {
+  readonly stage: Stage;
+  readonly consumer: string;
+  /** True while the consumer is bound and the connection is up (for `/readyz`). */
+  bound(): boolean;
+  /** Units being worked on now. */
+  inFlight(): number;
+  /** Stops pulling, lets running units finish (then aborts them), and resolves when idle. */
+  stop(): Promise<void>;
+  /** Resolves when the loop has ended (after `stop()`, or when the connection closed). */
+  readonly done: Promise<void>;
+}
+
+interface UnitRecord {
+  v: 1;
+  snapshot: AnyMachineSnapshot & { status: string };
+  outbox: OutboxEntry[];
+}
+
+interface LoadedUnit {
+  record: UnitRecord | undefined;
+  /** 0 when the unit has no snapshot (or a deleted one). */
+  revision: number;
+}
+
+type RunResult = { disposition: Disposition; outcome: Outcome } | { conflict: true };
+
+class Slots {
+  #free: number;
+  #waiters: (() => void)[] = [];
+  constructor(n: number) {
+    this.#free = n;
+  }
+  async acquire(): Promise<void> {
+    if (this.#free > 0) {
+      this.#free--;
+      return;
+    }
+    await new Promise<void>((resolve) => this.#waiters.push(resolve));
+  }
+  release(): void {
+    const next = this.#waiters.shift();
+    if (next) next();
+    else this.#free++;
+  }
+}
+
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+
+/**
+ * Runs one stage: pulls work items from the stage's durable consumer and, for each, takes the
+ * unit's lease, restores the unit's actor from its KV snapshot (or creates it), sends the event,
+ * waits until the machine settles (its invoked effect actors done), persists the snapshot with
+ * compare-and-set together with the facts and work items it emitted, publishes those, and then
+ * acks, naks (waiting / retry) or terms (giving up, with a `failed` event).
+ *
+ * Malformed messages are dead-lettered on `plugline.v1.dlq.<stage>` with the reason in headers,
+ * terminated, counted, and the loop goes on.
+ *
+ * Exactly-once effects under racing replicas: a unit runs under a KV lease (see
+ * {@link LeaseManager}) and its snapshot is written with `update(key, value, revision)`; a loser
+ * naks and later restores the winner's snapshot, so it never repeats a finished effect. Effects
+ * must still be idempotent: a crash mid-effect re-runs it on another worker.
+ */
+export async function runStage<TMachine extends AnyStateMachine>(
+  options: StageOptions<TMachine>,
+): Promise<StageRunner> {
+  const runtime = new StageRuntime(options);
+  await runtime.start();
+  return runtime;
+}
+
+class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
+  readonly stage: Stage;
+  readonly consumer: string;
+  readonly done: Promise<void>;
+  readonly #o: StageOptions<TMachine>;
+  readonly #log: Logger;
+  readonly #metrics: PluglineMetrics;
+  readonly #publisher: Publisher;
+  readonly #slots: Slots;
+  readonly #shutdown = new AbortController();
+  readonly #tails = new Map<string, Promise<void>>();
+  readonly #running = new Set<Promise<void>>();
+  #resolveDone!: () => void;
+  #messages: ConsumerMessages | undefined;
+  #snapshots!: KV;
+  #leases!: LeaseManager;
+  #workingMs = 10_000;
+  readonly #termReason: boolean;
+  #inFlight = 0;
+  #stopping: Promise<void> | undefined;
+  #reaper: NodeJS.Timeout | undefined;
+
+  constructor(options: StageOptions<TMachine>) {
+    this.#o = options;
+    this.stage = options.stage;
+    this.consumer = durableName(options.stage, options.node);
+    this.#log = childLogger(options.logger ?? options.bus.logger, {
+      stage: options.stage,
+      node: options.node,
+    });
+    this.#metrics = options.metrics ?? createMetrics(undefined, { processMetrics: false });
+    this.#publisher =
+      options.publisher ??
+      new Publisher(options.bus, { logger: this.#log, metrics: this.#metrics });
+    this.#slots = new Slots(options.concurrency ?? 4);
+    this.#termReason = supportsFeature(options.bus.serverVersion, ServerFeature.TermReason);
+    this.done = new Promise((resolve) => (this.#resolveDone = resolve));
+  }
+
+  async start(): Promise<void> {
+    const { bus } = this.#o;
+    const buckets = await ensureStageBuckets(bus, this.stage);
+    this.#snapshots = buckets.snapshots;
+    const ttl = this.#o.leaseTtlMs ?? 30_000;
+    this.#leases = new LeaseManager(buckets.leases, this.#o.workerId ?? randomUUID(), ttl);
+    const info = await bus.jsm.consumers.info(StreamName.Work, this.consumer);
+    const ackWaitMs = (info.config.ack_wait ?? 30_000_000_000) / 1_000_000;
+    this.#workingMs = this.#o.workingIntervalMs ?? Math.max(50, Math.floor(ackWaitMs / 3));
+    const consumer = await bus.js.consumers.get(StreamName.Work, this.consumer);
+    this.#messages = await consumer.consume({
+      max_messages: this.#o.concurrency ?? 4,
+      expires: Math.max(1000, this.#o.pullExpiresMs ?? 5000),
+    });
+    void this.#loop(this.#messages);
+    await this.#reapAcknowledged().catch((err: unknown) =>
+      this.#log.warn({ err }, 'could not check the work queue for acknowledged leftovers'),
+    );
+    this.#reaper = setInterval(
+      () => {
+        this.#reapAcknowledged().catch((err: unknown) =>
+          this.#log.debug({ err }, 'checking the work queue for acknowledged leftovers'),
+        );
+      },
+      Math.max(1000, ackWaitMs),
+    );
+    this.#reaper.unref();
+  }
+
+  /**
+   * nats-server 2.9 can keep work items its consumer is done with (after a crash its store still
+   * holds items whose removal was lost; its per-subject index may not even find them). Such an
+   * item is never delivered again and would sit in the work queue for ever. When this consumer is
+   * idle (nothing pending, nothing unacknowledged), every item of its filter up to its delivered
+   * sequence is done (one consumer per filter on a work queue), so each left is deleted — checked
+   * at start and every ack wait. Looked up by sequence (the subject lookups are what 2.9 loses),
+   * and deleted one by one (a filtered purge on 2.9 moves every consumer past the purged sequence).
+   */
+  async #reapAcknowledged(): Promise<number> {
+    const { jsm, nc } = this.#o.bus;
+    const info = await jsm.consumers.info(StreamName.Work, this.consumer);
+    const filter = info.config.filter_subject;
+    if (info.num_pending > 0 || info.num_ack_pending > 0) return 0;
+    if (filter === undefined || filter === '') return 0;
+    const upTo = info.delivered.stream_seq;
+    const stream = await jsm.streams.info(StreamName.Work, { subjects_filter: filter });
+    if (Object.keys(stream.state.subjects ?? {}).length === 0) return 0;
+    let reaped = 0;
+    for (let seq = Math.max(1, stream.state.first_seq); seq <= upTo; seq++) {
+      const reply = await nc.request(
+        `$JS.API.STREAM.MSG.GET.${StreamName.Work}`,
+        JSON.stringify({ seq }),
+        { timeout: 5000 },
+      );
+      const subject = reply.json<{ message?: { subject: string } }>().message?.subject;
+      if (subject === undefined || !subjectMatches(filter, subject)) continue;
+      if (await jsm.streams.deleteMessage(StreamName.Work, seq, false).catch(() => false)) reaped++;
+    }
+    if (reaped > 0) {
+      this.#log.warn({ reaped, upTo }, 'removed finished work items the server kept');
+    }
+    return reaped;
+  }
+
+  bound(): boolean {
+    return (
+      this.#messages !== undefined && !this.#shutdown.signal.aborted && this.#o.bus.connected()
+    );
+  }
+
+  inFlight(): number {
+    return this.#inFlight;
+  }
+
+  async #loop(messages: ConsumerMessages): Promise<void> {
+    try {
+      for await (const msg of messages) {
+        if (this.#shutdown.signal.aborted) {
+          msg.nak();
+          continue;
+        }
+        const keepAlive = setInterval(() => msg.working(), this.#workingMs);
+        await this.#slots.acquire();
+        clearInterval(keepAlive);
+        const task = this.#handle(msg).finally(() => {
+          this.#slots.release();
+          this.#running.delete(task);
+        });
+        this.#running.add(task);
+      }
+    } catch (err) {
+      this.#log.error({ err }, 'the consume loop failed');
+    } finally {
+      await Promise.allSettled([...this.#running]);
+      this.#resolveDone();
+    }
+  }
+
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      this.#shutdown.abort(new Error('stage stopping'));
+      clearInterval(this.#reaper);
+      await this.#messages?.close();
+      const timeout = this.#o.shutdownTimeoutMs ?? 10_000;
+      const timer = setTimeout(() => this.#forceStop.abort(), timeout);
+      await this.done;
+      clearTimeout(timer);
+    })();
+    return this.#stopping;
+  }
+
+  /** Aborted when graceful shutdown took too long: running settles give up. */
+  readonly #forceStop = new AbortController();
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+
+  #decode(msg: JsMsg): ParseResult<WorkItem> {
+    const decoded = decodeWorkItem(msg.data);
+    if (!decoded.ok) return decoded;
+    if (workSubject(decoded.value) !== msg.subject) {
+      return {
+        ok: false,
+        error: new MalformedMessageError(
+          'subject-mismatch',
+          `work item for ${workSubject(decoded.value)} arrived on ${msg.subject}`,
+        ),
+      };
+    }
+    return decoded;
+  }
+
+  async #handle(msg: JsMsg): Promise<void> {
+    if (msg.info.deliveryCount > 1) this.#metrics.redeliveries.inc({ stage: this.stage });
+    const decoded = this.#decode(msg);
+    if (!decoded.ok) {
+      await this.#deadLetter(msg, decoded.error);
+      return;
+    }
+    const item = decoded.value;
+    const unit = this.#o.keyOf(item);
+    const keepAlive = setInterval(() => msg.working(), this.#workingMs);
+    try {
+      await this.#serially(unit, () =>
+        withSpan(`${this.stage} work`, () => this.#handleUnit(msg, item, unit), {
+          parent: extractTrace(msg.headers),
+          attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit },
+        }),
+      );
+    } finally {
+      clearInterval(keepAlive);
+    }
+  }
+
+  async #serially(unit: string, fn: () => Promise<void>): Promise<void> {
+    const previous = this.#tails.get(unit) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((resolve) => (release = resolve));
+    const tail = previous.then(() => mine);
+    this.#tails.set(unit, tail);
+    await previous;
+    try {
+      await fn();
+    } finally {
+      release();
+      if (this.#tails.get(unit) === tail) this.#tails.delete(unit);
+    }
+  }
+
+  async #deadLetter(msg: JsMsg, error: MalformedMessageError): Promise<void> {
+    const log = this.#log;
+    log.warn(
+      { subject: msg.subject, malformed: error.malformed, err: error },
+      'dead-lettering a malformed message',
+    );
+    try {
+      await this.#publisher.publish(
+        {
+          subject: deadLetterSubject(this.stage),
+          data: msg.data,
+          msgId: `dlq:${this.consumer}:${msg.info.streamSequence}`,
+          headers: {
+            'Plugline-Reason': error.malformed,
+            'Plugline-Error': error.message.slice(0, 1024).replace(/[\r\n]+/g, ' '),
+            'Plugline-Subject': msg.subject,
+            'Plugline-Stream-Seq': String(msg.info.streamSequence),
+          },
+        },
+        'dead-letter',
+        this.#shutdown.signal,
+      );
+      this.#term(msg, `${error.malformed}: ${error.message}`);
+      this.#metrics.deadLetters.inc({ stage: this.stage, reason: error.malformed });
+      this.#metrics.messagesHandled.inc({ stage: this.stage, outcome: Outcome.DeadLetter });
+    } catch (err) {
+      log.error({ err }, 'could not dead-letter; will retry');
+      msg.nak(1000);
+    }
+  }
+
+  /** `term`, with the reason only where the server understands it (2.9 would ignore the term). */
+  #term(msg: JsMsg, reason: string): void {
+    if (this.#termReason) msg.term(reason.slice(0, 256));
+    else msg.term();
+  }
+
+  #retryDelay(attempt: number): number {
+    const initial = this.#o.retryBackoff?.initialMs ?? 1000;
+    const max = this.#o.retryBackoff?.maxMs ?? 60_000;
+    const base = Math.min(max, initial * 2 ** Math.min(30, Math.max(0, attempt - 1)));
+    return Math.round(base * (0.8 + Math.random() * 0.4));
+  }
+
+  async #handleUnit(msg: JsMsg, item: WorkItem, unit: string): Promise<void> {
+    const log = childLogger(this.#log, {
+      namespace: item.namespace,
+      vmi: item.vmi,
+      volume: item.volume,
+      operationId: item.operationId,
+      unit,
+    });
+    this.#inFlight++;
+    this.#metrics.inFlight.inc({ stage: this.stage });
+    let outcome: Outcome = Outcome.Retry;
+    try {
+      const acquired = await this.#leases.acquire(unit);
+      if (!acquired.ok) {
+        const busy = this.#o.busyDelayMs ?? 250;
+        msg.nak(Math.max(10, Math.min(busy, acquired.retryInMs)));
+        outcome = Outcome.Busy;
+        return;
+      }
+      const { lease } = acquired;
+      // The snapshot is read only once the lease is ours: read before, it could predate the
+      // previous holder's last write, and the effect would run again before the compare-and-set
+      // caught it (seen as a double effect in the race test under load).
+      const loading = this.#load(unit);
+      loading.catch(() => undefined);
+      const lost = new AbortController();
+      const renewer = setInterval(
+        () => {
+          lease.renew().then(
+            (ok) => ok || lost.abort(new LeaseLostError(unit)),
+            (err: unknown) => log.warn({ err }, 'could not renew the lease'),
+          );
+        },
+        Math.max(50, Math.floor(this.#leases.ttlMs / 3)),
+      );
+      try {
+        const result = await this.#run(msg, item, { unit, loading }, lost.signal, log);
+        outcome = this.#settleMessage(msg, result, log);
+      } finally {
+        clearInterval(renewer);
+        await lease.release();
+      }
+    } catch (err) {
+      log.warn({ err }, 'work item failed; retrying with backoff');
+      msg.nak(this.#retryDelay(msg.info.deliveryCount));
+      outcome = Outcome.Retry;
+    } finally {
+      this.#inFlight--;
+      this.#metrics.inFlight.dec({ stage: this.stage });
+      this.#metrics.messagesHandled.inc({ stage: this.stage, outcome });
+    }
+  }
+
+  #settleMessage(msg: JsMsg, result: RunResult, log: Logger): Outcome {
+    if ('conflict' in result) {
+      log.info('snapshot changed under us (another worker); retrying');
+      msg.nak(this.#o.busyDelayMs ?? 250);
+      return Outcome.Conflict;
+    }
+    const d = result.disposition;
+    log.debug({ disposition: d, attempt: msg.info.deliveryCount }, 'work item settled');
+    switch (d.kind) {
+      case 'done':
+        msg.ack();
+        break;
+      case 'waiting':
+        msg.nak(Math.max(0, Math.round(d.delayMs)));
+        break;
+      case 'retry':
+        msg.nak(d.delayMs ?? this.#retryDelay(msg.info.deliveryCount));
+        break;
+      case 'terminal':
+        log.warn({ reason: d.reason, failure: d.message }, 'giving up the work item');
+        this.#term(msg, `${d.reason}: ${d.message}`);
+        break;
+    }
+    return result.outcome;
+  }
+
+  async #load(unit: string): Promise<LoadedUnit> {
+    const entry = await this.#snapshots.get(kvKey(unit));
+    if (entry === null || entry.operation !== 'PUT') return { record: undefined, revision: 0 };
+    return {
+      record: JSON.parse(decoder.decode(entry.value)) as UnitRecord,
+      revision: entry.revision,
+    };
+  }
+
+  /** Compare-and-set write; returns the new revision, or undefined on a conflict. */
+  async #write(unit: string, record: UnitRecord, revision: number): Promise<number | undefined> {
+    const bytes = encoder.encode(JSON.stringify(record));
+    try {
+      return revision === 0
+        ? await this.#snapshots.create(kvKey(unit), bytes)
+        : await this.#snapshots.update(kvKey(unit), bytes, revision);
+    } catch (err) {
+      if (isCasFailure(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async #flush(outbox: readonly OutboxEntry[]): Promise<void> {
+    for (const entry of outbox) {
+      if (entry.kind === 'event')
+        await this.#publisher.publishEvent(entry.event, this.#shutdown.signal);
+      else await this.#publisher.publishWork(entry.item, this.#shutdown.signal);
+    }
+  }
+
+  async #run(
+    msg: JsMsg,
+    item: WorkItem,
+    { unit, loading }: { unit: string; loading: Promise<LoadedUnit> },
+    leaseLost: AbortSignal,
+    log: Logger,
+  ): Promise<RunResult> {
+    const receivedAt = Date.now();
+    const attempt = msg.info.deliveryCount;
+    const signal = AbortSignal.any([leaseLost, this.#forceStop.signal]);
+    const { record, revision } = await loading;
+    if (record && record.outbox.length > 0) await this.#flush(record.outbox);
+    const delivery = { attempt, receivedAt, signal };
+    const observed = this.#o.load ? await this.#o.load(item, delivery) : undefined;
+    const event =
+      this.#o.toEvent?.(item, { ...delivery, observed }) ??
+      ({ type: 'work', item, attempt, receivedAt, observed } satisfies WorkEvent);
+
+    const restore = record !== undefined && record.snapshot.status === 'active';
+    const input = this.#o.input?.(item);
+    const actor = createActor(this.#o.machine, {
+      ...(restore ? { snapshot: record.snapshot } : {}),
+      ...(input === undefined ? {} : { input }),
+    });
+    const outbox: OutboxEntry[] = [];
+    actor.on('*', (emitted: { type: string }) => {
+      const entry = toOutboxEntry(this.stage, emitted, new Date());
+      if (entry) outbox.push(entry);
+    });
+    let snapshot: AnyMachineSnapshot;
+    try {
+      snapshot = await this.#runUntilSettled(actor, event as EventFromLogic<TMachine>, signal);
+    } catch (err) {
+      actor.stop();
+      throw err;
+    }
+    if (snapshot.status === 'error') {
+      actor.stop();
+      return this.#onMachineError(item, asError(snapshot.error), attempt, log);
+    }
+    const persisted = actor.getPersistedSnapshot() as UnitRecord['snapshot'];
+    actor.stop();
+    const disposition =
+      this.#o.disposition?.(snapshot, Date.now()) ??
+      defaultDisposition(snapshot, Date.now(), this.#o.waitingDelayMs);
+    if (disposition.kind === 'terminal' && !outbox.some(isFailedFact)) {
+      outbox.push(failedEvent(this.stage, item, disposition, attempt));
+    }
+    const written = await this.#persist(unit, { record, revision }, persisted, outbox, log);
+    if (!written) return { conflict: true };
+    return { disposition, outcome: outcomeOf(disposition) };
+  }
+
+  /**
+   * Writes the snapshot and its outbox with compare-and-set (skipped when nothing changed), then
+   * publishes the outbox and clears it. False on a CAS conflict (another worker wrote first).
+   */
+  async #persist(
+    unit: string,
+    { record, revision }: { record: UnitRecord | undefined; revision: number },
+    persisted: UnitRecord['snapshot'],
+    outbox: OutboxEntry[],
+    log: Logger,
+  ): Promise<boolean> {
+    const unchanged =
+      record !== undefined &&
+      outbox.length === 0 &&
+      record.outbox.length === 0 &&
+      JSON.stringify(record.snapshot) === JSON.stringify(persisted);
+    if (!unchanged) {
+      const written = await this.#write(unit, { v: 1, snapshot: persisted, outbox }, revision);
+      if (written === undefined) return false;
+      if (outbox.length > 0) {
+        await this.#flush(outbox);
+        await this.#write(unit, { v: 1, snapshot: persisted, outbox: [] }, written).catch(
+          (err: unknown) => log.debug({ err }, 'could not clear the outbox; it is republished'),
+        );
+      }
+    }
+    return true;
+  }
+
+  async #onMachineError(
+    item: WorkItem,
+    error: Error,
+    attempt: number,
+    log: Logger,
+  ): Promise<RunResult> {
+    const maxDeliveries = this.#o.maxDeliveries ?? 100;
+    if (!(error instanceof TerminalError) && attempt < maxDeliveries) {
+      log.warn({ err: error, attempt }, 'the machine failed; retrying from the last snapshot');
+      return { disposition: { kind: 'retry', error }, outcome: Outcome.Retry };
+    }
+    const failure = {
+      reason: error instanceof TerminalError ? error.reason : 'RetriesExhausted',
+      message: error.message,
+    };
+    await this.#flush([failedEvent(this.stage, item, failure, attempt)]);
+    return { disposition: { kind: 'terminal', ...failure }, outcome: Outcome.Terminal };
+  }
+
+  /** Starts the actor, sends the event and resolves with the first settled snapshot. */
+  #runUntilSettled(
+    actor: AnyActorRef & { getSnapshot(): AnyMachineSnapshot },
+    event: EventFromLogic<TMachine>,
+    signal: AbortSignal,
+  ): Promise<AnyMachineSnapshot> {
+    const timeoutMs = this.#o.settleTimeoutMs ?? 600_000;
+    const started = new Map<string, { src: string; at: number }>();
+    const current = (): AnyMachineSnapshot => actor.getSnapshot() as AnyMachineSnapshot;
+    return new Promise<AnyMachineSnapshot>((resolve, reject) => {
+      let finished = false;
+      let sent = false;
+      const finish = (err: Error | undefined): void => {
+        if (finished) return;
+        finished = true;
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        subscription.unsubscribe();
+        if (err) reject(err);
+        else resolve(current());
+      };
+      const check = (): void => {
+        if (!sent) return; // the initial snapshot, before our event, is not the answer
+        const snap = current();
+        this.#timeEffects(snap, started);
+        if (isSettled(snap)) finish(undefined);
+      };
+      const onAbort = (): void =>
+        finish(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+      const timer = setTimeout(
+        () => finish(new SettleTimeoutError(`machine did not settle within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      signal.addEventListener('abort', onAbort, { once: true });
+      const subscription = actor.subscribe({
+        next: check,
+        error: () => finish(undefined),
+        complete: check,
+      });
+      actor.start();
+      sent = true;
+      actor.send(event);
+      check();
+    });
+  }
+
+  #timeEffects(snap: AnyMachineSnapshot, started: Map<string, { src: string; at: number }>): void {
+    const children = snap.children as Record<string, AnyActorRef | undefined>;
+    const now = performance.now();
+    for (const [id, child] of Object.entries(children)) {
+      if (child && !started.has(id)) {
+        started.set(id, { src: typeof child.src === 'string' ? child.src : id, at: now });
+      }
+    }
+    for (const [id, { src, at }] of started) {
+      if (children[id] === undefined) {
+        this.#metrics.effectDuration.observe({ stage: this.stage, effect: src }, (now - at) / 1000);
+        started.delete(id);
+      }
+    }
+  }
+}
+
+function isFailedFact(entry: OutboxEntry): boolean {
+  return entry.kind === 'event' && entry.event.type.endsWith(`.${EventType.Failed}`);
+}
+
+function outcomeOf(d: Disposition): Outcome {
+  switch (d.kind) {
+    case 'done':
+      return Outcome.Done;
+    case 'waiting':
+      return Outcome.Waiting;
+    case 'retry':
+      return Outcome.Retry;
+    case 'terminal':
+      return Outcome.Terminal;
+  }
+}
+
+/** Whether a NATS subject matches a filter with `*` and `>` wildcards. */
+function subjectMatches(filter: string, subject: string): boolean {
+  const f = filter.split('.');
+  const t = subject.split('.');
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '>') return t.length > i;
+    if (i >= t.length || (f[i] !== '*' && f[i] !== t[i])) return false;
+  }
+  return f.length === t.length;
+}

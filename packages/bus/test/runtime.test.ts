@@ -1,0 +1,247 @@
+import { MAX_MESSAGE_BYTES, TerminalError, workSubject, type WorkItem } from '@plugline/contracts';
+import { startNats, waitFor, type NatsServer } from '@plugline/testkit';
+import { fromPromise } from 'xstate';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runStage, type Bus } from '../src/index.js';
+import {
+  backlog,
+  metricValue,
+  newMetrics,
+  persistedState,
+  provisionedBus,
+  publishRaw,
+  readDeadLetters,
+  readEvents,
+  sendWork,
+} from './helpers.js';
+import { effectTakes, eventType, unitKey, unitMachine, workItem } from './support.js';
+
+let nats: NatsServer;
+let bus: Bus;
+
+beforeAll(async () => {
+  nats = await startNats();
+  bus = await provisionedBus(nats.url);
+});
+afterAll(async () => {
+  await bus?.close();
+  await nats?.stop();
+});
+
+describe('runStage', () => {
+  it('runs the effect once, persists the snapshot, publishes the fact, acks', async () => {
+    const applied: string[] = [];
+    const machine = unitMachine.provide({
+      actors: {
+        apply: fromPromise(({ input }: { input: { item: WorkItem } }) => {
+          applied.push(input.item.volume);
+          return Promise.resolve('ok');
+        }),
+      },
+    });
+    const metrics = newMetrics();
+    await using stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine,
+      keyOf: unitKey,
+      metrics,
+    });
+    const item = workItem('vol-basic');
+    await sendWork(bus, item);
+    await waitFor(async () => (await persistedState(bus, unitKey(item)))?.value === 'applied');
+    // a second nudge for the same unit does not repeat the effect
+    await sendWork(bus, { ...item, cause: 'resync' });
+    await waitFor(
+      async () => (await metricValue(metrics, 'messagesHandled', { outcome: 'done' })) === 2,
+    );
+    await waitFor(async () => (await backlog(bus)) === 0);
+    expect(applied).toEqual(['vol-basic']);
+    const state = await persistedState(bus, unitKey(item));
+    expect(state).toMatchObject({ value: 'applied', context: { applies: 1 }, outbox: [] });
+    const ready = (await readEvents(bus)).filter((e) => e.subject.endsWith('/vol-basic'));
+    expect(ready.map(eventType)).toEqual(['ready']);
+    expect(ready[0]!.data).toMatchObject({
+      operationId: item.operationId,
+      stage: 'spec-watcher',
+      phase: 'Ready',
+    });
+    expect(stage.bound()).toBe(true);
+  });
+
+  it('dead-letters malformed, oversized, unknown-type and misrouted messages and keeps going', async () => {
+    const applied: string[] = [];
+    const machine = unitMachine.provide({
+      actors: {
+        apply: fromPromise(({ input }: { input: { item: WorkItem } }) => {
+          applied.push(input.item.volume);
+          return Promise.resolve('ok');
+        }),
+      },
+    });
+    const metrics = newMetrics();
+    await using _stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine,
+      keyOf: unitKey,
+      metrics,
+    });
+    const good = workItem('vol-after-bad');
+    const subject = workSubject(good);
+    await publishRaw(bus, subject, '{not json');
+    await publishRaw(bus, subject, JSON.stringify({ ...good, pad: 'x'.repeat(MAX_MESSAGE_BYTES) }));
+    await publishRaw(bus, subject, JSON.stringify({ ...good, operation: 'explode' }));
+    await publishRaw(
+      bus,
+      subject,
+      JSON.stringify({ specversion: '1.0', type: 'io.plugline.volume.bogus', id: 'x', data: {} }),
+    );
+    await publishRaw(bus, workSubject({ ...good, volume: 'another-volume' }), JSON.stringify(good));
+    await sendWork(bus, good);
+    await waitFor(async () => (await persistedState(bus, unitKey(good)))?.value === 'applied');
+    await waitFor(async () => (await metricValue(metrics, 'deadLetters', {})) === 5);
+    const dead = await readDeadLetters(bus);
+    expect(dead.map((d) => d.reason)).toEqual([
+      'invalid-json',
+      'oversized',
+      'invalid-data',
+      'invalid-data',
+      'subject-mismatch',
+    ]);
+    expect(dead[2]!.error).toContain('operation must be plug or unplug');
+    expect(dead[4]!.subject).toContain('another-volume');
+    expect(applied).toEqual(['vol-after-bad']);
+    expect(await metricValue(metrics, 'deadLetters', { reason: 'oversized' })).toBe(1);
+    await waitFor(async () => (await backlog(bus)) === 0);
+  });
+
+  it('naks a waiting unit until its deadline (kept in context) and then finishes', async () => {
+    const metrics = newMetrics();
+    await using _stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine: unitMachine,
+      keyOf: unitKey,
+      metrics,
+    });
+    const item = workItem('vol-waits', { cause: 'wait' });
+    const sent = Date.now();
+    await sendWork(bus, item);
+    await waitFor(async () => (await persistedState(bus, unitKey(item)))?.value === 'waiting');
+    const waiting = await persistedState(bus, unitKey(item));
+    expect(waiting!.context.wakeAt).toBeGreaterThanOrEqual(sent + 300);
+    await waitFor(async () => (await persistedState(bus, unitKey(item)))?.value === 'applied');
+    expect(Date.now() - sent).toBeGreaterThanOrEqual(300);
+    expect(
+      await metricValue(metrics, 'messagesHandled', { outcome: 'waiting' }),
+    ).toBeGreaterThanOrEqual(1);
+  });
+
+  it('retries a transient failure with backoff and gives up a terminal one with a failed event', async () => {
+    let calls = 0;
+    const machine = unitMachine.provide({
+      actors: {
+        apply: fromPromise(({ input }: { input: { item: WorkItem } }) => {
+          if (input.item.volume === 'vol-terminal')
+            return Promise.reject(new TerminalError('BadVolume', 'cannot ever work'));
+          calls++;
+          if (calls < 3) return Promise.reject(new Error('flaky'));
+          return Promise.resolve('ok');
+        }),
+      },
+    });
+    await using _stage = await runStage({ bus, stage: 'spec-watcher', machine, keyOf: unitKey });
+    const flaky = workItem('vol-flaky');
+    const doomed = workItem('vol-terminal');
+    await sendWork(bus, flaky);
+    await sendWork(bus, doomed);
+    await waitFor(async () => (await persistedState(bus, unitKey(flaky)))?.value === 'applied', {
+      timeout: 10_000,
+    });
+    expect(calls).toBe(3);
+    await waitFor(async () => (await persistedState(bus, unitKey(doomed)))?.value === 'failed');
+    const failed = await waitFor(async () =>
+      (await readEvents(bus)).find(
+        (e) => e.subject.endsWith('/vol-terminal') && eventType(e) === 'failed',
+      ),
+    );
+    expect(failed.data).toMatchObject({
+      reason: 'BadVolume',
+      message: 'cannot ever work',
+      stage: 'spec-watcher',
+    });
+    await waitFor(async () => (await backlog(bus)) === 0);
+  });
+
+  it('keeps a long effect alive with working() past the ack wait, without redelivery', async () => {
+    let calls = 0;
+    const machine = unitMachine.provide({
+      actors: {
+        apply: fromPromise(async () => {
+          calls++;
+          // twice the consumer's 1.5 s ack wait: only working() keeps the message ours
+          await effectTakes(3200);
+          return 'ok';
+        }),
+      },
+    });
+    const metrics = newMetrics();
+    await using _stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine,
+      keyOf: unitKey,
+      metrics,
+      leaseTtlMs: 1500,
+    });
+    const item = workItem('vol-long-effect');
+    await sendWork(bus, item);
+    await waitFor(async () => (await persistedState(bus, unitKey(item)))?.value === 'applied', {
+      timeout: 10_000,
+    });
+    expect(calls).toBe(1);
+    expect((await metrics.redeliveries.get()).values.reduce((n, v) => n + v.value, 0)).toBe(0);
+    const durations = await metrics.effectDuration.get();
+    const count = durations.values.find(
+      (v) =>
+        v.metricName === 'plugline_effect_duration_seconds_count' && v.labels.effect === 'apply',
+    );
+    expect(count?.value).toBe(1);
+  }, 15_000);
+
+  it('runs units concurrently but never two messages of one unit at once', async () => {
+    const active = new Map<string, number>();
+    let overlap = 0;
+    let maxConcurrent = 0;
+    let running = 0;
+    const machine = unitMachine.provide({
+      actors: {
+        apply: fromPromise(async ({ input }: { input: { item: WorkItem } }) => {
+          const key = input.item.volume;
+          active.set(key, (active.get(key) ?? 0) + 1);
+          running++;
+          maxConcurrent = Math.max(maxConcurrent, running);
+          if (active.get(key)! > 1) overlap++;
+          await effectTakes(20);
+          running--;
+          active.set(key, active.get(key)! - 1);
+          return 'ok';
+        }),
+      },
+    });
+    await using _stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine,
+      keyOf: unitKey,
+      concurrency: 4,
+    });
+    const items = Array.from({ length: 12 }, (_, i) => workItem(`vol-conc-${i % 6}`));
+    await Promise.all(items.map((it, i) => sendWork(bus, it, `conc-${i}`)));
+    await waitFor(async () => (await backlog(bus)) === 0, { timeout: 10_000 });
+    expect(overlap).toBe(0);
+    expect(maxConcurrent).toBeGreaterThan(1);
+    expect(maxConcurrent).toBeLessThanOrEqual(4);
+  });
+});

@@ -1,0 +1,98 @@
+import { ConfigError } from '@plugline/contracts';
+import { describe, expect, it } from 'vitest';
+
+import {
+  envBoolean,
+  envInteger,
+  envNatsUrls,
+  parseNodeConfig,
+  parseServiceBaseConfig,
+} from '../src/index.js';
+
+const base = { NATS_URL: 'nats://127.0.0.1:4333, 127.0.0.1:4334', KUBECONFIG: '/k' };
+
+function fieldOf(read: () => unknown): string | undefined {
+  try {
+    read();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as ConfigError).field;
+  }
+  return undefined;
+}
+
+describe('parseServiceBaseConfig', () => {
+  it('reads the common variables with their defaults', () => {
+    expect(parseServiceBaseConfig({ ...base, HEALTH_HOST: ' 0.0.0.0 ' })).toEqual({
+      natsUrls: ['nats://127.0.0.1:4333', '127.0.0.1:4334'],
+      kubeconfig: '/k',
+      logLevel: 'info',
+      logPretty: false,
+      healthPort: 0,
+      healthHost: '0.0.0.0',
+      concurrency: 8,
+      streamReplicas: 1,
+      ackWaitMs: 30_000,
+    });
+  });
+
+  it.each([
+    ['NATS_URL', { NATS_URL: ' , ' }],
+    ['NATS_URL', { NATS_URL: 'http://x:1' }],
+    ['NATS_URL', { NATS_URL: 'nats:///x' }],
+    ['KUBECONFIG', { KUBECONFIG: '' }],
+    ['LOG_LEVEL', { LOG_LEVEL: 'loud' }],
+    ['LOG_PRETTY', { LOG_PRETTY: 'yes' }],
+    ['HEALTH_PORT', { HEALTH_PORT: '65536' }],
+    ['PLUGLINE_CONCURRENCY', { PLUGLINE_CONCURRENCY: '0' }],
+    ['PLUGLINE_STREAM_REPLICAS', { PLUGLINE_STREAM_REPLICAS: '1e0' }],
+    ['PLUGLINE_ACK_WAIT_MS', { PLUGLINE_ACK_WAIT_MS: '3600001' }],
+  ])('fails fast naming %s', (field, overrides) => {
+    expect(fieldOf(() => parseServiceBaseConfig({ ...base, ...overrides }))).toBe(field);
+  });
+});
+
+describe('env readers', () => {
+  it('take only decimal digits within the bounds', () => {
+    expect(envInteger({ N: ' 42 ' }, 'N', 1, 0, 100)).toBe(42);
+    expect(envInteger({}, 'N', 7, 0, 100)).toBe(7);
+    for (const raw of ['-1', '0x10', '1.5', '101', '9007199254740993'])
+      expect(fieldOf(() => envInteger({ N: raw }, 'N', 1, 0, 100))).toBe('N');
+  });
+
+  it('take true/1 and false/0 as booleans', () => {
+    expect(envBoolean({ B: 'TRUE' }, 'B', false)).toBe(true);
+    expect(envBoolean({ B: '0' }, 'B', true)).toBe(false);
+    expect(envBoolean({ B: ' ' }, 'B', true)).toBe(true);
+    expect(fieldOf(() => envBoolean({ B: 'on' }, 'B', false))).toBe('B');
+  });
+
+  it('take NATS URLs and host:port pairs', () => {
+    expect(envNatsUrls({ NATS_URL: 'tls://a.b:4222,wss://h/p,h-1.x:4222' })).toEqual([
+      'tls://a.b:4222',
+      'wss://h/p',
+      'h-1.x:4222',
+    ]);
+  });
+});
+
+describe('parseNodeConfig', () => {
+  const node = { NODE_NAME: 'node-a', KUBELET_ROOT: '/var/lib/kubelet', PLUGLINE_STATE_DIR: '/s' };
+
+  it('reads the node variables', () => {
+    expect(parseNodeConfig(node)).toEqual({
+      nodeName: 'node-a',
+      kubeletRoot: '/var/lib/kubelet',
+      stateDir: '/s',
+    });
+  });
+
+  it.each([
+    ['NODE_NAME', { NODE_NAME: 'Bad_Node' }],
+    ['NODE_NAME', { NODE_NAME: undefined }],
+    ['KUBELET_ROOT', { KUBELET_ROOT: 'var/lib/kubelet' }],
+    ['PLUGLINE_STATE_DIR', { PLUGLINE_STATE_DIR: '' }],
+  ])('fails fast naming %s', (field, overrides) => {
+    expect(fieldOf(() => parseNodeConfig({ ...node, ...overrides }))).toBe(field);
+  });
+});

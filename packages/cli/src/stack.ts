@@ -1,0 +1,527 @@
+/**
+ * The embedded default: NATS, kube-sim (API server + kubelet simulator), and the four services,
+ * each as its own process, on one machine. `plugctl up` runs it; chain tests start one per file.
+ */
+import { execFile } from 'node:child_process';
+import { createWriteStream, existsSync, readFileSync, type WriteStream } from 'node:fs';
+import { promisify } from 'node:util';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { KubeConfig } from '@kubernetes/client-node';
+import { spawnService, startNats, type NatsServer, type ServiceProcess } from '@plugline/testkit';
+import { parse, stringify } from 'yaml';
+import { createRunningVmi, seedDemo, DEMO, type SeededVmi, type VmiSpecOptions } from './demo.js';
+import { StackError } from './errors.js';
+
+/** The four services, in chain order. */
+export const ServiceName = {
+  SpecWatcher: 'spec-watcher',
+  AttachmentOrchestrator: 'attachment-orchestrator',
+  NodeMounter: 'node-mounter',
+  DomainUpdater: 'domain-updater',
+} as const;
+export type ServiceName = (typeof ServiceName)[keyof typeof ServiceName];
+export const SERVICE_NAMES: readonly ServiceName[] = Object.values(ServiceName);
+const NODE_SERVICES: ReadonlySet<ServiceName> = new Set([
+  ServiceName.NodeMounter,
+  ServiceName.DomainUpdater,
+]);
+
+export const Hypervisor = { Simulated: 'simulated', Libvirt: 'libvirt' } as const;
+export type Hypervisor = (typeof Hypervisor)[keyof typeof Hypervisor];
+
+// --- guest tier hook (added by the guest-truth work, issue 8) ---
+/**
+ * A libvirt for the node services (the guest harness's `LibvirtDaemons` from `@plugline/testkit`
+ * fits): domain-updater gets its URI, and node-mounter and domain-updater run inside its mount
+ * namespace, so QEMU sees the bind mounts node-mounter makes there.
+ */
+export interface LibvirtHost {
+  readonly uri: string;
+  inNamespace(command: string, args?: readonly string[]): { command: string; args: string[] };
+}
+// --- end of the guest tier hook ---
+
+export interface StackOptions {
+  /** Where everything goes: kubeconfig, env, logs, kubelet root, state (created; default `.plugline`). */
+  dir: string;
+  /** Use this NATS server instead of starting one. */
+  natsUrl?: string;
+  /** Nodes of the simulated cluster; a node-mounter and a domain-updater run per node. Default `node-1`. */
+  nodes?: readonly string[];
+  hypervisor?: Hypervisor;
+  /** With `hypervisor: 'libvirt'`: the libvirt to use and join (default: the machine's, as is). */
+  libvirt?: LibvirtHost;
+  /** Seed the demo namespace (default true). */
+  demo?: boolean;
+  /** Which services to run (default all four). */
+  services?: readonly ServiceName[];
+  /** `LOG_LEVEL` of the processes (default `info`). */
+  logLevel?: string;
+  /** Extra environment for every service (e.g. a shorter resync period in tests). */
+  serviceEnv?: Readonly<Record<string, string>>;
+  /** kube-sim's default import time of a DataVolume, ms. */
+  importMs?: number;
+  /** kube-sim's pod start latency, ms (default 30). */
+  podStartLatencyMs?: number;
+  /** How long each process may take to report ready (default 60 s). */
+  readyTimeoutMs?: number;
+  /**
+   * Processes per cluster-side service (default 1): `spec-watcher` and `attachment-orchestrator`
+   * scale out by sharing their consumers; extra replicas get ids `spec-watcher#2`, ... (benchmark).
+   */
+  replicas?: Partial<Record<ServiceName, number>>;
+  /** Extra `node` arguments per service, before the script (e.g. `--cpu-prof`; benchmark). */
+  nodeArgs?: Partial<Record<ServiceName, readonly string[]>>;
+  /** Called when a process exits while the stack runs (not during stop). */
+  onExit?: (name: string, code: number | null, signal: NodeJS.Signals | null) => void;
+}
+
+/** A service process of the stack. */
+export interface StackService {
+  /** `spec-watcher`, `node-mounter@node-1`, ... */
+  readonly id: string;
+  readonly name: ServiceName;
+  readonly node: string | undefined;
+  readonly pid: number;
+  /** `http://127.0.0.1:<port>` (`/healthz`, `/readyz`, `/metrics`). */
+  readonly healthUrl: string;
+  readonly logFile: string;
+  /** Everything it printed. */
+  output(): string;
+  running(): boolean;
+  /** Stops it (SIGTERM, then SIGKILL after a bound). */
+  stop(): Promise<void>;
+  /** Kills it at once (a crash). */
+  kill(signal?: NodeJS.Signals): void;
+}
+
+export interface HealthRow {
+  id: string;
+  pid: number;
+  healthUrl: string;
+  healthy: boolean;
+  ready: boolean;
+}
+
+export interface Stack extends AsyncDisposable {
+  readonly dir: string;
+  readonly natsUrl: string;
+  readonly kubeconfigPath: string;
+  readonly kubeletRoot: string;
+  readonly apiUrl: string;
+  readonly nodes: readonly string[];
+  readonly hypervisor: Hypervisor;
+  readonly services: readonly StackService[];
+  /** The client configuration the stack's kubeconfig describes. */
+  readonly kc: KubeConfig;
+  /** The environment for a client (`KUBECONFIG`, `NATS_URL`). */
+  clientEnv(): Record<string, string>;
+  /** The demo objects, when seeded. */
+  readonly demo: SeededVmi | undefined;
+  /** Creates a running VMI with its launcher pod (domain-updater defines its simulated domain). */
+  createVmi(options: Omit<VmiSpecOptions, 'node'> & { node?: string }): Promise<SeededVmi>;
+  /** `/healthz` and `/readyz` of every service. */
+  health(): Promise<HealthRow[]>;
+  /** Restarts one stopped or running service with the same environment. */
+  restartService(id: string): Promise<StackService>;
+  stop(): Promise<void>;
+}
+
+const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const require = createRequire(import.meta.url);
+const TSX_LOADER = pathToFileURL(require.resolve('tsx')).href;
+const SERVICE_STOP_MS = 10_000;
+const KUBE_SIM_STOP_MS = 20_000;
+
+/** `node --import tsx <file>` arguments. */
+function tsxArgs(file: string, args: readonly string[] = []): string[] {
+  return ['--import', TSX_LOADER, file, ...args];
+}
+
+/** The main module of a service in this repository. */
+export function serviceMain(name: ServiceName): string {
+  return join(REPO_ROOT, 'services', name, 'src', 'main.ts');
+}
+
+interface ReadyLine {
+  msg?: unknown;
+  healthUrl?: unknown;
+}
+
+/** The `healthUrl` of the first `{"msg":"ready","healthUrl":...}` line in `text`. */
+export function findReadyLine(text: string): string | undefined {
+  for (const line of text.split('\n')) {
+    if (!line.includes('"ready"')) continue;
+    try {
+      const parsed = JSON.parse(line) as ReadyLine;
+      if (parsed.msg === 'ready' && typeof parsed.healthUrl === 'string') return parsed.healthUrl;
+    } catch {
+      // not a JSON log line
+    }
+  }
+  return undefined;
+}
+
+async function probe(url: string): Promise<boolean> {
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
+    await res.body?.cancel();
+    return res.ok;
+  } catch {
+    return false;
+  }
+}
+
+function pipeToLog(proc: ServiceProcess, file: WriteStream): void {
+  proc.child.stdout?.on('data', (chunk: Buffer) => file.write(chunk));
+  proc.child.stderr?.on('data', (chunk: Buffer) => file.write(chunk));
+  void proc.exited.then(() => file.end());
+}
+
+interface ServiceSpec {
+  id: string;
+  name: ServiceName;
+  node: string | undefined;
+  env: Record<string, string>;
+  /** Extra `node` arguments (before the script). */
+  nodeArgs?: readonly string[];
+  /** Rewrites the command line (runs it inside the libvirt host's mount namespace). */
+  wrap?: (command: string, args: string[]) => { command: string; args: string[] };
+}
+
+class RunningService implements StackService {
+  stopping = false;
+  constructor(
+    readonly spec: ServiceSpec,
+    readonly proc: ServiceProcess,
+    readonly healthUrl: string,
+    readonly logFile: string,
+  ) {}
+  get id(): string {
+    return this.spec.id;
+  }
+  get name(): ServiceName {
+    return this.spec.name;
+  }
+  get node(): string | undefined {
+    return this.spec.node;
+  }
+  get pid(): number {
+    return this.proc.pid;
+  }
+  output(): string {
+    return this.proc.output();
+  }
+  running(): boolean {
+    return this.proc.child.exitCode === null && this.proc.child.signalCode === null;
+  }
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await this.proc.stop();
+  }
+  kill(signal: NodeJS.Signals = 'SIGKILL'): void {
+    this.stopping = true;
+    this.proc.kill(signal);
+  }
+}
+
+async function startServiceProcess(
+  spec: ServiceSpec,
+  logDir: string,
+  readyTimeoutMs: number,
+  onExit: StackOptions['onExit'],
+): Promise<RunningService> {
+  const main = serviceMain(spec.name);
+  if (!existsSync(main)) throw new StackError(`${spec.id}: ${main} does not exist`);
+  const logFile = join(logDir, `${spec.id.replace('@', '-')}.log`);
+  const args = [...(spec.nodeArgs ?? []), ...tsxArgs(main)];
+  const launch = spec.wrap?.(process.execPath, args) ?? { command: process.execPath, args };
+  const proc = await spawnService(launch.command, {
+    args: launch.args,
+    cwd: REPO_ROOT,
+    env: spec.env,
+    stopSignal: 'SIGTERM',
+    stopTimeout: SERVICE_STOP_MS,
+  });
+  const log = createWriteStream(logFile, { flags: 'a' });
+  pipeToLog(proc, log);
+  const deadline = Date.now() + readyTimeoutMs;
+  let healthUrl: string | undefined;
+  while (healthUrl === undefined) {
+    healthUrl = findReadyLine(proc.output());
+    if (healthUrl !== undefined) break;
+    const exited = proc.child.exitCode !== null || proc.child.signalCode !== null;
+    if (exited || Date.now() > deadline) {
+      await proc.stop();
+      const tail = proc.output().split('\n').slice(-15).join('\n');
+      throw new StackError(
+        `${spec.id} ${exited ? 'exited' : `did not report ready within ${readyTimeoutMs} ms`} (log: ${logFile}):\n${tail}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  const service = new RunningService(spec, proc, healthUrl, logFile);
+  void proc.exited.then(({ code, signal }) => {
+    if (!service.stopping) onExit?.(spec.id, code, signal);
+  });
+  return service;
+}
+
+/** Mount points at or under `dir` in this mount namespace, deepest first. */
+export function mountsUnder(dir: string): string[] {
+  const prefix = dir.endsWith('/') ? dir : `${dir}/`;
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((line) => (line.split(' ')[4] ?? '').replace(/\\040/g, ' '))
+    .filter((p) => p === dir || p.startsWith(prefix))
+    .sort((a, b) => b.length - a.length);
+}
+
+/**
+ * Unmounts what node-mounter left under the kubelet root (it keeps its mounts across its own
+ * restarts, as virt-handler does): the node "reboots" when the stack stops, so kube-sim can
+ * tear the pods' folders down and detach its loop devices.
+ */
+async function unmountUnder(dir: string): Promise<void> {
+  const run = promisify(execFile);
+  for (const mountPoint of mountsUnder(dir)) {
+    await run('umount', ['-l', mountPoint]).catch(() => undefined);
+  }
+}
+
+interface KubeSimProcess {
+  proc: ServiceProcess;
+  url: string;
+  kubeconfig: string;
+  kubeletRoot: string;
+}
+
+async function startKubeSimProcess(
+  dir: string,
+  nodes: readonly string[],
+  options: StackOptions,
+): Promise<KubeSimProcess> {
+  const args = [
+    '--kubeconfig',
+    join(dir, 'kubeconfig'),
+    '--kubelet-root',
+    join(dir, 'kubelet'),
+    '--nodes',
+    nodes.join(','),
+  ];
+  if (options.importMs !== undefined) args.push('--import-ms', String(options.importMs));
+  if (options.podStartLatencyMs !== undefined) {
+    args.push('--pod-start-latency-ms', String(options.podStartLatencyMs));
+  }
+  const proc = await spawnService(process.execPath, {
+    args: tsxArgs(join(REPO_ROOT, 'packages', 'kube-sim', 'src', 'main.ts'), args),
+    cwd: REPO_ROOT,
+    env: { LOG_LEVEL: 'warn' },
+    stopSignal: 'SIGTERM',
+    stopTimeout: KUBE_SIM_STOP_MS,
+  });
+  const log = createWriteStream(join(dir, 'logs', 'kube-sim.log'), { flags: 'a' });
+  pipeToLog(proc, log);
+  try {
+    const [line] = await proc.waitForOutput(/^\{"url":.*\}$/m, options.readyTimeoutMs ?? 60_000);
+    const ready = JSON.parse(line) as { url: string; kubeconfig: string; kubeletRoot: string };
+    return { proc, ...ready };
+  } catch (err) {
+    await proc.stop();
+    throw new StackError(`kube-sim did not start: ${proc.output().slice(-2000)}`, { cause: err });
+  }
+}
+
+/** Sets the kubeconfig's current context namespace (kubectl and plugctl then default to it). */
+async function setContextNamespace(path: string, namespace: string): Promise<void> {
+  const doc = parse(await readFile(path, 'utf8')) as {
+    'current-context'?: string;
+    contexts?: { name: string; context: Record<string, unknown> }[];
+  };
+  for (const c of doc.contexts ?? []) {
+    if (c.name === doc['current-context']) c.context.namespace = namespace;
+  }
+  await writeFile(path, stringify(doc), { mode: 0o600 });
+}
+
+function serviceSpecs(
+  options: StackOptions,
+  base: Record<string, string>,
+  dir: string,
+  nodes: readonly string[],
+): ServiceSpec[] {
+  const wanted = options.services ?? SERVICE_NAMES;
+  const specs: ServiceSpec[] = [];
+  for (const name of SERVICE_NAMES.filter((n) => wanted.includes(n))) {
+    if (!NODE_SERVICES.has(name)) {
+      const replicas = Math.max(1, options.replicas?.[name] ?? 1);
+      for (let i = 1; i <= replicas; i++) {
+        const id = i === 1 ? name : `${name}#${i}`;
+        specs.push({ id, name, node: undefined, env: { ...base } });
+      }
+      continue;
+    }
+    for (const node of nodes) {
+      const env: Record<string, string> = {
+        ...base,
+        NODE_NAME: node,
+        PLUGLINE_STATE_DIR: join(dir, 'state', `${name}-${node}`),
+      };
+      if (name === ServiceName.DomainUpdater) {
+        env.PLUGLINE_HYPERVISOR = options.hypervisor ?? Hypervisor.Simulated;
+        env.PLUGLINE_SIM_STATE_FILE = simStateFile(dir, node);
+      }
+      const libvirt = options.hypervisor === Hypervisor.Libvirt ? options.libvirt : undefined;
+      if (libvirt !== undefined) {
+        // libvirt on the host: disk sources are host paths of the launcher's hotplug folder.
+        if (name === ServiceName.DomainUpdater) {
+          env.LIBVIRT_URI = libvirt.uri;
+          env.PLUGLINE_DISK_SOURCE_DIR = 'host';
+        }
+        const wrap = (command: string, args: string[]) => libvirt.inNamespace(command, args);
+        specs.push({ id: `${name}@${node}`, name, node, env, wrap });
+        continue;
+      }
+      specs.push({ id: `${name}@${node}`, name, node, env });
+    }
+  }
+  return specs.map((s) => ({
+    ...s,
+    env: { ...s.env, ...options.serviceEnv },
+    nodeArgs: options.nodeArgs?.[s.name],
+  }));
+}
+
+function simStateFile(dir: string, node: string): string {
+  return join(dir, 'state', `hypervisor-${node}.json`);
+}
+
+/**
+ * Starts the embedded default and resolves once every service reported ready. On failure,
+ * everything already started is stopped before the error is thrown.
+ */
+export async function startStack(options: StackOptions): Promise<Stack> {
+  const dir = resolve(options.dir);
+  const nodes = options.nodes ?? ['node-1'];
+  const hypervisor = options.hypervisor ?? Hypervisor.Simulated;
+  const readyTimeoutMs = options.readyTimeoutMs ?? 60_000;
+  // A fresh run: the previous run's state (checkpoints, domains, kubelet files) is gone with it.
+  await rm(join(dir, 'state'), { recursive: true, force: true });
+  await rm(join(dir, 'kubelet'), { recursive: true, force: true });
+  await mkdir(join(dir, 'logs'), { recursive: true });
+  await mkdir(join(dir, 'state'), { recursive: true });
+
+  const cleanups: (() => Promise<void>)[] = [];
+  const services: RunningService[] = [];
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopped ??= (async () => {
+      await Promise.allSettled(services.map((s) => s.stop()));
+      for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
+    })();
+    return stopped;
+  };
+
+  try {
+    let natsUrl = options.natsUrl;
+    if (natsUrl === undefined) {
+      const nats: NatsServer = await startNats();
+      cleanups.push(() => nats.stop());
+      natsUrl = nats.url;
+    }
+    const sim = await startKubeSimProcess(dir, nodes, options);
+    cleanups.push(async () => {
+      await unmountUnder(sim.kubeletRoot);
+      await sim.proc.stop();
+    });
+    const kubeconfigPath = sim.kubeconfig;
+    if (options.demo !== false) await setContextNamespace(kubeconfigPath, DEMO.namespace);
+    const kc = new KubeConfig();
+    kc.loadFromFile(kubeconfigPath);
+
+    const createVmi: Stack['createVmi'] = async (vmiOptions) => {
+      const node = vmiOptions.node ?? nodes[0] ?? 'node-1';
+      return createRunningVmi(kc, { ...vmiOptions, node });
+    };
+
+    let demo: SeededVmi | undefined;
+    if (options.demo !== false) {
+      demo = await seedDemo(kc, nodes[0] as string);
+    }
+
+    const base: Record<string, string> = {
+      NATS_URL: natsUrl,
+      KUBECONFIG: kubeconfigPath,
+      KUBELET_ROOT: sim.kubeletRoot,
+      LOG_LEVEL: options.logLevel ?? 'info',
+      LOG_PRETTY: 'false',
+      HEALTH_PORT: '0',
+      HEALTH_HOST: '127.0.0.1',
+      PLUGLINE_STREAM_REPLICAS: '1',
+    };
+    const specs = serviceSpecs(options, base, dir, nodes);
+    const logDir = join(dir, 'logs');
+    const started = await Promise.allSettled(
+      specs.map(async (spec) => {
+        const service = await startServiceProcess(spec, logDir, readyTimeoutMs, options.onExit);
+        services.push(service);
+        return service;
+      }),
+    );
+    const failed = started.find((r) => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+
+    const envFile = join(dir, 'env');
+    await writeFile(
+      envFile,
+      `export KUBECONFIG=${kubeconfigPath}\nexport NATS_URL=${natsUrl}\n`,
+      'utf8',
+    );
+
+    const specsById = new Map(specs.map((s) => [s.id, s]));
+    const stack: Stack = {
+      dir,
+      natsUrl,
+      kubeconfigPath,
+      kubeletRoot: sim.kubeletRoot,
+      apiUrl: sim.url,
+      nodes,
+      hypervisor,
+      kc,
+      demo,
+      get services() {
+        return services;
+      },
+      clientEnv: () => ({ KUBECONFIG: kubeconfigPath, NATS_URL: natsUrl }),
+      createVmi,
+      health: () =>
+        Promise.all(
+          services.map(async (s) => ({
+            id: s.id,
+            pid: s.pid,
+            healthUrl: s.healthUrl,
+            healthy: s.running() && (await probe(`${s.healthUrl}/healthz`)),
+            ready: s.running() && (await probe(`${s.healthUrl}/readyz`)),
+          })),
+        ),
+      restartService: async (id) => {
+        const spec = specsById.get(id);
+        const index = services.findIndex((s) => s.id === id);
+        if (spec === undefined || index < 0) throw new StackError(`no service ${id}`);
+        await services[index]?.stop();
+        const service = await startServiceProcess(spec, logDir, readyTimeoutMs, options.onExit);
+        services[index] = service;
+        return service;
+      },
+      stop,
+      [Symbol.asyncDispose]: stop,
+    };
+    return stack;
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}

@@ -1,0 +1,172 @@
+import { createServer } from 'node:net';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { ConflictError, NotFoundError, TransientError } from '@plugline/contracts';
+import { startKubeSim } from '@plugline/kube-sim';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KubeApiError, KubeClient, loadKubeConfig, retryOnConflict } from '../src/index.js';
+import { createNamespace, createVmi, kubeConfigFor, memoryLogger, podManifest } from './helpers.js';
+
+type Sim = Awaited<ReturnType<typeof startKubeSim>>;
+
+let sim: Sim;
+let kc: KubeConfig;
+let client: KubeClient;
+let ns: string;
+
+beforeAll(async () => {
+  sim = await startKubeSim({ kubelet: false });
+  kc = kubeConfigFor(sim.url);
+  client = new KubeClient({ kc, fieldManager: 'plugline-test', logger: memoryLogger().logger });
+  ns = await createNamespace(kc);
+});
+
+afterAll(async () => {
+  await sim?.stop();
+});
+
+describe('loadKubeConfig', () => {
+  it('loads the given kubeconfig file', () => {
+    const loaded = loadKubeConfig({ kubeconfig: sim.kubeconfigPath });
+    expect(loaded.getCurrentCluster()?.server).toBe(sim.url);
+  });
+
+  it('fails with a ConfigError naming the field', () => {
+    expect(() => loadKubeConfig({ kubeconfig: '/nonexistent/kubeconfig' })).toThrow(
+      expect.objectContaining({ name: 'ConfigError', field: 'kubeconfig' }) as Error,
+    );
+  });
+});
+
+describe('KubeClient', () => {
+  it('maps 404 to NotFoundError', async () => {
+    await expect(client.getVmi(ns, 'no-such-vmi')).rejects.toBeInstanceOf(NotFoundError);
+    await expect(client.getPod(ns, 'no-such-pod')).rejects.toBeInstanceOf(NotFoundError);
+    await expect(client.getPvc(ns, 'no-such-pvc')).rejects.toBeInstanceOf(NotFoundError);
+    await expect(client.getDataVolume(ns, 'no-such-dv')).rejects.toBeInstanceOf(NotFoundError);
+    await expect(client.getVm(ns, 'no-such-vm')).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it('maps network failures to TransientError with the cause', async () => {
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as { port: number };
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    const dead = new KubeClient({
+      kc: kubeConfigFor(`http://127.0.0.1:${port}`),
+      fieldManager: 't',
+    });
+    const err: unknown = await dead.getVmi(ns, 'x').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TransientError);
+    expect((err as Error).cause).toBeDefined();
+  });
+
+  it('creates pods idempotently and lists them by label', async () => {
+    const first = await client.createPod(ns, podManifest('hp-volume-abcde', { kubevirt: 'x' }));
+    expect(first.created).toBe(true);
+    const second = await client.createPod(ns, podManifest('hp-volume-abcde', { kubevirt: 'x' }));
+    expect(second.created).toBe(false);
+    expect(second.object.metadata?.uid).toBe(first.object.metadata?.uid);
+    const pods = await client.listPods(ns, 'kubevirt=x');
+    expect(pods.map((p) => p.metadata?.name)).toEqual(['hp-volume-abcde']);
+    expect(await client.listPods(ns, 'kubevirt=y')).toEqual([]);
+  });
+
+  it('deletes pods: NotFound is fine, a UID precondition protects a namesake', async () => {
+    expect(await client.deletePod(ns, 'never-existed')).toBe(false);
+    const { object } = await client.createPod(ns, podManifest('pod-to-delete'));
+    expect(await client.deletePod(ns, 'pod-to-delete', { uid: 'some-other-uid' })).toBe(false);
+    expect((await client.getPod(ns, 'pod-to-delete')).metadata?.uid).toBe(object.metadata?.uid);
+    expect(await client.deletePod(ns, 'pod-to-delete', { uid: object.metadata!.uid! })).toBe(true);
+    await expect(client.getPod(ns, 'pod-to-delete')).rejects.toBeInstanceOf(NotFoundError);
+    expect(await client.deletePod(ns, 'pod-to-delete')).toBe(false);
+  });
+
+  it('JSON-patches a VMI; a failing test op is a ConflictError; dryRun does not persist', async () => {
+    const vmi = await createVmi(kc, ns, 'patched-vmi');
+    const rv = vmi.metadata.resourceVersion;
+    const patched = await client.patchVmi(ns, 'patched-vmi', [
+      { op: 'test', path: '/metadata/resourceVersion', value: rv },
+      { op: 'add', path: '/metadata/annotations', value: { step: 'one' } },
+    ]);
+    expect(patched.metadata.annotations).toEqual({ step: 'one' });
+    expect(patched.metadata.resourceVersion).not.toBe(rv);
+
+    const stale = client.patchVmi(ns, 'patched-vmi', [
+      { op: 'test', path: '/metadata/resourceVersion', value: rv },
+      { op: 'replace', path: '/metadata/annotations/step', value: 'two' },
+    ]);
+    await expect(stale).rejects.toBeInstanceOf(ConflictError);
+
+    const dry = await client.patchVmi(
+      ns,
+      'patched-vmi',
+      [{ op: 'replace', path: '/metadata/annotations/step', value: 'dry' }],
+      { dryRun: true },
+    );
+    expect(dry.metadata.annotations?.step).toBe('dry');
+    expect((await client.getVmi(ns, 'patched-vmi')).metadata.annotations?.step).toBe('one');
+  });
+
+  it('a patch the schema refuses is a KubeApiError, not a conflict', async () => {
+    await createVmi(kc, ns, 'invalid-patch-vmi');
+    const bad = client.patchVmi(ns, 'invalid-patch-vmi', [
+      { op: 'replace', path: '/spec/domain/devices', value: 'not-an-object' },
+    ]);
+    await expect(bad).rejects.toBeInstanceOf(KubeApiError);
+    await expect(bad).rejects.toMatchObject({ code: 422 });
+  });
+
+  it('patches the status subresource', async () => {
+    await createVmi(kc, ns, 'status-vmi');
+    const out = await client.patchVmiStatus(ns, 'status-vmi', [
+      { op: 'add', path: '/status', value: { volumeStatus: [{ name: 'v1', target: '' }] } },
+    ]);
+    expect(out.status?.volumeStatus).toEqual([{ name: 'v1', target: '' }]);
+    expect((await client.getVmi(ns, 'status-vmi')).status?.volumeStatus).toHaveLength(1);
+  });
+});
+
+describe('retryOnConflict', () => {
+  it('succeeds after a concurrent change by re-reading', async () => {
+    await createVmi(kc, ns, 'contended-vmi');
+    const other = new KubeClient({ kc, fieldManager: 'someone-else' });
+    let attempts = 0;
+    await retryOnConflict(async () => {
+      attempts++;
+      const vmi = await client.getVmi(ns, 'contended-vmi');
+      if (attempts === 1) {
+        await other.patchVmi(ns, 'contended-vmi', [
+          { op: 'add', path: '/metadata/labels/concurrent', value: 'yes' },
+        ]);
+      }
+      await client.patchVmi(ns, 'contended-vmi', [
+        { op: 'test', path: '/metadata/resourceVersion', value: vmi.metadata.resourceVersion },
+        { op: 'add', path: '/metadata/labels/mine', value: 'yes' },
+      ]);
+    });
+    expect(attempts).toBe(2);
+    const labels = (await client.getVmi(ns, 'contended-vmi')).metadata.labels;
+    expect(labels).toMatchObject({ concurrent: 'yes', mine: 'yes' });
+  });
+
+  it('gives up after `steps` conflicts and does not retry other errors', async () => {
+    let calls = 0;
+    const always = retryOnConflict(
+      () => {
+        calls++;
+        return Promise.reject(new ConflictError('busy'));
+      },
+      { steps: 3, baseMs: 1 },
+    );
+    await expect(always).rejects.toBeInstanceOf(ConflictError);
+    expect(calls).toBe(3);
+
+    calls = 0;
+    const other = retryOnConflict(() => {
+      calls++;
+      return Promise.reject(new NotFoundError('gone'));
+    });
+    await expect(other).rejects.toBeInstanceOf(NotFoundError);
+    expect(calls).toBe(1);
+  });
+});

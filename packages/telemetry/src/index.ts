@@ -1,0 +1,20 @@
+export {
+  LogLevel,
+  REDACT_PATHS,
+  createLogger,
+  childLogger,
+  silentLogger,
+  memoryDestination,
+} from './logger.js';
+export type { LoggerConfig, LogBindings, MemoryDestination } from './logger.js';
+export type { Logger } from 'pino';
+
+export { Outcome, createMetrics } from './metrics.js';
+export type { PluglineMetrics, MetricsOptions } from './metrics.js';
+export { Registry } from 'prom-client';
+
+export { startHealthServer } from './health.js';
+export type { HealthCheck, HealthServer, HealthServerOptions } from './health.js';
+
+export { injectTrace, extractTrace, traceFields, withSpan } from './trace.js';
+export type { HeaderCarrier, SpanOptions } from './trace.js';

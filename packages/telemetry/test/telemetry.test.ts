@@ -1,0 +1,125 @@
+import { context, propagation, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from './context-manager.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  childLogger,
+  createLogger,
+  createMetrics,
+  extractTrace,
+  injectTrace,
+  memoryDestination,
+  startHealthServer,
+  traceFields,
+  withSpan,
+} from '../src/index.js';
+import { startedSpans, testTracerProvider, w3cPropagator } from './w3c.js';
+
+function headerMap(): Map<string, string> {
+  return new Map<string, string>();
+}
+
+describe('createLogger', () => {
+  it('writes JSON with child bindings and redacts secrets', () => {
+    const sink = memoryDestination();
+    const logger = createLogger({ name: 'node-mounter', level: 'debug' }, sink);
+    const child = childLogger(logger, {
+      stage: 'node-mounter',
+      namespace: 'ns1',
+      vmi: 'vm1',
+      volume: undefined,
+    });
+    child.info(
+      {
+        user: { name: 'alice', password: 'hunter2', token: 'abc' },
+        kubeconfig: { users: [{ name: 'u', user: { token: 'kt', 'client-key-data': 'KEY' } }] },
+        headers: { authorization: 'Bearer x' },
+      },
+      'hello',
+    );
+    const line = sink.lines[0]!;
+    expect(line).toMatchObject({
+      name: 'node-mounter',
+      stage: 'node-mounter',
+      namespace: 'ns1',
+      vmi: 'vm1',
+      msg: 'hello',
+    });
+    expect(line).not.toHaveProperty('volume');
+    const text = JSON.stringify(line);
+    for (const secret of ['hunter2', '"abc"', '"kt"', 'KEY', 'Bearer x'])
+      expect(text).not.toContain(secret);
+    expect(text).toContain('alice');
+  });
+});
+
+describe('createMetrics and the health server', () => {
+  it('serves /healthz, /readyz (503 until ready) and /metrics', async () => {
+    const metrics = createMetrics();
+    metrics.messagesHandled.inc({ stage: 'node-mounter', outcome: 'done' });
+    metrics.deadLetters.inc({ stage: 'node-mounter', reason: 'oversized' });
+    metrics.effectDuration.observe({ stage: 'node-mounter', effect: 'mount' }, 0.02);
+    let ready = false;
+    await using server = await startHealthServer({
+      registry: metrics.registry,
+      ready: { nats: () => ready, consumers: () => Promise.resolve(true) },
+    });
+    expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
+    const notReady = await fetch(`${server.url}/readyz`);
+    expect(notReady.status).toBe(503);
+    expect(await notReady.json()).toEqual({ ok: false, checks: { nats: false, consumers: true } });
+    ready = true;
+    expect((await fetch(`${server.url}/readyz`)).status).toBe(200);
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    expect(text).toContain(
+      'plugline_messages_handled_total{stage="node-mounter",outcome="done"} 1',
+    );
+    expect(text).toContain(
+      'plugline_dead_letters_total{stage="node-mounter",reason="oversized"} 1',
+    );
+    expect(text).toContain(
+      'plugline_effect_duration_seconds_bucket{le="0.05",stage="node-mounter",effect="mount"} 1',
+    );
+    expect(text).toContain('plugline_process_cpu_user_seconds_total');
+    expect((await fetch(`${server.url}/nope`)).status).toBe(404);
+  });
+});
+
+describe('trace context', () => {
+  it('is a no-op when no tracer or propagator is registered', async () => {
+    const headers = headerMap();
+    await withSpan('noop', () => injectTrace(headers));
+    expect(headers.size).toBe(0);
+    expect(traceFields()).toEqual({});
+  });
+
+  describe('with a tracer configured', () => {
+    beforeAll(() => {
+      context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+      propagation.setGlobalPropagator(w3cPropagator);
+      trace.setGlobalTracerProvider(testTracerProvider);
+    });
+    afterAll(() => {
+      trace.disable();
+      propagation.disable();
+      context.disable();
+    });
+
+    it('carries one trace across a publish and a consume', async () => {
+      const headers = headerMap();
+      const sent = await withSpan('publish', (span) => {
+        injectTrace(headers);
+        return { traceId: span.spanContext().traceId, fields: traceFields() };
+      });
+      expect(headers.get('traceparent')).toMatch(
+        new RegExp(`^00-${sent.traceId}-[0-9a-f]{16}-01$`),
+      );
+      expect(sent.fields.traceparent).toBe(headers.get('traceparent'));
+      const received = await withSpan('consume', (span) => span.spanContext(), {
+        parent: extractTrace(headers),
+      });
+      expect(received.traceId).toBe(sent.traceId);
+      expect(startedSpans).toEqual(['publish', 'consume']);
+      await expect(withSpan('fails', () => Promise.reject(new Error('x')))).rejects.toThrow('x');
+    });
+  });
+});

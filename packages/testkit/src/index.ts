@@ -1,0 +1,54 @@
+export {
+  startNats,
+  startNatsCluster,
+  findNatsServer,
+  chooseEngine,
+  freePort,
+  natsHealthy,
+} from './nats-server.js';
+export type { NatsServer, NatsCluster, NatsEngine, StartNatsOptions } from './nats-server.js';
+
+export { dockerReachable, dockerSocketPath } from './docker.js';
+export { waitFor } from './wait.js';
+export type { WaitForOptions } from './wait.js';
+export { tempDir } from './temp.js';
+export type { TempDir } from './temp.js';
+export { spawnService } from './process.js';
+export type { ServiceProcess, SpawnServiceOptions } from './process.js';
+export { NatsServerNotFoundError, StartupError, WaitTimeoutError } from './errors.js';
+
+export {
+  buildGuest,
+  defaultGuestScript,
+  parseBuildOutput,
+  startLibvirt,
+  launcherDomainXml,
+  startGuest,
+  GuestConsole,
+  parseDiskReport,
+  hexOf,
+  attachLoopDevice,
+  guestGate,
+  GUEST_TOOLS,
+  startGuestHarness,
+  GuestHarnessError,
+} from './guest/index.js';
+export type {
+  GuestImage,
+  BuildGuestOptions,
+  LibvirtDaemons,
+  StartLibvirtOptions,
+  LauncherDomainOptions,
+  LauncherDisk,
+  LauncherDiskSpec,
+  StartGuestOptions,
+  Guest,
+  GuestDisk,
+  DiskReport,
+  ReceivedDiskReport,
+  ConsoleWaitOptions,
+  LoopDevice,
+  GuestGate,
+  GuestHarness,
+  StartGuestHarnessOptions,
+} from './guest/index.js';

@@ -1,0 +1,42 @@
+import {
+  envInteger,
+  envText,
+  parseLeaseTtlMs,
+  parseServiceBaseConfig,
+  serviceBaseDefaults,
+  DEFAULT_LEASE_TTL_MS,
+  type ServiceBaseConfig,
+} from '@plugline/bus';
+
+/**
+ * The attachment-orchestrator's configuration, parsed once from the environment: the common
+ * service variables (`PLUGLINE_CONCURRENCY`: VMIs reconciled at once) plus its own.
+ */
+export interface OrchestratorConfig extends ServiceBaseConfig {
+  /** `PLUGLINE_ATTACH_IMAGE`: the hotplug-disk container image (default: the launcher's image). */
+  readonly attachImage: string | undefined;
+  /** `PLUGLINE_COALESCE_MS`: how long volume changes gather before a new pod (default 50). */
+  readonly coalesceMs: number;
+  /** `PLUGLINE_LEASE_TTL_MS`: the per-VMI lease (default 30 000; short in tests). */
+  readonly leaseTtlMs: number;
+}
+
+export function defaults(): Omit<OrchestratorConfig, 'natsUrls' | 'kubeconfig'> {
+  return {
+    ...serviceBaseDefaults(),
+    attachImage: undefined,
+    coalesceMs: 50,
+    leaseTtlMs: DEFAULT_LEASE_TTL_MS,
+  };
+}
+
+/** Reads and validates the environment; fails fast with a `ConfigError` naming the variable. */
+export function parseConfig(env: NodeJS.ProcessEnv): OrchestratorConfig {
+  const d = defaults();
+  return Object.freeze({
+    ...parseServiceBaseConfig(env),
+    attachImage: envText(env, 'PLUGLINE_ATTACH_IMAGE') ?? d.attachImage,
+    coalesceMs: envInteger(env, 'PLUGLINE_COALESCE_MS', d.coalesceMs, 0, 60_000),
+    leaseTtlMs: parseLeaseTtlMs(env, d.leaseTtlMs),
+  });
+}

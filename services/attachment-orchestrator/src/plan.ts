@@ -1,0 +1,186 @@
+import type { VirtualMachineInstance, VolumeStatus } from '@plugline/contracts';
+import { isHotpluggable, VolumePhase } from '@plugline/contracts';
+import type { AttachmentVolume, Pod } from './pod.js';
+import { attachmentPodName, isPodRunningAndReady, volumesOfPod } from './pod.js';
+
+/** A volume in one of these phases is in use by the launcher: its pod must stay (KubeVirt #14998). */
+export const IN_USE_PHASES: ReadonlySet<string> = new Set([
+  VolumePhase.MountedToPod,
+  VolumePhase.Ready,
+]);
+
+export type PlanAction =
+  | { type: 'createPod'; name: string; volumes: AttachmentVolume[] }
+  | {
+      type: 'deletePod';
+      name: string;
+      uid?: string;
+      reason: 'replaced' | 'unused' | 'launcherGone';
+    }
+  | { type: 'attachedToNode'; volume: string; pod: { name: string; uid: string }; node: string }
+  | { type: 'detaching'; volume: string; pod: string }
+  | { type: 'released'; volume: string }
+  | {
+      type: 'wait';
+      reason: 'podPending' | 'podTerminating' | 'newPodNotRunning' | 'volumeInUse';
+      detail: string;
+    };
+
+export interface PlanInput {
+  vmi: VirtualMachineInstance;
+  /** The launcher pod; undefined (or terminating) when it is gone. */
+  launcherPod: Pod | undefined;
+  /** The hotplug volumes whose claims are ready to attach (`pvcReadiness`). */
+  desiredReady: readonly AttachmentVolume[];
+  /** This VMI's attachment pods, as the informer sees them. */
+  pods: readonly Pod[];
+  volumeStatus: readonly VolumeStatus[];
+  /**
+   * Volumes that must not lose their pod yet (the launcher may still use them). Defaults to
+   * the volumes whose status phase is in {@link IN_USE_PHASES}.
+   */
+  inUse?: ReadonlySet<string>;
+}
+
+const sameSet = (a: readonly string[], b: readonly string[]): boolean =>
+  a.length === b.length && a.every((x, i) => x === b[i]);
+
+const terminating = (pod: Pod): boolean => pod.metadata.deletionTimestamp !== undefined;
+
+function launcherGone(input: PlanInput): boolean {
+  const phase = input.vmi.status?.phase;
+  return (
+    input.launcherPod === undefined ||
+    terminating(input.launcherPod) ||
+    input.vmi.metadata.deletionTimestamp !== undefined ||
+    phase === 'Succeeded' ||
+    phase === 'Failed'
+  );
+}
+
+function deleteAction(pod: Pod, reason: 'replaced' | 'unused' | 'launcherGone'): PlanAction {
+  const action: PlanAction = { type: 'deletePod', name: pod.metadata.name ?? '', reason };
+  if (pod.metadata.uid !== undefined) action.uid = pod.metadata.uid;
+  return action;
+}
+
+/** Create the pod for the ready set unless one carries it, or a pod of ours is still starting. */
+function planCreate(
+  input: PlanInput,
+  desired: string[],
+  live: Pod[],
+): { current: Pod | undefined; actions: PlanAction[] } {
+  if (desired.length === 0) return { current: undefined, actions: [] };
+  const current = live.find((p) => sameSet(volumesOfPod(p), desired));
+  if (current !== undefined) return { current, actions: [] };
+  const pending = live.find((p) => p.status?.phase === undefined || p.status.phase === 'Pending');
+  if (pending !== undefined) {
+    // Coalescing: the starting pod finishes first; then one pod for everything accumulated.
+    return {
+      current: undefined,
+      actions: [{ type: 'wait', reason: 'podPending', detail: pending.metadata.name ?? '' }],
+    };
+  }
+  const name = attachmentPodName(input.vmi, desired);
+  const sameName = input.pods.find((p) => p.metadata.name === name);
+  if (sameName !== undefined) {
+    return {
+      current: undefined,
+      actions: [{ type: 'wait', reason: 'podTerminating', detail: name }],
+    };
+  }
+  const volumes = [...input.desiredReady].sort((a, b) => (a.name < b.name ? -1 : 1));
+  return { current: undefined, actions: [{ type: 'createPod', name, volumes }] };
+}
+
+function planAttached(
+  input: PlanInput,
+  current: Pod | undefined,
+  statusOf: Map<string, VolumeStatus>,
+): PlanAction[] {
+  if (current === undefined || !isPodRunningAndReady(current)) return [];
+  const pod = { name: current.metadata.name ?? '', uid: current.metadata.uid ?? '' };
+  const node = current.spec?.nodeName ?? input.launcherPod?.spec?.nodeName ?? '';
+  return volumesOfPod(current)
+    .filter((v) => statusOf.get(v)?.hotplugVolume?.attachPodUID !== pod.uid)
+    .map((volume) => ({ type: 'attachedToNode' as const, volume, pod, node }));
+}
+
+/** Old pods go once the new pod runs and nothing only they carry is still in use (KubeVirt #10275, #14998). */
+function planDeletes(
+  current: Pod | undefined,
+  desired: string[],
+  old: Pod[],
+  statusOf: Map<string, VolumeStatus>,
+  isInUse: (volume: string) => boolean,
+): PlanAction[] {
+  const actions: PlanAction[] = [];
+  const successorReady =
+    desired.length === 0 || (current !== undefined && isPodRunningAndReady(current));
+  const carried = new Set(current === undefined ? [] : volumesOfPod(current));
+  for (const pod of old) {
+    const name = pod.metadata.name ?? '';
+    if (!successorReady) {
+      actions.push({ type: 'wait', reason: 'newPodNotRunning', detail: name });
+      continue;
+    }
+    const leaving = volumesOfPod(pod).filter((v) => !carried.has(v));
+    const inUse = leaving.filter(isInUse);
+    if (inUse.length > 0) {
+      actions.push({ type: 'wait', reason: 'volumeInUse', detail: `${name}: ${inUse.join(',')}` });
+      continue;
+    }
+    actions.push(deleteAction(pod, current === undefined ? 'unused' : 'replaced'));
+    for (const volume of leaving) {
+      if (statusOf.has(volume) && !desired.includes(volume))
+        actions.push({ type: 'detaching', volume, pod: name });
+    }
+  }
+  return actions;
+}
+
+/** Volumes that left the spec and are on no pod any more: their unplug is done here. */
+function planReleased(input: PlanInput): PlanAction[] {
+  const inSpec = new Set((input.vmi.spec.volumes ?? []).filter(isHotpluggable).map((v) => v.name));
+  const onPods = new Set(input.pods.flatMap(volumesOfPod));
+  return input.volumeStatus
+    .filter((s) => !inSpec.has(s.name) && s.hotplugVolume !== undefined && !onPods.has(s.name))
+    .map((s) => ({ type: 'released' as const, volume: s.name }));
+}
+
+/**
+ * One reconcile of a VMI's attachment pods, as KubeVirt's virt-controller does it: one pod for
+ * the whole ready set; no new pod while one of ours is Pending (changes coalesce); an old pod
+ * deleted only once the new one runs and none of the volumes only it carries is `MountedToPod`
+ * or `Ready`; everything deleted when the launcher is gone. Pure: returns the actions.
+ */
+export function planAttachment(input: PlanInput): PlanAction[] {
+  if (launcherGone(input)) {
+    return input.pods.filter((p) => !terminating(p)).map((p) => deleteAction(p, 'launcherGone'));
+  }
+  const statusOf = new Map(input.volumeStatus.map((s) => [s.name, s]));
+  const isInUse = (v: string): boolean =>
+    input.inUse?.has(v) ?? IN_USE_PHASES.has(statusOf.get(v)?.phase ?? '');
+  const desired = [...new Set(input.desiredReady.map((v) => v.name))].sort();
+  const live = input.pods.filter((p) => !terminating(p));
+  const { current, actions } = planCreate(input, desired, live);
+  const old = live.filter(
+    (p) =>
+      p !== current &&
+      !(
+        current === undefined &&
+        actions.some((a) => a.type === 'wait' && a.reason === 'podPending') &&
+        isStarting(p)
+      ),
+  );
+  return [
+    ...actions,
+    ...planAttached(input, current, statusOf),
+    ...planDeletes(current, desired, old, statusOf, isInUse),
+    ...planReleased(input),
+  ];
+}
+
+function isStarting(pod: Pod): boolean {
+  return pod.status?.phase === undefined || pod.status.phase === 'Pending';
+}

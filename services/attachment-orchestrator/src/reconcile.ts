@@ -1,0 +1,553 @@
+/**
+ * One level-triggered reconcile of a VMI's attachment volumes, as pure data: from what the
+ * informer caches show (an {@link Observation}) and what this unit remembers (a {@link UnitState}),
+ * decide the pod effects, the facts to publish and where to rest. No I/O.
+ */
+import {
+  claimNameOf,
+  EventType,
+  isHotpluggable,
+  PhaseMessage,
+  Reason,
+  Stage,
+  VolumePhase,
+  type EventData,
+  type OperationKind,
+  type PersistentVolumeClaimInfo,
+  type VirtualMachineInstance,
+  type VolumeStatus,
+  type WorkItem,
+} from '@plugline/contracts';
+import { fact, nextWork, type StageEmitted } from '@plugline/bus';
+import type { AttachmentVolume, Pod } from './pod.js';
+import { buildAttachmentPod, isPodRunningAndReady, volumesOfPod } from './pod.js';
+import type { DataVolume, PersistentVolumeClaim, PvcReadiness } from './pvc.js';
+import { DataVolumePhase, pvcReadiness } from './pvc.js';
+import { planAttachment, type PlanAction } from './plan.js';
+
+/** The VMI a unit is about. */
+export interface VmiRef {
+  namespace: string;
+  name: string;
+  uid: string;
+}
+
+/** What the caches show about one VMI. JSON-shaped. */
+export interface Observation {
+  /** Undefined when the VMI is gone. */
+  vmi: VirtualMachineInstance | undefined;
+  /** The launcher pod; undefined when there is none. */
+  launcher: Pod | undefined;
+  /** This VMI's attachment pods (by the owner-vmi-uid annotation), terminating ones included. */
+  pods: Pod[];
+  /** PVCs by claim name (only those the spec references). */
+  pvcs: Record<string, PersistentVolumeClaim>;
+  /** DataVolumes by name (only those the spec references). */
+  dataVolumes: Record<string, DataVolume>;
+}
+
+/** An operation a work item named for a volume. */
+export interface OperationRef {
+  operationId: string;
+  issuedAt: string;
+}
+
+/** The operations this unit has heard of, per volume, by direction. */
+export interface VolumeOps {
+  plug?: OperationRef;
+  unplug?: OperationRef;
+  /** The unplug operation whose `unmounted-from-pod` arrived: the volume's pod may go. */
+  unmounted?: string;
+}
+
+/** What the unit remembers between runs (persisted in its snapshot). */
+export interface UnitState {
+  vmi: VmiRef;
+  ops: Record<string, VolumeOps>;
+  /** The last fact published per volume and type, as a signature (no repeats). */
+  published: Record<string, Record<string, string>>;
+  /** When the first un-handled change was seen (epoch ms): pods wait `coalesceMs` after it. */
+  changeSince?: number;
+  /** The pod this unit created last, until the cache shows it (informer lag). */
+  created?: { name: string; at: number };
+}
+
+/** A pod effect, run by the `applyEffects` actor. */
+export type Effect =
+  | { kind: 'createPod'; namespace: string; pod: Pod }
+  | { kind: 'deletePod'; namespace: string; name: string; uid?: string; reason: string };
+
+/** Where a unit rests after a run; the waiting ones are re-delivered at `wakeAt`. */
+export const Rest = {
+  Steady: 'steady',
+  Coalescing: 'coalescing',
+  AwaitingVolumes: 'awaitingVolumes',
+  AwaitingPods: 'awaitingPods',
+  AwaitingUnmount: 'awaitingUnmount',
+} as const;
+export type Rest = (typeof Rest)[keyof typeof Rest];
+
+export interface Decision {
+  state: UnitState;
+  effects: Effect[];
+  /** Facts and work items, published once the effects succeeded. */
+  emit: StageEmitted[];
+  rest: Rest;
+  wakeAt?: number;
+}
+
+export interface DecideOptions {
+  /** Volume changes gather this long before a new pod (default 50). */
+  coalesceMs: number;
+  /** Re-delivery of a waiting unit when no informer nudge comes (default 5000). */
+  fallbackMs: number;
+  /** The hotplug-disk image; default the launcher's. */
+  attachImage?: string | undefined;
+  /** Storage classes that bind on first consumer. */
+  waitForFirstConsumerClasses: readonly string[];
+}
+
+/** Causes of the nudges this service sends itself; they never name an operation. */
+export const NudgeCause = {
+  Pvc: 'informer-pvc',
+  DataVolume: 'informer-datavolume',
+  Pod: 'informer-pod',
+  Vmi: 'informer-vmi',
+  Startup: 'startup',
+} as const;
+export type NudgeCause = (typeof NudgeCause)[keyof typeof NudgeCause];
+
+export function isNudge(cause: string): boolean {
+  return (Object.values(NudgeCause) as string[]).includes(cause);
+}
+
+/** How long a pod this unit created may be missing from the cache before it is planned anew. */
+const CREATED_GRACE_MS = 5000;
+const BINDING_MODE_ANNOTATION = 'sim.plugline.io/binding-mode';
+const PAST_BOUND: ReadonlySet<string> = new Set([
+  VolumePhase.AttachedToNode,
+  VolumePhase.MountedToPod,
+  VolumePhase.Ready,
+  VolumePhase.UnMountedFromPod,
+  VolumePhase.Detaching,
+]);
+const UNPLUGGED: ReadonlySet<string> = new Set([
+  VolumePhase.UnMountedFromPod,
+  VolumePhase.Detaching,
+]);
+const ATTACHED: ReadonlySet<string> = new Set([
+  VolumePhase.AttachedToNode,
+  VolumePhase.MountedToPod,
+  VolumePhase.Ready,
+]);
+
+/** A fresh unit state for a VMI. */
+export function initialState(vmi: VmiRef): UnitState {
+  return { vmi, ops: {}, published: {} };
+}
+
+/**
+ * Records what a work item says about its volume's operation. Nudges name none. A work item of
+ * another VMI incarnation (same name, new UID) starts the unit afresh.
+ */
+export function recordWork(state: UnitState, item: WorkItem): UnitState {
+  let next: UnitState =
+    item.vmiUID === state.vmi.uid
+      ? structuredClone(state)
+      : initialState({ namespace: item.namespace, name: item.vmi, uid: item.vmiUID });
+  if (isNudge(item.cause)) return next;
+  const ops: VolumeOps = { ...next.ops[item.volume] };
+  const known = ops[item.operation];
+  if (known === undefined || known.issuedAt <= item.issuedAt) {
+    ops[item.operation] = { operationId: item.operationId, issuedAt: item.issuedAt };
+  }
+  if (item.operation === 'unplug' && item.cause === EventType.UnmountedFromPod) {
+    ops.unmounted = item.operationId;
+  }
+  next = { ...next, ops: { ...next.ops, [item.volume]: ops } };
+  return next;
+}
+
+interface SpecVolume {
+  name: string;
+  claimName: string;
+  dataVolume: boolean;
+}
+
+function hotplugVolumes(vmi: VirtualMachineInstance): SpecVolume[] {
+  return (vmi.spec.volumes ?? []).filter(isHotpluggable).flatMap((v) => {
+    const claimName = claimNameOf(v);
+    return claimName === undefined
+      ? []
+      : [{ name: v.name, claimName, dataVolume: v.dataVolume !== undefined }];
+  });
+}
+
+const terminating = (pod: Pod): boolean => pod.metadata.deletionTimestamp !== undefined;
+
+/** A volume as a live pod carries it (keeps a volume whose PVC flickers on its pod). */
+function volumeFromPod(pod: Pod, volume: string): AttachmentVolume | undefined {
+  const podVolume = pod.spec?.volumes?.find((v) => v.name === volume);
+  const claimName = podVolume?.persistentVolumeClaim?.claimName;
+  if (claimName === undefined) return undefined;
+  const device = pod.spec?.containers[0]?.volumeDevices?.find((d) => d.name === volume);
+  if (device === undefined) return { name: volume, claimName, mode: 'Filesystem' };
+  return {
+    name: volume,
+    claimName,
+    mode: 'Block',
+    pvcUID: device.devicePath.split('/').pop() ?? claimName,
+  };
+}
+
+class Run {
+  readonly emit: StageEmitted[] = [];
+  readonly state: UnitState;
+  readonly statusOf: Map<string, VolumeStatus>;
+  readonly vmi: VirtualMachineInstance;
+
+  constructor(state: UnitState, vmi: VirtualMachineInstance) {
+    this.state = state;
+    this.vmi = vmi;
+    this.statusOf = new Map((vmi.status?.volumeStatus ?? []).map((s) => [s.name, s]));
+  }
+
+  phaseOf(volume: string): string | undefined {
+    return this.statusOf.get(volume)?.phase;
+  }
+
+  op(volume: string, operation: OperationKind): OperationRef | undefined {
+    return this.state.ops[volume]?.[operation];
+  }
+
+  /** Publishes a fact unless the same signature was the last of its type for the volume. */
+  fact(
+    volume: string,
+    operation: OperationKind,
+    type: EventType,
+    data: Omit<EventData, 'operationId' | 'operation' | 'vmiUID' | 'stage'>,
+    signature = '',
+  ): OperationRef | undefined {
+    const op = this.op(volume, operation);
+    if (op === undefined) return undefined;
+    const sig = `${op.operationId}|${signature}`;
+    const published = (this.state.published[volume] ??= {});
+    if (published[type] === sig) return undefined;
+    published[type] = sig;
+    this.emit.push(
+      fact({
+        namespace: this.state.vmi.namespace,
+        vmi: this.state.vmi.name,
+        volume,
+        type,
+        data: { operationId: op.operationId, operation, vmiUID: this.state.vmi.uid, ...data },
+      }),
+    );
+    return op;
+  }
+
+  /** Whether a volume we attached must keep its pod: the launcher may still use it. */
+  heldForUnmount(volume: string): boolean {
+    const ops = this.state.ops[volume];
+    if (ops?.unmounted !== undefined && ops.unmounted === ops.unplug?.operationId) return false;
+    const phase = this.phaseOf(volume);
+    if (phase !== undefined && UNPLUGGED.has(phase)) return false;
+    if (phase !== undefined && ATTACHED.has(phase)) return true;
+    return this.state.published[volume]?.[EventType.AttachedToNode] !== undefined;
+  }
+}
+
+function claimInfo(readiness: PvcReadiness | undefined): PersistentVolumeClaimInfo | undefined {
+  return readiness?.ready === true ? readiness.claimInfo : undefined;
+}
+
+function readinessOf(
+  v: SpecVolume,
+  obs: Observation,
+  options: DecideOptions,
+): { readiness: PvcReadiness; dv: DataVolume | undefined } {
+  const pvc = obs.pvcs[v.claimName];
+  const dv = obs.dataVolumes[v.claimName];
+  const wffc =
+    pvc?.metadata.annotations?.[BINDING_MODE_ANNOTATION] === 'WaitForFirstConsumer' ||
+    options.waitForFirstConsumerClasses.includes(pvc?.spec?.storageClassName ?? '');
+  const readiness = pvcReadiness({
+    claimName: v.claimName,
+    pvc,
+    ...(dv === undefined ? {} : { dataVolume: dv }),
+    ...(wffc ? { bindingMode: 'WaitForFirstConsumer' as const } : {}),
+  });
+  return { readiness, dv };
+}
+
+/** The `pending` / `import-progress` / `bound` facts of the spec's volumes; the ready set. */
+function volumeFacts(
+  run: Run,
+  obs: Observation,
+  live: Pod[],
+  options: DecideOptions,
+): {
+  desired: AttachmentVolume[];
+  pending: string[];
+  info: Map<string, PersistentVolumeClaimInfo>;
+} {
+  const desired: AttachmentVolume[] = [];
+  const pending: string[] = [];
+  const info = new Map<string, PersistentVolumeClaimInfo>();
+  for (const v of hotplugVolumes(run.vmi)) {
+    const { readiness, dv } = readinessOf(v, obs, options);
+    const carrier = live.find((p) => volumesOfPod(p).includes(v.name));
+    const phase = run.phaseOf(v.name) ?? '';
+    const ci = claimInfo(readiness);
+    if (ci !== undefined) info.set(v.name, ci);
+    if (readiness.ready) {
+      const volume: AttachmentVolume = {
+        name: v.name,
+        claimName: v.claimName,
+        mode: readiness.mode,
+      };
+      if (readiness.pvcUID !== undefined) volume.pvcUID = readiness.pvcUID;
+      desired.push(volume);
+      if (carrier === undefined && !PAST_BOUND.has(phase))
+        run.fact(v.name, 'plug', EventType.Bound, {
+          phase: VolumePhase.Bound,
+          ...(ci === undefined ? {} : { details: { claimInfo: ci } }),
+        });
+      continue;
+    }
+    const kept = carrier === undefined ? undefined : volumeFromPod(carrier, v.name);
+    if (kept !== undefined) {
+      desired.push(kept);
+      continue;
+    }
+    pending.push(v.name);
+    if (!PAST_BOUND.has(phase) || phase === VolumePhase.AttachedToNode)
+      run.fact(
+        v.name,
+        'plug',
+        EventType.Pending,
+        { phase: VolumePhase.Pending, reason: readiness.reason, message: readiness.message },
+        `${readiness.reason}|${readiness.message}`,
+      );
+    const progress = dv?.status?.progress;
+    if (progress !== undefined && dv?.status?.phase !== DataVolumePhase.Succeeded)
+      run.fact(
+        v.name,
+        'plug',
+        EventType.ImportProgress,
+        { progress: progress.slice(0, 64), message: readiness.message },
+        progress,
+      );
+  }
+  return { desired, pending, info };
+}
+
+function attachedFact(
+  run: Run,
+  a: Extract<PlanAction, { type: 'attachedToNode' }>,
+  info: Map<string, PersistentVolumeClaimInfo>,
+): void {
+  const inSpec = hotplugVolumes(run.vmi).some((v) => v.name === a.volume);
+  const phase = run.phaseOf(a.volume) ?? '';
+  // A volume the launcher already uses keeps its phase when its pod is replaced (#10165).
+  if (!inSpec || (PAST_BOUND.has(phase) && phase !== VolumePhase.AttachedToNode)) return;
+  const ci = info.get(a.volume);
+  const op = run.fact(
+    a.volume,
+    'plug',
+    EventType.AttachedToNode,
+    {
+      phase: VolumePhase.AttachedToNode,
+      reason: Reason.SuccessfulCreate,
+      message: PhaseMessage.attachmentPodCreated(a.pod.name, a.volume),
+      node: a.node,
+      attachPod: a.pod,
+      ...(ci === undefined ? {} : { details: { claimInfo: ci } }),
+    },
+    a.pod.uid,
+  );
+  if (op === undefined) return;
+  run.emit.push(
+    nextWork({
+      stage: Stage.NodeMounter,
+      node: a.node,
+      namespace: run.state.vmi.namespace,
+      vmi: run.state.vmi.name,
+      vmiUID: run.state.vmi.uid,
+      volume: a.volume,
+      operationId: op.operationId,
+      operation: 'plug',
+      cause: EventType.AttachedToNode,
+    }),
+  );
+}
+
+function detachingFact(run: Run, volume: string, pod: string | undefined): void {
+  run.fact(
+    volume,
+    'unplug',
+    EventType.Detaching,
+    {
+      phase: VolumePhase.Detaching,
+      reason: Reason.SuccessfulDelete,
+      message: PhaseMessage.attachmentPodDeleted(pod ?? '', volume),
+    },
+    '',
+  );
+}
+
+function releasedFact(run: Run, volume: string): void {
+  if (run.op(volume, 'unplug') === undefined) return;
+  detachingFact(run, volume, run.statusOf.get(volume)?.hotplugVolume?.attachPodName);
+  run.fact(volume, 'unplug', EventType.Released, {});
+}
+
+/** Drops what the unit remembers of volumes that are nowhere any more. */
+function prune(state: UnitState, vmi: VirtualMachineInstance | undefined, pods: Pod[]): void {
+  const alive = new Set<string>([
+    ...(vmi === undefined ? [] : hotplugVolumes(vmi).map((v) => v.name)),
+    ...(vmi?.status?.volumeStatus ?? []).map((s) => s.name),
+    ...pods.flatMap(volumesOfPod),
+  ]);
+  for (const volume of Object.keys(state.published)) {
+    if (!alive.has(volume)) delete state.published[volume];
+  }
+  for (const [volume, ops] of Object.entries(state.ops)) {
+    const released =
+      state.published[volume] === undefined && ops.unplug !== undefined && !alive.has(volume);
+    if (released) delete state.ops[volume];
+  }
+}
+
+function deleteEffect(namespace: string, a: Extract<PlanAction, { type: 'deletePod' }>): Effect {
+  const e: Effect = { kind: 'deletePod', namespace, name: a.name, reason: a.reason };
+  if (a.uid !== undefined) e.uid = a.uid;
+  return e;
+}
+
+/** The VMI is gone: its attachment pods go (the launcher's ownerReference also cascades). */
+function vmiGone(state: UnitState, obs: Observation): Decision {
+  const effects = obs.pods
+    .filter((p) => !terminating(p))
+    .map((p): Effect => ({
+      kind: 'deletePod',
+      namespace: state.vmi.namespace,
+      name: p.metadata.name ?? '',
+      ...(p.metadata.uid === undefined ? {} : { uid: p.metadata.uid }),
+      reason: 'vmiGone',
+    }));
+  const next = { ...state, published: {}, ops: {} };
+  delete next.changeSince;
+  delete next.created;
+  return { state: next, effects, emit: [], rest: Rest.Steady };
+}
+
+function createdNotSeen(state: UnitState, obs: Observation, now: number): boolean {
+  const c = state.created;
+  if (c === undefined) return false;
+  if (obs.pods.some((p) => p.metadata.name === c.name) || now - c.at > CREATED_GRACE_MS) {
+    delete state.created;
+    return false;
+  }
+  return true;
+}
+
+/** A new pod waits `coalesceMs` after the first change it would carry (then one pod for all). */
+function gateCreate(
+  state: UnitState,
+  obs: Observation,
+  actions: readonly PlanAction[],
+  now: number,
+  options: DecideOptions,
+): { effect?: Effect; deadline?: number } {
+  const create = actions.find((a) => a.type === 'createPod');
+  if (create === undefined || obs.vmi === undefined || obs.launcher === undefined) {
+    delete state.changeSince;
+    return {};
+  }
+  state.changeSince ??= now;
+  const deadline = state.changeSince + options.coalesceMs;
+  if (now < deadline) return { deadline };
+  const pod = buildAttachmentPod({
+    vmi: obs.vmi,
+    launcherPod: obs.launcher,
+    volumes: create.volumes,
+    ...(options.attachImage === undefined ? {} : { image: options.attachImage }),
+  });
+  state.created = { name: create.name, at: now };
+  delete state.changeSince;
+  return { effect: { kind: 'createPod', namespace: state.vmi.namespace, pod } };
+}
+
+function restOf(
+  podsMoving: boolean,
+  volumesPending: boolean,
+  actions: readonly PlanAction[],
+  fallbackAt: number,
+): { rest: Rest; wakeAt?: number } {
+  if (podsMoving) return { rest: Rest.AwaitingPods, wakeAt: fallbackAt };
+  if (volumesPending) return { rest: Rest.AwaitingVolumes, wakeAt: fallbackAt };
+  if (actions.some((a) => a.type === 'wait' && a.reason === 'volumeInUse'))
+    return { rest: Rest.AwaitingUnmount };
+  return { rest: Rest.Steady };
+}
+
+/**
+ * Decides one run. `now` is the delivery time of the work item being handled.
+ *
+ * - Spec volumes whose claim is not ready publish `pending` (and `import-progress`) when that
+ *   changes; ready ones publish `bound` once per operation.
+ * - {@link planAttachment} decides the pods; a new pod waits `coalesceMs` after the first change
+ *   it would carry, and never while one of ours is Pending.
+ * - A volume that left the spec keeps its pod until `unmounted-from-pod` (or its status says
+ *   so): `detaching` when its pod is deleted, then `released` once no pod carries it.
+ * - Running pods publish `attached-to-node` per newly attached volume, plus the node-mount work.
+ */
+export function decide(
+  prior: UnitState,
+  obs: Observation,
+  now: number,
+  options: DecideOptions,
+): Decision {
+  const state = structuredClone(prior);
+  const vmi = obs.vmi;
+  if (vmi === undefined || vmi.metadata.uid !== state.vmi.uid) return vmiGone(state, obs);
+  const run = new Run(state, vmi);
+  const live = obs.pods.filter((p) => !terminating(p));
+  const { desired, pending, info } = volumeFacts(run, obs, live, options);
+  const waitingForCache = createdNotSeen(state, obs, now);
+  const specNames = new Set(hotplugVolumes(vmi).map((v) => v.name));
+  const inUse = new Set(
+    obs.pods.flatMap(volumesOfPod).filter((v) => !specNames.has(v) && run.heldForUnmount(v)),
+  );
+  const actions = waitingForCache
+    ? []
+    : planAttachment({
+        vmi,
+        launcherPod: obs.launcher,
+        desiredReady: desired,
+        pods: obs.pods,
+        volumeStatus: vmi.status?.volumeStatus ?? [],
+        inUse,
+      });
+  const effects: Effect[] = [];
+  const gate = gateCreate(state, obs, actions, now, options);
+  if (gate.effect !== undefined) effects.push(gate.effect);
+  for (const a of actions) {
+    if (a.type === 'deletePod') effects.push(deleteEffect(state.vmi.namespace, a));
+    else if (a.type === 'attachedToNode') attachedFact(run, a, info);
+    else if (a.type === 'detaching') detachingFact(run, a.volume, a.pod);
+    else if (a.type === 'released') releasedFact(run, a.volume);
+  }
+  const podsMoving =
+    waitingForCache ||
+    effects.length > 0 ||
+    actions.some((a) => a.type === 'wait' && a.reason !== 'volumeInUse') ||
+    obs.pods.some((p) => terminating(p) || !isPodRunningAndReady(p));
+  const { rest, wakeAt } =
+    gate.deadline !== undefined
+      ? { rest: Rest.Coalescing, wakeAt: gate.deadline }
+      : restOf(podsMoving, pending.length > 0, actions, now + options.fallbackMs);
+  prune(state, vmi, obs.pods);
+  return { state, effects, emit: run.emit, rest, ...(wakeAt === undefined ? {} : { wakeAt }) };
+}

@@ -1,0 +1,178 @@
+import { randomUUID } from 'node:crypto';
+import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
+import { Publisher, runStage, type Bus, type StageRunner } from '@plugline/bus';
+import {
+  isHotpluggable,
+  isName,
+  Stage,
+  type VirtualMachineInstance,
+  type WorkItem,
+} from '@plugline/contracts';
+import { KubeClient } from '@plugline/kube';
+import { childLogger, type Logger, type PluglineMetrics } from '@plugline/telemetry';
+import { fromPromise } from 'xstate';
+import { createClusterView, type ClusterView, type Nudge } from './cluster.js';
+import type { OrchestratorConfig } from './config.js';
+import { createOrchestratorMachine, orchestratorDisposition } from './machine.js';
+import { NudgeCause, type DecideOptions, type Effect, type VmiRef } from './reconcile.js';
+
+/** The parts of {@link OrchestratorConfig} the service itself uses. */
+export type ServiceConfig = Pick<
+  OrchestratorConfig,
+  'concurrency' | 'attachImage' | 'coalesceMs' | 'leaseTtlMs'
+>;
+
+export interface OrchestratorDeps {
+  bus: Bus;
+  kc: KubeConfig;
+  logger: Logger;
+  metrics?: PluglineMetrics;
+  /** Watch one namespace only (tests); all when absent. */
+  namespace?: string;
+  /** Re-delivery of a waiting VMI when no informer nudge comes (default 5000 ms). */
+  fallbackMs?: number;
+  /** Storage classes that bind on first consumer (default `['local-wffc']`). */
+  waitForFirstConsumerClasses?: readonly string[];
+}
+
+/** A running attachment-orchestrator. */
+export interface AttachmentOrchestrator extends AsyncDisposable {
+  readonly stage: StageRunner;
+  /** NATS connected, the consumer bound and the informers synced. */
+  ready(): boolean;
+  stop(): Promise<void>;
+}
+
+/** The `applyEffects` adapter: creates (idempotently) and deletes (by UID, grace 0) pods. */
+export async function applyEffects(kube: KubeClient, effects: readonly Effect[]): Promise<void> {
+  for (const e of effects) {
+    if (e.kind === 'createPod') {
+      await kube.createPod(e.namespace, e.pod as unknown as V1Pod);
+    } else {
+      await kube.deletePod(e.namespace, e.name, {
+        gracePeriodSeconds: 0,
+        ...(e.uid === undefined ? {} : { uid: e.uid }),
+      });
+    }
+  }
+}
+
+/** The volume a nudge names in its subject: one the VMI or the change concerns. */
+function nudgeVolume(vmi: VirtualMachineInstance, hint?: string): string | undefined {
+  const candidates = [
+    hint,
+    ...(vmi.spec.volumes ?? []).filter(isHotpluggable).map((v) => v.name),
+    ...(vmi.status?.volumeStatus ?? []).map((s) => s.name),
+  ];
+  return candidates.find((c): c is string => c !== undefined && isName(c, 'label'));
+}
+
+/**
+ * Starts the attachment-orchestrator stage: informers on VMIs, PVCs, DataVolumes and pods,
+ * which nudge the VMIs they concern through the stage's own work subject, and the stage
+ * runtime running {@link createOrchestratorMachine} per VMI (`keyOf` = `ns/vmi`). At start,
+ * once the caches are synced, every VMI with hotplug volumes is nudged once (a restarted
+ * replica converges without waiting for the next change).
+ */
+export async function startAttachmentOrchestrator(
+  config: ServiceConfig,
+  deps: OrchestratorDeps,
+): Promise<AttachmentOrchestrator> {
+  const log = childLogger(deps.logger, { stage: Stage.AttachmentOrchestrator });
+  const kube = new KubeClient({
+    kc: deps.kc,
+    fieldManager: Stage.AttachmentOrchestrator,
+    logger: log,
+  });
+  const publisher = new Publisher(deps.bus, {
+    logger: log,
+    ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }),
+  });
+  const bootId = randomUUID().slice(0, 8);
+  let stopped = false;
+
+  const publishNudge = (n: Nudge): void => {
+    const { vmi } = n;
+    const volume = nudgeVolume(vmi, n.volume);
+    const uid = vmi.metadata.uid;
+    if (stopped || volume === undefined || uid === undefined) return;
+    const inSpec = (vmi.spec.volumes ?? []).some((v) => v.name === volume);
+    const item: WorkItem = {
+      v: 1,
+      stage: Stage.AttachmentOrchestrator,
+      namespace: vmi.metadata.namespace ?? 'default',
+      vmi: vmi.metadata.name ?? '',
+      vmiUID: uid,
+      volume,
+      operationId: `nudge-${n.change}`.slice(0, 128).replace(/[^A-Za-z0-9._:-]/g, '-'),
+      operation: inSpec ? 'plug' : 'unplug',
+      cause: n.cause,
+      issuedAt: new Date().toISOString(),
+    };
+    publisher.publishWork(item).catch((err: unknown) => {
+      if (!stopped) log.warn({ err, vmi: item.vmi, cause: n.cause }, 'could not publish a nudge');
+    });
+  };
+
+  const cluster: ClusterView = createClusterView({
+    kc: deps.kc,
+    logger: log,
+    ...(deps.namespace === undefined ? {} : { namespace: deps.namespace }),
+    onNudge: publishNudge,
+  });
+  const options: DecideOptions = {
+    coalesceMs: config.coalesceMs,
+    fallbackMs: deps.fallbackMs ?? 5000,
+    attachImage: config.attachImage,
+    waitForFirstConsumerClasses: deps.waitForFirstConsumerClasses ?? ['local-wffc'],
+  };
+  const machine = createOrchestratorMachine(options).provide({
+    actors: {
+      observe: fromPromise<ReturnType<ClusterView['observe']>, { vmi: VmiRef }>(({ input }) =>
+        Promise.resolve(cluster.observe(input.vmi)),
+      ),
+      applyEffects: fromPromise<void, { effects: Effect[] }>(({ input }) =>
+        applyEffects(kube, input.effects),
+      ),
+    },
+  });
+
+  await cluster.start();
+  let stage: StageRunner;
+  try {
+    stage = await runStage({
+      bus: deps.bus,
+      stage: Stage.AttachmentOrchestrator,
+      machine,
+      keyOf: (item) => `${item.namespace}/${item.vmi}`,
+      input: (item) => ({ vmi: { namespace: item.namespace, name: item.vmi, uid: item.vmiUID } }),
+      disposition: orchestratorDisposition,
+      concurrency: config.concurrency,
+      leaseTtlMs: config.leaseTtlMs,
+      logger: log,
+      publisher,
+      ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }),
+    });
+  } catch (err) {
+    await cluster.stop();
+    throw err;
+  }
+  for (const vmi of cluster.vmisToReconcile()) {
+    publishNudge({ vmi, cause: NudgeCause.Startup, change: `${bootId}-${vmi.metadata.uid ?? ''}` });
+  }
+  log.info({ vmis: cluster.vmisToReconcile().length }, 'attachment-orchestrator started');
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      stopped = true;
+      await stage.stop();
+      await cluster.stop();
+    })());
+  return {
+    stage,
+    ready: () => deps.bus.connected() && stage.bound() && cluster.synced(),
+    stop,
+    [Symbol.asyncDispose]: stop,
+  };
+}

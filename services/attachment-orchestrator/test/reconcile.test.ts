@@ -1,0 +1,302 @@
+import { EventType, type WorkItem } from '@plugline/contracts';
+import { createActor, fromPromise } from 'xstate';
+import { describe, expect, it } from 'vitest';
+import {
+  createOrchestratorMachine,
+  decide,
+  initialState,
+  orchestratorDisposition,
+  parseConfig,
+  recordWork,
+  Rest,
+  type Decision,
+  type Effect,
+  type Observation,
+  type UnitState,
+  type VmiRef,
+} from '../src/index.js';
+import {
+  attachmentPod,
+  fsVolume,
+  launcher,
+  NS,
+  vmi,
+  withHotplugPVC,
+  withVolumeStatus,
+} from './fixtures.js';
+
+const OPTIONS = { coalesceMs: 50, fallbackMs: 5000, waitForFirstConsumerClasses: [] };
+const T0 = 1_000_000;
+
+function boundPvc(name: string) {
+  return {
+    metadata: { name, uid: `uid-${name}` },
+    spec: { volumeMode: 'Filesystem' as const, accessModes: ['ReadWriteOnce'] },
+    status: { phase: 'Bound' as const },
+  };
+}
+
+function item(volume: string, fields: Partial<WorkItem> = {}): WorkItem {
+  const v = vmi();
+  return {
+    v: 1,
+    stage: 'attachment-orchestrator',
+    namespace: NS,
+    vmi: v.metadata.name!,
+    vmiUID: v.metadata.uid!,
+    volume,
+    operationId: `op-${volume}`,
+    operation: 'plug',
+    cause: EventType.Requested,
+    issuedAt: new Date(T0).toISOString(),
+    ...fields,
+  };
+}
+
+function state(...items: WorkItem[]): UnitState {
+  const v = vmi();
+  return items.reduce(
+    recordWork,
+    initialState({ namespace: NS, name: v.metadata.name!, uid: v.metadata.uid! }),
+  );
+}
+
+const factTypes = (d: Decision) =>
+  d.emit.flatMap((e) => (e.type === 'plugline.fact' ? [`${e.fact.volume}:${e.fact.type}`] : []));
+const effectKinds = (d: Decision) => d.effects.map((e) => `${e.kind}`);
+
+describe('decide', () => {
+  it('gathers changes for coalesceMs, then creates one pod for all of them', () => {
+    const v = vmi(withHotplugPVC('a'), withHotplugPVC('b'));
+    const obs: Observation = {
+      vmi: v,
+      launcher: launcher(),
+      pods: [],
+      pvcs: { 'claim-a': boundPvc('claim-a'), 'claim-b': boundPvc('claim-b') },
+      dataVolumes: {},
+    };
+    const first = decide(state(item('a'), item('b')), obs, T0, OPTIONS);
+    expect(first).toMatchObject({ rest: Rest.Coalescing, wakeAt: T0 + 50, effects: [] });
+    expect(factTypes(first)).toEqual(['a:bound', 'b:bound']);
+    const second = decide(first.state, obs, T0 + 50, OPTIONS);
+    expect(effectKinds(second)).toEqual(['createPod']);
+    const pod = (second.effects[0] as Extract<Effect, { kind: 'createPod' }>).pod;
+    expect(pod.spec?.volumes?.map((x) => x.name)).toEqual(['hotplug-disks', 'a', 'b']);
+    expect(second.rest).toBe(Rest.AwaitingPods);
+    expect(factTypes(second)).toEqual([]); // no repeats
+  });
+
+  it('publishes attached-to-node and the node-mount work once the pod runs', () => {
+    const v = vmi(withHotplugPVC('a'));
+    const pod = attachmentPod(v, [fsVolume('a')], 'Running');
+    const obs: Observation = {
+      vmi: v,
+      launcher: launcher(),
+      pods: [pod],
+      pvcs: { 'claim-a': boundPvc('claim-a') },
+      dataVolumes: {},
+    };
+    const d = decide(state(item('a')), obs, T0, OPTIONS);
+    expect(d.rest).toBe(Rest.Steady);
+    expect(d.emit.map((e) => e.type)).toEqual(['plugline.fact', 'plugline.work']);
+    expect(d.emit[1]).toMatchObject({
+      work: { stage: 'node-mounter', node: pod.spec!.nodeName, operationId: 'op-a' },
+    });
+    expect(decide(d.state, obs, T0 + 1, OPTIONS).emit).toEqual([]);
+  });
+
+  it('keeps a removed volume on its pod until node-mounter unmounted it', () => {
+    const v = vmi(
+      withHotplugPVC('a'),
+      withVolumeStatus({ name: 'b', target: 'sda', phase: 'Ready', hotplugVolume: {} }),
+    );
+    const both = attachmentPod(v, [fsVolume('a'), fsVolume('b')], 'Running', 'uid-ab');
+    const onlyA = attachmentPod(v, [fsVolume('a')], 'Running', 'uid-a');
+    const obs: Observation = {
+      vmi: v,
+      launcher: launcher(),
+      pods: [both, onlyA],
+      pvcs: { 'claim-a': boundPvc('claim-a') },
+      dataVolumes: {},
+    };
+    const unplug = item('b', { operation: 'unplug', operationId: 'op-unplug', cause: 'resync' });
+    const held = decide(state(item('a'), unplug), obs, T0, OPTIONS);
+    expect(held.effects).toEqual([]);
+    expect(held.rest).toBe(Rest.AwaitingUnmount);
+    // The status says UnMountedFromPod late; the work item says so first.
+    const unmounted = recordWork(held.state, { ...unplug, cause: EventType.UnmountedFromPod });
+    const go = decide(unmounted, obs, T0 + 1, OPTIONS);
+    expect(go.effects).toEqual([
+      {
+        kind: 'deletePod',
+        namespace: NS,
+        name: both.metadata.name,
+        uid: 'uid-ab',
+        reason: 'replaced',
+      },
+    ]);
+    expect(factTypes(go)).toEqual(['b:detaching']);
+  });
+
+  it('reports a missing claim once, as KubeVirt words it', () => {
+    const v = vmi(withHotplugPVC('a'));
+    const obs: Observation = { vmi: v, launcher: launcher(), pods: [], pvcs: {}, dataVolumes: {} };
+    const d = decide(state(item('a')), obs, T0, OPTIONS);
+    expect(d.rest).toBe(Rest.AwaitingVolumes);
+    expect(d.emit[0]).toMatchObject({
+      fact: {
+        type: 'pending',
+        data: { reason: 'FailedPvcNotFound', message: 'PVC claim-a not found', phase: 'Pending' },
+      },
+    });
+    expect(decide(d.state, obs, T0 + 10, OPTIONS).emit).toEqual([]);
+  });
+
+  it('deletes every attachment pod when the launcher is gone', () => {
+    const v = vmi(withHotplugPVC('a'));
+    const pod = attachmentPod(v, [fsVolume('a')], 'Running');
+    const obs: Observation = {
+      vmi: v,
+      launcher: undefined,
+      pods: [pod],
+      pvcs: { 'claim-a': boundPvc('claim-a') },
+      dataVolumes: {},
+    };
+    expect(decide(state(item('a')), obs, T0, OPTIONS).effects).toMatchObject([
+      { kind: 'deletePod', reason: 'launcherGone' },
+    ]);
+  });
+});
+
+describe('orchestrator machine', () => {
+  const run = async (obs: Observation, work: WorkItem, applied: Effect[][] = []) => {
+    const machine = createOrchestratorMachine(OPTIONS).provide({
+      actors: {
+        observe: fromPromise<Observation, { vmi: VmiRef }>(() => Promise.resolve(obs)),
+        applyEffects: fromPromise<void, { effects: Effect[] }>(({ input }) => {
+          applied.push(input.effects);
+          return Promise.resolve();
+        }),
+      },
+    });
+    const actor = createActor(machine, {
+      input: { vmi: { namespace: NS, name: work.vmi, uid: work.vmiUID } },
+    });
+    const emitted: string[] = [];
+    actor.on('*', (e) => emitted.push(e.type));
+    actor.start();
+    actor.send({ type: 'work', item: work, attempt: 1, receivedAt: T0 + 100 });
+    await new Promise<void>((resolve) => {
+      const sub = actor.subscribe((s) => {
+        if (
+          Object.keys(s.children).length === 0 &&
+          !['observing', 'applying'].includes(String(s.value))
+        ) {
+          sub.unsubscribe();
+          resolve();
+        }
+      });
+    });
+    const snapshot = actor.getSnapshot();
+    actor.stop();
+    return { snapshot, emitted };
+  };
+
+  it('observes, applies the effects, then emits and rests; nudges are acked unless coalescing', async () => {
+    const v = vmi(withHotplugPVC('a'));
+    const obs: Observation = {
+      vmi: v,
+      launcher: launcher(),
+      pods: [],
+      pvcs: { 'claim-a': boundPvc('claim-a') },
+      dataVolumes: {},
+    };
+    const { snapshot, emitted } = await run(obs, item('a'));
+    expect(snapshot.value).toBe('coalescing');
+    expect(emitted).toEqual(['plugline.fact']);
+    expect(orchestratorDisposition(snapshot, T0 + 100)).toEqual({ kind: 'waiting', delayMs: 50 });
+    const nudge = await run(obs, item('a', { cause: 'informer-pvc', operationId: 'nudge-1' }));
+    expect(orchestratorDisposition(nudge.snapshot, T0 + 100)).toEqual({
+      kind: 'waiting',
+      delayMs: 50,
+    });
+
+    const pvcGone = { ...obs, pvcs: {} };
+    const waiting = await run(
+      pvcGone,
+      item('a', { cause: 'informer-pvc', operationId: 'nudge-2' }),
+    );
+    expect(waiting.snapshot.value).toBe('awaitingVolumes');
+    expect(orchestratorDisposition(waiting.snapshot, T0 + 100)).toEqual({ kind: 'done' });
+  });
+
+  it('goes to retrying when an effect fails', async () => {
+    const v = vmi(withHotplugPVC('a'));
+    const machine = createOrchestratorMachine({ ...OPTIONS, coalesceMs: 0 }).provide({
+      actors: {
+        observe: fromPromise<Observation, { vmi: VmiRef }>(() =>
+          Promise.resolve({
+            vmi: v,
+            launcher: launcher(),
+            pods: [],
+            pvcs: { 'claim-a': boundPvc('claim-a') },
+            dataVolumes: {},
+          } satisfies Observation),
+        ),
+        applyEffects: fromPromise<void, { effects: Effect[] }>(() =>
+          Promise.reject(new Error('apiserver down')),
+        ),
+      },
+    });
+    const actor = createActor(machine, {
+      input: { vmi: { namespace: NS, name: v.metadata.name!, uid: v.metadata.uid! } },
+    });
+    actor.start();
+    actor.send({ type: 'work', item: item('a'), attempt: 1, receivedAt: T0 });
+    await new Promise<void>((resolve) => {
+      const sub = actor.subscribe((s) => {
+        if (s.value === 'retrying') {
+          sub.unsubscribe();
+          resolve();
+        }
+      });
+    });
+    const s = actor.getSnapshot();
+    expect(s.context.failure).toEqual({ reason: 'ReconcileFailed', message: 'apiserver down' });
+    expect(orchestratorDisposition(s, T0)).toEqual({ kind: 'retry', delayMs: 1000 });
+    actor.stop();
+  });
+});
+
+describe('parseConfig', () => {
+  it('reads the common variables and the orchestrator ones', () => {
+    const c = parseConfig({
+      NATS_URL: 'nats://127.0.0.1:4333, nats://127.0.0.1:4334',
+      KUBECONFIG: '/tmp/kubeconfig',
+      PLUGLINE_ATTACH_IMAGE: 'registry/hotplug:1',
+      PLUGLINE_COALESCE_MS: '75',
+    });
+    expect(c).toMatchObject({
+      natsUrls: ['nats://127.0.0.1:4333', 'nats://127.0.0.1:4334'],
+      kubeconfig: '/tmp/kubeconfig',
+      attachImage: 'registry/hotplug:1',
+      coalesceMs: 75,
+      concurrency: 8,
+      ackWaitMs: 30_000,
+      healthHost: '127.0.0.1',
+    });
+    expect(Object.isFrozen(c)).toBe(true);
+  });
+
+  it.each([
+    [{ KUBECONFIG: '/k' }, /NATS_URL/],
+    [{ NATS_URL: 'nats://x:1' }, /KUBECONFIG/],
+    [
+      { NATS_URL: 'nats://x:1', KUBECONFIG: '/k', PLUGLINE_COALESCE_MS: 'soon' },
+      /PLUGLINE_COALESCE_MS/,
+    ],
+    [{ NATS_URL: 'nats://x:1', KUBECONFIG: '/k', LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
+  ])('fails fast naming the variable (%o)', (env, message) => {
+    expect(() => parseConfig(env)).toThrow(message);
+  });
+});

@@ -1,0 +1,139 @@
+import { TransientError } from '@plugline/contracts';
+import {
+  aliasOf,
+  DeviceEventType,
+  type DeviceEvent,
+  type DomainDriver,
+  type DomainEvent,
+} from '@plugline/hypervisor';
+import { fromPromise } from 'xstate';
+import type {
+  AttachInput,
+  AttachOutput,
+  ConfirmInput,
+  ConfirmOutput,
+  DetachInput,
+  DetachOutput,
+} from './machine.js';
+
+type DeviceKind = DeviceEvent['type'];
+
+/**
+ * The device events of one driver, subscribed once per process: the latest event of each kind
+ * per `domain/alias` (with the time it was received), and waiters for a kind of event newer than
+ * a given time. Libvirt sends `device-added` within a millisecond of the attach call's return,
+ * often before the caller could subscribe: remembering makes "subscribe first" hold for everyone.
+ */
+export class DeviceEventLog {
+  readonly #seen = new Map<string, number>();
+  readonly #waiters = new Set<{ key: string; since: number; resolve: () => void }>();
+  readonly #listeners = new Set<(event: DeviceEvent) => void>();
+  readonly #unsubscribe: () => void;
+
+  constructor(driver: Pick<DomainDriver, 'subscribe'>) {
+    this.#unsubscribe = driver.subscribe((event) => this.#record(event));
+  }
+
+  static key(kind: DeviceKind, domain: string, alias: string): string {
+    return `${kind} ${domain}/${alias}`;
+  }
+
+  /** Calls `listener` for every device event from now on; returns the unsubscribe function. */
+  onDevice(listener: (event: DeviceEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Whether an event of `kind` for `domain/alias` arrived at or after `since` (epoch ms). */
+  seenSince(kind: DeviceKind, domain: string, alias: string, since: number): boolean {
+    return (this.#seen.get(DeviceEventLog.key(kind, domain, alias)) ?? -Infinity) >= since;
+  }
+
+  /** Resolves true once such an event is seen (or was), false after `timeoutMs` or an abort. */
+  waitFor(
+    { kind, domain, alias }: { kind: DeviceKind; domain: string; alias: string },
+    since: number,
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<boolean> {
+    if (this.seenSince(kind, domain, alias, since)) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      const finish = (seen: boolean): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        this.#waiters.delete(waiter);
+        resolve(seen);
+      };
+      const onAbort = (): void => finish(false);
+      const waiter = {
+        key: DeviceEventLog.key(kind, domain, alias),
+        since,
+        resolve: () => finish(true),
+      };
+      const timer = setTimeout(() => finish(false), timeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#waiters.add(waiter);
+    });
+  }
+
+  close(): void {
+    this.#unsubscribe();
+    for (const waiter of [...this.#waiters]) waiter.resolve();
+    this.#listeners.clear();
+  }
+
+  #record(event: DomainEvent): void {
+    if (event.type === 'lifecycle' || event.type === DeviceEventType.RemovalFailed) return;
+    const at = Date.now();
+    const key = DeviceEventLog.key(event.type, event.domain, event.alias);
+    this.#seen.set(key, at);
+    for (const waiter of [...this.#waiters]) {
+      if (waiter.key === key && at >= waiter.since) waiter.resolve();
+    }
+    for (const listener of [...this.#listeners]) listener(event);
+  }
+}
+
+export interface ActorDeps {
+  driver: DomainDriver;
+  events: DeviceEventLog;
+  /** How long `confirm` waits for `device-added` before it trusts the domain XML alone. */
+  confirmTimeoutMs: number;
+  now?: () => number;
+}
+
+/** The machine's effects on a real (or the simulated) hypervisor. Each honours its `signal`. */
+export function createActors(deps: ActorDeps) {
+  const now = deps.now ?? Date.now;
+  return {
+    attach: fromPromise<AttachOutput, AttachInput>(async ({ input, signal }) => {
+      const requestedAt = now();
+      await deps.driver.attachDisk(input.domain, input.diskXml, { signal });
+      return { requestedAt };
+    }),
+    confirm: fromPromise<ConfirmOutput, ConfirmInput>(async ({ input, signal }) => {
+      const alias = aliasOf(input.volume);
+      const added = await deps.events.waitFor(
+        { kind: DeviceEventType.Added, domain: input.domain, alias },
+        input.since,
+        deps.confirmTimeoutMs,
+        signal,
+      );
+      const disks = await deps.driver.listDisks(input.domain, { signal });
+      const disk = disks.find((d) => d.alias === alias);
+      if (disk === undefined) {
+        throw new TransientError(
+          'AttachNotConfirmed',
+          `domain ${input.domain} does not list ${alias} after the attach` +
+            (added ? ' (device-added was seen)' : ' (no device-added event)'),
+        );
+      }
+      return { target: disk.target, confirmedAt: now() };
+    }),
+    detach: fromPromise<DetachOutput, DetachInput>(async ({ input, signal }) => {
+      const requestedAt = now();
+      await deps.driver.detachDisk(input.domain, input.target, { signal });
+      return { requestedAt };
+    }),
+  };
+}

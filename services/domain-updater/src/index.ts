@@ -1,0 +1,48 @@
+export {
+  domainUpdaterMachine,
+  UpdaterState,
+  NudgeCause,
+  RESYNC_CAUSE,
+  DETACHED_CAUSE,
+  DETACH_TIMEOUT_REASON,
+  retryDelay,
+  isRejection,
+  problemOf,
+} from './machine.js';
+export type {
+  DomainUpdaterMachine,
+  DomainUpdaterSnapshot,
+  DomainUpdaterContext,
+  DomainUpdaterEvent,
+  DomainUpdaterInput,
+  AttachInput,
+  AttachOutput,
+  ConfirmInput,
+  ConfirmOutput,
+  DetachInput,
+  DetachOutput,
+} from './machine.js';
+
+export { asObservation, ObservationKind } from './observation.js';
+export type { Observation, PlugPlan, Problem } from './observation.js';
+
+export {
+  createObserver,
+  chooseTarget,
+  findLauncher,
+  hotplugHostDir,
+  runsOn,
+  specDiskOf,
+  busOf,
+  TargetReservations,
+} from './observe.js';
+export type { Observer, ObserverDeps, PodLike, PvcLike } from './observe.js';
+
+export { DeviceEventLog, createActors } from './adapters.js';
+export type { ActorDeps } from './adapters.js';
+
+export { defaults, parseConfig, HypervisorKind, DiskSourceDir } from './config.js';
+export type { DomainUpdaterConfig } from './config.js';
+
+export { startDomainUpdater, provisionDomainUpdater } from './service.js';
+export type { DomainUpdater, DomainUpdaterDeps, DomainUpdaterSettings } from './service.js';

@@ -1,0 +1,519 @@
+import { fact, nextWork, StageTag, type StageEmitted, type WorkEvent } from '@plugline/bus';
+import {
+  EventType,
+  PhaseMessage,
+  PluglineError,
+  Reason,
+  Stage,
+  VolumePhase,
+  type OperationKind,
+  type VolumeKey,
+} from '@plugline/contracts';
+import type { SnapshotFrom } from 'xstate';
+import { assign, enqueueActions, fromPromise, setup } from 'xstate';
+import { asObservation, type Observation, type Problem } from './observation.js';
+
+/**
+ * The domain-updater's machine, one per volume on a node (unit `ns/vmi/volume`):
+ *
+ * `detached → attaching → confirming → attached → detaching → awaitingRemoval → detached`, with
+ * `removalStuck` when the guest never lets go (a visible `failed` fact; the volume stays mounted),
+ * `awaitingSource` (wanted, not mounted yet), `retrying` (transient failures) and `failed`
+ * (a disk the hypervisor refuses).
+ *
+ * Every work item carries a fresh observation (`load`); `deciding` routes on it, so the direction
+ * comes from the spec, never from the message. Resting states only: a snapshot is persisted when
+ * no effect runs. A requested detach is recorded (`detachRequestedAt`) before the machine rests,
+ * so it is never sent again while in flight, across restarts too. Deadlines live in context.
+ */
+
+/** Causes of work items that are only nudges from this stage (device events, start reconcile). */
+export const NudgeCause = {
+  DeviceAdded: 'device-added',
+  DeviceRemoved: 'device-removed',
+  Reconcile: 'reconcile',
+} as const;
+export type NudgeCause = (typeof NudgeCause)[keyof typeof NudgeCause];
+const NUDGES: readonly string[] = Object.values(NudgeCause);
+
+/** The cause that makes a stage re-report what it already reported (a lost fact is repaired). */
+export const RESYNC_CAUSE = 'resync';
+
+/** The cause of the node-mounter work item sent once the domain let go of the disk. */
+export const DETACHED_CAUSE = EventType.DetachedFromDomain;
+
+export const DETACH_TIMEOUT_REASON = 'DetachTimeout';
+
+export interface DomainUpdaterInput {
+  readonly key: VolumeKey;
+  readonly node: string;
+  /** How long the guest may take to release a disk before the unplug is reported failed. */
+  readonly detachTimeoutMs: number;
+  /** How often a stuck removal is looked at again. */
+  readonly stuckRecheckMs?: number;
+}
+
+export interface DomainUpdaterContext {
+  readonly key: VolumeKey;
+  readonly node: string;
+  readonly detachTimeoutMs: number;
+  readonly stuckRecheckMs: number;
+  readonly vmiUID: string;
+  /** The operation of the last work item from the chain (nudges keep it). */
+  readonly operationId: string;
+  readonly cause: string;
+  /** `receivedAt` of the work item being handled (the machine's clock). */
+  readonly now: number;
+  readonly obs: Observation | null;
+  readonly domain: string | null;
+  /** The disk's target while attached (or being detached). */
+  readonly target: string | null;
+  readonly attachRequestedAt: number | null;
+  /** Set when a detach was sent; cleared once the disk is gone. Never re-sent while set. */
+  readonly detachRequestedAt: number | null;
+  /** Failures since the last success. */
+  readonly attempt: number;
+  readonly wakeAt: number | undefined;
+  readonly failure: Problem | undefined;
+  /** Facts already reported (`<type>:<operation>`), so a duplicate delivery reports nothing new. */
+  readonly reported: readonly string[];
+}
+
+export type DomainUpdaterEvent = WorkEvent;
+
+export interface AttachInput {
+  readonly domain: string;
+  readonly diskXml: string;
+  readonly target: string;
+}
+export interface AttachOutput {
+  /** Epoch ms just before the attach call (events older than it are not ours). */
+  readonly requestedAt: number;
+}
+export interface ConfirmInput {
+  readonly domain: string;
+  readonly volume: string;
+  readonly since: number;
+}
+export interface ConfirmOutput {
+  /** The target the domain XML shows. */
+  readonly target: string;
+  readonly confirmedAt: number;
+}
+export interface DetachInput {
+  readonly domain: string;
+  readonly target: string;
+}
+export interface DetachOutput {
+  readonly requestedAt: number;
+}
+
+/** Pure: exponential backoff for `retrying`, `base · 2^(attempt-1)`, capped. */
+export function retryDelay(attempt: number, baseMs = 250, maxMs = 30_000): number {
+  return Math.min(maxMs, baseMs * 2 ** Math.min(20, Math.max(0, attempt - 1)));
+}
+
+/** Pure: what an effect error means. Rejections retrying cannot fix make the unit `failed`. */
+export function isRejection(error: unknown): boolean {
+  if (!(error instanceof PluglineError) && !hasReason(error)) return false;
+  const { reason, message } = error as { reason: string; message: string };
+  if (reason === 'ImageLocked' || reason === 'InvalidDiskSpec') return true;
+  // A duplicate alias means the disk is there already: observe again.
+  return reason === 'InvalidDisk' && !/alias/i.test(message);
+}
+
+function hasReason(error: unknown): boolean {
+  return typeof (error as { reason?: unknown } | null)?.reason === 'string';
+}
+
+export function problemOf(error: unknown): Problem {
+  if (hasReason(error)) {
+    const e = error as { reason: string; message?: unknown };
+    return { reason: e.reason, message: typeof e.message === 'string' ? e.message : e.reason };
+  }
+  return {
+    reason: 'HypervisorFailed',
+    message: error instanceof Error ? error.message : String(error),
+  };
+}
+
+function errorOf(event: unknown): unknown {
+  return (event as { error?: unknown }).error;
+}
+
+function notProvided(name: string): never {
+  throw new Error(`domain-updater actor ${name} is not provided`);
+}
+
+function observed(context: DomainUpdaterContext): Extract<Observation, { kind: 'observed' }> {
+  const obs = context.obs;
+  if (obs?.kind !== 'observed') throw new Error('deciding without an observation');
+  return obs;
+}
+
+const isObserved = (c: DomainUpdaterContext): boolean => c.obs?.kind === 'observed';
+const detachInFlight = (c: DomainUpdaterContext): boolean => c.detachRequestedAt !== null;
+const present = (c: DomainUpdaterContext): boolean => isObserved(c) && observed(c).present !== null;
+const desired = (c: DomainUpdaterContext): 'plug' | 'unplug' | undefined =>
+  isObserved(c) ? observed(c).desired : undefined;
+
+/** Whether a fact of this type for this operation should go out (again). */
+function shouldReport(c: DomainUpdaterContext, type: string): boolean {
+  return c.cause === RESYNC_CAUSE || !c.reported.includes(`${type}:${c.operationId}`);
+}
+
+function markReported(c: DomainUpdaterContext, type: string): readonly string[] {
+  const key = `${type}:${c.operationId}`;
+  // Only the last few matter (one operation at a time per volume).
+  return [...c.reported.filter((k) => k !== key), key].slice(-8);
+}
+
+function common(c: DomainUpdaterContext, operation: OperationKind) {
+  return {
+    operationId: c.operationId,
+    operation,
+    vmiUID: c.vmiUID,
+    node: c.node,
+  };
+}
+
+function readyFact(c: DomainUpdaterContext, target: string, durationMs?: number): StageEmitted {
+  return fact({
+    ...c.key,
+    type: EventType.Ready,
+    data: {
+      ...common(c, 'plug'),
+      phase: VolumePhase.Ready,
+      reason: Reason.VolumeReady,
+      message: PhaseMessage.ready(c.key.volume),
+      target,
+      ...(durationMs === undefined ? {} : { durationMs: Math.max(0, durationMs) }),
+    },
+  });
+}
+
+function detachedFact(c: DomainUpdaterContext): StageEmitted {
+  const domain = c.domain ?? '';
+  const durationMs =
+    c.detachRequestedAt === null ? undefined : Math.max(0, c.now - c.detachRequestedAt);
+  return fact({
+    ...c.key,
+    type: EventType.DetachedFromDomain,
+    data: {
+      ...common(c, 'unplug'),
+      message: `Volume ${c.key.volume} has been detached from domain ${domain}`,
+      ...(c.target === null ? {} : { target: c.target }),
+      ...(durationMs === undefined ? {} : { durationMs }),
+    },
+  });
+}
+
+function failedFact(c: DomainUpdaterContext, operation: OperationKind, p: Problem): StageEmitted {
+  return fact({
+    ...c.key,
+    type: EventType.Failed,
+    data: {
+      ...common(c, operation),
+      reason: p.reason.slice(0, 64),
+      message: p.message.slice(0, 4096),
+      attempt: c.attempt,
+      ...(c.target === null ? {} : { target: c.target }),
+    },
+  });
+}
+
+function detachTimeoutProblem(c: DomainUpdaterContext): Problem {
+  const seconds = Math.round(c.detachTimeoutMs / 100) / 10;
+  return {
+    reason: DETACH_TIMEOUT_REASON,
+    message:
+      `the guest of domain ${c.domain ?? '?'} did not release volume ${c.key.volume}` +
+      `${c.target === null ? '' : ` (target ${c.target})`} within ${seconds} s of the detach ` +
+      'request; the volume stays mounted, and the unplug goes on once the guest lets go',
+  };
+}
+
+export const domainUpdaterMachine = setup({
+  types: {
+    context: {} as DomainUpdaterContext,
+    events: {} as DomainUpdaterEvent,
+    input: {} as DomainUpdaterInput,
+    emitted: {} as StageEmitted,
+  },
+  actors: {
+    attach: fromPromise<AttachOutput, AttachInput>(() => notProvided('attach')),
+    confirm: fromPromise<ConfirmOutput, ConfirmInput>(() => notProvided('confirm')),
+    detach: fromPromise<DetachOutput, DetachInput>(() => notProvided('detach')),
+  },
+  guards: {
+    gone: ({ context }) => context.obs?.kind === 'gone',
+    unavailable: ({ context }) => context.obs?.kind === 'unavailable',
+    /** A detach was sent and the guest still has the disk. */
+    removalPending: ({ context }) => detachInFlight(context) && present(context),
+    removalOverdue: ({ context }) =>
+      context.detachRequestedAt !== null &&
+      context.now >= context.detachRequestedAt + context.detachTimeoutMs,
+    unplugDone: ({ context }) => desired(context) === 'unplug' && !present(context),
+    wantsDetach: ({ context }) => desired(context) === 'unplug' && present(context),
+    alreadyAttached: ({ context }) => desired(context) === 'plug' && present(context),
+    planRejected: ({ context }) => isObserved(context) && observed(context).planError !== null,
+    sourceMissing: ({ context }) => isObserved(context) && !observed(context).sourceReady,
+    canAttach: ({ context }) => isObserved(context) && observed(context).plan !== null,
+    rejected: ({ event }) => isRejection(errorOf(event)),
+    deviceGone: ({ event }) => problemOf(errorOf(event)).reason === 'DeviceNotFound',
+  },
+  actions: {
+    observe: assign(({ context, event }) => {
+      const obs = asObservation(event.observed);
+      const nudge = NUDGES.includes(event.item.cause);
+      const vmiUID = obs.kind === 'observed' ? obs.vmiUID : event.item.vmiUID;
+      const newIncarnation = context.vmiUID !== '' && vmiUID !== context.vmiUID;
+      const operationId =
+        nudge && context.operationId !== '' && !newIncarnation
+          ? context.operationId
+          : event.item.operationId;
+      return {
+        obs,
+        now: event.receivedAt,
+        cause: event.item.cause,
+        vmiUID,
+        operationId,
+        domain: obs.kind === 'observed' ? obs.domain : context.domain,
+        ...(newIncarnation ? { detachRequestedAt: null, target: null, reported: [] } : {}),
+      };
+    }),
+    /** The VMI left this node: nothing of it is ours any more. */
+    forget: assign({ detachRequestedAt: null, target: null, attempt: 0, failure: undefined }),
+    scheduleRetry: assign(({ context, event }) => {
+      const attempt = context.attempt + 1;
+      const error = errorOf(event);
+      const failure =
+        error !== undefined
+          ? problemOf(error)
+          : context.obs?.kind === 'unavailable'
+            ? { reason: context.obs.reason, message: context.obs.message }
+            : context.failure;
+      return { attempt, failure, wakeAt: context.now + retryDelay(attempt) };
+    }),
+    awaitRemoval: assign(({ context }) => ({
+      wakeAt: (context.detachRequestedAt ?? context.now) + context.detachTimeoutMs,
+      target: present(context) ? observed(context).present!.target : context.target,
+    })),
+    /** The guest has held the disk past the bound: report it once per detach request. */
+    reportStuck: enqueueActions(({ context, enqueue }) => {
+      const key = `${DETACH_TIMEOUT_REASON}@${context.detachRequestedAt ?? 0}`;
+      const problem = detachTimeoutProblem(context);
+      enqueue.assign({
+        wakeAt: context.now + context.stuckRecheckMs,
+        failure: problem,
+        target: present(context) ? observed(context).present!.target : context.target,
+      });
+      if (!context.reported.includes(key) || context.cause === RESYNC_CAUSE) {
+        enqueue.emit(failedFact(context, 'unplug', problem));
+        enqueue.assign({ reported: [...context.reported, key].slice(-8) });
+      }
+    }),
+    /** The disk is gone: report it, and for an unplug hand the volume to node-mounter. */
+    reportDetached: enqueueActions(({ context, enqueue }) => {
+      const unplug = desired(context) === 'unplug';
+      const wasOurs = context.detachRequestedAt !== null || context.target !== null;
+      if ((unplug || wasOurs) && shouldReport(context, EventType.DetachedFromDomain)) {
+        enqueue.emit(detachedFact(context));
+        if (unplug) {
+          enqueue.emit(
+            nextWork({
+              stage: Stage.NodeMounter,
+              node: context.node,
+              ...context.key,
+              vmiUID: context.vmiUID,
+              operationId: context.operationId,
+              operation: 'unplug',
+              cause: DETACHED_CAUSE,
+            }),
+          );
+        }
+        enqueue.assign({ reported: markReported(context, EventType.DetachedFromDomain) });
+      }
+      enqueue.assign({ detachRequestedAt: null, target: null, attempt: 0, failure: undefined });
+    }),
+    reportAttached: enqueueActions(({ context, enqueue }) => {
+      const target = observed(context).present!.target;
+      if (shouldReport(context, EventType.Ready)) {
+        enqueue.emit(readyFact(context, target));
+        enqueue.assign({ reported: markReported(context, EventType.Ready) });
+      }
+      enqueue.assign({ target, attempt: 0, failure: undefined });
+    }),
+    rejectPlan: enqueueActions(({ context, enqueue }) => {
+      const problem = observed(context).planError!;
+      enqueue.assign({ failure: problem, attempt: context.attempt + 1 });
+      enqueue.emit(failedFact({ ...context, attempt: context.attempt + 1 }, 'plug', problem));
+    }),
+    rejectAttach: enqueueActions(({ context, event, enqueue }) => {
+      const problem = problemOf(errorOf(event));
+      enqueue.assign({ failure: problem, attempt: context.attempt + 1 });
+      enqueue.emit(failedFact({ ...context, attempt: context.attempt + 1 }, 'plug', problem));
+    }),
+  },
+}).createMachine({
+  id: 'domainUpdater',
+  context: ({ input }) => ({
+    key: input.key,
+    node: input.node,
+    detachTimeoutMs: input.detachTimeoutMs,
+    stuckRecheckMs: input.stuckRecheckMs ?? input.detachTimeoutMs,
+    vmiUID: '',
+    operationId: '',
+    cause: '',
+    now: 0,
+    obs: null,
+    domain: null,
+    target: null,
+    attachRequestedAt: null,
+    detachRequestedAt: null,
+    attempt: 0,
+    wakeAt: undefined,
+    failure: undefined,
+    reported: [],
+  }),
+  initial: 'detached',
+  states: {
+    detached: { on: { work: { target: 'deciding', actions: 'observe' } } },
+    awaitingSource: { on: { work: { target: 'deciding', actions: 'observe' } } },
+    deciding: {
+      always: [
+        { guard: 'gone', target: 'detached', actions: 'forget' },
+        { guard: 'unavailable', target: 'retrying', actions: 'scheduleRetry' },
+        // A detach is in flight: never send it again; wait, or report the guest stuck.
+        { guard: 'removalPending', target: 'checkingDeadline' },
+        { guard: 'unplugDone', target: 'detached', actions: 'reportDetached' },
+        { guard: 'wantsDetach', target: 'detaching' },
+        { guard: 'alreadyAttached', target: 'attached', actions: 'reportAttached' },
+        // Wanted and absent. A completed earlier unplug is reported first.
+        { target: 'planning', actions: 'reportDetached' },
+      ],
+    },
+    checkingDeadline: {
+      always: [
+        { guard: 'removalOverdue', target: 'removalStuck', actions: 'reportStuck' },
+        { target: 'awaitingRemoval', actions: 'awaitRemoval' },
+      ],
+    },
+    planning: {
+      always: [
+        { guard: 'planRejected', target: 'failed', actions: 'rejectPlan' },
+        { guard: 'sourceMissing', target: 'awaitingSource' },
+        { guard: 'canAttach', target: 'attaching' },
+        { target: 'retrying', actions: 'scheduleRetry' },
+      ],
+    },
+    attaching: {
+      invoke: {
+        id: 'attach',
+        src: 'attach',
+        input: ({ context }) => {
+          const plan = observed(context).plan!;
+          return { domain: observed(context).domain, diskXml: plan.diskXml, target: plan.target };
+        },
+        onDone: {
+          target: 'confirming',
+          actions: assign({
+            attachRequestedAt: ({ event }) => event.output.requestedAt,
+            target: ({ context }) => observed(context).plan!.target,
+          }),
+        },
+        onError: [
+          { guard: 'rejected', target: 'failed', actions: 'rejectAttach' },
+          { target: 'retrying', actions: 'scheduleRetry' },
+        ],
+      },
+    },
+    confirming: {
+      invoke: {
+        id: 'confirm',
+        src: 'confirm',
+        input: ({ context }) => ({
+          domain: observed(context).domain,
+          volume: context.key.volume,
+          since: context.attachRequestedAt ?? context.now,
+        }),
+        onDone: {
+          target: 'attached',
+          actions: enqueueActions(({ context, event, enqueue }) => {
+            const { target, confirmedAt } = event.output;
+            enqueue.emit(
+              readyFact(context, target, confirmedAt - (context.attachRequestedAt ?? confirmedAt)),
+            );
+            enqueue.assign({
+              target,
+              attempt: 0,
+              failure: undefined,
+              reported: markReported(context, EventType.Ready),
+            });
+          }),
+        },
+        onError: { target: 'retrying', actions: 'scheduleRetry' },
+      },
+    },
+    attached: { on: { work: { target: 'deciding', actions: 'observe' } } },
+    detaching: {
+      invoke: {
+        id: 'detach',
+        src: 'detach',
+        input: ({ context }) => ({
+          domain: observed(context).domain,
+          target: observed(context).present!.target,
+        }),
+        onDone: {
+          target: 'awaitingRemoval',
+          actions: [
+            assign({
+              detachRequestedAt: ({ event }) => event.output.requestedAt,
+              attempt: 0,
+              failure: undefined,
+            }),
+            'awaitRemoval',
+          ],
+        },
+        onError: [
+          { guard: 'deviceGone', target: 'detached', actions: 'reportDetached' },
+          { target: 'retrying', actions: 'scheduleRetry' },
+        ],
+      },
+    },
+    awaitingRemoval: {
+      tags: [StageTag.Waiting],
+      on: { work: { target: 'deciding', actions: 'observe' } },
+    },
+    removalStuck: {
+      tags: [StageTag.Waiting],
+      on: { work: { target: 'deciding', actions: 'observe' } },
+    },
+    retrying: {
+      tags: [StageTag.Retry],
+      on: { work: { target: 'deciding', actions: 'observe' } },
+    },
+    failed: {
+      tags: [StageTag.Failed],
+      on: { work: { target: 'deciding', actions: 'observe' } },
+    },
+  },
+});
+
+export type DomainUpdaterMachine = typeof domainUpdaterMachine;
+export type DomainUpdaterSnapshot = SnapshotFrom<DomainUpdaterMachine>;
+
+/** The resting states (a persisted snapshot is always in one of these). */
+export const UpdaterState = {
+  Detached: 'detached',
+  AwaitingSource: 'awaitingSource',
+  Attaching: 'attaching',
+  Confirming: 'confirming',
+  Attached: 'attached',
+  Detaching: 'detaching',
+  AwaitingRemoval: 'awaitingRemoval',
+  RemovalStuck: 'removalStuck',
+  Retrying: 'retrying',
+  Failed: 'failed',
+} as const;
+export type UpdaterState = (typeof UpdaterState)[keyof typeof UpdaterState];

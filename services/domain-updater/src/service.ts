@@ -1,0 +1,340 @@
+import { randomUUID } from 'node:crypto';
+import { stat } from 'node:fs/promises';
+import { provision, Publisher, runStage, type Bus, type StageRunner } from '@plugline/bus';
+import {
+  isHotpluggable,
+  isName,
+  Stage,
+  type OperationKind,
+  type VirtualMachineInstance,
+  type WorkItem,
+} from '@plugline/contracts';
+import {
+  createLibvirtDriver,
+  createSimulatedDriver,
+  DeviceEventType,
+  domainNameOf,
+  hotplugSourcePath,
+  parseDomainName,
+  volumeOfAlias,
+  type DeviceEvent,
+  type DomainDriver,
+} from '@plugline/hypervisor';
+import {
+  createInformer,
+  KubeClient,
+  Resources,
+  type Informer,
+  type loadKubeConfig,
+} from '@plugline/kube';
+import { childLogger, type Logger, type PluglineMetrics } from '@plugline/telemetry';
+import { createActors, DeviceEventLog } from './adapters.js';
+import { HypervisorKind, type DomainUpdaterConfig } from './config.js';
+import { domainUpdaterMachine, NudgeCause } from './machine.js';
+import {
+  createObserver,
+  findLauncher,
+  hotplugHostDir,
+  runsOn,
+  specDiskOf,
+  type PodLike,
+  type PvcLike,
+} from './observe.js';
+
+type KubeConfig = ReturnType<typeof loadKubeConfig>;
+
+/** What the service needs of its configuration (tests give a subset with overrides). */
+export type DomainUpdaterSettings = Pick<
+  DomainUpdaterConfig,
+  | 'nodeName'
+  | 'kubeletRoot'
+  | 'hypervisor'
+  | 'libvirtUri'
+  | 'simStateFile'
+  | 'simDetachDelayMs'
+  | 'detachTimeoutMs'
+  | 'diskSourceDir'
+  | 'confirmTimeoutMs'
+  | 'concurrency'
+> &
+  Partial<Pick<DomainUpdaterConfig, 'streamReplicas' | 'ackWaitMs'>>;
+
+export interface DomainUpdaterDeps {
+  bus: Bus;
+  kc: KubeConfig;
+  logger: Logger;
+  metrics?: PluglineMetrics;
+  /**
+   * The hypervisor; by default one is made from the settings (and closed on stop). With the
+   * simulated hypervisor, pass `defineDomain` too (the service then defines missing domains).
+   */
+  driver?: DomainDriver;
+  defineDomain?: (domain: string) => Promise<void>;
+  listDomains?: () => Promise<string[]>;
+  /** How often a stuck removal is looked at again (default: the detach timeout). */
+  stuckRecheckMs?: number;
+}
+
+export interface DomainUpdater {
+  readonly stage: StageRunner;
+  readonly driver: DomainDriver;
+  /** Informers synced, consumer bound, NATS connected. */
+  ready(): boolean;
+  /** Publishes a nudge for every volume whose domain and spec disagree (run at start). */
+  reconcile(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+/** Creates the streams, this node's consumer and the stage's buckets. Idempotent. */
+export async function provisionDomainUpdater(
+  bus: Bus,
+  settings: Pick<DomainUpdaterSettings, 'nodeName'> & Partial<DomainUpdaterSettings>,
+): Promise<void> {
+  await provision(bus, {
+    replicas: settings.streamReplicas ?? 1,
+    consumers: [
+      {
+        stage: Stage.DomainUpdater,
+        node: settings.nodeName,
+        ackWaitMs: settings.ackWaitMs ?? 30_000,
+      },
+    ],
+  });
+}
+
+function makeDriver(settings: DomainUpdaterSettings): {
+  driver: DomainDriver;
+  defineDomain?: (domain: string) => Promise<void>;
+  listDomains?: () => Promise<string[]>;
+} {
+  if (settings.hypervisor === HypervisorKind.Libvirt) {
+    return { driver: createLibvirtDriver({ uri: settings.libvirtUri }) };
+  }
+  const sim = createSimulatedDriver({
+    stateFile: settings.simStateFile,
+    detachDelayMs: settings.simDetachDelayMs,
+  });
+  return {
+    driver: sim,
+    defineDomain: (d) => sim.defineDomain(d),
+    listDomains: () => sim.listDomains(),
+  };
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * Starts the domain-updater of one node: informers (VMIs, this node's launcher pods, PVCs), the
+ * device-event subscription (each `device-added` / `device-removed` of a `ua-<volume>` disk
+ * becomes a nudge for that volume), the stage loop, and the start-up reconcile.
+ */
+export async function startDomainUpdater(
+  settings: DomainUpdaterSettings,
+  deps: DomainUpdaterDeps,
+): Promise<DomainUpdater> {
+  const node = settings.nodeName;
+  const log = childLogger(deps.logger, { component: 'domain-updater', node });
+  const made = deps.driver === undefined ? makeDriver(settings) : undefined;
+  const driver = deps.driver ?? made!.driver;
+  const defineDomain = deps.defineDomain ?? made?.defineDomain;
+  const listDomains = deps.listDomains ?? made?.listDomains;
+
+  const vmis = createInformer<VirtualMachineInstance>({
+    kc: deps.kc,
+    resource: Resources.virtualMachineInstances,
+    logger: log,
+  });
+  const pods = createInformer<PodLike & { metadata?: { namespace?: string } }>({
+    kc: deps.kc,
+    resource: Resources.pods,
+    labelSelector: 'kubevirt.io=virt-launcher',
+    fieldSelector: `spec.nodeName=${node}`,
+    logger: log,
+  });
+  const pvcs = createInformer<PvcLike>({
+    kc: deps.kc,
+    resource: Resources.persistentVolumeClaims,
+    logger: log,
+  });
+  const informers: Informer<never>[] = [vmis, pods, pvcs] as unknown as Informer<never>[];
+  const events = new DeviceEventLog(driver);
+  const publisher = new Publisher(deps.bus, {
+    logger: log,
+    ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }),
+  });
+  const stopping = new AbortController();
+  let stage: StageRunner | undefined;
+
+  /** Defines the launcher's domain when the simulated hypervisor does not have it (libvirt: never). */
+  const known = new Set<string>();
+  async function ensureDomain(domain: string): Promise<void> {
+    if (defineDomain === undefined || known.has(domain)) return;
+    const domains = listDomains === undefined ? [] : await listDomains();
+    if (!domains.includes(domain)) {
+      await defineDomain(domain);
+      log.info({ domain }, 'defined the simulated domain of a running VMI');
+    }
+    known.add(domain);
+  }
+
+  async function nudge(
+    vmi: VirtualMachineInstance,
+    volume: string,
+    cause: string,
+    operation: OperationKind,
+  ): Promise<void> {
+    const item: WorkItem = {
+      v: 1,
+      stage: Stage.DomainUpdater,
+      node,
+      namespace: vmi.metadata.namespace!,
+      vmi: vmi.metadata.name!,
+      vmiUID: vmi.metadata.uid!,
+      volume,
+      operationId: `${cause}-${randomUUID()}`,
+      operation,
+      cause,
+      issuedAt: new Date().toISOString(),
+    };
+    await publisher.publishWork(item, stopping.signal);
+  }
+
+  function onDevice(event: DeviceEvent): void {
+    if (event.type !== DeviceEventType.Added && event.type !== DeviceEventType.Removed) return;
+    const volume = volumeOfAlias(event.alias);
+    const names = parseDomainName(event.domain);
+    if (volume === undefined || names === undefined || !isName(volume, 'label')) return;
+    const vmi = vmis.get(names.namespace, names.vmi);
+    if (vmi?.metadata.uid === undefined || !runsOn(vmi, node)) return;
+    const added = event.type === DeviceEventType.Added;
+    nudge(
+      vmi,
+      volume,
+      added ? NudgeCause.DeviceAdded : NudgeCause.DeviceRemoved,
+      added ? 'plug' : 'unplug',
+    ).catch((err: unknown) =>
+      log.warn(
+        { err, domain: event.domain, alias: event.alias },
+        'could not publish a device nudge',
+      ),
+    );
+  }
+
+  const observer = createObserver({
+    node,
+    kubeletRoot: settings.kubeletRoot,
+    diskSourceDir: settings.diskSourceDir,
+    vmis,
+    api: new KubeClient({ kc: deps.kc, fieldManager: 'plugline-domain-updater', logger: log }),
+    pods,
+    pvcs,
+    driver,
+    ensureDomain,
+  });
+
+  /** Volumes whose domain and spec disagree get a nudge; the machines decide the rest. */
+  async function reconcile(): Promise<number> {
+    let nudged = 0;
+    for (const vmi of vmis.list((v) => runsOn(v, node))) {
+      const ns = vmi.metadata.namespace!;
+      const name = vmi.metadata.name!;
+      const domain = domainNameOf(ns, name);
+      let aliases: (string | undefined)[];
+      try {
+        await ensureDomain(domain);
+        aliases = (await driver.listDisks(domain)).map((d) => d.alias);
+      } catch (err) {
+        log.warn({ err, domain }, 'reconcile: cannot read the domain');
+        continue;
+      }
+      const attached = new Set(aliases.map(volumeOfAlias).filter((v) => v !== undefined));
+      for (const volume of attached) {
+        if (specDiskOf(vmi, volume) === undefined && isName(volume, 'label')) {
+          await nudge(vmi, volume, NudgeCause.Reconcile, 'unplug');
+          nudged++;
+        }
+      }
+      const launcher = findLauncher(pods.list(), vmi.metadata.uid!, node);
+      if (launcher === undefined) continue;
+      const dir = hotplugHostDir(settings.kubeletRoot, launcher.metadata!.uid!);
+      for (const volume of (vmi.spec.volumes ?? []).filter(isHotpluggable)) {
+        if (attached.has(volume.name) || specDiskOf(vmi, volume.name) === undefined) continue;
+        const mounted =
+          (await exists(hotplugSourcePath(dir, volume.name, 'Filesystem'))) ||
+          (await exists(hotplugSourcePath(dir, volume.name, 'Block')));
+        if (mounted) {
+          await nudge(vmi, volume.name, NudgeCause.Reconcile, 'plug');
+          nudged++;
+        }
+      }
+    }
+    log.info({ nudged }, 'reconciled the live domains against the desired volumes');
+    return nudged;
+  }
+
+  const unsubscribeDevices = events.onDevice(onDevice);
+  try {
+    await Promise.all(informers.map((i) => i.start()));
+    if (defineDomain !== undefined) {
+      for (const vmi of vmis.list((v) => runsOn(v, node))) {
+        await ensureDomain(domainNameOf(vmi.metadata.namespace!, vmi.metadata.name!)).catch(
+          (err: unknown) => log.warn({ err }, 'could not define a simulated domain'),
+        );
+      }
+    }
+    const machine = domainUpdaterMachine.provide({
+      actors: createActors({ driver, events, confirmTimeoutMs: settings.confirmTimeoutMs }),
+    });
+    stage = await runStage({
+      bus: deps.bus,
+      stage: Stage.DomainUpdater,
+      node,
+      machine,
+      logger: log,
+      ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }),
+      publisher,
+      concurrency: settings.concurrency,
+      keyOf: (item) => `${item.namespace}/${item.vmi}/${item.volume}`,
+      input: (item) => ({
+        key: { namespace: item.namespace, vmi: item.vmi, volume: item.volume },
+        node,
+        detachTimeoutMs: settings.detachTimeoutMs,
+        ...(deps.stuckRecheckMs === undefined ? {} : { stuckRecheckMs: deps.stuckRecheckMs }),
+      }),
+      load: (item, delivery) => observer.observe(item, delivery.signal),
+    });
+    await reconcile();
+  } catch (err) {
+    unsubscribeDevices();
+    events.close();
+    await stage?.stop();
+    await Promise.all(informers.map((i) => i.stop()));
+    if (made !== undefined) await made.driver.close();
+    throw err;
+  }
+  const runner = stage;
+
+  let stopped: Promise<void> | undefined;
+  return {
+    stage: runner,
+    driver,
+    ready: () => runner.bound() && informers.every((i) => i.synced),
+    reconcile,
+    stop() {
+      stopped ??= (async () => {
+        await runner.stop();
+        stopping.abort(new Error('domain-updater stopping'));
+        unsubscribeDevices();
+        events.close();
+        await Promise.all(informers.map((i) => i.stop()));
+        if (made !== undefined) await made.driver.close();
+      })();
+      return stopped;
+    },
+  };
+}

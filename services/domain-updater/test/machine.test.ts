@@ -1,0 +1,442 @@
+import { getAdjacencyMap, getShortestPaths, getSimplePaths } from '@xstate/graph';
+import type { AdjacencyMap, AdjacencyValue, StatePath } from '@xstate/graph';
+import { isDeepStrictEqual } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { createActor, fromPromise } from 'xstate';
+import type { AnyEventObject } from 'xstate';
+import type { StageEmitted, WorkEvent } from '@plugline/bus';
+import { HypervisorError, TransientError, type WorkItem } from '@plugline/contracts';
+import {
+  DETACH_TIMEOUT_REASON,
+  domainUpdaterMachine,
+  UpdaterState,
+  type DomainUpdaterSnapshot,
+  type Observation,
+} from '../src/index.js';
+
+/**
+ * Every path through the domain-updater machine, generated with @xstate/graph from the pure
+ * transition function and replayed on a live actor whose effects are test actors the replay
+ * resolves or rejects. After every step the live actor must match the model, run exactly the
+ * effect its state names, and keep the issue's rules (checked on what it emitted).
+ */
+
+const key = {
+  namespace: 'ns-with-a-rather-long-name',
+  vmi: 'vm.with.dots',
+  volume: 'hotplug-data-volume-1',
+};
+const NODE = 'node-a';
+const TIMEOUT = 60_000;
+const T0 = 1_700_000_000_000;
+const LATE = T0 + 2 * TIMEOUT;
+const DOMAIN = `${key.namespace}_${key.vmi}`;
+const input = { key, node: NODE, detachTimeoutMs: TIMEOUT };
+
+function item(cause: string): WorkItem {
+  return {
+    v: 1,
+    stage: 'domain-updater',
+    ...key,
+    node: NODE,
+    vmiUID: 'vmi-uid-1',
+    operationId: 'op-1',
+    operation: 'plug',
+    cause,
+    issuedAt: new Date(T0).toISOString(),
+  };
+}
+
+const plan = { diskXml: '<disk/>', target: 'sda', sourcePath: '/hp/d.img', bus: 'scsi' };
+const observed = (o: Partial<Extract<Observation, { kind: 'observed' }>>): Observation => ({
+  kind: 'observed',
+  domain: DOMAIN,
+  vmiUID: 'vmi-uid-1',
+  desired: 'plug',
+  present: null,
+  sourceReady: false,
+  plan: null,
+  planError: null,
+  ...o,
+});
+
+const OBSERVATIONS: Record<string, Observation> = {
+  gone: { kind: 'gone', why: 'not running here' },
+  unavailable: { kind: 'unavailable', reason: 'Unavailable', message: 'libvirtd is down' },
+  waitSource: observed({}),
+  plan: observed({ sourceReady: true, plan }),
+  badSpec: observed({
+    sourceReady: true,
+    planError: { reason: 'InvalidDiskSpec', message: 'a lun needs a block volume' },
+  }),
+  plugPresent: observed({ present: { target: 'sda' }, sourceReady: true }),
+  unplugPresent: observed({ desired: 'unplug', present: { target: 'sda' } }),
+  unplugAbsent: observed({ desired: 'unplug' }),
+};
+
+function work(obs: string, at = T0, cause = 'mounted-to-pod'): WorkEvent {
+  return {
+    type: 'work',
+    item: item(cause),
+    attempt: 1,
+    receivedAt: at,
+    observed: OBSERVATIONS[obs],
+  };
+}
+
+const INVOKED: Partial<Record<string, string>> = {
+  [UpdaterState.Attaching]: 'attach',
+  [UpdaterState.Confirming]: 'confirm',
+  [UpdaterState.Detaching]: 'detach',
+};
+
+type ModelEvent = WorkEvent | AnyEventObject;
+type ModelPath = StatePath<DomainUpdaterSnapshot, ModelEvent>;
+
+const transient = new TransientError('DuplicateTarget', "target 'sda' duplicated");
+const locked = new HypervisorError('ImageLocked', 'Failed to get "write" lock');
+const notFound = new HypervisorError('DeviceNotFound', 'device not found: disk sda not found');
+
+function eventsFor(snapshot: DomainUpdaterSnapshot, nudges = true): ModelEvent[] {
+  const id = INVOKED[String(snapshot.value)];
+  if (id === 'attach') {
+    return [
+      { type: 'xstate.done.actor.attach', output: { requestedAt: T0 } },
+      { type: 'xstate.error.actor.attach', error: transient },
+      { type: 'xstate.error.actor.attach', error: locked },
+    ];
+  }
+  if (id === 'confirm') {
+    return [
+      { type: 'xstate.done.actor.confirm', output: { target: 'sda', confirmedAt: T0 + 5 } },
+      { type: 'xstate.error.actor.confirm', error: transient },
+    ];
+  }
+  if (id === 'detach') {
+    return [
+      { type: 'xstate.done.actor.detach', output: { requestedAt: T0 } },
+      { type: 'xstate.error.actor.detach', error: notFound },
+      { type: 'xstate.error.actor.detach', error: transient },
+    ];
+  }
+  return [
+    ...Object.keys(OBSERVATIONS).map((o) => work(o)),
+    work('unplugPresent', LATE),
+    ...(nudges
+      ? [work('unplugAbsent', T0, 'device-removed'), work('plugPresent', T0, 'device-added')]
+      : []),
+  ];
+}
+
+/** Coarse: the control state — the state, and whether a detach is in flight. */
+function serializeCoarse(s: DomainUpdaterSnapshot): string {
+  return JSON.stringify([s.value, s.context.detachRequestedAt !== null]);
+}
+
+/** Fine: everything that drives decisions (not the observation of the last work item). */
+function serializeFine(s: DomainUpdaterSnapshot): string {
+  const c = s.context;
+  return JSON.stringify([
+    s.value,
+    c.detachRequestedAt,
+    c.target,
+    Math.min(c.attempt, 1),
+    [...new Set(c.reported)].sort(),
+    c.failure?.reason,
+  ]);
+}
+
+/** The coarse traversal leaves out the nudge variants (the fine one has them). */
+const traversal = (serializeState: (s: DomainUpdaterSnapshot) => string, nudges = true) => ({
+  input,
+  events: ((s: DomainUpdaterSnapshot) => eventsFor(s, nudges)) as (
+    s: DomainUpdaterSnapshot,
+  ) => WorkEvent[],
+  serializeState,
+});
+
+interface Pending {
+  readonly input: unknown;
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
+}
+
+class Effects {
+  readonly pending = new Map<string, Pending>();
+  readonly active = new Set<string>();
+  readonly calls: string[] = [];
+}
+let effects = new Effects();
+
+function promised(id: string) {
+  return fromPromise<unknown, unknown>(({ input: actorInput, signal }) => {
+    const mine = effects;
+    mine.calls.push(id);
+    return new Promise((resolve, reject) => {
+      mine.active.add(id);
+      signal.addEventListener('abort', () => mine.active.delete(id));
+      mine.pending.set(id, {
+        input: actorInput,
+        resolve: (v) => {
+          mine.active.delete(id);
+          resolve(v);
+        },
+        reject: (e) => {
+          mine.active.delete(id);
+          reject(e instanceof Error ? e : new Error(String(e)));
+        },
+      });
+    });
+  });
+}
+
+const testMachine = domainUpdaterMachine.provide({
+  actors: {
+    attach: promised('attach') as never,
+    confirm: promised('confirm') as never,
+    detach: promised('detach') as never,
+  },
+});
+
+function harness(snapshot?: unknown) {
+  effects = new Effects();
+  const fx = effects;
+  const emitted: StageEmitted[] = [];
+  const actor = createActor(testMachine, {
+    input,
+    ...(snapshot === undefined ? {} : { snapshot: snapshot as never }),
+  });
+  actor.on('*', (e) => emitted.push(e));
+  actor.start();
+  return { actor, fx, emitted };
+}
+type Harness = ReturnType<typeof harness>;
+
+async function deliver(h: Harness, event: ModelEvent): Promise<void> {
+  const outcome = /^xstate\.(done|error)\.actor\.(.+)$/.exec(event.type);
+  if (outcome === null) {
+    h.actor.send(event as WorkEvent);
+    return;
+  }
+  const p = h.fx.pending.get(outcome[2]!);
+  if (p === undefined) throw new Error(`no ${outcome[2]} running to deliver ${event.type}`);
+  const before = h.actor.getSnapshot();
+  if (outcome[1] === 'done') p.resolve((event as { output?: unknown }).output);
+  else p.reject((event as { error?: unknown }).error);
+  for (let i = 0; i < 100 && h.actor.getSnapshot() === before; i += 1) await Promise.resolve();
+}
+
+function expectedInput(id: string, s: DomainUpdaterSnapshot): unknown {
+  const c = s.context;
+  if (id === 'attach') return { domain: DOMAIN, diskXml: plan.diskXml, target: plan.target };
+  if (id === 'confirm') {
+    return { domain: DOMAIN, volume: key.volume, since: c.attachRequestedAt ?? c.now };
+  }
+  return { domain: DOMAIN, target: 'sda' };
+}
+
+function invocationOk(h: Harness, s: DomainUpdaterSnapshot): boolean {
+  const id = INVOKED[String(s.value)];
+  const running = [...h.fx.active];
+  if (id === undefined) return running.length === 0;
+  return (
+    running.length === 1 &&
+    running[0] === id &&
+    isDeepStrictEqual(h.fx.pending.get(id)?.input, expectedInput(id, s))
+  );
+}
+
+const STATES = new Set<string>(Object.values(UpdaterState));
+
+/** The issue's rules, checked on every step; returns the broken one. */
+function brokenRule(
+  before: DomainUpdaterSnapshot,
+  event: ModelEvent,
+  after: DomainUpdaterSnapshot,
+  emitted: StageEmitted[],
+): string | undefined {
+  const to = String(after.value);
+  if (!STATES.has(to)) return `rests in ${to}, which is not a resting or effect state`;
+  const facts = emitted.flatMap((e) => (e.type === 'plugline.fact' ? [e.fact] : []));
+  const works = emitted.flatMap((e) => (e.type === 'plugline.work' ? [e.work] : []));
+  const obs = (event as Partial<WorkEvent>).observed as Observation | undefined;
+  const present = obs?.kind === 'observed' && obs.present !== null;
+  if (to === 'detaching' && before.context.detachRequestedAt !== null)
+    return 'a detach was sent again while one is in flight';
+  for (const f of facts) {
+    if (f.type === 'ready' && (to !== 'attached' || !f.data.target))
+      return 'ready without attached';
+    if (f.type === 'failed' && (!f.data.reason || !f.data.message)) return 'failed without reason';
+  }
+  for (const w of works) {
+    if (w.stage !== 'node-mounter' || w.cause !== 'detached-from-domain' || w.node !== NODE)
+      return `unexpected work ${JSON.stringify(w)}`;
+    if (present) return 'node-mounter asked to unmount while the domain still has the disk';
+    if (!facts.some((f) => f.type === 'detached-from-domain'))
+      return 'node-mounter work without detached-from-domain';
+  }
+  const stuckReports = facts.filter((f) => f.data.reason === DETACH_TIMEOUT_REASON);
+  if (stuckReports.length > 0 && (to !== 'removalStuck' || before.value === 'removalStuck'))
+    return 'DetachTimeout reported other than on entering removalStuck';
+  if (to === 'removalStuck' && works.length > 0) return 'a stuck removal unmounted';
+  return undefined;
+}
+
+async function replay(path: ModelPath, serialize: (s: DomainUpdaterSnapshot) => string) {
+  const h = harness();
+  try {
+    for (const step of path.steps) {
+      if (step.event.type === 'xstate.init') continue;
+      const before = h.actor.getSnapshot();
+      h.emitted.length = 0;
+      await deliver(h, step.event);
+      const live = h.actor.getSnapshot();
+      const broken = brokenRule(before, step.event, live, h.emitted);
+      if (broken !== undefined) expect.fail(broken);
+      if (serialize(live) !== serialize(step.state) || !invocationOk(h, live)) {
+        expect(serialize(live)).toBe(serialize(step.state));
+        expect(invocationOk(h, live)).toBe(true);
+      }
+    }
+  } finally {
+    h.actor.stop();
+  }
+}
+
+function describePath(path: ModelPath): string {
+  return path.steps
+    .map((s) => {
+      const obs = (s.event as Partial<WorkEvent>).observed;
+      const tag = obs === undefined ? '' : `(${JSON.stringify(obs).slice(0, 60)})`;
+      return `${s.event.type}${tag} → ${String(s.state.value)}`;
+    })
+    .join(', ');
+}
+
+async function replayAll(paths: ModelPath[], serialize: (s: DomainUpdaterSnapshot) => string) {
+  for (const path of paths) {
+    try {
+      await replay(path, serialize);
+    } catch (err) {
+      throw new Error(`path failed: ${describePath(path)}`, { cause: err });
+    }
+  }
+}
+
+describe('domainUpdaterMachine over every path', () => {
+  it('every simple path through the control states (state × detach in flight)', async () => {
+    const paths = getSimplePaths(
+      domainUpdaterMachine,
+      traversal(serializeCoarse, false),
+    ) as ModelPath[];
+    const reached = new Set(paths.map((p) => String(p.state.value)));
+    expect([...reached].sort()).toEqual([...STATES].sort());
+    expect(paths.length).toBeGreaterThan(500);
+    console.log(
+      `simple paths: ${paths.length}, steps: ${paths.reduce((n, p) => n + p.steps.length, 0)}`,
+    );
+    await replayAll(paths, serializeCoarse);
+  }, 120_000);
+
+  it('every transition of the fine model (shortest path to each state, plus each event from it)', async () => {
+    const options = traversal(serializeFine);
+    const shortest = getShortestPaths(domainUpdaterMachine, options) as ModelPath[];
+    const adjacency: AdjacencyMap<DomainUpdaterSnapshot, ModelEvent> = getAdjacencyMap<
+      DomainUpdaterSnapshot,
+      ModelEvent,
+      typeof input
+    >(domainUpdaterMachine as never, options);
+    const byState = new Map(shortest.map((p) => [serializeFine(p.state), p] as const));
+    const edgePaths: ModelPath[] = [];
+    for (const [k, node] of Object.entries(adjacency) as [
+      string,
+      AdjacencyValue<DomainUpdaterSnapshot, ModelEvent>,
+    ][]) {
+      const to = byState.get(k);
+      if (to === undefined) throw new Error(`no path to ${k}`);
+      for (const next of Object.values(node.transitions) as {
+        event: ModelEvent;
+        state: DomainUpdaterSnapshot;
+      }[]) {
+        edgePaths.push({ ...to, state: next.state, steps: [...to.steps, next] });
+      }
+    }
+    console.log(`states: ${shortest.length}, transitions: ${edgePaths.length}`);
+    expect(edgePaths.length).toBeGreaterThan(200);
+    await replayAll(edgePaths, serializeFine);
+  }, 120_000);
+});
+
+async function attached(): Promise<Harness> {
+  const h = harness();
+  h.actor.send(work('plan'));
+  await deliver(h, { type: 'xstate.done.actor.attach', output: { requestedAt: T0 } });
+  await deliver(h, {
+    type: 'xstate.done.actor.confirm',
+    output: { target: 'sda', confirmedAt: T0 + 7 },
+  });
+  return h;
+}
+
+describe('domainUpdaterMachine rules', () => {
+  it('plug: attach, confirm, then ready with the target and the time it took', async () => {
+    const h = await attached();
+    expect(h.actor.getSnapshot().value).toBe('attached');
+    expect(h.fx.calls).toEqual(['attach', 'confirm']);
+    expect(h.emitted).toHaveLength(1);
+    expect(h.emitted[0]).toMatchObject({
+      type: 'plugline.fact',
+      fact: { type: 'ready', data: { target: 'sda', durationMs: 7, operationId: 'op-1' } },
+    });
+    h.actor.stop();
+  });
+
+  it('a duplicate delivery of the plug finds the disk and neither attaches nor reports again', async () => {
+    const h = await attached();
+    h.emitted.length = 0;
+    h.actor.send(work('plugPresent'));
+    expect(h.actor.getSnapshot().value).toBe('attached');
+    expect(h.fx.calls).toEqual(['attach', 'confirm']);
+    expect(h.emitted).toEqual([]);
+    // A resync repeats the fact (a lost event is repaired), still without an attach.
+    h.actor.send(work('plugPresent', T0, 'resync'));
+    expect(h.emitted.map((e) => e.type === 'plugline.fact' && e.fact.type)).toEqual(['ready']);
+    expect(h.fx.calls).toEqual(['attach', 'confirm']);
+    h.actor.stop();
+  });
+
+  it('a restored awaitingRemoval never detaches again; overdue → one DetachTimeout; release → unmount', async () => {
+    const h = await attached();
+    h.actor.send(work('unplugPresent'));
+    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 } });
+    expect(h.actor.getSnapshot().value).toBe('awaitingRemoval');
+    expect(h.actor.getSnapshot().context.wakeAt).toBe(T0 + TIMEOUT);
+    const persisted = h.actor.getPersistedSnapshot();
+    h.actor.stop();
+
+    const r = harness(persisted);
+    r.actor.send(work('unplugPresent', T0 + 10));
+    expect(r.actor.getSnapshot().value).toBe('awaitingRemoval');
+    r.actor.send(work('unplugPresent', LATE));
+    r.actor.send(work('unplugPresent', LATE + 1, 'device-removed'));
+    expect(r.actor.getSnapshot().value).toBe('removalStuck');
+    expect(r.fx.calls).toEqual([]);
+    const failed = r.emitted.flatMap((e) => (e.type === 'plugline.fact' ? [e.fact] : []));
+    expect(failed).toHaveLength(1);
+    expect(failed[0]).toMatchObject({
+      type: 'failed',
+      data: { reason: 'DetachTimeout', target: 'sda', operation: 'unplug' },
+    });
+    expect(failed[0]!.data.message).toContain(key.volume);
+    expect(failed[0]!.data.message).toContain(DOMAIN);
+    expect(r.emitted.some((e) => e.type === 'plugline.work')).toBe(false);
+
+    r.emitted.length = 0;
+    r.actor.send(work('unplugAbsent', LATE + 5, 'device-removed'));
+    expect(r.actor.getSnapshot().value).toBe('detached');
+    expect(r.emitted.map((e) => (e.type === 'plugline.fact' ? e.fact.type : e.work.stage))).toEqual(
+      ['detached-from-domain', 'node-mounter'],
+    );
+    r.actor.stop();
+  });
+});

@@ -1,0 +1,401 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connectBus, type Bus } from '@plugline/bus';
+import {
+  decodeEvent,
+  decodeWorkItem,
+  encodeMessage,
+  Stage,
+  workSubject,
+  type Disk,
+  type VirtualMachineInstance,
+  type VolumeEvent,
+  type WorkItem,
+} from '@plugline/contracts';
+import {
+  createSimulatedDriver,
+  type DomainDriver,
+  type SimulatedDriver,
+} from '@plugline/hypervisor';
+import { loadKubeConfig } from '@plugline/kube';
+import { startKubeSim, Types, type KubeObject, type KubeSim } from '@plugline/kube-sim';
+import { silentLogger } from '@plugline/telemetry';
+import { startNats, tempDir, waitFor, type NatsServer, type TempDir } from '@plugline/testkit';
+import {
+  hotplugHostDir,
+  provisionDomainUpdater,
+  startDomainUpdater,
+  type DomainUpdater,
+  type DomainUpdaterSettings,
+} from '../src/index.js';
+
+/**
+ * Stage tier: the domain-updater in-process against a real nats-server, kube-sim (with its
+ * kubelet, for the launcher's hotplug folder) and the simulated hypervisor, wrapped to count the
+ * attach and detach calls. The test stands in for node-mounter by creating the source file.
+ */
+
+const NODE = 'node-a';
+const DETACH_TIMEOUT_MS = 400;
+const ns = `du-${randomBytes(4).toString('hex')}`;
+
+let nats: NatsServer;
+let sim: KubeSim;
+let bus: Bus;
+let dir: TempDir;
+let hypervisor: SimulatedDriver;
+let updater: DomainUpdater | undefined;
+const calls = { attach: [] as string[], detach: [] as string[] };
+const events: VolumeEvent[] = [];
+const nodeMounterWork: WorkItem[] = [];
+
+/** The simulated driver, counting the calls that change a domain. */
+function counting(driver: SimulatedDriver): DomainDriver {
+  return {
+    attachDisk: (domain, xml, o) => {
+      calls.attach.push(`${domain}:${/alias name='([^']+)'/.exec(xml)?.[1] ?? '?'}`);
+      return driver.attachDisk(domain, xml, o);
+    },
+    detachDisk: (domain, target, o) => {
+      calls.detach.push(`${domain}:${target}`);
+      return driver.detachDisk(domain, target, o);
+    },
+    listDisks: (d, o) => driver.listDisks(d, o),
+    domainXml: (d, o) => driver.domainXml(d, o),
+    subscribe: (l) => driver.subscribe(l),
+    events: (o) => driver.events(o),
+    close: () => Promise.resolve(),
+  };
+}
+
+const settings = (): DomainUpdaterSettings => ({
+  nodeName: NODE,
+  kubeletRoot: sim.kubeletRoot,
+  hypervisor: 'simulated',
+  libvirtUri: 'qemu:///system',
+  simStateFile: dir.join('hv.json'),
+  simDetachDelayMs: 30,
+  detachTimeoutMs: DETACH_TIMEOUT_MS,
+  diskSourceDir: 'host',
+  confirmTimeoutMs: 2000,
+  concurrency: 8,
+});
+
+async function startUpdater(): Promise<DomainUpdater> {
+  const kc = loadKubeConfig({ kubeconfig: sim.kubeconfigPath });
+  return startDomainUpdater(settings(), {
+    bus,
+    kc,
+    logger: silentLogger(),
+    driver: counting(hypervisor),
+    defineDomain: (d) => hypervisor.defineDomain(d),
+    listDomains: () => hypervisor.listDomains(),
+  });
+}
+
+interface TestVmi {
+  name: string;
+  uid: string;
+  domain: string;
+  hotplugDir: string;
+}
+
+function vmiOf(name: string): VirtualMachineInstance {
+  return sim.store.get(
+    Types.virtualmachineinstances,
+    ns,
+    name,
+  ) as unknown as VirtualMachineInstance;
+}
+
+async function createVmi(name: string): Promise<TestVmi> {
+  const created = sim.store.create(
+    Types.virtualmachineinstances,
+    {
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'VirtualMachineInstance',
+      metadata: { name },
+      spec: { domain: { devices: { disks: [] } }, volumes: [] },
+    },
+    { namespace: ns },
+  );
+  const uid = created.metadata!.uid!;
+  sim.store.update(
+    Types.virtualmachineinstances,
+    name,
+    { ...structuredClone(created), status: { phase: 'Running', nodeName: NODE } },
+    { namespace: ns, subresource: 'status' },
+  );
+  const pod = sim.store.create(
+    Types.pods,
+    {
+      metadata: {
+        name: `virt-launcher-${name}-abcde`,
+        labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': uid },
+      },
+      spec: {
+        nodeName: NODE,
+        containers: [
+          {
+            name: 'compute',
+            image: 'virt-launcher',
+            volumeMounts: [{ name: 'hotplug-disks', mountPath: '/var/run/kubevirt/hotplug-disks' }],
+          },
+        ],
+        volumes: [{ name: 'hotplug-disks', emptyDir: {} }],
+      },
+    },
+    { namespace: ns },
+  );
+  const hotplugDir = hotplugHostDir(sim.kubeletRoot, pod.metadata!.uid!);
+  await waitFor(() => existsSync(hotplugDir), { timeout: 10_000, description: 'launcher folder' });
+  return { name, uid, domain: `${ns}_${name}`, hotplugDir };
+}
+
+/** Adds a volume (PVC, spec volume and disk) and its source file, as node-mounter would. */
+async function plugVolume(vmi: TestVmi, volume: string, bus_ = 'scsi'): Promise<void> {
+  sim.store.create(
+    Types.persistentvolumeclaims,
+    {
+      metadata: { name: `claim-${volume}` },
+      spec: {
+        accessModes: ['ReadWriteOnce'],
+        volumeMode: 'Filesystem',
+        resources: { requests: { storage: '16Mi' } },
+      },
+    },
+    { namespace: ns },
+  );
+  const current = structuredClone(vmiOf(vmi.name));
+  current.spec.volumes = [
+    ...(current.spec.volumes ?? []),
+    { name: volume, persistentVolumeClaim: { claimName: `claim-${volume}`, hotpluggable: true } },
+  ];
+  const disk: Disk = { name: volume, disk: { bus: bus_ as 'scsi' }, serial: `serial-${volume}` };
+  current.spec.domain.devices.disks = [...(current.spec.domain.devices.disks ?? []), disk];
+  sim.store.update(Types.virtualmachineinstances, vmi.name, current as unknown as KubeObject, {
+    namespace: ns,
+  });
+  await writeFile(`${vmi.hotplugDir}/${volume}.img`, Buffer.alloc(1024 * 1024));
+}
+
+function unplugVolume(vmi: TestVmi, volume: string): void {
+  const current = structuredClone(vmiOf(vmi.name));
+  current.spec.volumes = (current.spec.volumes ?? []).filter((v) => v.name !== volume);
+  current.spec.domain.devices.disks = (current.spec.domain.devices.disks ?? []).filter(
+    (d) => d.name !== volume,
+  );
+  sim.store.update(Types.virtualmachineinstances, vmi.name, current as unknown as KubeObject, {
+    namespace: ns,
+  });
+}
+
+function workFor(vmi: TestVmi, volume: string, operation: 'plug' | 'unplug'): WorkItem {
+  return {
+    v: 1,
+    stage: Stage.DomainUpdater,
+    node: NODE,
+    namespace: ns,
+    vmi: vmi.name,
+    vmiUID: vmi.uid,
+    volume,
+    operationId: `op-${operation}-${volume}`,
+    operation,
+    cause: operation === 'plug' ? 'mounted-to-pod' : 'unplug-requested',
+    issuedAt: new Date().toISOString(),
+  };
+}
+
+/** Publishes a work item with a fresh `Nats-Msg-Id`, so a repeat is really delivered twice. */
+async function publish(item: WorkItem): Promise<void> {
+  await bus.js.publish(workSubject(item), encodeMessage(item), { msgID: randomUUID() });
+}
+
+const eventsOf = (volume: string, type: string) =>
+  events.filter(
+    (e) =>
+      e.subject.startsWith(`${ns}/`) &&
+      e.subject.endsWith(`/${volume}`) &&
+      e.type === `io.plugline.volume.${type}`,
+  );
+
+async function until<T>(
+  what: string,
+  check: () => T | undefined | false | Promise<T | undefined | false>,
+): Promise<Exclude<T, undefined | false>> {
+  return waitFor(check, { timeout: 10_000, description: what });
+}
+
+async function liveDisk(vmi: TestVmi, volume: string) {
+  return (await hypervisor.listDisks(vmi.domain)).find((d) => d.alias === `ua-${volume}`);
+}
+
+beforeAll(async () => {
+  dir = await tempDir('domain-updater-');
+  nats = await startNats();
+  sim = await startKubeSim({ nodes: [NODE], namespaces: [ns], podStartLatencyMs: 10 });
+  bus = await connectBus({ servers: nats.url, name: 'domain-updater-test' });
+  await provisionDomainUpdater(bus, { nodeName: NODE });
+  bus.nc.subscribe('plugline.v1.events.>', {
+    callback: (_err, msg) => {
+      const decoded = decodeEvent(msg.data);
+      if (decoded.ok) events.push(decoded.value);
+    },
+  });
+  bus.nc.subscribe(`plugline.v1.work.${Stage.NodeMounter}.>`, {
+    callback: (_err, msg) => {
+      const decoded = decodeWorkItem(msg.data);
+      if (decoded.ok) nodeMounterWork.push(decoded.value);
+    },
+  });
+  hypervisor = createSimulatedDriver({ detachDelayMs: 30, stateFile: dir.join('hv.json') });
+  updater = await startUpdater();
+}, 60_000);
+
+afterAll(async () => {
+  await updater?.stop();
+  await hypervisor?.close();
+  await bus?.close();
+  await sim?.stop();
+  await nats?.stop();
+  await dir?.remove();
+}, 60_000);
+
+describe('domain-updater on the simulated hypervisor', () => {
+  let vm1: TestVmi;
+
+  it('defines the domain of a running VMI and attaches a mounted volume: ready with target sda', async () => {
+    vm1 = await createVmi('vm1');
+    await plugVolume(vm1, 'data1');
+    await publish(workFor(vm1, 'data1', 'plug'));
+    const ready = await until('ready of data1', () => eventsOf('data1', 'ready')[0]);
+    expect(ready.data).toMatchObject({
+      target: 'sda',
+      operationId: 'op-plug-data1',
+      operation: 'plug',
+      phase: 'Ready',
+      reason: 'VolumeReady',
+      node: NODE,
+      vmiUID: vm1.uid,
+    });
+    expect(ready.source).toBe('plugline/domain-updater');
+    const disk = await liveDisk(vm1, 'data1');
+    expect(disk).toMatchObject({
+      target: 'sda',
+      bus: 'scsi',
+      serial: 'serial-data1',
+      sourcePath: `${vm1.hotplugDir}/data1.img`,
+    });
+    expect(calls.attach).toEqual([`${vm1.domain}:ua-data1`]);
+  });
+
+  it('gives a second volume the next free target (sdb) and a virtio disk vda', async () => {
+    await plugVolume(vm1, 'data2');
+    await plugVolume(vm1, 'fast', 'virtio');
+    await publish(workFor(vm1, 'data2', 'plug'));
+    await publish(workFor(vm1, 'fast', 'plug'));
+    const sdb = await until('ready of data2', () => eventsOf('data2', 'ready')[0]);
+    const vda = await until('ready of fast', () => eventsOf('fast', 'ready')[0]);
+    expect(sdb.data.target).toBe('sdb');
+    expect(vda.data.target).toBe('vda');
+    expect((await liveDisk(vm1, 'fast'))?.bus).toBe('virtio');
+  });
+
+  it('attaches once when the same work item is delivered twice', async () => {
+    await plugVolume(vm1, 'twice');
+    const item = workFor(vm1, 'twice', 'plug');
+    await Promise.all([publish(item), publish(item)]);
+    await until('ready of twice', () => eventsOf('twice', 'ready')[0]);
+    // Both deliveries are handled (the consumer has nothing pending) before counting.
+    await until('both deliveries handled', async () => {
+      const info = await bus.jsm.consumers.info('PLUGLINE_WORK', `domain-updater-${NODE}`);
+      return info.num_pending === 0 && info.num_ack_pending === 0;
+    });
+    expect(calls.attach.filter((c) => c.endsWith(':ua-twice'))).toHaveLength(1);
+    expect(
+      (await hypervisor.listDisks(vm1.domain)).filter((d) => d.alias === 'ua-twice'),
+    ).toHaveLength(1);
+    expect(eventsOf('twice', 'ready')).toHaveLength(1);
+  });
+
+  it('detaches a volume that left the spec: detached-from-domain, then work for node-mounter', async () => {
+    unplugVolume(vm1, 'data1');
+    await publish(workFor(vm1, 'data1', 'unplug'));
+    const detached = await until(
+      'detached-from-domain of data1',
+      () => eventsOf('data1', 'detached-from-domain')[0],
+    );
+    expect(detached.data).toMatchObject({ operation: 'unplug', target: 'sda', node: NODE });
+    const work = await until('node-mounter work', () =>
+      nodeMounterWork.find((w) => w.volume === 'data1'),
+    );
+    expect(work).toMatchObject({
+      stage: 'node-mounter',
+      node: NODE,
+      namespace: ns,
+      vmi: 'vm1',
+      vmiUID: vm1.uid,
+      operation: 'unplug',
+      cause: 'detached-from-domain',
+      operationId: 'op-unplug-data1',
+    });
+    expect(await liveDisk(vm1, 'data1')).toBeUndefined();
+    expect(calls.detach).toEqual([`${vm1.domain}:sda`]);
+  });
+
+  it('reports a guest that never lets go (DetachTimeout), keeps the volume, and finishes once it does', async () => {
+    const vm2 = await createVmi('vm2');
+    await plugVolume(vm2, 'sticky');
+    await publish(workFor(vm2, 'sticky', 'plug'));
+    await until('ready of sticky', () => eventsOf('sticky', 'ready')[0]);
+    await hypervisor.setStuck(`${vm2.domain}/ua-sticky`, true);
+    unplugVolume(vm2, 'sticky');
+    await publish(workFor(vm2, 'sticky', 'unplug'));
+    const failed = await until('failed of sticky', () => eventsOf('sticky', 'failed')[0]);
+    expect(failed.data).toMatchObject({
+      reason: 'DetachTimeout',
+      operation: 'unplug',
+      target: 'sda',
+    });
+    expect(failed.data.message).toContain('sticky');
+    expect(failed.data.message).toContain(vm2.domain);
+    expect(nodeMounterWork.filter((w) => w.volume === 'sticky')).toEqual([]);
+    expect(eventsOf('sticky', 'detached-from-domain')).toEqual([]);
+    expect(await liveDisk(vm2, 'sticky')).toBeDefined();
+    expect(existsSync(`${vm2.hotplugDir}/sticky.img`)).toBe(true);
+    expect(calls.detach.filter((c) => c.startsWith(vm2.domain))).toEqual([`${vm2.domain}:sda`]);
+
+    await hypervisor.setStuck(`${vm2.domain}/ua-sticky`, false);
+    await until('node-mounter work for sticky', () =>
+      nodeMounterWork.find((w) => w.volume === 'sticky'),
+    );
+    expect(eventsOf('sticky', 'detached-from-domain')).toHaveLength(1);
+    expect(eventsOf('sticky', 'failed')).toHaveLength(1);
+    expect(calls.detach.filter((c) => c.startsWith(vm2.domain))).toHaveLength(1);
+  });
+
+  it('never sends a detach again after a restart mid-detach', async () => {
+    const vm3 = await createVmi('vm3');
+    await plugVolume(vm3, 'held');
+    await publish(workFor(vm3, 'held', 'plug'));
+    await until('ready of held', () => eventsOf('held', 'ready')[0]);
+    await hypervisor.setStuck(`${vm3.domain}/ua-held`, true);
+    unplugVolume(vm3, 'held');
+    await publish(workFor(vm3, 'held', 'unplug'));
+    await until('the detach call', () => calls.detach.some((c) => c.startsWith(vm3.domain)));
+    await updater!.stop(); // waits for the unit to settle and persist
+    updater = await startUpdater(); // its start-up reconcile nudges the volume
+    await publish(workFor(vm3, 'held', 'unplug'));
+    await until('the stuck report', () => eventsOf('held', 'failed')[0]);
+    expect(calls.detach.filter((c) => c.startsWith(vm3.domain))).toHaveLength(1);
+
+    await hypervisor.setStuck(`${vm3.domain}/ua-held`, false);
+    await until('node-mounter work for held', () =>
+      nodeMounterWork.find((w) => w.volume === 'held'),
+    );
+    expect(await liveDisk(vm3, 'held')).toBeUndefined();
+    expect(calls.detach.filter((c) => c.startsWith(vm3.domain))).toHaveLength(1);
+  });
+});

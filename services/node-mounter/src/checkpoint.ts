@@ -1,0 +1,276 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import type { MountInfoEntry } from './mountinfo.js';
+import { assertUid, VolumeMode } from './paths.js';
+
+/**
+ * What the node-mounter made on this node, per VMI, in `<stateDir>/<vmiUID>.json` — so a restarted
+ * mounter knows what to clean up (KubeVirt: `hotplug-volume-mount-state`). An entry is written
+ * before the mount is made and removed after it is undone, so a crash in between leaves an entry
+ * for something that may or may not exist; every undo is idempotent.
+ */
+
+export interface CheckpointEntry {
+  readonly volume: string;
+  readonly mode: VolumeMode;
+  /** Absolute path of `<vol>.img` / `<vol>` in the launcher's hotplug folder (real kubelet root). */
+  readonly target: string;
+  /** Absolute path of the attachment pod's `disk.img` / device node. */
+  readonly source: string;
+  /** Block volumes: the device number given to the node and allowed in the cgroup. */
+  readonly rdev?: { readonly major: number; readonly minor: number };
+  /** Block volumes: the launcher's device cgroup the rule was written to. */
+  readonly cgroupDir?: string;
+}
+
+const CHECKPOINT_VERSION = 1;
+const SUFFIX = '.json';
+
+export function checkpointPath(stateDir: string, vmiUID: string): string {
+  assertUid(stateDir, 'vmiUID', vmiUID);
+  return join(stateDir, `${vmiUID}${SUFFIX}`);
+}
+
+function isDeviceNumber(value: unknown): value is { major: number; minor: number } {
+  const v = value as { major?: unknown; minor?: unknown } | null;
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    Number.isInteger(v.major) &&
+    Number.isInteger(v.minor) &&
+    (v.major as number) >= 0 &&
+    (v.minor as number) >= 0
+  );
+}
+
+/** Pure: an entry as parsed from JSON, or undefined when its shape is wrong. */
+export function parseCheckpointEntry(value: unknown): CheckpointEntry | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const v = value as Record<string, unknown>;
+  if (
+    typeof v.volume !== 'string' ||
+    typeof v.target !== 'string' ||
+    typeof v.source !== 'string'
+  ) {
+    return undefined;
+  }
+  if (v.mode !== VolumeMode.Filesystem && v.mode !== VolumeMode.Block) return undefined;
+  if (v.rdev !== undefined && !isDeviceNumber(v.rdev)) return undefined;
+  if (v.cgroupDir !== undefined && typeof v.cgroupDir !== 'string') return undefined;
+  return {
+    volume: v.volume,
+    mode: v.mode,
+    target: v.target,
+    source: v.source,
+    ...(v.rdev === undefined ? {} : { rdev: { major: v.rdev.major, minor: v.rdev.minor } }),
+    ...(v.cgroupDir === undefined ? {} : { cgroupDir: v.cgroupDir }),
+  };
+}
+
+export interface LoadedCheckpoint {
+  readonly vmiUID: string;
+  readonly entries: readonly CheckpointEntry[];
+  /** Set when the file was unreadable or corrupt (then treated as empty, or partly). */
+  readonly problem?: string;
+}
+
+/** Pure: parses a checkpoint file's text; corrupt → no entries plus the problem. */
+export function parseCheckpoint(vmiUID: string, text: string): LoadedCheckpoint {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    return { vmiUID, entries: [], problem: `invalid JSON: ${(err as Error).message}` };
+  }
+  const d = doc as { version?: unknown; vmiUID?: unknown; entries?: unknown } | null;
+  if (
+    typeof d !== 'object' ||
+    d === null ||
+    d.version !== CHECKPOINT_VERSION ||
+    !Array.isArray(d.entries)
+  ) {
+    return { vmiUID, entries: [], problem: `not a version ${CHECKPOINT_VERSION} checkpoint` };
+  }
+  if (d.vmiUID !== vmiUID) {
+    return { vmiUID, entries: [], problem: `checkpoint names VMI ${JSON.stringify(d.vmiUID)}` };
+  }
+  const entries: CheckpointEntry[] = [];
+  let dropped = 0;
+  for (const raw of d.entries as unknown[]) {
+    const entry = parseCheckpointEntry(raw);
+    if (entry === undefined) dropped += 1;
+    else entries.push(entry);
+  }
+  return dropped === 0
+    ? { vmiUID, entries }
+    : { vmiUID, entries, problem: `${dropped} malformed entries dropped` };
+}
+
+/** Loads one VMI's checkpoint; absent → empty; corrupt → empty with `problem`. */
+export async function loadCheckpoint(stateDir: string, vmiUID: string): Promise<LoadedCheckpoint> {
+  let text: string;
+  try {
+    text = await readFile(checkpointPath(stateDir, vmiUID), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { vmiUID, entries: [] };
+    return { vmiUID, entries: [], problem: `unreadable: ${(err as Error).message}` };
+  }
+  return parseCheckpoint(vmiUID, text);
+}
+
+/**
+ * Replaces one VMI's checkpoint atomically (temp file, fsync, rename). No entries → the file is
+ * removed.
+ */
+export async function saveCheckpoint(
+  stateDir: string,
+  vmiUID: string,
+  entries: readonly CheckpointEntry[],
+): Promise<void> {
+  const path = checkpointPath(stateDir, vmiUID);
+  if (entries.length === 0) {
+    try {
+      await unlink(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    return;
+  }
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const handle = await open(tmp, 'wx', 0o600);
+  try {
+    await handle.writeFile(
+      `${JSON.stringify({ version: CHECKPOINT_VERSION, vmiUID, entries }, null, 2)}\n`,
+    );
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  try {
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Loads every checkpoint in the state dir (skipping temp files and names that are no VMI UID). */
+export async function loadAllCheckpoints(stateDir: string): Promise<LoadedCheckpoint[]> {
+  let names: string[];
+  try {
+    names = await readdir(stateDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const loaded: LoadedCheckpoint[] = [];
+  for (const name of names.sort()) {
+    if (!name.endsWith(SUFFIX)) continue;
+    const vmiUID = name.slice(0, -SUFFIX.length);
+    try {
+      assertUid(stateDir, 'vmiUID', vmiUID);
+    } catch {
+      continue;
+    }
+    loaded.push(await loadCheckpoint(stateDir, vmiUID));
+  }
+  return loaded;
+}
+
+/** Pure: the entry list with `entry` added or replacing the one of the same volume. */
+export function withEntry(
+  entries: readonly CheckpointEntry[],
+  entry: CheckpointEntry,
+): CheckpointEntry[] {
+  return [...entries.filter((e) => e.volume !== entry.volume), entry];
+}
+
+/** Pure: the entry list without `volume`. */
+export function withoutVolume(
+  entries: readonly CheckpointEntry[],
+  volume: string,
+): CheckpointEntry[] {
+  return entries.filter((e) => e.volume !== volume);
+}
+
+// ---- reconcile at start ----
+
+export const ReconcileActionType = {
+  /** A filesystem target no spec wants is mounted: unmount, unlink, forget. */
+  Unmount: 'unmount',
+  /** A filesystem target no spec wants is not mounted: unlink (if still there), forget. */
+  Unlink: 'unlink',
+  /** A block node no spec wants: unlink, cgroup deny, forget. */
+  RemoveBlockNode: 'removeBlockNode',
+  /** A record that no longer describes anything (a wanted volume whose mount is gone, a duplicate): forget. */
+  Forget: 'forget',
+} as const;
+export type ReconcileActionType = (typeof ReconcileActionType)[keyof typeof ReconcileActionType];
+
+export interface ReconcileAction {
+  readonly type: ReconcileActionType;
+  readonly vmiUID: string;
+  readonly entry: CheckpointEntry;
+}
+
+export interface ReconcileInput {
+  /** vmiUID → checkpointed entries. */
+  readonly checkpoint: ReadonlyMap<string, readonly CheckpointEntry[]>;
+  /** The node's mount table (as this process sees it). */
+  readonly mountTable: readonly MountInfoEntry[];
+  /**
+   * vmiUID → volumes that must stay: in the spec, or still held by the domain. A VMI absent from
+   * the map wants nothing.
+   */
+  readonly wanted: ReadonlyMap<string, ReadonlySet<string>>;
+}
+
+function actionFor(
+  vmiUID: string,
+  entry: CheckpointEntry,
+  wanted: boolean,
+  mounted: boolean,
+): ReconcileAction | undefined {
+  if (entry.mode === VolumeMode.Block) {
+    return wanted ? undefined : { type: ReconcileActionType.RemoveBlockNode, vmiUID, entry };
+  }
+  if (!wanted) {
+    return {
+      type: mounted ? ReconcileActionType.Unmount : ReconcileActionType.Unlink,
+      vmiUID,
+      entry,
+    };
+  }
+  return mounted ? undefined : { type: ReconcileActionType.Forget, vmiUID, entry };
+}
+
+/**
+ * Pure: the actions that bring the node back to what the specs want after a restart — undo what
+ * no spec wants, forget records that describe nothing. Deterministic order (VMI, then entry).
+ */
+export function reconcileAtStart(input: ReconcileInput): ReconcileAction[] {
+  const mountPoints = new Set(input.mountTable.map((m) => m.mountPoint));
+  const actions: ReconcileAction[] = [];
+  for (const vmiUID of [...input.checkpoint.keys()].sort()) {
+    const entries = input.checkpoint.get(vmiUID) ?? [];
+    const wantedVolumes = input.wanted.get(vmiUID);
+    const lastIndex = new Map(entries.map((e, i) => [e.volume, i] as const));
+    entries.forEach((entry, index) => {
+      if (lastIndex.get(entry.volume) !== index) {
+        actions.push({ type: ReconcileActionType.Forget, vmiUID, entry });
+        return;
+      }
+      const action = actionFor(
+        vmiUID,
+        entry,
+        wantedVolumes?.has(entry.volume) ?? false,
+        mountPoints.has(entry.target),
+      );
+      if (action !== undefined) actions.push(action);
+    });
+  }
+  return actions;
+}

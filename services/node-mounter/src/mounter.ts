@@ -1,0 +1,334 @@
+import { execFile } from 'node:child_process';
+import type { BigIntStats, Stats } from 'node:fs';
+import {
+  access,
+  chmod,
+  chown,
+  lstat,
+  open,
+  readFile,
+  realpath,
+  stat,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { CgroupError, MountError, SourceNotFoundError, WrongFileKindError } from './errors.js';
+import { mountsAt, parseMountInfo } from './mountinfo.js';
+import type { MountInfoEntry } from './mountinfo.js';
+
+/**
+ * Thin adapters over the host: bind mounts, device nodes, the device cgroup. Each operation is
+ * idempotent and reports whether it changed anything. Paths come already validated (see paths.ts).
+ */
+
+export const SELF_MOUNTINFO = '/proc/self/mountinfo';
+
+/** Owner and mode given to a hotplugged disk in the launcher (KubeVirt: qemu 107:107, 0660). */
+export interface Ownership {
+  readonly uid: number;
+  readonly gid: number;
+  readonly mode: number;
+}
+
+export const QEMU_OWNERSHIP: Ownership = Object.freeze({ uid: 107, gid: 107, mode: 0o660 });
+
+function errnoOf(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
+  try {
+    return await lstat(path);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/** Runs a command without a shell; rejects with MountError carrying its stderr. */
+export function runCommand(command: string, args: readonly string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(command, args, { encoding: 'utf8', timeout: 30_000 }, (error, stdout, stderr) => {
+      if (error === null) {
+        resolve(stdout);
+        return;
+      }
+      const shown = [command, ...args].join(' ');
+      reject(
+        new MountError(shown, stderr.trim(), `${shown}: ${stderr.trim() || error.message}`, {
+          cause: error,
+        }),
+      );
+    });
+  });
+}
+
+/** Reads and parses a mount table (this process's by default). */
+export async function readMountTable(path: string = SELF_MOUNTINFO): Promise<MountInfoEntry[]> {
+  return parseMountInfo(await readFile(path, 'utf8'));
+}
+
+/** The mounts stacked on `path` (resolved through symlinks); empty when it is no mountpoint or absent. */
+export async function mountsOn(
+  path: string,
+  mountInfoPath: string = SELF_MOUNTINFO,
+): Promise<readonly MountInfoEntry[]> {
+  let real: string;
+  try {
+    real = await realpath(path);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return [];
+    throw err;
+  }
+  return mountsAt(await readMountTable(mountInfoPath), real);
+}
+
+export interface MountFilesystemResult {
+  /** A bind mount was made by this call. */
+  readonly changed: boolean;
+  /** The target was already a mountpoint of something other than `source` (left alone). */
+  readonly sourceMismatch: boolean;
+}
+
+/** Creates `target` as an empty file when absent; refuses a target that is not a regular file. */
+async function touchTarget(target: string): Promise<void> {
+  try {
+    const handle = await open(target, 'wx', 0o660);
+    await handle.close();
+  } catch (err) {
+    if (errnoOf(err) !== 'EEXIST') throw err;
+  }
+  const st = await lstat(target);
+  if (!st.isFile()) throw new WrongFileKindError(target, 'a regular file');
+}
+
+async function statSource(source: string, bigint: true): Promise<BigIntStats>;
+async function statSource(source: string, bigint: false): Promise<Stats>;
+async function statSource(source: string, bigint: boolean): Promise<Stats | BigIntStats> {
+  try {
+    return await stat(source, { bigint });
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') throw new SourceNotFoundError(source, { cause: err });
+    throw err;
+  }
+}
+
+/**
+ * Bind-mounts the file `source` onto `target` (created empty when absent). A no-op when `target`
+ * is already a mountpoint; `sourceMismatch` tells when that mount is of another file.
+ */
+export async function mountFilesystem(
+  source: string,
+  target: string,
+  mountInfoPath: string = SELF_MOUNTINFO,
+): Promise<MountFilesystemResult> {
+  const src = await statSource(source, false);
+  if (!src.isFile()) throw new WrongFileKindError(source, 'a regular file');
+  await touchTarget(target);
+  if ((await mountsOn(target, mountInfoPath)).length > 0) {
+    const tgt = await stat(target);
+    return { changed: false, sourceMismatch: tgt.dev !== src.dev || tgt.ino !== src.ino };
+  }
+  await runCommand('mount', ['--bind', source, target]);
+  return { changed: true, sourceMismatch: false };
+}
+
+export interface UnmountFilesystemResult {
+  /** How many stacked mounts were removed from the target. */
+  readonly unmounted: number;
+  /** The target file was removed by this call. */
+  readonly unlinked: boolean;
+}
+
+/** Bounds the loop over stacked mounts, in case something keeps mounting onto the target. */
+const MAX_STACKED_MOUNTS = 16;
+
+/**
+ * Unmounts every mount stacked on `target` (no lazy unmount: EBUSY means the disk is still in use
+ * and is reported as MountError for a retry), then removes the file. Tolerant of both already done.
+ */
+export async function unmountFilesystem(
+  target: string,
+  mountInfoPath: string = SELF_MOUNTINFO,
+): Promise<UnmountFilesystemResult> {
+  const st = await lstatOrUndefined(target);
+  if (st === undefined) return { unmounted: 0, unlinked: false };
+  if (st.isDirectory()) throw new WrongFileKindError(target, 'a file');
+  let unmounted = 0;
+  if (!st.isSymbolicLink()) {
+    while ((await mountsOn(target, mountInfoPath)).length > 0) {
+      if (unmounted >= MAX_STACKED_MOUNTS) {
+        throw new MountError('umount', '', `${target} still mounted after ${unmounted} unmounts`);
+      }
+      await runCommand('umount', [target]);
+      unmounted += 1;
+    }
+  }
+  return { unmounted, unlinked: await unlinkIfPresent(target) };
+}
+
+async function unlinkIfPresent(path: string): Promise<boolean> {
+  try {
+    await unlink(path);
+    return true;
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+/** Linux `dev_t` → major/minor (glibc's `gnu_dev_major`/`gnu_dev_minor`). */
+export function splitDeviceNumber(rdev: bigint): { major: number; minor: number } {
+  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  return { major: Number(major), minor: Number(minor) };
+}
+
+export interface DeviceNumber {
+  readonly major: number;
+  readonly minor: number;
+}
+
+/** major:minor of a block device; SourceNotFoundError when absent, WrongFileKindError when not a block device. */
+export async function blockDeviceNumber(path: string): Promise<DeviceNumber> {
+  const st = await statSource(path, true);
+  if (!st.isBlockDevice()) throw new WrongFileKindError(path, 'a block device');
+  return splitDeviceNumber(st.rdev);
+}
+
+export interface BlockNodeResult extends DeviceNumber {
+  /** A device node was created (or replaced) by this call. */
+  readonly changed: boolean;
+}
+
+/** Sets owner and mode (both idempotent). */
+export async function applyOwnership(path: string, ownership: Ownership): Promise<void> {
+  await chown(path, ownership.uid, ownership.gid);
+  await chmod(path, ownership.mode);
+}
+
+/**
+ * Creates `target` as a block device node with the major:minor of the block device `source`, then
+ * sets owner and mode. Same node already there → no new node; another node or file → replaced.
+ */
+export async function createBlockNode(
+  source: string,
+  target: string,
+  ownership: Ownership = QEMU_OWNERSHIP,
+): Promise<BlockNodeResult> {
+  const dev = await blockDeviceNumber(source);
+  const existing = await lstatOrUndefined(target);
+  let changed = true;
+  if (existing !== undefined) {
+    if (existing.isDirectory()) throw new WrongFileKindError(target, 'a device node');
+    const current = existing.isBlockDevice() ? splitDeviceNumber(BigInt(existing.rdev)) : undefined;
+    if (current?.major === dev.major && current.minor === dev.minor) changed = false;
+    else await unlink(target);
+  }
+  if (changed) {
+    await runCommand('mknod', [
+      '-m',
+      ownership.mode.toString(8).padStart(4, '0'),
+      target,
+      'b',
+      String(dev.major),
+      String(dev.minor),
+    ]);
+  }
+  await applyOwnership(target, ownership);
+  return { ...dev, changed };
+}
+
+export interface RemoveBlockNodeResult {
+  readonly removed: boolean;
+  /** The node's major:minor when it was a block device node (for the cgroup deny). */
+  readonly device: DeviceNumber | undefined;
+}
+
+/** Removes the device node `target`; tolerant of it being gone already. */
+export async function removeBlockNode(target: string): Promise<RemoveBlockNodeResult> {
+  const st = await lstatOrUndefined(target);
+  if (st === undefined) return { removed: false, device: undefined };
+  if (st.isDirectory()) throw new WrongFileKindError(target, 'a device node');
+  const device = st.isBlockDevice() ? splitDeviceNumber(BigInt(st.rdev)) : undefined;
+  return { removed: await unlinkIfPresent(target), device };
+}
+
+// ---- device cgroup ----
+
+export const CgroupVersion = { V1: 'v1', V2: 'v2' } as const;
+export type CgroupVersion = (typeof CgroupVersion)[keyof typeof CgroupVersion];
+
+export const CGROUP_V2_UNSUPPORTED =
+  'cgroup v2 has no devices controller file: device access is governed by eBPF programs attached to the cgroup, which the node-mounter does not manage (out of scope)';
+
+export type CgroupResult =
+  | {
+      readonly kind: 'applied';
+      readonly version: 'v1';
+      readonly file: string;
+      readonly rule: string;
+    }
+  | { readonly kind: 'unsupported'; readonly version: 'v2'; readonly reason: string };
+
+/** The rule KubeVirt writes for a hotplugged block volume. */
+export function deviceRule(major: number, minor: number): string {
+  return `b ${major}:${minor} rwm`;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function writeDeviceRule(
+  cgroupDir: string,
+  file: 'devices.allow' | 'devices.deny',
+  device: DeviceNumber,
+): Promise<CgroupResult> {
+  const path = join(cgroupDir, file);
+  const rule = deviceRule(device.major, device.minor);
+  if (await exists(path)) {
+    try {
+      await writeFile(path, rule);
+    } catch (err) {
+      throw new CgroupError(cgroupDir, `writing ${JSON.stringify(rule)} to ${file} failed`, {
+        cause: err,
+      });
+    }
+    return { kind: 'applied', version: 'v1', file: path, rule };
+  }
+  if (await exists(join(cgroupDir, 'cgroup.controllers'))) {
+    return { kind: 'unsupported', version: 'v2', reason: CGROUP_V2_UNSUPPORTED };
+  }
+  throw new CgroupError(cgroupDir, 'neither a cgroup v1 devices cgroup nor a cgroup v2 directory');
+}
+
+/** Allows `b maj:min rwm` in the launcher's device cgroup (v1 `devices.allow`; v2 → unsupported). */
+export function allowDevice(
+  cgroupDir: string,
+  major: number,
+  minor: number,
+): Promise<CgroupResult> {
+  return writeDeviceRule(cgroupDir, 'devices.allow', { major, minor });
+}
+
+/** Denies `b maj:min rwm` in the launcher's device cgroup (v1 `devices.deny`; v2 → unsupported). */
+export function denyDevice(cgroupDir: string, major: number, minor: number): Promise<CgroupResult> {
+  return writeDeviceRule(cgroupDir, 'devices.deny', { major, minor });
+}
+
+/** The rules of a v1 devices cgroup (`devices.list`), e.g. `['b 7:3 rwm']`. */
+export async function readDeviceRules(cgroupDir: string): Promise<string[]> {
+  const text = await readFile(join(cgroupDir, 'devices.list'), 'utf8');
+  return text
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '');
+}

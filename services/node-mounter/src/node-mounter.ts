@@ -1,0 +1,417 @@
+import { realpath, stat } from 'node:fs/promises';
+import { isAbsolute } from 'node:path';
+
+import { EventType, NotFoundError, PathEscapeError } from '@plugline/contracts';
+
+import { SourceNotFoundError } from './errors.js';
+
+import {
+  loadAllCheckpoints,
+  loadCheckpoint,
+  reconcileAtStart,
+  ReconcileActionType,
+  saveCheckpoint,
+  withEntry,
+  withoutVolume,
+} from './checkpoint.js';
+import type { CheckpointEntry, ReconcileAction } from './checkpoint.js';
+import {
+  allowDevice,
+  applyOwnership,
+  createBlockNode,
+  denyDevice,
+  mountFilesystem,
+  QEMU_OWNERSHIP,
+  readMountTable,
+  removeBlockNode,
+  SELF_MOUNTINFO,
+  unmountFilesystem,
+} from './mounter.js';
+import type { CgroupResult, DeviceNumber, Ownership } from './mounter.js';
+import {
+  assertLabelSegment,
+  assertRealPathInsideRoot,
+  assertUid,
+  attachmentBlockSource,
+  attachmentFilesystemSource,
+  isLexicallyInside,
+  launcherHotplugDir,
+  targetPath,
+  VolumeMode,
+} from './paths.js';
+
+/**
+ * The node-mounter's node-side logic: plug, unplug and reconcile-at-start, each idempotent and
+ * each returning the facts it established (for `mounted-to-pod` / `unmounted-from-pod`).
+ */
+
+export interface NodeMounterOptions {
+  /** The kubelet root (`/var/lib/kubelet`; kube-sim's kubelet root in tests). */
+  readonly kubeletRoot: string;
+  /** Where per-VMI checkpoints live (`<stateDir>/<vmiUID>.json`). */
+  readonly stateDir: string;
+  /** Owner and mode of the disk in the launcher; default qemu 107:107, 0660. */
+  readonly ownership?: Ownership;
+  /**
+   * The launcher pod's device cgroup directory (v1 devices cgroup, or a v2 cgroup directory).
+   * Absent, or returning undefined → block volumes get no cgroup rule (reported as `skipped`).
+   */
+  readonly cgroupDirFor?: (launcherUID: string) => string | undefined | Promise<string | undefined>;
+  /** The mount table to consult; default `/proc/self/mountinfo`. */
+  readonly mountInfoPath?: string;
+}
+
+export interface PlugRequest {
+  readonly vmiUID: string;
+  readonly launcherUID: string;
+  readonly attachPodUID: string;
+  readonly volume: string;
+  readonly pvName: string;
+  readonly mode: VolumeMode;
+}
+
+export interface UnplugRequest {
+  readonly vmiUID: string;
+  readonly volume: string;
+  /** Lets unplug clean a target the checkpoint does not know (with `mode`). */
+  readonly launcherUID?: string;
+  readonly mode?: VolumeMode;
+}
+
+export interface LocatedVolume {
+  readonly source: string;
+  readonly target: string;
+}
+
+export type CgroupOutcome = CgroupResult | { readonly kind: 'skipped'; readonly reason: string };
+
+export interface MountedFact {
+  readonly type: typeof EventType.MountedToPod;
+  readonly vmiUID: string;
+  readonly volume: string;
+  readonly mode: VolumeMode;
+  readonly source: string;
+  readonly target: string;
+  /** Something was created by this call (false: it was all there already). */
+  readonly changed: boolean;
+  /** Filesystem: the target was already mounted from another file and was left alone. */
+  readonly sourceMismatch: boolean;
+  /** Block: the device number of the node. */
+  readonly device?: DeviceNumber;
+  /** Block: what happened in the launcher's device cgroup. */
+  readonly cgroup?: CgroupOutcome;
+}
+
+export interface UnmountedFact {
+  readonly type: typeof EventType.UnmountedFromPod;
+  readonly vmiUID: string;
+  readonly volume: string;
+  readonly mode?: VolumeMode;
+  readonly target?: string;
+  /** Something was undone by this call (false: it was gone already). */
+  readonly changed: boolean;
+  /** Filesystem: mounts removed from the target. */
+  readonly unmounted: number;
+  /** The target file or device node was removed. */
+  readonly removed: boolean;
+  readonly cgroup?: CgroupOutcome;
+}
+
+export interface ReconcileOutcome {
+  readonly action: ReconcileAction['type'];
+  readonly vmiUID: string;
+  readonly volume: string;
+  readonly target: string;
+  readonly error?: Error;
+}
+
+export interface ReconcileReport {
+  readonly outcomes: readonly ReconcileOutcome[];
+  readonly facts: readonly UnmountedFact[];
+  /** Checkpoints that were corrupt (treated as empty or partly read). */
+  readonly problems: readonly { readonly vmiUID: string; readonly problem: string }[];
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+async function pathExists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs one task per key at a time, in call order. */
+class KeyedMutex {
+  private readonly tails = new Map<string, Promise<unknown>>();
+
+  run<T>(key: string, task: () => Promise<T>): Promise<T> {
+    const previous = this.tails.get(key) ?? Promise.resolve();
+    const result = previous.then(task, task);
+    const tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.tails.set(key, tail);
+    void tail.then(() => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    });
+    return result;
+  }
+}
+
+export class NodeMounter {
+  private readonly ownership: Ownership;
+  private readonly mountInfoPath: string;
+  private readonly locks = new KeyedMutex();
+  private realRootPromise: Promise<string> | undefined;
+
+  constructor(private readonly options: NodeMounterOptions) {
+    this.ownership = options.ownership ?? QEMU_OWNERSHIP;
+    this.mountInfoPath = options.mountInfoPath ?? SELF_MOUNTINFO;
+  }
+
+  /** The kubelet root with symlinks resolved; every stored path is below it. */
+  private realRoot(): Promise<string> {
+    this.realRootPromise ??= realpath(this.options.kubeletRoot);
+    return this.realRootPromise;
+  }
+
+  private async cgroupDir(launcherUID: string | undefined): Promise<string | undefined> {
+    if (launcherUID === undefined || this.options.cgroupDirFor === undefined) return undefined;
+    return this.options.cgroupDirFor(launcherUID);
+  }
+
+  /**
+   * Finds the volume in the attachment pod and its place in the launcher's hotplug folder. Reads
+   * only. NotFoundError while the launcher folder or the source is not there (yet).
+   */
+  async locate(request: PlugRequest): Promise<LocatedVolume> {
+    const root = await this.realRoot();
+    assertUid(root, 'vmiUID', request.vmiUID);
+    assertLabelSegment(root, 'volume', request.volume);
+    const hotplugDir = await launcherHotplugDir(root, request.launcherUID);
+    const source =
+      request.mode === VolumeMode.Filesystem
+        ? await attachmentFilesystemSource(root, request.attachPodUID, request.pvName)
+        : await attachmentBlockSource(root, request.attachPodUID, request.pvName);
+    if (!(await isDirectory(hotplugDir))) {
+      throw new NotFoundError(`launcher hotplug folder ${hotplugDir} does not exist`);
+    }
+    if (!(await pathExists(source))) throw new SourceNotFoundError(source);
+    const target = await targetPath(hotplugDir, request.volume, request.mode, root);
+    return { source, target };
+  }
+
+  /** Exposes a located volume in the launcher; records it in the checkpoint first. */
+  async mountLocated(request: PlugRequest, located: LocatedVolume): Promise<MountedFact> {
+    const cgroupDir =
+      request.mode === VolumeMode.Block ? await this.cgroupDir(request.launcherUID) : undefined;
+    return this.locks.run(request.vmiUID, async () => {
+      const root = await this.realRoot();
+      // Re-check under the lock: the layout may have changed since `locate`.
+      await assertRealPathInsideRoot(root, located.source);
+      await assertRealPathInsideRoot(root, located.target);
+      const loaded = await loadCheckpoint(this.options.stateDir, request.vmiUID);
+      const previous = loaded.entries.find((e) => e.volume === request.volume);
+      if (
+        previous !== undefined &&
+        (previous.target !== located.target || previous.mode !== request.mode)
+      ) {
+        await this.undo(previous);
+      }
+      const intent: CheckpointEntry = {
+        volume: request.volume,
+        mode: request.mode,
+        target: located.target,
+        source: located.source,
+        ...(cgroupDir === undefined ? {} : { cgroupDir }),
+      };
+      await saveCheckpoint(
+        this.options.stateDir,
+        request.vmiUID,
+        withEntry(loaded.entries, intent),
+      );
+      const base = {
+        type: EventType.MountedToPod,
+        vmiUID: request.vmiUID,
+        volume: request.volume,
+        mode: request.mode,
+        source: located.source,
+        target: located.target,
+      } as const;
+      if (request.mode === VolumeMode.Filesystem) {
+        const result = await mountFilesystem(located.source, located.target, this.mountInfoPath);
+        await applyOwnership(located.target, this.ownership);
+        return { ...base, changed: result.changed, sourceMismatch: result.sourceMismatch };
+      }
+      const node = await createBlockNode(located.source, located.target, this.ownership);
+      const device = { major: node.major, minor: node.minor };
+      await saveCheckpoint(
+        this.options.stateDir,
+        request.vmiUID,
+        withEntry(loaded.entries, { ...intent, rdev: device }),
+      );
+      const cgroup: CgroupOutcome =
+        cgroupDir === undefined
+          ? { kind: 'skipped', reason: 'no device cgroup known for the launcher' }
+          : await allowDevice(cgroupDir, device.major, device.minor);
+      return { ...base, changed: node.changed, sourceMismatch: false, device, cgroup };
+    });
+  }
+
+  /** Plug: locate, then mount (filesystem) or mknod + cgroup allow (block). Idempotent. */
+  async plug(request: PlugRequest): Promise<MountedFact> {
+    return this.mountLocated(request, await this.locate(request));
+  }
+
+  /**
+   * Unplug — call only once the domain has released the disk. Undoes what the checkpoint records
+   * for the volume (or, unknown to it, the target computed from `launcherUID` + `mode`), then
+   * forgets it. Idempotent.
+   */
+  async unplug(request: UnplugRequest): Promise<UnmountedFact> {
+    const root = await this.realRoot();
+    assertUid(root, 'vmiUID', request.vmiUID);
+    assertLabelSegment(root, 'volume', request.volume);
+    return this.locks.run(request.vmiUID, async () => {
+      const loaded = await loadCheckpoint(this.options.stateDir, request.vmiUID);
+      const entry =
+        loaded.entries.find((e) => e.volume === request.volume) ?? (await this.guessEntry(request));
+      if (entry === undefined) {
+        return {
+          type: EventType.UnmountedFromPod,
+          vmiUID: request.vmiUID,
+          volume: request.volume,
+          changed: false,
+          unmounted: 0,
+          removed: false,
+        };
+      }
+      const fact = await this.undoFact(request.vmiUID, entry);
+      await saveCheckpoint(
+        this.options.stateDir,
+        request.vmiUID,
+        withoutVolume(loaded.entries, request.volume),
+      );
+      return fact;
+    });
+  }
+
+  private async guessEntry(request: UnplugRequest): Promise<CheckpointEntry | undefined> {
+    if (request.launcherUID === undefined || request.mode === undefined) return undefined;
+    const root = await this.realRoot();
+    const hotplugDir = await launcherHotplugDir(root, request.launcherUID);
+    const target = await targetPath(hotplugDir, request.volume, request.mode, root);
+    const cgroupDir = await this.cgroupDir(request.launcherUID);
+    return {
+      volume: request.volume,
+      mode: request.mode,
+      target,
+      source: '',
+      ...(cgroupDir === undefined ? {} : { cgroupDir }),
+    };
+  }
+
+  /** Refuses a checkpointed target outside the kubelet root (a tampered or stale checkpoint). */
+  private async checkStoredTarget(entry: CheckpointEntry): Promise<void> {
+    const root = await this.realRoot();
+    if (!isAbsolute(entry.target) || !isLexicallyInside(root, entry.target)) {
+      throw new PathEscapeError(entry.target, root);
+    }
+    await assertRealPathInsideRoot(root, entry.target);
+  }
+
+  private async undo(
+    entry: CheckpointEntry,
+  ): Promise<Omit<UnmountedFact, 'type' | 'vmiUID' | 'volume'>> {
+    await this.checkStoredTarget(entry);
+    const where = { mode: entry.mode, target: entry.target };
+    if (entry.mode === VolumeMode.Filesystem) {
+      const result = await unmountFilesystem(entry.target, this.mountInfoPath);
+      return {
+        ...where,
+        changed: result.unmounted > 0 || result.unlinked,
+        unmounted: result.unmounted,
+        removed: result.unlinked,
+      };
+    }
+    // Block, in KubeVirt's order: unlink, then cgroup deny.
+    const result = await removeBlockNode(entry.target);
+    const device = result.device ?? entry.rdev;
+    let cgroup: CgroupOutcome | undefined;
+    if (entry.cgroupDir !== undefined && device !== undefined) {
+      cgroup = await denyDevice(entry.cgroupDir, device.major, device.minor);
+    } else {
+      cgroup = { kind: 'skipped', reason: 'no device cgroup or device number recorded' };
+    }
+    return { ...where, changed: result.removed, unmounted: 0, removed: result.removed, cgroup };
+  }
+
+  private async undoFact(vmiUID: string, entry: CheckpointEntry): Promise<UnmountedFact> {
+    return {
+      type: EventType.UnmountedFromPod,
+      vmiUID,
+      volume: entry.volume,
+      ...(await this.undo(entry)),
+    };
+  }
+
+  /**
+   * At start (and whenever asked): compares every checkpoint with the mount table and undoes what
+   * no spec wants. `wanted` maps a VMI UID to the volumes that must stay — in the spec, or still
+   * held by the domain; a VMI not in the map wants nothing. Failed undos stay checkpointed.
+   */
+  async reconcile(wanted: ReadonlyMap<string, Iterable<string>>): Promise<ReconcileReport> {
+    const wantedSets = new Map(
+      [...wanted].map(([vmi, volumes]) => [vmi, new Set(volumes)] as const),
+    );
+    const outcomes: ReconcileOutcome[] = [];
+    const facts: UnmountedFact[] = [];
+    const problems: { vmiUID: string; problem: string }[] = [];
+    for (const { vmiUID } of await loadAllCheckpoints(this.options.stateDir)) {
+      await this.locks.run(vmiUID, async () => {
+        const loaded = await loadCheckpoint(this.options.stateDir, vmiUID);
+        if (loaded.problem !== undefined) problems.push({ vmiUID, problem: loaded.problem });
+        const actions = reconcileAtStart({
+          checkpoint: new Map([[vmiUID, loaded.entries]]),
+          mountTable: await readMountTable(this.mountInfoPath),
+          wanted: wantedSets,
+        });
+        const done = new Set<CheckpointEntry>();
+        for (const action of actions) {
+          const outcome = {
+            action: action.type,
+            vmiUID,
+            volume: action.entry.volume,
+            target: action.entry.target,
+          };
+          try {
+            if (action.type !== ReconcileActionType.Forget)
+              facts.push(await this.undoFact(vmiUID, action.entry));
+            done.add(action.entry);
+            outcomes.push(outcome);
+          } catch (err) {
+            outcomes.push({ ...outcome, error: err as Error });
+          }
+        }
+        if (done.size > 0 || loaded.problem !== undefined) {
+          await saveCheckpoint(
+            this.options.stateDir,
+            vmiUID,
+            loaded.entries.filter((e) => !done.has(e)),
+          );
+        }
+      });
+    }
+    return { outcomes, facts, problems };
+  }
+}

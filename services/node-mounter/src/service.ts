@@ -1,0 +1,258 @@
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { connectBus, provision, runStage } from '@plugline/bus';
+import type { Bus, StageRunner } from '@plugline/bus';
+import { Stage } from '@plugline/contracts';
+import type { VirtualMachineInstance, WorkItem } from '@plugline/contracts';
+import { createInformer, currentVmi, KubeClient, loadKubeConfig, Resources } from '@plugline/kube';
+import type { Informer } from '@plugline/kube';
+import { childLogger, createMetrics } from '@plugline/telemetry';
+import type { Logger, PluglineMetrics } from '@plugline/telemetry';
+
+import type { NodeMounterConfig } from './config.js';
+import { decide, wantedVolumes } from './decide.js';
+import type { Decision, PodView, PvcView } from './decide.js';
+import { NodeMounter } from './node-mounter.js';
+import type { CgroupOutcome, ReconcileReport } from './node-mounter.js';
+import { assertUid, VolumeMode } from './paths.js';
+import { CgroupState, mounterStageActors, mounterStageMachine } from './stage-machine.js';
+import type { MounterEffects } from './stage-machine.js';
+
+/** What {@link startNodeMounter} may be given instead of making it from the config. */
+export interface NodeMounterDeps {
+  readonly logger: Logger;
+  /** A connected bus (then not drained on stop); default: connect to `config.natsUrls`. */
+  readonly bus?: Bus;
+  /** Default: loaded from `config.kubeconfig`. */
+  readonly kubeConfig?: KubeConfig;
+  readonly metrics?: PluglineMetrics;
+  /** Identifies this worker in leases (default a random id). */
+  readonly workerId?: string;
+}
+
+/** A running node-mounter. */
+export interface NodeMounterService {
+  readonly node: string;
+  readonly mounter: NodeMounter;
+  readonly stage: StageRunner;
+  readonly metrics: PluglineMetrics;
+  /** What reconcile-at-start undid and kept. */
+  readonly reconciled: ReconcileReport;
+  /** Readiness: NATS connected, consumer bound, informers synced. */
+  ready(): boolean;
+  /** The named readiness checks (for `/readyz`). */
+  readyChecks(): Record<string, () => boolean>;
+  /** Stops the stage (lets running units finish), the informers, and a bus it connected. */
+  stop(): Promise<void>;
+}
+
+type KubeConfig = ReturnType<typeof loadKubeConfig>;
+
+type VmiInformer = Informer<VirtualMachineInstance & { metadata: { name: string } }>;
+type PodInformer = Informer<PodView & { metadata?: { name?: string } }>;
+type PvcInformer = Informer<PvcView & { metadata?: { name?: string } }>;
+
+interface Truth {
+  readonly vmis: VmiInformer;
+  readonly pods: PodInformer;
+  readonly pvcs: PvcInformer;
+  readonly client: KubeClient;
+}
+
+function startInformers(kc: KubeConfig, node: string, logger: Logger): Truth {
+  const log = childLogger(logger, { component: 'informer' });
+  return {
+    vmis: createInformer({ kc, resource: Resources.virtualMachineInstances, logger: log }),
+    pods: createInformer({
+      kc,
+      resource: Resources.pods,
+      fieldSelector: `spec.nodeName=${node}`,
+      logger: log,
+    }),
+    pvcs: createInformer({ kc, resource: Resources.persistentVolumeClaims, logger: log }),
+    client: new KubeClient({ kc, fieldManager: 'node-mounter', logger }),
+  };
+}
+
+async function observe(truth: Truth, node: string, item: WorkItem, log: Logger): Promise<Decision> {
+  const decision = decide({
+    item,
+    node,
+    vmi: await currentVmi({ cache: truth.vmis, api: truth.client }, item),
+    pods: truth.pods.list(),
+    pvc: (name) => truth.pvcs.get(item.namespace, name),
+  });
+  log.debug(
+    { namespace: item.namespace, vmi: item.vmi, volume: item.volume, cause: item.cause, decision },
+    'decided from the truth',
+  );
+  return decision;
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+function cgroupStateOf(
+  mode: VolumeMode | undefined,
+  outcome: CgroupOutcome | undefined,
+  direction: 'allow' | 'deny',
+  configured: boolean,
+): CgroupState {
+  if (mode === VolumeMode.Filesystem || outcome === undefined) return CgroupState.None;
+  if (outcome.kind === 'applied')
+    return direction === 'allow' ? CgroupState.Allowed : CgroupState.Denied;
+  if (outcome.kind === 'unsupported') return CgroupState.Skipped;
+  return configured ? CgroupState.Absent : CgroupState.Disabled;
+}
+
+function effectsOf(mounter: NodeMounter, configured: boolean): MounterEffects {
+  return {
+    async plug(request) {
+      const started = performance.now();
+      const fact = await mounter.plug(request);
+      return {
+        fact,
+        cgroup: cgroupStateOf(fact.mode, fact.cgroup, 'allow', configured),
+        durationMs: Math.round(performance.now() - started),
+      };
+    },
+    async unplug(request) {
+      const started = performance.now();
+      const fact = await mounter.unplug(request);
+      return {
+        fact,
+        cgroup: cgroupStateOf(fact.mode, fact.cgroup, 'deny', configured),
+        durationMs: Math.round(performance.now() - started),
+      };
+    },
+  };
+}
+
+/** The launcher's device cgroup, `<root>/pod<uid>`, when the root is configured and it exists. */
+function cgroupLocator(config: NodeMounterConfig, log: Logger) {
+  const root = config.deviceCgroupRoot;
+  if (root === undefined) {
+    log.info(
+      'PLUGLINE_DEVICE_CGROUP_ROOT is not set: block volumes get no device cgroup rule (cgroup: disabled)',
+    );
+    return undefined;
+  }
+  return async (launcherUID: string): Promise<string | undefined> => {
+    const dir = join(root, `pod${assertUid(root, 'launcherPodUID', launcherUID)}`);
+    if (await isDirectory(dir)) return dir;
+    log.warn(
+      { cgroupDir: dir },
+      'the launcher pod has no device cgroup here; skipping its rule (cgroup: absent)',
+    );
+    return undefined;
+  };
+}
+
+async function reconcileAtStart(
+  mounter: NodeMounter,
+  truth: Truth,
+  node: string,
+  log: Logger,
+): Promise<ReconcileReport> {
+  const wanted = wantedVolumes(truth.vmis.list(), node, truth.pods.list());
+  const report = await mounter.reconcile(wanted);
+  for (const outcome of report.outcomes) {
+    const fields = { vmiUID: outcome.vmiUID, volume: outcome.volume, target: outcome.target };
+    if (outcome.error === undefined)
+      log.info(
+        { ...fields, action: outcome.action },
+        'reconciled a checkpointed volume no spec wants',
+      );
+    else
+      log.error(
+        { ...fields, err: outcome.error },
+        'could not undo a checkpointed volume; kept for the next start',
+      );
+  }
+  for (const problem of report.problems) log.warn(problem, 'a checkpoint was corrupt');
+  log.info(
+    { undone: report.facts.length, kept: [...wanted.values()].reduce((n, s) => n + s.size, 0) },
+    'reconciled checkpoints at start',
+  );
+  return report;
+}
+
+/**
+ * Starts the node-mounter for `config.nodeName`: provisions its consumer (idempotent), syncs
+ * informers (VMIs; pods on this node; PVCs), reconciles the checkpoints against the mount table
+ * and what the specs want, then runs the stage (`node-mounter`, unit `ns/vmi/volume`).
+ */
+export async function startNodeMounter(
+  config: NodeMounterConfig,
+  deps: NodeMounterDeps,
+): Promise<NodeMounterService> {
+  const node = config.nodeName;
+  const log = childLogger(deps.logger, { stage: Stage.NodeMounter, node });
+  const metrics = deps.metrics ?? createMetrics(undefined, { processMetrics: false });
+  const kc = deps.kubeConfig ?? loadKubeConfig({ kubeconfig: config.kubeconfig });
+  const bus =
+    deps.bus ??
+    (await connectBus({ servers: config.natsUrls, name: `node-mounter@${node}`, logger: log }));
+  const ownsBus = deps.bus === undefined;
+  const truth = startInformers(kc, node, log);
+  const informers = [truth.vmis, truth.pods, truth.pvcs];
+  try {
+    await provision(bus, {
+      replicas: config.streamReplicas,
+      consumers: [{ stage: Stage.NodeMounter, node, ackWaitMs: config.ackWaitMs }],
+    });
+    await Promise.all(informers.map((i) => i.start()));
+    const cgroupDirFor = cgroupLocator(config, log);
+    const mounter = new NodeMounter({
+      kubeletRoot: config.kubeletRoot,
+      stateDir: config.stateDir,
+      ...(cgroupDirFor === undefined ? {} : { cgroupDirFor }),
+    });
+    const reconciled = await reconcileAtStart(mounter, truth, node, log);
+    const stage = await runStage({
+      bus,
+      stage: Stage.NodeMounter,
+      node,
+      machine: mounterStageMachine.provide({
+        actors: mounterStageActors(effectsOf(mounter, cgroupDirFor !== undefined)),
+      }),
+      keyOf: (item) => `${item.namespace}/${item.vmi}/${item.volume}`,
+      load: (item) => observe(truth, node, item, log),
+      concurrency: config.concurrency,
+      logger: log,
+      metrics,
+      ...(deps.workerId === undefined ? {} : { workerId: deps.workerId }),
+    });
+    const readyChecks = () => ({
+      nats: () => bus.connected(),
+      consumer: () => stage.bound(),
+      informers: () => informers.every((i) => i.synced),
+    });
+    let stopping: Promise<void> | undefined;
+    return {
+      node,
+      mounter,
+      stage,
+      metrics,
+      reconciled,
+      readyChecks,
+      ready: () => Object.values(readyChecks()).every((check) => check()),
+      stop: () =>
+        (stopping ??= (async () => {
+          await stage.stop();
+          await Promise.all(informers.map((i) => i.stop()));
+          if (ownsBus) await bus.drain();
+        })()),
+    };
+  } catch (err) {
+    await Promise.all(informers.map((i) => i.stop()));
+    if (ownsBus) await bus.close();
+    throw err;
+  }
+}

@@ -1,0 +1,34 @@
+import {
+  envInteger,
+  parseLeaseTtlMs,
+  parseServiceBaseConfig,
+  serviceBaseDefaults,
+  DEFAULT_LEASE_TTL_MS,
+  type ServiceBaseConfig,
+} from '@plugline/bus';
+
+/**
+ * The spec-watcher's configuration, parsed once from the environment (the only module reading it):
+ * the common service variables (`PLUGLINE_CONCURRENCY`: volumes decided and VMIs projected at
+ * once) plus its own.
+ */
+export interface SpecWatcherConfig extends ServiceBaseConfig {
+  /** `PLUGLINE_RESYNC_PERIOD_MS`: how often every volume not at its end is nudged again (default 300 000). */
+  readonly resyncPeriodMs: number;
+  /** `PLUGLINE_LEASE_TTL_MS`: the per-volume lease of the decision stage (default 30 000). */
+  readonly leaseTtlMs: number;
+}
+
+export function defaults(): Omit<SpecWatcherConfig, 'natsUrls' | 'kubeconfig'> {
+  return { ...serviceBaseDefaults(), resyncPeriodMs: 300_000, leaseTtlMs: DEFAULT_LEASE_TTL_MS };
+}
+
+/** Reads and validates the environment; fails fast with a `ConfigError` naming the variable. */
+export function parseConfig(env: NodeJS.ProcessEnv): SpecWatcherConfig {
+  const d = defaults();
+  return Object.freeze({
+    ...parseServiceBaseConfig(env),
+    resyncPeriodMs: envInteger(env, 'PLUGLINE_RESYNC_PERIOD_MS', d.resyncPeriodMs, 100),
+    leaseTtlMs: parseLeaseTtlMs(env, d.leaseTtlMs),
+  });
+}

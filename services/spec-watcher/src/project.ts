@@ -1,0 +1,309 @@
+import type {
+  EventType,
+  PersistentVolumeClaimInfo,
+  VolumeEvent,
+  VolumePhase,
+  VolumeStatus,
+} from '@plugline/contracts';
+import {
+  eventTypeOf,
+  keyOfEvent,
+  KubeEventType,
+  PhaseMessage,
+  Reason,
+  VolumePhase as Phase,
+} from '@plugline/contracts';
+import { compareOperationIds } from './operations.js';
+import type { JsonPatchOp } from './patch.js';
+import { canonicalJson } from './patch.js';
+import { IN_USE_PHASES, UNPLUG_PHASE_SET, phaseRank } from './phase-sets.js';
+
+/** What the projector knows besides the status: the newest operation seen per volume. */
+export interface ProjectionContext {
+  /** Volume name → the newest operation id seen for it. Events of older operations are stale. */
+  operations: Readonly<Record<string, string>>;
+}
+
+/** A Kubernetes Event to record on the VMI. */
+export interface KubeEvent {
+  type: KubeEventType;
+  reason: string;
+  message: string;
+}
+
+export interface Projection {
+  next: VolumeStatus[];
+  /** False when `next` is semantically the current status: no write is needed. */
+  changed: boolean;
+  k8sEvent?: KubeEvent;
+  /** The context after this event (the event's operation adopted when it is newer). */
+  operations: Readonly<Record<string, string>>;
+  /** True when the event belonged to an older operation and was ignored. */
+  stale: boolean;
+}
+
+type EntryResult = { entry: VolumeStatus | undefined; k8sEvent?: KubeEvent };
+
+const PLUG_FACT_PHASE: Partial<Record<EventType, VolumePhase>> = {
+  pending: Phase.Pending,
+  bound: Phase.Bound,
+  'attached-to-node': Phase.AttachedToNode,
+  'mounted-to-pod': Phase.MountedToPod,
+  ready: Phase.Ready,
+};
+
+const newEntry = (name: string): VolumeStatus => ({ name, target: '', hotplugVolume: {} });
+
+/** The claim info a stage attached (`details.claimInfo`, or `details.persistentVolumeClaimInfo`). */
+function claimInfoOf(event: VolumeEvent): PersistentVolumeClaimInfo | undefined {
+  const details = event.data.details;
+  const info: unknown = details?.claimInfo ?? details?.persistentVolumeClaimInfo;
+  if (info === null || typeof info !== 'object' || Array.isArray(info)) return undefined;
+  return info;
+}
+
+function reasonAndMessage(
+  phase: VolumePhase,
+  event: VolumeEvent,
+  entry: VolumeStatus,
+): { reason: string; message: string } {
+  const volume = entry.name;
+  const pod = event.data.attachPod?.name ?? entry.hotplugVolume?.attachPodName ?? '';
+  switch (phase) {
+    case Phase.Pending:
+      return {
+        reason: event.data.reason ?? Reason.PVCNotReady,
+        message: event.data.message ?? PhaseMessage.pvcInPhase('Pending'),
+      };
+    case Phase.Bound:
+      return { reason: Reason.PVCNotReady, message: PhaseMessage.pvcInPhase('Bound') };
+    case Phase.AttachedToNode:
+      return {
+        reason: Reason.SuccessfulCreate,
+        message: PhaseMessage.attachmentPodCreated(pod, volume),
+      };
+    case Phase.MountedToPod:
+      return { reason: Reason.VolumeMountedToPod, message: PhaseMessage.mountedToPod(volume) };
+    case Phase.Ready:
+      return { reason: Reason.VolumeReady, message: PhaseMessage.ready(volume) };
+    case Phase.UnMountedFromPod:
+      return {
+        reason: Reason.VolumeUnMountedFromPod,
+        message: PhaseMessage.unmountedFromPod(volume),
+      };
+    case Phase.Detaching:
+      return {
+        reason: Reason.SuccessfulDelete,
+        message: PhaseMessage.attachmentPodDeleted(pod, volume),
+      };
+  }
+}
+
+function withPhase(entry: VolumeStatus, phase: VolumePhase, event: VolumeEvent): VolumeStatus {
+  const next: VolumeStatus = { ...entry, phase, ...reasonAndMessage(phase, event, entry) };
+  const claimInfo = claimInfoOf(event);
+  if (claimInfo !== undefined) next.persistentVolumeClaimInfo = claimInfo;
+  const pod = event.data.attachPod;
+  if (phase === Phase.AttachedToNode && pod !== undefined) {
+    next.hotplugVolume = { attachPodName: pod.name, attachPodUID: pod.uid };
+  }
+  if (phase === Phase.Ready) next.target = event.data.target ?? entry.target;
+  if (phase === Phase.UnMountedFromPod || phase === Phase.Detaching) next.target = '';
+  return next;
+}
+
+/** A plug fact: forward only, except that a volume not yet in use may fall back (pod or PVC lost). */
+function applyPlugFact(entry: VolumeStatus, phase: VolumePhase, event: VolumeEvent): VolumeStatus {
+  const current = entry.phase;
+  if (current !== undefined && UNPLUG_PHASE_SET.has(current)) return entry;
+  if (
+    current !== undefined &&
+    IN_USE_PHASES.has(current) &&
+    phaseRank(phase) < phaseRank(current)
+  ) {
+    // Ready never falls back (KubeVirt #10165); a replacement pod only updates hotplugVolume.
+    const pod = event.data.attachPod;
+    return phase === Phase.AttachedToNode && pod !== undefined
+      ? { ...entry, hotplugVolume: { attachPodName: pod.name, attachPodUID: pod.uid } }
+      : entry;
+  }
+  return withPhase(entry, phase, event);
+}
+
+function applyUnplugFact(entry: VolumeStatus, type: EventType, event: VolumeEvent): VolumeStatus {
+  const rank = phaseRank(entry.phase);
+  switch (type) {
+    case 'detached-from-domain':
+      return { ...entry, target: '' };
+    case 'unmounted-from-pod':
+      return rank >= phaseRank(Phase.AttachedToNode) && rank <= phaseRank(Phase.UnMountedFromPod)
+        ? withPhase(entry, Phase.UnMountedFromPod, event)
+        : entry;
+    default: // detaching: any entry whose volume the launcher does not use
+      return entry.phase !== undefined && IN_USE_PHASES.has(entry.phase)
+        ? entry
+        : withPhase(entry, Phase.Detaching, event);
+  }
+}
+
+const unplugged = (name: string): KubeEvent => ({
+  type: KubeEventType.Normal,
+  reason: Reason.VolumeUnplugged,
+  message: PhaseMessage.unplugged(name),
+});
+
+function onRequested(entry: VolumeStatus | undefined, name: string): EntryResult {
+  if (entry === undefined) return { entry: newEntry(name) };
+  if (entry.phase === undefined || !UNPLUG_PHASE_SET.has(entry.phase)) return { entry };
+  // A re-add of a volume still being unplugged (KubeVirt #16159): reset; the PVC facts follow.
+  const reset: VolumeStatus = { name, target: '', hotplugVolume: entry.hotplugVolume ?? {} };
+  if (entry.persistentVolumeClaimInfo !== undefined)
+    reset.persistentVolumeClaimInfo = entry.persistentVolumeClaimInfo;
+  return { entry: reset };
+}
+
+function onUnplugRequested(entry: VolumeStatus | undefined, name: string): EntryResult {
+  if (entry === undefined) return { entry };
+  const neverAttached =
+    phaseRank(entry.phase) <= phaseRank(Phase.Bound) &&
+    entry.hotplugVolume?.attachPodName === undefined;
+  return neverAttached ? { entry: undefined, k8sEvent: unplugged(name) } : { entry };
+}
+
+function applyEvent(
+  entry: VolumeStatus | undefined,
+  name: string,
+  event: VolumeEvent,
+): EntryResult {
+  const type = eventTypeOf(event);
+  const plugPhase = PLUG_FACT_PHASE[type];
+  if (plugPhase !== undefined)
+    return { entry: applyPlugFact(entry ?? newEntry(name), plugPhase, event) };
+  switch (type) {
+    case 'requested':
+      return onRequested(entry, name);
+    case 'unplug-requested':
+      return onUnplugRequested(entry, name);
+    case 'detached-from-domain':
+    case 'unmounted-from-pod':
+    case 'detaching':
+      return { entry: entry === undefined ? undefined : applyUnplugFact(entry, type, event) };
+    case 'released':
+    case 'removed':
+      return entry === undefined ? { entry } : { entry: undefined, k8sEvent: unplugged(name) };
+    case 'failed': {
+      const message = event.data.message ?? `hotplug of volume ${name} failed`;
+      const warning = { type: KubeEventType.Warning, reason: Reason.HotplugFailed, message };
+      if (entry === undefined) return { entry, k8sEvent: warning };
+      return {
+        entry: { ...entry, reason: event.data.reason ?? Reason.HotplugFailed, message },
+        k8sEvent: warning,
+      };
+    }
+    default: // import-progress: shown by the CLI from the event stream, not in the status
+      return { entry };
+  }
+}
+
+/**
+ * The status reducer: the only way `status.volumeStatus` changes. Applies one event to the
+ * current entries (KubeVirt's phase, reason, message, target, hotplugVolume and claim info),
+ * ignoring events of an operation older than the newest one seen for the volume.
+ */
+export function projectStatus(
+  current: readonly VolumeStatus[],
+  event: VolumeEvent,
+  ctx: ProjectionContext,
+): Projection {
+  const { volume } = keyOfEvent(event);
+  const operationId = event.data.operationId;
+  const known = ctx.operations[volume];
+  if (known !== undefined && compareOperationIds(operationId, known) < 0) {
+    return { next: [...current], changed: false, operations: ctx.operations, stale: true };
+  }
+  const type = eventTypeOf(event);
+  if (known === operationId && (type === 'requested' || type === 'unplug-requested')) {
+    // A repeated request of the current operation (a retried publish) changes nothing.
+    return { next: [...current], changed: false, operations: ctx.operations, stale: false };
+  }
+  const operations =
+    known === operationId ? ctx.operations : { ...ctx.operations, [volume]: operationId };
+  const index = current.findIndex((s) => s.name === volume);
+  const before = index === -1 ? undefined : current[index];
+  const result = applyEvent(before, volume, event);
+  const next = [...current];
+  if (result.entry === undefined) {
+    if (index !== -1) next.splice(index, 1);
+  } else if (index === -1) next.push(result.entry);
+  else next[index] = result.entry;
+  const changed = !statusEqual(current, next);
+  const projection: Projection = { next, changed, operations, stale: false };
+  const k8sEvent = result.k8sEvent ?? phaseChangeEvent(before, result.entry);
+  if (k8sEvent !== undefined && (changed || k8sEvent.type === KubeEventType.Warning))
+    projection.k8sEvent = k8sEvent;
+  return projection;
+}
+
+function phaseChangeEvent(
+  before: VolumeStatus | undefined,
+  after: VolumeStatus | undefined,
+): KubeEvent | undefined {
+  if (after?.phase === undefined || after.phase === before?.phase) return undefined;
+  return {
+    type: KubeEventType.Normal,
+    reason: after.reason ?? after.phase,
+    message: after.message ?? '',
+  };
+}
+
+/** Folds events through `projectStatus`. */
+export function projectAll(
+  current: readonly VolumeStatus[],
+  events: readonly VolumeEvent[],
+  ctx: ProjectionContext = { operations: {} },
+): { next: VolumeStatus[]; operations: Readonly<Record<string, string>>; k8sEvents: KubeEvent[] } {
+  let next = [...current];
+  let operations = ctx.operations;
+  const k8sEvents: KubeEvent[] = [];
+  for (const event of events) {
+    const p = projectStatus(next, event, { operations });
+    next = p.next;
+    operations = p.operations;
+    if (p.k8sEvent !== undefined) k8sEvents.push(p.k8sEvent);
+  }
+  return { next, operations, k8sEvents };
+}
+
+const byName = (a: VolumeStatus, b: VolumeStatus): number =>
+  a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+
+/** Semantic equality of two `volumeStatus` lists: entry order and undefined members do not matter. */
+export function statusEqual(
+  a: readonly VolumeStatus[] | undefined,
+  b: readonly VolumeStatus[] | undefined,
+): boolean {
+  return canonicalJson([...(a ?? [])].sort(byName)) === canonicalJson([...(b ?? [])].sort(byName));
+}
+
+/**
+ * The conditional write of a new `volumeStatus`: empty when nothing changed; otherwise a `test`
+ * of the resourceVersion read (when given) and of the list as read, then the new list. A
+ * concurrent writer makes the patch fail, and the caller re-reads and re-projects.
+ */
+export function buildStatusPatch(
+  oldStatus: readonly VolumeStatus[] | undefined,
+  newStatus: readonly VolumeStatus[],
+  opts: { resourceVersion?: string } = {},
+): JsonPatchOp[] {
+  if (statusEqual(oldStatus, newStatus)) return [];
+  const ops: JsonPatchOp[] = [];
+  if (opts.resourceVersion !== undefined)
+    ops.push({ op: 'test', path: '/metadata/resourceVersion', value: opts.resourceVersion });
+  if (oldStatus === undefined) {
+    ops.push({ op: 'add', path: '/status/volumeStatus', value: [...newStatus] });
+  } else {
+    ops.push({ op: 'test', path: '/status/volumeStatus', value: [...oldStatus] });
+    ops.push({ op: 'replace', path: '/status/volumeStatus', value: [...newStatus] });
+  }
+  return ops;
+}

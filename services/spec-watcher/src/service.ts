@@ -1,0 +1,309 @@
+import { connectBus, provision, Publisher, runStage } from '@plugline/bus';
+import type { Bus, StageRunner } from '@plugline/bus';
+import { NotFoundError, Stage } from '@plugline/contracts';
+import type {
+  OperationKind,
+  VirtualMachine,
+  VirtualMachineInstance,
+  WorkItem,
+} from '@plugline/contracts';
+import {
+  createInformer,
+  EventRecorder,
+  KubeClient,
+  loadKubeConfig,
+  Resources,
+} from '@plugline/kube';
+import type { Informer } from '@plugline/kube';
+import { childLogger, createMetrics } from '@plugline/telemetry';
+import type { Logger, PluglineMetrics } from '@plugline/telemetry';
+import type { SpecWatcherConfig } from './config.js';
+import { TemplateSync } from './declarative.js';
+import {
+  decideEvent,
+  decisionMachine,
+  RESYNC_CAUSE,
+  SPEC_CAUSE,
+  viewOf,
+  type VolumeView,
+} from './decision.js';
+import { diffVolumes } from './diff.js';
+import { newOperationId } from './operations.js';
+import { desiredDirections } from './plan.js';
+import { ensureProjectorConsumer, startProjector, type Projector } from './projector.js';
+
+type KubeConfig = ReturnType<typeof loadKubeConfig>;
+
+/** What {@link startSpecWatcher} may be given instead of making it from the config. */
+export interface SpecWatcherDeps {
+  readonly logger: Logger;
+  /** A connected bus (then not drained on stop); default: connect to `config.natsUrls`. */
+  readonly bus?: Bus;
+  /** Default: loaded from `config.kubeconfig`. */
+  readonly kubeConfig?: KubeConfig;
+  readonly metrics?: PluglineMetrics;
+  /** Identifies this worker in leases (default a random id). */
+  readonly workerId?: string;
+}
+
+/** A running spec-watcher. */
+export interface SpecWatcherService {
+  readonly stage: StageRunner;
+  readonly projector: Projector;
+  readonly templateSync: TemplateSync;
+  readonly metrics: PluglineMetrics;
+  /** Nudges the decision of every hotplug volume not at its desired end; resolves with the count. */
+  resync(): Promise<number>;
+  /** Readiness: NATS connected, consumers bound, informers synced. */
+  ready(): boolean;
+  /** The named readiness checks (for `/readyz`). */
+  readyChecks(): Record<string, () => boolean>;
+  /** Stops the resync timer, the stage, the projector, the informers, and a bus it connected. */
+  stop(): Promise<void>;
+}
+
+type VmiInformer = Informer<VirtualMachineInstance>;
+type VmInformer = Informer<VirtualMachine>;
+
+/** The spec-watcher's own work item: a nudge to decide one volume (the id names the nudge). */
+export function decisionNudge(
+  vmi: VirtualMachineInstance,
+  nudge: {
+    volume: string;
+    operation: OperationKind;
+    /** `spec` or `resync`. */
+    cause: string;
+    /** Names the nudge (`rv-<resourceVersion>`, `resync-<round>`): its `Nats-Msg-Id` dedups repeats. */
+    id: string;
+    now?: Date;
+  },
+): WorkItem {
+  const { volume, operation, cause, id: nudgeId, now = new Date() } = nudge;
+  const item: WorkItem = {
+    v: 1,
+    stage: Stage.SpecWatcher,
+    namespace: vmi.metadata.namespace ?? 'default',
+    vmi: vmi.metadata.name ?? '',
+    vmiUID: vmi.metadata.uid ?? '',
+    volume,
+    operationId: nudgeId,
+    operation,
+    cause,
+    issuedAt: now.toISOString(),
+  };
+  if (vmi.metadata.generation !== undefined) item.observedGeneration = vmi.metadata.generation;
+  return item;
+}
+
+/**
+ * The VMI as it is now: the cache, unless it may lag behind what the nudge's sender saw (an
+ * older generation, or absent) — then the API server. Undefined when the VMI does not exist.
+ */
+async function currentVmi(
+  vmis: VmiInformer,
+  client: KubeClient,
+  item: WorkItem,
+): Promise<VirtualMachineInstance | undefined> {
+  const cached = vmis.get(item.namespace, item.vmi);
+  const behind =
+    cached === undefined ||
+    (item.observedGeneration !== undefined &&
+      (cached.metadata.generation ?? 0) < item.observedGeneration);
+  if (!behind) return cached;
+  try {
+    return await client.getVmi(item.namespace, item.vmi);
+  } catch (err) {
+    if (err instanceof NotFoundError) return undefined;
+    throw err;
+  }
+}
+
+interface Wiring {
+  vmis: VmiInformer;
+  vms: VmInformer;
+  publisher: Publisher;
+  templateSync: TemplateSync;
+  log: Logger;
+  signal: AbortSignal;
+}
+
+function publishNudges(w: Wiring, items: readonly WorkItem[]): Promise<void>[] {
+  return items.map((item) =>
+    w.publisher.publishWork(item, w.signal).then(
+      () => undefined,
+      (err: unknown) => {
+        if (!w.signal.aborted) w.log.warn({ err, volume: item.volume }, 'could not nudge');
+      },
+    ),
+  );
+}
+
+/** A VMI changed: nudge the decision of each volume whose status does not reflect its spec yet. */
+function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
+  const uid = vmi.metadata.uid;
+  if (uid === undefined || vmi.metadata.deletionTimestamp !== undefined) return;
+  const diff = diffVolumes(vmi);
+  if (diff.plug.length > 0 || diff.unplug.length > 0) {
+    const nudgeId = `rv-${vmi.metadata.resourceVersion ?? '0'}`;
+    const items = [
+      ...diff.plug.map((v) =>
+        decisionNudge(vmi, { volume: v.name, operation: 'plug', cause: SPEC_CAUSE, id: nudgeId }),
+      ),
+      ...diff.unplug.map((s) =>
+        decisionNudge(vmi, { volume: s.name, operation: 'unplug', cause: SPEC_CAUSE, id: nudgeId }),
+      ),
+    ];
+    void Promise.all(publishNudges(w, items));
+  }
+  const { namespace = 'default', name = '' } = vmi.metadata;
+  if (w.vms.get(namespace, name) !== undefined) w.templateSync.nudge(namespace, name);
+}
+
+/**
+ * Resync: a decision nudge (cause `resync`) for every hotplug volume not at its desired end,
+ * so the decision re-sends the current operation's work to the stage that moves it next.
+ */
+async function resyncAll(w: Wiring, now: Date = new Date()): Promise<number> {
+  const round = `resync-${now.getTime().toString(36)}`;
+  const items: WorkItem[] = [];
+  for (const vmi of w.vmis.list()) {
+    if (vmi.metadata.uid === undefined || vmi.metadata.deletionTimestamp !== undefined) continue;
+    for (const [volume, { operation, status }] of desiredDirections(vmi)) {
+      if (operation === 'plug' && status?.phase === 'Ready') continue;
+      items.push(decisionNudge(vmi, { volume, operation, cause: RESYNC_CAUSE, id: round, now }));
+    }
+  }
+  for (const vm of w.vms.list()) {
+    const { namespace = 'default', name = '' } = vm.metadata;
+    if (w.vmis.get(namespace, name) !== undefined) w.templateSync.nudge(namespace, name);
+  }
+  await Promise.all(publishNudges(w, items));
+  if (items.length > 0) w.log.info({ volumes: items.length }, 'resync nudged volumes');
+  return items.length;
+}
+
+/**
+ * Starts the spec-watcher: provisions its work consumer and bucket and the projector's event
+ * consumer (idempotent), syncs the VMI and VM informers, runs the decision stage
+ * (`spec-watcher`, unit `ns/vmi/volume`), the status projector and the declarative template
+ * sync, resyncs once and then every `resyncPeriodMs`.
+ */
+export async function startSpecWatcher(
+  config: SpecWatcherConfig,
+  deps: SpecWatcherDeps,
+): Promise<SpecWatcherService> {
+  const log = childLogger(deps.logger, { stage: Stage.SpecWatcher });
+  const metrics = deps.metrics ?? createMetrics(undefined, { processMetrics: false });
+  const kc = deps.kubeConfig ?? loadKubeConfig({ kubeconfig: config.kubeconfig });
+  const bus =
+    deps.bus ?? (await connectBus({ servers: config.natsUrls, name: 'spec-watcher', logger: log }));
+  const ownsBus = deps.bus === undefined;
+  const informerLog = childLogger(log, { component: 'informer' });
+  const vmis: VmiInformer = createInformer({
+    kc,
+    resource: Resources.virtualMachineInstances,
+    logger: informerLog,
+  });
+  const vms: VmInformer = createInformer({
+    kc,
+    resource: Resources.virtualMachines,
+    logger: informerLog,
+  });
+  const informers = [vmis, vms];
+  const shutdown = new AbortController();
+  let stage: StageRunner | undefined;
+  let projector: Projector | undefined;
+  try {
+    await provision(bus, {
+      replicas: config.streamReplicas,
+      consumers: [{ stage: Stage.SpecWatcher, ackWaitMs: config.ackWaitMs }],
+    });
+    await ensureProjectorConsumer(bus, { ackWaitMs: config.ackWaitMs });
+    const client = new KubeClient({ kc, fieldManager: 'spec-watcher', logger: log });
+    const publisher = new Publisher(bus, { logger: log, metrics });
+    const templateSync = new TemplateSync({ client, vms, vmis, logger: log });
+    const w: Wiring = { vmis, vms, publisher, templateSync, log, signal: shutdown.signal };
+    vmis.onAdd((vmi) => onVmiChange(w, vmi));
+    vmis.onUpdate((vmi) => onVmiChange(w, vmi));
+    const onVm = (vm: VirtualMachine) => {
+      const { namespace = 'default', name = '' } = vm.metadata;
+      if (vmis.get(namespace, name) !== undefined) templateSync.nudge(namespace, name);
+    };
+    vms.onAdd(onVm);
+    vms.onUpdate(onVm);
+    await Promise.all(informers.map((i) => i.start()));
+
+    stage = await runStage({
+      bus,
+      stage: Stage.SpecWatcher,
+      machine: decisionMachine,
+      keyOf: (item) => `${item.namespace}/${item.vmi}/${item.volume}`,
+      load: async (item) => viewOf(item, await currentVmi(vmis, client, item)),
+      toEvent: (item, delivery) =>
+        decideEvent(
+          item,
+          delivery.observed as VolumeView,
+          newOperationId(new Date()),
+          delivery.receivedAt,
+        ),
+      concurrency: config.concurrency,
+      leaseTtlMs: config.leaseTtlMs,
+      logger: log,
+      metrics,
+      publisher,
+      ...(deps.workerId === undefined ? {} : { workerId: deps.workerId }),
+    });
+    const recorder = new EventRecorder({
+      client,
+      component: 'plugline-spec-watcher',
+      logger: log,
+    });
+    projector = await startProjector({
+      bus,
+      client,
+      vmis,
+      recorder,
+      publisher,
+      logger: log,
+      metrics,
+      concurrency: config.concurrency,
+    });
+    await resyncAll(w);
+    const timer = setInterval(() => {
+      resyncAll(w).catch((err: unknown) => log.warn({ err }, 'resync failed'));
+    }, config.resyncPeriodMs);
+    timer.unref();
+
+    const running = { stage, projector };
+    const readyChecks = () => ({
+      nats: () => bus.connected(),
+      consumers: () => running.stage.bound() && running.projector.bound(),
+      informers: () => informers.every((i) => i.synced),
+    });
+    let stopping: Promise<void> | undefined;
+    return {
+      stage,
+      projector,
+      templateSync,
+      metrics,
+      resync: () => resyncAll(w),
+      readyChecks,
+      ready: () => Object.values(readyChecks()).every((check) => check()),
+      stop: () =>
+        (stopping ??= (async () => {
+          clearInterval(timer);
+          await Promise.all(informers.map((i) => i.stop()));
+          shutdown.abort(new Error('spec-watcher stopping'));
+          await templateSync.idle();
+          await Promise.all([running.stage.stop(), running.projector.stop()]);
+          if (ownsBus) await bus.drain();
+        })()),
+    };
+  } catch (err) {
+    shutdown.abort(err);
+    await Promise.allSettled([stage?.stop(), projector?.stop()]);
+    await Promise.all(informers.map((i) => i.stop()));
+    if (ownsBus) await bus.close();
+    throw err;
+  }
+}

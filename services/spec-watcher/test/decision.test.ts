@@ -1,0 +1,161 @@
+import type { StageEmitted } from '@plugline/bus';
+import type { OperationKind } from '@plugline/contracts';
+import { createActor } from 'xstate';
+import { describe, expect, it } from 'vitest';
+import type { DecideEvent, DecisionContext, VolumeView } from '../src/index.js';
+import { decisionMachine, RESYNC_CAUSE, SPEC_CAUSE, viewOf } from '../src/index.js';
+import { hotplugStatus, vmi, withHotplugPVC, withVolumeStatus } from './fixtures.js';
+import { coverage, type Snap } from './graph.js';
+
+const DIRECTIONS: (OperationKind | undefined)[] = ['plug', 'unplug', undefined];
+const UIDS: (string | undefined)[] = ['uid-a', 'uid-b', undefined];
+const PHASES: (string | undefined)[] = [undefined, 'AttachedToNode', 'Ready'];
+const NODES: (string | undefined)[] = ['node-1', undefined];
+const CAUSES = [SPEC_CAUSE, RESYNC_CAUSE];
+
+function view(
+  direction: OperationKind | undefined,
+  vmiUID: string | undefined,
+  phase: string | undefined,
+  node: string | undefined,
+): VolumeView {
+  return {
+    namespace: 'ns',
+    vmi: 'vm',
+    volume: 'd1',
+    vmiUID,
+    direction,
+    phase,
+    node,
+    generation: 4,
+  };
+}
+
+const events = (): DecideEvent[] =>
+  DIRECTIONS.flatMap((direction) =>
+    UIDS.flatMap((uid) =>
+      PHASES.flatMap((phase) =>
+        NODES.flatMap((node) =>
+          CAUSES.map((cause) => ({
+            type: 'decide' as const,
+            view: view(direction, uid, phase, node),
+            cause,
+            newOperationId: 'op-new',
+            receivedAt: 0,
+          })),
+        ),
+      ),
+    ),
+  );
+
+const serializeState = (s: Snap) => JSON.stringify([s.value, (s.context as DecisionContext).book]);
+
+/** What one decision should emit, from the book before it and the event. */
+function expected(before: DecisionContext['book'], e: DecideEvent): string[] {
+  const { view: v } = e;
+  if (v.direction === undefined || v.vmiUID === undefined) return [];
+  const same = before?.operation === v.direction && before.vmiUID === v.vmiUID;
+  if (same && e.cause !== RESYNC_CAUSE) return [];
+  const op = same ? before.operationId : e.newOperationId;
+  const out: string[] = [];
+  if (!same) out.push(`fact:${v.direction === 'plug' ? 'requested' : 'unplug-requested'}:${op}`);
+  let stage: string | undefined;
+  if (v.direction === 'plug') {
+    stage =
+      v.phase === 'Ready'
+        ? undefined
+        : v.phase === 'AttachedToNode'
+          ? 'node-mounter'
+          : 'attachment-orchestrator';
+  } else {
+    stage = v.phase === undefined ? 'attachment-orchestrator' : 'domain-updater';
+  }
+  if (stage === 'node-mounter' || stage === 'domain-updater') {
+    if (v.node === undefined) stage = 'attachment-orchestrator';
+  }
+  if (stage !== undefined) {
+    const cause = same ? 'resync' : out[0]!.split(':')[1];
+    const node = stage === 'attachment-orchestrator' ? '_' : v.node;
+    out.push(`work:${stage}:${node}:${op}:${cause}`);
+  }
+  return out;
+}
+
+function render(emitted: StageEmitted): string {
+  if (emitted.type === 'plugline.fact') {
+    return `fact:${emitted.fact.type}:${emitted.fact.data.operationId}`;
+  }
+  const w = emitted.work;
+  return `work:${w.stage}:${w.node ?? '_'}:${w.operationId}:${w.cause}`;
+}
+
+describe('decisionMachine over every path (@xstate/graph)', () => {
+  const cov = coverage(decisionMachine, { events, serializeState });
+
+  it('reaches every state and takes every transition', () => {
+    expect(cov.unreachedStates).toEqual([]);
+    expect(cov.untakenTransitions).toEqual([]);
+    expect(cov.edges.length).toBeGreaterThan(500);
+  });
+
+  it('on every edge: issues at most one operation, re-sends work only on resync, routes by phase', () => {
+    for (const edge of cov.edges) {
+      const actor = createActor(decisionMachine).start();
+      for (const [i, step] of edge.steps.entries()) {
+        const before = actor.getSnapshot().context.book;
+        const seen: string[] = [];
+        const sub = actor.on('*', (e) => seen.push(render(e)));
+        actor.send(step.event);
+        sub.unsubscribe();
+        if (i === edge.steps.length - 1) expect(seen).toEqual(expected(before, step.event));
+        const book = actor.getSnapshot().context.book;
+        const v = step.event.view;
+        if (v.direction === undefined || v.vmiUID === undefined) expect(book).toBeUndefined();
+        else expect(book).toMatchObject({ operation: v.direction, vmiUID: v.vmiUID });
+      }
+      actor.stop();
+    }
+  });
+
+  it('a restored book keeps its operation: resync re-sends, a spec nudge is quiet', () => {
+    const first = createActor(decisionMachine).start();
+    first.send({
+      type: 'decide',
+      view: view('plug', 'uid-a', undefined, 'node-1'),
+      cause: SPEC_CAUSE,
+      newOperationId: 'op-1',
+      receivedAt: 0,
+    });
+    const persisted = first.getPersistedSnapshot();
+    first.stop();
+    const restored = createActor(decisionMachine, { snapshot: persisted }).start();
+    const seen: string[] = [];
+    restored.on('*', (e) => seen.push(render(e)));
+    const again = (cause: string, phase?: string): void =>
+      restored.send({
+        type: 'decide',
+        view: view('plug', 'uid-a', phase, 'node-1'),
+        cause,
+        newOperationId: 'op-2',
+        receivedAt: 0,
+      });
+    again(SPEC_CAUSE);
+    again(RESYNC_CAUSE, 'AttachedToNode');
+    expect(seen).toEqual(['work:node-mounter:node-1:op-1:resync']);
+  });
+});
+
+describe('viewOf', () => {
+  it('reads direction, phase and node from the VMI', () => {
+    const v = vmi(withHotplugPVC('d1'), withVolumeStatus(hotplugStatus('d2', 'Ready')));
+    const key = { namespace: 'ns', vmi: 'vm', volume: 'd1' };
+    expect(viewOf(key, v)).toMatchObject({ direction: 'plug', phase: undefined });
+    expect(viewOf({ ...key, volume: 'd2' }, v)).toMatchObject({
+      direction: 'unplug',
+      phase: 'Ready',
+      node: 'node-with-a-long-name-a',
+    });
+    expect(viewOf({ ...key, volume: 'rootdisk' }, v).direction).toBeUndefined();
+    expect(viewOf(key, undefined)).toMatchObject({ direction: undefined, vmiUID: undefined });
+  });
+});

@@ -1,0 +1,276 @@
+import type { VolumeStatus } from '@plugline/contracts';
+import { describe, expect, it } from 'vitest';
+import {
+  buildStatusPatch,
+  diffVolumes,
+  projectAll,
+  projectStatus,
+  statusEqual,
+} from '../src/index.js';
+import { event, vmi, withHotplugPVC } from './fixtures.js';
+
+const POD = { name: 'hp-volume-0123456789', uid: 'pod-uid-1' };
+const NEW_POD = { name: 'hp-volume-abcdefabcd', uid: 'pod-uid-2' };
+const plugFacts = (volume: string, op: string) => [
+  event('requested', volume, op),
+  event('bound', volume, op),
+  event('attached-to-node', volume, op, { attachPod: POD, node: 'node-a' }),
+  event('mounted-to-pod', volume, op),
+  event('ready', volume, op, { target: 'sda' }),
+];
+const unplugFacts = (volume: string, op: string) => [
+  event('unplug-requested', volume, op),
+  event('detached-from-domain', volume, op),
+  event('unmounted-from-pod', volume, op),
+  event('detaching', volume, op, { attachPod: POD }),
+  event('released', volume, op),
+];
+
+describe('projectStatus', () => {
+  it('renders the plug chain with KubeVirt reasons, messages, target and hotplugVolume', () => {
+    const seen: Array<VolumeStatus | undefined> = [];
+    let status: VolumeStatus[] = [];
+    let operations = {};
+    const k8s: string[] = [];
+    for (const e of plugFacts('d1', 'op-1')) {
+      const p = projectStatus(status, e, { operations });
+      status = p.next;
+      operations = p.operations;
+      seen.push(status[0]);
+      if (p.k8sEvent) k8s.push(`${p.k8sEvent.type}/${p.k8sEvent.reason}`);
+    }
+    expect(seen.map((s) => [s?.phase, s?.reason, s?.target])).toEqual([
+      [undefined, undefined, ''],
+      ['Bound', 'PVCNotReady', ''],
+      ['AttachedToNode', 'SuccessfulCreate', ''],
+      ['MountedToPod', 'VolumeMountedToPod', ''],
+      ['Ready', 'VolumeReady', 'sda'],
+    ]);
+    expect(seen[1]?.message).toBe('PVC is in phase Bound');
+    expect(seen[2]?.message).toBe(`Created hotplug attachment pod ${POD.name}, for volume d1`);
+    expect(seen[2]?.hotplugVolume).toEqual({ attachPodName: POD.name, attachPodUID: POD.uid });
+    expect(seen[3]?.message).toBe('Volume d1 has been mounted in virt-launcher pod');
+    expect(seen[4]?.message).toBe('Successfully attach hotplugged volume d1 to VM');
+    expect(k8s).toEqual([
+      'Normal/PVCNotReady',
+      'Normal/SuccessfulCreate',
+      'Normal/VolumeMountedToPod',
+      'Normal/VolumeReady',
+    ]);
+  });
+
+  it('renders the unplug chain and drops the entry when released', () => {
+    const plugged = projectAll([], plugFacts('d1', 'op-1'));
+    const steps = projectAll(plugged.next, unplugFacts('d1', 'op-2').slice(0, 4), {
+      operations: plugged.operations,
+    });
+    expect(steps.next[0]).toMatchObject({
+      phase: 'Detaching',
+      reason: 'SuccessfulDelete',
+      target: '',
+      message: `Deleted hotplug attachment pod ${POD.name}, for volume d1`,
+    });
+    expect(steps.k8sEvents.map((e) => e.reason)).toEqual([
+      'VolumeUnMountedFromPod',
+      'SuccessfulDelete',
+    ]);
+    const released = projectStatus(steps.next, unplugFacts('d1', 'op-2')[4]!, {
+      operations: steps.operations,
+    });
+    expect(released.next).toEqual([]);
+    expect(released.k8sEvent).toEqual({
+      type: 'Normal',
+      reason: 'VolumeUnplugged',
+      message: 'Volume d1 has been unplugged',
+    });
+  });
+
+  it.each([
+    [
+      'pending with FailedPvcNotFound',
+      event('pending', 'd1', 'op-1', {
+        reason: 'FailedPvcNotFound',
+        message: 'PVC claim-d1 not found',
+      }),
+      { phase: 'Pending', reason: 'FailedPvcNotFound', message: 'PVC claim-d1 not found' },
+    ],
+    [
+      'pending without a reason',
+      event('pending', 'd1', 'op-1'),
+      { phase: 'Pending', reason: 'PVCNotReady', message: 'PVC is in phase Pending' },
+    ],
+    [
+      'bound with claim info',
+      event('bound', 'd1', 'op-1', {
+        details: { persistentVolumeClaimInfo: { claimName: 'claim-d1', volumeMode: 'Block' } },
+      }),
+      { phase: 'Bound', persistentVolumeClaimInfo: { claimName: 'claim-d1', volumeMode: 'Block' } },
+    ],
+    [
+      'a fact without a requested first',
+      event('mounted-to-pod', 'd1', 'op-1'),
+      { phase: 'MountedToPod', target: '' },
+    ],
+  ])('%s', (_what, e, expected) => {
+    expect(projectStatus([], e, { operations: {} }).next[0]).toMatchObject(expected);
+  });
+
+  it.each(['pending', 'bound'] as const)(
+    'a Ready volume never falls back on %s (#10165)',
+    (type) => {
+      const ready = projectAll([], plugFacts('d1', 'op-1'));
+      const p = projectStatus(ready.next, event(type, 'd1', 'op-1'), {
+        operations: ready.operations,
+      });
+      expect(p.changed).toBe(false);
+      expect(p.next[0]?.phase).toBe('Ready');
+      expect(p.k8sEvent).toBeUndefined();
+    },
+  );
+
+  it('a replacement pod updates hotplugVolume of a Ready volume, not its phase', () => {
+    const ready = projectAll([], plugFacts('d1', 'op-1'));
+    const p = projectStatus(
+      ready.next,
+      event('attached-to-node', 'd1', 'op-1', { attachPod: NEW_POD }),
+      { operations: ready.operations },
+    );
+    expect(p.next[0]).toMatchObject({
+      phase: 'Ready',
+      target: 'sda',
+      hotplugVolume: { attachPodName: NEW_POD.name, attachPodUID: NEW_POD.uid },
+    });
+  });
+
+  it('an AttachedToNode volume whose pod vanished falls back to Bound', () => {
+    const attached = projectAll([], plugFacts('d1', 'op-1').slice(0, 3));
+    expect(
+      projectStatus(attached.next, event('bound', 'd1', 'op-1'), {
+        operations: attached.operations,
+      }).next[0]?.phase,
+    ).toBe('Bound');
+  });
+
+  it('ignores events of an older operation', () => {
+    const ready = projectAll([], plugFacts('d1', 'op-1'));
+    const unplugging = projectAll(ready.next, unplugFacts('d1', 'op-2').slice(0, 3), {
+      operations: ready.operations,
+    });
+    const late = projectStatus(unplugging.next, event('ready', 'd1', 'op-1', { target: 'sdz' }), {
+      operations: unplugging.operations,
+    });
+    expect(late.stale).toBe(true);
+    expect(late.changed).toBe(false);
+    expect(late.next[0]?.phase).toBe('UnMountedFromPod');
+  });
+
+  it('unplug of a volume that never got a pod drops the entry at once', () => {
+    const bound = projectAll([], plugFacts('d1', 'op-1').slice(0, 2));
+    expect(
+      projectStatus(bound.next, event('unplug-requested', 'd1', 'op-2'), {
+        operations: bound.operations,
+      }).next,
+    ).toEqual([]);
+  });
+
+  it('a failure keeps the phase and records a Warning HotplugFailed', () => {
+    const mounted = projectAll([], plugFacts('d1', 'op-1').slice(0, 4));
+    const p = projectStatus(
+      mounted.next,
+      event('failed', 'd1', 'op-1', { message: 'disk.img: no such file' }),
+      { operations: mounted.operations },
+    );
+    expect(p.next[0]).toMatchObject({
+      phase: 'MountedToPod',
+      reason: 'HotplugFailed',
+      message: 'disk.img: no such file',
+    });
+    expect(p.k8sEvent).toEqual({
+      type: 'Warning',
+      reason: 'HotplugFailed',
+      message: 'disk.img: no such file',
+    });
+  });
+
+  it('a repeated fact is no change and no event', () => {
+    const ready = projectAll([], plugFacts('d1', 'op-1'));
+    const p = projectStatus(ready.next, event('ready', 'd1', 'op-1', { target: 'sda' }), {
+      operations: ready.operations,
+    });
+    expect(p.changed).toBe(false);
+    expect(p.k8sEvent).toBeUndefined();
+    expect(buildStatusPatch(ready.next, p.next)).toEqual([]);
+  });
+
+  it('import-progress and facts of unknown volumes change nothing', () => {
+    expect(
+      projectStatus([], event('import-progress', 'd1', 'op-1', { progress: '45%' }), {
+        operations: {},
+      }).changed,
+    ).toBe(false);
+    expect(
+      projectStatus([], event('unmounted-from-pod', 'd1', 'op-1'), { operations: {} }).changed,
+    ).toBe(false);
+  });
+});
+
+describe('remove then immediately re-add (#16159)', () => {
+  it.each([
+    ['after UnMountedFromPod', 3],
+    ['after Detaching', 4],
+    ['right after unplug-requested', 1],
+  ])('re-added %s ends Ready on the new pod, never stuck Detaching', (_what, unplugSteps) => {
+    const ready = projectAll([], plugFacts('d1', 'op-1'));
+    const unplugging = projectAll(ready.next, unplugFacts('d1', 'op-2').slice(0, unplugSteps), {
+      operations: ready.operations,
+    });
+    // the spec has the volume again: the diff asks for a plug when the entry is on its way out
+    const v = vmi(withHotplugPVC('d1'), (x) => (x.status!.volumeStatus = unplugging.next));
+    const wantsPlug = diffVolumes(v).plug.map((p) => p.name);
+    if (unplugSteps >= 3) expect(wantsPlug).toEqual(['d1']);
+    const replug = [
+      event('requested', 'd1', 'op-3'),
+      event('detaching', 'd1', 'op-2', { attachPod: POD }), // a late fact of the old unplug
+      event('released', 'd1', 'op-2'),
+      event('bound', 'd1', 'op-3'),
+      event('attached-to-node', 'd1', 'op-3', { attachPod: NEW_POD }),
+      event('mounted-to-pod', 'd1', 'op-3'),
+      event('ready', 'd1', 'op-3', { target: 'sdb' }),
+    ];
+    const end = projectAll(unplugging.next, replug, { operations: unplugging.operations });
+    expect(end.next).toEqual([
+      expect.objectContaining({
+        name: 'd1',
+        phase: 'Ready',
+        target: 'sdb',
+        hotplugVolume: { attachPodName: NEW_POD.name, attachPodUID: NEW_POD.uid },
+      }),
+    ]);
+    expect(
+      diffVolumes(vmi(withHotplugPVC('d1'), (x) => (x.status!.volumeStatus = end.next))),
+    ).toEqual({ plug: [], unplug: [] });
+  });
+});
+
+describe('statusEqual and buildStatusPatch', () => {
+  const a: VolumeStatus[] = [
+    { name: 'a', target: '', phase: 'Bound' },
+    { name: 'b', target: 'sda', phase: 'Ready' },
+  ];
+  it('ignores entry order and undefined members', () => {
+    expect(statusEqual(a, [{ ...a[1]!, reason: undefined }, a[0]!])).toBe(true);
+    expect(statusEqual(a, [a[0]!])).toBe(false);
+    expect(statusEqual(undefined, [])).toBe(true);
+  });
+  it('guards the write with a test on the previous value and the resourceVersion', () => {
+    const next = [{ ...a[0]!, phase: 'AttachedToNode' }, a[1]!];
+    expect(buildStatusPatch(a, next, { resourceVersion: '42' })).toEqual([
+      { op: 'test', path: '/metadata/resourceVersion', value: '42' },
+      { op: 'test', path: '/status/volumeStatus', value: a },
+      { op: 'replace', path: '/status/volumeStatus', value: next },
+    ]);
+    expect(buildStatusPatch(undefined, next)).toEqual([
+      { op: 'add', path: '/status/volumeStatus', value: next },
+    ]);
+  });
+});

@@ -1,0 +1,569 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connectBus, StreamName } from '@plugline/bus';
+import type { Bus } from '@plugline/bus';
+import {
+  buildEvent,
+  encodeMessage,
+  encodeToken,
+  eventMsgId,
+  eventSubject,
+  EventType,
+  Stage,
+} from '@plugline/contracts';
+import type {
+  EventData,
+  VirtualMachineInstance,
+  VolumeEvent,
+  VolumeStatus,
+  WorkItem,
+} from '@plugline/contracts';
+import { startKubeSim, Types } from '@plugline/kube-sim';
+import type { KubeObject, KubeSim } from '@plugline/kube-sim';
+import { createLogger, createMetrics, memoryDestination } from '@plugline/telemetry';
+import type { PluglineMetrics } from '@plugline/telemetry';
+import { startNats, waitFor } from '@plugline/testkit';
+import type { NatsServer } from '@plugline/testkit';
+import { parseConfig, PROJECTOR_CONSUMER, startSpecWatcher } from '../src/index.js';
+import type { SpecWatcherService } from '../src/index.js';
+
+/**
+ * Stage tier: the spec-watcher in-process against a real nats-server and kube-sim (no kubelet):
+ * the test plays the other stages by publishing their facts on the event stream.
+ */
+
+const NODE = 'node-1';
+const decoder = new TextDecoder();
+const ns = `sw-${randomBytes(4).toString('hex')}`;
+
+let nats: NatsServer;
+let sim: KubeSim;
+let bus: Bus;
+let service: SpecWatcherService | undefined;
+let metrics: PluglineMetrics;
+
+async function startService(workerId: string): Promise<SpecWatcherService> {
+  const config = parseConfig({
+    NATS_URL: nats.url,
+    KUBECONFIG: sim.kubeconfigPath,
+    PLUGLINE_ACK_WAIT_MS: '5000',
+    PLUGLINE_CONCURRENCY: '4',
+    PLUGLINE_RESYNC_PERIOD_MS: '600000',
+    PLUGLINE_LEASE_TTL_MS: '2000',
+  });
+  metrics = createMetrics(undefined, { processMetrics: false });
+  const logger = createLogger({ level: 'debug' }, memoryDestination());
+  service = await startSpecWatcher(config, { logger, bus, metrics, workerId });
+  return service;
+}
+
+async function stopService(): Promise<void> {
+  await service?.stop();
+  service = undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes fixtures
+
+function vmiManifest(name: string): KubeObject {
+  return {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name },
+    spec: {
+      domain: { devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] } },
+      volumes: [{ name: 'rootdisk', containerDisk: { image: 'quay.io/containerdisks/fedora' } }],
+    },
+  };
+}
+
+function getVmi(name: string): VirtualMachineInstance {
+  return sim.store.get(
+    Types.virtualmachineinstances,
+    ns,
+    name,
+  ) as unknown as VirtualMachineInstance;
+}
+
+function statusOf(name: string, volume: string): VolumeStatus | undefined {
+  return getVmi(name).status?.volumeStatus?.find((s) => s.name === volume);
+}
+
+/** Creates a Running VMI on NODE, as virt-controller and virt-handler would leave it. */
+function createRunningVmi(name: string): VirtualMachineInstance {
+  sim.store.create(Types.virtualmachineinstances, vmiManifest(name), { namespace: ns });
+  const vmi = getVmi(name);
+  sim.store.update(
+    Types.virtualmachineinstances,
+    name,
+    {
+      ...(vmi as unknown as KubeObject),
+      status: {
+        phase: 'Running',
+        nodeName: NODE,
+        volumeStatus: [{ name: 'rootdisk', target: 'vda', phase: 'Ready' }],
+      },
+    },
+    { namespace: ns, subresource: 'status' },
+  );
+  return getVmi(name);
+}
+
+function hotplug(name: string) {
+  return {
+    volume: { name, persistentVolumeClaim: { claimName: `claim-${name}`, hotpluggable: true } },
+    disk: { name, disk: { bus: 'scsi' as const }, serial: name },
+  };
+}
+
+/** `virtctl addvolume` on a VMI without a VM: a spec change. */
+function addVolume(vmiName: string, volume: string): void {
+  const vmi = structuredClone(getVmi(vmiName));
+  const h = hotplug(volume);
+  vmi.spec.volumes = [...(vmi.spec.volumes ?? []), h.volume];
+  vmi.spec.domain.devices.disks = [...(vmi.spec.domain.devices.disks ?? []), h.disk];
+  sim.store.update(Types.virtualmachineinstances, vmiName, vmi as unknown as KubeObject, {
+    namespace: ns,
+  });
+}
+
+function removeVolume(vmiName: string, volume: string): void {
+  const vmi = structuredClone(getVmi(vmiName));
+  vmi.spec.volumes = (vmi.spec.volumes ?? []).filter((v) => v.name !== volume);
+  vmi.spec.domain.devices.disks = (vmi.spec.domain.devices.disks ?? []).filter(
+    (d) => d.name !== volume,
+  );
+  sim.store.update(Types.virtualmachineinstances, vmiName, vmi as unknown as KubeObject, {
+    namespace: ns,
+  });
+}
+
+interface KubeEventView {
+  type: string;
+  reason: string;
+  message: string;
+}
+
+function kubeEvents(vmiName: string): KubeEventView[] {
+  return sim.store
+    .list(Types.events, { namespace: ns })
+    .items.filter(
+      (e) => (e as { involvedObject?: { name?: string } }).involvedObject?.name === vmiName,
+    )
+    .map((e) => e as unknown as KubeEventView);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+interface StoredMessage {
+  seq: number;
+  subject: string;
+  data: Uint8Array;
+  header?: { get(k: string): string };
+}
+
+async function streamMessages(stream: string, subjectPrefix: string): Promise<StoredMessage[]> {
+  const info = await bus.jsm.streams.info(stream);
+  const out: StoredMessage[] = [];
+  if (info.state.messages === 0) return out;
+  for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
+    const m = await bus.jsm.streams.getMessage(stream, { seq }).catch(() => null);
+    if (m !== null && m.subject.startsWith(subjectPrefix))
+      out.push({ seq, subject: m.subject, data: m.data, header: m.header });
+  }
+  return out;
+}
+
+async function eventsOf(vmiName: string, volume?: string): Promise<VolumeEvent[]> {
+  const prefix = `plugline.v1.events.${encodeToken(ns)}.${encodeToken(vmiName)}.${
+    volume === undefined ? '' : `${encodeToken(volume)}.`
+  }`;
+  const out: VolumeEvent[] = [];
+  for (const m of await streamMessages(StreamName.Events, prefix)) {
+    try {
+      out.push(JSON.parse(decoder.decode(m.data)) as VolumeEvent);
+    } catch {
+      // the malformed event the dead-letter test publishes
+    }
+  }
+  return out;
+}
+
+async function workFor(stage: string, vmiName: string): Promise<WorkItem[]> {
+  return (await streamMessages(StreamName.Work, `plugline.v1.work.${stage}.`))
+    .map((m) => JSON.parse(decoder.decode(m.data)) as WorkItem)
+    .filter((w) => w.namespace === ns && w.vmi === vmiName);
+}
+
+async function waitForEvent(
+  vmiName: string,
+  volume: string,
+  type: EventType,
+  operationId?: string,
+): Promise<VolumeEvent> {
+  return waitFor(
+    async () =>
+      (await eventsOf(vmiName, volume)).find(
+        (e) =>
+          e.type === `io.plugline.volume.${type}` &&
+          (operationId === undefined || e.data.operationId === operationId),
+      ),
+    { timeout: 10_000, description: `${type} of ${vmiName}/${volume}` },
+  );
+}
+
+/** Publishes a fact as another stage would; resolves with its stream sequence. */
+async function publishFact(
+  vmi: VirtualMachineInstance,
+  volume: string,
+  type: EventType,
+  data: Partial<Omit<EventData, 'stage'>> & { operationId: string },
+  msgIdSuffix = '',
+): Promise<number> {
+  const event = buildEvent({
+    namespace: ns,
+    vmi: vmi.metadata.name ?? '',
+    volume,
+    type,
+    stage: Stage.AttachmentOrchestrator,
+    id: randomUUID(),
+    data: { operation: 'plug', vmiUID: vmi.metadata.uid ?? '', ...data },
+  });
+  const ack = await bus.js.publish(
+    eventSubject({ namespace: ns, vmi: event.subject.split('/')[1]!, volume }, type),
+    encodeMessage(event),
+    {
+      msgID: `${eventMsgId(event)}${msgIdSuffix}`,
+    },
+  );
+  return ack.seq;
+}
+
+/** Resolves once the projector has acked every event up to `seq`. */
+async function projected(seq: number): Promise<void> {
+  await waitFor(
+    async () => {
+      const info = await bus.jsm.consumers.info(StreamName.Events, PROJECTOR_CONSUMER);
+      return info.ack_floor.stream_seq >= seq && info.num_ack_pending === 0;
+    },
+    { timeout: 10_000, description: `projection of event ${seq}` },
+  );
+}
+
+async function waitForPhase(vmiName: string, volume: string, phase: string): Promise<VolumeStatus> {
+  return waitFor(
+    () => (statusOf(vmiName, volume)?.phase === phase ? statusOf(vmiName, volume) : undefined),
+    {
+      timeout: 10_000,
+      description: `${volume} in phase ${phase}`,
+    },
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+beforeAll(async () => {
+  nats = await startNats();
+  sim = await startKubeSim({ kubelet: false, namespaces: [ns], nodes: [NODE] });
+  bus = await connectBus({ servers: nats.url });
+  await startService('worker-a');
+}, 60_000);
+
+afterAll(async () => {
+  await stopService();
+  await bus?.close();
+  await sim?.stop();
+  await nats?.stop();
+});
+
+describe('spec-watcher (stage)', { timeout: 30_000 }, () => {
+  const main = `vm-${randomBytes(3).toString('hex')}`;
+  let mainVmi: VirtualMachineInstance;
+  let plugOp = '';
+
+  it('a VMI without hotplug volumes costs nothing', async () => {
+    const quiet = createRunningVmi(`quiet-${randomBytes(3).toString('hex')}`);
+    const name = quiet.metadata.name!;
+    const labelled = structuredClone(getVmi(name));
+    labelled.metadata.labels = { touched: 'yes' };
+    sim.store.update(Types.virtualmachineinstances, name, labelled as unknown as KubeObject, {
+      namespace: ns,
+    });
+    // A sentinel after it on the same watch: once its request is out, the quiet VMI was seen.
+    mainVmi = createRunningVmi(main);
+    addVolume(main, 'sentinel');
+    await waitForEvent(main, 'sentinel', EventType.Requested);
+    expect(await eventsOf(name)).toEqual([]);
+    expect(await workFor(Stage.AttachmentOrchestrator, name)).toEqual([]);
+    expect(await workFor(Stage.SpecWatcher, name)).toEqual([]);
+    removeVolume(main, 'sentinel');
+    await waitFor(() => statusOf(main, 'sentinel') === undefined, { timeout: 10_000 });
+  });
+
+  it('a volume added to the spec: requested + orchestrator work, one operation id', async () => {
+    addVolume(main, 'data1');
+    const requested = await waitForEvent(main, 'data1', EventType.Requested);
+    plugOp = requested.data.operationId;
+    expect(requested.data).toMatchObject({
+      operation: 'plug',
+      vmiUID: mainVmi.metadata.uid,
+      stage: 'spec-watcher',
+    });
+    const work = await waitFor(async () => {
+      const items = (await workFor(Stage.AttachmentOrchestrator, main)).filter(
+        (w) => w.volume === 'data1',
+      );
+      return items.length > 0 ? items : undefined;
+    });
+    expect(work).toEqual([
+      expect.objectContaining({ operationId: plugOp, operation: 'plug', cause: 'requested' }),
+    ]);
+    expect(work[0]?.node).toBeUndefined();
+    // The projector renders the request: a hotplug entry with no phase yet.
+    await waitFor(() => statusOf(main, 'data1'));
+    // More nudges of the same VMI (status writes) issue no second operation.
+    await service!.resync();
+    await waitFor(async () =>
+      (await workFor(Stage.AttachmentOrchestrator, main)).some(
+        (w) => w.volume === 'data1' && w.cause === 'resync',
+      ),
+    );
+    const requests = (await eventsOf(main, 'data1')).filter((e) => e.type.endsWith('.requested'));
+    expect(requests.map((e) => e.data.operationId)).toEqual([plugOp]);
+  });
+
+  it('projects each phase with KubeVirt reasons, messages, target and Events', async () => {
+    const vmi = getVmi(main);
+    const claimInfo = {
+      claimName: 'claim-data1',
+      volumeMode: 'Filesystem',
+      accessModes: ['ReadWriteOnce'],
+    };
+    await publishFact(vmi, 'data1', EventType.Pending, { operationId: plugOp });
+    expect(await waitForPhase(main, 'data1', 'Pending')).toMatchObject({
+      reason: 'PVCNotReady',
+      message: 'PVC is in phase Pending',
+    });
+    await publishFact(vmi, 'data1', EventType.Bound, {
+      operationId: plugOp,
+      details: { claimInfo },
+    });
+    expect(await waitForPhase(main, 'data1', 'Bound')).toMatchObject({
+      reason: 'PVCNotReady',
+      message: 'PVC is in phase Bound',
+      persistentVolumeClaimInfo: claimInfo,
+    });
+    const pod = { name: 'hp-volume-abcde', uid: randomUUID() };
+    await publishFact(vmi, 'data1', EventType.AttachedToNode, {
+      operationId: plugOp,
+      node: NODE,
+      attachPod: pod,
+    });
+    expect(await waitForPhase(main, 'data1', 'AttachedToNode')).toMatchObject({
+      reason: 'SuccessfulCreate',
+      message: 'Created hotplug attachment pod hp-volume-abcde, for volume data1',
+      hotplugVolume: { attachPodName: pod.name, attachPodUID: pod.uid },
+    });
+    await publishFact(vmi, 'data1', EventType.MountedToPod, { operationId: plugOp, node: NODE });
+    expect(await waitForPhase(main, 'data1', 'MountedToPod')).toMatchObject({
+      reason: 'VolumeMountedToPod',
+      message: 'Volume data1 has been mounted in virt-launcher pod',
+    });
+    await publishFact(vmi, 'data1', EventType.Ready, { operationId: plugOp, target: 'sda' });
+    expect(await waitForPhase(main, 'data1', 'Ready')).toMatchObject({
+      reason: 'VolumeReady',
+      message: 'Successfully attach hotplugged volume data1 to VM',
+      target: 'sda',
+      persistentVolumeClaimInfo: claimInfo,
+      hotplugVolume: { attachPodName: pod.name },
+    });
+    await waitFor(() => {
+      const reasons = kubeEvents(main).map((e) => `${e.type}/${e.reason}`);
+      return ['PVCNotReady', 'SuccessfulCreate', 'VolumeMountedToPod', 'VolumeReady'].every((r) =>
+        reasons.includes(`Normal/${r}`),
+      );
+    });
+    expect(kubeEvents(main)).toContainEqual(
+      expect.objectContaining({ message: 'Successfully attach hotplugged volume data1 to VM' }),
+    );
+
+    // A duplicate fact (a retried publish past the duplicate window) writes nothing.
+    const rv = getVmi(main).metadata.resourceVersion;
+    await projected(
+      await publishFact(
+        vmi,
+        'data1',
+        EventType.Ready,
+        { operationId: plugOp, target: 'sda' },
+        ':again',
+      ),
+    );
+    expect(getVmi(main).metadata.resourceVersion).toBe(rv);
+    // Ready never falls back to Bound (the attachment pod vanished and the PVC was re-checked).
+    await projected(
+      await publishFact(vmi, 'data1', EventType.Bound, { operationId: plugOp }, ':again'),
+    );
+    expect(statusOf(main, 'data1')?.phase).toBe('Ready');
+    expect(getVmi(main).metadata.resourceVersion).toBe(rv);
+    // A failure keeps the phase and is a Warning.
+    await projected(
+      await publishFact(vmi, 'data1', EventType.Failed, {
+        operationId: plugOp,
+        reason: 'DetachTimeout',
+        message: 'the guest did not let go',
+      }),
+    );
+    expect(statusOf(main, 'data1')?.phase).toBe('Ready');
+    expect(kubeEvents(main)).toContainEqual(
+      expect.objectContaining({
+        type: 'Warning',
+        reason: 'HotplugFailed',
+        message: 'the guest did not let go',
+      }),
+    );
+  });
+
+  it('a volume removed from the spec: unplug-requested + domain-updater work; released removes it', async () => {
+    removeVolume(main, 'data1');
+    const unplug = await waitForEvent(main, 'data1', EventType.UnplugRequested);
+    const unplugOp = unplug.data.operationId;
+    expect(unplugOp).not.toBe(plugOp);
+    const work = await waitFor(async () =>
+      (await workFor(Stage.DomainUpdater, main)).find(
+        (w) => w.volume === 'data1' && w.operationId === unplugOp,
+      ),
+    );
+    expect(work).toMatchObject({ node: NODE, operation: 'unplug', cause: 'unplug-requested' });
+    expect(statusOf(main, 'data1')?.phase).toBe('Ready');
+
+    await publishFact(getVmi(main), 'data1', EventType.Released, {
+      operationId: unplugOp,
+      operation: 'unplug',
+    });
+    await waitFor(() => statusOf(main, 'data1') === undefined, { timeout: 10_000 });
+    await waitForEvent(main, 'data1', EventType.Removed, unplugOp);
+    await waitFor(() =>
+      kubeEvents(main).some(
+        (e) => e.reason === 'VolumeUnplugged' && e.message === 'Volume data1 has been unplugged',
+      ),
+    );
+    // The permanent volume is untouched.
+    expect(statusOf(main, 'rootdisk')).toEqual({ name: 'rootdisk', target: 'vda', phase: 'Ready' });
+  });
+
+  it('declarative: a hotpluggable volume in the VM template reaches the running VMI, and leaves it', async () => {
+    const name = `decl-${randomBytes(3).toString('hex')}`;
+    createRunningVmi(name);
+    const template = structuredClone(getVmi(name).spec);
+    sim.store.create(
+      Types.virtualmachines,
+      {
+        apiVersion: 'kubevirt.io/v1',
+        kind: 'VirtualMachine',
+        metadata: { name },
+        spec: { runStrategy: 'Always', template: { spec: template } },
+      },
+      { namespace: ns },
+    );
+    const vm = structuredClone(sim.store.get(Types.virtualmachines, ns, name)) as {
+      spec: { template: { spec: VirtualMachineInstance['spec'] } };
+    };
+    const h = hotplug('decl1');
+    // The informers' watches drop: they restart (resuming) and still see the change.
+    expect(sim.dropWatches()).toBeGreaterThan(0);
+    vm.spec.template.spec.volumes = [...(vm.spec.template.spec.volumes ?? []), h.volume];
+    vm.spec.template.spec.domain.devices.disks = [
+      ...(vm.spec.template.spec.domain.devices.disks ?? []),
+      h.disk,
+    ];
+    sim.store.update(Types.virtualmachines, name, vm, { namespace: ns });
+    await waitFor(() => getVmi(name).spec.volumes?.some((v) => v.name === 'decl1'), {
+      timeout: 10_000,
+    });
+    expect(getVmi(name).spec.domain.devices.disks).toContainEqual(h.disk);
+    expect(getVmi(name).spec.volumes).toContainEqual(h.volume);
+    // The new spec volume is then requested like any other.
+    await waitForEvent(name, 'decl1', EventType.Requested);
+
+    const back = structuredClone(sim.store.get(Types.virtualmachines, ns, name)) as typeof vm;
+    back.spec.template.spec.volumes = (back.spec.template.spec.volumes ?? []).filter(
+      (v) => v.name !== 'decl1',
+    );
+    back.spec.template.spec.domain.devices.disks = (
+      back.spec.template.spec.domain.devices.disks ?? []
+    ).filter((d) => d.name !== 'decl1');
+    sim.store.update(Types.virtualmachines, name, back, { namespace: ns });
+    await waitFor(() => !getVmi(name).spec.volumes?.some((v) => v.name === 'decl1'), {
+      timeout: 10_000,
+    });
+    expect(getVmi(name).spec.domain.devices.disks?.map((d) => d.name)).toEqual(['rootdisk']);
+    // Never attached: the unplug request drops its entry at once.
+    await waitForEvent(name, 'decl1', EventType.UnplugRequested);
+    await waitFor(() => statusOf(name, 'decl1') === undefined, { timeout: 10_000 });
+  });
+
+  it('restart mid-way: resync re-sends the work under the same operation id and converges', async () => {
+    addVolume(main, 'data2');
+    const requested = await waitForEvent(main, 'data2', EventType.Requested);
+    const op = requested.data.operationId;
+    await stopService();
+    await startService('worker-b');
+    // Resync at start: the orchestrator is nudged again for the same operation.
+    const resent = await waitFor(async () =>
+      (await workFor(Stage.AttachmentOrchestrator, main)).find(
+        (w) => w.volume === 'data2' && w.cause === 'resync',
+      ),
+    );
+    expect(resent.operationId).toBe(op);
+    const vmi = getVmi(main);
+    await publishFact(vmi, 'data2', EventType.Bound, { operationId: op });
+    await publishFact(vmi, 'data2', EventType.AttachedToNode, {
+      operationId: op,
+      node: NODE,
+      attachPod: { name: 'hp-volume-fghij', uid: randomUUID() },
+    });
+    // Mid-way again: the next stage's work is re-sent from the phase the status shows.
+    await waitForPhase(main, 'data2', 'AttachedToNode');
+    await service!.resync();
+    const mounter = await waitFor(async () =>
+      (await workFor(Stage.NodeMounter, main)).find((w) => w.volume === 'data2'),
+    );
+    expect(mounter).toMatchObject({ node: NODE, operationId: op, cause: 'resync' });
+    await publishFact(vmi, 'data2', EventType.MountedToPod, { operationId: op, node: NODE });
+    await publishFact(vmi, 'data2', EventType.Ready, { operationId: op, target: 'sdb' });
+    expect(await waitForPhase(main, 'data2', 'Ready')).toMatchObject({ target: 'sdb' });
+    const requests = (await eventsOf(main, 'data2')).filter((e) => e.type.endsWith('.requested'));
+    expect(requests.map((e) => e.data.operationId)).toEqual([op]);
+    // At its end: a resync nudges nothing for it.
+    expect(await service!.resync()).toBe(0);
+  });
+
+  it('a malformed event is dead-lettered and the next good one still applies', async () => {
+    const subject = eventSubject({ namespace: ns, vmi: main, volume: 'data2' }, 'ready');
+    await bus.js.publish(subject, new TextEncoder().encode('{not json'), { msgID: randomUUID() });
+    const dead = await waitFor(
+      async () => {
+        const msgs = await streamMessages(StreamName.DeadLetters, 'plugline.v1.dlq.spec-watcher');
+        return msgs.find((m) => m.header?.get('Plugline-Subject') === subject);
+      },
+      { timeout: 3000 },
+    );
+    expect(dead.header?.get('Plugline-Reason')).toBe('invalid-json');
+    const counted = (await metrics.deadLetters.get()).values;
+    expect(counted).toContainEqual(
+      expect.objectContaining({
+        labels: { stage: 'spec-watcher', reason: 'invalid-json' },
+        value: 1,
+      }),
+    );
+    const vmi = getVmi(main);
+    const op = (await waitForEvent(main, 'data2', EventType.Requested)).data.operationId;
+    await publishFact(vmi, 'data2', EventType.Failed, {
+      operationId: op,
+      reason: 'Probe',
+      message: 'after the malformed one',
+    });
+    await waitFor(() => kubeEvents(main).some((e) => e.message === 'after the malformed one'));
+  });
+});

@@ -1,0 +1,151 @@
+/** The Markdown summary of a results document, with the targets of issue 10 beside the figures. */
+import type { Results } from './report-types.js';
+import type { Percentiles, Repeated } from './stats.js';
+
+const rep = (r: Repeated): string => `${r.median} (${r.min}–${r.max})`;
+const pct = (p: Percentiles): string => `${p.p50} / ${p.p90} / ${p.p99} (max ${p.max}, n=${p.n})`;
+const ok = (cond: boolean): string => (cond ? 'met' : '**not met**');
+
+function stageTable(stages: Record<string, Percentiles>): string[] {
+  return [
+    '| stage | p50 | p90 | p99 | max |',
+    '|---|---:|---:|---:|---:|',
+    ...Object.entries(stages).map(
+      ([s, p]) => `| ${s} | ${p.p50} | ${p.p90} | ${p.p99} | ${p.max} |`,
+    ),
+  ];
+}
+
+function mapTable(title: string, rows: Record<string, Record<string, number> | number>): string[] {
+  const first = Object.values(rows)[0];
+  if (typeof first === 'object') {
+    const cols = Object.keys(first);
+    return [
+      `| ${title} | ${cols.join(' | ')} |`,
+      `|---|${cols.map(() => '---:').join('|')}|`,
+      ...Object.entries(rows).map(
+        ([k, v]) => `| ${k} | ${cols.map((c) => (v as Record<string, number>)[c]).join(' | ')} |`,
+      ),
+    ];
+  }
+  return [
+    `| ${title} | value |`,
+    '|---|---:|',
+    ...Object.entries(rows).map(
+      ([k, v]) => `| ${k} | ${typeof v === 'number' ? v : JSON.stringify(v)} |`,
+    ),
+  ];
+}
+
+export function renderMarkdown(r: Results, chartFile: string): string {
+  const lines: string[] = [
+    `# Plugline benchmark, ${r.date}`,
+    '',
+    `Machine: ${JSON.stringify(r.machine)}. Run took ${r.durationS} s.`,
+    'All services ran as separate processes (the embedded stack), NATS and kube-sim on loopback.',
+    'Latencies in ms, from the spec patch to the status entry (`Ready`, or removed) as a watch sees it.',
+    'Figures "x (a–b)" are the median over rounds, with min–max.',
+    '',
+    `![latency per stage](${chartFile})`,
+    '',
+  ];
+  const one = r.oneVolume;
+  const floor = r.floor;
+  if (one !== undefined && floor !== undefined) {
+    const a = one.acrossRounds;
+    lines.push(
+      `## 1–2. One volume (${one.rounds} rounds × ${one.opsPerRound} sequential plug + unplug, pod start 0 ms)`,
+      '',
+      '| | p50 | p90 | p99 | target |',
+      '|---|---:|---:|---:|---|',
+      `| chain plug | ${rep(a.plug.p50)} | ${rep(a.plug.p90)} | ${rep(a.plug.p99)} | p50 ≤ 50, p99 ≤ 150: ${ok(a.plug.p50.median <= 50 && a.plug.p99.median <= 150)} |`,
+      `| chain unplug | ${rep(a.unplug.p50)} | ${rep(a.unplug.p90)} | ${rep(a.unplug.p99)} | |`,
+      `| floor plug | ${rep(floor.acrossRounds.plug.p50)} | ${rep(floor.acrossRounds.plug.p90)} | ${rep(floor.acrossRounds.plug.p99)} | |`,
+      `| floor unplug | ${rep(floor.acrossRounds.unplug.p50)} | ${rep(floor.acrossRounds.unplug.p90)} | ${rep(floor.acrossRounds.unplug.p99)} | |`,
+      '',
+      `Overhead ratio (chain p50 / floor p50), plug: **${rep(floor.overheadRatio)}** (target ≤ 1.5: ${ok(floor.overheadRatio.median <= 1.5)}); unplug: ${rep(floor.unplugOverheadRatio)}.`,
+      '',
+      '### Chain plug, per stage (each from the previous fact)',
+      '',
+      ...stageTable(one.plugStages),
+      '',
+      '### Chain unplug, per stage',
+      '',
+      ...stageTable(one.unplugStages),
+      '',
+      '### Floor plug / unplug, per step',
+      '',
+      ...stageTable({ ...floor.plugStages, ...prefixed('unplug: ', floor.unplugStages) }),
+      '',
+    );
+  }
+  const tp = r.throughput;
+  if (tp !== undefined) {
+    lines.push(
+      `## 3. Throughput (${tp.vmis} VMIs × ${tp.volumesPerVmi} volumes, concurrency ${tp.concurrency})`,
+      '',
+      `- plug: **${tp.plug.opsPerSecond} ops/s** over ${tp.plug.wallS} s, latency p50/p90/p99 ${pct(tp.plug.latency)} (target ≥ 100 ops/s with p99 ≤ 1000: ${ok(tp.plug.opsPerSecond >= 100 && tp.plug.latency.p99 <= 1000)})`,
+      `- unplug: **${tp.unplug.opsPerSecond} ops/s** over ${tp.unplug.wallS} s, latency ${pct(tp.unplug.latency)}`,
+      `- correctness: ${JSON.stringify(tp.correctness)}`,
+      '',
+      ...mapTable('CPU ms per operation', tp.cpuMsPerOperation),
+      '',
+    );
+  }
+  const b = r.burst;
+  if (b !== undefined) {
+    lines.push(
+      `## 4. ${b.volumes} volumes at once on one VMI (pod start ${b.podStartLatencyMs} ms)`,
+      '',
+      `- all Ready after **${b.allReadyMs} ms** (target ≤ 3000: ${ok(b.allReadyMs <= 3000)}); per volume ${pct(b.perVolume)}`,
+      `- attachment pods: ${b.attachmentPodsCreated} created (${b.attachmentPodsInEvents} named in attached-to-node facts); ${b.patchConflicts} conflicting client patches retried`,
+      `- all removed again after ${b.allRemovedMs} ms; failed events: ${b.failedEvents}`,
+      '',
+    );
+  }
+  const s = r.scaleOut;
+  if (s !== undefined) {
+    lines.push(
+      `## 5. Scale-out (${s.replicas} replicas of spec-watcher and attachment-orchestrator)`,
+      '',
+      `- plug ${s.throughput.plug.opsPerSecond} ops/s (p99 ${s.throughput.plug.latency.p99} ms), unplug ${s.throughput.unplug.opsPerSecond} ops/s (p99 ${s.throughput.unplug.latency.p99} ms)`,
+      `- throughput ratio (2 replicas / 1): **${s.throughputRatio}**`,
+      `- correctness: ${JSON.stringify(s.throughput.correctness)}`,
+      '',
+    );
+  }
+  lines.push('## 6. Memory (RSS, MiB)', '', ...mapTable('idle', r.rssIdleMiB), '');
+  if (tp !== undefined) {
+    lines.push(...mapTable('while tracking', tp.rssWhileTrackingMiB), '');
+  }
+  lines.push('Targets: ≤ 100 MiB per service idle, ≤ 300 MiB with 10,000 volumes.', '');
+  if (r.profile !== undefined) {
+    lines.push(
+      `## CPU profile of ${r.profile.service} (--cpu-prof, ${r.profile.wallS} s of its life, ${r.profile.busyMs} ms busy, ${r.profile.idleMs} ms idle; percentages of busy time)`,
+      '',
+      ...mapTable(
+        'area (self time)',
+        Object.fromEntries(
+          r.profile.topAreas.map((a) => [a.name, { ms: a.selfMs, percent: a.percent }]),
+        ),
+      ),
+      '',
+      ...mapTable(
+        'function (self time)',
+        Object.fromEntries(
+          r.profile.topFunctions.map((a) => [
+            `\`${a.name}\``,
+            { ms: a.selfMs, percent: a.percent },
+          ]),
+        ),
+      ),
+      '',
+    );
+  }
+  lines.push('## 7. Real guest', '', r.guest.reason, '');
+  return `${lines.join('\n')}\n`;
+}
+
+function prefixed<T>(prefix: string, rec: Record<string, T>): Record<string, T> {
+  return Object.fromEntries(Object.entries(rec).map(([k, v]) => [`${prefix}${k}`, v]));
+}

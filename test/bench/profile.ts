@@ -1,0 +1,73 @@
+/** The top of a V8 CPU profile (`--cpu-prof`): self time by function and by code area. */
+import { readFile } from 'node:fs/promises';
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+
+interface CpuProfile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+  startTime: number;
+  endTime: number;
+}
+
+/** Where code lives: a package under node_modules, a workspace folder, node itself, or V8. */
+export function areaOf(url: string, functionName: string): string {
+  if (url === '') return functionName.startsWith('(') ? functionName : '(native)';
+  const nm = /node_modules\/(?:\.pnpm\/[^/]+\/node_modules\/)?((?:@[^/]+\/)?[^/]+)/.exec(url);
+  if (nm !== null) return nm[1] as string;
+  const ws = /\/(services|packages)\/([^/]+)\//.exec(url);
+  if (ws !== null) return `${ws[1]}/${ws[2]}`;
+  if (url.startsWith('node:')) return url.split('/')[0] as string;
+  return url;
+}
+
+export async function summarizeProfile(file: string, service: string, top = 15) {
+  const profile = JSON.parse(await readFile(file, 'utf8')) as CpuProfile;
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const selfUs = new Map<number, number>();
+  profile.samples.forEach((id, i) => {
+    selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0));
+  });
+  const idleIds = new Set(
+    profile.nodes.filter((n) => n.callFrame.functionName === '(idle)').map((n) => n.id),
+  );
+  const idleUs = [...idleIds].reduce((s, id) => s + (selfUs.get(id) ?? 0), 0);
+  for (const id of idleIds) selfUs.delete(id);
+  // Percentages are of the busy (non-idle) time.
+  const total = [...selfUs.values()].reduce((s, v) => s + v, 0);
+  const fns = new Map<string, number>();
+  const areas = new Map<string, number>();
+  for (const [id, us] of selfUs) {
+    const node = byId.get(id);
+    if (node === undefined) continue;
+    const { functionName, url, lineNumber } = node.callFrame;
+    const short = url.replace(/^.*\/(node_modules|services|packages)\//, '$1/');
+    const fn = `${functionName || '(anonymous)'} ${short}:${lineNumber + 1}`;
+    fns.set(fn, (fns.get(fn) ?? 0) + us);
+    const area = areaOf(url, functionName);
+    areas.set(area, (areas.get(area) ?? 0) + us);
+  }
+  const rank = (m: Map<string, number>) =>
+    [...m.entries()]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, top)
+      .map(([name, us]) => ({
+        name,
+        selfMs: Math.round(us / 1000),
+        percent: Math.round((us / total) * 1000) / 10,
+      }));
+  return {
+    service,
+    file,
+    wallS: Math.round((profile.endTime - profile.startTime) / 1e5) / 10,
+    busyMs: Math.round(total / 1000),
+    idleMs: Math.round(idleUs / 1000),
+    topFunctions: rank(fns),
+    topAreas: rank(areas),
+  };
+}

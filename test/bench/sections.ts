@@ -1,0 +1,455 @@
+/** The measured sections, grouped by the stack they run on. */
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import {
+  createPvc,
+  ensureNamespace,
+  startStack,
+  ServiceName,
+  type Stack,
+  type StackOptions,
+} from '@plugline/cli';
+import { VolumePhase } from '@plugline/contracts';
+import { KubeClient } from '@plugline/kube';
+import { tempDir } from '@plugline/testkit';
+import { bounded, plug, unplug, type OpResult } from './chain.js';
+import { Floor, type FloorOp } from './floor.js';
+import { Observer } from './observer.js';
+import { childrenOf, cpuOf, rssOf, type ProcRef } from './procs.js';
+import { summarizeProfile } from './profile.js';
+import { percentiles, repeated, round, type Percentiles, type Repeated } from './stats.js';
+
+export interface BenchConfig {
+  ops: number;
+  repeat: number;
+  warmup: number;
+  vmis: number;
+  volumesPerVmi: number;
+  concurrency: number;
+  burst: number;
+  burstPodStartMs: number;
+  profile: ServiceName | '';
+  sections: Set<string>;
+  logLevel: string;
+  out: string;
+}
+
+type Log = (msg: string) => void;
+const DETACH_DELAY_MS = 50;
+const SETTLE_MS = 3000;
+
+interface Harness {
+  stack: Stack;
+  client: KubeClient;
+  obs: Observer;
+  procs: () => ProcRef[];
+  stop(): Promise<void>;
+}
+
+/** The stack's processes: the services, and nats-server and kube-sim (children of this process). */
+async function processesOf(stack: Stack): Promise<ProcRef[]> {
+  const refs: ProcRef[] = stack.services.map((s) => ({ id: s.id, pid: s.pid }));
+  for (const pid of childrenOf(process.pid)) {
+    const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.includes('nats-server')) refs.push({ id: 'nats-server', pid });
+    else if (cmd.includes('kube-sim')) refs.push({ id: 'kube-sim', pid });
+  }
+  return refs;
+}
+
+async function harness(
+  options: Partial<StackOptions>,
+  namespaces: string[],
+  cfg: BenchConfig,
+  log: Log,
+): Promise<Harness> {
+  const dir = await tempDir('plugline-bench-');
+  const t = performance.now();
+  const stack = await startStack({
+    dir: dir.path,
+    demo: false,
+    readyTimeoutMs: 120_000,
+    logLevel: cfg.logLevel,
+    serviceEnv: { PLUGLINE_SIM_DETACH_DELAY_MS: String(DETACH_DELAY_MS) },
+    ...options,
+  }).catch(async (err: unknown) => {
+    await dir.remove();
+    throw err;
+  });
+  log(`stack up in ${Math.round(performance.now() - t)} ms (${stack.services.length} services)`);
+  const client = new KubeClient({ kc: stack.kc, fieldManager: 'plugline-bench' });
+  for (const ns of namespaces) await ensureNamespace(stack.kc, ns);
+  const obs = await Observer.start(stack.kc, stack.natsUrl, namespaces);
+  const procs = await processesOf(stack);
+  return {
+    stack,
+    client,
+    obs,
+    procs: () => procs,
+    stop: async () => {
+      await obs.stop().catch(() => undefined);
+      await stack.stop();
+      await dir.remove();
+    },
+  };
+}
+
+async function boundPv(client: KubeClient, ns: string, claim: string): Promise<string> {
+  for (let i = 0; i < 400; i++) {
+    const pvc = await client.getPvc(ns, claim);
+    if (pvc.status?.phase === 'Bound' && pvc.spec?.volumeName) return pvc.spec.volumeName;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`PVC ${ns}/${claim} did not bind`);
+}
+
+/** Per-stage percentiles over a set of operations. */
+function stagePercentiles(ops: { stages: Record<string, number> }[]): Record<string, Percentiles> {
+  const names = [...new Set(ops.flatMap((o) => Object.keys(o.stages)))];
+  return Object.fromEntries(
+    names.map((n) => [n, percentiles(ops.map((o) => o.stages[n] ?? Number.NaN))]),
+  );
+}
+
+interface RoundFigures {
+  plug: Percentiles;
+  unplug: Percentiles;
+}
+
+function acrossRounds(rounds: RoundFigures[]) {
+  const pick = (dir: 'plug' | 'unplug', q: 'p50' | 'p90' | 'p99'): Repeated =>
+    repeated(rounds.map((r) => r[dir][q]));
+  return {
+    plug: { p50: pick('plug', 'p50'), p90: pick('plug', 'p90'), p99: pick('plug', 'p99') },
+    unplug: { p50: pick('unplug', 'p50'), p90: pick('unplug', 'p90'), p99: pick('unplug', 'p99') },
+  };
+}
+
+/** Sections 1 and 2, interleaved round by round so that drift of the machine hits both. */
+async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
+  const { stack, client, obs } = h;
+  const seq = await stack.createVmi({ namespace: 'bench-seq', name: 'vm' });
+  await createPvc(stack.kc, { namespace: 'bench-seq', name: 'disk', mode: 'Filesystem' });
+  const floorVmi = await stack.createVmi({ namespace: 'bench-floor', name: 'vm' });
+  await createPvc(stack.kc, { namespace: 'bench-floor', name: 'disk', mode: 'Filesystem' });
+  const pv = await boundPv(client, 'bench-floor', 'disk');
+  const floor = await Floor.start(
+    client,
+    obs,
+    {
+      ns: 'bench-floor',
+      vmi: 'vm',
+      node: stack.nodes[0] ?? 'node-1',
+      launcherUid: floorVmi.launcher.metadata?.uid ?? '',
+      kubeletRoot: stack.kubeletRoot,
+      claim: 'disk',
+      pv,
+    },
+    stack.dir,
+    DETACH_DELAY_MS,
+  );
+  void seq;
+  const where = { ns: 'bench-seq', vmi: 'vm', volume: 'disk', claim: 'disk' };
+  const stuck: { op: number; error: string; statusPhase: string | null }[] = [];
+  let opIndex = 0;
+  /** A plug and an unplug; an operation that does not finish in 30 s is recorded, not fatal. */
+  const chainOp = async (): Promise<[OpResult, OpResult] | undefined> => {
+    const op = opIndex++;
+    try {
+      return [await plug(client, obs, where, 30_000), await unplug(client, obs, where, 30_000)];
+    } catch (err) {
+      const vmi = await client.getVmi(where.ns, where.vmi);
+      const entry = vmi.status?.volumeStatus?.find((e) => e.name === where.volume);
+      stuck.push({ op, error: String(err), statusPhase: entry?.phase ?? null });
+      log(`chain op ${op} did not finish: ${String(err)} (status phase ${entry?.phase ?? 'none'})`);
+      if ((vmi.spec.volumes ?? []).some((v) => v.name === where.volume)) {
+        await unplug(client, obs, where, 60_000).catch(() => undefined);
+      } else {
+        await obs.untilVolume(`bench-seq/vm/disk`, (v) => v?.present === false, 60_000);
+      }
+      return undefined;
+    }
+  };
+  let podSeq = 0;
+  const floorOp = async (): Promise<[FloorOp, FloorOp]> => {
+    const pod = `hp-floor-${podSeq++}`;
+    return [await floor.plug('disk', pod), await floor.unplug('disk', pod)];
+  };
+  for (let i = 0; i < cfg.warmup; i++) {
+    await chainOp();
+    await floorOp();
+  }
+  const chainPlugs: OpResult[] = [];
+  const chainUnplugs: OpResult[] = [];
+  const floorPlugs: FloorOp[] = [];
+  const floorUnplugs: FloorOp[] = [];
+  const chainRounds: RoundFigures[] = [];
+  const floorRounds: RoundFigures[] = [];
+  const ratioRounds: number[] = [];
+  for (let r = 0; r < cfg.repeat; r++) {
+    const cp: OpResult[] = [];
+    const cu: OpResult[] = [];
+    for (let i = 0; i < cfg.ops; i++) {
+      const pair = await chainOp();
+      if (pair === undefined) continue;
+      cp.push(pair[0]);
+      cu.push(pair[1]);
+    }
+    const fp: FloorOp[] = [];
+    const fu: FloorOp[] = [];
+    for (let i = 0; i < cfg.ops; i++) {
+      const [p, u] = await floorOp();
+      fp.push(p);
+      fu.push(u);
+    }
+    const c = {
+      plug: percentiles(cp.map((o) => o.latencyMs)),
+      unplug: percentiles(cu.map((o) => o.latencyMs)),
+    };
+    const f = {
+      plug: percentiles(fp.map((o) => o.latencyMs)),
+      unplug: percentiles(fu.map((o) => o.latencyMs)),
+    };
+    chainRounds.push(c);
+    floorRounds.push(f);
+    ratioRounds.push(c.plug.p50 / f.plug.p50);
+    log(
+      `round ${r + 1}/${cfg.repeat}: chain plug p50 ${c.plug.p50} p99 ${c.plug.p99}, unplug p50 ${c.unplug.p50}; floor plug p50 ${f.plug.p50}, unplug p50 ${f.unplug.p50}`,
+    );
+    chainPlugs.push(...cp);
+    chainUnplugs.push(...cu);
+    floorPlugs.push(...fp);
+    floorUnplugs.push(...fu);
+  }
+  await floor.close();
+  return {
+    oneVolume: {
+      podStartLatencyMs: 0,
+      opsPerRound: cfg.ops,
+      rounds: cfg.repeat,
+      acrossRounds: acrossRounds(chainRounds),
+      pooled: {
+        plug: percentiles(chainPlugs.map((o) => o.latencyMs)),
+        unplug: percentiles(chainUnplugs.map((o) => o.latencyMs)),
+      },
+      plugStages: stagePercentiles(chainPlugs),
+      unplugStages: stagePercentiles(chainUnplugs),
+      conflicts: chainPlugs.reduce((s, o) => s + o.conflicts, 0),
+      stuck,
+      samples: {
+        plug: chainPlugs.map((o) => round(o.latencyMs)),
+        unplug: chainUnplugs.map((o) => round(o.latencyMs)),
+      },
+    },
+    floor: {
+      acrossRounds: acrossRounds(floorRounds),
+      pooled: {
+        plug: percentiles(floorPlugs.map((o) => o.latencyMs)),
+        unplug: percentiles(floorUnplugs.map((o) => o.latencyMs)),
+      },
+      plugStages: stagePercentiles(floorPlugs),
+      unplugStages: stagePercentiles(floorUnplugs),
+      overheadRatio: repeated(ratioRounds),
+      unplugOverheadRatio: repeated(
+        chainRounds.map((c, i) => c.unplug.p50 / (floorRounds[i]?.unplug.p50 ?? Number.NaN)),
+      ),
+    },
+  };
+}
+
+/** Section 3 (and 5): M VMIs × K volumes plugged, then unplugged, with bounded concurrency. */
+async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
+  const { stack, client, obs } = h;
+  const ns = 'bench-tp';
+  const t = performance.now();
+  await bounded(cfg.vmis, 4, async (i) => {
+    await stack.createVmi({ namespace: ns, name: `vm-${i}` });
+    for (let k = 0; k < cfg.volumesPerVmi; k++) {
+      await createPvc(stack.kc, { namespace: ns, name: `vm-${i}-d${k}`, mode: 'Filesystem' });
+    }
+  });
+  log(`throughput: ${cfg.vmis} VMIs and their PVCs in ${Math.round(performance.now() - t)} ms`);
+  const items = Array.from({ length: cfg.vmis * cfg.volumesPerVmi }, (_, j) => {
+    const i = Math.floor(j / cfg.volumesPerVmi);
+    const k = j % cfg.volumesPerVmi;
+    return { ns, vmi: `vm-${i}`, volume: `d${k}`, claim: `vm-${i}-d${k}` };
+  });
+  const since = performance.now();
+  const cpu0 = cpuOf(h.procs());
+  const p0 = performance.now();
+  const plugs = await bounded(items.length, cfg.concurrency, (j) =>
+    plug(client, obs, items[j]!, 300_000),
+  );
+  const plugWall = (performance.now() - p0) / 1000;
+  const rssLoaded = rssOf(h.procs());
+  const cpu1 = cpuOf(h.procs());
+  const u0 = performance.now();
+  const unplugs = await bounded(items.length, cfg.concurrency, (j) =>
+    unplug(client, obs, items[j]!, 300_000),
+  );
+  const unplugWall = (performance.now() - u0) / 1000;
+  const cpu2 = cpuOf(h.procs());
+  const ops = items.length;
+  const cpuPerOp = Object.fromEntries(
+    Object.keys(cpu0).map((id) => [
+      id,
+      {
+        plugMs: round((((cpu1[id] ?? 0) - (cpu0[id] ?? 0)) / ops) * 1000),
+        unplugMs: round((((cpu2[id] ?? 0) - (cpu1[id] ?? 0)) / ops) * 1000),
+      },
+    ]),
+  );
+  const failed = obs.eventsOfType('failed', since).length;
+  const readyOps = new Set(obs.eventsOfType('ready', since).map((m) => m.event.data.operationId));
+  const readyKeys = new Set(obs.eventsOfType('ready', since).map((m) => m.event.subject));
+  const figures = {
+    vmis: cfg.vmis,
+    volumesPerVmi: cfg.volumesPerVmi,
+    concurrency: cfg.concurrency,
+    podStartLatencyMs: 0,
+    plug: {
+      ops,
+      wallS: round(plugWall),
+      opsPerSecond: round(ops / plugWall),
+      latency: percentiles(plugs.map((o) => o.latencyMs)),
+      stages: stagePercentiles(plugs),
+      conflicts: plugs.reduce((s, o) => s + o.conflicts, 0),
+    },
+    unplug: {
+      ops,
+      wallS: round(unplugWall),
+      opsPerSecond: round(ops / unplugWall),
+      latency: percentiles(unplugs.map((o) => o.latencyMs)),
+      stages: stagePercentiles(unplugs),
+    },
+    cpuMsPerOperation: cpuPerOp,
+    rssWhileTrackingMiB: { volumes: ops, ...rssLoaded },
+    correctness: {
+      allReady: plugs.length === ops,
+      allRemoved: unplugs.length === ops,
+      failedEvents: failed,
+      distinctReadyOperations: readyOps.size,
+      volumesWithReadyEvent: readyKeys.size,
+    },
+  };
+  log(
+    `throughput: plug ${figures.plug.opsPerSecond}/s p99 ${figures.plug.latency.p99} ms; unplug ${figures.unplug.opsPerSecond}/s p99 ${figures.unplug.latency.p99} ms; failed ${failed}`,
+  );
+  return figures;
+}
+
+/** Stack A: idle memory, sections 1, 2, 3, and the CPU profile of one service. */
+export async function runMainStack(cfg: BenchConfig, log: Log) {
+  const profDir = join(cfg.out, 'profiles');
+  const nodeArgs =
+    cfg.profile === ''
+      ? undefined
+      : { [cfg.profile]: ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval=1000'] };
+  const before = new Set(await readdir(profDir).catch(() => [] as string[]));
+  const h = await harness(
+    { podStartLatencyMs: 0, ...(nodeArgs === undefined ? {} : { nodeArgs }) },
+    ['bench-seq', 'bench-floor', 'bench-tp'],
+    cfg,
+    log,
+  );
+  let result: {
+    rssIdleMiB: Record<string, number>;
+    oneVolume?: Awaited<ReturnType<typeof sequential>>['oneVolume'];
+    floor?: Awaited<ReturnType<typeof sequential>>['floor'];
+    throughput?: Awaited<ReturnType<typeof throughput>>;
+  };
+  try {
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
+    result = { rssIdleMiB: rssOf(h.procs()) };
+    log(`idle RSS ${JSON.stringify(result.rssIdleMiB)}`);
+    if (cfg.sections.has('1') || cfg.sections.has('2')) {
+      Object.assign(result, await sequential(h, cfg, log));
+    }
+    if (cfg.sections.has('3')) result.throughput = await throughput(h, cfg, log);
+  } finally {
+    await h.stop();
+  }
+  let profile: Awaited<ReturnType<typeof summarizeProfile>> | undefined;
+  if (cfg.profile !== '') {
+    const files = (await readdir(profDir).catch(() => [] as string[])).filter(
+      // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile: thread 0 is the main thread.
+      (f) => f.endsWith('.cpuprofile') && !before.has(f) && /\.\d+\.0\.\d+\.cpuprofile$/.test(f),
+    );
+    const file = files.sort().at(-1);
+    if (file !== undefined) profile = await summarizeProfile(join(profDir, file), cfg.profile);
+  }
+  return { ...result, profile };
+}
+
+/** Section 4: many volumes at once on one VMI, with a realistic pod start. */
+export async function runBurstStack(cfg: BenchConfig, log: Log) {
+  const ns = 'bench-burst';
+  const h = await harness({ podStartLatencyMs: cfg.burstPodStartMs }, [ns], cfg, log);
+  try {
+    await h.stack.createVmi({ namespace: ns, name: 'vm' });
+    await bounded(cfg.burst, 8, (i) =>
+      createPvc(h.stack.kc, { namespace: ns, name: `disk-${i}`, mode: 'Filesystem' }),
+    );
+    const since = performance.now();
+    const all = Array.from({ length: cfg.burst }, (_, i) => ({
+      ns,
+      vmi: 'vm',
+      volume: `disk-${i}`,
+      claim: `disk-${i}`,
+    }));
+    // 75 concurrent `addvolume`s, as KubeVirt's test does them: each a guarded patch, retried on conflict.
+    const t0 = performance.now();
+    const plugs = await Promise.all(all.map((w) => plug(h.client, h.obs, w, 300_000)));
+    const slowest = Math.max(...plugs.map((p) => p.latencyMs));
+    const lastReady = performance.now() - t0;
+    const attachPods = new Set(
+      h.obs
+        .eventsOfType('attached-to-node', since)
+        .map((m) => m.event.data.attachPod?.uid)
+        .filter((u) => u !== undefined),
+    );
+    const podsSeen = h.obs.podNames(ns, '').filter((n) => !n.startsWith('virt-launcher-'));
+    const u0 = performance.now();
+    await Promise.all(all.map((w) => unplug(h.client, h.obs, w, 300_000)));
+    const allRemovedMs = performance.now() - u0;
+    const figures = {
+      volumes: cfg.burst,
+      podStartLatencyMs: cfg.burstPodStartMs,
+      allReadyMs: round(lastReady),
+      slowestPatchToReadyMs: round(slowest),
+      perVolume: percentiles(plugs.map((p) => p.latencyMs)),
+      attachmentPodsInEvents: attachPods.size,
+      attachmentPodsCreated: podsSeen.length,
+      patchConflicts: plugs.reduce((s, p) => s + p.conflicts, 0),
+      allRemovedMs: round(allRemovedMs),
+      failedEvents: h.obs.eventsOfType('failed', since).length,
+      allReady: plugs.every((p) => Number.isFinite(p.latencyMs)),
+      phase: VolumePhase.Ready,
+    };
+    log(`burst: ${JSON.stringify(figures)}`);
+    return figures;
+  } finally {
+    await h.stop();
+  }
+}
+
+/** Section 5: the throughput run with 2 replicas of spec-watcher and attachment-orchestrator. */
+export async function runScaleOutStack(cfg: BenchConfig, log: Log) {
+  const h = await harness(
+    {
+      podStartLatencyMs: 0,
+      replicas: { [ServiceName.SpecWatcher]: 2, [ServiceName.AttachmentOrchestrator]: 2 },
+    },
+    ['bench-tp'],
+    cfg,
+    log,
+  );
+  try {
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
+    const rssIdleMiB = rssOf(h.procs());
+    return { replicas: 2, rssIdleMiB, throughput: await throughput(h, cfg, log) };
+  } finally {
+    await h.stop();
+  }
+}

@@ -1,0 +1,56 @@
+/** Percentiles and summaries of the benchmark's samples (milliseconds). */
+
+export interface Percentiles {
+  n: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  min: number;
+  max: number;
+  mean: number;
+}
+
+/** Nearest-rank percentile of sorted values (`q` in 0..1). */
+export function percentile(sorted: readonly number[], q: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
+  return sorted[rank] as number;
+}
+
+export function percentiles(values: readonly number[]): Percentiles {
+  const sorted = [...values].filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  const sum = sorted.reduce((s, v) => s + v, 0);
+  return {
+    n: sorted.length,
+    p50: round(percentile(sorted, 0.5)),
+    p90: round(percentile(sorted, 0.9)),
+    p99: round(percentile(sorted, 0.99)),
+    min: round(sorted[0] ?? Number.NaN),
+    max: round(sorted.at(-1) ?? Number.NaN),
+    mean: round(sorted.length === 0 ? Number.NaN : sum / sorted.length),
+  };
+}
+
+/** A figure over repeated runs: the median, with min and max. */
+export interface Repeated {
+  median: number;
+  min: number;
+  max: number;
+  runs: number[];
+}
+
+export function repeated(runs: readonly number[]): Repeated {
+  const sorted = [...runs].filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  return {
+    median: round(percentile(sorted, 0.5)),
+    min: round(sorted[0] ?? Number.NaN),
+    max: round(sorted.at(-1) ?? Number.NaN),
+    runs: runs.map(round),
+  };
+}
+
+export function round(v: number, digits = 2): number {
+  if (!Number.isFinite(v)) return v;
+  const f = 10 ** digits;
+  return Math.round(v * f) / f;
+}
