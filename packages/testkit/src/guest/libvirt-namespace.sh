@@ -60,6 +60,8 @@ fail() {
 trap 'cleanup; exit 0' TERM INT HUP
 for pair in run:/run/libvirt lib:/var/lib/libvirt log:/var/log/libvirt etc:/etc/libvirt; do
   src=$dir/${pair%%:*} dst=${pair#*:}
+  # /run is a tmpfs: /run/libvirt exists only once some libvirtd has run since boot.
+  [ "$dst" = /run/libvirt ] && mkdir -p "$dst"
   [ -d "$dst" ] || fail "$dst is missing (install libvirt-daemon-system)"
   mount --bind "$src" "$dst" || fail "mount --bind $src $dst failed"
 done
