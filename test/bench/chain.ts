@@ -1,12 +1,16 @@
 /** One volume through the chain: the spec patch, then the status entry as the watch reports it. */
 import { performance } from 'node:perf_hooks';
+import { addVolume, removeVolume } from '@plugline/cli';
 import {
   ConflictError,
   VolumePhase,
   addVolumeOptionsFromFlags,
+  applyAddVolumeToSpec,
+  applyRemoveVolumeFromSpec,
   buildAddVolumePatch,
   buildRemoveVolumePatch,
   type AddVolumeOptions,
+  type VirtualMachineInstance,
 } from '@plugline/contracts';
 import type { KubeClient } from '@plugline/kube';
 import type { Observer } from './observer.js';
@@ -143,4 +147,141 @@ export async function bounded<T>(
   };
   await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
   return results;
+}
+
+/** How a burst of volume requests reaches the API server (section 4). */
+export type BurstIssue = { kind: 'addvolume'; concurrency: number } | { kind: 'one-patch' };
+
+export interface BurstResult {
+  /** Per volume: its request sent → its status Ready (plug) or its entry gone (unplug), ms. */
+  latencies: number[];
+  /** First request sent → the last volume Ready (or gone), ms. */
+  allMs: number;
+  /** First request sent → the last request answered (all in the spec), ms. */
+  issuedMs: number;
+  /** Conflicting patch attempts retried. */
+  conflicts: number;
+}
+
+/**
+ * The one guarded patch that changes every volume at once (as virt-api's, for many volumes):
+ * `test` ops on the volumes and disks read, then the new lists; retried on conflict.
+ */
+async function onePatch(
+  client: KubeClient,
+  ns: string,
+  vmi: string,
+  change: (spec: VirtualMachineInstance['spec']) => VirtualMachineInstance['spec'],
+): Promise<number> {
+  const { conflicts } = await sendPatch(client, ns, vmi, (current) => {
+    const after = change(current.spec);
+    const lists = [
+      ['/spec/volumes', current.spec.volumes, after.volumes ?? []],
+      [
+        '/spec/domain/devices/disks',
+        current.spec.domain?.devices?.disks,
+        after.domain.devices.disks ?? [],
+      ],
+    ] as const;
+    return [
+      ...lists.map(([path, before]) => ({ op: 'test' as const, path, value: before ?? null })),
+      ...lists.map(([path, before, value]) => ({
+        op: before !== undefined && before.length > 0 ? ('replace' as const) : ('add' as const),
+        path,
+        value,
+      })),
+    ];
+  });
+  return conflicts;
+}
+
+/**
+ * Plugs `volumes` into one VMI as a burst, issued as `how` says: `addvolume` runs plugctl's
+ * `addVolume` (virtctl's: read, validate, a guarded patch, retried on conflict) for each, at most
+ * `concurrency` at once; `one-patch` adds them all in one guarded patch. Latencies are measured
+ * from each volume's request to its status `Ready`.
+ */
+export async function burstPlug(
+  client: KubeClient,
+  obs: Observer,
+  where: { ns: string; vmi: string; volumes: { volume: string; claim: string }[] },
+  how: BurstIssue,
+  timeoutMs: number,
+): Promise<BurstResult> {
+  const { ns, vmi, volumes } = where;
+  const sentAt = new Map<string, number>();
+  const t0 = performance.now();
+  let conflicts = 0;
+  if (how.kind === 'one-patch') {
+    for (const v of volumes) sentAt.set(v.volume, t0);
+    conflicts = await onePatch(client, ns, vmi, (spec) =>
+      volumes.reduce((acc, v) => applyAddVolumeToSpec(acc, optionsFor(v.claim, v.volume)), spec),
+    );
+  } else {
+    await bounded(volumes.length, how.concurrency, async (i) => {
+      const v = volumes[i]!;
+      sentAt.set(v.volume, performance.now());
+      const r = await addVolume(client, {
+        namespace: ns,
+        vmi,
+        flags: { volumeName: v.claim, diskName: v.volume },
+      });
+      conflicts += r.retries;
+    });
+  }
+  const issuedMs = performance.now() - t0;
+  const ready = await Promise.all(
+    volumes.map((v) =>
+      obs.untilVolume(
+        `${ns}/${vmi}/${v.volume}`,
+        (view) => view?.phase === VolumePhase.Ready,
+        timeoutMs,
+      ),
+    ),
+  );
+  return {
+    latencies: ready.map((t, i) => t - (sentAt.get(volumes[i]!.volume) ?? t0)),
+    allMs: Math.max(...ready) - t0,
+    issuedMs,
+    conflicts,
+  };
+}
+
+/** Unplugs a burst as {@link burstPlug} plugged it; latencies to the status entry gone. */
+export async function burstUnplug(
+  client: KubeClient,
+  obs: Observer,
+  where: { ns: string; vmi: string; volumes: { volume: string }[] },
+  how: BurstIssue,
+  timeoutMs: number,
+): Promise<BurstResult> {
+  const { ns, vmi, volumes } = where;
+  const sentAt = new Map<string, number>();
+  const t0 = performance.now();
+  let conflicts = 0;
+  if (how.kind === 'one-patch') {
+    for (const v of volumes) sentAt.set(v.volume, t0);
+    conflicts = await onePatch(client, ns, vmi, (spec) =>
+      volumes.reduce((acc, v) => applyRemoveVolumeFromSpec(acc, v.volume), spec),
+    );
+  } else {
+    await bounded(volumes.length, how.concurrency, async (i) => {
+      const v = volumes[i]!;
+      sentAt.set(v.volume, performance.now());
+      const r = await removeVolume(client, { namespace: ns, vmi, volumeName: v.volume });
+      conflicts += r.retries;
+    });
+  }
+  const issuedMs = performance.now() - t0;
+  const gone = await Promise.all(
+    volumes.map((v) =>
+      obs.untilVolume(`${ns}/${vmi}/${v.volume}`, (view) => view?.present === false, timeoutMs),
+    ),
+  );
+  return {
+    latencies: gone.map((t, i) => t - (sentAt.get(volumes[i]!.volume) ?? t0)),
+    allMs: Math.max(...gone) - t0,
+    issuedMs,
+    conflicts,
+  };
 }

@@ -3,7 +3,9 @@
  * service a process), measures, writes `bench/results/<date>.{json,md,svg}`, stops everything.
  * Not part of `pnpm test`. Run as root through scripts/with-private-mounts (the root script does).
  *
- *   pnpm bench [-- --ops 200 --repeat 3 --vmis 50 --concurrency 16 --sections 1,2,3,4,5,6]
+ *   pnpm bench [-- --ops 200 --repeat 3 --vmis 50 --concurrency 16 --sections 1,2,3,4,5,6,7]
+ *   section 6: [--memory-vmis 100 --memory-volumes-per-vmi 10 --memory-concurrency 8 --memory-checkpoints 4]
+ *   section 7: [--guest-runs 20 --guest-warmup 2 --guest-bus scsi --guest-pod-start-ms 0]
  */
 import { readlinkSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -15,6 +17,8 @@ import { machineInfo } from './machine.js';
 import { renderMarkdown } from './markdown.js';
 import { renderChart } from './chart.js';
 import { runMainStack, runBurstStack, runScaleOutStack, type BenchConfig } from './sections.js';
+import { runMemoryStack, type MemoryConfig } from './memory.js';
+import { runGuestSection, type GuestConfig } from './guest.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -26,8 +30,16 @@ function inPrivateMountNamespace(): boolean {
   }
 }
 
-function config(): BenchConfig {
+function guestBus(value: string | undefined): GuestConfig['bus'] {
+  if (value === 'scsi' || value === 'virtio') return value;
+  throw new Error('--guest-bus must be scsi or virtio');
+}
+
+function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
+  // `pnpm bench -- --sections 6` passes the `--` on: drop it, or every flag would be a positional.
+  const argv = process.argv.slice(2);
   const { values } = parseArgs({
+    args: argv[0] === '--' ? argv.slice(1) : argv,
     options: {
       ops: { type: 'string', default: '200' },
       repeat: { type: 'string', default: '3' },
@@ -38,7 +50,15 @@ function config(): BenchConfig {
       burst: { type: 'string', default: '75' },
       'burst-pod-start-ms': { type: 'string', default: '1000' },
       profile: { type: 'string', default: ServiceName.SpecWatcher },
-      sections: { type: 'string', default: '1,2,3,4,5,6' },
+      sections: { type: 'string', default: '1,2,3,4,5,6,7' },
+      'memory-vmis': { type: 'string', default: '100' },
+      'memory-volumes-per-vmi': { type: 'string', default: '10' },
+      'memory-concurrency': { type: 'string', default: '8' },
+      'memory-checkpoints': { type: 'string', default: '4' },
+      'guest-runs': { type: 'string', default: '20' },
+      'guest-warmup': { type: 'string', default: '2' },
+      'guest-bus': { type: 'string', default: 'scsi' },
+      'guest-pod-start-ms': { type: 'string', default: '0' },
       'log-level': { type: 'string', default: 'info' },
       out: { type: 'string', default: join(REPO_ROOT, 'bench', 'results') },
     },
@@ -62,6 +82,19 @@ function config(): BenchConfig {
     sections: new Set((values.sections ?? '').split(',').map((s) => s.trim())),
     logLevel: values['log-level'] ?? 'info',
     out: resolve(values.out ?? 'bench/results'),
+    memory: {
+      vmis: Math.max(1, int('memory-vmis')),
+      volumesPerVmi: Math.max(1, int('memory-volumes-per-vmi')),
+      concurrency: Math.max(1, int('memory-concurrency')),
+      checkpoints: Math.max(1, int('memory-checkpoints')),
+    },
+    guest: {
+      runs: Math.max(1, int('guest-runs')),
+      warmup: int('guest-warmup'),
+      bus: guestBus(values['guest-bus']),
+      podStartLatencyMs: int('guest-pod-start-ms'),
+      logLevel: values['log-level'] ?? 'info',
+    },
   };
 }
 
@@ -76,10 +109,17 @@ async function main(): Promise<void> {
   const log = (msg: string): void => console.log(`[bench ${new Date().toISOString()}] ${msg}`);
   log(`config ${JSON.stringify({ ...cfg, sections: [...cfg.sections] })}`);
   const machine = await machineInfo();
-  const main = await runMainStack(cfg, log);
+  // Sections 1–3 run on the main stack, which also gives the idle figure; without them, section 6
+  // (its own stack, idle first) gives it, or nothing does (e.g. `--sections 7`).
+  const needsMain = ['1', '2', '3'].some((s) => cfg.sections.has(s));
+  const main = needsMain ? await runMainStack(cfg, log) : undefined;
   const burst = cfg.sections.has('4') ? await runBurstStack(cfg, log) : undefined;
   const scaleOut = cfg.sections.has('5') ? await runScaleOutStack(cfg, log) : undefined;
-  const tp1 = main.throughput?.plug.opsPerSecond;
+  const memory = cfg.sections.has('6') ? await runMemoryStack(cfg, cfg.memory, log) : undefined;
+  const guest = cfg.sections.has('7')
+    ? await runGuestSection(cfg.guest, log)
+    : { run: false as const, reason: 'not run (section 7 not selected: --sections 7)' };
+  const tp1 = main?.throughput?.plug.opsPerSecond;
   const tp2 = scaleOut?.throughput.plug.opsPerSecond;
   const results = {
     issue: 10,
@@ -87,6 +127,7 @@ async function main(): Promise<void> {
     durationS: Math.round((Date.now() - started.getTime()) / 1000),
     machine,
     config: { ...cfg, sections: [...cfg.sections], out: undefined },
+    rssIdleMiB: main?.rssIdleMiB ?? memory?.rssMiB.idle ?? {},
     ...main,
     burst,
     scaleOut:
@@ -97,11 +138,8 @@ async function main(): Promise<void> {
             throughputRatio:
               tp1 !== undefined && tp2 !== undefined ? Math.round((tp2 / tp1) * 100) / 100 : null,
           },
-    guest: {
-      run: false,
-      reason:
-        'not run: the guest harness (packages/testkit/src/guest) exists, but timing addvolume → the guest reporting the disk is not wired into the benchmark yet',
-    },
+    memory,
+    guest,
   };
   await mkdir(cfg.out, { recursive: true });
   const stamp = started.toISOString().replace(/[:]/g, '-').replace(/\..*$/, '');

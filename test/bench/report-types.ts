@@ -1,5 +1,7 @@
 /** The parts of a results document the Markdown summary and the chart read. */
 import type { Percentiles, Repeated } from './stats.js';
+import type { GuestFigures } from './guest.js';
+import type { MemoryFigures } from './memory.js';
 
 interface Directional<T> {
   plug: T;
@@ -15,6 +17,25 @@ interface ThroughputFigures {
   cpuMsPerOperation: Record<string, { plugMs: number; unplugMs: number }>;
   rssWhileTrackingMiB: Record<string, number>;
   correctness: Record<string, number | boolean>;
+}
+
+/** Section 4: one burst of volumes on one VMI. */
+export interface BurstFigures {
+  /** How the requests were issued. */
+  issue?: string;
+  volumes: number;
+  podStartLatencyMs: number;
+  /** First request → every volume `Ready`. */
+  allReadyMs: number;
+  /** First request → every request answered. */
+  issuedMs?: number;
+  /** Each volume: its request → its `Ready`. */
+  perVolume: Percentiles;
+  attachmentPodsInEvents: number;
+  attachmentPodsCreated: number;
+  patchConflicts: number;
+  allRemovedMs: number;
+  failedEvents: number;
 }
 
 export interface Results {
@@ -39,17 +60,8 @@ export interface Results {
     unplugOverheadRatio: Repeated;
   };
   throughput?: ThroughputFigures;
-  burst?: {
-    volumes: number;
-    podStartLatencyMs: number;
-    allReadyMs: number;
-    perVolume: Percentiles;
-    attachmentPodsInEvents: number;
-    attachmentPodsCreated: number;
-    patchConflicts: number;
-    allRemovedMs: number;
-    failedEvents: number;
-  };
+  /** Section 4, issued through `addvolume`; `others`: the same burst issued otherwise. */
+  burst?: BurstFigures & { others?: BurstFigures[] };
   scaleOut?: {
     replicas: number;
     rssIdleMiB: Record<string, number>;
@@ -64,5 +76,6 @@ export interface Results {
     topFunctions: { name: string; selfMs: number; percent: number }[];
     topAreas: { name: string; selfMs: number; percent: number }[];
   };
-  guest: { run: boolean; reason: string };
+  memory?: MemoryFigures;
+  guest: GuestFigures;
 }

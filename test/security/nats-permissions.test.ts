@@ -3,10 +3,6 @@
  * own work (its consumer, its buckets, the subjects it nudges, facts), and is refused the
  * subjects of another stage.
  */
-import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   connectBus,
   durableName,
@@ -18,13 +14,12 @@ import {
 import { Stage, workSubject } from '@plugline/contracts';
 import { startNats, tempDir, type NatsServer, type TempDir } from '@plugline/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-
-const CONF = fileURLToPath(new URL('../../deploy/nats/plugline.conf', import.meta.url));
+import { renderNatsConf, type NatsUser } from './nats-conf.js';
 const NODE = 'node-1';
 
 interface User {
   stage: Stage;
-  user: string;
+  user: NatsUser;
   env: string;
   node?: string;
   /** A stage this user must not nudge. */
@@ -62,7 +57,7 @@ const USERS: User[] = [
 
 let dir: TempDir;
 let nats: NatsServer;
-const passwords = new Map<string, string>();
+let passwords: ReadonlyMap<NatsUser, string>;
 const buses: Bus[] = [];
 
 function item(stage: Stage, node: string, volume: string) {
@@ -71,7 +66,7 @@ function item(stage: Stage, node: string, volume: string) {
   };
 }
 
-async function as(user: string): Promise<Bus> {
+async function as(user: NatsUser): Promise<Bus> {
   const bus = await connectBus({
     servers: nats.url,
     name: user,
@@ -96,16 +91,9 @@ function violation(bus: Bus, fragment: string): Promise<string> {
 
 beforeAll(async () => {
   dir = await tempDir('plugline-nats-perm-');
-  let conf = readFileSync(CONF, 'utf8');
-  for (const u of [...USERS.map((x) => x.env), 'PLUGCTL']) {
-    const pass = randomBytes(12).toString('hex');
-    conf = conf.replace(`$PLUGLINE_NATS_PASS_${u}`, `"${pass}"`);
-    const user = USERS.find((x) => x.env === u)?.user ?? 'plugctl';
-    passwords.set(user, pass);
-  }
-  const path = join(dir.path, 'plugline.conf');
-  writeFileSync(path, conf);
-  nats = await startNats({ args: ['-c', path] });
+  const conf = await renderNatsConf(dir.path);
+  passwords = conf.passwords;
+  nats = await startNats({ args: ['-c', conf.path] });
 }, 30_000);
 
 afterAll(async () => {
@@ -174,6 +162,12 @@ describe('NATS permissions per service (deploy/nats/plugline.conf)', () => {
       const del = violation(bus, 'STREAM.DELETE');
       bus.nc.publish(`$JS.API.STREAM.DELETE.${StreamName.Work}`, '');
       expect(await del).toMatch(/permission/i);
+      // By sequence, a get or delete cannot be scoped to a stage's subjects (deploy/nats/README.md).
+      for (const op of ['MSG.GET', 'MSG.DELETE']) {
+        const bySeq = violation(bus, `STREAM.${op}.${StreamName.Work}`);
+        bus.nc.publish(`$JS.API.STREAM.${op}.${StreamName.Work}`, JSON.stringify({ seq: 1 }));
+        expect(await bySeq).toMatch(/permission/i);
+      }
     }, 30_000);
   }
 });

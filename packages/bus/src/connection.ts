@@ -4,10 +4,17 @@ import {
   type JetStreamClient,
   type JetStreamManager,
 } from '@nats-io/jetstream';
+import { readFileSync } from 'node:fs';
 import { Kvm } from '@nats-io/kv';
-import type { NatsConnection } from '@nats-io/nats-core';
+import {
+  credsAuthenticator,
+  type ConnectionOptions,
+  type NatsConnection,
+} from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
+import { ConfigError } from '@plugline/contracts';
 import { silentLogger, type Logger } from '@plugline/telemetry';
+import type { NatsAuth } from './service-config.js';
 import {
   parseServerVersion,
   requireFeatures,
@@ -20,6 +27,8 @@ export interface BusOptions {
   servers: string | readonly string[];
   /** Connection name shown by the server (`/connz`), e.g. `node-mounter@node-1`. */
   name?: string;
+  /** The service's credentials (`ServiceBaseConfig.natsAuth`); wins over `user`/`pass`/`token`. */
+  auth?: NatsAuth;
   user?: string;
   pass?: string;
   token?: string;
@@ -61,9 +70,7 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
   const nc = await connect({
     servers,
     name: options.name,
-    user: options.user,
-    pass: options.pass,
-    token: options.token,
+    ...credentials(options),
     reconnect: true,
     maxReconnectAttempts: options.maxReconnectAttempts ?? -1,
     reconnectTimeWait: options.reconnectTimeWaitMs ?? 250,
@@ -110,4 +117,30 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
     close: () => finish('close'),
     [Symbol.asyncDispose]: () => finish('close'),
   };
+}
+
+/** The nats.js options for `options.auth` (or the plain `user`/`pass`/`token`). */
+function credentials(
+  options: BusOptions,
+): Pick<ConnectionOptions, 'user' | 'pass' | 'token' | 'authenticator'> {
+  const auth = options.auth;
+  if (auth === undefined) return { user: options.user, pass: options.pass, token: options.token };
+  switch (auth.kind) {
+    case 'user':
+      return { user: auth.user, pass: auth.password.reveal() };
+    case 'token':
+      return { token: auth.token.reveal() };
+    case 'creds':
+      readCreds(auth.credsFile); // fail fast, naming the file, rather than inside the handshake
+      // Read at every (re)connect, so a rotated creds file is used without a restart.
+      return { authenticator: credsAuthenticator(() => readCreds(auth.credsFile)) };
+  }
+}
+
+function readCreds(path: string): Uint8Array {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new ConfigError('NATS_CREDS', `cannot read the creds file ${path}`, { cause: err });
+  }
 }

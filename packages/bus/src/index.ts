@@ -71,6 +71,8 @@ export {
   envAbsolutePath,
   envLogLevel,
   envNatsUrls,
+  envNatsAuth,
+  Secret,
   absolutePath,
   serviceBaseDefaults,
   parseServiceBaseConfig,
@@ -78,7 +80,7 @@ export {
   DEFAULT_LEASE_TTL_MS,
   parseNodeConfig,
 } from './service-config.js';
-export type { Env, ServiceBaseConfig, NodeConfig } from './service-config.js';
+export type { Env, ServiceBaseConfig, NodeConfig, NatsAuth } from './service-config.js';
 
 export { runServiceMain } from './service-main.js';
 export type { RunningService, ServiceMainOptions } from './service-main.js';

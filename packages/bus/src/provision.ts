@@ -1,14 +1,19 @@
 import {
   AckPolicy,
   DiscardPolicy,
+  jetstream,
+  JetStreamApiError,
   RetentionPolicy,
   StorageType,
   type ConsumerConfig,
+  type JetStreamManager,
   type StreamConfig,
 } from '@nats-io/jetstream';
-import type { KV } from '@nats-io/kv';
-import { ConfigError, workFilter, type Stage } from '@plugline/contracts';
+import { Kvm, type KV } from '@nats-io/kv';
+import { NoRespondersError, RequestError, TimeoutError } from '@nats-io/nats-core';
+import { ConfigError, PluglineError, workFilter, type Stage } from '@plugline/contracts';
 import type { Bus } from './connection.js';
+import { abortableDelay } from './publish.js';
 import { durableName, leaseBucket, snapshotBucket, STREAM_SUBJECTS, StreamName } from './names.js';
 import { checkConsumerConfig, checkStreamConfig } from './version.js';
 
@@ -26,6 +31,14 @@ export interface StreamOptions {
   duplicateWindowMs?: number;
   /** Memory instead of file storage (tests, benchmarks). Default false. */
   memory?: boolean;
+  /**
+   * Timeout of each provisioning API call. Default 5 s on one server, 30 s with replicas > 1: a
+   * fresh 2.9 cluster takes longer than the client's 5 s to place an R3 stream while other
+   * services provision at the same time.
+   */
+  apiTimeoutMs?: number;
+  /** How long a call failing transiently (timeout, no leader yet, a race) is retried. Default 60 s. */
+  retryForMs?: number;
 }
 
 export interface ConsumerOptions {
@@ -91,19 +104,104 @@ function isNotFound(err: unknown): boolean {
   );
 }
 
-/** Creates the three streams, or updates them to the given settings. Idempotent. */
+/** Provisioning kept failing transiently (timeouts, no leader) for the whole retry period. */
+export class ProvisionError extends PluglineError {
+  override name = 'ProvisionError';
+  constructor(
+    readonly what: string,
+    retriedMs: number,
+    cause: unknown,
+  ) {
+    super('ProvisionFailed', `could not provision ${what} within ${retriedMs} ms`, { cause });
+  }
+}
+
+/**
+ * JetStream API error codes worth another try: the cluster has no leader yet (10008), cannot
+ * place the replicas yet (10005 no suitable peers, 10023 insufficient resources), or another
+ * service created the same stream (10058) or consumer (10013, 10148) a moment before us.
+ */
+const TRANSIENT_API_CODES = new Set([10005, 10008, 10013, 10023, 10058, 10148]);
+
+/** True for failures that go away by themselves on a cluster forming or failing over. */
+export function isTransientProvisionError(err: unknown): boolean {
+  if (err instanceof TimeoutError || err instanceof NoRespondersError) return true;
+  // A request error is as transient as its cause (a permission violation is not).
+  if (err instanceof RequestError) return isTransientProvisionError(err.cause);
+  if (err instanceof JetStreamApiError) {
+    return TRANSIENT_API_CODES.has(err.code) || err.status >= 500;
+  }
+  return err instanceof Error && /timeout|temporarily unavailable|no responders/i.test(err.message);
+}
+
+/** The provisioning handles: the bus's own, or ones with a longer API timeout on a cluster. */
+interface Provisioner {
+  jsm: JetStreamManager;
+  kvm: Kvm;
+  retryForMs: number;
+}
+
+async function provisioner(bus: Bus, o: StreamOptions): Promise<Provisioner> {
+  const retryForMs = o.retryForMs ?? 60_000;
+  const timeout = o.apiTimeoutMs ?? ((o.replicas ?? 1) > 1 ? 30_000 : undefined);
+  if (timeout === undefined) return { jsm: bus.jsm, kvm: bus.kvm, retryForMs };
+  const js = jetstream(bus.nc, { timeout });
+  return { jsm: await js.jetstreamManager(), kvm: new Kvm(js), retryForMs };
+}
+
+/**
+ * Runs `attempt` again after transient failures (see {@link isTransientProvisionError}), with a
+ * doubling delay, for up to `retryForMs`. Every attempt re-reads the current state, so a retry
+ * after a lost answer or a racing creator finds the object and does not create it twice.
+ */
+async function withRetries<T>(what: string, p: Provisioner, attempt: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + p.retryForMs;
+  let delay = 100;
+  for (;;) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (!isTransientProvisionError(err)) throw err;
+      if (Date.now() + delay > deadline) throw new ProvisionError(what, p.retryForMs, err);
+      await abortableDelay(delay);
+      delay = Math.min(delay * 2, 2000);
+    }
+  }
+}
+
+/** True when `actual` has every field of `wanted` (deep, as JSON). */
+function hasSettings(actual: object, wanted: object): boolean {
+  const a = actual as Record<string, unknown>;
+  return Object.entries(wanted).every(
+    ([k, v]) => v === undefined || JSON.stringify(a[k]) === JSON.stringify(v),
+  );
+}
+
+/**
+ * Creates the three streams, or updates them to the given settings (replicas included); a stream
+ * that already has them is left alone, so services starting after `plugctl up` (or a test)
+ * provisioned only read. Idempotent, and safe to run from several services at once.
+ */
 export async function ensureStreams(bus: Bus, options: StreamOptions = {}): Promise<void> {
+  const p = await provisioner(bus, options);
   for (const config of streamConfigs(options)) {
     checkStreamConfig(bus.serverVersion, config);
-    const name = config.name;
-    try {
-      const info = await bus.jsm.streams.info(name);
-      const { storage: _storage, retention: _retention, ...changeable } = config;
-      await bus.jsm.streams.update(name, { ...info.config, ...changeable });
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-      await bus.jsm.streams.add(config);
-    }
+    await withRetries(`stream ${config.name}`, p, () => ensureStream(p.jsm, config));
+  }
+}
+
+async function ensureStream(
+  jsm: JetStreamManager,
+  config: Partial<StreamConfig> & { name: string },
+): Promise<void> {
+  const { storage: _storage, retention: _retention, ...changeable } = config;
+  try {
+    const info = await jsm.streams.info(config.name);
+    if (hasSettings(info.config, changeable)) return;
+    await jsm.streams.update(config.name, { ...info.config, ...changeable });
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+    await jsm.streams.add(config);
   }
 }
 
@@ -132,18 +230,28 @@ export function consumerConfig(o: ConsumerOptions): Partial<ConsumerConfig> {
 }
 
 /** Creates a stage's durable pull consumer, or updates its settings. Idempotent. */
-export async function ensureConsumer(bus: Bus, options: ConsumerOptions): Promise<string> {
+export async function ensureConsumer(
+  bus: Bus,
+  options: ConsumerOptions,
+  streamOptions: StreamOptions = {},
+): Promise<string> {
   const config = consumerConfig(options);
   checkConsumerConfig(bus.serverVersion, config);
   const name = config.durable_name!;
-  try {
-    await bus.jsm.consumers.info(StreamName.Work, name);
+  const p = await provisioner(bus, streamOptions);
+  await withRetries(`consumer ${name}`, p, async () => {
     const { durable_name: _d, filter_subject: _f, ack_policy: _a, ...changeable } = config;
-    await bus.jsm.consumers.update(StreamName.Work, name, changeable);
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-    await bus.jsm.consumers.add(StreamName.Work, config);
-  }
+    try {
+      const info = await p.jsm.consumers.info(StreamName.Work, name);
+      // With a backoff the server keeps its own ack wait: compare the rest.
+      const { ack_wait: _w, ...compared } = changeable;
+      if (hasSettings(info.config, config.backoff ? compared : changeable)) return;
+      await p.jsm.consumers.update(StreamName.Work, name, changeable);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      await p.jsm.consumers.add(StreamName.Work, config);
+    }
+  });
   return name;
 }
 
@@ -153,37 +261,62 @@ export interface StageBuckets {
   leases: KV;
 }
 
-/** Creates (or opens) a stage's snapshot and lease buckets. Idempotent. */
+/** The replicas of the work stream (1 when it cannot be read): what a stage's buckets follow. */
+export async function workStreamReplicas(bus: Bus): Promise<number> {
+  try {
+    const info = await bus.jsm.streams.info(StreamName.Work);
+    return Math.max(1, info.config.num_replicas);
+  } catch {
+    return 1;
+  }
+}
+
+/**
+ * Creates (or opens) a stage's snapshot and lease buckets. Idempotent. Without `replicas` the
+ * buckets get the work stream's. With more than one replica the returned handles read through
+ * the bucket's stream leader (no direct get): a follower, e.g. a node just back, can answer a
+ * direct get with a value older than the last write, and a stale lease or snapshot read would
+ * only end in compare-and-set conflicts (or worse, an unchanged snapshot is not even written).
+ */
 export async function ensureStageBuckets(
   bus: Bus,
   stage: Stage,
   options: StreamOptions = {},
 ): Promise<StageBuckets> {
+  const replicas = options.replicas ?? (await workStreamReplicas(bus));
+  const o = { ...options, replicas };
+  const p = await provisioner(bus, o);
   const common = {
-    replicas: options.replicas ?? 1,
+    replicas,
     history: 1,
     storage: options.memory ? StorageType.Memory : StorageType.File,
+    ...(replicas > 1 ? { allow_direct: false } : {}),
   };
+  const create = (name: string, description: string): Promise<KV> =>
+    withRetries(`bucket ${name}`, p, () => p.kvm.create(name, { ...common, description }));
   const [snapshots, leases] = await Promise.all([
-    bus.kvm.create(snapshotBucket(stage), {
-      ...common,
-      description: `Plugline ${stage} machine snapshots`,
-    }),
-    bus.kvm.create(leaseBucket(stage), { ...common, description: `Plugline ${stage} unit leases` }),
+    create(snapshotBucket(stage), `Plugline ${stage} machine snapshots`),
+    create(leaseBucket(stage), `Plugline ${stage} unit leases`),
   ]);
-  return { snapshots, leases };
+  if (replicas === 1 && p.kvm === bus.kvm) return { snapshots, leases };
+  // The handles of the provisioning timeout would make every lease renewal wait that long.
+  const [s2, l2] = await Promise.all([
+    bus.kvm.open(snapshotBucket(stage)),
+    bus.kvm.open(leaseBucket(stage)),
+  ]);
+  return { snapshots: s2, leases: l2 };
 }
 
 /**
  * Provisions everything of ARCHITECTURE.md §2: the work, event and dead-letter streams, and for
  * each consumer spec its durable consumer and its stage's KV buckets. Safe to run at every start
- * of every replica.
+ * of every replica; what already has the wanted settings is only read.
  */
 export async function provision(bus: Bus, options: ProvisionOptions = {}): Promise<void> {
   await ensureStreams(bus, options);
   const stages = new Set<Stage>();
   for (const consumer of options.consumers ?? []) {
-    await ensureConsumer(bus, consumer);
+    await ensureConsumer(bus, consumer, options);
     stages.add(consumer.stage);
   }
   for (const stage of stages) await ensureStageBuckets(bus, stage, options);

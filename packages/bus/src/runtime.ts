@@ -276,6 +276,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   #inFlight = 0;
   #stopping: Promise<void> | undefined;
   #reaper: NodeJS.Timeout | undefined;
+  /** The last reaper check saw more items of this filter than pending + unacknowledged. */
+  #leftoversSeen = false;
 
   constructor(options: StageOptions<TMachine>) {
     this.#o = options;
@@ -325,24 +327,33 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
 
   /**
    * nats-server 2.9 can keep work items its consumer is done with (after a crash its store still
-   * holds items whose removal was lost; its per-subject index may not even find them). Such an
-   * item is never delivered again and would sit in the work queue for ever. When this consumer is
-   * idle (nothing pending, nothing unacknowledged), every item of its filter up to its delivered
-   * sequence is done (one consumer per filter on a work queue), so each left is deleted — checked
-   * at start and every ack wait. Looked up by sequence (the subject lookups are what 2.9 loses),
-   * and deleted one by one (a filtered purge on 2.9 moves every consumer past the purged sequence).
+   * holds items whose removal was lost; after a cluster node comes back, a new stream leader may
+   * never have seen the acknowledgement remove them). Such an item is never delivered again and
+   * would sit in the work queue for ever. The stream holds, for this consumer's filter, its
+   * pending and unacknowledged items and nothing else (one consumer per filter on a work queue);
+   * when it holds more, the extra ones are acknowledged leftovers, all at or below the ack floor
+   * (or the delivered sequence when nothing is outstanding), and are deleted once two checks in
+   * a row saw them (at start, then every ack wait), busy or not. Looked up by sequence (the
+   * subject lookups are what 2.9 loses), and deleted one by one (a filtered purge on 2.9 moves
+   * every consumer past the purged sequence).
    */
   async #reapAcknowledged(): Promise<number> {
     const { jsm, nc } = this.#o.bus;
     const info = await jsm.consumers.info(StreamName.Work, this.consumer);
     const filter = info.config.filter_subject;
-    if (info.num_pending > 0 || info.num_ack_pending > 0) return 0;
     if (filter === undefined || filter === '') return 0;
-    const upTo = info.delivered.stream_seq;
+    const outstanding = info.num_pending + info.num_ack_pending;
+    const upTo = outstanding === 0 ? info.delivered.stream_seq : info.ack_floor.stream_seq;
     const stream = await jsm.streams.info(StreamName.Work, { subjects_filter: filter });
-    if (Object.keys(stream.state.subjects ?? {}).length === 0) return 0;
+    const held = Object.values(stream.state.subjects ?? {}).reduce((a, n) => a + n, 0);
+    const leftovers = held - outstanding;
+    // Two reads a moment apart can count an item acknowledged in between: scan only when the
+    // previous check (an ack wait ago) saw leftovers too.
+    const suspected = this.#leftoversSeen;
+    this.#leftoversSeen = leftovers > 0;
+    if (leftovers <= 0 || !suspected || upTo < stream.state.first_seq) return 0;
     let reaped = 0;
-    for (let seq = Math.max(1, stream.state.first_seq); seq <= upTo; seq++) {
+    for (let seq = Math.max(1, stream.state.first_seq); seq <= upTo && reaped < leftovers; seq++) {
       const reply = await nc.request(
         `$JS.API.STREAM.MSG.GET.${StreamName.Work}`,
         JSON.stringify({ seq }),

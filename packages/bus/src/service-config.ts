@@ -1,4 +1,5 @@
 import { isAbsolute } from 'node:path';
+import { inspect } from 'node:util';
 
 import { ConfigError, isName } from '@plugline/contracts';
 import { LogLevel } from '@plugline/telemetry';
@@ -97,6 +98,13 @@ export function envNatsUrls(env: Env): string[] {
     .filter((u) => u !== '');
   if (urls.length === 0) throw new ConfigError('NATS_URL', 'is required');
   for (const url of urls) {
+    // Checked first, and the URL is not echoed: it would carry the password into the error.
+    if (url.includes('@')) {
+      throw new ConfigError(
+        'NATS_URL',
+        'must not carry credentials (nats.js ignores user:pass@ in a URL): set NATS_USER and NATS_PASSWORD, NATS_TOKEN or NATS_CREDS',
+      );
+    }
     if (!NATS_SERVER_URL.test(url) && !NATS_HOST_PORT.test(url)) {
       throw new ConfigError('NATS_URL', `not a NATS server URL: ${JSON.stringify(url)}`);
     }
@@ -104,10 +112,83 @@ export function envNatsUrls(env: Env): string[] {
   return urls;
 }
 
+const REDACTED = '[redacted]';
+
+/**
+ * A secret read from the environment (a NATS password or token). It shows as `[redacted]` in
+ * JSON (pino), string conversion and `util.inspect`, so a logged or printed config never carries
+ * it; {@link Secret.reveal} hands the value to the one place that needs it (the connection).
+ */
+export class Secret {
+  readonly #value: string;
+  constructor(value: string) {
+    this.#value = value;
+  }
+  reveal(): string {
+    return this.#value;
+  }
+  toJSON(): string {
+    return REDACTED;
+  }
+  toString(): string {
+    return REDACTED;
+  }
+  [inspect.custom](): string {
+    return `Secret(${REDACTED})`;
+  }
+}
+
+/**
+ * How a service authenticates to NATS: as its own user (`deploy/nats/plugline.conf` has one per
+ * service), with a token, or with a decentralised-auth creds file (JWT + nkey seed).
+ */
+export type NatsAuth =
+  | { readonly kind: 'user'; readonly user: string; readonly password: Secret }
+  | { readonly kind: 'token'; readonly token: Secret }
+  | { readonly kind: 'creds'; readonly credsFile: string };
+
+/**
+ * The NATS credentials: `NATS_USER` + `NATS_PASSWORD`, or `NATS_TOKEN`, or `NATS_CREDS` (absolute
+ * path of a creds file, read at each connect so a rotated file is picked up), at most one kind;
+ * none means an unauthenticated connection. Credentials in `NATS_URL` (`nats://u:p@host`) are
+ * refused: nats.js v3 ignores them, so the service would silently connect without them.
+ */
+export function envNatsAuth(env: Env): NatsAuth | undefined {
+  const user = envText(env, 'NATS_USER');
+  const password = envText(env, 'NATS_PASSWORD');
+  const token = envText(env, 'NATS_TOKEN');
+  const creds = envText(env, 'NATS_CREDS');
+  const given = [
+    user !== undefined || password !== undefined ? 'NATS_USER/NATS_PASSWORD' : undefined,
+    token !== undefined ? 'NATS_TOKEN' : undefined,
+    creds !== undefined ? 'NATS_CREDS' : undefined,
+  ].filter((g) => g !== undefined);
+  if (given.length > 1) {
+    throw new ConfigError(
+      given[1] === 'NATS_TOKEN' ? 'NATS_TOKEN' : 'NATS_CREDS',
+      `set only one way to authenticate to NATS, got ${given.join(' and ')}`,
+    );
+  }
+  if (user !== undefined && password === undefined) {
+    throw new ConfigError('NATS_PASSWORD', 'is required when NATS_USER is set');
+  }
+  if (password !== undefined && user === undefined) {
+    throw new ConfigError('NATS_USER', 'is required when NATS_PASSWORD is set');
+  }
+  if (user !== undefined && password !== undefined) {
+    return { kind: 'user', user, password: new Secret(password) };
+  }
+  if (token !== undefined) return { kind: 'token', token: new Secret(token) };
+  if (creds !== undefined) return { kind: 'creds', credsFile: absolutePath('NATS_CREDS', creds) };
+  return undefined;
+}
+
 /** The variables every service reads. */
 export interface ServiceBaseConfig {
   /** `NATS_URL` (comma-separated, required). */
   readonly natsUrls: readonly string[];
+  /** `NATS_USER`+`NATS_PASSWORD`, `NATS_TOKEN` or `NATS_CREDS` (default: none). */
+  readonly natsAuth: NatsAuth | undefined;
   /** `KUBECONFIG` (path, required). */
   readonly kubeconfig: string;
   /** `LOG_LEVEL` (default `info`). */
@@ -129,6 +210,7 @@ export interface ServiceBaseConfig {
 /** The defaults of the {@link ServiceBaseConfig} variables that have one. */
 export function serviceBaseDefaults(): Omit<ServiceBaseConfig, 'natsUrls' | 'kubeconfig'> {
   return {
+    natsAuth: undefined,
     logLevel: LogLevel.Info,
     logPretty: false,
     healthPort: 0,
@@ -144,6 +226,7 @@ export function parseServiceBaseConfig(env: Env): ServiceBaseConfig {
   const d = serviceBaseDefaults();
   return {
     natsUrls: Object.freeze(envNatsUrls(env)),
+    natsAuth: envNatsAuth(env),
     kubeconfig: envRequired(env, 'KUBECONFIG'),
     logLevel: envLogLevel(env, d.logLevel),
     logPretty: envBoolean(env, 'LOG_PRETTY', d.logPretty),

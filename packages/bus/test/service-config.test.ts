@@ -1,12 +1,16 @@
+import { inspect } from 'node:util';
 import { ConfigError } from '@plugline/contracts';
+import { createLogger } from '@plugline/telemetry';
 import { describe, expect, it } from 'vitest';
 
 import {
   envBoolean,
   envInteger,
+  envNatsAuth,
   envNatsUrls,
   parseNodeConfig,
   parseServiceBaseConfig,
+  Secret,
 } from '../src/index.js';
 
 const base = { NATS_URL: 'nats://127.0.0.1:4333, 127.0.0.1:4334', KUBECONFIG: '/k' };
@@ -73,6 +77,65 @@ describe('env readers', () => {
       'wss://h/p',
       'h-1.x:4222',
     ]);
+  });
+});
+
+describe('NATS credentials', () => {
+  const PASSWORD = 's3cr3t-pa55word';
+
+  it('reads NATS_USER + NATS_PASSWORD, NATS_TOKEN or NATS_CREDS, or none', () => {
+    const user = envNatsAuth({ NATS_USER: 'spec-watcher', NATS_PASSWORD: PASSWORD });
+    expect(user).toMatchObject({ kind: 'user', user: 'spec-watcher' });
+    expect(user?.kind === 'user' && user.password.reveal()).toBe(PASSWORD);
+    const token = envNatsAuth({ NATS_TOKEN: 't0ken' });
+    expect(token?.kind === 'token' && token.token.reveal()).toBe('t0ken');
+    expect(envNatsAuth({ NATS_CREDS: '/etc/nats/sw.creds' })).toEqual({
+      kind: 'creds',
+      credsFile: '/etc/nats/sw.creds',
+    });
+    expect(envNatsAuth({ NATS_USER: ' ', NATS_PASSWORD: '' })).toBeUndefined();
+    expect(parseServiceBaseConfig(base).natsAuth).toBeUndefined();
+  });
+
+  it.each([
+    ['NATS_PASSWORD', { NATS_USER: 'spec-watcher' }],
+    ['NATS_USER', { NATS_PASSWORD: PASSWORD }],
+    ['NATS_TOKEN', { NATS_USER: 'u', NATS_PASSWORD: PASSWORD, NATS_TOKEN: 't' }],
+    ['NATS_CREDS', { NATS_TOKEN: 't', NATS_CREDS: '/c.creds' }],
+    ['NATS_CREDS', { NATS_CREDS: 'relative.creds' }],
+    ['NATS_URL', { NATS_URL: `nats://spec-watcher:${PASSWORD}@127.0.0.1:4222` }],
+    ['NATS_URL', { NATS_URL: `nats://127.0.0.1:4222,u:${PASSWORD}@h:4222` }],
+  ])('fails fast naming %s, without echoing the password', (field, overrides) => {
+    let message = '';
+    expect(
+      fieldOf(() => {
+        try {
+          parseServiceBaseConfig({ ...base, ...overrides });
+        } catch (err) {
+          message = (err as Error).message;
+          throw err;
+        }
+      }),
+    ).toBe(field);
+    expect(message).not.toContain(PASSWORD);
+  });
+
+  it('never shows the password or token in the logged, printed or inspected config', () => {
+    for (const env of [
+      { NATS_USER: 'spec-watcher', NATS_PASSWORD: PASSWORD },
+      { NATS_TOKEN: PASSWORD },
+    ]) {
+      const config = parseServiceBaseConfig({ ...base, ...env });
+      let logged = '';
+      const logger = createLogger({ level: 'info' }, { write: (line: string) => (logged += line) });
+      logger.info({ config, natsAuth: config.natsAuth }, 'config');
+      expect(logged).toContain('[redacted]');
+      expect(logged).not.toContain(PASSWORD);
+      expect(JSON.stringify(config)).not.toContain(PASSWORD);
+      expect(inspect(config, { depth: 10 })).not.toContain(PASSWORD);
+      expect(`${String(Object.values(config.natsAuth ?? {}))}`).not.toContain(PASSWORD);
+    }
+    expect(new Secret(PASSWORD).reveal()).toBe(PASSWORD);
   });
 });
 

@@ -52,5 +52,15 @@ export {
   ServiceName,
   SERVICE_NAMES,
   Hypervisor,
+  ServiceRuntime,
 } from './stack.js';
 export type { Stack, StackOptions, StackService, HealthRow, LibvirtHost } from './stack.js';
+export {
+  buildBundles,
+  ensureBundles,
+  staleReason,
+  bundlePath,
+  BUNDLE_ENTRIES,
+  DEFAULT_BUNDLE_DIR,
+} from './bundle.js';
+export type { BundleEntry, BuildResult } from './bundle.js';

@@ -16,6 +16,7 @@ import {
   removeTree,
 } from './volumes.js';
 import type { KubeletLayout, LoopDevice } from './volumes.js';
+import { cloneJson } from './json.js';
 import { Timers, WorkQueue } from './workqueue.js';
 
 type Obj = Record<string, unknown>;
@@ -323,7 +324,7 @@ export class KubeletSim {
       return;
     }
     const node = nodes[this.ipCounter % nodes.length]!.metadata!.name!;
-    const bound = structuredClone(pod);
+    const bound = cloneJson(pod);
     (bound.spec as PodSpec).nodeName = node;
     this.store.update(Types.pods, meta.name!, bound, { namespace: meta.namespace });
     this.scheduler.record(
@@ -367,7 +368,7 @@ export class KubeletSim {
   private selectNode(pvc: KubeObject, node: string): void {
     if (!waitsForConsumer(pvc, this.opts.waitForFirstConsumerClasses)) return;
     if (pvc.metadata?.annotations?.[SELECTED_NODE]) return;
-    const next = structuredClone(pvc);
+    const next = cloneJson(pvc);
     next.metadata!.annotations = { ...next.metadata!.annotations, [SELECTED_NODE]: node };
     this.store.update(Types.persistentvolumeclaims, pvc.metadata!.name!, next, {
       namespace: pvc.metadata?.namespace,

@@ -1,4 +1,5 @@
 import { ApiError, StatusReason, badRequest } from './errors.js';
+import { cloneJson } from './json.js';
 
 type Json = unknown;
 type JsonObject = Record<string, Json>;
@@ -8,7 +9,7 @@ function isObject(value: Json): value is JsonObject {
 }
 
 function clone<T>(value: T): T {
-  return structuredClone(value);
+  return cloneJson(value);
 }
 
 function patchFailed(message: string): ApiError {

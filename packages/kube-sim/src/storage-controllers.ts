@@ -4,6 +4,7 @@ import { Types, apiVersionOf } from './resources.js';
 import type { KubeObject } from './resources.js';
 import type { Store, StoreWatch } from './store.js';
 import { CSI_DRIVER } from './volumes.js';
+import { cloneJson } from './json.js';
 import { Timers, WorkQueue } from './workqueue.js';
 
 /** Annotations that steer the simulated storage (failure injection and timing). */
@@ -173,7 +174,7 @@ export class StorageControllers {
       };
       this.store.create(Types.persistentvolumes, pv, { internal: true });
     }
-    const bound = structuredClone(pvc);
+    const bound = cloneJson(pvc);
     bound.spec = { ...s, volumeName: pvName };
     bound.metadata!.annotations = {
       ...meta.annotations,
@@ -208,7 +209,7 @@ export class StorageControllers {
   releaseVolume(pvName: string): void {
     const pv = this.store.peek(Types.persistentvolumes, undefined, pvName);
     if (!pv) return;
-    const next = structuredClone(pv);
+    const next = cloneJson(pv);
     delete next.metadata!.finalizers;
     try {
       this.store.update(Types.persistentvolumes, pvName, next);

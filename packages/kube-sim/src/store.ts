@@ -9,6 +9,7 @@ import {
   invalid,
   notFound,
 } from './errors.js';
+import { cloneJson } from './json.js';
 import { applyJsonPatch, applyMergePatch, jsonEqual, strategicMerge } from './patch.js';
 import { RESOURCE_TYPES, Types, apiVersionOf, typeByKind, typeKey } from './resources.js';
 import type { KubeObject, ObjectMeta, ResourceType } from './resources.js';
@@ -347,7 +348,7 @@ export class Store {
   }
 
   create(type: ResourceType, input: KubeObject, opts: WriteOptions = {}): KubeObject {
-    const obj = structuredClone(input);
+    const obj = cloneJson(input);
     const meta = metaOf(obj);
     const namespace = type.namespaced ? (opts.namespace ?? meta.namespace) : undefined;
     if (type.namespaced && meta.namespace && opts.namespace && meta.namespace !== opts.namespace) {
@@ -410,7 +411,7 @@ export class Store {
   update(type: ResourceType, name: string, input: KubeObject, opts: WriteOptions = {}): KubeObject {
     const namespace = type.namespaced ? (opts.namespace ?? input.metadata?.namespace) : undefined;
     const old = this.get(type, namespace, name);
-    const obj = structuredClone(input);
+    const obj = cloneJson(input);
     const meta = metaOf(obj);
     if (meta.name !== undefined && meta.name !== name) {
       throw badRequest('the name of the object does not match the name on the URL');
@@ -434,9 +435,10 @@ export class Store {
   ): KubeObject {
     const oldMeta = old.metadata!;
     if (subresource === 'status') {
-      const next = structuredClone(old);
-      next.status = obj.status;
-      return next;
+      // Stored objects are never changed in place, so the new version shares everything but
+      // the status with the old one; commit() only sets top-level metadata fields, hence the
+      // metadata copy. (A deep copy here was a large share of every status patch.)
+      return { ...old, metadata: { ...oldMeta }, status: obj.status };
     }
     const meta = metaOf(obj);
     const next: KubeObject = { ...obj, apiVersion: old.apiVersion, kind: old.kind };
@@ -630,7 +632,8 @@ export class Store {
     ) {
       return this.remove(type, old, policy);
     }
-    const next = structuredClone(old);
+    // Shares all but the metadata with the stored version, which is never changed in place.
+    const next: KubeObject = { ...old, metadata: { ...oldMeta } };
     const meta = next.metadata!;
     meta.deletionTimestamp = oldMeta.deletionTimestamp ?? nowIso();
     meta.deletionGracePeriodSeconds = grace;
@@ -711,7 +714,7 @@ export class Store {
       const dep = this.state(type).objects.get(key);
       if (!dep) continue;
       const owners = (dep.metadata?.ownerReferences ?? []).filter((o) => o.uid !== uid);
-      const next = structuredClone(dep);
+      const next: KubeObject = { ...dep, metadata: { ...dep.metadata } };
       if (owners.length > 0) next.metadata!.ownerReferences = owners;
       else delete next.metadata!.ownerReferences;
       this.commit(type, dep, next, false);

@@ -15,6 +15,7 @@ import {
   type VirtualMachineInstance,
 } from '@plugline/contracts';
 import type { Logger } from 'pino';
+import { makeApiClient } from './agent.js';
 import { AlreadyExistsError, mapKubeError } from './errors.js';
 import { Resources, type ResourceRef } from './resources.js';
 import type { DataVolume, JsonPatchOp } from './types.js';
@@ -67,8 +68,9 @@ export class KubeClient {
 
   constructor(options: KubeClientOptions) {
     this.fieldManager = options.fieldManager;
-    this.#core = options.kc.makeApiClient(CoreV1Api);
-    this.#custom = options.kc.makeApiClient(CustomObjectsApi);
+    // One keep-alive agent per KubeConfig: no new TCP connection per request.
+    this.#core = makeApiClient(options.kc, CoreV1Api);
+    this.#custom = makeApiClient(options.kc, CustomObjectsApi);
     this.#log = options.logger?.child({ component: 'kube-client' });
   }
 

@@ -25,6 +25,8 @@ export type { RetryOptions } from './retry.js';
 export { createInformer, InformerEvent } from './informer.js';
 export type { Informer, InformerOptions, InformerBackoff, InformerHandler } from './informer.js';
 
+export { makeApiClient, closeKubeConnections } from './agent.js';
+
 export { KubeClient } from './client.js';
 export type { KubeClientOptions, PatchOptions, DeletePodOptions, CreateResult } from './client.js';
 

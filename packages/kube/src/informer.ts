@@ -8,6 +8,7 @@ import {
   type KubernetesObject,
 } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import { makeApiClient } from './agent.js';
 import { InformerStoppedError, statusCodeOf } from './errors.js';
 import { clone } from './json.js';
 import { collectionPath, type ResourceRef } from './resources.js';
@@ -94,7 +95,7 @@ function toWire(list: unknown): KubernetesListObject<KubernetesObject> {
 }
 
 function coreListFn(kc: KubeConfig, plural: string, s: Selectors): ListFn {
-  const api = kc.makeApiClient(CoreV1Api);
+  const api = makeApiClient(kc, CoreV1Api);
   const sel = { labelSelector: s.labelSelector, fieldSelector: s.fieldSelector };
   const ns = s.namespace;
   const table: Record<string, ListFn> = {
@@ -124,7 +125,7 @@ function coreListFn(kc: KubeConfig, plural: string, s: Selectors): ListFn {
 }
 
 function customListFn(kc: KubeConfig, ref: ResourceRef, s: Selectors): ListFn {
-  const api = kc.makeApiClient(CustomObjectsApi);
+  const api = makeApiClient(kc, CustomObjectsApi);
   const base = {
     group: ref.group,
     version: ref.version,

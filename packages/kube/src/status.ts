@@ -25,22 +25,29 @@ export interface StatusWriterOptions {
   retry?: RetryOptions;
 }
 
-/** The JSON patch that turns `vmi`'s volumeStatus into `next`, guarded by its resourceVersion. */
-function volumeStatusPatch(vmi: VirtualMachineInstance, next: VolumeStatus[]): JsonPatchOp[] {
-  const ops: JsonPatchOp[] = [
-    { op: 'test', path: '/metadata/resourceVersion', value: vmi.metadata.resourceVersion },
-  ];
-  const status = vmi.status;
-  if (status === undefined) {
-    ops.push({ op: 'add', path: '/status', value: { volumeStatus: next } });
-  } else if (status.volumeStatus === undefined) {
-    ops.push({ op: 'add', path: '/status/volumeStatus', value: next });
-  } else if (next.length === 0) {
-    ops.push({ op: 'remove', path: '/status/volumeStatus' });
-  } else {
-    ops.push({ op: 'replace', path: '/status/volumeStatus', value: next });
-  }
-  return ops;
+/**
+ * Builds the JSON patch that turns `vmi`'s volumeStatus (as it is now) into `next`, guarded by
+ * its resourceVersion. What it needs of `vmi` is taken at once, so `vmi` may change afterwards.
+ */
+function volumeStatusPatchFor(
+  vmi: VirtualMachineInstance,
+): (next: VolumeStatus[]) => JsonPatchOp[] {
+  const rv = vmi.metadata.resourceVersion;
+  const hasStatus = vmi.status !== undefined;
+  const hasVolumeStatus = vmi.status?.volumeStatus !== undefined;
+  return (next) => {
+    const ops: JsonPatchOp[] = [{ op: 'test', path: '/metadata/resourceVersion', value: rv }];
+    if (!hasStatus) {
+      ops.push({ op: 'add', path: '/status', value: { volumeStatus: next } });
+    } else if (!hasVolumeStatus) {
+      ops.push({ op: 'add', path: '/status/volumeStatus', value: next });
+    } else if (next.length === 0) {
+      ops.push({ op: 'remove', path: '/status/volumeStatus' });
+    } else {
+      ops.push({ op: 'replace', path: '/status/volumeStatus', value: next });
+    }
+    return ops;
+  };
 }
 
 /**
@@ -69,11 +76,16 @@ export class StatusWriter {
     compute: VolumeStatusCompute,
   ): Promise<boolean> {
     return retryOnConflict(async (attempt) => {
+      // `vmi` is our own copy (the informer's `get` and a GET both make one): `compute` may
+      // have it. The patch is built from what was read, before `compute` could change it.
       const vmi = await this.#read(namespace, name, attempt);
-      const current = vmi.status?.volumeStatus ?? [];
-      const next = compute(clone(current), clone(vmi));
+      const read = vmi.status?.volumeStatus ?? [];
+      // Small copies of the list instead of a second copy of the whole VMI.
+      const current = clone(read);
+      const patchFor = volumeStatusPatchFor(vmi);
+      const next = compute(clone(read), vmi);
       if (jsonEqual(current, next)) return false;
-      await this.#o.client.patchVmiStatus(namespace, name, volumeStatusPatch(vmi, next));
+      await this.#o.client.patchVmiStatus(namespace, name, patchFor(next));
       this.#log.debug(
         { ns: namespace, vmi: name, attempt, volumes: next.length },
         'wrote volumeStatus',

@@ -2,9 +2,24 @@ import { createServer } from 'node:net';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { ConflictError, NotFoundError, TransientError } from '@plugline/contracts';
 import { startKubeSim } from '@plugline/kube-sim';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KubeApiError, KubeClient, loadKubeConfig, retryOnConflict } from '../src/index.js';
-import { createNamespace, createVmi, kubeConfigFor, memoryLogger, podManifest } from './helpers.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import {
+  KubeApiError,
+  KubeClient,
+  closeKubeConnections,
+  createInformer,
+  loadKubeConfig,
+  Resources,
+  retryOnConflict,
+} from '../src/index.js';
+import {
+  CuttableProxy,
+  createNamespace,
+  createVmi,
+  kubeConfigFor,
+  memoryLogger,
+  podManifest,
+} from './helpers.js';
 
 type Sim = Awaited<ReturnType<typeof startKubeSim>>;
 
@@ -123,6 +138,77 @@ describe('KubeClient', () => {
     ]);
     expect(out.status?.volumeStatus).toEqual([{ name: 'v1', target: '' }]);
     expect((await client.getVmi(ns, 'status-vmi')).status?.volumeStatus).toHaveLength(1);
+  });
+});
+
+describe('connection reuse', () => {
+  it('sends sequential requests of every client of a KubeConfig over one connection', async () => {
+    const { proxy, url } = await CuttableProxy.start(sim.url);
+    const viaProxy = kubeConfigFor(url);
+    try {
+      await createVmi(kc, ns, 'keepalive-vmi');
+      const a = new KubeClient({ kc: viaProxy, fieldManager: 'a' });
+      const b = new KubeClient({ kc: viaProxy, fieldManager: 'b' });
+      for (let i = 0; i < 5; i++) {
+        expect((await a.getVmi(ns, 'keepalive-vmi')).metadata.name).toBe('keepalive-vmi');
+        await expect(b.getPod(ns, 'no-such-pod')).rejects.toBeInstanceOf(NotFoundError);
+      }
+      expect(proxy.accepted).toBe(1);
+      // Another KubeConfig has its own pool.
+      await new KubeClient({ kc: kubeConfigFor(url), fieldManager: 'c' }).getVmi(
+        ns,
+        'keepalive-vmi',
+      );
+      expect(proxy.accepted).toBe(2);
+    } finally {
+      closeKubeConnections(viaProxy);
+      await proxy.close();
+    }
+  });
+
+  it('opens a new connection when the server dropped the idle one', async () => {
+    const { proxy, url } = await CuttableProxy.start(sim.url);
+    const viaProxy = kubeConfigFor(url);
+    const c = new KubeClient({ kc: viaProxy, fieldManager: 'c' });
+    try {
+      await createVmi(kc, ns, 'dropped-vmi');
+      await c.getVmi(ns, 'dropped-vmi');
+      proxy.cut();
+      proxy.heal();
+      // The agent sees the reset of its idle socket and does not reuse it.
+      await vi.waitFor(async () => {
+        expect((await c.getVmi(ns, 'dropped-vmi')).metadata.name).toBe('dropped-vmi');
+      });
+      expect(proxy.accepted).toBeGreaterThanOrEqual(2);
+    } finally {
+      closeKubeConnections(viaProxy);
+      await proxy.close();
+    }
+  });
+
+  it('closeKubeConnections closes the pooled connections; later requests open new ones', async () => {
+    const { proxy, url } = await CuttableProxy.start(sim.url);
+    const viaProxy = kubeConfigFor(url);
+    const informer = createInformer({
+      kc: viaProxy,
+      resource: Resources.virtualMachineInstances,
+      namespace: ns,
+      logger: memoryLogger().logger,
+    });
+    try {
+      const c = new KubeClient({ kc: viaProxy, fieldManager: 'c' });
+      await createVmi(kc, ns, 'closed-vmi');
+      await informer.start();
+      await c.getVmi(ns, 'closed-vmi');
+      const before = proxy.accepted;
+      closeKubeConnections(viaProxy);
+      await c.getVmi(ns, 'closed-vmi');
+      expect(proxy.accepted).toBe(before + 1);
+    } finally {
+      await informer.stop();
+      closeKubeConnections(viaProxy);
+      await proxy.close();
+    }
   });
 });
 

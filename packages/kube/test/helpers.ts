@@ -91,6 +91,8 @@ export class CuttableProxy {
   #cut = false;
   /** How many connections were refused while cut. */
   refused = 0;
+  /** How many connections were accepted and passed on. */
+  accepted = 0;
 
   private constructor(server: Server) {
     this.#server = server;
@@ -113,6 +115,7 @@ export class CuttableProxy {
       client.resetAndDestroy();
       return;
     }
+    this.accepted++;
     const upstream = connect(port, host);
     for (const s of [client, upstream]) {
       this.#sockets.add(s);

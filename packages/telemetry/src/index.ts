@@ -7,6 +7,8 @@ export {
   memoryDestination,
 } from './logger.js';
 export type { LoggerConfig, LogBindings, MemoryDestination } from './logger.js';
+export { bufferedDestination } from './destination.js';
+export type { BufferedDestination } from './destination.js';
 export type { Logger } from 'pino';
 
 export { Outcome, createMetrics } from './metrics.js';

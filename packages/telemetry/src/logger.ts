@@ -1,4 +1,5 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
+import { bufferedDestination } from './destination.js';
 
 /** Log levels, lowest to highest. */
 export const LogLevel = {
@@ -65,6 +66,8 @@ export const REDACT_PATHS: readonly string[] = [
 /**
  * Creates the root logger of a process: JSON lines on stdout (or `destination`, e.g. an in-memory
  * sink in tests), with secrets redacted. `pretty` switches to pino-pretty on stdout (dev only).
+ * Stdout lines are batched (see {@link bufferedDestination}): they reach the reader up to 50 ms
+ * late, and are all written on process exit.
  */
 export function createLogger(config: LoggerConfig = {}, destination?: DestinationStream): Logger {
   const options = {
@@ -80,7 +83,7 @@ export function createLogger(config: LoggerConfig = {}, destination?: Destinatio
       transport: { target: 'pino-pretty', options: { colorize: true } },
     });
   }
-  return destination === undefined ? pino(options) : pino(options, destination);
+  return pino(options, destination ?? bufferedDestination());
 }
 
 /** What a child logger may be bound to: where in the chain, and which unit of work. */

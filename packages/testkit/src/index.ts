@@ -52,3 +52,19 @@ export type {
   GuestHarness,
   StartGuestHarnessOptions,
 } from './guest/index.js';
+export {
+  coverage,
+  describeModelPath,
+  edgePaths,
+  replayPaths,
+  simplePaths,
+  stepCount,
+  transitionsOf,
+} from './machine-paths.js';
+export type {
+  Coverage,
+  CoverageSnapshot,
+  EdgePaths,
+  ModelPath,
+  ModelTraversal,
+} from './machine-paths.js';

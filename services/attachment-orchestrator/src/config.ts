@@ -15,7 +15,11 @@ import {
 export interface OrchestratorConfig extends ServiceBaseConfig {
   /** `PLUGLINE_ATTACH_IMAGE`: the hotplug-disk container image (default: the launcher's image). */
   readonly attachImage: string | undefined;
-  /** `PLUGLINE_COALESCE_MS`: how long volume changes gather before a new pod (default 50). */
+  /**
+   * `PLUGLINE_COALESCE_MS`: an extra wait before a new pod, gathering the changes made meanwhile
+   * (default 0). Coalescing needs no fixed window: a pod is created at once when none of ours is
+   * starting, and the volumes requested while one starts go into one next pod.
+   */
   readonly coalesceMs: number;
   /** `PLUGLINE_LEASE_TTL_MS`: the per-VMI lease (default 30 000; short in tests). */
   readonly leaseTtlMs: number;
@@ -25,7 +29,7 @@ export function defaults(): Omit<OrchestratorConfig, 'natsUrls' | 'kubeconfig'> 
   return {
     ...serviceBaseDefaults(),
     attachImage: undefined,
-    coalesceMs: 50,
+    coalesceMs: 0,
     leaseTtlMs: DEFAULT_LEASE_TTL_MS,
   };
 }

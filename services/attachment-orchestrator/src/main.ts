@@ -19,6 +19,7 @@ runServiceMain({
     const kc = loadKubeConfig({ kubeconfig: config.kubeconfig });
     const bus = await connectBus({
       servers: config.natsUrls,
+      auth: config.natsAuth,
       name: `${Stage.AttachmentOrchestrator}@${process.pid}`,
       logger,
     });

@@ -66,7 +66,7 @@ export interface UnitState {
   ops: Record<string, VolumeOps>;
   /** The last fact published per volume and type, as a signature (no repeats). */
   published: Record<string, Record<string, string>>;
-  /** When the first un-handled change was seen (epoch ms): pods wait `coalesceMs` after it. */
+  /** When the first un-handled change was seen (epoch ms), if pods wait `coalesceMs` after it. */
   changeSince?: number;
   /** The pod this unit created last, until the cache shows it (informer lag). */
   created?: { name: string; at: number };
@@ -97,8 +97,12 @@ export interface Decision {
 }
 
 export interface DecideOptions {
-  /** Volume changes gather this long before a new pod (default 50). */
-  coalesceMs: number;
+  /**
+   * An extra wait before a new pod (default 0: none). Without it, changes still coalesce: a pod
+   * is created on the first change when none of ours is starting, and everything requested while
+   * one starts goes into one next pod once it settles.
+   */
+  coalesceMs?: number;
   /** Re-delivery of a waiting unit when no informer nudge comes (default 5000). */
   fallbackMs: number;
   /** The hotplug-disk image; default the launcher's. */
@@ -220,6 +224,13 @@ class Run {
     return this.state.ops[volume]?.[operation];
   }
 
+  /** Whether a fact of this type was published for the volume's current operation. */
+  published(volume: string, operation: OperationKind, type: EventType): boolean {
+    const op = this.op(volume, operation);
+    const sig = this.state.published[volume]?.[type];
+    return op !== undefined && sig !== undefined && sig.startsWith(`${op.operationId}|`);
+  }
+
   /** Publishes a fact unless the same signature was the last of its type for the volume. */
   fact(
     volume: string,
@@ -308,7 +319,9 @@ function volumeFacts(
       };
       if (readiness.pvcUID !== undefined) volume.pvcUID = readiness.pvcUID;
       desired.push(volume);
-      if (carrier === undefined && !PAST_BOUND.has(phase))
+      // Also when a pod already carries it: the pod may be created (from the spec) before the
+      // volume's request reaches this unit; only once attached is `bound` behind the news.
+      if (!PAST_BOUND.has(phase) && !run.published(v.name, 'plug', EventType.AttachedToNode))
         run.fact(v.name, 'plug', EventType.Bound, {
           phase: VolumePhase.Bound,
           ...(ci === undefined ? {} : { details: { claimInfo: ci } }),
@@ -452,7 +465,12 @@ function createdNotSeen(state: UnitState, obs: Observation, now: number): boolea
   return true;
 }
 
-/** A new pod waits `coalesceMs` after the first change it would carry (then one pod for all). */
+/**
+ * The pod effect, if the plan creates one. The plan creates a pod only when none of ours is
+ * starting (nor created and not yet seen), so the first change acts at once (leading edge) and
+ * changes made while a pod starts gather into the next one. A positive `coalesceMs` adds a fixed
+ * wait after the first change the pod would carry.
+ */
 function gateCreate(
   state: UnitState,
   obs: Observation,
@@ -465,9 +483,12 @@ function gateCreate(
     delete state.changeSince;
     return {};
   }
-  state.changeSince ??= now;
-  const deadline = state.changeSince + options.coalesceMs;
-  if (now < deadline) return { deadline };
+  const coalesceMs = options.coalesceMs ?? 0;
+  if (coalesceMs > 0) {
+    state.changeSince ??= now;
+    const deadline = state.changeSince + coalesceMs;
+    if (now < deadline) return { deadline };
+  }
   const pod = buildAttachmentPod({
     vmi: obs.vmi,
     launcherPod: obs.launcher,
@@ -497,8 +518,9 @@ function restOf(
  *
  * - Spec volumes whose claim is not ready publish `pending` (and `import-progress`) when that
  *   changes; ready ones publish `bound` once per operation.
- * - {@link planAttachment} decides the pods; a new pod waits `coalesceMs` after the first change
- *   it would carry, and never while one of ours is Pending.
+ * - {@link planAttachment} decides the pods: a new pod at once when none of ours is starting
+ *   (plus `coalesceMs`, if set), else one pod for everything gathered once the starting one
+ *   settles.
  * - A volume that left the spec keeps its pod until `unmounted-from-pod` (or its status says
  *   so): `detaching` when its pod is deleted, then `released` once no pod carries it.
  * - Running pods publish `attached-to-node` per newly attached volume, plus the node-mount work.

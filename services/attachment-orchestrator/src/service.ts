@@ -14,6 +14,7 @@ import { fromPromise } from 'xstate';
 import { createClusterView, type ClusterView, type Nudge } from './cluster.js';
 import type { OrchestratorConfig } from './config.js';
 import { createOrchestratorMachine, orchestratorDisposition } from './machine.js';
+import { NudgeGate } from './nudges.js';
 import { NudgeCause, type DecideOptions, type Effect, type VmiRef } from './reconcile.js';
 
 /** The parts of {@link OrchestratorConfig} the service itself uses. */
@@ -33,6 +34,11 @@ export interface OrchestratorDeps {
   fallbackMs?: number;
   /** Storage classes that bind on first consumer (default `['local-wffc']`). */
   waitForFirstConsumerClasses?: readonly string[];
+  /**
+   * How long a VMI's nudge may wait for a reconcile here before further changes nudge it again
+   * (default 1000 ms; see {@link NudgeGate}).
+   */
+  nudgeOutstandingMs?: number;
 }
 
 /** A running attachment-orchestrator. */
@@ -91,13 +97,13 @@ export async function startAttachmentOrchestrator(
   const bootId = randomUUID().slice(0, 8);
   let stopped = false;
 
-  const publishNudge = (n: Nudge): void => {
+  const toWorkItem = (n: Nudge): WorkItem | undefined => {
     const { vmi } = n;
     const volume = nudgeVolume(vmi, n.volume);
     const uid = vmi.metadata.uid;
-    if (stopped || volume === undefined || uid === undefined) return;
+    if (volume === undefined || uid === undefined) return undefined;
     const inSpec = (vmi.spec.volumes ?? []).some((v) => v.name === volume);
-    const item: WorkItem = {
+    return {
       v: 1,
       stage: Stage.AttachmentOrchestrator,
       namespace: vmi.metadata.namespace ?? 'default',
@@ -109,9 +115,21 @@ export async function startAttachmentOrchestrator(
       cause: n.cause,
       issuedAt: new Date().toISOString(),
     };
-    publisher.publishWork(item).catch((err: unknown) => {
-      if (!stopped) log.warn({ err, vmi: item.vmi, cause: n.cause }, 'could not publish a nudge');
-    });
+  };
+  // One outstanding nudge per VMI: a reconcile re-reads everything, so the changes seen while
+  // one waits ride on it instead of queuing a reconcile each behind the VMI's lease.
+  const nudges = new NudgeGate<WorkItem>({
+    outstandingMs: deps.nudgeOutstandingMs ?? 1000,
+    publish: (item) =>
+      publisher.publishWork(item).catch((err: unknown) => {
+        if (!stopped)
+          log.warn({ err, vmi: item.vmi, cause: item.cause }, 'could not publish a nudge');
+        throw err;
+      }),
+  });
+  const publishNudge = (n: Nudge): void => {
+    const item = stopped ? undefined : toWorkItem(n);
+    if (item !== undefined) nudges.offer(`${item.namespace}/${item.vmi}`, item);
   };
 
   const cluster: ClusterView = createClusterView({
@@ -128,9 +146,10 @@ export async function startAttachmentOrchestrator(
   };
   const machine = createOrchestratorMachine(options).provide({
     actors: {
-      observe: fromPromise<ReturnType<ClusterView['observe']>, { vmi: VmiRef }>(({ input }) =>
-        Promise.resolve(cluster.observe(input.vmi)),
-      ),
+      observe: fromPromise<ReturnType<ClusterView['observe']>, { vmi: VmiRef }>(({ input }) => {
+        nudges.observed(`${input.vmi.namespace}/${input.vmi.name}`);
+        return Promise.resolve(cluster.observe(input.vmi));
+      }),
       applyEffects: fromPromise<void, { effects: Effect[] }>(({ input }) =>
         applyEffects(kube, input.effects),
       ),
@@ -166,6 +185,7 @@ export async function startAttachmentOrchestrator(
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       stopped = true;
+      nudges.close();
       await stage.stop();
       await cluster.stop();
     })());

@@ -1,5 +1,3 @@
-import { getAdjacencyMap, getShortestPaths } from '@xstate/graph';
-import type { AdjacencyMap, AdjacencyValue, StatePath } from '@xstate/graph';
 import { isDeepStrictEqual } from 'node:util';
 
 import { describe, expect, it } from 'vitest';
@@ -9,6 +7,14 @@ import type { AnyEventObject, SnapshotFrom } from 'xstate';
 import type { StageEmitted, WorkEvent } from '@plugline/bus';
 import { EventType, VolumePhase } from '@plugline/contracts';
 import type { WorkItem } from '@plugline/contracts';
+import {
+  describeModelPath,
+  edgePaths,
+  replayPaths,
+  stepCount,
+  transitionsOf as graphTransitionsOf,
+} from '@plugline/testkit';
+import type { ModelPath as GraphPath, ModelTraversal } from '@plugline/testkit';
 
 import {
   createOrchestratorMachine,
@@ -50,7 +56,7 @@ const LATE = T0 + 10_000;
 const machine = createOrchestratorMachine(OPTIONS);
 type Snapshot = SnapshotFrom<typeof machine>;
 type ModelEvent = WorkEvent | AnyEventObject;
-type ModelPath = StatePath<Snapshot, ModelEvent>;
+type ModelPath = GraphPath<Snapshot, ModelEvent>;
 
 const base = vmi();
 const ref = { namespace: NS, name: base.metadata.name!, uid: base.metadata.uid! };
@@ -174,10 +180,9 @@ function eventLabel(event: ModelEvent): string {
   return obs === undefined ? 'done' : `done:${obs}`;
 }
 
-/** The transition a step took, by the machine's own transitions: `from -kind-> to`. */
-function transitionOf(from: string, event: ModelEvent, to: string): string {
-  const kind = event.type === 'work' ? 'work' : event.type.includes('.error.') ? 'error' : 'done';
-  return `${from} -${kind}-> ${to}`;
+/** The kind of transition a step took, by the machine's own transitions (`from -kind-> to`). */
+function transitionKind(event: ModelEvent): string {
+  return event.type === 'work' ? 'work' : event.type.includes('.error.') ? 'error' : 'done';
 }
 
 /** Every transition the machine defines between the states a settled actor can be in. */
@@ -221,9 +226,11 @@ function serializeFine(s: Snapshot): string {
   ]);
 }
 
-const traversal = (serializeState: (s: Snapshot) => string) => ({
+const traversal = (
+  serializeState: (s: Snapshot) => string,
+): ModelTraversal<Snapshot, ModelEvent> => ({
   input,
-  events: eventsFor as (s: Snapshot) => WorkEvent[],
+  events: eventsFor,
   serializeState,
 });
 
@@ -388,65 +395,28 @@ async function replay(path: ModelPath, serialize: (s: Snapshot) => string) {
   }
 }
 
-const describePath = (path: ModelPath): string =>
-  path.steps.map((s) => `${eventLabel(s.event)} → ${String(s.state.value)}`).join(', ');
-
-async function replayAll(paths: ModelPath[], serialize: (s: Snapshot) => string) {
-  for (const path of paths) {
-    try {
-      await replay(path, serialize);
-    } catch (err) {
-      throw new Error(`path failed: ${describePath(path)}`, { cause: err });
-    }
-  }
+function replayAll(paths: ModelPath[], serialize: (s: Snapshot) => string) {
+  return replayPaths(
+    paths,
+    (path) => replay(path, serialize),
+    (path) => describeModelPath(path, eventLabel),
+  );
 }
 
-function transitionsOf(paths: ModelPath[]): Set<string> {
-  const seen = new Set<string>();
-  for (const p of paths) {
-    let from = 'idle';
-    for (const step of p.steps) {
-      if (step.event.type === 'xstate.init') continue;
-      const to = String(step.state.value);
-      seen.add(transitionOf(from, step.event, to));
-      from = to;
-    }
-  }
-  return seen;
-}
+const transitionsOf = (paths: ModelPath[]): Set<string> =>
+  graphTransitionsOf(paths, 'idle', transitionKind);
 
 describe('orchestrator machine over every path', () => {
   it('every transition of the fine model (shortest path to each state, plus each event from it)', async () => {
-    const options = traversal(serializeFine);
-    const shortest = getShortestPaths(machine, options) as ModelPath[];
-    const adjacency: AdjacencyMap<Snapshot, ModelEvent> = getAdjacencyMap<
-      Snapshot,
-      ModelEvent,
-      typeof input
-    >(machine as never, options);
-    const byState = new Map(shortest.map((p) => [serializeFine(p.state), p] as const));
-    const edgePaths: ModelPath[] = [];
-    for (const [k, node] of Object.entries(adjacency) as [
-      string,
-      AdjacencyValue<Snapshot, ModelEvent>,
-    ][]) {
-      const to = byState.get(k);
-      if (to === undefined) throw new Error(`no path to ${k}`);
-      for (const next of Object.values(node.transitions) as {
-        event: ModelEvent;
-        state: Snapshot;
-      }[]) {
-        edgePaths.push({ ...to, state: next.state, steps: [...to.steps, next] });
-      }
-    }
+    const { states: shortest, edges } = edgePaths(machine, traversal(serializeFine));
     // Outcomes depend on the unit, so a model by control state alone would not replay: the fine
     // model reaches every state and takes every transition the machine defines.
     expect(new Set(shortest.map((p) => String(p.state.value)))).toEqual(new Set(STATES));
-    expect([...transitionsOf(edgePaths)].sort()).toEqual([...DEFINED].sort());
+    expect([...transitionsOf(edges)].sort()).toEqual([...DEFINED].sort());
     console.log(
-      `orchestrator fine model: ${shortest.length} states, ${edgePaths.length} edges, ` +
-        `${edgePaths.reduce((n, p) => n + p.steps.length, 0)} steps`,
+      `orchestrator fine model: ${shortest.length} states, ${edges.length} edges, ` +
+        `${stepCount(edges)} steps`,
     );
-    await replayAll(edgePaths, serializeFine);
+    await replayAll(edges, serializeFine);
   }, 15_000);
 });

@@ -5,6 +5,7 @@ import {
   createOrchestratorMachine,
   decide,
   initialState,
+  defaults,
   orchestratorDisposition,
   parseConfig,
   recordWork,
@@ -86,6 +87,58 @@ describe('decide', () => {
     expect(factTypes(second)).toEqual([]); // no repeats
   });
 
+  it('creates the pod on the first change when none of ours is starting (no fixed window)', () => {
+    const v = vmi(withHotplugPVC('a'));
+    const obs: Observation = {
+      vmi: v,
+      launcher: launcher(),
+      pods: [],
+      pvcs: { 'claim-a': boundPvc('claim-a') },
+      dataVolumes: {},
+    };
+    const adaptive = { fallbackMs: 5000, waitForFirstConsumerClasses: [] };
+    for (const options of [adaptive, { ...adaptive, coalesceMs: defaults().coalesceMs }]) {
+      const d = decide(state(item('a')), obs, T0, options);
+      expect(effectKinds(d)).toEqual(['createPod']);
+      expect(d.rest).toBe(Rest.AwaitingPods);
+      expect(d.state.changeSince).toBeUndefined();
+    }
+  });
+
+  it('gathers the volumes requested while our pod starts into one next pod', () => {
+    const one = vmi(withHotplugPVC('a'));
+    const many = vmi(withHotplugPVC('a'), withHotplugPVC('b'), withHotplugPVC('c'));
+    const pvcs = {
+      'claim-a': boundPvc('claim-a'),
+      'claim-b': boundPvc('claim-b'),
+      'claim-c': boundPvc('claim-c'),
+    };
+    const base = { launcher: launcher(), pvcs, dataVolumes: {} };
+    const adaptive = { ...OPTIONS, coalesceMs: 0 };
+    const first = decide(state(item('a')), { ...base, vmi: one, pods: [] }, T0, adaptive);
+    const created = (first.effects[0] as Extract<Effect, { kind: 'createPod' }>).pod;
+    // b and c arrive before the informer shows the new pod, then while it is Pending: no pod.
+    let s = recordWork(recordWork(first.state, item('b')), item('c'));
+    const unseen = decide(s, { ...base, vmi: many, pods: [] }, T0 + 1, adaptive);
+    expect(unseen.effects).toEqual([]);
+    const starting = attachmentPod(one, [fsVolume('a')], 'Pending', 'uid-a');
+    const pending = decide(
+      unseen.state,
+      { ...base, vmi: many, pods: [starting] },
+      T0 + 2,
+      adaptive,
+    );
+    expect(pending).toMatchObject({ effects: [], rest: Rest.AwaitingPods });
+    expect(starting.metadata.name).toBe(created.metadata.name);
+    // It runs: one pod for all three, the first stays until then.
+    s = pending.state;
+    const runningA = attachmentPod(one, [fsVolume('a')], 'Running', 'uid-a');
+    const next = decide(s, { ...base, vmi: many, pods: [runningA] }, T0 + 3, adaptive);
+    expect(effectKinds(next)).toEqual(['createPod']);
+    const pod = (next.effects[0] as Extract<Effect, { kind: 'createPod' }>).pod;
+    expect(pod.spec?.volumes?.map((x) => x.name)).toEqual(['hotplug-disks', 'a', 'b', 'c']);
+  });
+
   it('publishes attached-to-node and the node-mount work once the pod runs', () => {
     const v = vmi(withHotplugPVC('a'));
     const pod = attachmentPod(v, [fsVolume('a')], 'Running');
@@ -98,8 +151,10 @@ describe('decide', () => {
     };
     const d = decide(state(item('a')), obs, T0, OPTIONS);
     expect(d.rest).toBe(Rest.Steady);
-    expect(d.emit.map((e) => e.type)).toEqual(['plugline.fact', 'plugline.work']);
-    expect(d.emit[1]).toMatchObject({
+    // `bound` first: the pod was made before the request arrived (and ran before it was handled).
+    expect(factTypes(d)).toEqual(['a:bound', 'a:attached-to-node']);
+    expect(d.emit.map((e) => e.type)).toEqual(['plugline.fact', 'plugline.fact', 'plugline.work']);
+    expect(d.emit[2]).toMatchObject({
       work: { stage: 'node-mounter', node: pod.spec!.nodeName, operationId: 'op-a' },
     });
     expect(decide(d.state, obs, T0 + 1, OPTIONS).emit).toEqual([]);
@@ -286,6 +341,10 @@ describe('parseConfig', () => {
       healthHost: '127.0.0.1',
     });
     expect(Object.isFrozen(c)).toBe(true);
+  });
+
+  it('waits no fixed window by default', () => {
+    expect(parseConfig({ NATS_URL: 'nats://x:1', KUBECONFIG: '/k' }).coalesceMs).toBe(0);
   });
 
   it.each([

@@ -3,11 +3,12 @@
 import { Pod as K8sPod } from 'kubernetes-models/v1';
 import { EventType, eventTypeOf, Stage } from '@plugline/contracts';
 import { Types } from '@plugline/kube-sim';
-import { silentLogger } from '@plugline/telemetry';
+import { createLogger, memoryDestination } from '@plugline/telemetry';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   ATTACHMENT_POD_TOLERATIONS,
   DEFAULT_HOTPLUG_RESOURCES,
+  defaults,
   startAttachmentOrchestrator,
   type AttachmentOrchestrator,
   type Pod,
@@ -35,14 +36,21 @@ import {
 
 let h: Harness;
 let service: AttachmentOrchestrator;
+/** The service's log lines (debug: the runtime logs each work item it settles). */
+const logs = memoryDestination();
 const ns = rand('ns');
 const WAIT = { timeout: 15_000, interval: 25 };
 
 beforeAll(async () => {
   h = await startHarness();
   service = await startAttachmentOrchestrator(
-    { concurrency: 8, attachImage: undefined, coalesceMs: 50, leaseTtlMs: 2000 },
-    { bus: h.bus, kc: h.kc, logger: silentLogger(), fallbackMs: 60_000 },
+    { concurrency: 8, attachImage: undefined, coalesceMs: defaults().coalesceMs, leaseTtlMs: 2000 },
+    {
+      bus: h.bus,
+      kc: h.kc,
+      logger: createLogger({ level: 'debug' }, logs),
+      fallbackMs: 60_000,
+    },
   );
 }, 30_000);
 
@@ -171,7 +179,6 @@ describe('readiness', () => {
     const name = rand('vm');
     const { vmi } = await createRunningVmi(h, ns, name);
     addVolume(h, ns, name, 'late', { claim: 'late-claim' });
-    const requestedAt = Date.now();
     await requestPlug(h, vmi, 'late', 'op-late');
     await vi.waitFor(() => {
       expect(statusOf(h, ns, name, 'late')).toMatchObject({
@@ -180,11 +187,21 @@ describe('readiness', () => {
         message: 'PVC late-claim not found',
       });
     }, WAIT);
-    // Nothing is attached while the claim is missing, however long it takes.
-    await vi.waitFor(() => expect(Date.now() - requestedAt).toBeGreaterThanOrEqual(2000), {
-      timeout: 3000,
-    });
+    // Nothing is attached while the claim is missing: the orchestrator has settled the nudge
+    // its own Pending status caused (so it reconciled with the status showing Pending), and no
+    // pod exists.
+    const pendingRv = h.sim.store.peek(Types.virtualmachineinstances, ns, name)?.metadata
+      ?.resourceVersion as string;
+    const statusNudge = `nudge-${vmi.metadata.uid ?? ''}-${pendingRv}`;
+    await vi.waitFor(
+      () =>
+        expect(
+          logs.lines.some((l) => l.msg === 'work item settled' && l.operationId === statusNudge),
+        ).toBe(true),
+      WAIT,
+    );
     expect(attachmentPods(h, ns, name)).toHaveLength(0);
+    expect(createdPodNames(h, name)).toEqual([]);
     createPvc(h, ns, 'late-claim', 'Filesystem');
     await vi.waitFor(() => expect(phase(name, 'late')).toBe('Ready'), WAIT);
     expect(typesOf(eventsOf(h, ns, name, 'late'))).toEqual([
@@ -340,8 +357,8 @@ describe('unplug', () => {
   });
 });
 
-describe('coalescing', () => {
-  it('makes at most 3 pods for 20 volumes added within 100 ms', async () => {
+describe('coalescing (no fixed window: a pod at once, then one pod for what came meanwhile)', () => {
+  it('makes at most 3 pods for 20 volumes added at once', async () => {
     const name = rand('vm');
     const { vmi } = await createRunningVmi(h, ns, name);
     const volumes = Array.from({ length: 20 }, (_, i) => `v${i}`);
@@ -352,12 +369,10 @@ describe('coalescing', () => {
           expect.objectContaining({ phase: 'Bound' }),
         );
     }, WAIT);
-    const started = Date.now();
     const requests = volumes.map((v) => {
       addVolume(h, ns, name, v, { claim: `${name}-${v}` });
       return requestPlug(h, vmi, v, `op-${v}`);
     });
-    expect(Date.now() - started).toBeLessThan(100);
     await Promise.all(requests);
     await vi.waitFor(() => {
       for (const v of volumes) expect(phase(name, v)).toBe('Ready');
@@ -365,7 +380,7 @@ describe('coalescing', () => {
     }, WAIT);
     expect(createdPodNames(h, name).length).toBeLessThanOrEqual(3);
     expect(attachmentPods(h, ns, name)[0]!.spec?.volumes).toHaveLength(21);
-  });
+  }, 30_000);
 });
 
 describe('remove then re-add (KubeVirt #16159)', () => {

@@ -30,13 +30,20 @@ export {
   createObserver,
   chooseTarget,
   findLauncher,
-  hotplugHostDir,
   runsOn,
   specDiskOf,
   busOf,
   TargetReservations,
 } from './observe.js';
 export type { Observer, ObserverDeps, PodLike, PvcLike } from './observe.js';
+
+export {
+  assertPodUID,
+  checkedHotplugSource,
+  hotplugHostDir,
+  launcherPodDir,
+  WrongSourceKindError,
+} from './paths.js';
 
 export { DeviceEventLog, createActors } from './adapters.js';
 export type { ActorDeps } from './adapters.js';

@@ -13,6 +13,7 @@ runServiceMain({
     const kc = loadKubeConfig({ kubeconfig: config.kubeconfig });
     const bus = await connectBus({
       servers: config.natsUrls,
+      auth: config.natsAuth,
       name: `domain-updater@${config.nodeName}`,
       logger,
     });

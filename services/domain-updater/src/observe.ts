@@ -1,9 +1,6 @@
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import {
   claimNameOf,
   DiskBus,
-  HOTPLUG_DISKS_VOLUME,
   KubevirtLabel,
   LAUNCHER_LABEL_VALUE,
   PersistentVolumeMode,
@@ -29,11 +26,13 @@ import {
 import { currentVmi, type Informer, type KubeClient } from '@plugline/kube';
 import { DiskSourceDir } from './config.js';
 import type { Observation, Problem } from './observation.js';
+import { checkedHotplugSource, hotplugHostDir } from './paths.js';
 
 /** A pod as the launcher lookup reads it. */
 export interface PodLike {
   metadata?: {
     name?: string;
+    namespace?: string;
     uid?: string;
     labels?: Record<string, string>;
     deletionTimestamp?: string | Date;
@@ -48,28 +47,21 @@ export interface PvcLike {
   spec?: { volumeMode?: string };
 }
 
-/** The host path of a launcher pod's `hotplug-disks` emptyDir. */
-export function hotplugHostDir(kubeletRoot: string, launcherUID: string): string {
-  return join(
-    kubeletRoot,
-    'pods',
-    launcherUID,
-    'volumes',
-    'kubernetes.io~empty-dir',
-    HOTPLUG_DISKS_VOLUME,
-  );
-}
-
-/** Pure: the VMI's launcher pod on `node` (the running one first), if any. */
+/**
+ * Pure: the VMI's launcher pod on `node` (the running one first), if any. With `namespace`, only
+ * a pod in the VMI's namespace counts: a pod elsewhere carrying its labels is not its launcher.
+ */
 export function findLauncher(
   pods: readonly PodLike[],
   vmiUID: string,
   node: string,
+  namespace?: string,
 ): PodLike | undefined {
   const candidates = pods.filter(
     (p) =>
       p.metadata?.labels?.[KubevirtLabel.App] === LAUNCHER_LABEL_VALUE &&
       p.metadata.labels[KubevirtLabel.CreatedBy] === vmiUID &&
+      (namespace === undefined || p.metadata.namespace === namespace) &&
       p.spec?.nodeName === node &&
       p.metadata.deletionTimestamp === undefined &&
       p.metadata.uid !== undefined,
@@ -119,15 +111,6 @@ export function chooseTarget(
   return chosen;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function problem(err: unknown): Problem {
   if (err instanceof PluglineError) return { reason: err.reason, message: err.message };
   return { reason: 'Unknown', message: err instanceof Error ? err.message : String(err) };
@@ -135,9 +118,14 @@ function problem(err: unknown): Problem {
 
 const isSpecProblem = (err: unknown): boolean =>
   err instanceof PluglineError &&
-  ['InvalidDiskSpec', 'InvalidName', 'PathEscape', 'InvalidTarget', 'TargetsExhausted'].includes(
-    err.reason,
-  );
+  [
+    'InvalidDiskSpec',
+    'InvalidName',
+    'PathEscape',
+    'WrongFileKind',
+    'InvalidTarget',
+    'TargetsExhausted',
+  ].includes(err.reason);
 
 /** Targets handed out but not yet visible in the domain XML, per domain (in-process only). */
 export class TargetReservations {
@@ -237,11 +225,18 @@ export function createObserver(deps: ObserverDeps) {
     Pick<Extract<Observation, { kind: 'observed' }>, 'sourceReady' | 'plan' | 'planError'>
   > {
     const notReady = { sourceReady: false, plan: null, planError: null };
-    const launcher = findLauncher(deps.pods.list(), vmi.metadata.uid!, deps.node);
+    const launcher = findLauncher(
+      deps.pods.list(),
+      vmi.metadata.uid!,
+      deps.node,
+      vmi.metadata.namespace,
+    );
     if (launcher === undefined) return notReady;
-    const hostDir = hotplugHostDir(deps.kubeletRoot, launcher.metadata!.uid!);
+    const launcherUID = launcher.metadata!.uid!;
     try {
-      const volumeMode = await volumeModeOf(vmi, volume, hostDir);
+      // Validates the UID (from the API server, still never trusted as a path segment).
+      const hostDir = hotplugHostDir(deps.kubeletRoot, launcherUID);
+      const volumeMode = await volumeModeOf(vmi, volume, launcherUID);
       if (volumeMode === undefined) return notReady;
       const bus = busOf(disk);
       if (!isHotplugBus(bus)) {
@@ -292,11 +287,12 @@ export function createObserver(deps: ObserverDeps) {
   /**
    * The PVC's volume mode, when its source is in the hotplug folder: from the PVC, else the
    * status's PVC info, else whichever source node-mounter made. Undefined while there is none.
+   * A source that is not what node-mounter makes (a symlink, the wrong kind) is refused.
    */
   async function volumeModeOf(
     vmi: VirtualMachineInstance,
     volume: string,
-    hostDir: string,
+    launcherUID: string,
   ): Promise<PersistentVolumeMode | undefined> {
     const specVolume = (vmi.spec.volumes ?? []).find((v) => v.name === volume);
     const claim = specVolume === undefined ? undefined : claimNameOf(specVolume);
@@ -310,7 +306,8 @@ export function createObserver(deps: ObserverDeps) {
         ? [PersistentVolumeMode.Filesystem, PersistentVolumeMode.Block]
         : [known === PersistentVolumeMode.Block ? known : PersistentVolumeMode.Filesystem];
     for (const mode of modes) {
-      if (await exists(hotplugSourcePath(hostDir, volume, mode))) return mode;
+      if ((await checkedHotplugSource(deps.kubeletRoot, launcherUID, volume, mode)) !== undefined)
+        return mode;
     }
     return undefined;
   }

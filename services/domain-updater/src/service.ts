@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { stat } from 'node:fs/promises';
 import { provision, Publisher, runStage, type Bus, type StageRunner } from '@plugline/bus';
 import {
   isHotpluggable,
   isName,
+  PersistentVolumeMode,
   Stage,
   type OperationKind,
   type VirtualMachineInstance,
@@ -14,7 +14,6 @@ import {
   createSimulatedDriver,
   DeviceEventType,
   domainNameOf,
-  hotplugSourcePath,
   parseDomainName,
   volumeOfAlias,
   type DeviceEvent,
@@ -34,12 +33,12 @@ import { domainUpdaterMachine, NudgeCause } from './machine.js';
 import {
   createObserver,
   findLauncher,
-  hotplugHostDir,
   runsOn,
   specDiskOf,
   type PodLike,
   type PvcLike,
 } from './observe.js';
+import { checkedHotplugSource } from './paths.js';
 
 type KubeConfig = ReturnType<typeof loadKubeConfig>;
 
@@ -119,13 +118,6 @@ function makeDriver(settings: DomainUpdaterSettings): {
     defineDomain: (d) => sim.defineDomain(d),
     listDomains: () => sim.listDomains(),
   };
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
 }
 
 /**
@@ -237,6 +229,26 @@ export async function startDomainUpdater(
     ensureDomain,
   });
 
+  /**
+   * Whether node-mounter has made a volume's source. A source refused as not node-mounter's (a
+   * symlink, the wrong kind, a bad launcher UID) counts too: the nudged stage reports the refusal.
+   */
+  async function sourceThere(launcherUID: string, volume: string): Promise<boolean> {
+    for (const mode of [PersistentVolumeMode.Filesystem, PersistentVolumeMode.Block]) {
+      try {
+        if (
+          (await checkedHotplugSource(settings.kubeletRoot, launcherUID, volume, mode)) !==
+          undefined
+        )
+          return true;
+      } catch (err) {
+        log.warn({ err, volume }, 'reconcile: refused a hotplug source; the stage will report it');
+        return true;
+      }
+    }
+    return false;
+  }
+
   /** Volumes whose domain and spec disagree get a nudge; the machines decide the rest. */
   async function reconcile(): Promise<number> {
     let nudged = 0;
@@ -259,15 +271,12 @@ export async function startDomainUpdater(
           nudged++;
         }
       }
-      const launcher = findLauncher(pods.list(), vmi.metadata.uid!, node);
+      const launcher = findLauncher(pods.list(), vmi.metadata.uid!, node, ns);
       if (launcher === undefined) continue;
-      const dir = hotplugHostDir(settings.kubeletRoot, launcher.metadata!.uid!);
+      const launcherUID = launcher.metadata!.uid!;
       for (const volume of (vmi.spec.volumes ?? []).filter(isHotpluggable)) {
         if (attached.has(volume.name) || specDiskOf(vmi, volume.name) === undefined) continue;
-        const mounted =
-          (await exists(hotplugSourcePath(dir, volume.name, 'Filesystem'))) ||
-          (await exists(hotplugSourcePath(dir, volume.name, 'Block')));
-        if (mounted) {
+        if (await sourceThere(launcherUID, volume.name)) {
           await nudge(vmi, volume.name, NudgeCause.Reconcile, 'plug');
           nudged++;
         }

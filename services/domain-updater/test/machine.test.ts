@@ -1,11 +1,17 @@
-import { getAdjacencyMap, getShortestPaths, getSimplePaths } from '@xstate/graph';
-import type { AdjacencyMap, AdjacencyValue, StatePath } from '@xstate/graph';
 import { isDeepStrictEqual } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { createActor, fromPromise } from 'xstate';
 import type { AnyEventObject } from 'xstate';
 import type { StageEmitted, WorkEvent } from '@plugline/bus';
 import { HypervisorError, TransientError, type WorkItem } from '@plugline/contracts';
+import {
+  edgePaths,
+  replayPaths,
+  simplePaths,
+  stepCount,
+  type ModelPath as GraphPath,
+  type ModelTraversal,
+} from '@plugline/testkit';
 import {
   DETACH_TIMEOUT_REASON,
   domainUpdaterMachine,
@@ -91,7 +97,7 @@ const INVOKED: Partial<Record<string, string>> = {
 };
 
 type ModelEvent = WorkEvent | AnyEventObject;
-type ModelPath = StatePath<DomainUpdaterSnapshot, ModelEvent>;
+type ModelPath = GraphPath<DomainUpdaterSnapshot, ModelEvent>;
 
 const transient = new TransientError('DuplicateTarget', "target 'sda' duplicated");
 const locked = new HypervisorError('ImageLocked', 'Failed to get "write" lock');
@@ -147,11 +153,12 @@ function serializeFine(s: DomainUpdaterSnapshot): string {
 }
 
 /** The coarse traversal leaves out the nudge variants (the fine one has them). */
-const traversal = (serializeState: (s: DomainUpdaterSnapshot) => string, nudges = true) => ({
+const traversal = (
+  serializeState: (s: DomainUpdaterSnapshot) => string,
+  nudges = true,
+): ModelTraversal<DomainUpdaterSnapshot, ModelEvent> => ({
   input,
-  events: ((s: DomainUpdaterSnapshot) => eventsFor(s, nudges)) as (
-    s: DomainUpdaterSnapshot,
-  ) => WorkEvent[],
+  events: (s) => eventsFor(s, nudges),
   serializeState,
 });
 
@@ -313,57 +320,25 @@ function describePath(path: ModelPath): string {
     .join(', ');
 }
 
-async function replayAll(paths: ModelPath[], serialize: (s: DomainUpdaterSnapshot) => string) {
-  for (const path of paths) {
-    try {
-      await replay(path, serialize);
-    } catch (err) {
-      throw new Error(`path failed: ${describePath(path)}`, { cause: err });
-    }
-  }
+function replayAll(paths: ModelPath[], serialize: (s: DomainUpdaterSnapshot) => string) {
+  return replayPaths(paths, (path) => replay(path, serialize), describePath);
 }
 
 describe('domainUpdaterMachine over every path', () => {
   it('every simple path through the control states (state × detach in flight)', async () => {
-    const paths = getSimplePaths(
-      domainUpdaterMachine,
-      traversal(serializeCoarse, false),
-    ) as ModelPath[];
+    const paths = simplePaths(domainUpdaterMachine, traversal(serializeCoarse, false));
     const reached = new Set(paths.map((p) => String(p.state.value)));
     expect([...reached].sort()).toEqual([...STATES].sort());
     expect(paths.length).toBeGreaterThan(500);
-    console.log(
-      `simple paths: ${paths.length}, steps: ${paths.reduce((n, p) => n + p.steps.length, 0)}`,
-    );
+    console.log(`simple paths: ${paths.length}, steps: ${stepCount(paths)}`);
     await replayAll(paths, serializeCoarse);
   }, 120_000);
 
   it('every transition of the fine model (shortest path to each state, plus each event from it)', async () => {
-    const options = traversal(serializeFine);
-    const shortest = getShortestPaths(domainUpdaterMachine, options) as ModelPath[];
-    const adjacency: AdjacencyMap<DomainUpdaterSnapshot, ModelEvent> = getAdjacencyMap<
-      DomainUpdaterSnapshot,
-      ModelEvent,
-      typeof input
-    >(domainUpdaterMachine as never, options);
-    const byState = new Map(shortest.map((p) => [serializeFine(p.state), p] as const));
-    const edgePaths: ModelPath[] = [];
-    for (const [k, node] of Object.entries(adjacency) as [
-      string,
-      AdjacencyValue<DomainUpdaterSnapshot, ModelEvent>,
-    ][]) {
-      const to = byState.get(k);
-      if (to === undefined) throw new Error(`no path to ${k}`);
-      for (const next of Object.values(node.transitions) as {
-        event: ModelEvent;
-        state: DomainUpdaterSnapshot;
-      }[]) {
-        edgePaths.push({ ...to, state: next.state, steps: [...to.steps, next] });
-      }
-    }
-    console.log(`states: ${shortest.length}, transitions: ${edgePaths.length}`);
-    expect(edgePaths.length).toBeGreaterThan(200);
-    await replayAll(edgePaths, serializeFine);
+    const { states: shortest, edges } = edgePaths(domainUpdaterMachine, traversal(serializeFine));
+    console.log(`states: ${shortest.length}, transitions: ${edges.length}`);
+    expect(edges.length).toBeGreaterThan(200);
+    await replayAll(edges, serializeFine);
   }, 120_000);
 });
 

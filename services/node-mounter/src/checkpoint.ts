@@ -13,6 +13,8 @@ import { assertUid, VolumeMode } from './paths.js';
  */
 
 export interface CheckpointEntry {
+  /** The VMI's namespace (absent in entries written before it was recorded). */
+  readonly namespace?: string;
   readonly volume: string;
   readonly mode: VolumeMode;
   /** Absolute path of `<vol>.img` / `<vol>` in the launcher's hotplug folder (real kubelet root). */
@@ -59,7 +61,9 @@ export function parseCheckpointEntry(value: unknown): CheckpointEntry | undefine
   if (v.mode !== VolumeMode.Filesystem && v.mode !== VolumeMode.Block) return undefined;
   if (v.rdev !== undefined && !isDeviceNumber(v.rdev)) return undefined;
   if (v.cgroupDir !== undefined && typeof v.cgroupDir !== 'string') return undefined;
+  if (v.namespace !== undefined && typeof v.namespace !== 'string') return undefined;
   return {
+    ...(v.namespace === undefined ? {} : { namespace: v.namespace }),
     volume: v.volume,
     mode: v.mode,
     target: v.target,

@@ -119,31 +119,53 @@ function byAge(a: PodView, b: PodView): number {
   return (a.metadata?.name ?? '') < (b.metadata?.name ?? '') ? -1 : 1;
 }
 
-/** The VMI's launcher pods on this node, running ones first. */
-export function launcherPodsOf(vmiUID: string, pods: readonly PodView[]): PodView[] {
+/**
+ * True when the pod is in `namespace` (any namespace when it is undefined). A VMI's pods live in
+ * its namespace: a pod elsewhere that carries its labels is not its pod, whatever it claims.
+ */
+function inNamespace(pod: PodView, namespace: string | undefined): boolean {
+  return namespace === undefined || pod.metadata?.namespace === namespace;
+}
+
+/** The VMI's launcher pods on this node (in `namespace`, when given), running ones first. */
+export function launcherPodsOf(
+  vmiUID: string,
+  pods: readonly PodView[],
+  namespace?: string,
+): PodView[] {
   return pods
     .filter(
       (p) =>
         p.metadata?.labels?.[KubevirtLabel.App] === LAUNCHER_LABEL_VALUE &&
         p.metadata.labels[KubevirtLabel.CreatedBy] === vmiUID &&
+        inNamespace(p, namespace) &&
         !isDeleting(p),
     )
     .sort((a, b) => Number(isRunning(b)) - Number(isRunning(a)) || byAge(a, b));
 }
 
-/** The VMI's attachment pods on this node that carry `volume`, oldest first. */
+/**
+ * The VMI's attachment pods on this node (in `namespace`, when given) that carry `volume` — from
+ * the PVC `claim`, when given — oldest first.
+ */
 export function attachmentPodsWith(
   vmiUID: string,
   volume: string,
   pods: readonly PodView[],
+  namespace?: string,
+  claim?: string,
 ): PodView[] {
   return pods
     .filter(
       (p) =>
         p.metadata?.labels?.[KubevirtLabel.App] === HOTPLUG_DISK_LABEL_VALUE &&
         p.metadata.annotations?.[KubevirtLabel.OwnerVmiUid] === vmiUID &&
+        inNamespace(p, namespace) &&
         (p.spec?.volumes ?? []).some(
-          (v) => v.name === volume && v.persistentVolumeClaim !== undefined,
+          (v) =>
+            v.name === volume &&
+            v.persistentVolumeClaim !== undefined &&
+            (claim === undefined || v.persistentVolumeClaim.claimName === claim),
         ),
     )
     .sort(byAge);
@@ -181,10 +203,14 @@ interface PlugPods {
   readonly attachment: PodView;
 }
 
-/** The running launcher and a ready attachment pod carrying the volume, or why to wait. */
-function plugPods(view: VolumeView, vmiUID: string): PlugPods | Decision {
+/**
+ * The running launcher and a ready attachment pod carrying the volume from the spec's `claim`,
+ * both in the VMI's namespace, or why to wait. A pod carrying another claim under the volume's
+ * name (a stale pod from before the volume was re-added with another PVC) is not its pod.
+ */
+function plugPods(view: VolumeView, vmiUID: string, claim: string): PlugPods | Decision {
   const { item, pods, node } = view;
-  const launcher = launcherPodsOf(vmiUID, pods)[0];
+  const launcher = launcherPodsOf(vmiUID, pods, item.namespace)[0];
   if (launcher === undefined) {
     return wait(DecisionReason.LauncherNotFound, `no launcher pod of ${item.vmi} on ${node}`);
   }
@@ -192,11 +218,13 @@ function plugPods(view: VolumeView, vmiUID: string): PlugPods | Decision {
     const name = launcher.metadata?.name ?? '';
     return wait(DecisionReason.LauncherNotRunning, `launcher pod ${name} is not running`);
   }
-  const attachment = attachmentPodsWith(vmiUID, item.volume, pods).find(isReady);
+  const attachment = attachmentPodsWith(vmiUID, item.volume, pods, item.namespace, claim).find(
+    isReady,
+  );
   if (attachment === undefined) {
     return wait(
       DecisionReason.AttachmentPodNotRunning,
-      `no running attachment pod carries ${item.volume} on ${node}`,
+      `no running attachment pod carries ${item.volume} (PVC ${claim}) on ${node}`,
     );
   }
   return { launcher, attachment };
@@ -222,8 +250,8 @@ function isDecision(value: object): value is Decision {
   return 'kind' in value;
 }
 
-function decidePlug(view: VolumeView, vmiUID: string): Decision {
-  const pods = plugPods(view, vmiUID);
+function decidePlug(view: VolumeView, vmiUID: string, claim: string): Decision {
+  const pods = plugPods(view, vmiUID, claim);
   if (isDecision(pods)) return pods;
   const volume = boundVolume(view, pods.attachment);
   if (isDecision(volume)) return volume;
@@ -232,6 +260,7 @@ function decidePlug(view: VolumeView, vmiUID: string): Decision {
   return {
     kind: DecisionKind.Plug,
     request: {
+      namespace: view.item.namespace,
       vmiUID,
       launcherUID: uidOf(pods.launcher),
       attachPodUID: uidOf(pods.attachment),
@@ -252,19 +281,19 @@ function unplugMode(view: VolumeView, vmiUID: string): VolumeMode | undefined {
   if (info?.volumeMode === VolumeMode.Block || info?.volumeMode === VolumeMode.Filesystem) {
     return info.volumeMode;
   }
-  const pod = attachmentPodsWith(vmiUID, view.item.volume, view.pods)[0];
+  const pod = attachmentPodsWith(vmiUID, view.item.volume, view.pods, view.item.namespace)[0];
   const claim = pod === undefined ? undefined : claimOfPod(pod, view.item.volume);
   return claim === undefined ? undefined : volumeModeOf(view.pvc(claim));
 }
 
 function unplug(view: VolumeView, vmiUID: string, why: string): Decision {
-  const launcherUID = launcherPodsOf(vmiUID, view.pods)[0]?.metadata?.uid;
+  const launcherUID = launcherPodsOf(vmiUID, view.pods, view.item.namespace)[0]?.metadata?.uid;
   const mode = unplugMode(view, vmiUID);
   // Both known: unplug can also clean a target the checkpoint does not know.
   const guess = launcherUID !== undefined && mode !== undefined ? { launcherUID, mode } : {};
   return {
     kind: DecisionKind.Unplug,
-    request: { vmiUID, volume: view.item.volume, ...guess },
+    request: { namespace: view.item.namespace, vmiUID, volume: view.item.volume, ...guess },
     why,
   };
 }
@@ -280,6 +309,9 @@ function unplug(view: VolumeView, vmiUID: string, why: string): Decision {
  *   Otherwise `skip`: the domain-updater nudges this stage when it lets go.
  * - The item's `vmiUID` becomes a path segment (checkpoint) only after validation: a name that
  *   could leave the state dir or kubelet root is refused.
+ * - Only pods in the item's namespace count, and only an attachment pod carrying the spec's PVC:
+ *   an item naming another VMI's UID cannot reach that VMI's pods, and the requests carry the
+ *   namespace so the mounter refuses a checkpointed volume of another namespace.
  */
 export function decide(view: VolumeView): Decision {
   const { item, vmi } = view;
@@ -306,14 +338,15 @@ export function decide(view: VolumeView): Decision {
   }
   const specVolume = (vmi.spec.volumes ?? []).find((v) => v.name === item.volume);
   if (specVolume !== undefined) {
-    if (!isHotpluggable(specVolume) || claimNameOf(specVolume) === undefined) {
+    const claim = claimNameOf(specVolume);
+    if (!isHotpluggable(specVolume) || claim === undefined) {
       return {
         kind: DecisionKind.Skip,
         reason: DecisionReason.NotHotpluggable,
         message: `${item.volume} is not a hotplug PVC or DataVolume volume`,
       };
     }
-    return decidePlug(view, item.vmiUID);
+    return decidePlug(view, item.vmiUID, claim);
   }
   if (item.cause === RELEASE_CAUSE || !domainHolds(vmi, item.volume)) {
     return unplug(view, item.vmiUID, DecisionReason.NotInSpec);
@@ -340,7 +373,7 @@ export function wantedVolumes(
     if (uid === undefined) continue;
     const here =
       vmi.status?.nodeName === node ||
-      ((vmi.status?.nodeName ?? '') === '' && launcherPodsOf(uid, pods).length > 0);
+      ((vmi.status?.nodeName ?? '') === '' && launcherPodsOf(uid, pods, vmi.metadata.namespace).length > 0);
     if (!here) continue;
     const volumes = new Set(hotplugVolumesOf(vmi));
     for (const s of vmi.status?.volumeStatus ?? []) {

@@ -47,3 +47,24 @@ export class CgroupError extends PluglineError {
     super('CgroupFailed', `${cgroupDir}: ${message}`, options);
   }
 }
+
+/**
+ * A request names a VMI UID whose checkpointed volume belongs to another namespace: never undone
+ * or replaced for it (a message cannot reach into another namespace's VMI).
+ */
+export class ForeignVolumeError extends TerminalError {
+  override name = 'ForeignVolumeError';
+  constructor(
+    readonly vmiUID: string,
+    readonly volume: string,
+    readonly recordedNamespace: string,
+    readonly requestNamespace: string,
+    options?: ErrorOptions,
+  ) {
+    super(
+      'ForeignVolume',
+      `volume ${volume} of VMI ${vmiUID} was plugged for namespace ${recordedNamespace}, not ${requestNamespace}`,
+      options,
+    );
+  }
+}

@@ -7,6 +7,10 @@ export {
   isLexicallyInside,
   joinInsideRoot,
   assertRealPathInsideRoot,
+  assertRealPathInsidePod,
+  MAX_SEGMENT_BYTES,
+  podDirPath,
+  pluginsDirPath,
   resolveInsideRoot,
   launcherHotplugDirPath,
   attachmentFilesystemSourcePath,
@@ -22,7 +26,13 @@ export {
 export { unescapeMountField, parseMountInfoLine, parseMountInfo, mountsAt } from './mountinfo.js';
 export type { MountInfoEntry } from './mountinfo.js';
 
-export { MountError, SourceNotFoundError, WrongFileKindError, CgroupError } from './errors.js';
+export {
+  CgroupError,
+  ForeignVolumeError,
+  MountError,
+  SourceNotFoundError,
+  WrongFileKindError,
+} from './errors.js';
 
 export {
   SELF_MOUNTINFO,

@@ -3,7 +3,7 @@ import { isAbsolute } from 'node:path';
 
 import { EventType, NotFoundError, PathEscapeError } from '@plugline/contracts';
 
-import { SourceNotFoundError } from './errors.js';
+import { ForeignVolumeError, SourceNotFoundError } from './errors.js';
 
 import {
   loadAllCheckpoints,
@@ -30,6 +30,7 @@ import {
 import type { CgroupResult, DeviceNumber, Ownership } from './mounter.js';
 import {
   assertLabelSegment,
+  assertRealPathInsidePod,
   assertRealPathInsideRoot,
   assertUid,
   attachmentBlockSource,
@@ -62,6 +63,8 @@ export interface NodeMounterOptions {
 }
 
 export interface PlugRequest {
+  /** The VMI's namespace: recorded, so that only a request for the same namespace undoes it. */
+  readonly namespace?: string;
   readonly vmiUID: string;
   readonly launcherUID: string;
   readonly attachPodUID: string;
@@ -71,6 +74,8 @@ export interface PlugRequest {
 }
 
 export interface UnplugRequest {
+  /** Refuses (ForeignVolumeError) a checkpointed volume recorded for another namespace. */
+  readonly namespace?: string;
   readonly vmiUID: string;
   readonly volume: string;
   /** Lets unplug clean a target the checkpoint does not know (with `mode`). */
@@ -207,7 +212,11 @@ export class NodeMounter {
       throw new NotFoundError(`launcher hotplug folder ${hotplugDir} does not exist`);
     }
     if (!(await pathExists(source))) throw new SourceNotFoundError(source);
-    const target = await targetPath(hotplugDir, request.volume, request.mode, root);
+    const target = await assertRealPathInsidePod(
+      root,
+      request.launcherUID,
+      await targetPath(hotplugDir, request.volume, request.mode, root),
+    );
     return { source, target };
   }
 
@@ -218,10 +227,17 @@ export class NodeMounter {
     return this.locks.run(request.vmiUID, async () => {
       const root = await this.realRoot();
       // Re-check under the lock: the layout may have changed since `locate`.
-      await assertRealPathInsideRoot(root, located.source);
-      await assertRealPathInsideRoot(root, located.target);
+      await assertRealPathInsidePod(
+        root,
+        request.attachPodUID,
+        located.source,
+        request.mode === VolumeMode.Block,
+      );
+      await assertRealPathInsidePod(root, request.launcherUID, located.target);
       const loaded = await loadCheckpoint(this.options.stateDir, request.vmiUID);
       const previous = loaded.entries.find((e) => e.volume === request.volume);
+      // Before anything is undone or replaced: a request of another namespace touches nothing.
+      if (previous !== undefined) this.assertSameNamespace(request, previous);
       if (
         previous !== undefined &&
         (previous.target !== located.target || previous.mode !== request.mode)
@@ -229,6 +245,7 @@ export class NodeMounter {
         await this.undo(previous);
       }
       const intent: CheckpointEntry = {
+        ...(request.namespace === undefined ? {} : { namespace: request.namespace }),
         volume: request.volume,
         mode: request.mode,
         target: located.target,
@@ -284,8 +301,9 @@ export class NodeMounter {
     assertLabelSegment(root, 'volume', request.volume);
     return this.locks.run(request.vmiUID, async () => {
       const loaded = await loadCheckpoint(this.options.stateDir, request.vmiUID);
-      const entry =
-        loaded.entries.find((e) => e.volume === request.volume) ?? (await this.guessEntry(request));
+      const recorded = loaded.entries.find((e) => e.volume === request.volume);
+      if (recorded !== undefined) this.assertSameNamespace(request, recorded);
+      const entry = recorded ?? (await this.guessEntry(request));
       if (entry === undefined) {
         return {
           type: EventType.UnmountedFromPod,
@@ -304,6 +322,23 @@ export class NodeMounter {
       );
       return fact;
     });
+  }
+
+  /**
+   * VMI UIDs are unique cluster-wide, so a request naming a VMI UID whose volume was recorded for
+   * another namespace was not made for that VMI: refused, the volume is left alone.
+   */
+  private assertSameNamespace(
+    request: { readonly namespace?: string; readonly vmiUID: string },
+    entry: CheckpointEntry,
+  ): void {
+    if (
+      request.namespace !== undefined &&
+      entry.namespace !== undefined &&
+      request.namespace !== entry.namespace
+    ) {
+      throw new ForeignVolumeError(request.vmiUID, entry.volume, entry.namespace, request.namespace);
+    }
   }
 
   private async guessEntry(request: UnplugRequest): Promise<CheckpointEntry | undefined> {

@@ -19,6 +19,7 @@ export type VolumeMode = (typeof VolumeMode)[keyof typeof VolumeMode];
 /** Fixed path components of the kubelet layout (never user input). */
 export const KubeletLayout = {
   pods: 'pods',
+  plugins: 'plugins',
   volumes: 'volumes',
   volumeDevices: 'volumeDevices',
   emptyDir: 'kubernetes.io~empty-dir',
@@ -31,9 +32,13 @@ export const KubeletLayout = {
 /** A pod UID (or VMI UID): UUID-ish, lowercase alphanumerics and '-'. */
 const UID_PATTERN = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
+/** Linux NAME_MAX: longer segments fail with ENAMETOOLONG half-way through an operation. */
+export const MAX_SEGMENT_BYTES = 255;
+
 /**
  * Refuses a single path segment that could move a joined path anywhere else: empty, `.`, `..`,
- * absolute, containing a separator or NUL. Throws PathEscapeError.
+ * absolute, containing a separator or NUL (PathEscapeError); longer than NAME_MAX
+ * (InvalidNameError), refused before any I/O rather than failing half-way.
  */
 export function assertPlainSegment(root: string, segment: string): string {
   if (
@@ -46,6 +51,14 @@ export function assertPlainSegment(root: string, segment: string): string {
     segment.includes('\0')
   ) {
     throw new PathEscapeError(segment, root);
+  }
+  if (Buffer.byteLength(segment) > MAX_SEGMENT_BYTES) {
+    throw new InvalidNameError(
+      'path segment',
+      segment,
+      'segment',
+      `path segment of ${Buffer.byteLength(segment)} bytes: at most ${MAX_SEGMENT_BYTES}`,
+    );
   }
   return segment;
 }
@@ -93,12 +106,10 @@ function isNotFound(err: unknown): boolean {
 }
 
 /**
- * I/O part of {@link resolveInsideRoot}: resolves symlinks along `path` (the longest existing
- * prefix — the last components may not exist yet) and refuses with PathEscapeError when the real
- * path leaves the real root. Returns `path` unchanged on success.
+ * `path` with symlinks resolved along its longest existing prefix (the last components may not
+ * exist yet). PathEscapeError (relative to `root`) on a dangling symlink on the way.
  */
-export async function assertRealPathInsideRoot(root: string, path: string): Promise<string> {
-  const realRoot = await realpath(root);
+async function resolveExisting(root: string, path: string): Promise<string> {
   let existing = path;
   let rest = '';
   for (;;) {
@@ -120,8 +131,52 @@ export async function assertRealPathInsideRoot(root: string, path: string): Prom
     // A dangling symlink on the way: whatever it points at, it is not inside the root now.
     throw new PathEscapeError(path, root, { cause: err });
   }
-  const resolved = rest === '' ? real : join(real, rest);
-  if (!isLexicallyInside(realRoot, resolved)) throw new PathEscapeError(path, root);
+  return rest === '' ? real : join(real, rest);
+}
+
+/**
+ * I/O part of {@link resolveInsideRoot}: resolves symlinks along `path` (the longest existing
+ * prefix — the last components may not exist yet) and refuses with PathEscapeError when the real
+ * path leaves the real root. Returns `path` unchanged on success.
+ */
+export async function assertRealPathInsideRoot(root: string, path: string): Promise<string> {
+  const realRoot = await realpath(root);
+  if (!isLexicallyInside(realRoot, await resolveExisting(root, path))) {
+    throw new PathEscapeError(path, root);
+  }
+  return path;
+}
+
+/** Pure: a pod's folder, `<root>/pods/<uid>`. */
+export function podDirPath(root: string, podUID: string): string {
+  assertUid(root, 'podUID', podUID);
+  return joinInsideRoot(root, KubeletLayout.pods, podUID);
+}
+
+/** Pure: where a CSI driver publishes volumes for pods (a real kubelet's block volumes link there). */
+export function pluginsDirPath(root: string): string {
+  return joinInsideRoot(root, KubeletLayout.plugins);
+}
+
+/**
+ * Refuses with PathEscapeError (naming the pod's folder) a `path` whose real path is not inside
+ * the pod's own folder — another pod's folder is inside the kubelet root too, and a symlink there
+ * would hand over another pod's disk. `sharedPlugins` also admits the kubelet's plugins folder,
+ * where a real kubelet's `volumeDevices/<driver>/<pv>` symlinks point (never another pod's).
+ */
+export async function assertRealPathInsidePod(
+  root: string,
+  podUID: string,
+  path: string,
+  sharedPlugins = false,
+): Promise<string> {
+  const podDir = podDirPath(root, podUID);
+  const realRoot = await realpath(root);
+  const resolved = await resolveExisting(root, path);
+  const inPod = isLexicallyInside(join(realRoot, KubeletLayout.pods, podUID), resolved);
+  const inPlugins =
+    sharedPlugins && isLexicallyInside(join(realRoot, KubeletLayout.plugins), resolved);
+  if (!inPod && !inPlugins) throw new PathEscapeError(path, podDir);
   return path;
 }
 
@@ -191,27 +246,42 @@ export function targetPathIn(hotplugDir: string, volume: string, mode: VolumeMod
   return joinInsideRoot(hotplugDir, targetName(volume, mode));
 }
 
-/** The launcher's hotplug folder, checked against symlink escape. */
+/** The launcher's hotplug folder, checked to really be in the launcher pod's own folder. */
 export async function launcherHotplugDir(root: string, launcherUID: string): Promise<string> {
-  return assertRealPathInsideRoot(root, launcherHotplugDirPath(root, launcherUID));
+  return assertRealPathInsidePod(root, launcherUID, launcherHotplugDirPath(root, launcherUID));
 }
 
-/** The attachment pod's `disk.img`, checked against symlink escape. */
+/**
+ * The attachment pod's `disk.img`, checked to really be the attachment pod's: inside its own
+ * folder, not through a symlink out of the root or into another pod's folder.
+ */
 export async function attachmentFilesystemSource(
   root: string,
   podUID: string,
   pvName: string,
 ): Promise<string> {
-  return assertRealPathInsideRoot(root, attachmentFilesystemSourcePath(root, podUID, pvName));
+  return assertRealPathInsidePod(
+    root,
+    podUID,
+    attachmentFilesystemSourcePath(root, podUID, pvName),
+  );
 }
 
-/** The attachment pod's block device node, checked against symlink escape. */
+/**
+ * The attachment pod's block device node, checked to really be the attachment pod's: inside its
+ * own folder (or the kubelet's CSI plugins folder), never another pod's device node or /dev.
+ */
 export async function attachmentBlockSource(
   root: string,
   podUID: string,
   pvName: string,
 ): Promise<string> {
-  return assertRealPathInsideRoot(root, attachmentBlockSourcePath(root, podUID, pvName));
+  return assertRealPathInsidePod(
+    root,
+    podUID,
+    attachmentBlockSourcePath(root, podUID, pvName),
+    true,
+  );
 }
 
 /**

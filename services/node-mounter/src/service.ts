@@ -198,7 +198,12 @@ export async function startNodeMounter(
   const kc = deps.kubeConfig ?? loadKubeConfig({ kubeconfig: config.kubeconfig });
   const bus =
     deps.bus ??
-    (await connectBus({ servers: config.natsUrls, name: `node-mounter@${node}`, logger: log }));
+    (await connectBus({
+      servers: config.natsUrls,
+      auth: config.natsAuth,
+      name: `node-mounter@${node}`,
+      logger: log,
+    }));
   const ownsBus = deps.bus === undefined;
   const truth = startInformers(kc, node, log);
   const informers = [truth.vmis, truth.pods, truth.pvcs];

@@ -35,6 +35,7 @@ function vmi(
 const launcher: PodView = {
   metadata: {
     name: 'virt-launcher-x',
+    namespace: 'ns-a',
     uid: launcherUID,
     labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': vmiUID },
   },
@@ -45,6 +46,7 @@ function attachment(phase = 'Running', volumes = ['data']): PodView {
   return {
     metadata: {
       name: 'hp-volume-abc',
+      namespace: 'ns-a',
       uid: attachUID,
       creationTimestamp: '2024-01-01T00:00:00Z',
       labels: { 'kubevirt.io': 'hotplug-disk' },
@@ -100,6 +102,7 @@ describe('decide', () => {
     expect(decide(view())).toEqual({
       kind: DecisionKind.Plug,
       request: {
+        namespace: 'ns-a',
         vmiUID,
         launcherUID,
         attachPodUID: attachUID,
@@ -153,7 +156,7 @@ describe('decide', () => {
     );
     expect(d).toEqual({
       kind: DecisionKind.Unplug,
-      request: { vmiUID, volume: 'data', launcherUID, mode: 'Block' },
+      request: { namespace: 'ns-a', vmiUID, volume: 'data', launcherUID, mode: 'Block' },
       why: 'NotInSpec',
     });
   });
@@ -195,7 +198,7 @@ describe('decide', () => {
     ]) {
       expect(decide(view({ vmi: gone, pods: [] }))).toEqual({
         kind: DecisionKind.Unplug,
-        request: { vmiUID, volume: 'data' },
+        request: { namespace: 'ns-a', vmiUID, volume: 'data' },
         why: 'VmiGone',
       });
     }
@@ -226,6 +229,54 @@ describe('decide', () => {
       kind: DecisionKind.Skip,
       reason: 'NotHotpluggable',
     });
+  });
+});
+
+describe('decide never reaches another VMI\'s pods or devices', () => {
+  /** A pod as it would be in another namespace (same labels, annotations, volume names). */
+  const elsewhere = (pod: PodView): PodView => ({
+    ...pod,
+    metadata: { ...pod.metadata, namespace: 'ns-b' },
+  });
+
+  it('an item naming the UID of a VMI in another namespace unplugs nothing of that VMI', () => {
+    // ns-a/vm-long-name-for-tests does not exist; the item carries the UID of a VMI in ns-b whose
+    // launcher and attachment pod run on this node.
+    const d = decide(view({ vmi: undefined, pods: [elsewhere(launcher), elsewhere(attachment())] }));
+    // No target guess from the other namespace's launcher; the namespace goes with the request so
+    // the mounter refuses that VMI's checkpointed volume (ForeignVolumeError, node-mounter.test).
+    expect(d).toEqual({
+      kind: DecisionKind.Unplug,
+      request: { namespace: 'ns-a', vmiUID, volume: 'data' },
+      why: 'VmiGone',
+    });
+  });
+
+  it('does not plug from a launcher or attachment pod in another namespace', () => {
+    expect(decide(view({ pods: [elsewhere(launcher), attachment()] }))).toMatchObject({
+      kind: DecisionKind.Wait,
+      reason: 'LauncherPodNotFound',
+    });
+    expect(decide(view({ pods: [launcher, elsewhere(attachment())] }))).toMatchObject({
+      kind: DecisionKind.Wait,
+      reason: 'AttachmentPodNotRunning',
+    });
+  });
+
+  it('does not plug from an attachment pod carrying the volume name with another PVC', () => {
+    const stale = attachment();
+    stale.spec = {
+      ...stale.spec,
+      volumes: [{ name: 'data', persistentVolumeClaim: { claimName: 'claim-other' } }],
+    };
+    const other: PvcView = { ...boundPvc, metadata: { name: 'claim-other' } };
+    const d = decide(
+      view({
+        pods: [launcher, stale],
+        pvc: (name) => (name === 'claim-other' ? other : name === 'claim-data' ? boundPvc : undefined),
+      }),
+    );
+    expect(d).toMatchObject({ kind: DecisionKind.Wait, reason: 'AttachmentPodNotRunning' });
   });
 });
 

@@ -1,5 +1,3 @@
-import { getAdjacencyMap, getShortestPaths, getSimplePaths } from '@xstate/graph';
-import type { AdjacencyMap, AdjacencyValue, StatePath } from '@xstate/graph';
 import { isDeepStrictEqual } from 'node:util';
 
 import { describe, expect, it, vi } from 'vitest';
@@ -7,6 +5,8 @@ import { createActor, fromCallback, fromPromise } from 'xstate';
 import type { AnyEventObject } from 'xstate';
 
 import { PathEscapeError, TerminalError, TransientError } from '@plugline/contracts';
+import { edgePaths, replayPaths, simplePaths, stepCount } from '@plugline/testkit';
+import type { ModelPath as GraphPath, ModelTraversal } from '@plugline/testkit';
 
 import {
   backoffActor,
@@ -53,7 +53,7 @@ const INVOKED: Partial<Record<string, string>> = {
 };
 
 type ModelEvent = MounterEvent | AnyEventObject;
-type ModelPath = StatePath<NodeMounterSnapshot, ModelEvent>;
+type ModelPath = GraphPath<NodeMounterSnapshot, ModelEvent>;
 
 /** The events the world can deliver in a state: requests always; an effect's outcome while it runs. */
 function eventsFor(snapshot: NodeMounterSnapshot): ModelEvent[] {
@@ -89,9 +89,11 @@ function serializeCoarse(s: NodeMounterSnapshot): string {
   return JSON.stringify([s.value, s.context.desired, s.context.domainReleased]);
 }
 
-const traversal = (serializeState: (s: NodeMounterSnapshot) => string) => ({
+const traversal = (
+  serializeState: (s: NodeMounterSnapshot) => string,
+): ModelTraversal<NodeMounterSnapshot, ModelEvent> => ({
   input: { volume },
-  events: eventsFor as (s: NodeMounterSnapshot) => MounterEvent[],
+  events: eventsFor,
   serializeState,
 });
 
@@ -276,60 +278,28 @@ function describePath(path: ModelPath): string {
     .join(', ');
 }
 
-async function replayAll(
+function replayAll(
   paths: ModelPath[],
   serialize: (s: NodeMounterSnapshot) => string,
 ): Promise<void> {
-  for (const path of paths) {
-    try {
-      await replay(path, serialize);
-    } catch (err) {
-      throw new Error(`path failed: ${describePath(path)}`, { cause: err });
-    }
-  }
+  return replayPaths(paths, (path) => replay(path, serialize), describePath);
 }
 
 describe('nodeMounterMachine over every path', () => {
   it('every simple path through the control states (state × desired × domain released)', async () => {
-    const paths = getSimplePaths(nodeMounterMachine, traversal(serializeCoarse)) as ModelPath[];
+    const paths = simplePaths(nodeMounterMachine, traversal(serializeCoarse));
     expect(paths.length).toBeGreaterThan(1000);
-    console.log(
-      `simple paths: ${paths.length}, steps: ${paths.reduce((n, p) => n + p.steps.length, 0)}`,
-    );
+    console.log(`simple paths: ${paths.length}, steps: ${stepCount(paths)}`);
     const reached = new Set(paths.map((p) => String(p.state.value)));
     expect([...reached].sort()).toEqual(Object.values(MounterState).sort());
     await replayAll(paths, serializeCoarse);
   }, 60_000);
 
   it('every transition of the full model (shortest path to each state, plus each event from it)', async () => {
-    const options = traversal(serializeFine);
-    const shortest = getShortestPaths(nodeMounterMachine, options) as ModelPath[];
-    const adjacency: AdjacencyMap<NodeMounterSnapshot, ModelEvent> = getAdjacencyMap(
-      nodeMounterMachine,
-      options,
-    );
-    const byState = new Map(shortest.map((p) => [serializeFine(p.state), p] as const));
-    const edgePaths: ModelPath[] = [];
-    for (const [key, node] of Object.entries(adjacency) as [
-      string,
-      AdjacencyValue<NodeMounterSnapshot, ModelEvent>,
-    ][]) {
-      const to = byState.get(key);
-      if (to === undefined) throw new Error(`no path to ${key}`);
-      for (const next of Object.values(node.transitions) as {
-        event: ModelEvent;
-        state: NodeMounterSnapshot;
-      }[]) {
-        edgePaths.push({
-          ...to,
-          state: next.state,
-          steps: [...to.steps, { event: next.event, state: next.state }],
-        });
-      }
-    }
-    expect(edgePaths.length).toBeGreaterThan(1000);
-    console.log(`states: ${shortest.length}, transitions: ${edgePaths.length}`);
-    await replayAll(edgePaths, serializeFine);
+    const { states: shortest, edges } = edgePaths(nodeMounterMachine, traversal(serializeFine));
+    expect(edges.length).toBeGreaterThan(1000);
+    console.log(`states: ${shortest.length}, transitions: ${edges.length}`);
+    await replayAll(edges, serializeFine);
   }, 60_000);
 });
 

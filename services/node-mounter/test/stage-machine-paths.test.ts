@@ -1,5 +1,3 @@
-import { getAdjacencyMap, getShortestPaths, getSimplePaths } from '@xstate/graph';
-import type { AdjacencyMap, AdjacencyValue, StatePath } from '@xstate/graph';
 import { isDeepStrictEqual } from 'node:util';
 
 import { describe, expect, it } from 'vitest';
@@ -9,6 +7,15 @@ import type { AnyEventObject } from 'xstate';
 import type { StageEmitted } from '@plugline/bus';
 import { EventType, PathEscapeError, Stage, TransientError } from '@plugline/contracts';
 import type { WorkItem } from '@plugline/contracts';
+import {
+  describeModelPath,
+  edgePaths,
+  replayPaths,
+  simplePaths,
+  stepCount,
+  transitionsOf as graphTransitionsOf,
+} from '@plugline/testkit';
+import type { ModelPath as GraphPath, ModelTraversal } from '@plugline/testkit';
 
 import { backoffDelay, DecisionKind, mounterStageMachine, waitDelay } from '../src/index.js';
 import type {
@@ -132,7 +139,7 @@ const TAG: Partial<Record<string, string>> = {
 };
 
 type ModelEvent = MounterWorkEvent | AnyEventObject;
-type ModelPath = StatePath<MounterStageSnapshot, ModelEvent>;
+type ModelPath = GraphPath<MounterStageSnapshot, ModelEvent>;
 
 function work(decision: string, receivedAt = T0): MounterWorkEvent {
   const observed = DECISIONS[decision];
@@ -202,8 +209,10 @@ function serializeFine(s: MounterStageSnapshot): string {
   ]);
 }
 
-const traversal = (serializeState: (s: MounterStageSnapshot) => string) => ({
-  events: eventsFor as (s: MounterStageSnapshot) => MounterWorkEvent[],
+const traversal = (
+  serializeState: (s: MounterStageSnapshot) => string,
+): ModelTraversal<MounterStageSnapshot, ModelEvent> => ({
+  events: eventsFor,
   serializeState,
 });
 
@@ -355,37 +364,21 @@ async function replay(path: ModelPath, serialize: (s: MounterStageSnapshot) => s
   }
 }
 
-const describePath = (path: ModelPath): string =>
-  path.steps.map((s) => `${eventLabel(s.event)} → ${String(s.state.value)}`).join(', ');
-
-async function replayAll(paths: ModelPath[], serialize: (s: MounterStageSnapshot) => string) {
-  for (const path of paths) {
-    try {
-      await replay(path, serialize);
-    } catch (err) {
-      throw new Error(`path failed: ${describePath(path)}`, { cause: err });
-    }
-  }
+function replayAll(paths: ModelPath[], serialize: (s: MounterStageSnapshot) => string) {
+  return replayPaths(
+    paths,
+    (path) => replay(path, serialize),
+    (path) => describeModelPath(path, eventLabel),
+  );
 }
 
 /** The transitions the paths take, as `from -event-> to`. */
-function transitionsOf(paths: ModelPath[]): Set<string> {
-  const seen = new Set<string>();
-  for (const p of paths) {
-    let from = 'idle';
-    for (const step of p.steps) {
-      if (step.event.type === 'xstate.init') continue;
-      const to = String(step.state.value);
-      seen.add(`${from} -${eventLabel(step.event)}-> ${to}`);
-      from = to;
-    }
-  }
-  return seen;
-}
+const transitionsOf = (paths: ModelPath[]): Set<string> =>
+  graphTransitionsOf(paths, 'idle', eventLabel);
 
 describe('mounterStageMachine over every path', () => {
   it('every simple path through its states, taking every defined transition', async () => {
-    const paths = getSimplePaths(mounterStageMachine, traversal(serializeCoarse)) as ModelPath[];
+    const paths = simplePaths(mounterStageMachine, traversal(serializeCoarse));
     expect(new Set(paths.map((p) => String(p.state.value)))).toEqual(new Set(STATES));
     // A simple path never repeats a state, so it takes every transition but those back into a
     // state every path to their source passes: the self-loops, and mounted → plugging,
@@ -399,37 +392,16 @@ describe('mounterStageMachine over every path', () => {
     console.log(
       `stage machine: ${STATES.length} states, ${DEFINED.size} transitions ` +
         `(${DEFINED.size - notLoops.length} only by revisiting a state), ` +
-        `${paths.length} simple paths, ${paths.reduce((n, p) => n + p.steps.length, 0)} steps`,
+        `${paths.length} simple paths, ${stepCount(paths)} steps`,
     );
     await replayAll(paths, serializeCoarse);
   }, 30_000);
 
   it('every transition of the fine model (shortest path to each state, plus each event from it)', async () => {
-    const options = traversal(serializeFine);
-    const shortest = getShortestPaths(mounterStageMachine, options) as ModelPath[];
-    const adjacency: AdjacencyMap<MounterStageSnapshot, ModelEvent> = getAdjacencyMap<
-      MounterStageSnapshot,
-      ModelEvent,
-      undefined
-    >(mounterStageMachine as never, options);
-    const byState = new Map(shortest.map((p) => [serializeFine(p.state), p] as const));
-    const edgePaths: ModelPath[] = [];
-    for (const [k, node] of Object.entries(adjacency) as [
-      string,
-      AdjacencyValue<MounterStageSnapshot, ModelEvent>,
-    ][]) {
-      const to = byState.get(k);
-      if (to === undefined) throw new Error(`no path to ${k}`);
-      for (const next of Object.values(node.transitions) as {
-        event: ModelEvent;
-        state: MounterStageSnapshot;
-      }[]) {
-        edgePaths.push({ ...to, state: next.state, steps: [...to.steps, next] });
-      }
-    }
-    expect([...transitionsOf(edgePaths)].sort()).toEqual([...DEFINED].sort());
-    console.log(`stage machine fine model: ${shortest.length} states, ${edgePaths.length} edges`);
-    await replayAll(edgePaths, serializeFine);
+    const { states: shortest, edges } = edgePaths(mounterStageMachine, traversal(serializeFine));
+    expect([...transitionsOf(edges)].sort()).toEqual([...DEFINED].sort());
+    console.log(`stage machine fine model: ${shortest.length} states, ${edges.length} edges`);
+    await replayAll(edges, serializeFine);
   }, 30_000);
 
   it('a later wait decision backs off further than the first', () => {

@@ -196,7 +196,13 @@ export async function startSpecWatcher(
   const metrics = deps.metrics ?? createMetrics(undefined, { processMetrics: false });
   const kc = deps.kubeConfig ?? loadKubeConfig({ kubeconfig: config.kubeconfig });
   const bus =
-    deps.bus ?? (await connectBus({ servers: config.natsUrls, name: 'spec-watcher', logger: log }));
+    deps.bus ??
+    (await connectBus({
+      servers: config.natsUrls,
+      auth: config.natsAuth,
+      name: 'spec-watcher',
+      logger: log,
+    }));
   const ownsBus = deps.bus === undefined;
   const informerLog = childLogger(log, { component: 'informer' });
   const vmis: VmiInformer = createInformer({

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import type { DecideEvent, DecisionContext, VolumeView } from '../src/index.js';
 import { decisionMachine, RESYNC_CAUSE, SPEC_CAUSE, viewOf } from '../src/index.js';
 import { hotplugStatus, vmi, withHotplugPVC, withVolumeStatus } from './fixtures.js';
-import { coverage, type Snap } from './graph.js';
+import { coverage, type CoverageSnapshot as Snap } from '@plugline/testkit';
 
 const DIRECTIONS: (OperationKind | undefined)[] = ['plug', 'unplug', undefined];
 const UIDS: (string | undefined)[] = ['uid-a', 'uid-b', undefined];

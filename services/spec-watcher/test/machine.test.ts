@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import type { FailureInput, PhaseEvent, RenderInput } from '../src/index.js';
 import { projectAll, volumePhaseMachine } from '../src/index.js';
 import { event as volumeEvent } from './fixtures.js';
-import { coverage } from './graph.js';
+import { coverage } from '@plugline/testkit';
 
 const TYPES: EventType[] = [
   'requested',

@@ -6,7 +6,8 @@ import { ExitCode, UsageError } from '../errors.js';
 import type { Io } from '../io.js';
 import { formatTable } from '../render.js';
 import { DEMO } from '../demo.js';
-import { Hypervisor, startStack, type HealthRow, type Stack } from '../stack.js';
+import { ensureBundles } from '../bundle.js';
+import { Hypervisor, ServiceRuntime, startStack, type HealthRow, type Stack } from '../stack.js';
 import { startGuestHarness, startLibvirt, type LibvirtDaemons } from '@plugline/testkit';
 
 export const UP_USAGE = `Start the whole system on this machine (the embedded default): NATS, the Kubernetes
@@ -14,6 +15,10 @@ API simulator with its kubelet, a demo namespace, the four services and the simu
 
 Usage:
   plugctl up [--dir .plugline] [--hypervisor simulated|libvirt] [--nodes node-1] [--no-demo]
+             [--from-source]
+
+The services run as the \`pnpm build\` bundles (dist/*.mjs, rebuilt first when missing or older
+than their sources), or from the TypeScript sources through tsx with --from-source.
 
 Flags:
       --dir string          state, logs, kubeconfig and env file (default ./.plugline or $PLUGLINE_HOME)
@@ -21,6 +26,7 @@ Flags:
       --nodes string        comma-separated node names (default node-1)
       --no-demo             do not create the demo namespace
       --nats string         use this NATS server instead of starting one (also $NATS_URL)
+      --from-source         run the services from source through tsx (also $PLUGLINE_FROM_SOURCE=1)
 `;
 
 const OPTIONS = {
@@ -28,6 +34,7 @@ const OPTIONS = {
   hypervisor: { type: 'string' },
   nodes: { type: 'string' },
   'no-demo': { type: 'boolean' },
+  'from-source': { type: 'boolean' },
 } as const;
 
 function hasCommand(cmd: string): boolean {
@@ -62,6 +69,24 @@ async function reexecInPrivateMounts(config: CliConfig, io: Io): Promise<number 
   return new Promise((resolvePromise) => {
     child.once('exit', (code, signal) => resolvePromise(code ?? (signal === null ? 1 : 130)));
   });
+}
+
+/** How the services run: the bundles (built first when missing or stale) unless asked otherwise. */
+async function serviceRuntime(
+  values: { 'from-source'?: boolean | string | undefined },
+  io: Io,
+): Promise<ServiceRuntime> {
+  if (values['from-source'] === true || io.env.PLUGLINE_FROM_SOURCE === '1') {
+    return ServiceRuntime.Source;
+  }
+  const started = Date.now();
+  const build = await ensureBundles();
+  if (build.built) {
+    const seconds = ((Date.now() - started) / 1000).toFixed(1);
+    io.out(`Built the services into dist/ (${build.reason ?? 'stale'}; ${seconds} s).\n`);
+  }
+  for (const warning of build.warnings) io.err(`warning: build: ${warning}\n`);
+  return ServiceRuntime.Bundled;
 }
 
 function healthTable(rows: readonly HealthRow[]): string {
@@ -128,6 +153,7 @@ export async function upCommand(argv: readonly string[], io: Io): Promise<number
   const demo = values['no-demo'] !== true;
   io.out(`Starting Plugline in ${dir} ...\n`);
   const started = Date.now();
+  const runtime = await serviceRuntime(values, io);
   // --- guest tier hook (issue 8): a private libvirtd, and the demo VMI booted as a real guest ---
   let libvirt: LibvirtDaemons | undefined;
   let stopLibvirt = (): Promise<void> => Promise.resolve();
@@ -157,6 +183,7 @@ export async function upCommand(argv: readonly string[], io: Io): Promise<number
       nodes: (str(values.nodes) ?? 'node-1').split(',').filter((n) => n !== ''),
       hypervisor,
       demo,
+      runtime,
       logLevel: config.logLevel,
       onExit: (id, code, signal) =>
         io.err(`warning: ${id} exited (${code ?? signal}); see ${dir}/logs/\n`),

@@ -1,0 +1,143 @@
+import http from 'node:http';
+import https from 'node:https';
+import {
+  ServerConfiguration,
+  createConfiguration,
+  type ApiType,
+  type Configuration,
+  type KubeConfig,
+  type RequestContext,
+  type SecurityAuthentication,
+} from '@kubernetes/client-node';
+
+/**
+ * Idle keep-alive sockets are closed after this long. Shorter than the idle timeout of the API
+ * server (kube-sim 30 s, kube-apiserver 90 s), so the client never reuses a socket the server is
+ * closing at that very moment.
+ */
+const IDLE_SOCKET_MS = 15_000;
+
+/** The agent options that decide who we talk to and as whom: the same ones share an agent. */
+const IDENTITY_KEYS = [
+  'ca',
+  'cert',
+  'key',
+  'pfx',
+  'passphrase',
+  'rejectUnauthorized',
+  'servername',
+] as const;
+
+type AgentOptions = Record<string, unknown>;
+
+function sameValue(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (Buffer.isBuffer(a) && Buffer.isBuffer(b)) return a.equals(b);
+  if (Array.isArray(a) && Array.isArray(b)) {
+    return a.length === b.length && a.every((v, i) => sameValue(v, b[i]));
+  }
+  return false;
+}
+
+/** The keep-alive agent of one KubeConfig. */
+class AgentPool {
+  #agent: http.Agent | undefined;
+  #identity: AgentOptions | undefined;
+
+  /**
+   * The pooled agent that can stand in for `fresh` (the one client-node made for this one
+   * request), or `fresh` itself when it is a proxy agent, which we leave alone.
+   */
+  reuse(fresh: http.Agent | https.Agent): http.Agent | https.Agent {
+    const Ctor = fresh.constructor;
+    if (Ctor !== http.Agent && Ctor !== https.Agent) return fresh;
+    const options = (fresh as unknown as { options: AgentOptions }).options;
+    const current = this.#agent;
+    if (
+      current !== undefined &&
+      current.constructor === Ctor &&
+      IDENTITY_KEYS.every((k) => sameValue(this.#identity?.[k], options[k]))
+    ) {
+      return current;
+    }
+    // First use, or the credentials changed (e.g. an exec plugin rotated the client
+    // certificate): new connections from now on; the old agent's idle sockets time out.
+    const identity: AgentOptions = {};
+    for (const k of IDENTITY_KEYS) if (options[k] !== undefined) identity[k] = options[k];
+    const agentOptions: https.AgentOptions = {
+      ...identity,
+      keepAlive: true,
+      timeout: IDLE_SOCKET_MS,
+    };
+    const agent =
+      Ctor === https.Agent ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
+    this.#agent = agent;
+    this.#identity = identity;
+    return agent;
+  }
+
+  destroy(): void {
+    this.#agent?.destroy();
+    this.#agent = undefined;
+    this.#identity = undefined;
+  }
+}
+
+const pools = new WeakMap<KubeConfig, AgentPool>();
+
+function poolOf(kc: KubeConfig): AgentPool {
+  let pool = pools.get(kc);
+  if (pool === undefined) pools.set(kc, (pool = new AgentPool()));
+  return pool;
+}
+
+/**
+ * Authenticates like the KubeConfig itself (tokens, client certificates, exec plugins), then
+ * swaps the agent client-node made for this one request (no keep-alive: a new TCP connection
+ * per request) for the KubeConfig's pooled keep-alive agent.
+ */
+class KeepAliveAuth implements SecurityAuthentication {
+  readonly #kc: KubeConfig;
+
+  constructor(kc: KubeConfig) {
+    this.#kc = kc;
+  }
+
+  getName(): string {
+    return this.#kc.getName();
+  }
+
+  async applySecurityAuthentication(context: RequestContext): Promise<void> {
+    await this.#kc.applySecurityAuthentication(context);
+    const fresh = context.getAgent();
+    if (fresh !== undefined) context.setAgent(poolOf(this.#kc).reuse(fresh));
+  }
+}
+
+/**
+ * `kc.makeApiClient(Api)`, with connections reused: every API client made from the same
+ * KubeConfig shares one keep-alive agent. Idle sockets do not keep the process alive (Node
+ * unrefs them) and close after {@link IDLE_SOCKET_MS}; {@link closeKubeConnections} closes them
+ * at once. Watches keep their own connection (client-node's `Watch`), as they must.
+ */
+export function makeApiClient<T extends ApiType>(
+  kc: KubeConfig,
+  Api: new (config: Configuration) => T,
+): T {
+  const cluster = kc.getCurrentCluster();
+  if (!cluster) throw new Error('the kubeconfig has no current cluster');
+  const config = createConfiguration({
+    baseServer: new ServerConfiguration(cluster.server, {}),
+    authMethods: { default: new KeepAliveAuth(kc) },
+  });
+  return new Api(config);
+}
+
+/**
+ * Destroys the pooled connections of a KubeConfig (a request still in flight on one fails);
+ * later requests open new ones. For a stop after the last request, e.g. in tests that count
+ * handles; the process exits without it.
+ */
+export function closeKubeConnections(kc: KubeConfig): void {
+  pools.get(kc)?.destroy();
+}

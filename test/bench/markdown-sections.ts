@@ -1,0 +1,61 @@
+/** The Markdown of sections 6 (memory while tracking many volumes) and 7 (a real guest). */
+import type { GuestFigures } from './guest.js';
+import type { MemoryFigures } from './memory.js';
+import type { Percentiles } from './stats.js';
+
+const pct = (p: Percentiles): string => `${p.p50} / ${p.p90} / ${p.p99} (max ${p.max}, n=${p.n})`;
+const ok = (cond: boolean): string => (cond ? 'met' : '**not met**');
+
+export function memoryLines(m: MemoryFigures): string[] {
+  const t = m.tracked;
+  const ids = Object.keys(m.rssMiB.idle);
+  const cell = (v: number | undefined): string => (v === undefined ? '' : String(v));
+  return [
+    `### Tracking ${t.volumes} volumes (${t.vmis} VMIs × ${t.volumesPerVmi}, all Ready at once; pod start ${t.podStartLatencyMs} ms, ${t.hypervisor} hypervisor)`,
+    '',
+    `Plugged in ${m.durationS.plug} s (${m.plugOpsPerSecond} volumes/s, ${t.concurrency} VMIs at a time), unplugged in ${m.durationS.unplug} s; correctness ${JSON.stringify(m.correctness)}.`,
+    `${t.note}.`,
+    '',
+    `| process | idle | ${m.checkpoints.map((c) => `${c.volumesReady} Ready`).join(' | ')} | tracking ${t.volumes}, settled | peak (VmHWM) | after unplug (settled) | MiB per 1,000 volumes | at 10,000 (extrapolated) |`,
+    `|---|---:|${m.checkpoints.map(() => '---:').join('|')}|---:|---:|---:|---:|---:|`,
+    ...ids.map(
+      (id) =>
+        `| ${id} | ${cell(m.rssMiB.idle[id])} | ${m.checkpoints.map((c) => cell(c.rssMiB[id])).join(' | ')} | ${cell(m.rssMiB.trackingSettled[id])} | ${cell(m.peakRssMiB.end[id])} | ${cell(m.rssMiB.afterUnplugSettled[id])} | ${cell(m.extrapolated[id]?.mibPer1000Volumes)} | ${cell(m.extrapolated[id]?.at10000Volumes)} |`,
+    ),
+    '',
+    "V8 heap in use (MiB, from each service's `/metrics`), and the RSS at 10,000 volumes it implies (idle RSS + the heap's growth):",
+    '',
+    `| service | idle | ${m.checkpoints.map((c) => `${c.volumesReady} Ready`).join(' | ')} | tracking ${t.volumes}, settled | after unplug (settled) | heap MiB per 1,000 volumes | RSS at 10,000 (extrapolated) |`,
+    `|---|---:|${m.checkpoints.map(() => '---:').join('|')}|---:|---:|---:|---:|`,
+    ...Object.keys(m.heapUsedMiB.idle).map(
+      (id) =>
+        `| ${id} | ${cell(m.heapUsedMiB.idle[id])} | ${m.checkpoints.map((c) => cell(c.heapUsedMiB[id])).join(' | ')} | ${cell(m.heapUsedMiB.trackingSettled[id])} | ${cell(m.heapUsedMiB.afterUnplugSettled[id])} | ${cell(m.extrapolated[id]?.heapMiBPer1000Volumes ?? undefined)} | ${cell(m.extrapolated[id]?.at10000VolumesByHeap ?? undefined)} |`,
+    ),
+    '',
+    `Worst service at 10,000 volumes (extrapolated, the larger of the two lines): **${m.target.worstServiceAt10000} MiB** (target ≤ ${m.target.maxMiBPerService}: ${ok(m.target.met)}). ` +
+      'Each line is a least-squares fit through idle and the checkpoints (where the RSS line falls, the largest RSS seen while tracking stands in); RSS includes garbage not yet collected, so it is noisy.',
+    '',
+  ];
+}
+
+export function guestLines(g: GuestFigures): string[] {
+  if (!g.run) return [g.reason, ''];
+  const facts = Object.entries(g.factsFromCall).map(
+    ([f, p]) => `| ${f} published | ${p.p50} | ${p.p90} | ${p.p99} | ${p.max} |`,
+  );
+  return [
+    `A real QEMU guest (TCG, kernel ${g.kernel}, booted in ${g.bootMs} ms) under a private libvirtd; the whole chain as processes; one Filesystem PVC on the ${g.bus} bus, plugged and unplugged ${g.runs} times (after ${g.warmup} warm-up run(s)), pod start ${g.podStartLatencyMs} ms. ` +
+      '`plugctl` runs in-process (no process start-up). The guest looks for new disks every 0.2 s, which is included.',
+    '',
+    `- \`addvolume\` → the guest reports the disk: **p50 ${g.addvolumeToGuest.p50} ms, p99 ${g.addvolumeToGuest.p99} ms** (target p50 ≤ ${g.target.p50Ms}: ${ok(g.target.met)}); p50/p90/p99 ${pct(g.addvolumeToGuest)}`,
+    `- \`addvolume\` → status \`Ready\`: ${pct(g.addvolumeToStatusReady)}; the call itself: ${pct(g.addvolumeCall)}`,
+    `- \`removevolume\` → the guest no longer reports it: ${pct(g.removevolumeToGuest)}; → status entry gone: ${pct(g.removevolumeToStatusGone)}`,
+    '',
+    '| from the addvolume call to | p50 | p90 | p99 | max |',
+    '|---|---:|---:|---:|---:|',
+    ...facts,
+    `| status Ready (watch) | ${g.addvolumeToStatusReady.p50} | ${g.addvolumeToStatusReady.p90} | ${g.addvolumeToStatusReady.p99} | ${g.addvolumeToStatusReady.max} |`,
+    `| the guest reports the disk | ${g.addvolumeToGuest.p50} | ${g.addvolumeToGuest.p90} | ${g.addvolumeToGuest.p99} | ${g.addvolumeToGuest.max} |`,
+    '',
+  ];
+}

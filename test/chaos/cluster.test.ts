@@ -1,0 +1,175 @@
+/**
+ * Chaos on a 3-node NATS cluster: the streams and buckets are R3, the services get all three
+ * URLs, and the node leading the work stream is killed (SIGKILL) mid-run and started again on its
+ * store. The run ends with the invariants holding as every node sees them
+ * (test/support/invariants.ts), and with the work stream and its consumers empty as their
+ * leaders report them.
+ */
+import { connectBus, provision, StreamName, type Bus } from '@plugline/bus';
+import { Stage } from '@plugline/contracts';
+import { ensureProjectorConsumer } from '@plugline/spec-watcher';
+import { startNatsCluster, waitFor, type NatsCluster } from '@plugline/testkit';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isRoot, loopDevicesUnder, mountsUnder } from '../chain/helpers.js';
+import { waitForInvariants } from '../support/invariants.js';
+import {
+  CHAOS,
+  CHAOS_SERVICE_ENV,
+  disturbUntil,
+  randomOperations,
+  seedVmis,
+  seeded,
+  ServiceTally,
+  startChaosStack,
+  streamCounts,
+  type ChaosFixture,
+} from './workload.js';
+
+const SEED = Number(process.env.PLUGLINE_CHAOS_SEED ?? Date.now() % 100_000);
+const random = seeded(SEED);
+const REPLICAS = 3;
+const NODES = ['node-1'];
+/** The work run: sized so that the scenario takes well under two minutes here. */
+const RUN = {
+  operations: Math.round(CHAOS.operations / 2),
+  vmis: Math.max(3, Math.round(CHAOS.vmis / 2)),
+  parallel: Math.min(3, CHAOS.parallel),
+};
+
+let cluster: NatsCluster | undefined;
+let admin: Bus | undefined;
+let f: ChaosFixture | undefined;
+let dir = '';
+const tally = new ServiceTally();
+
+/** Streams, consumers and buckets, provisioned once before the services start (no race). */
+async function provisionOnce(bus: Bus): Promise<void> {
+  const ackWaitMs = Number(CHAOS_SERVICE_ENV.PLUGLINE_ACK_WAIT_MS);
+  await provision(bus, {
+    replicas: REPLICAS,
+    consumers: [
+      { stage: Stage.SpecWatcher, ackWaitMs },
+      { stage: Stage.AttachmentOrchestrator, ackWaitMs },
+      ...NODES.flatMap((node) => [
+        { stage: Stage.NodeMounter, node, ackWaitMs },
+        { stage: Stage.DomainUpdater, node, ackWaitMs },
+      ]),
+    ],
+  });
+  await ensureProjectorConsumer(bus, { ackWaitMs });
+}
+
+/** Index of the node leading `stream` (by server name). */
+async function leaderOf(c: NatsCluster, bus: Bus, stream: string): Promise<number> {
+  const info = await bus.jsm.streams.info(stream);
+  const i = c.servers.findIndex((s) => s.name === info.cluster?.leader);
+  if (i < 0) throw new Error(`no leader of ${stream} among the nodes: ${info.cluster?.leader}`);
+  return i;
+}
+
+/** The work stream and its consumers, as their leaders answer: empty when all work is done. */
+async function leaderBacklog(bus: Bus): Promise<string[]> {
+  const out: string[] = [];
+  const info = await bus.jsm.streams.info(StreamName.Work);
+  if (info.state.messages > 0) out.push(`work stream holds ${info.state.messages} message(s)`);
+  for await (const c of bus.jsm.consumers.list(StreamName.Work)) {
+    if (c.num_pending + c.num_ack_pending > 0) {
+      out.push(`${c.name}: ${c.num_pending} pending, ${c.num_ack_pending} unacknowledged`);
+    }
+  }
+  return out;
+}
+
+beforeAll(async () => {
+  if (!isRoot) return;
+  const started = Date.now();
+  cluster = await startNatsCluster(3);
+  const clusterMs = Date.now() - started;
+  admin = await connectBus({ servers: cluster.urls, apiTimeoutMs: 30_000 });
+  await provisionOnce(admin);
+  const provisionMs = Date.now() - started - clusterMs;
+  f = await startChaosStack({
+    natsUrl: cluster.urls.join(','),
+    monitorUrl: cluster.servers[0]!.monitorUrl,
+    nodes: NODES,
+    serviceEnv: { PLUGLINE_STREAM_REPLICAS: String(REPLICAS) },
+  });
+  dir = f.stack.dir;
+  console.log(
+    `[chaos] cluster setup ${JSON.stringify({ clusterMs, provisionMs, setupMs: Date.now() - started })}`,
+  );
+}, 240_000);
+
+afterAll(async () => {
+  await f?.stop();
+  await admin?.close();
+  await cluster?.stop();
+  if (dir !== '') {
+    expect(loopDevicesUnder(dir)).toEqual([]);
+    expect(mountsUnder(dir)).toEqual([]);
+  }
+}, 120_000);
+
+describe.skipIf(!isRoot)('chaos on a NATS cluster', () => {
+  it(`a 3-node cluster with R3 streams loses the work stream's leader mid-run and gets it back`, async () => {
+    const c = cluster!;
+    const fx = f!;
+    const bus = admin!;
+    const started = Date.now();
+    const work = await bus.jsm.streams.info(StreamName.Work);
+    expect(work.config.num_replicas).toBe(REPLICAS);
+
+    const vms = await seedVmis(fx, 'chaos-cluster', RUN.vmis);
+    const ops = randomOperations(fx, vms, RUN.operations, RUN.parallel, random);
+    let victim: number | undefined;
+    let downMs = 0;
+    const pace = { minMs: 2000, maxMs: 4000, random, minimum: 2 };
+    await disturbUntil(ops, pace, async () => {
+      if (victim === undefined) {
+        victim = await leaderOf(c, bus, StreamName.Work);
+        downMs = Date.now();
+        await c.stopNode(victim, 'SIGKILL');
+      } else if (!c.servers[victim]!.running()) {
+        await c.startNode(victim);
+        await c.waitHealthy();
+        downMs = Date.now() - downMs;
+      }
+    });
+    const counts = await ops;
+    const sent = Date.now();
+    expect(victim).toBeDefined();
+    expect(c.servers.every((s) => s.running())).toBe(true);
+
+    // Every node's view (the checker reads one monitoring endpoint), then the leaders' answer.
+    let inv = { readyVolumes: 0 };
+    for (const server of c.servers) {
+      inv = await waitForInvariants(fx.stack, {
+        natsMonitorUrl: server.monitorUrl,
+        timeoutMs: 180_000,
+      });
+    }
+    await waitFor(async () => (await leaderBacklog(bus)).length === 0, {
+      timeout: 30_000,
+      interval: 250,
+      description: 'an empty work stream as its leader reports it',
+    });
+    const stream = await streamCounts(c.servers[0]!.monitorUrl).catch(() => ({}));
+    for (const s of fx.stack.services) await tally.add(s.healthUrl);
+    console.log(
+      `[chaos] cluster ${JSON.stringify({
+        seed: SEED,
+        ...counts,
+        stoppedNode: victim,
+        nodeDownMs: downMs,
+        readyVolumes: inv.readyVolumes,
+        serviceRedeliveries: tally.redeliveries,
+        serviceDeadLetters: tally.deadLetters,
+        ...stream,
+        runMs: sent - started,
+        convergeMs: Date.now() - sent,
+      })}`,
+    );
+    expect(counts.operations).toBe(RUN.operations);
+    expect(fx.stack.services.every((s) => s.running())).toBe(true);
+  }, 420_000);
+});
