@@ -6,12 +6,22 @@
  * the guest tier's (`@plugline/testkit`, `test/guest/`); without libvirt the section is skipped
  * and says why.
  *
- * The guest looks for disks every 0.2 s (test/guest/guest-init.sh) and the host reads its console
- * every 10 ms, so "the guest reports" includes up to ~0.2 s of the guest's own polling.
+ * The guest learns of a disk from its kernel's uevent (test/guest/guest-init.sh echoes the uevent,
+ * then reads its disks and reports them) and the host reads the console as QEMU writes it, so a
+ * run splits into the product's part (the call, the chain to `Ready`, the libvirt attach) and the
+ * guest's: its kernel finding the disk (`guestKernelMs`), then its report (`guestMs`).
  */
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { createPvc, ensureNamespace, Hypervisor, run, startStack, type Stack } from '@plugline/cli';
+import {
+  createPvc,
+  ensureNamespace,
+  Hypervisor,
+  run,
+  startStack,
+  type ServiceRuntime,
+  type Stack,
+} from '@plugline/cli';
 import { VolumePhase } from '@plugline/contracts';
 import { guestGate, startGuestHarness, tempDir, type GuestHarness } from '@plugline/testkit';
 import { Observer } from './observer.js';
@@ -23,6 +33,8 @@ export interface GuestConfig {
   bus: 'scsi' | 'virtio';
   podStartLatencyMs: number;
   logLevel: string;
+  /** How the services run: bundled, as `plugctl up` runs them, or from source (`--from-source`). */
+  runtime: ServiceRuntime;
 }
 
 type Log = (msg: string) => void;
@@ -41,6 +53,8 @@ export interface GuestRun {
   statusMs: number;
   /** The guest's console report that shows the disk (plug) or no longer shows it (unplug). */
   guestMs: number;
+  /** Plug: the guest kernel's uevent for the disk, echoed on the console before the report. */
+  guestKernelMs?: number;
   /** When each fact was published (plug: requested, attached-to-node, mounted-to-pod, ready). */
   facts: Record<string, number>;
 }
@@ -57,6 +71,8 @@ export type GuestFigures =
       warmup: number;
       bootMs: number;
       addvolumeToGuest: Percentiles;
+      /** To the guest kernel's uevent for the disk (the rest, to `addvolumeToGuest`, is the reporter's). */
+      addvolumeToGuestKernel: Percentiles;
       addvolumeToStatusReady: Percentiles;
       addvolumeCall: Percentiles;
       factsFromCall: Record<string, Percentiles>;
@@ -106,13 +122,17 @@ async function plugOnce(
   ]);
   const callMs = performance.now() - t0;
   const ready = await obs.untilVolume(key, (v) => v?.phase === VolumePhase.Ready, WAIT_MS);
-  const { report } = await seen;
+  const { report, disk } = await seen;
+  const uevent = guest.guest.console.blockEvents.find(
+    (e) => e.action === 'add' && e.device === disk.name && e.receivedAt >= wall0,
+  );
   return {
     serial,
     run: {
       callMs: round(callMs),
       statusMs: round(ready - t0),
       guestMs: report.receivedAt - wall0,
+      guestKernelMs: uevent === undefined ? undefined : uevent.receivedAt - wall0,
       facts: factsSince(obs, key, t0),
     },
   };
@@ -167,6 +187,7 @@ export async function runGuestSection(cfg: GuestConfig, log: Log): Promise<Guest
       // Generous: on shared, loaded cores a service started through tsx may take minutes.
       readyTimeoutMs: 300_000,
       logLevel: cfg.logLevel,
+      runtime: cfg.runtime,
       podStartLatencyMs: cfg.podStartLatencyMs,
       hypervisor: Hypervisor.Libvirt,
       libvirt: guest.libvirt,
@@ -187,7 +208,7 @@ export async function runGuestSection(cfg: GuestConfig, log: Log): Promise<Guest
       plugs.push(p);
       unplugs.push(u);
       log(
-        `guest run ${plugs.length}/${cfg.runs}: addvolume → guest ${p.guestMs} ms (status Ready ${p.statusMs} ms); removevolume → guest ${u.guestMs} ms`,
+        `guest run ${plugs.length}/${cfg.runs}: addvolume → status Ready ${p.statusMs} ms, guest kernel ${p.guestKernelMs ?? '?'} ms, guest report ${p.guestMs} ms; removevolume → guest ${u.guestMs} ms`,
       );
     }
     const factNames = ['requested', 'attached-to-node', 'mounted-to-pod', 'ready'];
@@ -202,6 +223,7 @@ export async function runGuestSection(cfg: GuestConfig, log: Log): Promise<Guest
       warmup: cfg.warmup,
       bootMs: guest.timings.bootMs,
       addvolumeToGuest: toGuest,
+      addvolumeToGuestKernel: percentiles(plugs.map((p) => p.guestKernelMs ?? Number.NaN)),
       addvolumeToStatusReady: percentiles(plugs.map((p) => p.statusMs)),
       addvolumeCall: percentiles(plugs.map((p) => p.callMs)),
       factsFromCall: Object.fromEntries(

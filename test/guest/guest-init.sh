@@ -1,10 +1,19 @@
 #!/bin/busybox sh
 # PID 1 of the test guest (copied into the initramfs as /init by build-guest.sh).
 #
-# Loads the virtio and SCSI modules, then reports every block device on the console (ttyS0) every
-# 0.2 s when the set changes, and every 2 s anyway (a heartbeat):
+# Loads the virtio and SCSI modules, then reports every block device on the console (ttyS0)
+# whenever the set changes, and every 2 s anyway (a heartbeat):
 #
 #   PLUGLINE-DISKS <seq> [<name>=<serial>,<hex of bytes 0-15>,<hex of bytes 512-527>]... end
+#
+# It learns of a new or vanished disk as a real guest OS does: from the kernel's uevents (busybox
+# `uevent` listens on the netlink socket, as udev does), not by polling. Each block uevent is also
+# echoed at once, before the disks are read, so the host can tell the kernel's part from ours:
+#
+#   PLUGLINE-UEVENT <action> <device>
+#
+# Contents change without an event (the host writes to a plugged volume), so the disks are read
+# again after 1 s without one.
 #
 # <serial> is the SCSI unit serial (VPD page 0x80 without its 4-byte header) or the virtio serial,
 # with spaces as %20, '-' when there is none; a hex field is '-' when the disk cannot be read.
@@ -17,40 +26,49 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mkdir -p /tmp
+
+# Block uevents wake the reporter through a FIFO it holds open read-write (so the writers never
+# block and nothing written while it reads the disks is lost). The listener starts before the
+# modules load: no disk can appear unseen.
+mkfifo /tmp/uevents
+exec 3<>/tmp/uevents
+# shellcheck disable=SC2016 # expanded by the helper, with the event's environment
+uevent sh -c '[ "$SUBSYSTEM" = block ] && [ "$DEVTYPE" = disk ] &&
+  echo "PLUGLINE-UEVENT $ACTION $DEVNAME" && echo "$ACTION $DEVNAME" >&3' &
 
 for m in $(cat /modules/order); do
   insmod "/modules/$m.ko" || echo "PLUGLINE-GUEST insmod $m failed"
 done
 echo "PLUGLINE-GUEST up kernel=$(uname -r) modules=$(wc -l </modules/order)"
 
-# Reads sectors 0 and 1 of a disk with O_DIRECT (never a stale page cache) into /tmp/sectors.
-read_sectors() {
-  rm -f /tmp/sectors
-  dd if="$1" of=/tmp/sectors bs=512 count=2 iflag=direct 2>/dev/null
+# sectors DEV: sets $h0 and $h1 to the hex of bytes 0-15 and 512-527 of DEV, read with O_DIRECT
+# (never a stale page cache); '-' when not read. One pipeline: every process counts under TCG.
+sectors() {
+  h=$(dd if="$1" bs=512 count=2 iflag=direct 2>/dev/null | hexdump -v -e '16/1 "%02x"')
+  h0=-
+  h1=-
+  [ ${#h} -ge 32 ] && h0=${h:0:32}
+  [ ${#h} -ge 1056 ] && h1=${h:1024:32}
 }
 
-# hex16 OFFSET: the 16 bytes at OFFSET of /tmp/sectors, as hex ('-' when not read).
-hex16() {
-  h=$(hexdump -v -s "$1" -n 16 -e '16/1 "%02x"' /tmp/sectors 2>/dev/null)
-  [ ${#h} -eq 32 ] && echo "$h" || echo -
-}
-
+# serial_of NAME: sets $serial (spaces as %20, trailing ones dropped; '-' when none).
 serial_of() {
-  s=""
+  serial=""
   if [ -f "/sys/block/$1/serial" ]; then
-    s=$(cat "/sys/block/$1/serial" 2>/dev/null)
+    IFS= read -r serial <"/sys/block/$1/serial" 2>/dev/null
   elif [ -f "/sys/block/$1/device/vpd_pg80" ]; then
-    s=$(dd if="/sys/block/$1/device/vpd_pg80" bs=1 skip=4 2>/dev/null | tr -d '\000')
+    serial=$(dd if="/sys/block/$1/device/vpd_pg80" bs=1 skip=4 2>/dev/null | tr -d '\000')
   fi
-  s=$(echo "$s" | sed 's/ *$//; s/ /%20/g')
-  [ -n "$s" ] && echo "$s" || echo -
+  while [ "${serial% }" != "$serial" ]; do serial=${serial% }; done
+  serial=${serial// /%20}
+  [ -n "$serial" ] || serial=-
 }
 
 PLGWRITE=504c475752495445
 PLGGUEST=504c4747554553543a7772697474656e # "PLGGUEST:written"
 # Sector 1 as the guest writes it: a whole sector with O_DIRECT, so the kernel never
 # read-modify-writes the sector before it (nor anything else) on a disk that may be going away.
-mkdir -p /tmp
 printf 'PLGGUEST:written' >/tmp/guest-sector
 dd if=/dev/zero bs=496 count=1 2>/dev/null >>/tmp/guest-sector
 
@@ -62,27 +80,29 @@ while :; do
   for d in /sys/block/sd* /sys/block/vd*; do
     [ -e "$d" ] || continue
     n=${d##*/}
-    serial=$(serial_of "$n")
-    read_sectors "/dev/$n"
-    h0=$(hex16 0)
-    h1=$(hex16 512)
+    serial_of "$n"
+    sectors "/dev/$n"
     if [ "$serial" != - ] && [ "$h1" != - ] && [ "$h1" != "$PLGGUEST" ]; then
       case "$h0" in
         "$PLGWRITE"*)
           dd if=/tmp/guest-sector of="/dev/$n" bs=512 seek=1 count=1 oflag=direct conv=notrunc,fsync 2>/dev/null &&
-            read_sectors "/dev/$n" && h1=$(hex16 512)
+            sectors "/dev/$n"
           ;;
       esac
     fi
     report="$report $n=$serial,$h0,$h1"
   done
-  if [ "$report" != "$last" ] || [ "$quiet" -ge 10 ]; then
+  if [ "$report" != "$last" ] || [ "$quiet" -ge 2 ]; then
     seq=$((seq + 1))
     echo "PLUGLINE-DISKS $seq$report end"
     last=$report
     quiet=0
+  fi
+  # Wait for the next block uevent (1 s at most); then take every event already queued, so one
+  # reading of the disks answers them all.
+  if read -t 1 event <&3; then
+    while read -t 0.01 event <&3; do :; done
   else
     quiet=$((quiet + 1))
   fi
-  sleep 0.2
 done

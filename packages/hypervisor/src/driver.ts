@@ -164,6 +164,12 @@ export function abortedError(cause?: unknown): HypervisorError {
 }
 
 const LIBVIRT_ERRORS: readonly [RegExp, HypervisorReason][] = [
+  // First: "Failed to connect socket to '<path>': No such file or directory" is libvirtd being
+  // unreachable, not a missing disk source.
+  [
+    /Failed to connect socket|failed to connect to the hypervisor|Failed to reconnect to the hypervisor|no valid connection|Connection refused/,
+    HypervisorReason.Unavailable,
+  ],
   [/target '[^']*' duplicated for disk sources/, HypervisorReason.DuplicateTarget],
   [/Cannot access storage file .*No such file or directory/, HypervisorReason.SourceMissing],
   [/No such file or directory/, HypervisorReason.SourceMissing],
@@ -177,10 +183,6 @@ const LIBVIRT_ERRORS: readonly [RegExp, HypervisorReason][] = [
   [
     /unsafe characters|XML error|does not support hotplugging|unsupported configuration/,
     HypervisorReason.InvalidDisk,
-  ],
-  [
-    /Failed to connect socket|failed to connect to the hypervisor|Connection refused/,
-    HypervisorReason.Unavailable,
   ],
 ];
 

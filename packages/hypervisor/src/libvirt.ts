@@ -16,6 +16,8 @@ import {
 } from './driver.js';
 import type { CallOptions, DomainDriver, DomainEvent } from './driver.js';
 import { parseTarget } from './targets.js';
+import { VirshSession, errorText } from './virsh-session.js';
+import type { VirshResult } from './virsh-session.js';
 import { el, renderXml } from './xml.js';
 
 export const DEFAULT_LIBVIRT_URI = 'qemu:///system';
@@ -39,11 +41,6 @@ export interface LibvirtDriverOptions {
   eventRestartDelayMs?: number;
   /** Told when the event process fails or exits unexpectedly (events may have been lost). */
   onEventStreamError?: (error: HypervisorError) => void;
-}
-
-interface VirshResult {
-  stdout: string;
-  stderr: string;
 }
 
 /** `2026-11-22 05:08:10.286+0000` → a Date (undefined when it does not parse). */
@@ -81,20 +78,15 @@ export function parseVirshEventLine(line: string, received = new Date()): Domain
   }
 }
 
-function errorText(stderr: string): string {
-  const lines = stderr
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l !== '');
-  // virsh prints "error: Failed to attach device from X" and then the cause on its own line.
-  const causes = lines.filter((l) => !/^error: Failed to (attach|detach) device/.test(l));
-  return (causes.length > 0 ? causes : lines).map((l) => l.replace(/^error: /, '')).join('; ');
-}
+/** Sessions kept open between calls (more are started while calls overlap, then ended). */
+const MAX_IDLE_SESSIONS = 2;
 
 /**
- * The real driver: `virsh -c <uri>` for each call (the disk XML in a private temporary file), and one
- * long-lived `virsh event --all --loop --timestamp` process for device and lifecycle events,
- * started at the first subscription. No process is spawned per poll.
+ * The real driver: calls go to long-lived `virsh -c <uri>` shells (a {@link VirshSession} each, a
+ * new one only while calls overlap; the disk XML in a private temporary file), so a call costs a
+ * round trip to libvirtd, not a process start and a new connection; one long-lived
+ * `virsh event --all --loop --timestamp` process carries device and lifecycle events, started at
+ * the first subscription. No process is spawned per call or per poll.
  *
  * libvirt's own behaviour worth knowing (libvirt 9.0, QEMU 7.2, measured): a SCSI unplug completes
  * without guest help within ~0.1-0.3 s (`device-removed`); a virtio-blk unplug needs the guest
@@ -111,6 +103,9 @@ export function createLibvirtDriver(options: LibvirtDriverOptions = {}): DomainD
   let closed = false;
   let eventChild: ChildProcess | undefined;
   let restartTimer: NodeJS.Timeout | undefined;
+  /** Every live command session; the idle ones wait in `idleSessions` for the next call. */
+  const sessions = new Set<VirshSession>();
+  const idleSessions: VirshSession[] = [];
   const hub = new EventHub(() => startEvents());
 
   /**
@@ -134,60 +129,41 @@ export function createLibvirtDriver(options: LibvirtDriverOptions = {}): DomainD
     }
   }
 
-  function run(args: string[], callOptions?: CallOptions): Promise<VirshResult> {
-    return new Promise<VirshResult>((resolve, reject) => {
-      if (closed) {
-        reject(new HypervisorError(HypervisorReason.Unavailable, 'the libvirt driver is closed'));
-        return;
+  /** An idle session of the pool, or a new one when all are busy. */
+  function takeSession(): VirshSession {
+    for (let session = idleSessions.pop(); session !== undefined; session = idleSessions.pop()) {
+      if (session.usable) return session;
+      retireSession(session);
+    }
+    const session = new VirshSession(virsh, uri);
+    sessions.add(session);
+    return session;
+  }
+
+  function retireSession(session: VirshSession): void {
+    sessions.delete(session);
+    void session.close();
+  }
+
+  /**
+   * Runs `virsh <args>` in a session of the pool: calls for different domains go on in parallel,
+   * each in its own session, as separate processes did.
+   */
+  async function run(args: string[], callOptions?: CallOptions): Promise<VirshResult> {
+    if (closed) {
+      throw new HypervisorError(HypervisorReason.Unavailable, 'the libvirt driver is closed');
+    }
+    if (callOptions?.signal?.aborted === true) throw abortedError(callOptions.signal.reason);
+    const session = takeSession();
+    try {
+      return await session.run(args, { signal: callOptions?.signal, timeoutMs: callTimeoutMs });
+    } finally {
+      if (!closed && session.usable && idleSessions.length < MAX_IDLE_SESSIONS) {
+        idleSessions.push(session);
+      } else {
+        retireSession(session);
       }
-      if (callOptions?.signal?.aborted === true) {
-        reject(abortedError(callOptions.signal.reason));
-        return;
-      }
-      const child = spawn(virsh, ['-q', '-c', uri, ...args], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-        signal: callOptions?.signal,
-        timeout: callTimeoutMs,
-      });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-      child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-      child.on('error', (error: NodeJS.ErrnoException) => {
-        if (error.name === 'AbortError') reject(abortedError(error));
-        else {
-          reject(
-            new HypervisorError(
-              HypervisorReason.Unavailable,
-              `cannot run ${virsh}: ${error.message}`,
-              {
-                cause: error,
-              },
-            ),
-          );
-        }
-      });
-      child.on('close', (code, signal) => {
-        if (code === 0) {
-          resolve({ stdout, stderr });
-          return;
-        }
-        if (callOptions?.signal?.aborted === true) {
-          reject(abortedError(callOptions.signal.reason));
-          return;
-        }
-        const text =
-          signal !== null
-            ? `virsh ${args[0]} killed by ${signal} (timeout ${callTimeoutMs} ms)`
-            : errorText(stderr);
-        reject(
-          new HypervisorError(
-            signal !== null ? HypervisorReason.Failed : classifyLibvirtError(text),
-            text,
-          ),
-        );
-      });
-    });
+    }
   }
 
   async function isPersistent(domain: string, callOptions?: CallOptions): Promise<boolean> {
@@ -277,19 +253,24 @@ export function createLibvirtDriver(options: LibvirtDriverOptions = {}): DomainD
       const iterator = hub.iterate(callOptions?.signal);
       return iterator;
     },
-    close() {
+    async close() {
       closed = true;
       if (restartTimer !== undefined) clearTimeout(restartTimer);
       const child = eventChild;
       eventChild = undefined;
       hub.close();
-      if (child === undefined || child.exitCode !== null || child.signalCode !== null) {
-        return Promise.resolve();
+      idleSessions.length = 0;
+      const closing = [...sessions].map((session) => session.close());
+      sessions.clear();
+      if (child !== undefined && child.exitCode === null && child.signalCode === null) {
+        closing.push(
+          new Promise<void>((resolve) => {
+            child.once('exit', () => resolve());
+            child.kill('SIGTERM');
+          }),
+        );
       }
-      return new Promise<void>((resolve) => {
-        child.once('exit', () => resolve());
-        child.kill('SIGTERM');
-      });
+      await Promise.all(closing);
     },
   };
   return driver;

@@ -1,4 +1,5 @@
 import { chmod, readFile, readdir, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -25,7 +26,8 @@ if (!run) {
   });
 }
 
-describe.runIf(run)('libvirt driver against a private libvirtd', () => {
+// Generous per-test limit: the cores are shared and QEMU runs under TCG.
+describe.runIf(run)('libvirt driver against a private libvirtd', { timeout: 30_000 }, () => {
   let dir: string;
   let removeDir: () => Promise<void>;
   let libvirt: LibvirtDaemons;
@@ -76,23 +78,40 @@ describe.runIf(run)('libvirt driver against a private libvirtd', () => {
     throw new Error('the libvirt event stream never reported a started domain');
   }
 
-  /** Our own `virsh event` child processes (found through /proc by parent pid). */
-  async function eventChildren(): Promise<number[]> {
+  /** Our own virsh child processes whose command line passes `accept` (found through /proc). */
+  async function virshChildren(
+    accept: (cmd: string[]) => boolean,
+    program = 'virsh',
+  ): Promise<number[]> {
     const pids: number[] = [];
     for (const entry of await readdir('/proc')) {
       if (!/^\d+$/.test(entry)) continue;
       try {
         const stat = await readFile(`/proc/${entry}/stat`, 'utf8');
+        if (stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0] === 'Z') continue;
         const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
         const cmd = (await readFile(`/proc/${entry}/cmdline`, 'utf8')).split('\0');
-        if (ppid === process.pid && cmd.includes('event') && cmd.includes('--loop'))
-          pids.push(Number(entry));
+        if (ppid === process.pid && cmd[0] === program && accept(cmd)) pids.push(Number(entry));
       } catch {
         // the process went away while we looked
       }
     }
     return pids;
   }
+
+  /** Our own `virsh event` processes. */
+  const eventChildren = (): Promise<number[]> =>
+    virshChildren((cmd) => cmd.includes('event') && cmd.includes('--loop'));
+
+  /**
+   * The command sessions (`<program> -q -c <uri>`, commands on stdin) of a driver started with
+   * its own `virsh` path, so the shared driver's sessions are not counted.
+   */
+  const sessionsOf = (program: string): Promise<number[]> =>
+    virshChildren(
+      (cmd) => cmd.filter((a) => a !== '').join(' ') === `${program} -q -c ${target.uri}`,
+      program,
+    );
 
   async function image(name: string): Promise<string> {
     const file = path.join(dir, `${name}.img`);
@@ -208,7 +227,9 @@ describe.runIf(run)('libvirt driver against a private libvirtd', () => {
     const inactive = parseDomainDisks(await virsh(target.uri, ['dumpxml', '--inactive', domain]));
     expect(inactive).toMatchObject([{ target: 'sda', alias: 'ua-persisted' }]);
     await driver.detachDisk(domain, 'sda');
-    expect(parseDomainDisks(await virsh(target.uri, ['dumpxml', '--inactive', domain]))).toEqual([]);
+    expect(parseDomainDisks(await virsh(target.uri, ['dumpxml', '--inactive', domain]))).toEqual(
+      [],
+    );
     await vi.waitFor(async () => expect(await driver.listDisks(domain)).toEqual([]), {
       timeout: 10_000,
     });
@@ -273,6 +294,66 @@ describe.runIf(run)('libvirt driver against a private libvirtd', () => {
       await second.close();
     }
     expect(await ours()).toEqual([]); // closing the driver ended its process
+  });
+
+  it('runs its calls in long-lived virsh sessions, not a process per call', async () => {
+    const domain = await watchedDomain();
+    // virsh by its full path: the shared driver's sessions (plain `virsh`) are not counted.
+    const program = execFileSync('sh', ['-c', 'command -v virsh'], { encoding: 'utf8' }).trim();
+    const own = createLibvirtDriver({ uri: target.uri, virsh: program });
+    try {
+      for (let i = 0; i < 5; i += 1) await own.listDisks(domain);
+      const [first, ...more] = await sessionsOf(program);
+      expect(first).toBeDefined();
+      expect(more).toEqual([]);
+      // Overlapping calls each get a session; afterwards at most two stay open.
+      const answers = await Promise.all([1, 2, 3, 4].map(() => own.domainXml(domain)));
+      expect(answers.every((xml) => xml.includes(`<name>${domain}</name>`))).toBe(true);
+      await vi.waitFor(async () =>
+        expect((await sessionsOf(program)).length).toBeLessThanOrEqual(2),
+      );
+      // A session that died while idle is replaced.
+      for (const pid of await sessionsOf(program)) process.kill(pid, 'SIGKILL');
+      await vi.waitFor(async () => expect(await sessionsOf(program)).toEqual([]));
+      expect(await own.listDisks(domain)).toEqual([]);
+    } finally {
+      await own.close();
+    }
+    expect(await sessionsOf(program)).toEqual([]);
+  });
+
+  it('tells an unreachable libvirtd (Unavailable) from a missing disk source', async () => {
+    const nowhere = createLibvirtDriver({
+      uri: `qemu+unix:///system?socket=${path.join(dir, 'no-such-socket')}`,
+    });
+    try {
+      const error = await rejection(nowhere.listDisks('plugline-test_vm'));
+      expect(error.reason).toBe('Unavailable');
+      expect(error.message).toContain('failed to connect to the hypervisor');
+    } finally {
+      await nowhere.close();
+    }
+  });
+
+  it('aborts a call in flight (a virtio unplug no guest answers) and carries on', async () => {
+    const domain = await watchedDomain();
+    await image('stuck');
+    const xml = diskXml({
+      volumeName: 'stuck',
+      disk: { name: 'stuck', disk: { bus: 'virtio' }, serial: 'V2' },
+      volumeMode: 'Filesystem',
+      target: 'vdb',
+      hotplugDir: dir,
+    });
+    await driver.attachDisk(domain, xml);
+    const t0 = performance.now();
+    // libvirt would wait 5 s for the guest; the abort ends the call long before.
+    const error = await rejection(
+      driver.detachDisk(domain, 'vdb', { signal: AbortSignal.timeout(300) }),
+    );
+    expect(error.reason).toBe('Aborted');
+    expect(performance.now() - t0).toBeLessThan(4000);
+    expect(await driver.listDisks(domain)).toMatchObject([{ target: 'vdb', alias: 'ua-stuck' }]);
   });
 
   it('aborts a call through its signal', async () => {

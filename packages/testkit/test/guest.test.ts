@@ -14,7 +14,9 @@ import {
   launcherDomainXml,
   parseBuildOutput,
   parseDiskReport,
+  parseUevent,
   tempDir,
+  waitFor,
 } from '../src/index.js';
 
 const run = promisify(execFile);
@@ -48,6 +50,24 @@ describe('parseDiskReport', () => {
   });
 });
 
+describe('parseUevent', () => {
+  it('reads the action and the device of a block uevent line', () => {
+    expect(parseUevent('PLUGLINE-UEVENT add sdb')).toEqual({ action: 'add', device: 'sdb' });
+    expect(parseUevent('PLUGLINE-UEVENT remove vdc\r')).toEqual({
+      action: 'remove',
+      device: 'vdc',
+    });
+  });
+
+  it.each([
+    ['a disk report', 'PLUGLINE-DISKS 1 end'],
+    ['no device', 'PLUGLINE-UEVENT add'],
+    ['kernel output inside', 'PLUGLINE-UEVENT add sd[  2.1] b'],
+  ])('ignores %s', (_what, line) => {
+    expect(parseUevent(line)).toBeUndefined();
+  });
+});
+
 describe('GuestConsole', () => {
   let consoleUnderTest: GuestConsole | undefined;
   afterEach(async () => {
@@ -76,6 +96,9 @@ describe('GuestConsole', () => {
     await appendFile(file, 'PLUGLINE-DISKS 4 end\n');
     expect((await gone).seq).toBe(4);
     expect(consoleUnderTest.reports.map((r) => r.seq)).toEqual([1, 2, 3, 4]);
+    await appendFile(file, 'PLUGLINE-UEVENT add sdb\n');
+    await waitFor(() => consoleUnderTest!.blockEvents.length === 1, { timeout: 5000 });
+    expect(consoleUnderTest.blockEvents[0]).toMatchObject({ action: 'add', device: 'sdb' });
     expect(consoleUnderTest.output()).toContain('PLUGLINE-GUEST up');
   });
 

@@ -1,6 +1,7 @@
+import { watch } from 'node:fs';
+import type { FSWatcher } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { waitFor } from '../wait.js';
 import { GuestHarnessError } from './errors.js';
 
 /** One block device as the guest reported it. */
@@ -22,9 +23,29 @@ export interface DiskReport {
   disks: GuestDisk[];
 }
 
-/** A report and when the host read it (`Date.now()`; the console is polled every 10 ms). */
+/** A report and when the host read it (`Date.now()`, as soon as QEMU wrote it: see GuestConsole). */
 export interface ReceivedDiskReport extends DiskReport {
   receivedAt: number;
+}
+
+/**
+ * A block-device uevent as the guest's kernel announced it (`PLUGLINE-UEVENT <action> <device>`,
+ * echoed before the guest reads any disk), and when the host read it.
+ */
+export interface GuestUevent {
+  /** `add`, `remove`, `change`, ... */
+  action: string;
+  /** `sda`, `vdb`. */
+  device: string;
+  receivedAt: number;
+}
+
+const UEVENT = /^PLUGLINE-UEVENT (\S+) (\S+)$/;
+
+/** Parses `PLUGLINE-UEVENT <action> <device>`; undefined for any other line. */
+export function parseUevent(line: string): Omit<GuestUevent, 'receivedAt'> | undefined {
+  const m = UEVENT.exec(line.trim());
+  return m === null ? undefined : { action: m[1]!, device: m[2]! };
 }
 
 const REPORT = /^PLUGLINE-DISKS (\d+)((?: [a-z]+=[^ ]*)*) end$/;
@@ -66,25 +87,34 @@ export interface ConsoleWaitOptions {
   timeout?: number;
 }
 
+/** While the console file does not exist yet, and as a safety net behind the file watch. */
+const CONSOLE_POLL_MS = 250;
+
 /**
- * Follows the guest's serial console (a file QEMU appends to) and keeps its disk reports.
- * Waits look at the newest report: the guest reports within ~0.2 s of a change.
+ * Follows the guest's serial console (a file QEMU appends to) and keeps its disk reports and
+ * uevents. The file is watched (inotify), so a line is read, and stamped, as soon as QEMU wrote
+ * it, not at the next tick of a poll; a slow poll covers the time before the file exists.
+ * Waits are woken by each new report.
  */
 export class GuestConsole {
   private handle: FileHandle | undefined;
+  private watcher: FSWatcher | undefined;
   private offset = 0;
   private partial = '';
   private text = '';
   private timer: NodeJS.Timeout | undefined;
-  private reading = false;
+  private reading: Promise<void> | undefined;
+  private dirty = false;
   private readonly received: ReceivedDiskReport[] = [];
+  private readonly uevents: GuestUevent[] = [];
+  private readonly onReport = new Set<() => void>();
 
   constructor(
     readonly file: string,
-    private readonly pollMs = 10,
+    private readonly pollMs = CONSOLE_POLL_MS,
   ) {}
 
-  /** Starts polling the file (it may not exist yet). */
+  /** Starts following the file (it may not exist yet). */
   start(): void {
     if (this.timer !== undefined) return;
     this.timer = setInterval(() => void this.poll(), this.pollMs);
@@ -94,27 +124,55 @@ export class GuestConsole {
   async stop(): Promise<void> {
     clearInterval(this.timer);
     this.timer = undefined;
+    this.watcher?.close();
+    this.watcher = undefined;
+    await this.reading;
     await this.handle?.close();
     this.handle = undefined;
   }
 
-  /** Reads what was appended since the last poll (also called by the waits). */
-  async poll(): Promise<void> {
-    if (this.reading) return;
-    this.reading = true;
-    try {
-      this.handle ??= await open(this.file, 'r').catch(() => undefined);
-      if (this.handle === undefined) return;
+  /** Reads what was appended since the last read (the watch and the waits call it). */
+  poll(): Promise<void> {
+    if (this.reading !== undefined) {
+      // Read again once the current read is done: it may have missed the latest write.
+      this.dirty = true;
+      return this.reading;
+    }
+    this.reading = this.readAppended().finally(() => {
+      this.reading = undefined;
+    });
+    return this.reading;
+  }
+
+  private async readAppended(): Promise<void> {
+    do {
+      this.dirty = false;
+      if (this.handle === undefined && !(await this.openFile())) return;
       const buffer = Buffer.alloc(64 * 1024);
       for (;;) {
-        const { bytesRead } = await this.handle.read(buffer, 0, buffer.length, this.offset);
+        const { bytesRead } = await this.handle!.read(buffer, 0, buffer.length, this.offset);
         if (bytesRead === 0) break;
         this.offset += bytesRead;
         this.consume(buffer.subarray(0, bytesRead).toString('latin1'));
       }
-    } finally {
-      this.reading = false;
+    } while (this.dirty);
+  }
+
+  /** Opens the file and watches it; false while it does not exist. */
+  private async openFile(): Promise<boolean> {
+    this.handle = await open(this.file, 'r').catch(() => undefined);
+    if (this.handle === undefined || this.timer === undefined) return this.handle !== undefined;
+    try {
+      this.watcher = watch(this.file, { persistent: false }, () => void this.poll());
+      this.watcher.on('error', () => {
+        // The slow poll goes on reading.
+        this.watcher?.close();
+        this.watcher = undefined;
+      });
+    } catch {
+      // No inotify: the slow poll still reads the file.
     }
+    return true;
   }
 
   private consume(chunk: string): void {
@@ -122,15 +180,29 @@ export class GuestConsole {
     this.text = (this.text + chunk).slice(-200_000);
     const lines = (this.partial + chunk).split('\n');
     this.partial = lines.pop() ?? '';
-    for (const line of lines) {
-      const report = parseDiskReport(line.replace(/\r$/, ''));
-      if (report !== undefined) this.received.push({ ...report, receivedAt: now });
+    let reported = false;
+    for (const raw of lines) {
+      const line = raw.replace(/\r$/, '');
+      const report = parseDiskReport(line);
+      if (report !== undefined) {
+        this.received.push({ ...report, receivedAt: now });
+        reported = true;
+        continue;
+      }
+      const uevent = parseUevent(line);
+      if (uevent !== undefined) this.uevents.push({ ...uevent, receivedAt: now });
     }
+    if (reported) for (const wake of [...this.onReport]) wake();
   }
 
   /** Every report so far, oldest first. */
   get reports(): readonly ReceivedDiskReport[] {
     return this.received;
+  }
+
+  /** Every block uevent the guest echoed so far, oldest first. */
+  get blockEvents(): readonly GuestUevent[] {
+    return this.uevents;
   }
 
   latest(): ReceivedDiskReport | undefined {
@@ -151,27 +223,42 @@ export class GuestConsole {
     // The report current at the call, and every later one, each looked at once.
     let next = Math.max(0, this.received.length - 1);
     const timeout = options.timeout ?? 30_000;
-    try {
-      return await waitFor(
-        async () => {
-          await this.poll();
-          for (; next < this.received.length; next += 1) {
-            const report = this.received[next]!;
-            if (accept(report)) return report;
-          }
-          return undefined;
-        },
-        { timeout, interval: this.pollMs, description: `the guest to report ${description}` },
-      );
-    } catch (error) {
-      throw new GuestHarnessError(
-        `timed out after ${timeout} ms waiting for the guest to report ${description} ` +
-          `(last: ${this.describeLatest()}); console tail:\n${this.text.slice(-1500)}`,
-        { cause: error },
-      );
-    }
+    const check = (): ReceivedDiskReport | undefined => {
+      for (; next < this.received.length; next += 1) {
+        const report = this.received[next]!;
+        if (accept(report)) return report;
+      }
+      return undefined;
+    };
+    await this.poll();
+    const found = check();
+    if (found !== undefined) return found;
+    return new Promise<ReceivedDiskReport>((resolve, reject) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        clearInterval(poller);
+        this.onReport.delete(wake);
+      };
+      const wake = (): void => {
+        const report = check();
+        if (report === undefined) return;
+        done();
+        resolve(report);
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(
+          new GuestHarnessError(
+            `timed out after ${timeout} ms waiting for the guest to report ${description} ` +
+              `(last: ${this.describeLatest()}); console tail:\n${this.text.slice(-1500)}`,
+          ),
+        );
+      }, timeout);
+      this.onReport.add(wake);
+      // A console that was not started (or lost its watch) is still read while someone waits.
+      const poller = setInterval(() => void this.poll(), this.pollMs);
+    });
   }
-
   /** Waits until the guest lists a disk with this serial; resolves with it and the report. */
   async waitForDisk(
     serial: string,

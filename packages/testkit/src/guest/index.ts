@@ -10,8 +10,14 @@ export type {
   StartGuestOptions,
   Guest,
 } from './domain.js';
-export { GuestConsole, parseDiskReport, hexOf } from './console.js';
-export type { GuestDisk, DiskReport, ReceivedDiskReport, ConsoleWaitOptions } from './console.js';
+export { GuestConsole, parseDiskReport, parseUevent, hexOf } from './console.js';
+export type {
+  GuestDisk,
+  DiskReport,
+  ReceivedDiskReport,
+  GuestUevent,
+  ConsoleWaitOptions,
+} from './console.js';
 export { attachLoopDevice } from './loop.js';
 export type { LoopDevice } from './loop.js';
 export { guestGate, GUEST_TOOLS } from './gate.js';
