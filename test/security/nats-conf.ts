@@ -9,13 +9,14 @@ import { fileURLToPath } from 'node:url';
 
 export const NATS_CONF = fileURLToPath(new URL('../../deploy/nats/plugline.conf', import.meta.url));
 
-/** The conf's users (for the node `node-1`) and the suffix of their password variable. */
+/** The conf's users (services for the node `node-1`) and the suffix of their password variable. */
 export const NATS_USERS = {
   'spec-watcher': 'SPEC_WATCHER',
   'attachment-orchestrator': 'ATTACHMENT_ORCHESTRATOR',
   'node-mounter-node-1': 'NODE_MOUNTER',
   'domain-updater-node-1': 'DOMAIN_UPDATER',
   plugctl: 'PLUGCTL',
+  'plugline-janitor': 'JANITOR',
 } as const;
 export type NatsUser = keyof typeof NATS_USERS;
 

@@ -1,13 +1,17 @@
 /**
  * The four services as real processes, each connected as ITS OWN user of
- * deploy/nats/plugline.conf on a real nats-server (kube-sim, real mounts in this private mount
- * namespace): a volume is plugged (`Ready`) and unplugged (gone) without one permission
- * violation, and a service given another stage's credentials is refused and does not start.
+ * deploy/nats/plugline.conf on a real nats-server (the embedded stack's `natsUsers`; kube-sim,
+ * real mounts in this private mount namespace): `plugctl --wait`, as the `plugctl` user, plugs a
+ * volume (`Ready`) and unplugs it (gone) without one permission violation; a work item the
+ * server kept after its acknowledgement is removed by the cleanup identity (`plugline-janitor`)
+ * before a service's reaper, which may not, would try; and a service given another stage's
+ * credentials is refused and does not start.
  */
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { addVolume, createPvc, ensureNamespace, removeVolume, serviceMain } from '@plugline/cli';
+import { connectBus, StreamName } from '@plugline/bus';
+import { createPvc, ensureNamespace, serviceMain } from '@plugline/cli';
 import { ServiceName } from '@plugline/cli';
 import {
   spawnService,
@@ -22,11 +26,13 @@ import {
   isRoot,
   loopDevicesUnder,
   mountsUnder,
+  plugctlProcess,
   startChain,
   volumeStatus,
   type ChainFixture,
 } from '../chain/helpers.js';
 import { renderNatsConf, type NatsUser, type RenderedConf } from './nats-conf.js';
+import { leaveSpecWatcherLeftover } from './work-leftover.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const TSX_LOADER = pathToFileURL(
@@ -35,22 +41,16 @@ const TSX_LOADER = pathToFileURL(
 const NODE = 'node-1';
 const WAIT = { timeout: 60_000, interval: 100 };
 
-/** Each service and the user it runs as (the conf's users are for the node `node-1`). */
-const SERVICES: readonly { name: ServiceName; user: NatsUser; node?: string }[] = [
-  { name: ServiceName.SpecWatcher, user: 'spec-watcher' },
-  { name: ServiceName.AttachmentOrchestrator, user: 'attachment-orchestrator' },
-  { name: ServiceName.NodeMounter, user: 'node-mounter-node-1', node: NODE },
-  { name: ServiceName.DomainUpdater, user: 'domain-updater-node-1', node: NODE },
-];
-
 let dir: TempDir;
 let conf: RenderedConf;
 let nats: NatsServer;
 let f: ChainFixture | undefined;
-/** Every process started (stopped after the tests); the chain's four are the first. */
+/** The work item the server kept after spec-watcher acknowledged it (before the stack started). */
+let leftover: string;
+/** Processes this file starts beside the stack's (stopped after the tests). */
 const running: ServiceProcess[] = [];
 
-/** Starts `name` (its node's variables when it runs per node) connecting as `user`. */
+/** Starts another `name` (its node's variables when it runs per node) connecting as `user`. */
 async function startService(
   name: ServiceName,
   user: NatsUser,
@@ -115,13 +115,12 @@ beforeAll(async () => {
   conf = await renderNatsConf(dir.path);
   nats = await startNats({ args: ['-c', conf.path] });
   if (!isRoot) return;
-  f = await startChain({ natsUrl: nats.url, services: [], demo: false });
-  await Promise.all(
-    SERVICES.map(async (s) => {
-      const proc = await startService(s.name, s.user, conf.passwords.get(s.user)!, s.node);
-      await proc.waitForOutput(/"msg":"ready"/, 90_000);
-    }),
-  );
+  leftover = await leaveSpecWatcherLeftover(nats, conf.passwords.get('spec-watcher')!);
+  f = await startChain({
+    natsUrl: nats.url,
+    natsUsers: { ...conf, janitorIntervalMs: 500 },
+    demo: false,
+  });
 }, 240_000);
 
 afterAll(async () => {
@@ -143,37 +142,75 @@ describe.skipIf(!isRoot)('each service on NATS as its own user (deploy/nats/plug
       'spec-watcher': 'spec-watcher',
       [`node-mounter@${NODE}`]: 'node-mounter-node-1',
       [`domain-updater@${NODE}`]: 'domain-updater-node-1',
+      'plugline-janitor': 'plugline-janitor',
     });
     expect(
       Object.entries(users).filter(([name]) => name.startsWith('attachment-orchestrator@')),
     ).toEqual([[expect.any(String), 'attachment-orchestrator']]);
   });
 
-  it('plugs a volume to Ready and unplugs it, without a permission violation', async () => {
+  it('plugs a volume to Ready and unplugs it with plugctl --wait as the plugctl user, without a permission violation', async () => {
     const ns = 'nats-users';
-    const client = f!.client;
-    await ensureNamespace(f!.stack.kc, ns);
-    await f!.stack.createVmi({ namespace: ns, name: 'vm' });
-    await createPvc(f!.stack.kc, { namespace: ns, name: 'data', mode: 'Filesystem' });
+    const stack = f!.stack;
+    expect(stack.clientEnv()).toMatchObject({ NATS_USER: 'plugctl' });
+    await ensureNamespace(stack.kc, ns);
+    await stack.createVmi({ namespace: ns, name: 'vm' });
+    await createPvc(stack.kc, { namespace: ns, name: 'data', mode: 'Filesystem' });
 
-    await addVolume(client, { namespace: ns, vmi: 'vm', flags: { volumeName: 'data' } });
-    await vi.waitFor(async () => {
-      expect(await volumeStatus(client, ns, 'vm', 'data')).toMatchObject({
-        phase: 'Ready',
-        target: 'sda',
-      });
-    }, WAIT);
+    const plug = await plugctlProcess(
+      stack,
+      'addvolume',
+      'vm',
+      '--volume-name=data',
+      '--wait',
+      '-n',
+      ns,
+    );
+    expect(plug.err).toBe('');
+    expect(plug.code).toBe(0);
+    expect(plug.out).toMatch(/^Volume data is Ready as sda after /m);
+    expect(await volumeStatus(f!.client, ns, 'vm', 'data')).toMatchObject({
+      phase: 'Ready',
+      target: 'sda',
+    });
 
-    await removeVolume(client, { namespace: ns, vmi: 'vm', volumeName: 'data' });
-    await vi.waitFor(async () => {
-      expect(await volumeStatus(client, ns, 'vm', 'data')).toBeUndefined();
-    }, WAIT);
+    const unplug = await plugctlProcess(
+      stack,
+      'removevolume',
+      'vm',
+      '--volume-name=data',
+      '--wait',
+      '-n',
+      ns,
+    );
+    expect(unplug.err).toBe('');
+    expect(unplug.code).toBe(0);
+    expect(unplug.out).toMatch(/^Volume data was removed after /m);
+    expect(await volumeStatus(f!.client, ns, 'vm', 'data')).toBeUndefined();
 
     expect(violations()).toEqual([]);
-    for (const proc of running.slice(0, SERVICES.length)) {
-      expect(proc.output()).not.toMatch(/permission|authorization/i);
+    for (const service of stack.services) {
+      expect(service.output()).not.toMatch(/permission|authorization|not allowed/i);
     }
   }, 150_000);
+
+  it('removes the work item the server kept as the cleanup identity, which the services may not', async () => {
+    await using janitor = await connectBus({
+      servers: nats.url,
+      user: 'plugline-janitor',
+      pass: conf.passwords.get('plugline-janitor')!,
+      maxReconnectAttempts: 0,
+    });
+    const held = async (): Promise<number> => {
+      const info = await janitor.jsm.streams.info(StreamName.Work, { subjects_filter: leftover });
+      return info.state.subjects?.[leftover] ?? 0;
+    };
+    await vi.waitFor(async () => expect(await held()).toBe(0), WAIT);
+    // spec-watcher saw it at start; the janitor removed it before its reaper would have asked.
+    expect(violations()).toEqual([]);
+    const specWatcher = f!.stack.services.find((s) => s.id === 'spec-watcher')!;
+    expect(specWatcher.output()).not.toMatch(/not allowed to remove/);
+  }, 90_000);
 
   it("refuses a node-mounter started with domain-updater's credentials: it does not start", async () => {
     const proc = await startService(

@@ -77,6 +77,9 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
     reconnectJitter: 50,
     pingInterval: 10_000,
     timeout: 5000,
+    // Every request (each JetStream publish and KV call) would otherwise build an Error up front
+    // to carry the caller's stack, used only if it fails: a measurable share of a stage's CPU.
+    noAsyncTraces: true,
   });
   const timeout = options.apiTimeoutMs ?? 5000;
   const js = jetstream(nc, { timeout });

@@ -1,19 +1,31 @@
-import type { KV } from '@nats-io/kv';
+import type { KV, KvEntry } from '@nats-io/kv';
 import { kvKey } from './names.js';
 
 interface LeaseValue {
   owner: string;
   /** Epoch milliseconds after which anyone may take the lease over. */
   expiresAt: number;
+  /** Handed from holder to holder (see {@link Lease.handover}). */
+  handover?: number;
 }
 
 /** A held lease on one unit. */
 export interface Lease {
   readonly key: string;
+  /**
+   * The last number a holder gave `release`. Every later holder carries it in the values it
+   * writes, until it releases with another, so a holder that crashed or released with none
+   * leaves it as it found it. The stage runtime hands over the snapshot revision whose outbox is
+   * published: a fact that stays true.
+   */
+  readonly handover: number | undefined;
   /** Extends the expiry; false when the lease was lost (taken over after expiry). */
   renew(): Promise<boolean>;
-  /** Deletes the lease if still ours (compare-and-delete); never throws. */
-  release(): Promise<void>;
+  /**
+   * Ends the lease if still ours (compare-and-set) and leaves `handover` (default: the one it
+   * got) to the next holder; never throws.
+   */
+  release(handover?: number): Promise<void>;
 }
 
 export type LeaseResult = { ok: true; lease: Lease } | { ok: false; retryInMs: number };
@@ -37,55 +49,74 @@ function isCasFailure(err: unknown): boolean {
  * process, and a process must not acquire one key twice concurrently. Every
  * write is compare-and-set on the key's revision, so exactly one contender wins. Expiry compares
  * wall clocks: keep the TTL well above the clock skew between nodes.
+ *
+ * Releasing writes an already-expired value rather than deleting the key, and the manager keeps
+ * the revision of that write: the next acquire of the same key here is one `update` against it
+ * (it fails, at no cost to correctness, if anyone wrote the key since). A deleted key would cost
+ * three round trips (`create` refused by the delete marker, `get`, `update`) on every acquire but
+ * the first. A delete marker and an expired value take the same room in the bucket. The released
+ * value carries the {@link Lease.handover} to the next holder.
  */
 export class LeaseManager {
+  /** The expired values this manager's releases wrote, by key, oldest first (bounded). */
+  readonly #released = new Map<string, { revision: number; handover: number | undefined }>();
+
   constructor(
     private readonly kv: KV,
     readonly owner: string,
     readonly ttlMs: number,
   ) {}
 
-  #value(): Uint8Array {
-    const value: LeaseValue = { owner: this.owner, expiresAt: Date.now() + this.ttlMs };
+  #value(expiresAt = Date.now() + this.ttlMs, handover?: number): Uint8Array {
+    const value: LeaseValue =
+      handover === undefined
+        ? { owner: this.owner, expiresAt }
+        : { owner: this.owner, expiresAt, handover };
     return encoder.encode(JSON.stringify(value));
   }
 
   async acquire(unitKey: string): Promise<LeaseResult> {
     const key = kvKey(unitKey);
+    const released = this.#released.get(key);
+    this.#released.delete(key);
     try {
-      return this.#held(key, await this.kv.create(key, this.#value()));
+      // One round trip when the key is new (expected revision 0) or our own release is still its
+      // last write. Not `kv.create`, which on an existing key reads it before failing.
+      const handover = released?.handover;
+      const revision = await this.kv.put(key, this.#value(undefined, handover), {
+        previousSeq: released?.revision ?? 0,
+      });
+      return this.#held(key, revision, handover);
     } catch (err) {
       if (!isCasFailure(err)) throw err;
     }
     const entry = await this.kv.get(key);
-    if (entry === null || entry.operation !== 'PUT') return { ok: false, retryInMs: 0 };
-    let current: LeaseValue;
-    try {
-      current = entry.json<LeaseValue>();
-    } catch {
-      current = { owner: '?', expiresAt: 0 };
-    }
+    if (entry === null) return { ok: false, retryInMs: 0 };
+    const current = leaseValue(entry);
     const remaining = current.expiresAt - Date.now();
     // Our own stale lease (its release was lost, e.g. in a NATS outage) is ours to take back: the
     // caller runs one unit at a time per process, so it cannot be in use here.
     if (remaining > 0 && current.owner !== this.owner) return { ok: false, retryInMs: remaining };
+    const handover = typeof current.handover === 'number' ? current.handover : undefined;
     try {
-      return this.#held(key, await this.kv.update(key, this.#value(), entry.revision));
+      const revision = await this.kv.update(key, this.#value(undefined, handover), entry.revision);
+      return this.#held(key, revision, handover);
     } catch (err) {
       if (!isCasFailure(err)) throw err;
       return { ok: false, retryInMs: 0 };
     }
   }
 
-  #held(key: string, firstRevision: number): LeaseResult {
+  #held(key: string, firstRevision: number, handover?: number): LeaseResult {
     let revision = firstRevision;
     let lost = false;
     const lease: Lease = {
       key,
+      handover,
       renew: async () => {
         if (lost) return false;
         try {
-          revision = await this.kv.update(key, this.#value(), revision);
+          revision = await this.kv.update(key, this.#value(undefined, handover), revision);
           return true;
         } catch (err) {
           if (!isCasFailure(err)) throw err;
@@ -93,17 +124,39 @@ export class LeaseManager {
           return false;
         }
       },
-      release: async () => {
+      release: async (next?: number) => {
         if (lost) return;
         lost = true;
         try {
-          await this.kv.delete(key, { previousSeq: revision });
+          const left = next ?? handover;
+          const released = await this.kv.update(key, this.#value(0, left), revision);
+          this.#remember(key, { revision: released, handover: left });
         } catch {
           // taken over or unreachable: it expires anyway
         }
       },
     };
     return { ok: true, lease };
+  }
+
+  #remember(key: string, release: { revision: number; handover: number | undefined }): void {
+    this.#released.set(key, release);
+    if (this.#released.size <= MAX_REMEMBERED_RELEASES) return;
+    const oldest = this.#released.keys().next();
+    if (oldest.done !== true) this.#released.delete(oldest.value);
+  }
+}
+
+/** Bounds the memory of released revisions; a forgotten key costs three round trips once. */
+const MAX_REMEMBERED_RELEASES = 10_000;
+
+/** The lease an entry holds; a delete marker (a release by an older version) is free. */
+function leaseValue(entry: KvEntry): LeaseValue {
+  if (entry.operation !== 'PUT') return { owner: '', expiresAt: 0 };
+  try {
+    return entry.json<LeaseValue>();
+  } catch {
+    return { owner: '?', expiresAt: 0 };
   }
 }
 

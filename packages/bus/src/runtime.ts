@@ -37,7 +37,8 @@ import { durableName, kvKey, StreamName } from './names.js';
 import { ServerFeature, supportsFeature } from './version.js';
 import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
 import { ensureStageBuckets } from './provision.js';
-import { Publisher } from './publish.js';
+import { eventMessage, Publisher, workMessage } from './publish.js';
+import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
 
 /**
  * Context fields the default disposition reads. A stage machine's context may extend this.
@@ -207,7 +208,14 @@ interface LoadedUnit {
   revision: number;
 }
 
-type RunResult = { disposition: Disposition; outcome: Outcome } | { conflict: true };
+type Settled = { disposition: Disposition; outcome: Outcome };
+
+type RunResult =
+  | (Settled & {
+      /** The unit's snapshot revision whose outbox is published (none when unknown). */
+      published: number | undefined;
+    })
+  | { conflict: true };
 
 class Slots {
   #free: number;
@@ -276,8 +284,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   #inFlight = 0;
   #stopping: Promise<void> | undefined;
   #reaper: NodeJS.Timeout | undefined;
-  /** The last reaper check saw more items of this filter than pending + unacknowledged. */
-  #leftoversSeen = false;
+  /** Finds and removes this consumer's finished items the server kept (made at the first check). */
+  #leftovers: WorkLeftovers | undefined;
 
   constructor(options: StageOptions<TMachine>) {
     this.#o = options;
@@ -326,47 +334,26 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   }
 
   /**
-   * nats-server 2.9 can keep work items its consumer is done with (after a crash its store still
-   * holds items whose removal was lost; after a cluster node comes back, a new stream leader may
-   * never have seen the acknowledgement remove them). Such an item is never delivered again and
-   * would sit in the work queue for ever. The stream holds, for this consumer's filter, its
-   * pending and unacknowledged items and nothing else (one consumer per filter on a work queue);
-   * when it holds more, the extra ones are acknowledged leftovers, all at or below the ack floor
-   * (or the delivered sequence when nothing is outstanding), and are deleted once two checks in
-   * a row saw them (at start, then every ack wait), busy or not. Looked up by sequence (the
-   * subject lookups are what 2.9 loses), and deleted one by one (a filtered purge on 2.9 moves
-   * every consumer past the purged sequence).
+   * nats-server 2.9 can keep work items its consumer is done with; see {@link WorkLeftovers}.
+   * Checked at start, then every ack wait. Under least-privilege users (deploy/nats/plugline.conf)
+   * the by-sequence calls are refused: said once, then the timer stops (no refusal per check),
+   * and the cleanup identity (`plugline-janitor`, running `startWorkJanitor`) removes them instead.
    */
   async #reapAcknowledged(): Promise<number> {
-    const { jsm, nc } = this.#o.bus;
-    const info = await jsm.consumers.info(StreamName.Work, this.consumer);
-    const filter = info.config.filter_subject;
-    if (filter === undefined || filter === '') return 0;
-    const outstanding = info.num_pending + info.num_ack_pending;
-    const upTo = outstanding === 0 ? info.delivered.stream_seq : info.ack_floor.stream_seq;
-    const stream = await jsm.streams.info(StreamName.Work, { subjects_filter: filter });
-    const held = Object.values(stream.state.subjects ?? {}).reduce((a, n) => a + n, 0);
-    const leftovers = held - outstanding;
-    // Two reads a moment apart can count an item acknowledged in between: scan only when the
-    // previous check (an ack wait ago) saw leftovers too.
-    const suspected = this.#leftoversSeen;
-    this.#leftoversSeen = leftovers > 0;
-    if (leftovers <= 0 || !suspected || upTo < stream.state.first_seq) return 0;
-    let reaped = 0;
-    for (let seq = Math.max(1, stream.state.first_seq); seq <= upTo && reaped < leftovers; seq++) {
-      const reply = await nc.request(
-        `$JS.API.STREAM.MSG.GET.${StreamName.Work}`,
-        JSON.stringify({ seq }),
-        { timeout: 5000 },
+    this.#leftovers ??= new WorkLeftovers(this.#o.bus);
+    try {
+      const reaped = await this.#leftovers.reap(this.consumer);
+      if (reaped > 0) this.#log.warn({ reaped }, 'removed finished work items the server kept');
+      return reaped;
+    } catch (err) {
+      if (!(err instanceof ReapRefusedError)) throw err;
+      clearInterval(this.#reaper);
+      this.#log.warn(
+        { err },
+        'not allowed to remove finished work items the server kept: left to the cleanup identity (plugline-janitor)',
       );
-      const subject = reply.json<{ message?: { subject: string } }>().message?.subject;
-      if (subject === undefined || !subjectMatches(filter, subject)) continue;
-      if (await jsm.streams.deleteMessage(StreamName.Work, seq, false).catch(() => false)) reaped++;
+      return 0;
     }
-    if (reaped > 0) {
-      this.#log.warn({ reaped, upTo }, 'removed finished work items the server kept');
-    }
-    return reaped;
   }
 
   bound(): boolean {
@@ -554,12 +541,21 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         },
         Math.max(50, Math.floor(this.#leases.ttlMs / 3)),
       );
+      // What this run leaves published, handed over with the lease (see #run).
+      let published: number | undefined;
       try {
-        const result = await this.#run(msg, item, { unit, loading }, lost.signal, log);
+        const result = await this.#run(
+          msg,
+          item,
+          { unit, loading, published: lease.handover },
+          lost.signal,
+          log,
+        );
         outcome = this.#settleMessage(msg, result, log);
+        if (!('conflict' in result)) published = result.published;
       } finally {
         clearInterval(renewer);
-        await lease.release();
+        await lease.release(published);
       }
     } catch (err) {
       log.warn({ err }, 'work item failed; retrying with backoff');
@@ -620,18 +616,26 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
   }
 
+  /** Publishes the outbox in its order, pipelined (see {@link Publisher.publishInOrder}). */
   async #flush(outbox: readonly OutboxEntry[]): Promise<void> {
-    for (const entry of outbox) {
-      if (entry.kind === 'event')
-        await this.#publisher.publishEvent(entry.event, this.#shutdown.signal);
-      else await this.#publisher.publishWork(entry.item, this.#shutdown.signal);
-    }
+    await this.#publisher.publishInOrder(
+      outbox.map((entry) =>
+        entry.kind === 'event'
+          ? { message: eventMessage(entry.event), kind: 'event' }
+          : { message: workMessage(entry.item), kind: 'work' },
+      ),
+      this.#shutdown.signal,
+    );
   }
 
   async #run(
     msg: JsMsg,
     item: WorkItem,
-    { unit, loading }: { unit: string; loading: Promise<LoadedUnit> },
+    {
+      unit,
+      loading,
+      published,
+    }: { unit: string; loading: Promise<LoadedUnit>; published: number | undefined },
     leaseLost: AbortSignal,
     log: Logger,
   ): Promise<RunResult> {
@@ -639,7 +643,14 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const attempt = msg.info.deliveryCount;
     const signal = AbortSignal.any([leaseLost, this.#forceStop.signal]);
     const { record, revision } = await loading;
-    if (record && record.outbox.length > 0) await this.#flush(record.outbox);
+    // A published outbox is not cleared from the record (that would be a second write per item):
+    // the lease's previous holder hands over the revision whose outbox it published. Any other
+    // outbox may be unpublished (its writer crashed, or lost the lease) and is published first;
+    // what of it was published already is dropped as duplicates of its `Nats-Msg-Id`.
+    if (record && record.outbox.length > 0 && revision !== published) {
+      await this.#flush(record.outbox);
+    }
+    const loaded = record === undefined ? undefined : revision;
     const delivery = { attempt, receivedAt, signal };
     const observed = this.#o.load ? await this.#o.load(item, delivery) : undefined;
     const event =
@@ -666,7 +677,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
     if (snapshot.status === 'error') {
       actor.stop();
-      return this.#onMachineError(item, asError(snapshot.error), attempt, log);
+      const settled = await this.#onMachineError(item, asError(snapshot.error), attempt, log);
+      return { ...settled, published: loaded };
     }
     const persisted = actor.getPersistedSnapshot() as UnitRecord['snapshot'];
     actor.stop();
@@ -676,38 +688,31 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     if (disposition.kind === 'terminal' && !outbox.some(isFailedFact)) {
       outbox.push(failedEvent(this.stage, item, disposition, attempt));
     }
-    const written = await this.#persist(unit, { record, revision }, persisted, outbox, log);
-    if (!written) return { conflict: true };
-    return { disposition, outcome: outcomeOf(disposition) };
+    const written = await this.#persist(unit, { record, revision }, persisted, outbox);
+    if (written === undefined) return { conflict: true };
+    return { disposition, outcome: outcomeOf(disposition), published: written };
   }
 
   /**
    * Writes the snapshot and its outbox with compare-and-set (skipped when nothing changed), then
-   * publishes the outbox and clears it. False on a CAS conflict (another worker wrote first).
+   * publishes the outbox. Resolves with the snapshot's revision, its outbox published, or
+   * undefined on a CAS conflict (another worker wrote first). The record's outbox is published
+   * already (see #run), so a record with one is left as it is when nothing else changed.
    */
   async #persist(
     unit: string,
     { record, revision }: { record: UnitRecord | undefined; revision: number },
     persisted: UnitRecord['snapshot'],
     outbox: OutboxEntry[],
-    log: Logger,
-  ): Promise<boolean> {
+  ): Promise<number | undefined> {
     const unchanged =
       record !== undefined &&
       outbox.length === 0 &&
-      record.outbox.length === 0 &&
       JSON.stringify(record.snapshot) === JSON.stringify(persisted);
-    if (!unchanged) {
-      const written = await this.#write(unit, { v: 1, snapshot: persisted, outbox }, revision);
-      if (written === undefined) return false;
-      if (outbox.length > 0) {
-        await this.#flush(outbox);
-        await this.#write(unit, { v: 1, snapshot: persisted, outbox: [] }, written).catch(
-          (err: unknown) => log.debug({ err }, 'could not clear the outbox; it is republished'),
-        );
-      }
-    }
-    return true;
+    if (unchanged) return revision;
+    const written = await this.#write(unit, { v: 1, snapshot: persisted, outbox }, revision);
+    if (written !== undefined && outbox.length > 0) await this.#flush(outbox);
+    return written;
   }
 
   async #onMachineError(
@@ -715,7 +720,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     error: Error,
     attempt: number,
     log: Logger,
-  ): Promise<RunResult> {
+  ): Promise<Settled> {
     const maxDeliveries = this.#o.maxDeliveries ?? 100;
     if (!(error instanceof TerminalError) && attempt < maxDeliveries) {
       log.warn({ err: error, attempt }, 'the machine failed; retrying from the last snapshot');
@@ -807,15 +812,4 @@ function outcomeOf(d: Disposition): Outcome {
     case 'terminal':
       return Outcome.Terminal;
   }
-}
-
-/** Whether a NATS subject matches a filter with `*` and `>` wildcards. */
-function subjectMatches(filter: string, subject: string): boolean {
-  const f = filter.split('.');
-  const t = subject.split('.');
-  for (let i = 0; i < f.length; i++) {
-    if (f[i] === '>') return t.length > i;
-    if (i >= t.length || (f[i] !== '*' && f[i] !== t[i])) return false;
-  }
-  return f.length === t.length;
 }

@@ -15,7 +15,10 @@ import {
   supportsFeature,
   UnsupportedFeatureError,
   type Bus,
+  type RawPublish,
 } from '../src/index.js';
+import { eventMessage } from '../src/publish.js';
+import { readEvents } from './helpers.js';
 
 let nats: NatsServer;
 let bus: Bus;
@@ -149,4 +152,27 @@ describe('Publisher', () => {
       BusClosedError,
     );
   }, 20_000);
+
+  it('publishes a batch in its order, each once, also across a server restart', async () => {
+    await provision(bus);
+    const publisher = new Publisher(bus, { retry: { initialDelayMs: 20, maxDelayMs: 200 } });
+    const batch = (name: string): { message: RawPublish; kind: 'event' }[] =>
+      [0, 1, 2, 3, 4].map((i) => ({
+        message: eventMessage(readyEvent(`${name}-${i}`)),
+        kind: 'event',
+      }));
+    await publisher.publishInOrder(batch('vol-batch'));
+    await nats.halt('SIGTERM');
+    const pending = publisher.publishInOrder(batch('vol-restart'));
+    await nats.start();
+    await pending;
+    await publisher.publishInOrder(batch('vol-restart')); // a replay of the outbox: duplicates
+    const volumes = (await readEvents(bus))
+      .map((e) => e.subject.split('/')[2]!)
+      .filter((v) => v.startsWith('vol-batch-') || v.startsWith('vol-restart-'));
+    expect(volumes).toEqual([
+      ...[0, 1, 2, 3, 4].map((i) => `vol-batch-${i}`),
+      ...[0, 1, 2, 3, 4].map((i) => `vol-restart-${i}`),
+    ]);
+  }, 30_000);
 });

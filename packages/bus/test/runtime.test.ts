@@ -1,8 +1,21 @@
-import { MAX_MESSAGE_BYTES, TerminalError, workSubject, type WorkItem } from '@plugline/contracts';
+import {
+  buildEvent,
+  MAX_MESSAGE_BYTES,
+  TerminalError,
+  workSubject,
+  type WorkItem,
+} from '@plugline/contracts';
 import { startNats, waitFor, type NatsServer } from '@plugline/testkit';
 import { fromPromise } from 'xstate';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runStage, type Bus } from '../src/index.js';
+import {
+  ensureStageBuckets,
+  kvKey,
+  LeaseManager,
+  runStage,
+  snapshotBucket,
+  type Bus,
+} from '../src/index.js';
 import {
   backlog,
   metricValue,
@@ -57,8 +70,10 @@ describe('runStage', () => {
     );
     await waitFor(async () => (await backlog(bus)) === 0);
     expect(applied).toEqual(['vol-basic']);
+    // nor publish its fact again: the lease handed over that it was published
+    expect(await metricValue(metrics, 'published', { kind: 'event' })).toBe(1);
     const state = await persistedState(bus, unitKey(item));
-    expect(state).toMatchObject({ value: 'applied', context: { applies: 1 }, outbox: [] });
+    expect(state).toMatchObject({ value: 'applied', context: { applies: 1 } });
     const ready = (await readEvents(bus)).filter((e) => e.subject.endsWith('/vol-basic'));
     expect(ready.map(eventType)).toEqual(['ready']);
     expect(ready[0]!.data).toMatchObject({
@@ -66,6 +81,64 @@ describe('runStage', () => {
       stage: 'spec-watcher',
       phase: 'Ready',
     });
+    expect(stage.bound()).toBe(true);
+  });
+
+  it('publishes an outbox its writer left unpublished before running the unit again', async () => {
+    const machine = unitMachine.provide({
+      actors: { apply: fromPromise(() => Promise.resolve('ok')) },
+    });
+    await using stage = await runStage({ bus, stage: 'spec-watcher', machine, keyOf: unitKey });
+    const item = workItem('vol-left');
+    await sendWork(bus, item);
+    await waitFor(async () => (await persistedState(bus, unitKey(item)))?.value === 'applied');
+    await waitFor(async () => (await backlog(bus)) === 0);
+    // Another worker wrote the unit's next snapshot with a fact in its outbox, and crashed.
+    const left = buildEvent({
+      namespace: item.namespace,
+      vmi: item.vmi,
+      volume: item.volume,
+      type: 'removed',
+      stage: 'spec-watcher',
+      id: 'id-left-behind',
+      data: { operationId: 'op-left', operation: 'unplug', vmiUID: item.vmiUID },
+    });
+    const kv = await bus.kvm.open(snapshotBucket('spec-watcher'));
+    const entry = (await kv.get(kvKey(unitKey(item))))!;
+    const record = entry.json<Record<string, unknown>>();
+    const withOutbox = { ...record, outbox: [{ kind: 'event', event: left }] };
+    await kv.update(kvKey(unitKey(item)), JSON.stringify(withOutbox), entry.revision);
+
+    await sendWork(bus, { ...item, cause: 'resync' });
+    await waitFor(async () => (await readEvents(bus)).some((e) => e.id === 'id-left-behind'));
+    expect(stage.bound()).toBe(true);
+  });
+
+  it('does not publish an outbox again after a later holder of the unit crashed', async () => {
+    const metrics = newMetrics();
+    const machine = unitMachine.provide({
+      actors: { apply: fromPromise(() => Promise.resolve('ok')) },
+    });
+    await using stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine,
+      keyOf: unitKey,
+      metrics,
+      busyDelayMs: 50,
+    });
+    const item = workItem('vol-crashed');
+    await sendWork(bus, item);
+    const done = (): Promise<number> =>
+      metricValue(metrics, 'messagesHandled', { outcome: 'done' });
+    await waitFor(async () => (await done()) === 1);
+    // Another worker takes the unit and dies holding it; its lease runs out.
+    const { leases } = await ensureStageBuckets(bus, 'spec-watcher');
+    const crashed = await new LeaseManager(leases, 'worker-crashed', 300).acquire(unitKey(item));
+    expect(crashed.ok).toBe(true);
+    await sendWork(bus, { ...item, cause: 'resync' });
+    await waitFor(async () => (await done()) === 2);
+    expect(await metricValue(metrics, 'published', { kind: 'event' })).toBe(1);
     expect(stage.bound()).toBe(true);
   });
 

@@ -1,8 +1,9 @@
 /** The clients a command needs, made from the parsed configuration. */
-import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import type { JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { connect } from '@nats-io/transport-node';
 import type { KubeConfig } from '@kubernetes/client-node';
+import { connectBus, type Bus } from '@plugline/bus';
+import { ConfigError } from '@plugline/contracts';
 import { KubeClient, loadKubeConfig } from '@plugline/kube';
 import type { CliConfig } from './config.js';
 import { CliError } from './errors.js';
@@ -35,27 +36,30 @@ export interface Nats extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-/** Connects to NATS for reading the event stream (no reconnect loop: a CLI fails fast). */
+/**
+ * Connects to NATS for reading the event stream, with the credentials of `config.natsAuth` (the
+ * same variables and handling as the services'; a creds file is read at each connect). No
+ * reconnect loop: a CLI fails fast.
+ */
 export async function natsFrom(config: CliConfig): Promise<Nats> {
-  let nc: NatsConnection;
+  let bus: Bus;
   try {
-    nc = await connect({
-      servers: [...config.natsUrls],
+    bus = await connectBus({
+      servers: config.natsUrls,
       name: 'plugctl',
-      timeout: 3000,
+      auth: config.natsAuth,
       maxReconnectAttempts: 10,
-      reconnectTimeWait: 250,
+      reconnectTimeWaitMs: 250,
     });
   } catch (err) {
+    if (err instanceof ConfigError) throw err; // an unreadable NATS_CREDS: its own message
     throw new CliError(
-      `cannot connect to NATS at ${config.natsUrls.join(',')} (set --nats or NATS_URL): ${err instanceof Error ? err.message : String(err)}`,
+      `cannot connect to NATS at ${config.natsUrls.join(',')} (set --nats or NATS_URL${config.natsAuth === undefined ? '' : ', and check the NATS credentials'}): ${err instanceof Error ? err.message : String(err)}`,
       1,
       'NatsUnreachable',
       { cause: err },
     );
   }
-  const close = async (): Promise<void> => {
-    if (!nc.isClosed()) await nc.close();
-  };
-  return { nc, js: jetstream(nc, { timeout: 5000 }), close, [Symbol.asyncDispose]: close };
+  const close = (): Promise<void> => bus.close();
+  return { nc: bus.nc, js: bus.js, close, [Symbol.asyncDispose]: close };
 }

@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
+import { envNatsAuth, type NatsAuth } from '@plugline/bus';
 import { ConfigError } from '@plugline/contracts';
 
 /** The flags every command accepts. */
@@ -21,6 +22,11 @@ export interface CliConfig {
   readonly natsUrls: readonly string[];
   /** NATS was named by `--nats` or `NATS_URL` (so `up` uses it instead of starting a server). */
   readonly natsGiven: boolean;
+  /**
+   * NATS credentials, as the services read them: `NATS_USER` + `NATS_PASSWORD`, `NATS_TOKEN` or
+   * `NATS_CREDS` (the `plugctl` user of deploy/nats/plugline.conf); none: unauthenticated.
+   */
+  readonly natsAuth: NatsAuth | undefined;
   /** `-n`; undefined: the kubeconfig context's namespace, else `default`. */
   readonly namespace: string | undefined;
   /** Already inside a private mount namespace (`PLUGLINE_PRIVATE_MOUNTS=1`). */
@@ -40,6 +46,7 @@ export function defaults(): Omit<CliConfig, 'kubeconfig'> & { kubeconfig: undefi
     kubeconfig: undefined,
     natsUrls: [DEFAULT_NATS_URL],
     natsGiven: false,
+    natsAuth: undefined,
     namespace: undefined,
     privateMounts: false,
     logLevel: 'info',
@@ -55,6 +62,13 @@ function natsUrls(value: string, field: string): string[] {
     .filter((s) => s.length > 0);
   if (urls.length === 0) throw new ConfigError(field, 'must name at least one NATS server');
   for (const url of urls) {
+    // Checked first, and the URL is not echoed: it would carry the password into the error.
+    if (url.includes('@')) {
+      throw new ConfigError(
+        field,
+        'must not carry credentials (nats.js ignores user:pass@ in a URL): set NATS_USER and NATS_PASSWORD, NATS_TOKEN or NATS_CREDS',
+      );
+    }
     if (!/^(nats|tls|ws|wss):\/\/[^\s]+$/.test(url) && !/^[\w.-]+:\d+$/.test(url)) {
       throw new ConfigError(field, `${JSON.stringify(url)} is not a NATS URL (nats://host:port)`);
     }
@@ -84,6 +98,7 @@ export function parseCliConfig(flags: GlobalFlags, env: NodeJS.ProcessEnv): Read
         ? natsUrls(env.NATS_URL as string, 'NATS_URL')
         : base.natsUrls,
     natsGiven: natsFlag || natsEnv,
+    natsAuth: envNatsAuth(env),
     namespace:
       flags.namespace !== undefined && flags.namespace !== '' ? flags.namespace : undefined,
     privateMounts: env.PLUGLINE_PRIVATE_MOUNTS === '1',

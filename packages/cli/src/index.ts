@@ -54,7 +54,14 @@ export {
   Hypervisor,
   ServiceRuntime,
 } from './stack.js';
-export type { Stack, StackOptions, StackService, HealthRow, LibvirtHost } from './stack.js';
+export type {
+  Stack,
+  StackOptions,
+  StackNatsUsers,
+  StackService,
+  HealthRow,
+  LibvirtHost,
+} from './stack.js';
 export {
   buildBundles,
   ensureBundles,

@@ -5,11 +5,13 @@
 import { execFile } from 'node:child_process';
 import { createWriteStream, existsSync, readFileSync, type WriteStream } from 'node:fs';
 import { promisify } from 'node:util';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { KubeConfig } from '@kubernetes/client-node';
+import { connectBus, Secret, startWorkJanitor } from '@plugline/bus';
+import { encodeToken } from '@plugline/contracts';
 import { spawnService, startNats, type NatsServer, type ServiceProcess } from '@plugline/testkit';
 import { parse, stringify } from 'yaml';
 import { bundlePath, DEFAULT_BUNDLE_DIR } from './bundle.js';
@@ -52,11 +54,46 @@ export interface LibvirtHost {
 }
 // --- end of the guest tier hook ---
 
+/**
+ * NATS with one least-privilege user per service (deploy/nats/plugline.conf). Each service
+ * connects as its own user (`<service>`, `<service>-<node>` for the node services), the client
+ * environment (`clientEnv()`, `<dir>/env`) as `plugctl`, and the cleanup identity
+ * `plugline-janitor` removes work items the server keeps (`startWorkJanitor`), which the
+ * services may not.
+ */
+export interface StackNatsUsers {
+  /** The nats-server config with the users, passwords filled in (the stack starts NATS with it). */
+  readonly path: string;
+  /** The password of every user the stack needs, by user name. */
+  readonly passwords: ReadonlyMap<string, string>;
+  /** Between the janitor's checks, ms (default 5000). */
+  readonly janitorIntervalMs?: number;
+}
+
+/** The NATS user of a service (on `node` for a node service), as deploy/nats/plugline.conf names it. */
+export function natsUserOf(name: ServiceName, node?: string): string {
+  return node === undefined ? name : `${name}-${encodeToken(node)}`;
+}
+
+/** `NATS_USER` and `NATS_PASSWORD` for `user`; throws when the stack was given no password for it. */
+function natsCredentials(users: StackNatsUsers, user: string): Record<string, string> {
+  const password = users.passwords.get(user);
+  if (password === undefined) {
+    throw new StackError(`no NATS password for the user ${user} (natsUsers.passwords)`);
+  }
+  return { NATS_USER: user, NATS_PASSWORD: password };
+}
+
 export interface StackOptions {
   /** Where everything goes: kubeconfig, env, logs, kubelet root, state (created; default `.plugline`). */
   dir: string;
   /** Use this NATS server instead of starting one. */
   natsUrl?: string;
+  /**
+   * Per-service NATS users (default none: every process connects unauthenticated). Without
+   * `natsUrl` the stack starts NATS with `natsUsers.path`; with it, that server must run it.
+   */
+  natsUsers?: StackNatsUsers;
   /** Nodes of the simulated cluster; a node-mounter and a domain-updater run per node. Default `node-1`. */
   nodes?: readonly string[];
   hypervisor?: Hypervisor;
@@ -418,9 +455,14 @@ function serviceSpecs(
       specs.push({ id: `${name}@${node}`, name, node, env });
     }
   }
+  const users = options.natsUsers;
   return specs.map((s) => ({
     ...s,
-    env: { ...s.env, ...options.serviceEnv },
+    env: {
+      ...s.env,
+      ...(users === undefined ? {} : natsCredentials(users, natsUserOf(s.name, s.node))),
+      ...options.serviceEnv,
+    },
     nodeArgs: options.nodeArgs?.[s.name],
     runtime: options.runtime ?? ServiceRuntime.Source,
     bundleDir: options.bundleDir ?? DEFAULT_BUNDLE_DIR,
@@ -460,7 +502,8 @@ export async function startStack(options: StackOptions): Promise<Stack> {
   try {
     let natsUrl = options.natsUrl;
     if (natsUrl === undefined) {
-      const nats: NatsServer = await startNats();
+      const conf = options.natsUsers?.path;
+      const nats: NatsServer = await startNats(conf === undefined ? {} : { args: ['-c', conf] });
       cleanups.push(() => nats.stop());
       natsUrl = nats.url;
     }
@@ -505,13 +548,19 @@ export async function startStack(options: StackOptions): Promise<Stack> {
     );
     const failed = started.find((r) => r.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
+    if (options.natsUsers?.passwords.has(JANITOR_USER)) {
+      const janitor = await startJanitor(natsUrl, options.natsUsers);
+      cleanups.push(janitor);
+    }
 
+    const client: Record<string, string> = {
+      KUBECONFIG: kubeconfigPath,
+      NATS_URL: natsUrl,
+      ...(options.natsUsers === undefined ? {} : natsCredentials(options.natsUsers, 'plugctl')),
+    };
     const envFile = join(dir, 'env');
-    await writeFile(
-      envFile,
-      `export KUBECONFIG=${kubeconfigPath}\nexport NATS_URL=${natsUrl}\n`,
-      'utf8',
-    );
+    await writeFile(envFile, envFileText(client), 'utf8');
+    if (options.natsUsers !== undefined) await chmod(envFile, 0o600); // it holds a password
 
     const specsById = new Map(specs.map((s) => [s.id, s]));
     const stack: Stack = {
@@ -527,7 +576,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       get services() {
         return services;
       },
-      clientEnv: () => ({ KUBECONFIG: kubeconfigPath, NATS_URL: natsUrl }),
+      clientEnv: () => ({ ...client }),
       createVmi,
       health: () =>
         Promise.all(
@@ -556,4 +605,33 @@ export async function startStack(options: StackOptions): Promise<Stack> {
     await stop();
     throw err;
   }
+}
+
+const JANITOR_USER = 'plugline-janitor';
+
+/**
+ * Connects as the cleanup identity and runs the work janitor; resolves with its cleanup (stop
+ * the loop, close the connection), which runs before NATS stops.
+ */
+async function startJanitor(natsUrl: string, users: StackNatsUsers): Promise<() => Promise<void>> {
+  const { NATS_PASSWORD: password = '' } = natsCredentials(users, JANITOR_USER);
+  const bus = await connectBus({
+    servers: natsUrl.split(','),
+    name: JANITOR_USER,
+    auth: { kind: 'user', user: JANITOR_USER, password: new Secret(password) },
+  });
+  const janitor = startWorkJanitor(bus, { intervalMs: users.janitorIntervalMs ?? 5000 });
+  return async () => {
+    await janitor.stop();
+    await bus.close();
+  };
+}
+
+/** `<dir>/env`: `export NAME=value` lines for a shell to source, quoted where needed. */
+function envFileText(env: Readonly<Record<string, string>>): string {
+  const quoted = (v: string): string =>
+    /^[\w@%+=:,./-]+$/.test(v) ? v : `'${v.replaceAll("'", `'\\''`)}'`;
+  return Object.entries(env)
+    .map(([name, value]) => `export ${name}=${quoted(value)}\n`)
+    .join('');
 }

@@ -1,0 +1,179 @@
+import { PermissionViolationError } from '@nats-io/nats-core';
+import { PluglineError } from '@plugline/contracts';
+import { silentLogger, type Logger } from '@plugline/telemetry';
+import type { Bus } from './connection.js';
+import { StreamName } from './names.js';
+
+/**
+ * The NATS user may not read or delete work items by sequence. Such a get or delete cannot be
+ * scoped to one stage's subjects, so `deploy/nats/plugline.conf` grants it only to the cleanup
+ * identity (`plugline-janitor`), not to the services.
+ */
+export class ReapRefusedError extends PluglineError {
+  override name = 'ReapRefusedError';
+  constructor(options?: ErrorOptions) {
+    super(
+      'ReapRefused',
+      `this NATS user may not read or delete ${StreamName.Work} items by sequence`,
+      options,
+    );
+  }
+}
+
+/** True when `err` (or one of its causes) is the server refusing a publish or subscribe. */
+function isPermissionViolation(err: unknown): boolean {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (e instanceof PermissionViolationError) return true;
+  }
+  return false;
+}
+
+/**
+ * Finds and removes the work items nats-server 2.9 keeps after their consumer is done with them
+ * (after a crash its store still holds items whose removal was lost; after a cluster node comes
+ * back, a new stream leader may never have seen the acknowledgement remove them). Such an item
+ * is never delivered again and would sit in the work queue for ever.
+ *
+ * The stream holds, for a consumer's filter, its pending and unacknowledged items and nothing
+ * else (one consumer per filter on a work queue); when it holds more, the extra ones are
+ * acknowledged leftovers, all at or below the ack floor (or the delivered sequence when nothing
+ * is outstanding). They are deleted once two checks in a row saw them: two reads a moment apart
+ * can count an item acknowledged in between. Looked up by sequence (the subject lookups are what
+ * 2.9 loses), and deleted one by one (a filtered purge on 2.9 moves every consumer past the
+ * purged sequence).
+ *
+ * A stage's runtime checks its own consumer; the cleanup identity checks every consumer
+ * ({@link startWorkJanitor}). Once the server refuses the by-sequence calls the reaper throws
+ * {@link ReapRefusedError} one time and then does nothing: asking again would only be refused
+ * again (and logged by the server) every check.
+ */
+export class WorkLeftovers {
+  readonly #bus: Bus;
+  /** Consumers whose last check saw leftovers. */
+  readonly #suspected = new Set<string>();
+  #refused = false;
+
+  constructor(bus: Bus) {
+    this.#bus = bus;
+  }
+
+  /** The server refused the by-sequence calls: this reaper no longer checks. */
+  get refused(): boolean {
+    return this.#refused;
+  }
+
+  /** One check of `consumer`'s items; resolves with how many leftovers it removed. */
+  async reap(consumer: string): Promise<number> {
+    if (this.#refused) return 0;
+    try {
+      return await this.#reap(consumer);
+    } catch (err) {
+      if (!isPermissionViolation(err)) throw err;
+      this.#refused = true;
+      throw new ReapRefusedError({ cause: err });
+    }
+  }
+
+  /** One check of every consumer of the work stream; resolves with the leftovers removed. */
+  async reapAll(): Promise<number> {
+    let reaped = 0;
+    for await (const info of this.#bus.jsm.consumers.list(StreamName.Work)) {
+      reaped += await this.reap(info.name);
+    }
+    return reaped;
+  }
+
+  async #reap(consumer: string): Promise<number> {
+    const { jsm, nc } = this.#bus;
+    const info = await jsm.consumers.info(StreamName.Work, consumer);
+    const filter = info.config.filter_subject;
+    if (filter === undefined || filter === '') return 0;
+    const outstanding = info.num_pending + info.num_ack_pending;
+    const upTo = outstanding === 0 ? info.delivered.stream_seq : info.ack_floor.stream_seq;
+    const stream = await jsm.streams.info(StreamName.Work, { subjects_filter: filter });
+    const held = Object.values(stream.state.subjects ?? {}).reduce((a, n) => a + n, 0);
+    const leftovers = held - outstanding;
+    const suspected = this.#suspected.has(consumer);
+    if (leftovers > 0) this.#suspected.add(consumer);
+    else this.#suspected.delete(consumer);
+    if (leftovers <= 0 || !suspected || upTo < stream.state.first_seq) return 0;
+    let reaped = 0;
+    for (let seq = Math.max(1, stream.state.first_seq); seq <= upTo && reaped < leftovers; seq++) {
+      const reply = await nc.request(
+        `$JS.API.STREAM.MSG.GET.${StreamName.Work}`,
+        JSON.stringify({ seq }),
+        { timeout: 5000 },
+      );
+      const subject = reply.json<{ message?: { subject: string } }>().message?.subject;
+      if (subject === undefined || !subjectMatches(filter, subject)) continue;
+      if (await this.#delete(seq)) reaped++;
+    }
+    return reaped;
+  }
+
+  /** Deletes one item; false when it is gone already (another reaper was first). */
+  async #delete(seq: number): Promise<boolean> {
+    try {
+      return await this.#bus.jsm.streams.deleteMessage(StreamName.Work, seq, false);
+    } catch (err) {
+      if (isPermissionViolation(err)) throw err;
+      return false;
+    }
+  }
+}
+
+/** Whether a NATS subject matches a filter with `*` and `>` wildcards. */
+function subjectMatches(filter: string, subject: string): boolean {
+  const f = filter.split('.');
+  const t = subject.split('.');
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '>') return t.length > i;
+    if (i >= t.length || (f[i] !== '*' && f[i] !== t[i])) return false;
+  }
+  return f.length === t.length;
+}
+
+export interface WorkJanitorOptions {
+  /** Between checks of every consumer (default 5000; a leftover goes within two). */
+  intervalMs?: number;
+  logger?: Logger;
+}
+
+/** A running {@link startWorkJanitor}. */
+export interface WorkJanitor extends AsyncDisposable {
+  /** Resolves after the check in progress, if any; no check starts after. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/**
+ * The cleanup identity's loop: checks every consumer of the work stream every `intervalMs` and
+ * removes leftovers ({@link WorkLeftovers}). Run it on a connection as `plugline-janitor`
+ * (`deploy/nats/plugline.conf`), the one user that may read and delete work items by sequence,
+ * so that no service needs that right. Its checks run more often than a stage's own (every ack
+ * wait), so it removes a leftover before a stage's reaper would try and be refused.
+ */
+export function startWorkJanitor(bus: Bus, options: WorkJanitorOptions = {}): WorkJanitor {
+  const log = options.logger ?? silentLogger();
+  const leftovers = new WorkLeftovers(bus);
+  let checking: Promise<void> | undefined;
+  const check = async (): Promise<void> => {
+    try {
+      const reaped = await leftovers.reapAll();
+      if (reaped > 0) log.warn({ reaped }, 'removed finished work items the server kept');
+    } catch (err) {
+      // Refused: the loop is inert from now on, say so once; else (no stream yet) try again.
+      if (err instanceof ReapRefusedError) log.error({ err }, 'the work janitor is refused');
+      else log.debug({ err }, 'checking the work queue for leftovers');
+    }
+  };
+  const timer = setInterval(() => {
+    // A slow check (a long scan) is not overlapped by the next one.
+    checking ??= check().finally(() => (checking = undefined));
+  }, options.intervalMs ?? 5000);
+  timer.unref();
+  const stop = async (): Promise<void> => {
+    clearInterval(timer);
+    await checking;
+  };
+  return { stop, [Symbol.asyncDispose]: stop };
+}

@@ -1,0 +1,96 @@
+import { Stage } from '@plugline/contracts';
+import { startNats, waitFor, type NatsServer } from '@plugline/testkit';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  connectBus,
+  ensureStageBuckets,
+  kvKey,
+  LeaseManager,
+  type Bus,
+  type Lease,
+} from '../src/index.js';
+import type { KV } from '@nats-io/kv';
+
+let nats: NatsServer;
+let bus: Bus;
+let leases: KV;
+
+beforeAll(async () => {
+  nats = await startNats();
+  bus = await connectBus({ servers: nats.url });
+  ({ leases } = await ensureStageBuckets(bus, Stage.SpecWatcher, { replicas: 1 }));
+});
+afterAll(async () => {
+  await bus?.close();
+  await nats?.stop();
+});
+
+async function holder(manager: LeaseManager, unit: string): Promise<Lease> {
+  const acquired = await manager.acquire(unit);
+  if (!acquired.ok) throw new Error(`${manager.owner} did not get ${unit}`);
+  return acquired.lease;
+}
+
+/** The lease, once `manager` gets it (after an expiry). */
+function eventually(manager: LeaseManager, unit: string): Promise<Lease> {
+  return waitFor(async () => {
+    const acquired = await manager.acquire(unit);
+    return acquired.ok ? acquired.lease : undefined;
+  });
+}
+
+describe('LeaseManager', () => {
+  it('gives a unit to one worker at a time, and a released one at once to the next', async () => {
+    const a = new LeaseManager(leases, 'worker-a', 30_000);
+    const b = new LeaseManager(leases, 'worker-b', 30_000);
+    const first = await holder(a, 'ns/vm/vol-1');
+    expect(first.handover).toBeUndefined();
+    const refused = await b.acquire('ns/vm/vol-1');
+    expect(refused).toMatchObject({ ok: false });
+    expect(refused.ok ? 0 : refused.retryInMs).toBeGreaterThan(20_000);
+
+    await first.release(41);
+    const second = await holder(b, 'ns/vm/vol-1');
+    expect(second.handover).toBe(41);
+    expect(await a.acquire('ns/vm/vol-1')).toMatchObject({ ok: false });
+
+    // released again and taken back by the first worker, which last saw its own release
+    await second.release(42);
+    const third = await holder(a, 'ns/vm/vol-1');
+    expect(third.handover).toBe(42);
+    await third.release(); // with nothing new: what it got is handed on
+    expect((await holder(b, 'ns/vm/vol-1')).handover).toBe(42);
+  });
+
+  it('hands over past a holder that crashed, once its lease expired', async () => {
+    const first = new LeaseManager(leases, 'worker-first', 30_000);
+    const crashed = new LeaseManager(leases, 'worker-crashed', 100);
+    const next = new LeaseManager(leases, 'worker-next', 30_000);
+    await (await holder(first, 'ns/vm/vol-2')).release(5);
+    expect((await holder(crashed, 'ns/vm/vol-2')).handover).toBe(5); // and never releases
+    expect((await next.acquire('ns/vm/vol-2')).ok).toBe(false);
+    const taken = await eventually(next, 'ns/vm/vol-2');
+    expect(taken.handover).toBe(5);
+  });
+
+  it('takes a unit whose lease an older version released by deleting it', async () => {
+    const older = new LeaseManager(leases, 'worker-older', 30_000);
+    await holder(older, 'ns/vm/vol-4');
+    await leases.delete(kvKey('ns/vm/vol-4'));
+    const next = new LeaseManager(leases, 'worker-next', 30_000);
+    expect((await holder(next, 'ns/vm/vol-4')).handover).toBeUndefined();
+    expect(await older.acquire('ns/vm/vol-4')).toMatchObject({ ok: false });
+  });
+
+  it('does not let a holder whose lease was taken over release or hand over', async () => {
+    const slow = new LeaseManager(leases, 'worker-slow', 100);
+    const other = new LeaseManager(leases, 'worker-other', 30_000);
+    const stale = await holder(slow, 'ns/vm/vol-3');
+    const taken = await eventually(other, 'ns/vm/vol-3');
+    expect(await stale.renew()).toBe(false);
+    await stale.release(7);
+    expect(await slow.acquire('ns/vm/vol-3')).toMatchObject({ ok: false });
+    await taken.release(8);
+    expect((await holder(slow, 'ns/vm/vol-3')).handover).toBe(8);
+  });
+});
