@@ -145,3 +145,5 @@ export type { PhaseOfEvent } from './phases.js';
 
 export { buildVolumeStatus, applyEventToVolumeStatus } from './status.js';
 export type { VolumeStatusInput, StatusProjection } from './status.js';
+
+export { cloneJson } from './json.js';

@@ -16,7 +16,7 @@ import {
   removeTree,
 } from './volumes.js';
 import type { KubeletLayout, LoopDevice } from './volumes.js';
-import { cloneJson } from './json.js';
+import { cloneJson } from '@plugline/contracts';
 import { Timers, WorkQueue } from './workqueue.js';
 
 type Obj = Record<string, unknown>;

@@ -1,5 +1,5 @@
 import { ApiError, StatusReason, badRequest } from './errors.js';
-import { cloneJson } from './json.js';
+import { cloneJson } from '@plugline/contracts';
 
 type Json = unknown;
 type JsonObject = Record<string, Json>;

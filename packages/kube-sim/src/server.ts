@@ -50,7 +50,15 @@ function send(res: ServerResponse, code: number, body: unknown): void {
   res.end(text);
 }
 
-function groupVersions(): Map<string, Set<string>> {
+let groupVersionsMemo: ReadonlyMap<string, ReadonlySet<string>> | undefined;
+
+/** The API groups and their versions (fixed: computed once, not on every request). */
+function groupVersions(): ReadonlyMap<string, ReadonlySet<string>> {
+  groupVersionsMemo ??= collectGroupVersions();
+  return groupVersionsMemo;
+}
+
+function collectGroupVersions(): Map<string, Set<string>> {
   const groups = new Map<string, Set<string>>();
   for (const t of RESOURCE_TYPES) {
     if (!t.group) continue;
@@ -60,7 +68,7 @@ function groupVersions(): Map<string, Set<string>> {
   return groups;
 }
 
-function apiGroup(group: string, versions: Set<string>): Json {
+function apiGroup(group: string, versions: ReadonlySet<string>): Json {
   const list = [...versions].map((v) => ({ groupVersion: `${group}/${v}`, version: v }));
   return { name: group, versions: list, preferredVersion: list[0] };
 }

@@ -4,7 +4,7 @@ import { Types, apiVersionOf } from './resources.js';
 import type { KubeObject } from './resources.js';
 import type { Store, StoreWatch } from './store.js';
 import { CSI_DRIVER } from './volumes.js';
-import { cloneJson } from './json.js';
+import { cloneJson } from '@plugline/contracts';
 import { Timers, WorkQueue } from './workqueue.js';
 
 /** Annotations that steer the simulated storage (failure injection and timing). */

@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { nameProblem } from '@plugline/contracts';
+import { cloneJson, nameProblem } from '@plugline/contracts';
 import {
   ApiError,
   StatusReason,
@@ -9,7 +9,6 @@ import {
   invalid,
   notFound,
 } from './errors.js';
-import { cloneJson } from './json.js';
 import { applyJsonPatch, applyMergePatch, jsonEqual, strategicMerge } from './patch.js';
 import { RESOURCE_TYPES, Types, apiVersionOf, typeByKind, typeKey } from './resources.js';
 import type { KubeObject, ObjectMeta, ResourceType } from './resources.js';

@@ -15,7 +15,7 @@ import {
   type VirtualMachineInstance,
 } from '@plugline/contracts';
 import type { Logger } from 'pino';
-import { makeApiClient } from './agent.js';
+import { makeApiClient, makeJsonRequester, type JsonRequester } from './agent.js';
 import { AlreadyExistsError, mapKubeError } from './errors.js';
 import { Resources, type ResourceRef } from './resources.js';
 import type { DataVolume, JsonPatchOp } from './types.js';
@@ -52,6 +52,11 @@ export interface CreateResult<T> {
 
 const JSON_PATCH = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
 
+const podsPath = (namespace: string): string =>
+  `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods`;
+const eventsPath = (namespace: string): string =>
+  `/api/v1/namespaces/${encodeURIComponent(namespace)}/events`;
+
 /**
  * The Kubernetes calls Plugline services make, typed, with a field manager on every write and
  * errors mapped to Plugline's (see {@link mapKubeError}): NotFoundError, ConflictError (409, and
@@ -64,6 +69,7 @@ export class KubeClient {
   readonly fieldManager: string;
   readonly #core: CoreV1Api;
   readonly #custom: CustomObjectsApi;
+  readonly #json: JsonRequester;
   readonly #log: Logger | undefined;
 
   constructor(options: KubeClientOptions) {
@@ -71,6 +77,7 @@ export class KubeClient {
     // One keep-alive agent per KubeConfig: no new TCP connection per request.
     this.#core = makeApiClient(options.kc, CoreV1Api);
     this.#custom = makeApiClient(options.kc, CustomObjectsApi);
+    this.#json = makeJsonRequester(options.kc);
     this.#log = options.logger?.child({ component: 'kube-client' });
   }
 
@@ -196,10 +203,11 @@ export class KubeClient {
   ): Promise<boolean> {
     const gracePeriodSeconds = options.gracePeriodSeconds ?? 0;
     try {
-      await this.#core.deleteNamespacedPod({
-        namespace,
-        name,
-        gracePeriodSeconds,
+      // Plain JSON: the answer (the deleted pod) is not read.
+      await this.#json({
+        method: 'DELETE',
+        path: `${podsPath(namespace)}/${encodeURIComponent(name)}`,
+        query: { gracePeriodSeconds },
         body: {
           gracePeriodSeconds,
           ...(options.uid ? { preconditions: { uid: options.uid } } : {}),
@@ -215,26 +223,30 @@ export class KubeClient {
     }
   }
 
-  /** Creates a core/v1 Event. */
-  async createEvent(namespace: string, event: CoreV1Event): Promise<CoreV1Event> {
+  /** Creates a core/v1 Event (plain JSON, as Events are many; the stored one is not read back). */
+  async createEvent(namespace: string, event: CoreV1Event): Promise<void> {
     try {
-      return await this.#core.createNamespacedEvent({
-        namespace,
+      await this.#json({
+        method: 'POST',
+        path: eventsPath(namespace),
+        query: { fieldManager: this.fieldManager },
         body: event,
-        fieldManager: this.fieldManager,
       });
     } catch (err) {
       throw mapKubeError(err, `create events ${namespace}/${event.metadata.name ?? ''}`);
     }
   }
 
-  /** JSON-patches a core/v1 Event (used to aggregate repeats). */
-  async patchEvent(namespace: string, name: string, ops: JsonPatchOp[]): Promise<CoreV1Event> {
+  /** JSON-patches a core/v1 Event (used to aggregate repeats; plain JSON, like `createEvent`). */
+  async patchEvent(namespace: string, name: string, ops: JsonPatchOp[]): Promise<void> {
     try {
-      return await this.#core.patchNamespacedEvent(
-        { namespace, name, body: ops, fieldManager: this.fieldManager },
-        JSON_PATCH,
-      );
+      await this.#json({
+        method: 'PATCH',
+        path: `${eventsPath(namespace)}/${encodeURIComponent(name)}`,
+        query: { fieldManager: this.fieldManager },
+        body: ops,
+        contentType: PatchStrategy.JsonPatch,
+      });
     } catch (err) {
       throw mapKubeError(err, `patch events ${namespace}/${name}`);
     }

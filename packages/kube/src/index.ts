@@ -36,7 +36,7 @@ export type { EventRecorderOptions, EventSubject } from './events.js';
 export { StatusWriter } from './status.js';
 export type { StatusWriterOptions, VolumeStatusCompute } from './status.js';
 
-export { clone, jsonEqual } from './json.js';
+export { jsonEqual } from './json.js';
 
 export { currentVmi } from './fresh.js';
 export type { VmiSources } from './fresh.js';

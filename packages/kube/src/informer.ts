@@ -7,10 +7,10 @@ import {
   type KubernetesListObject,
   type KubernetesObject,
 } from '@kubernetes/client-node';
+import { cloneJson } from '@plugline/contracts';
 import type { Logger } from 'pino';
 import { makeApiClient } from './agent.js';
 import { InformerStoppedError, statusCodeOf } from './errors.js';
-import { clone } from './json.js';
 import { collectionPath, type ResourceRef } from './resources.js';
 import type { KubeObject } from './types.js';
 
@@ -69,7 +69,10 @@ export interface Informer<T extends KubeObject> {
   readonly restarts: number;
   /** A copy of the cached object; `namespace` is `''` for cluster-scoped resources. */
   get(namespace: string, name: string): T | undefined;
-  /** Copies of all cached objects, optionally filtered. */
+  /**
+   * Copies of the cached objects, optionally filtered. The filter is a pure predicate: it sees the
+   * cached objects themselves (only the ones it keeps are copied) and must not change them.
+   */
   list(filter?: (obj: T) => boolean): T[];
   /** Subscribes to a kind of change; returns the unsubscribe function. */
   on(event: InformerEvent, handler: InformerHandler<T>): () => void;
@@ -222,12 +225,15 @@ class RestartingInformer<T extends KubeObject> implements Informer<T> {
 
   get(namespace: string, name: string): T | undefined {
     const obj = this.#lw.get(name, namespace);
-    return obj === undefined ? undefined : (clone(obj) as unknown as T);
+    return obj === undefined ? undefined : (cloneJson(obj) as unknown as T);
   }
 
   list(filter?: (obj: T) => boolean): T[] {
-    const all = this.#lw.list().map((obj) => clone(obj) as unknown as T);
-    return filter ? all.filter(filter) : all;
+    // Filter first: copying every cached object to keep a few cost more than all else a
+    // reconcile does (issue 10).
+    const cached = this.#lw.list() as unknown as T[];
+    const kept = filter ? cached.filter(filter) : cached;
+    return kept.map((obj) => cloneJson(obj));
   }
 
   on(event: InformerEvent, handler: InformerHandler<T>): () => void {
@@ -294,7 +300,7 @@ class RestartingInformer<T extends KubeObject> implements Informer<T> {
   #dispatch(event: InformerEvent, obj: T): void {
     for (const handler of this.#handlers[event]) {
       try {
-        handler(clone(obj));
+        handler(cloneJson(obj));
       } catch (err) {
         this.#log.error({ err, event, name: obj.metadata?.name }, 'informer handler threw');
       }

@@ -1,8 +1,8 @@
-import type { VirtualMachineInstance, VolumeStatus } from '@plugline/contracts';
+import { cloneJson, type VirtualMachineInstance, type VolumeStatus } from '@plugline/contracts';
 import type { Logger } from 'pino';
 import type { KubeClient } from './client.js';
 import type { Informer } from './informer.js';
-import { clone, jsonEqual } from './json.js';
+import { jsonEqual } from './json.js';
 import { retryOnConflict, type RetryOptions } from './retry.js';
 import type { JsonPatchOp } from './types.js';
 
@@ -81,9 +81,9 @@ export class StatusWriter {
       const vmi = await this.#read(namespace, name, attempt);
       const read = vmi.status?.volumeStatus ?? [];
       // Small copies of the list instead of a second copy of the whole VMI.
-      const current = clone(read);
+      const current = cloneJson(read);
       const patchFor = volumeStatusPatchFor(vmi);
-      const next = compute(clone(read), vmi);
+      const next = compute(cloneJson(read), vmi);
       if (jsonEqual(current, next)) return false;
       await this.#o.client.patchVmiStatus(namespace, name, patchFor(next));
       this.#log.debug(

@@ -1,37 +1,23 @@
-import { CoreV1Api, type CoreV1Event, type KubeConfig } from '@kubernetes/client-node';
-import { startKubeSim } from '@plugline/kube-sim';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EventRecorder, KubeClient } from '../src/index.js';
-import { createNamespace, createVmi, kubeConfigFor, memoryLogger } from './helpers.js';
+import { CoreV1Api, type CoreV1Event } from '@kubernetes/client-node';
+import { describe, expect, it } from 'vitest';
+import { EventRecorder } from '../src/index.js';
+import { createNamespace, createVmi, memoryLogger } from './helpers.js';
+import { useKubeSim } from './sim.js';
 
-type Sim = Awaited<ReturnType<typeof startKubeSim>>;
-
-let sim: Sim;
-let kc: KubeConfig;
-let client: KubeClient;
-
-beforeAll(async () => {
-  sim = await startKubeSim({ kubelet: false });
-  kc = kubeConfigFor(sim.url);
-  client = new KubeClient({ kc, fieldManager: 'plugline-test' });
-});
-
-afterAll(async () => {
-  await sim?.stop();
-});
+const env = useKubeSim();
 
 async function eventsIn(ns: string): Promise<CoreV1Event[]> {
-  const list = await kc.makeApiClient(CoreV1Api).listNamespacedEvent({ namespace: ns });
+  const list = await env.kc.makeApiClient(CoreV1Api).listNamespacedEvent({ namespace: ns });
   return list.items.sort((a, b) => (a.message ?? '').localeCompare(b.message ?? ''));
 }
 
 describe('EventRecorder', () => {
   it('creates Events with the involved object and aggregates repeats within the window', async () => {
-    const ns = await createNamespace(kc);
-    const vmi = await createVmi(kc, ns, 'evented-vmi');
+    const ns = await createNamespace(env.kc);
+    const vmi = await createVmi(env.kc, ns, 'evented-vmi');
     let clock = new Date('2030-01-01T00:00:00Z');
     const recorder = new EventRecorder({
-      client,
+      client: env.client,
       component: 'plugline-spec-watcher',
       host: 'node-a',
       logger: memoryLogger().logger,
@@ -79,12 +65,16 @@ describe('EventRecorder', () => {
   });
 
   it('creates a new Event when the aggregated one was deleted', async () => {
-    const ns = await createNamespace(kc);
-    const vmi = await createVmi(kc, ns, 'evented-vmi');
-    const recorder = new EventRecorder({ client, component: 'c', logger: memoryLogger().logger });
+    const ns = await createNamespace(env.kc);
+    const vmi = await createVmi(env.kc, ns, 'evented-vmi');
+    const recorder = new EventRecorder({
+      client: env.client,
+      component: 'c',
+      logger: memoryLogger().logger,
+    });
     await recorder.record(vmi, 'Normal', 'VolumeReady', 'ready');
     const [first] = await eventsIn(ns);
-    await kc
+    await env.kc
       .makeApiClient(CoreV1Api)
       .deleteNamespacedEvent({ namespace: ns, name: first!.metadata.name! });
     await recorder.record(vmi, 'Normal', 'VolumeReady', 'ready');
@@ -96,7 +86,7 @@ describe('EventRecorder', () => {
 
   it('never throws: failures are logged', async () => {
     const { logger, lines } = memoryLogger();
-    const recorder = new EventRecorder({ client, component: 'c', logger });
+    const recorder = new EventRecorder({ client: env.client, component: 'c', logger });
     const ghost = {
       apiVersion: 'kubevirt.io/v1',
       kind: 'VirtualMachineInstance',

@@ -1,14 +1,8 @@
-import {
-  CoreV1Api,
-  PatchStrategy,
-  setHeaderOptions,
-  type KubeConfig,
-  type V1Pod,
-} from '@kubernetes/client-node';
+import { CoreV1Api, PatchStrategy, setHeaderOptions, type V1Pod } from '@kubernetes/client-node';
 import type { VirtualMachineInstance } from '@plugline/contracts';
-import { startKubeSim } from '@plugline/kube-sim';
 import { waitFor } from '@plugline/testkit';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Logger } from 'pino';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { InformerStoppedError, Resources, createInformer, type Informer } from '../src/index.js';
 import {
   CuttableProxy,
@@ -18,24 +12,27 @@ import {
   memoryLogger,
   podManifest,
 } from './helpers.js';
+import { useKubeSim } from './sim.js';
 
-type Sim = Awaited<ReturnType<typeof startKubeSim>>;
-
-let sim: Sim;
-let kc: KubeConfig;
+const env = useKubeSim();
 let core: CoreV1Api;
 
-beforeAll(async () => {
-  sim = await startKubeSim({ kubelet: false });
-  kc = kubeConfigFor(sim.url);
-  core = kc.makeApiClient(CoreV1Api);
-});
-
-afterAll(async () => {
-  await sim?.stop();
+beforeAll(() => {
+  core = env.kc.makeApiClient(CoreV1Api);
 });
 
 const fastBackoff = { initialMs: 20, maxMs: 200, jitter: 0.1 };
+
+/** A pod informer of `ns` that reaches the simulator through `url` (a proxy), backing off fast. */
+function podInformerVia(url: string, ns: string, logger: Logger): Informer<V1Pod> {
+  return createInformer<V1Pod>({
+    kc: kubeConfigFor(url),
+    resource: Resources.pods,
+    namespace: ns,
+    logger,
+    backoff: fastBackoff,
+  });
+}
 
 function names(informer: Informer<V1Pod>): string[] {
   return informer
@@ -46,11 +43,11 @@ function names(informer: Informer<V1Pod>): string[] {
 
 describe('createInformer', () => {
   it('syncs, reports add/update/delete and hands out copies', async () => {
-    const ns = await createNamespace(kc);
+    const ns = await createNamespace(env.kc);
     await core.createNamespacedPod({ namespace: ns, body: podManifest('pre-existing-pod') });
     const { logger } = memoryLogger();
     const informer = createInformer<V1Pod>({
-      kc,
+      kc: env.kc,
       resource: Resources.pods,
       namespace: ns,
       logger,
@@ -89,6 +86,10 @@ describe('createInformer', () => {
         'delete:pre-existing-pod',
       ]);
       expect(names(informer)).toEqual(['added-pod']);
+      const [kept] = informer.list((p) => p.metadata?.labels?.v === '2');
+      expect(kept).toBeDefined();
+      // What a filtered list hands out is a copy: changing it leaves the cache as it was.
+      kept!.metadata!.labels!.v = 'changed by the caller';
       expect(informer.list((p) => p.metadata?.labels?.v === '2')).toHaveLength(1);
 
       offDelete();
@@ -102,11 +103,11 @@ describe('createInformer', () => {
   });
 
   it('watches custom resources (VMIs) with a label selector', async () => {
-    const ns = await createNamespace(kc);
-    await createVmi(kc, ns, 'vmi-one');
+    const ns = await createNamespace(env.kc);
+    await createVmi(env.kc, ns, 'vmi-one');
     const { logger } = memoryLogger();
     const informer = createInformer<VirtualMachineInstance>({
-      kc,
+      kc: env.kc,
       resource: Resources.virtualMachineInstances,
       namespace: ns,
       labelSelector: 'app=kube-test',
@@ -115,7 +116,7 @@ describe('createInformer', () => {
     await informer.start();
     try {
       expect(informer.get(ns, 'vmi-one')?.spec.domain.devices).toEqual({});
-      await createVmi(kc, ns, 'vmi-two');
+      await createVmi(env.kc, ns, 'vmi-two');
       await waitFor(() => informer.get(ns, 'vmi-two'), { description: 'vmi-two' });
       expect(
         informer
@@ -129,12 +130,12 @@ describe('createInformer', () => {
   });
 
   it('applies a field selector to both list and watch', async () => {
-    const ns = await createNamespace(kc);
+    const ns = await createNamespace(env.kc);
     await core.createNamespacedPod({ namespace: ns, body: podManifest('wanted-pod') });
     await core.createNamespacedPod({ namespace: ns, body: podManifest('other-pod') });
     const { logger } = memoryLogger();
     const informer = createInformer<V1Pod>({
-      kc,
+      kc: env.kc,
       resource: Resources.pods,
       fieldSelector: `metadata.namespace=${ns},metadata.name=wanted-pod`,
       logger,
@@ -153,13 +154,18 @@ describe('createInformer', () => {
   });
 
   it('resumes after the server drops its watches', async () => {
-    const ns = await createNamespace(kc);
+    const ns = await createNamespace(env.kc);
     const { logger } = memoryLogger();
-    const informer = createInformer<V1Pod>({ kc, resource: Resources.pods, namespace: ns, logger });
+    const informer = createInformer<V1Pod>({
+      kc: env.kc,
+      resource: Resources.pods,
+      namespace: ns,
+      logger,
+    });
     await informer.start();
     try {
       for (let round = 0; round < 3; round++) {
-        expect(sim.dropWatches()).toBeGreaterThan(0);
+        expect(env.sim.dropWatches()).toBeGreaterThan(0);
         const name = `after-drop-${round}`;
         await core.createNamespacedPod({ namespace: ns, body: podManifest(name) });
         await waitFor(() => informer.get(ns, name), { description: name });
@@ -174,18 +180,12 @@ describe('createInformer', () => {
     'restarts with backoff after errors and re-lists after a 410, converging with deletes',
     { timeout: 30_000 },
     async () => {
-      const ns = await createNamespace(kc);
+      const ns = await createNamespace(env.kc);
       await core.createNamespacedPod({ namespace: ns, body: podManifest('doomed-pod') });
       await core.createNamespacedPod({ namespace: ns, body: podManifest('kept-pod') });
-      const { proxy, url } = await CuttableProxy.start(sim.url);
+      const { proxy, url } = await CuttableProxy.start(env.sim.url);
       const { logger, lines } = memoryLogger();
-      const informer = createInformer<V1Pod>({
-        kc: kubeConfigFor(url),
-        resource: Resources.pods,
-        namespace: ns,
-        logger,
-        backoff: fastBackoff,
-      });
+      const informer = podInformerVia(url, ns, logger);
       const deleted: string[] = [];
       informer.onDelete((p) => deleted.push(p.metadata!.name!));
       try {
@@ -201,7 +201,7 @@ describe('createInformer', () => {
           gracePeriodSeconds: 0,
         });
         await core.createNamespacedPod({ namespace: ns, body: podManifest('new-pod') });
-        sim.compact();
+        env.sim.compact();
         proxy.heal();
 
         await waitFor(() => names(informer).join() === 'kept-pod,new-pod', {
@@ -233,17 +233,11 @@ describe('createInformer', () => {
     'start() waits for the first successful list and rejects when stopped first',
     { timeout: 30_000 },
     async () => {
-      const ns = await createNamespace(kc);
-      const { proxy, url } = await CuttableProxy.start(sim.url);
+      const ns = await createNamespace(env.kc);
+      const { proxy, url } = await CuttableProxy.start(env.sim.url);
       proxy.cut();
       const { logger } = memoryLogger();
-      const informer = createInformer<V1Pod>({
-        kc: kubeConfigFor(url),
-        resource: Resources.pods,
-        namespace: ns,
-        logger,
-        backoff: fastBackoff,
-      });
+      const informer = podInformerVia(url, ns, logger);
       let other: Informer<V1Pod> | undefined;
       try {
         let resolved = false;
@@ -256,13 +250,7 @@ describe('createInformer', () => {
         await started;
         expect(informer.synced).toBe(true);
 
-        other = createInformer<V1Pod>({
-          kc: kubeConfigFor(url),
-          resource: Resources.pods,
-          namespace: ns,
-          logger,
-          backoff: fastBackoff,
-        });
+        other = podInformerVia(url, ns, logger);
         proxy.cut();
         const pending = other.start();
         await waitFor(() => other!.restarts >= 1, { description: 'a failed list' });

@@ -18,7 +18,7 @@ import type { Logger } from '@plugline/telemetry';
 import type { Pod } from './pod.js';
 import type { PersistentVolumeClaim } from './pvc.js';
 import type { Observation, VmiRef } from './reconcile.js';
-import { NudgeCause } from './reconcile.js';
+import { NudgeCause, phaseClassOf } from './reconcile.js';
 
 type CachedPod = Pod & { metadata: { namespace?: string } };
 type CachedPvc = PersistentVolumeClaim & {
@@ -54,11 +54,26 @@ const claimsOf = (vmi: VirtualMachineInstance): string[] =>
 
 const terminating = (pod: Pod): boolean => pod.metadata.deletionTimestamp !== undefined;
 
-/** What about a VMI makes a difference to the orchestrator (its spec volumes, phases, life). */
+const isAttachmentPodOf = (pod: Pod, vmiUid: string | undefined): boolean =>
+  pod.metadata.labels?.[KubevirtLabel.App] === HOTPLUG_DISK_LABEL_VALUE &&
+  pod.metadata.annotations?.[KubevirtLabel.OwnerVmiUid] === vmiUid;
+
+const isLauncherPodOf = (pod: Pod, vmiUid: string | undefined): boolean =>
+  pod.metadata.labels?.[KubevirtLabel.App] === LAUNCHER_LABEL_VALUE &&
+  pod.metadata.labels[KubevirtLabel.CreatedBy] === vmiUid;
+
+/**
+ * What about a VMI makes a difference to the orchestrator (its spec volumes, phases as far as a
+ * reconcile tells them apart, life): a status change that leaves this as it was nudges nothing.
+ */
 function vmiDigest(vmi: VirtualMachineInstance): string {
   return JSON.stringify([
     (vmi.spec.volumes ?? []).filter(isHotpluggable),
-    (vmi.status?.volumeStatus ?? []).map((s) => [s.name, s.phase, s.hotplugVolume?.attachPodUID]),
+    (vmi.status?.volumeStatus ?? []).map((s) => [
+      s.name,
+      phaseClassOf(s.phase),
+      s.hotplugVolume?.attachPodUID,
+    ]),
     vmi.status?.phase,
     vmi.status?.activePods,
     vmi.metadata.deletionTimestamp,
@@ -89,10 +104,7 @@ export function findLauncher(
 ): Pod | undefined {
   const uid = vmi.metadata.uid;
   const mine = pods.filter(
-    (p) =>
-      p.metadata.namespace === vmi.metadata.namespace &&
-      p.metadata.labels?.[KubevirtLabel.App] === LAUNCHER_LABEL_VALUE &&
-      p.metadata.labels[KubevirtLabel.CreatedBy] === uid,
+    (p) => p.metadata.namespace === vmi.metadata.namespace && isLauncherPodOf(p, uid),
   );
   const active = vmi.status?.activePods ?? {};
   const score = (p: Pod): number =>
@@ -191,12 +203,15 @@ class InformerClusterView implements ClusterView {
 
   observe(ref: VmiRef): Observation {
     const vmi = this.#vmis.get(ref.namespace, ref.name);
-    const pods = this.#pods.list((p) => p.metadata.namespace === ref.namespace);
-    const attachment = pods.filter(
+    // Only this VMI's pods are copied out of the cache, not the whole namespace's.
+    const launcherOwner = vmi?.metadata.uid;
+    const pods = this.#pods.list(
       (p) =>
-        p.metadata.labels?.[KubevirtLabel.App] === HOTPLUG_DISK_LABEL_VALUE &&
-        p.metadata.annotations?.[KubevirtLabel.OwnerVmiUid] === ref.uid,
+        p.metadata.namespace === ref.namespace &&
+        (isAttachmentPodOf(p, ref.uid) ||
+          (launcherOwner !== undefined && isLauncherPodOf(p, launcherOwner))),
     );
+    const attachment = pods.filter((p) => isAttachmentPodOf(p, ref.uid));
     const pvcs: Record<string, PersistentVolumeClaim> = {};
     const dataVolumes: Record<string, DataVolume> = {};
     for (const claim of vmi === undefined ? [] : claimsOf(vmi)) {

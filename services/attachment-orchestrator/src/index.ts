@@ -28,7 +28,15 @@ export type { PersistentVolumeClaim, DataVolume, PvcReadiness, PvcReadinessInput
 export { planAttachment, IN_USE_PHASES } from './plan.js';
 export type { PlanAction, PlanInput } from './plan.js';
 
-export { decide, initialState, recordWork, isNudge, NudgeCause, Rest } from './reconcile.js';
+export {
+  decide,
+  initialState,
+  recordWork,
+  isNudge,
+  NudgeCause,
+  phaseClassOf,
+  Rest,
+} from './reconcile.js';
 export type {
   Observation,
   VmiRef,

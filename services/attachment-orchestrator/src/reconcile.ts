@@ -23,7 +23,7 @@ import type { AttachmentVolume, Pod } from './pod.js';
 import { buildAttachmentPod, isPodRunningAndReady, volumesOfPod } from './pod.js';
 import type { DataVolume, PersistentVolumeClaim, PvcReadiness } from './pvc.js';
 import { DataVolumePhase, pvcReadiness } from './pvc.js';
-import { planAttachment, type PlanAction } from './plan.js';
+import { IN_USE_PHASES, planAttachment, type PlanAction } from './plan.js';
 
 /** The VMI a unit is about. */
 export interface VmiRef {
@@ -144,6 +144,18 @@ const ATTACHED: ReadonlySet<string> = new Set([
   VolumePhase.MountedToPod,
   VolumePhase.Ready,
 ]);
+
+/**
+ * What a reconcile can tell apart about a volume's status phase: a change within one class
+ * (Pending to Bound, MountedToPod to Ready, UnMountedFromPod to Detaching) cannot change its
+ * decision, so it need not nudge a reconcile. Keep in step with the phase tests of this module
+ * and of plan.ts.
+ */
+export function phaseClassOf(phase: string | undefined): string {
+  if (phase === undefined || phase === VolumePhase.AttachedToNode) return phase ?? '';
+  const classes = [PAST_BOUND, UNPLUGGED, ATTACHED, IN_USE_PHASES];
+  return classes.map((set) => (set.has(phase) ? '1' : '0')).join('');
+}
 
 /** A fresh unit state for a VMI. */
 export function initialState(vmi: VmiRef): UnitState {

@@ -1,5 +1,5 @@
 import type { VirtualMachineInstance, VolumeStatus } from '@plugline/contracts';
-import type { AttachmentVolume, Pod } from '../src/index.js';
+import type { AttachmentVolume, Observation, PersistentVolumeClaim, Pod } from '../src/index.js';
 import { buildAttachmentPod } from '../src/index.js';
 
 export const NS = 'namespace-with-a-rather-long-name-for-tests';
@@ -76,4 +76,33 @@ export function attachmentPod(
       ? { phase, containerStatuses: [{ name: 'hotplug-disk', ready: true }] }
       : { phase };
   return pod;
+}
+
+/** A Filesystem claim, Bound. */
+export function boundPvc(name: string): PersistentVolumeClaim {
+  return {
+    metadata: { name, uid: `uid-${name}` },
+    spec: { volumeMode: 'Filesystem', accessModes: ['ReadWriteOnce'] },
+    status: { phase: 'Bound' },
+  };
+}
+
+/**
+ * What the caches show for `v`: its launcher, no attachment pod, and the claims of the volumes
+ * `bound` (`claim-<volume>`) Bound; `overrides` replaces any of it.
+ */
+export function observed(
+  v: VirtualMachineInstance,
+  bound: readonly string[],
+  overrides: Partial<Observation> = {},
+): Observation {
+  const claims = bound.map((volume) => `claim-${volume}`);
+  return {
+    vmi: v,
+    launcher: launcher(),
+    pods: [],
+    pvcs: Object.fromEntries(claims.map((claim) => [claim, boundPvc(claim)])),
+    dataVolumes: {},
+    ...overrides,
+  };
 }

@@ -23,9 +23,10 @@ import {
   orchestratorDisposition,
   Rest,
 } from '../src/index.js';
-import type { DecideOptions, Observation, PersistentVolumeClaim } from '../src/index.js';
+import type { DecideOptions, Observation } from '../src/index.js';
 import {
   attachmentPod,
+  boundPvc,
   fsVolume,
   launcher,
   NS,
@@ -62,14 +63,6 @@ const base = vmi();
 const ref = { namespace: NS, name: base.metadata.name!, uid: base.metadata.uid! };
 const input = { vmi: ref };
 
-function pvc(name: string): PersistentVolumeClaim {
-  return {
-    metadata: { name, uid: `uid-${name}` },
-    spec: { volumeMode: 'Filesystem', accessModes: ['ReadWriteOnce'] },
-    status: { phase: 'Bound' },
-  };
-}
-
 const inSpec = vmi(withHotplugPVC('a'));
 const leftSpec = vmi(
   withVolumeStatus({
@@ -81,7 +74,7 @@ const leftSpec = vmi(
 );
 const running = attachmentPod(inSpec, [fsVolume('a')], 'Running', 'uid-a');
 const pending = attachmentPod(inSpec, [fsVolume('a')], 'Pending', 'uid-a');
-const claims = { 'claim-a': pvc('claim-a') };
+const claims = { 'claim-a': boundPvc('claim-a') };
 const none = { launcher: undefined, pods: [], pvcs: {}, dataVolumes: {} };
 
 /** What the caches can show, each leading somewhere else. */

@@ -1,4 +1,4 @@
-import { EventType, type WorkItem } from '@plugline/contracts';
+import { EventType, type VirtualMachineInstance, type WorkItem } from '@plugline/contracts';
 import { createActor, fromPromise } from 'xstate';
 import { describe, expect, it } from 'vitest';
 import {
@@ -8,19 +8,21 @@ import {
   defaults,
   orchestratorDisposition,
   parseConfig,
+  phaseClassOf,
   recordWork,
   Rest,
   type Decision,
   type Effect,
   type Observation,
+  type Pod,
   type UnitState,
   type VmiRef,
 } from '../src/index.js';
 import {
   attachmentPod,
   fsVolume,
-  launcher,
   NS,
+  observed,
   vmi,
   withHotplugPVC,
   withVolumeStatus,
@@ -28,14 +30,6 @@ import {
 
 const OPTIONS = { coalesceMs: 50, fallbackMs: 5000, waitForFirstConsumerClasses: [] };
 const T0 = 1_000_000;
-
-function boundPvc(name: string) {
-  return {
-    metadata: { name, uid: `uid-${name}` },
-    spec: { volumeMode: 'Filesystem' as const, accessModes: ['ReadWriteOnce'] },
-    status: { phase: 'Bound' as const },
-  };
-}
 
 function item(volume: string, fields: Partial<WorkItem> = {}): WorkItem {
   const v = vmi();
@@ -68,14 +62,7 @@ const effectKinds = (d: Decision) => d.effects.map((e) => `${e.kind}`);
 
 describe('decide', () => {
   it('gathers changes for coalesceMs, then creates one pod for all of them', () => {
-    const v = vmi(withHotplugPVC('a'), withHotplugPVC('b'));
-    const obs: Observation = {
-      vmi: v,
-      launcher: launcher(),
-      pods: [],
-      pvcs: { 'claim-a': boundPvc('claim-a'), 'claim-b': boundPvc('claim-b') },
-      dataVolumes: {},
-    };
+    const obs = observed(vmi(withHotplugPVC('a'), withHotplugPVC('b')), ['a', 'b']);
     const first = decide(state(item('a'), item('b')), obs, T0, OPTIONS);
     expect(first).toMatchObject({ rest: Rest.Coalescing, wakeAt: T0 + 50, effects: [] });
     expect(factTypes(first)).toEqual(['a:bound', 'b:bound']);
@@ -88,14 +75,7 @@ describe('decide', () => {
   });
 
   it('creates the pod on the first change when none of ours is starting (no fixed window)', () => {
-    const v = vmi(withHotplugPVC('a'));
-    const obs: Observation = {
-      vmi: v,
-      launcher: launcher(),
-      pods: [],
-      pvcs: { 'claim-a': boundPvc('claim-a') },
-      dataVolumes: {},
-    };
+    const obs = observed(vmi(withHotplugPVC('a')), ['a']);
     const adaptive = { fallbackMs: 5000, waitForFirstConsumerClasses: [] };
     for (const options of [adaptive, { ...adaptive, coalesceMs: defaults().coalesceMs }]) {
       const d = decide(state(item('a')), obs, T0, options);
@@ -108,32 +88,23 @@ describe('decide', () => {
   it('gathers the volumes requested while our pod starts into one next pod', () => {
     const one = vmi(withHotplugPVC('a'));
     const many = vmi(withHotplugPVC('a'), withHotplugPVC('b'), withHotplugPVC('c'));
-    const pvcs = {
-      'claim-a': boundPvc('claim-a'),
-      'claim-b': boundPvc('claim-b'),
-      'claim-c': boundPvc('claim-c'),
-    };
-    const base = { launcher: launcher(), pvcs, dataVolumes: {} };
+    const seen = (v: VirtualMachineInstance, pods: Pod[] = []) =>
+      observed(v, ['a', 'b', 'c'], { pods });
     const adaptive = { ...OPTIONS, coalesceMs: 0 };
-    const first = decide(state(item('a')), { ...base, vmi: one, pods: [] }, T0, adaptive);
+    const first = decide(state(item('a')), seen(one), T0, adaptive);
     const created = (first.effects[0] as Extract<Effect, { kind: 'createPod' }>).pod;
     // b and c arrive before the informer shows the new pod, then while it is Pending: no pod.
     let s = recordWork(recordWork(first.state, item('b')), item('c'));
-    const unseen = decide(s, { ...base, vmi: many, pods: [] }, T0 + 1, adaptive);
+    const unseen = decide(s, seen(many), T0 + 1, adaptive);
     expect(unseen.effects).toEqual([]);
     const starting = attachmentPod(one, [fsVolume('a')], 'Pending', 'uid-a');
-    const pending = decide(
-      unseen.state,
-      { ...base, vmi: many, pods: [starting] },
-      T0 + 2,
-      adaptive,
-    );
+    const pending = decide(unseen.state, seen(many, [starting]), T0 + 2, adaptive);
     expect(pending).toMatchObject({ effects: [], rest: Rest.AwaitingPods });
     expect(starting.metadata.name).toBe(created.metadata.name);
     // It runs: one pod for all three, the first stays until then.
     s = pending.state;
     const runningA = attachmentPod(one, [fsVolume('a')], 'Running', 'uid-a');
-    const next = decide(s, { ...base, vmi: many, pods: [runningA] }, T0 + 3, adaptive);
+    const next = decide(s, seen(many, [runningA]), T0 + 3, adaptive);
     expect(effectKinds(next)).toEqual(['createPod']);
     const pod = (next.effects[0] as Extract<Effect, { kind: 'createPod' }>).pod;
     expect(pod.spec?.volumes?.map((x) => x.name)).toEqual(['hotplug-disks', 'a', 'b', 'c']);
@@ -142,13 +113,7 @@ describe('decide', () => {
   it('publishes attached-to-node and the node-mount work once the pod runs', () => {
     const v = vmi(withHotplugPVC('a'));
     const pod = attachmentPod(v, [fsVolume('a')], 'Running');
-    const obs: Observation = {
-      vmi: v,
-      launcher: launcher(),
-      pods: [pod],
-      pvcs: { 'claim-a': boundPvc('claim-a') },
-      dataVolumes: {},
-    };
+    const obs = observed(v, ['a'], { pods: [pod] });
     const d = decide(state(item('a')), obs, T0, OPTIONS);
     expect(d.rest).toBe(Rest.Steady);
     // `bound` first: the pod was made before the request arrived (and ran before it was handled).
@@ -167,13 +132,7 @@ describe('decide', () => {
     );
     const both = attachmentPod(v, [fsVolume('a'), fsVolume('b')], 'Running', 'uid-ab');
     const onlyA = attachmentPod(v, [fsVolume('a')], 'Running', 'uid-a');
-    const obs: Observation = {
-      vmi: v,
-      launcher: launcher(),
-      pods: [both, onlyA],
-      pvcs: { 'claim-a': boundPvc('claim-a') },
-      dataVolumes: {},
-    };
+    const obs = observed(v, ['a'], { pods: [both, onlyA] });
     const unplug = item('b', { operation: 'unplug', operationId: 'op-unplug', cause: 'resync' });
     const held = decide(state(item('a'), unplug), obs, T0, OPTIONS);
     expect(held.effects).toEqual([]);
@@ -193,9 +152,37 @@ describe('decide', () => {
     expect(factTypes(go)).toEqual(['b:detaching']);
   });
 
+  it('decides alike for the status phases a VMI nudge does not tell apart', () => {
+    const alike = [
+      ['Pending', 'Bound'],
+      ['AttachedToNode'],
+      ['MountedToPod', 'Ready'],
+      ['UnMountedFromPod', 'Detaching'],
+    ];
+    const decisionWith = (phaseOfA: string, phaseOfB: string): Decision => {
+      const v = vmi(
+        withHotplugPVC('a'),
+        withVolumeStatus({ name: 'a', target: '', phase: phaseOfA, hotplugVolume: {} }),
+        withVolumeStatus({ name: 'b', target: 'sdb', phase: phaseOfB, hotplugVolume: {} }),
+      );
+      const both = attachmentPod(v, [fsVolume('a'), fsVolume('b')], 'Running', 'uid-ab');
+      const obs = observed(v, ['a'], { pods: [both] });
+      const unplug = item('b', { operation: 'unplug', operationId: 'op-b', cause: 'resync' });
+      return decide(state(item('a'), unplug), obs, T0, OPTIONS);
+    };
+    for (const group of alike) {
+      for (const phase of group) {
+        expect(phaseClassOf(phase)).toBe(phaseClassOf(group[0]));
+        expect(decisionWith(phase, phase)).toEqual(decisionWith(group[0]!, group[0]!));
+      }
+    }
+    const classes = new Set(alike.map((group) => phaseClassOf(group[0])));
+    expect(classes.size).toBe(alike.length);
+  });
+
   it('reports a missing claim once, as KubeVirt words it', () => {
     const v = vmi(withHotplugPVC('a'));
-    const obs: Observation = { vmi: v, launcher: launcher(), pods: [], pvcs: {}, dataVolumes: {} };
+    const obs = observed(v, []);
     const d = decide(state(item('a')), obs, T0, OPTIONS);
     expect(d.rest).toBe(Rest.AwaitingVolumes);
     expect(d.emit[0]).toMatchObject({
@@ -210,13 +197,7 @@ describe('decide', () => {
   it('deletes every attachment pod when the launcher is gone', () => {
     const v = vmi(withHotplugPVC('a'));
     const pod = attachmentPod(v, [fsVolume('a')], 'Running');
-    const obs: Observation = {
-      vmi: v,
-      launcher: undefined,
-      pods: [pod],
-      pvcs: { 'claim-a': boundPvc('claim-a') },
-      dataVolumes: {},
-    };
+    const obs = observed(v, ['a'], { launcher: undefined, pods: [pod] });
     expect(decide(state(item('a')), obs, T0, OPTIONS).effects).toMatchObject([
       { kind: 'deletePod', reason: 'launcherGone' },
     ]);
@@ -258,14 +239,7 @@ describe('orchestrator machine', () => {
   };
 
   it('observes, applies the effects, then emits and rests; nudges are acked unless coalescing', async () => {
-    const v = vmi(withHotplugPVC('a'));
-    const obs: Observation = {
-      vmi: v,
-      launcher: launcher(),
-      pods: [],
-      pvcs: { 'claim-a': boundPvc('claim-a') },
-      dataVolumes: {},
-    };
+    const obs = observed(vmi(withHotplugPVC('a')), ['a']);
     const { snapshot, emitted } = await run(obs, item('a'));
     expect(snapshot.value).toBe('coalescing');
     expect(emitted).toEqual(['plugline.fact']);
@@ -290,13 +264,7 @@ describe('orchestrator machine', () => {
     const machine = createOrchestratorMachine({ ...OPTIONS, coalesceMs: 0 }).provide({
       actors: {
         observe: fromPromise<Observation, { vmi: VmiRef }>(() =>
-          Promise.resolve({
-            vmi: v,
-            launcher: launcher(),
-            pods: [],
-            pvcs: { 'claim-a': boundPvc('claim-a') },
-            dataVolumes: {},
-          } satisfies Observation),
+          Promise.resolve(observed(v, ['a'])),
         ),
         applyEffects: fromPromise<void, { effects: Effect[] }>(() =>
           Promise.reject(new Error('apiserver down')),

@@ -69,6 +69,20 @@ export function findLauncher(
   return candidates.find((p) => p.status?.phase === 'Running') ?? candidates[0];
 }
 
+/**
+ * The VMI's launcher pod on `node` from the pod cache (see {@link findLauncher}); only pods that
+ * name the VMI as their creator are copied out of the cache.
+ */
+export function launcherFromCache(
+  pods: Pick<Informer<PodLike>, 'list'>,
+  vmiUID: string,
+  node: string,
+  namespace?: string,
+): PodLike | undefined {
+  const created = pods.list((p) => p.metadata?.labels?.[KubevirtLabel.CreatedBy] === vmiUID);
+  return findLauncher(created, vmiUID, node, namespace);
+}
+
 /** Pure: whether the VMI runs on `node`. */
 export function runsOn(vmi: VirtualMachineInstance, node: string): boolean {
   return (
@@ -225,8 +239,8 @@ export function createObserver(deps: ObserverDeps) {
     Pick<Extract<Observation, { kind: 'observed' }>, 'sourceReady' | 'plan' | 'planError'>
   > {
     const notReady = { sourceReady: false, plan: null, planError: null };
-    const launcher = findLauncher(
-      deps.pods.list(),
+    const launcher = launcherFromCache(
+      deps.pods,
       vmi.metadata.uid!,
       deps.node,
       vmi.metadata.namespace,

@@ -32,7 +32,7 @@ import { HypervisorKind, type DomainUpdaterConfig } from './config.js';
 import { domainUpdaterMachine, NudgeCause } from './machine.js';
 import {
   createObserver,
-  findLauncher,
+  launcherFromCache,
   runsOn,
   specDiskOf,
   type PodLike,
@@ -271,7 +271,7 @@ export async function startDomainUpdater(
           nudged++;
         }
       }
-      const launcher = findLauncher(pods.list(), vmi.metadata.uid!, node, ns);
+      const launcher = launcherFromCache(pods, vmi.metadata.uid!, node, ns);
       if (launcher === undefined) continue;
       const launcherUID = launcher.metadata!.uid!;
       for (const volume of (vmi.spec.volumes ?? []).filter(isHotpluggable)) {

@@ -127,6 +127,21 @@ function inNamespace(pod: PodView, namespace: string | undefined): boolean {
   return namespace === undefined || pod.metadata?.namespace === namespace;
 }
 
+/**
+ * True for a launcher or attachment pod of the VMI with `vmiUID` in `namespace`: the only pods
+ * {@link decide} reads for that VMI's items (so the only ones worth copying out of the cache).
+ */
+export function isPodOfVmi(pod: PodView, vmiUID: string, namespace: string): boolean {
+  const labels = pod.metadata?.labels;
+  if (pod.metadata?.namespace !== namespace || labels === undefined) return false;
+  const app = labels[KubevirtLabel.App];
+  if (app === LAUNCHER_LABEL_VALUE) return labels[KubevirtLabel.CreatedBy] === vmiUID;
+  if (app === HOTPLUG_DISK_LABEL_VALUE) {
+    return pod.metadata.annotations?.[KubevirtLabel.OwnerVmiUid] === vmiUID;
+  }
+  return false;
+}
+
 /** The VMI's launcher pods on this node (in `namespace`, when given), running ones first. */
 export function launcherPodsOf(
   vmiUID: string,
@@ -373,7 +388,8 @@ export function wantedVolumes(
     if (uid === undefined) continue;
     const here =
       vmi.status?.nodeName === node ||
-      ((vmi.status?.nodeName ?? '') === '' && launcherPodsOf(uid, pods, vmi.metadata.namespace).length > 0);
+      ((vmi.status?.nodeName ?? '') === '' &&
+        launcherPodsOf(uid, pods, vmi.metadata.namespace).length > 0);
     if (!here) continue;
     const volumes = new Set(hotplugVolumesOf(vmi));
     for (const s of vmi.status?.volumeStatus ?? []) {

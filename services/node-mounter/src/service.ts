@@ -11,7 +11,7 @@ import { childLogger, createMetrics } from '@plugline/telemetry';
 import type { Logger, PluglineMetrics } from '@plugline/telemetry';
 
 import type { NodeMounterConfig } from './config.js';
-import { decide, wantedVolumes } from './decide.js';
+import { decide, isPodOfVmi, wantedVolumes } from './decide.js';
 import type { Decision, PodView, PvcView } from './decide.js';
 import { NodeMounter } from './node-mounter.js';
 import type { CgroupOutcome, ReconcileReport } from './node-mounter.js';
@@ -80,7 +80,7 @@ async function observe(truth: Truth, node: string, item: WorkItem, log: Logger):
     item,
     node,
     vmi: await currentVmi({ cache: truth.vmis, api: truth.client }, item),
-    pods: truth.pods.list(),
+    pods: truth.pods.list((pod) => isPodOfVmi(pod, item.vmiUID, item.namespace)),
     pvc: (name) => truth.pvcs.get(item.namespace, name),
   });
   log.debug(

@@ -8,11 +8,12 @@ import {
   rm,
   rmdir,
   stat,
+  symlink,
   truncate,
   writeFile,
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 
 import { parseMountInfo, splitDeviceNumber } from '../src/index.js';
@@ -122,6 +123,13 @@ export class HostFixture {
     const dir = LAYOUT.hotplugDir(this.root, uid);
     await mkdir(dir, { recursive: true });
     return dir;
+  }
+
+  /** A launcher pod whose hotplug folder is a symlink to `target` (a path escape to refuse). */
+  async linkedLauncherPod(uid: string, target: string): Promise<void> {
+    const dir = LAYOUT.hotplugDir(this.root, uid);
+    await mkdir(dirname(dir), { recursive: true });
+    await symlink(target, dir);
   }
 
   /** An attachment pod's filesystem PVC: a sparse `disk.img` with a recognisable first line. */

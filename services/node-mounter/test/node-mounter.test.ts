@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { lstat, mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createActor, waitFor } from 'xstate';
 
 import { InvalidNameError, PathEscapeError } from '@plugline/contracts';
@@ -15,87 +15,25 @@ import {
   NodeMounter,
   readDeviceRules,
   splitDeviceNumber,
-  VolumeMode,
 } from '../src/index.js';
-import type { PlugRequest } from '../src/index.js';
-import {
-  assertPrivateMountNamespace,
-  canReadFromCgroup,
-  HostFixture,
-  LAYOUT,
-  mountsUnder,
-} from './host.js';
+import { canReadFromCgroup, LAYOUT, mountsUnder } from './host.js';
+import { useLauncherNode } from './launcher-node.js';
 
 /**
  * Real mounts, device nodes, loop devices and a real v1 devices cgroup, inside a private mount
  * namespace (scripts/with-private-mounts), on the kubelet layout kube-sim writes.
  */
 
-let fx: HostFixture;
-let cgroup: string;
-let launcherUID: string;
-let attachPodUID: string;
-let vmiUID: string;
-
-function mounter(): NodeMounter {
-  return new NodeMounter({
-    kubeletRoot: fx.root,
-    stateDir: fx.stateDir,
-    cgroupDirFor: () => cgroup,
-  });
-}
-
-function fsRequest(overrides: Partial<PlugRequest> = {}): PlugRequest {
-  return {
-    vmiUID,
-    launcherUID,
-    attachPodUID,
-    volume: 'data-fs',
-    pvName: 'pv-fs-1',
-    mode: VolumeMode.Filesystem,
-    ...overrides,
-  };
-}
-
-function blockRequest(overrides: Partial<PlugRequest> = {}): PlugRequest {
-  return {
-    vmiUID,
-    launcherUID,
-    attachPodUID,
-    volume: 'data-blk',
-    pvName: 'pv-blk-1',
-    mode: VolumeMode.Block,
-    ...overrides,
-  };
-}
-
-beforeAll(async () => {
-  await assertPrivateMountNamespace();
-});
-
-beforeEach(async () => {
-  fx = await HostFixture.create();
-  cgroup = await fx.devicesCgroup();
-  launcherUID = randomUUID();
-  attachPodUID = randomUUID();
-  vmiUID = randomUUID();
-  await fx.launcherPod(launcherUID);
-});
-
-afterEach(async () => {
-  const remaining = await fx.dispose();
-  expect(remaining, 'loop devices left attached').toEqual([]);
-  expect(await mountsUnder(fx.base)).toEqual([]);
-});
+const node = useLauncherNode();
 
 describe('filesystem volume', () => {
   it('plug bind-mounts disk.img onto <vol>.img; unplug unmounts and unlinks', async () => {
-    const img = await fx.filesystemPvc(attachPodUID, 'pv-fs-1');
-    const hotplug = LAYOUT.hotplugDir(fx.root, launcherUID);
+    const img = await node.fx.filesystemPvc(node.attachPodUID, 'pv-fs-1');
+    const hotplug = LAYOUT.hotplugDir(node.fx.root, node.launcherUID);
     const target = join(hotplug, 'data-fs.img');
-    const m = mounter();
+    const m = node.mounter();
 
-    const plugged = await m.plug(fsRequest());
+    const plugged = await m.plug(node.fsRequest());
     expect(plugged).toMatchObject({
       type: 'mounted-to-pod',
       changed: true,
@@ -103,19 +41,19 @@ describe('filesystem volume', () => {
       source: img,
       sourceMismatch: false,
     });
-    expect(await mountsUnder(fx.base)).toEqual([target]);
+    expect(await mountsUnder(node.fx.base)).toEqual([target]);
     expect(await readFile(target, 'utf8')).toMatch(/^disk of pv-fs-1\n/);
     const st = await stat(target);
     expect([st.uid, st.gid, st.mode & 0o777]).toEqual([107, 107, 0o660]);
-    expect((await loadCheckpoint(fx.stateDir, vmiUID)).entries).toEqual([
+    expect((await loadCheckpoint(node.fx.stateDir, node.vmiUID)).entries).toEqual([
       { volume: 'data-fs', mode: 'Filesystem', target, source: img },
     ]);
 
-    const again = await m.plug(fsRequest());
+    const again = await m.plug(node.fsRequest());
     expect(again.changed).toBe(false);
-    expect(await mountsUnder(fx.base)).toEqual([target]);
+    expect(await mountsUnder(node.fx.base)).toEqual([target]);
 
-    const unplugged = await m.unplug({ vmiUID, volume: 'data-fs' });
+    const unplugged = await m.unplug({ vmiUID: node.vmiUID, volume: 'data-fs' });
     expect(unplugged).toMatchObject({
       type: 'unmounted-from-pod',
       changed: true,
@@ -123,31 +61,33 @@ describe('filesystem volume', () => {
       removed: true,
       target,
     });
-    expect(await mountsUnder(fx.base)).toEqual([]);
+    expect(await mountsUnder(node.fx.base)).toEqual([]);
     await expect(lstat(target)).rejects.toMatchObject({ code: 'ENOENT' });
     expect(await readFile(img, 'utf8')).toMatch(/^disk of pv-fs-1\n/);
-    await expect(lstat(checkpointPath(fx.stateDir, vmiUID))).rejects.toMatchObject({
+    await expect(lstat(checkpointPath(node.fx.stateDir, node.vmiUID))).rejects.toMatchObject({
       code: 'ENOENT',
     });
 
-    const twice = await m.unplug({ vmiUID, volume: 'data-fs' });
+    const twice = await m.unplug({ vmiUID: node.vmiUID, volume: 'data-fs' });
     expect(twice).toMatchObject({ changed: false, unmounted: 0, removed: false });
   });
 
   it('a missing disk.img is NotFound and mounts nothing', async () => {
-    await expect(mounter().plug(fsRequest())).rejects.toMatchObject({ reason: 'NotFound' });
-    expect(await mountsUnder(fx.base)).toEqual([]);
+    await expect(node.mounter().plug(node.fsRequest())).rejects.toMatchObject({
+      reason: 'NotFound',
+    });
+    expect(await mountsUnder(node.fx.base)).toEqual([]);
   });
 });
 
 describe('block volume', () => {
   it('plug makes the node with the loop device number and allows it in the cgroup; unplug undoes both', async () => {
-    const loop = await fx.blockPvc(attachPodUID, 'pv-blk-1');
-    const target = join(LAYOUT.hotplugDir(fx.root, launcherUID), 'data-blk');
-    const m = mounter();
-    expect(await readDeviceRules(cgroup)).toEqual([]);
+    const loop = await node.fx.blockPvc(node.attachPodUID, 'pv-blk-1');
+    const target = join(LAYOUT.hotplugDir(node.fx.root, node.launcherUID), 'data-blk');
+    const m = node.mounter();
+    expect(await readDeviceRules(node.cgroup)).toEqual([]);
 
-    const plugged = await m.plug(blockRequest());
+    const plugged = await m.plug(node.blockRequest());
     expect(plugged).toMatchObject({
       changed: true,
       target,
@@ -158,45 +98,45 @@ describe('block volume', () => {
     expect(st.isBlockDevice()).toBe(true);
     expect(splitDeviceNumber(st.rdev)).toEqual({ major: loop.major, minor: loop.minor });
     expect([st.uid, st.gid, st.mode & 0o777n]).toEqual([107n, 107n, 0o660n]);
-    expect(await readDeviceRules(cgroup)).toEqual([`b ${loop.major}:${loop.minor} rwm`]);
-    expect(await mountsUnder(fx.base)).toEqual([]);
+    expect(await readDeviceRules(node.cgroup)).toEqual([`b ${loop.major}:${loop.minor} rwm`]);
+    expect(await mountsUnder(node.fx.base)).toEqual([]);
     // The rule is effective: a process in the launcher's cgroup can read the disk through the node.
-    expect(await canReadFromCgroup(cgroup, target)).toBe(true);
+    expect(await canReadFromCgroup(node.cgroup, target)).toBe(true);
 
-    expect((await m.plug(blockRequest())).changed).toBe(false);
-    expect(await readDeviceRules(cgroup)).toEqual([`b ${loop.major}:${loop.minor} rwm`]);
+    expect((await m.plug(node.blockRequest())).changed).toBe(false);
+    expect(await readDeviceRules(node.cgroup)).toEqual([`b ${loop.major}:${loop.minor} rwm`]);
 
-    const unplugged = await m.unplug({ vmiUID, volume: 'data-blk' });
+    const unplugged = await m.unplug({ vmiUID: node.vmiUID, volume: 'data-blk' });
     expect(unplugged).toMatchObject({
       changed: true,
       removed: true,
-      cgroup: { kind: 'applied', file: join(cgroup, 'devices.deny') },
+      cgroup: { kind: 'applied', file: join(node.cgroup, 'devices.deny') },
     });
     await expect(lstat(target)).rejects.toMatchObject({ code: 'ENOENT' });
-    expect(await readDeviceRules(cgroup)).toEqual([]);
-    expect(await canReadFromCgroup(cgroup, loop.device)).toBe(false);
-    expect(await m.unplug({ vmiUID, volume: 'data-blk' })).toMatchObject({
+    expect(await readDeviceRules(node.cgroup)).toEqual([]);
+    expect(await canReadFromCgroup(node.cgroup, loop.device)).toBe(false);
+    expect(await m.unplug({ vmiUID: node.vmiUID, volume: 'data-blk' })).toMatchObject({
       changed: false,
       removed: false,
     });
   });
 
   it('a wrong node at the target is replaced; a source that is no block device is refused', async () => {
-    const loop = await fx.blockPvc(attachPodUID, 'pv-blk-1');
-    const target = join(LAYOUT.hotplugDir(fx.root, launcherUID), 'data-blk');
+    const loop = await node.fx.blockPvc(node.attachPodUID, 'pv-blk-1');
+    const target = join(LAYOUT.hotplugDir(node.fx.root, node.launcherUID), 'data-blk');
     await writeFile(target, 'stale');
-    const plugged = await mounter().plug(blockRequest());
+    const plugged = await node.mounter().plug(node.blockRequest());
     expect(plugged.changed).toBe(true);
     expect(splitDeviceNumber((await stat(target, { bigint: true })).rdev)).toEqual({
       major: loop.major,
       minor: loop.minor,
     });
-    await mounter().unplug({ vmiUID, volume: 'data-blk' });
+    await node.mounter().unplug({ vmiUID: node.vmiUID, volume: 'data-blk' });
 
-    const fake = LAYOUT.blockSource(fx.root, attachPodUID, 'pv-not-blk');
+    const fake = LAYOUT.blockSource(node.fx.root, node.attachPodUID, 'pv-not-blk');
     await writeFile(fake, 'not a device');
     await expect(
-      mounter().plug(blockRequest({ volume: 'other', pvName: 'pv-not-blk' })),
+      node.mounter().plug(node.blockRequest({ volume: 'other', pvName: 'pv-not-blk' })),
     ).rejects.toMatchObject({
       name: 'WrongFileKindError',
     });
@@ -205,57 +145,59 @@ describe('block volume', () => {
 
 describe('restart', () => {
   it('a new NodeMounter unplugs what an earlier one plugged (from the checkpoint alone)', async () => {
-    await fx.filesystemPvc(attachPodUID, 'pv-fs-1');
-    const loop = await fx.blockPvc(attachPodUID, 'pv-blk-1');
-    await mounter().plug(fsRequest());
-    await mounter().plug(blockRequest());
-    expect(await mountsUnder(fx.base)).toHaveLength(1);
-    expect(await readDeviceRules(cgroup)).toEqual([`b ${loop.major}:${loop.minor} rwm`]);
+    await node.fx.filesystemPvc(node.attachPodUID, 'pv-fs-1');
+    const loop = await node.fx.blockPvc(node.attachPodUID, 'pv-blk-1');
+    await node.mounter().plug(node.fsRequest());
+    await node.mounter().plug(node.blockRequest());
+    expect(await mountsUnder(node.fx.base)).toHaveLength(1);
+    expect(await readDeviceRules(node.cgroup)).toEqual([`b ${loop.major}:${loop.minor} rwm`]);
 
-    const restarted = new NodeMounter({ kubeletRoot: fx.root, stateDir: fx.stateDir }); // no cgroup resolver
-    expect(await restarted.unplug({ vmiUID, volume: 'data-fs' })).toMatchObject({
+    const restarted = new NodeMounter({ kubeletRoot: node.fx.root, stateDir: node.fx.stateDir }); // no cgroup resolver
+    expect(await restarted.unplug({ vmiUID: node.vmiUID, volume: 'data-fs' })).toMatchObject({
       unmounted: 1,
       removed: true,
     });
-    expect(await restarted.unplug({ vmiUID, volume: 'data-blk' })).toMatchObject({
+    expect(await restarted.unplug({ vmiUID: node.vmiUID, volume: 'data-blk' })).toMatchObject({
       removed: true,
       cgroup: { kind: 'applied' },
     });
-    expect(await mountsUnder(fx.base)).toEqual([]);
-    expect(await readDeviceRules(cgroup)).toEqual([]);
+    expect(await mountsUnder(node.fx.base)).toEqual([]);
+    expect(await readDeviceRules(node.cgroup)).toEqual([]);
   });
 
   it('reconcile at start undoes what no spec wants and keeps what one does', async () => {
-    await fx.filesystemPvc(attachPodUID, 'pv-fs-1');
-    await fx.filesystemPvc(attachPodUID, 'pv-fs-2');
-    const loop = await fx.blockPvc(attachPodUID, 'pv-blk-1');
-    await mounter().plug(fsRequest());
-    await mounter().plug(fsRequest({ volume: 'keep-fs', pvName: 'pv-fs-2' }));
-    await mounter().plug(blockRequest());
-    const hotplug = LAYOUT.hotplugDir(fx.root, launcherUID);
-    await writeFile(join(fx.stateDir, `${randomUUID()}.json`), '{ not json');
+    await node.fx.filesystemPvc(node.attachPodUID, 'pv-fs-1');
+    await node.fx.filesystemPvc(node.attachPodUID, 'pv-fs-2');
+    const loop = await node.fx.blockPvc(node.attachPodUID, 'pv-blk-1');
+    await node.mounter().plug(node.fsRequest());
+    await node.mounter().plug(node.fsRequest({ volume: 'keep-fs', pvName: 'pv-fs-2' }));
+    await node.mounter().plug(node.blockRequest());
+    const hotplug = LAYOUT.hotplugDir(node.fx.root, node.launcherUID);
+    await writeFile(join(node.fx.stateDir, `${randomUUID()}.json`), '{ not json');
 
-    const report = await new NodeMounter({ kubeletRoot: fx.root, stateDir: fx.stateDir }).reconcile(
-      new Map([[vmiUID, ['keep-fs']]]),
-    );
+    const report = await new NodeMounter({
+      kubeletRoot: node.fx.root,
+      stateDir: node.fx.stateDir,
+    }).reconcile(new Map([[node.vmiUID, ['keep-fs']]]));
     expect(report.outcomes.map((o) => [o.action, o.volume, o.error])).toEqual([
       ['unmount', 'data-fs', undefined],
       ['removeBlockNode', 'data-blk', undefined],
     ]);
     expect(report.facts.map((f) => f.volume)).toEqual(['data-fs', 'data-blk']);
     expect(report.problems).toHaveLength(1);
-    expect(await mountsUnder(fx.base)).toEqual([join(hotplug, 'keep-fs.img')]);
-    expect(await readDeviceRules(cgroup)).toEqual([]);
+    expect(await mountsUnder(node.fx.base)).toEqual([join(hotplug, 'keep-fs.img')]);
+    expect(await readDeviceRules(node.cgroup)).toEqual([]);
     expect(loop.major).toBeGreaterThan(0);
-    expect((await loadCheckpoint(fx.stateDir, vmiUID)).entries.map((e) => e.volume)).toEqual([
-      'keep-fs',
-    ]);
+    expect(
+      (await loadCheckpoint(node.fx.stateDir, node.vmiUID)).entries.map((e) => e.volume),
+    ).toEqual(['keep-fs']);
 
-    const none = await new NodeMounter({ kubeletRoot: fx.root, stateDir: fx.stateDir }).reconcile(
-      new Map(),
-    );
+    const none = await new NodeMounter({
+      kubeletRoot: node.fx.root,
+      stateDir: node.fx.stateDir,
+    }).reconcile(new Map());
     expect(none.outcomes.map((o) => o.action)).toEqual(['unmount']);
-    expect(await mountsUnder(fx.base)).toEqual([]);
+    expect(await mountsUnder(node.fx.base)).toEqual([]);
   });
 });
 
@@ -268,86 +210,88 @@ describe('traversal', () => {
     ['launcher UID ..', { launcherUID: '..' }],
     ['attachment pod UID with a slash', { attachPodUID: '../../..' }],
   ])('refuses %s with PathEscapeError', async (_, overrides) => {
-    await fx.filesystemPvc(attachPodUID, 'pv-fs-1');
-    await expect(mounter().plug(fsRequest(overrides))).rejects.toBeInstanceOf(PathEscapeError);
-    expect(await mountsUnder(fx.base)).toEqual([]);
+    await node.fx.filesystemPvc(node.attachPodUID, 'pv-fs-1');
+    await expect(node.mounter().plug(node.fsRequest(overrides))).rejects.toBeInstanceOf(
+      PathEscapeError,
+    );
+    expect(await mountsUnder(node.fx.base)).toEqual([]);
   });
 
   it('refuses a name that breaks DNS-1123 with InvalidNameError', async () => {
-    await expect(mounter().plug(fsRequest({ volume: 'Data' }))).rejects.toBeInstanceOf(
+    await expect(node.mounter().plug(node.fsRequest({ volume: 'Data' }))).rejects.toBeInstanceOf(
       InvalidNameError,
     );
   });
 
   it('refuses symlinks out of the kubelet root (source, launcher folder, target)', async () => {
-    const outside = join(fx.base, 'outside');
+    const outside = join(node.fx.base, 'outside');
     await mkdir(outside);
     await writeFile(join(outside, 'disk.img'), 'secret');
     // The attachment pod's mount dir points outside.
-    const pvDir = join(LAYOUT.fsSourceDir(fx.root, attachPodUID, 'pv-evil'), '..');
+    const pvDir = join(LAYOUT.fsSourceDir(node.fx.root, node.attachPodUID, 'pv-evil'), '..');
     await mkdir(pvDir, { recursive: true });
     await symlink(outside, join(pvDir, 'mount'));
-    await expect(mounter().plug(fsRequest({ pvName: 'pv-evil' }))).rejects.toBeInstanceOf(
+    await expect(node.mounter().plug(node.fsRequest({ pvName: 'pv-evil' }))).rejects.toBeInstanceOf(
       PathEscapeError,
     );
 
     // The launcher's hotplug folder points outside.
     const evilLauncher = randomUUID();
-    const emptyDir = join(LAYOUT.hotplugDir(fx.root, evilLauncher), '..');
-    await mkdir(emptyDir, { recursive: true });
-    await symlink(outside, join(emptyDir, 'hotplug-disks'));
-    await fx.filesystemPvc(attachPodUID, 'pv-fs-1');
-    await expect(mounter().plug(fsRequest({ launcherUID: evilLauncher }))).rejects.toBeInstanceOf(
-      PathEscapeError,
-    );
+    await node.fx.linkedLauncherPod(evilLauncher, outside);
+    await node.fx.filesystemPvc(node.attachPodUID, 'pv-fs-1');
+    await expect(
+      node.mounter().plug(node.fsRequest({ launcherUID: evilLauncher })),
+    ).rejects.toBeInstanceOf(PathEscapeError);
 
     // The target itself is a symlink to a file outside.
     await symlink(
       join(outside, 'disk.img'),
-      join(LAYOUT.hotplugDir(fx.root, launcherUID), 'data-fs.img'),
+      join(LAYOUT.hotplugDir(node.fx.root, node.launcherUID), 'data-fs.img'),
     );
-    await expect(mounter().plug(fsRequest())).rejects.toBeInstanceOf(PathEscapeError);
+    await expect(node.mounter().plug(node.fsRequest())).rejects.toBeInstanceOf(PathEscapeError);
 
-    expect(await mountsUnder(fx.base)).toEqual([]);
+    expect(await mountsUnder(node.fx.base)).toEqual([]);
     expect(await readFile(join(outside, 'disk.img'), 'utf8')).toBe('secret');
   });
 
   it('refuses a checkpoint whose target was tampered to point outside the root', async () => {
-    const victim = join(fx.base, 'victim');
+    const victim = join(node.fx.base, 'victim');
     await writeFile(victim, 'keep me');
-    await mkdir(fx.stateDir, { recursive: true });
+    await mkdir(node.fx.stateDir, { recursive: true });
     await writeFile(
-      checkpointPath(fx.stateDir, vmiUID),
+      checkpointPath(node.fx.stateDir, node.vmiUID),
       JSON.stringify({
         version: 1,
-        vmiUID,
+        vmiUID: node.vmiUID,
         entries: [{ volume: 'x', mode: 'Filesystem', target: victim, source: '' }],
       }),
     );
-    await expect(mounter().unplug({ vmiUID, volume: 'x' })).rejects.toBeInstanceOf(PathEscapeError);
+    await expect(
+      node.mounter().unplug({ vmiUID: node.vmiUID, volume: 'x' }),
+    ).rejects.toBeInstanceOf(PathEscapeError);
     expect(await readFile(victim, 'utf8')).toBe('keep me');
   });
 });
 
 describe('machine with the real actors', () => {
   it('PLUG reaches mounted with the mount made; UNPLUG after release reaches unmounted with it gone', async () => {
-    await fx.filesystemPvc(attachPodUID, 'pv-fs-1');
+    await node.fx.filesystemPvc(node.attachPodUID, 'pv-fs-1');
     const actor = createActor(
-      nodeMounterMachine.provide({ actors: nodeMounterActors(mounter()) }),
+      nodeMounterMachine.provide({ actors: nodeMounterActors(node.mounter()) }),
       {
-        input: { volume: fsRequest() },
+        input: { volume: node.fsRequest() },
       },
     );
     actor.start();
     try {
       actor.send({ type: 'PLUG' });
       await waitFor(actor, (s) => s.matches('mounted'), { timeout: 10_000 });
-      expect(await mountsUnder(fx.base)).toHaveLength(1);
+      expect(await mountsUnder(node.fx.base)).toHaveLength(1);
       actor.send({ type: 'UNPLUG', domainReleased: false });
       expect(actor.getSnapshot().value).toBe('mounted');
       actor.send({ type: 'UNPLUG', domainReleased: true });
       await waitFor(actor, (s) => s.matches('unmounted'), { timeout: 10_000 });
-      expect(await mountsUnder(fx.base)).toEqual([]);
+      expect(await mountsUnder(node.fx.base)).toEqual([]);
     } finally {
       actor.stop();
     }

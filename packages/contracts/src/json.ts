@@ -1,9 +1,10 @@
 /**
- * Deep copy of a JSON value (what the store holds: objects parsed from request bodies or built
- * by the simulator's controllers). Copies plain objects and arrays by hand, several times faster
+ * Deep copy of a JSON-like value: objects from the API, an informer cache, or a store of parsed
+ * request bodies. Plain objects, arrays and primitives are copied by hand — several times faster
  * than `structuredClone`, which serialises the whole value and reads it back; that was the
- * simulator's largest own cost per patch. Anything else that is not a primitive goes through
- * `structuredClone`. Not for cyclic values.
+ * largest own cost per object both of the informer and of kube-sim's store in CPU profiles.
+ * `Date`s are copied; anything else (Map, typed arrays, ...) goes through `structuredClone`.
+ * Not for cyclic values.
  */
 export function cloneJson<T>(value: T): T {
   return copy(value) as T;
@@ -17,8 +18,13 @@ function copy(value: unknown): unknown {
     return out;
   }
   const proto = Object.getPrototypeOf(value) as unknown;
-  if (proto !== Object.prototype && proto !== null) return structuredClone(value);
-  const src = value as Record<string, unknown>;
+  if (proto === Object.prototype || proto === null)
+    return copyPlain(value as Record<string, unknown>);
+  if (value instanceof Date) return new Date(value.getTime());
+  return structuredClone(value);
+}
+
+function copyPlain(src: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(src)) {
     // JSON.parse makes "__proto__" an own key; plain assignment would set the prototype.
