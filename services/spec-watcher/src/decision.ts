@@ -1,8 +1,9 @@
 import type { StageEmitted } from '@plugline/bus';
 import { fact, nextWork } from '@plugline/bus';
 import type { OperationKind, VirtualMachineInstance, WorkItem } from '@plugline/contracts';
-import { EventType } from '@plugline/contracts';
+import { EventType, Stage } from '@plugline/contracts';
 import { and, assign, emit, enqueueActions, setup } from 'xstate';
+import { UNPLUG_PHASE_SET } from './phase-sets.js';
 import { desiredDirections, routeFor } from './plan.js';
 
 /**
@@ -24,6 +25,8 @@ export interface VolumeView {
   direction: OperationKind | undefined;
   /** Its `status.volumeStatus` phase, when it has an entry with one. */
   phase: string | undefined;
+  /** Its entry names an attachment pod (it was attached, and may still be). */
+  attached: boolean;
   /** `status.nodeName`. */
   node: string | undefined;
   generation: number | undefined;
@@ -41,6 +44,7 @@ export function viewOf(
     vmiUID: vmi?.metadata.uid,
     direction: wanted?.operation,
     phase: wanted?.status?.phase,
+    attached: wanted?.status?.hotplugVolume?.attachPodName !== undefined,
     node: node === undefined || node === '' ? undefined : node,
     generation: vmi?.metadata.generation,
   };
@@ -50,21 +54,63 @@ export function viewOf(
 export const RESYNC_CAUSE = 'resync';
 /** The cause of a nudge from a VMI change. */
 export const SPEC_CAUSE = 'spec';
+/** The cause of the projector's nudge: a stage unplugged the volume while the spec wants it. */
+export const REVERSED_CAUSE = 'reversed';
+
+/** The id of the projector's nudge saying operation `operationId` was unplugged (reversed). */
+export const reversedNudgeId = (operationId: string): string => `reversed-${operationId}`;
 
 /** The event the runtime sends the decision machine for each spec-watcher work item. */
 export interface DecideEvent {
   type: 'decide';
   view: VolumeView;
-  /** What prompted the nudge: `spec` (a VMI change) or `resync`. */
+  /** What prompted the nudge: `spec` (a VMI change), `resync` or `reversed`. */
   cause: string;
+  /** The nudge's own id (its work item's `operationId`). */
+  nudgeId: string;
   /** The id a new operation gets, should the decision issue one (`newOperationId`). */
   newOperationId: string;
   receivedAt: number;
 }
 
+/** The spec-watcher's own work item: a nudge to decide one volume (the id names the nudge). */
+export function decisionNudge(
+  vmi: VirtualMachineInstance,
+  nudge: {
+    volume: string;
+    operation: OperationKind;
+    /** `spec` or `resync`. */
+    cause: string;
+    /** Names the nudge (`rv-<resourceVersion>`, `resync-<round>`): its `Nats-Msg-Id` dedups repeats. */
+    id: string;
+    now?: Date;
+  },
+): WorkItem {
+  const { volume, operation, cause, id: nudgeId, now = new Date() } = nudge;
+  const item: WorkItem = {
+    v: 1,
+    stage: Stage.SpecWatcher,
+    namespace: vmi.metadata.namespace ?? 'default',
+    vmi: vmi.metadata.name ?? '',
+    vmiUID: vmi.metadata.uid ?? '',
+    volume,
+    operationId: nudgeId,
+    operation,
+    cause,
+    issuedAt: now.toISOString(),
+  };
+  if (vmi.metadata.generation !== undefined) item.observedGeneration = vmi.metadata.generation;
+  return item;
+}
+
 export interface DecisionContext {
-  /** The operation last issued for the volume, with the VMI it was issued for. */
-  book: { operationId: string; operation: OperationKind; vmiUID: string } | undefined;
+  /**
+   * The operation last issued for the volume, with the VMI it was issued for and that VMI's
+   * generation then (absent in books written before it was kept).
+   */
+  book:
+    | { operationId: string; operation: OperationKind; vmiUID: string; generation?: number }
+    | undefined;
   wakeAt?: number;
 }
 
@@ -75,7 +121,14 @@ export function decideEvent(
   newOperationId: string,
   receivedAt: number,
 ): DecideEvent {
-  return { type: 'decide', view, cause: item.cause, newOperationId, receivedAt };
+  return {
+    type: 'decide',
+    view,
+    cause: item.cause,
+    nudgeId: item.operationId,
+    newOperationId,
+    receivedAt,
+  };
 }
 
 function workFor(
@@ -83,7 +136,7 @@ function workFor(
   ref: { operationId: string; operation: OperationKind; vmiUID: string },
   cause: string,
 ): StageEmitted | undefined {
-  const route = routeFor(ref.operation, view.phase, view.node);
+  const route = routeFor(ref.operation, view.phase, view.node, view.attached);
   if (route === undefined) return undefined;
   return nextWork({
     stage: route.stage,
@@ -97,6 +150,42 @@ function workFor(
     cause,
     ...(view.generation === undefined ? {} : { observedGeneration: view.generation }),
   });
+}
+
+/**
+ * Whether the stages unplugged the volume under a plug operation after it was issued: the spec
+ * changed since (a newer generation) and the status shows an unplug phase, so the volume left the
+ * spec and came back while this watcher did not see it (it was down, or its informer skipped
+ * the versions in between). The other stages act on the spec itself, so they detached it under
+ * the old operation; only a new one (its `requested` resets the entry) carries the re-add, since
+ * the old operation's facts are in the past (the status ignores plug facts in an unplug phase,
+ * and the stream drops a repeated fact of one operation).
+ */
+function unpluggedSince(book: NonNullable<DecisionContext['book']>, view: VolumeView): boolean {
+  return (
+    book.operation === 'plug' &&
+    view.phase !== undefined &&
+    UNPLUG_PHASE_SET.has(view.phase) &&
+    book.generation !== undefined &&
+    view.generation !== undefined &&
+    view.generation > book.generation
+  );
+}
+
+/**
+ * Whether the projector reported that the stages unplugged the volume under the book's plug
+ * operation (an unplug fact of it, while the spec wants the volume). That happens when the volume
+ * left the spec and came back while this watcher was down: the stages undid and redid the plug
+ * under the one operation, and the stream dropped the redo's facts as repeats, so the status
+ * shows the undo (no entry, or a `Ready` entry without a target). Only a new operation carries
+ * the re-add, as in {@link unpluggedSince}.
+ */
+function reversedUnder(book: NonNullable<DecisionContext['book']>, event: DecideEvent): boolean {
+  return (
+    event.cause === REVERSED_CAUSE &&
+    book.operation === 'plug' &&
+    event.nudgeId === reversedNudgeId(book.operationId)
+  );
 }
 
 export const decisionMachine = setup({
@@ -113,7 +202,9 @@ export const decisionMachine = setup({
     sameOperation: ({ context, event }) =>
       context.book !== undefined &&
       context.book.operation === event.view.direction &&
-      context.book.vmiUID === event.view.vmiUID,
+      context.book.vmiUID === event.view.vmiUID &&
+      !unpluggedSince(context.book, event.view) &&
+      !reversedUnder(context.book, event),
     isResync: ({ event }) => event.cause === RESYNC_CAUSE,
     wantsPlug: ({ event }) => event.view.direction === 'plug',
   },
@@ -124,6 +215,7 @@ export const decisionMachine = setup({
         operationId: event.newOperationId,
         operation: event.view.direction ?? 'plug',
         vmiUID: event.view.vmiUID ?? '',
+        ...(event.view.generation === undefined ? {} : { generation: event.view.generation }),
       }),
     }),
     /** The request fact of the operation just issued. */
@@ -146,7 +238,11 @@ export const decisionMachine = setup({
     dispatch: enqueueActions(({ context, event, enqueue }) => {
       const book = context.book!;
       const cause = book.operation === 'plug' ? EventType.Requested : EventType.UnplugRequested;
-      const work = workFor(event.view, book, cause);
+      // After a reversal the status shows what the undo left (a `Ready` without a target, say),
+      // not where the volume is: the whole chain confirms it again under the new operation.
+      const view =
+        event.cause === REVERSED_CAUSE ? { ...event.view, phase: undefined } : event.view;
+      const work = workFor(view, book, cause);
       if (work !== undefined) enqueue.emit(work);
     }),
     /** Resync: the current operation's work, again, for the stage that moves it next. */

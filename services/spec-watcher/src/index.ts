@@ -5,7 +5,7 @@ export { diffTemplateToVmi, templateVolumeChanges } from './template.js';
 export type { TemplateChanges } from './template.js';
 
 export { projectStatus, projectAll, statusEqual, buildStatusPatch } from './project.js';
-export type { ProjectionContext, Projection, KubeEvent } from './project.js';
+export type { NewestOperation, ProjectionContext, Projection, KubeEvent } from './project.js';
 
 export {
   planVolumeOperations,
@@ -31,7 +31,16 @@ export type {
 
 export { phaseRank, UNPLUG_PHASE_SET, HOTPLUG_ONLY_PHASES, IN_USE_PHASES } from './phase-sets.js';
 
-export { decisionMachine, decideEvent, viewOf, RESYNC_CAUSE, SPEC_CAUSE } from './decision.js';
+export {
+  decisionMachine,
+  decideEvent,
+  decisionNudge,
+  viewOf,
+  RESYNC_CAUSE,
+  REVERSED_CAUSE,
+  reversedNudgeId,
+  SPEC_CAUSE,
+} from './decision.js';
 export type { DecideEvent, DecisionContext, VolumeView } from './decision.js';
 
 export { ensureProjectorConsumer, startProjector, PROJECTOR_CONSUMER } from './projector.js';
@@ -40,7 +49,7 @@ export type { Projector, ProjectorOptions } from './projector.js';
 export { TemplateSync } from './declarative.js';
 export type { TemplateSyncOptions, TemplateSyncResult } from './declarative.js';
 
-export { startSpecWatcher, decisionNudge } from './service.js';
+export { startSpecWatcher } from './service.js';
 export type { SpecWatcherDeps, SpecWatcherService } from './service.js';
 
 export { defaults, parseConfig } from './config.js';

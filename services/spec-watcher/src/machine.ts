@@ -23,6 +23,8 @@ export interface VolumeMachineContext {
   volume: string;
   operationId: string;
   operation: 'plug' | 'unplug';
+  /** For an unplug: the newest plug operation before it, whose unplug facts still count. */
+  undoes?: string;
   target: string;
   failure?: { reason: string; message: string };
 }
@@ -54,7 +56,7 @@ const notProvided = (name: string) =>
 type PhaseName = VolumePhase;
 
 type Transition = {
-  guard: 'isCurrent' | 'isNewer';
+  guard: 'isCurrent' | 'isNewer' | 'isOfThisUnplug';
   target?: string;
   actions: Array<
     | 'adoptOperation'
@@ -71,7 +73,22 @@ function to(target: PhaseName): Transition {
   const actions: Transition['actions'] = ['adoptOperation', 'clearFailure'];
   if (target === 'Ready') actions.push('setTarget');
   if (target === 'UnMountedFromPod' || target === 'Detaching') actions.push('clearTarget');
-  return { guard: 'isCurrent', target, actions };
+  const unplugging = target === 'UnMountedFromPod' || target === 'Detaching';
+  return { guard: unplugging ? 'isOfThisUnplug' : 'isCurrent', target, actions };
+}
+
+/** The unplug facts: what a stage reports of a volume on its way out. */
+const UNPLUG_FACTS: ReadonlySet<string> = new Set([
+  'detached-from-domain',
+  'unmounted-from-pod',
+  'detaching',
+  'released',
+]);
+
+/** The direction an event drives, when it says (a `failed` keeps the current one). */
+function directionOf(type: EventType): 'plug' | 'unplug' | undefined {
+  if (type === 'unplug-requested' || UNPLUG_FACTS.has(type)) return 'unplug';
+  return type === 'failed' || type === 'removed' || type === 'import-progress' ? undefined : 'plug';
 }
 
 const FACT_OF: Partial<Record<PhaseName, EventType>> = {
@@ -150,13 +167,28 @@ export const volumePhaseMachine = setup({
     /** The event starts a newer operation. */
     isNewer: ({ context, event }) =>
       compareOperationIds(event.operationId, context.operationId) > 0,
+    /**
+     * An unplug fact that counts: of the current operation or a newer one, or, while the
+     * current one is an unplug, of any operation since the plug it undoes (the stages unplugged
+     * under that plug's id what left the spec while the watcher was not looking).
+     */
+    isOfThisUnplug: ({ context, event }) =>
+      compareOperationIds(event.operationId, context.operationId) >= 0 ||
+      (context.operation === 'unplug' &&
+        (context.undoes === undefined ||
+          compareOperationIds(event.operationId, context.undoes) >= 0)),
   },
   actions: {
-    adoptOperation: assign({
-      operationId: ({ context, event }) =>
-        compareOperationIds(event.operationId, context.operationId) > 0
-          ? event.operationId
-          : context.operationId,
+    adoptOperation: assign(({ context, event }) => {
+      if (compareOperationIds(event.operationId, context.operationId) <= 0) return {};
+      const operation = directionOf(event.type) ?? context.operation;
+      const undoes =
+        operation === 'plug'
+          ? undefined
+          : context.operation === 'plug'
+            ? context.operationId
+            : context.undoes;
+      return { operationId: event.operationId, operation, undoes };
     }),
     startPlug: assign({ operation: 'plug' as const, failure: undefined }),
     startUnplug: assign({ operation: 'unplug' as const }),
@@ -181,7 +213,7 @@ export const volumePhaseMachine = setup({
   initial: 'Pending',
   output: ({ context }) => ({ volume: context.volume, operationId: context.operationId }),
   on: {
-    released: { guard: 'isCurrent', target: '.gone', actions: 'adoptOperation' },
+    released: { guard: 'isOfThisUnplug', target: '.gone', actions: 'adoptOperation' },
     removed: { guard: 'isCurrent', target: '.gone', actions: 'adoptOperation' },
   },
   states: {
@@ -209,13 +241,19 @@ export const volumePhaseMachine = setup({
     }),
     MountedToPod: phase('MountedToPod', {
       ...forwardFrom(['MountedToPod', 'Ready']),
-      'detached-from-domain': { guard: 'isCurrent', actions: ['adoptOperation', 'clearTarget'] },
+      'detached-from-domain': {
+        guard: 'isOfThisUnplug',
+        actions: ['adoptOperation', 'clearTarget'],
+      },
       'unmounted-from-pod': to('UnMountedFromPod'),
       requested: { guard: 'isNewer', actions: ['adoptOperation', 'startPlug'] },
     }),
     Ready: phase('Ready', {
       ready: to('Ready'),
-      'detached-from-domain': { guard: 'isCurrent', actions: ['adoptOperation', 'clearTarget'] },
+      'detached-from-domain': {
+        guard: 'isOfThisUnplug',
+        actions: ['adoptOperation', 'clearTarget'],
+      },
       'unmounted-from-pod': to('UnMountedFromPod'),
       requested: { guard: 'isNewer', actions: ['adoptOperation', 'startPlug'] },
     }),

@@ -7,6 +7,7 @@ import type {
 } from '@plugline/contracts';
 import { EventType, Stage, VolumePhase } from '@plugline/contracts';
 import { diffVolumes, hotplugVolumesOf, isHotplugStatus } from './diff.js';
+import { UNPLUG_PHASE_SET } from './phase-sets.js';
 
 /** The operation spec-watcher last issued for a volume. */
 export interface OperationRef {
@@ -43,6 +44,12 @@ export interface SyncPlan {
 export function nextStageFor(
   operation: OperationKind,
   phase: string | undefined,
+  /**
+   * The entry names an attachment pod. An unplug of such a volume with no in-use phase (a re-add
+   * reset the entry, then the volume left again) goes down the whole chain: the launcher may
+   * still use it, and only the node stages can say it no longer does.
+   */
+  attached = false,
 ): Stage | undefined {
   if (operation === 'plug') {
     switch (phase) {
@@ -56,11 +63,12 @@ export function nextStageFor(
         return Stage.AttachmentOrchestrator;
     }
   }
-  return phase === VolumePhase.Ready ||
+  const inUse =
+    phase === VolumePhase.Ready ||
     phase === VolumePhase.MountedToPod ||
-    phase === VolumePhase.AttachedToNode
-    ? Stage.DomainUpdater
-    : Stage.AttachmentOrchestrator;
+    phase === VolumePhase.AttachedToNode;
+  const maybeInUse = attached && (phase === undefined || !UNPLUG_PHASE_SET.has(phase));
+  return inUse || maybeInUse ? Stage.DomainUpdater : Stage.AttachmentOrchestrator;
 }
 
 /** Where a nudge goes: a stage and, for node stages, the node. */
@@ -77,8 +85,9 @@ export function routeFor(
   operation: OperationKind,
   phase: string | undefined,
   node: string | undefined,
+  attached = false,
 ): Route | undefined {
-  const stage = nextStageFor(operation, phase);
+  const stage = nextStageFor(operation, phase, attached);
   if (stage === undefined) return undefined;
   if (stage === Stage.NodeMounter || stage === Stage.DomainUpdater) {
     return node === undefined || node === ''

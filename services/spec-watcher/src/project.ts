@@ -1,5 +1,6 @@
 import type {
   EventType,
+  OperationKind,
   PersistentVolumeClaimInfo,
   VolumeEvent,
   VolumePhase,
@@ -18,10 +19,22 @@ import type { JsonPatchOp } from './patch.js';
 import { canonicalJson } from './patch.js';
 import { IN_USE_PHASES, UNPLUG_PHASE_SET, phaseRank } from './phase-sets.js';
 
+/** The newest operation seen for a volume, and the direction it drives the volume. */
+export interface NewestOperation {
+  id: string;
+  /** From its request (`requested`, `unplug-requested`), else from the first of its events seen. */
+  direction: OperationKind;
+  /** For an unplug: the newest plug operation seen before it (what it undoes). */
+  undoes?: string;
+}
+
 /** What the projector knows besides the status: the newest operation seen per volume. */
 export interface ProjectionContext {
-  /** Volume name → the newest operation id seen for it. Events of older operations are stale. */
-  operations: Readonly<Record<string, string>>;
+  /**
+   * Volume name → the newest operation seen for it. Events of older operations are stale, except
+   * unplug facts while the newest operation is an unplug (see {@link isStale}).
+   */
+  operations: Readonly<Record<string, NewestOperation>>;
 }
 
 /** A Kubernetes Event to record on the VMI. */
@@ -37,7 +50,7 @@ export interface Projection {
   changed: boolean;
   k8sEvent?: KubeEvent;
   /** The context after this event (the event's operation adopted when it is newer). */
-  operations: Readonly<Record<string, string>>;
+  operations: Readonly<Record<string, NewestOperation>>;
   /** True when the event belonged to an older operation and was ignored. */
   stale: boolean;
 }
@@ -206,6 +219,51 @@ function applyEvent(
 }
 
 /**
+ * Whether `event` belongs to an operation older than `newest` and so changes nothing. An unplug
+ * fact of an older operation still counts while the newest operation is an unplug: the stages
+ * act on the spec, so when the volume left it while this watcher was not looking they unplugged
+ * it under the operation they last had (a plug), and the unplug issued after that carries no
+ * facts of its own — the work was done.
+ */
+function isStale(event: VolumeEvent, newest: NewestOperation | undefined): boolean {
+  const id = event.data.operationId;
+  if (newest === undefined || compareOperationIds(id, newest.id) >= 0) return false;
+  // Not a straggler of an unplug from before the plug that the newest unplug undoes.
+  const ofThisUnplug = newest.undoes === undefined || compareOperationIds(id, newest.undoes) >= 0;
+  return !(newest.direction === 'unplug' && isUnplugFact(event) && ofThisUnplug);
+}
+
+/** A stage's report that the volume went (part of the way) out: not a request, not `removed`. */
+export const isUnplugFact = (event: VolumeEvent): boolean => UNPLUG_FACTS.has(eventTypeOf(event));
+
+const UNPLUG_FACTS: ReadonlySet<EventType> = new Set<EventType>([
+  'detached-from-domain',
+  'unmounted-from-pod',
+  'detaching',
+  'released',
+]);
+
+/** The newest operation after `event` (not stale) was applied. */
+function newestAfter(
+  event: VolumeEvent,
+  newest: NewestOperation | undefined,
+): NewestOperation | undefined {
+  const { operationId: id, operation } = event.data;
+  const type = eventTypeOf(event);
+  const request: OperationKind | undefined =
+    type === 'requested' ? 'plug' : type === 'unplug-requested' ? 'unplug' : undefined;
+  if (newest !== undefined && compareOperationIds(id, newest.id) <= 0) {
+    // An older operation's unplug fact, or the newest's own event: its request fixes the direction.
+    if (id !== newest.id || request === undefined || request === newest.direction) return newest;
+    return request === 'plug' ? { id, direction: request } : { ...newest, direction: request };
+  }
+  const direction = request ?? operation;
+  if (direction === 'plug') return { id, direction };
+  const undoes = newest?.direction === 'plug' ? newest.id : newest?.undoes;
+  return undoes === undefined ? { id, direction } : { id, direction, undoes };
+}
+
+/**
  * The status reducer: the only way `status.volumeStatus` changes. Applies one event to the
  * current entries (KubeVirt's phase, reason, message, target, hotplugVolume and claim info),
  * ignoring events of an operation older than the newest one seen for the volume.
@@ -216,18 +274,20 @@ export function projectStatus(
   ctx: ProjectionContext,
 ): Projection {
   const { volume } = keyOfEvent(event);
-  const operationId = event.data.operationId;
   const known = ctx.operations[volume];
-  if (known !== undefined && compareOperationIds(operationId, known) < 0) {
+  if (isStale(event, known)) {
     return { next: [...current], changed: false, operations: ctx.operations, stale: true };
   }
   const type = eventTypeOf(event);
-  if (known === operationId && (type === 'requested' || type === 'unplug-requested')) {
+  if (
+    known?.id === event.data.operationId &&
+    (type === 'requested' || type === 'unplug-requested')
+  ) {
     // A repeated request of the current operation (a retried publish) changes nothing.
     return { next: [...current], changed: false, operations: ctx.operations, stale: false };
   }
-  const operations =
-    known === operationId ? ctx.operations : { ...ctx.operations, [volume]: operationId };
+  const newest = newestAfter(event, known);
+  const operations = newest === known ? ctx.operations : { ...ctx.operations, [volume]: newest! };
   const index = current.findIndex((s) => s.name === volume);
   const before = index === -1 ? undefined : current[index];
   const result = applyEvent(before, volume, event);
@@ -236,7 +296,8 @@ export function projectStatus(
     if (index !== -1) next.splice(index, 1);
   } else if (index === -1) next.push(result.entry);
   else next[index] = result.entry;
-  const changed = !statusEqual(current, next);
+  // Only this entry can differ: comparing it alone keeps an event O(1) in the list's length.
+  const changed = !entryEqual(before, result.entry);
   const projection: Projection = { next, changed, operations, stale: false };
   const k8sEvent = result.k8sEvent ?? phaseChangeEvent(before, result.entry);
   if (k8sEvent !== undefined && (changed || k8sEvent.type === KubeEventType.Warning))
@@ -261,7 +322,11 @@ export function projectAll(
   current: readonly VolumeStatus[],
   events: readonly VolumeEvent[],
   ctx: ProjectionContext = { operations: {} },
-): { next: VolumeStatus[]; operations: Readonly<Record<string, string>>; k8sEvents: KubeEvent[] } {
+): {
+  next: VolumeStatus[];
+  operations: ProjectionContext['operations'];
+  k8sEvents: KubeEvent[];
+} {
   let next = [...current];
   let operations = ctx.operations;
   const k8sEvents: KubeEvent[] = [];
@@ -276,6 +341,12 @@ export function projectAll(
 
 const byName = (a: VolumeStatus, b: VolumeStatus): number =>
   a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+
+/** Semantic equality of two entries (undefined: no entry). */
+function entryEqual(a: VolumeStatus | undefined, b: VolumeStatus | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a === b || canonicalJson(a) === canonicalJson(b);
+}
 
 /** Semantic equality of two `volumeStatus` lists: entry order and undefined members do not matter. */
 export function statusEqual(

@@ -21,8 +21,10 @@ import {
 import type { EventRecorder, Informer, StatusWriterOptions } from '@plugline/kube';
 import { StatusWriter } from '@plugline/kube';
 import { childLogger, Outcome, type Logger, type PluglineMetrics } from '@plugline/telemetry';
-import type { Projection } from './project.js';
-import { projectStatus } from './project.js';
+import type { Projection, ProjectionContext } from './project.js';
+import { decisionNudge, REVERSED_CAUSE, reversedNudgeId } from './decision.js';
+import { desiredDirections } from './plan.js';
+import { isUnplugFact, projectStatus } from './project.js';
 
 /** The projector's durable consumer on `PLUGLINE_EVENTS`. */
 export const PROJECTOR_CONSUMER = 'spec-watcher-projector';
@@ -79,8 +81,13 @@ export interface ProjectorOptions {
   publisher: Publisher;
   logger: Logger;
   metrics: PluglineMetrics;
-  /** Events in flight (across VMIs; one VMI's events are applied one at a time, in order). */
+  /**
+   * VMIs whose status is written at once (default 8). One VMI's events are applied in order, and
+   * the events waiting for it are applied together in one write.
+   */
   concurrency?: number;
+  /** Events held at once, waiting or being applied (default 16 × `concurrency`, at least 64). */
+  maxPending?: number;
   /** In-process attempts of a failing apply before the message is nak'ed (default 5). */
   attempts?: number;
   /** Pull request lifetime (default 5 s; see the bus README on 2.9). */
@@ -93,19 +100,56 @@ export interface ProjectorOptions {
 export interface Projector {
   /** True while the consumer is bound and the connection is up. */
   bound(): boolean;
+  /** The VMI `namespace/name` was deleted: drops what the projector remembers of it. */
+  forget(namespace: string, name: string): void;
   /** Stops pulling and lets the events in flight finish. */
   stop(): Promise<void>;
 }
 
-type ApplyOutcome = 'applied' | 'unchanged' | 'stale' | 'gone';
+/** A decoded event with the message that carried it. */
+interface Delivery {
+  msg: JsMsg;
+  event: VolumeEvent;
+}
+
+/** What applying one event did to the status. */
+type EventOutcome = { event: VolumeEvent; projection: Projection | undefined };
+
+/** A counting semaphore. */
+class Slots {
+  #free: number;
+  readonly #waiters: (() => void)[] = [];
+
+  constructor(size: number) {
+    this.#free = Math.max(1, size);
+  }
+
+  async acquire(): Promise<void> {
+    if (this.#free > 0) {
+      this.#free--;
+      return;
+    }
+    await new Promise<void>((resolve) => this.#waiters.push(resolve));
+  }
+
+  release(): void {
+    const next = this.#waiters.shift();
+    if (next) next();
+    else this.#free++;
+  }
+}
 
 /**
  * The status projector: the only writer of `vmi.status.volumeStatus` and of the Kubernetes Events
- * on VMIs. Consumes every event; per event, projects it onto the VMI's status with
- * {@link projectStatus} through {@link StatusWriter} (resourceVersion-guarded, conflict retries,
- * no write when nothing changed), then records the Event (Normal per phase change, Warning
- * `HotplugFailed`, Normal `VolumeUnplugged`). On `released` it publishes `removed`. Malformed
- * events are dead-lettered on `plugline.v1.dlq.spec-watcher` and terminated.
+ * on VMIs. Consumes every event; projects a VMI's events onto its status with
+ * {@link projectStatus}, in arrival order, through {@link StatusWriter} (resourceVersion-guarded,
+ * conflict retries, no write when nothing changed), then records the Events (Normal per phase
+ * change, Warning `HotplugFailed`, Normal `VolumeUnplugged`). On `released` it publishes
+ * `removed`. Malformed events are dead-lettered on `plugline.v1.dlq.spec-watcher` and terminated.
+ *
+ * The events that arrive for a VMI while its status is being written wait, and are then applied
+ * together in one write (issue 10): a burst costs a write per batch, not one per event, each of
+ * which rewrote the whole list and woke every informer of VMIs.
  */
 export async function startProjector(options: ProjectorOptions): Promise<Projector> {
   const projector = new StatusProjector(options);
@@ -113,27 +157,40 @@ export async function startProjector(options: ProjectorOptions): Promise<Project
   return projector;
 }
 
+/** When a message that could not be projected comes back: 1 s, doubling per delivery, ≤ 30 s. */
+function redeliveryDelay(msg: JsMsg): number {
+  return Math.min(30_000, 1000 * 2 ** Math.min(5, msg.info.deliveryCount - 1));
+}
+
+/** The most events applied in one status write. */
+const MAX_BATCH = 256;
+
 class StatusProjector implements Projector {
   readonly #o: ProjectorOptions;
   readonly #log: Logger;
   readonly #writer: StatusWriter;
   readonly #shutdown = new AbortController();
-  readonly #tails = new Map<string, Promise<void>>();
+  /** Per VMI (`ns/name`): the events waiting to be applied; present while a drain runs. */
+  readonly #queues = new Map<string, JsMsg[]>();
   readonly #running = new Set<Promise<void>>();
   /** Per VMI (`ns/name`): the newest operation seen per volume (stale events are ignored). */
-  readonly #operations = new Map<string, Readonly<Record<string, string>>>();
+  readonly #operations = new Map<string, ProjectionContext['operations']>();
   /** Per VMI: the resourceVersion of the projector's own last status write. */
   readonly #written = new Map<string, string>();
+  /** Events held (waiting or being applied). */
+  readonly #held: Slots;
+  /** VMIs being written. */
+  readonly #writers: Slots;
   #messages: ConsumerMessages | undefined;
-  #free: number;
-  #waiters: (() => void)[] = [];
   #loop: Promise<void> = Promise.resolve();
   #stopping: Promise<void> | undefined;
 
   constructor(options: ProjectorOptions) {
     this.#o = options;
     this.#log = childLogger(options.logger, { component: 'projector' });
-    this.#free = options.concurrency ?? 8;
+    const concurrency = options.concurrency ?? 8;
+    this.#writers = new Slots(concurrency);
+    this.#held = new Slots(this.#maxPending());
     const client = options.client;
     this.#writer = new StatusWriter({
       client: {
@@ -148,6 +205,10 @@ class StatusProjector implements Projector {
       ...(options.vmis === undefined ? {} : { informer: this.#freshCache(options.vmis) }),
       logger: this.#log,
     });
+  }
+
+  #maxPending(): number {
+    return this.#o.maxPending ?? Math.max((this.#o.concurrency ?? 8) * 16, 64);
   }
 
   /** The cache, when it shows this projector's last write (else the writer GETs). */
@@ -173,9 +234,8 @@ class StatusProjector implements Projector {
 
   async start(): Promise<void> {
     const consumer = await this.#o.bus.js.consumers.get(StreamName.Events, PROJECTOR_CONSUMER);
-    const concurrency = this.#o.concurrency ?? 8;
     this.#messages = await consumer.consume({
-      max_messages: Math.max(concurrency * 4, 16),
+      max_messages: this.#maxPending(),
       expires: Math.max(1000, this.#o.pullExpiresMs ?? 5000),
     });
     this.#loop = this.#run(this.#messages);
@@ -185,6 +245,12 @@ class StatusProjector implements Projector {
     return (
       this.#messages !== undefined && !this.#shutdown.signal.aborted && this.#o.bus.connected()
     );
+  }
+
+  forget(namespace: string, name: string): void {
+    const key = `${namespace}/${name}`;
+    this.#operations.delete(key);
+    this.#written.delete(key);
   }
 
   stop(): Promise<void> {
@@ -203,46 +269,49 @@ class StatusProjector implements Projector {
           msg.nak();
           continue;
         }
-        await this.#acquire();
-        const task = this.#inOrder(msg).finally(() => {
-          this.#release();
-          this.#running.delete(task);
-        });
-        this.#running.add(task);
+        await this.#held.acquire();
+        this.#enqueue(msg);
       }
     } catch (err) {
       this.#log.error({ err }, 'the projector loop failed');
     } finally {
-      await Promise.allSettled([...this.#running]);
+      while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
     }
   }
 
-  async #acquire(): Promise<void> {
-    if (this.#free > 0) {
-      this.#free--;
-      return;
-    }
-    await new Promise<void>((resolve) => this.#waiters.push(resolve));
-  }
-
-  #release(): void {
-    const next = this.#waiters.shift();
-    if (next) next();
-    else this.#free++;
-  }
-
-  /** Serialises the events of one VMI in arrival order; different VMIs run side by side. */
-  async #inOrder(msg: JsMsg): Promise<void> {
+  /** Queues the event behind its VMI's others; starts draining the VMI if nothing does. */
+  #enqueue(msg: JsMsg): void {
     const parsed = parseEventSubject(msg.subject);
     const key = parsed.ok ? `${parsed.value.namespace}/${parsed.value.vmi}` : `?${msg.subject}`;
-    const previous = this.#tails.get(key) ?? Promise.resolve();
-    const mine = previous.then(() => this.#handle(msg));
-    const tail = mine.catch(() => undefined);
-    this.#tails.set(key, tail);
+    const waiting = this.#queues.get(key);
+    if (waiting !== undefined) {
+      waiting.push(msg);
+      return;
+    }
+    const queue = [msg];
+    this.#queues.set(key, queue);
+    const task = this.#drain(key, queue).finally(() => this.#running.delete(task));
+    this.#running.add(task);
+  }
+
+  /** Applies the VMI's waiting events, a batch at a time, until none is left. */
+  async #drain(key: string, queue: JsMsg[]): Promise<void> {
     try {
-      await mine;
+      while (queue.length > 0) {
+        await this.#writers.acquire();
+        // Let the events already pulled join the batch before it is taken.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        const batch = queue.splice(0, MAX_BATCH);
+        try {
+          await this.#handleBatch(batch);
+        } finally {
+          this.#writers.release();
+          for (let i = 0; i < batch.length; i++) this.#held.release();
+        }
+      }
     } finally {
-      if (this.#tails.get(key) === tail) this.#tails.delete(key);
+      // No await between the last empty check and this: a new event starts a new drain.
+      this.#queues.delete(key);
     }
   }
 
@@ -270,84 +339,148 @@ class StatusProjector implements Projector {
     return decoded;
   }
 
-  async #handle(msg: JsMsg): Promise<void> {
-    const decoded = this.#decode(msg);
-    if (!decoded.ok) {
-      await this.#deadLetter(msg, decoded.error);
-      return;
+  /** One VMI's events, in order: malformed ones dead-lettered, the others applied in one write. */
+  async #handleBatch(batch: readonly JsMsg[]): Promise<void> {
+    const deliveries: Delivery[] = [];
+    for (const msg of batch) {
+      const decoded = this.#decode(msg);
+      if (decoded.ok) deliveries.push({ msg, event: decoded.value });
+      else await this.#deadLetter(msg, decoded.error);
     }
-    const event = decoded.value;
-    const key = keyOfEvent(event);
-    const log = childLogger(this.#log, {
-      namespace: key.namespace,
-      vmi: key.vmi,
-      volume: key.volume,
-      operationId: event.data.operationId,
-      type: eventTypeOf(event),
-    });
-    const keepAlive = setInterval(() => msg.working(), 5000);
-    const attempts = this.#o.attempts ?? 5;
+    if (deliveries.length === 0) return;
+    const first = keyOfEvent(deliveries[0]!.event);
+    const log = childLogger(this.#log, { namespace: first.namespace, vmi: first.vmi });
+    const keepAlive = setInterval(() => {
+      for (const d of deliveries) d.msg.working();
+    }, 5000);
+    const handled = (outcome: Outcome) =>
+      this.#o.metrics.messagesHandled.inc({ stage: Stage.SpecWatcher, outcome }, deliveries.length);
     try {
-      for (let attempt = 1; ; attempt++) {
-        try {
-          const outcome = await this.#apply(event, log);
-          log.debug({ outcome }, 'event projected');
-          msg.ack();
-          this.#o.metrics.messagesHandled.inc({ stage: Stage.SpecWatcher, outcome: Outcome.Done });
-          return;
-        } catch (err) {
-          if (attempt >= attempts || this.#shutdown.signal.aborted) {
-            log.warn({ err, attempt }, 'could not project the event; redelivering later');
-            msg.nak(Math.min(30_000, 1000 * 2 ** Math.min(5, msg.info.deliveryCount - 1)));
-            this.#o.metrics.messagesHandled.inc({
-              stage: Stage.SpecWatcher,
-              outcome: Outcome.Retry,
-            });
-            return;
-          }
-          log.debug({ err, attempt }, 'projecting the event failed; retrying');
-          // Retried in place, so the VMI's later events wait: its events stay in order.
-          await abortableDelay(50 * 2 ** attempt, this.#shutdown.signal);
-        }
-      }
+      const wrote = await this.#applyRetrying(
+        deliveries.map((d) => d.event),
+        log,
+      );
+      log.debug({ events: deliveries.length, wrote }, 'events projected');
+      for (const d of deliveries) d.msg.ack();
+      handled(Outcome.Done);
+    } catch (err) {
+      log.warn(
+        { err, events: deliveries.length },
+        'could not project the events; redelivering later',
+      );
+      for (const { msg } of deliveries) msg.nak(redeliveryDelay(msg));
+      handled(Outcome.Retry);
     } finally {
       clearInterval(keepAlive);
     }
   }
 
-  async #apply(event: VolumeEvent, log: Logger): Promise<ApplyOutcome> {
-    const { namespace, vmi: name } = keyOfEvent(event);
-    const vmiKey = `${namespace}/${name}`;
-    const type = eventTypeOf(event);
-    const known = this.#operations.get(vmiKey) ?? {};
-    let projection: Projection | undefined;
-    let object: VirtualMachineInstance | undefined;
-    let outcome: ApplyOutcome;
-    try {
-      const wrote = await this.#writer.writeVolumeStatus(namespace, name, (current, vmi) => {
-        object = vmi;
-        projection = undefined;
-        // An event of an earlier VMI of the same name changes nothing.
-        if (vmi.metadata.uid !== event.data.vmiUID) return current;
-        projection = projectStatus(current, event, { operations: known });
-        return projection.next;
-      });
-      outcome =
-        projection === undefined || projection.stale ? 'stale' : wrote ? 'applied' : 'unchanged';
-    } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-      outcome = 'gone';
-    }
-    const p: Projection | undefined = projection;
-    if (p !== undefined && !p.stale) {
-      this.#remember(this.#operations, vmiKey, p.operations);
-      if (p.k8sEvent !== undefined && object !== undefined) {
-        const e = p.k8sEvent;
-        await this.#o.recorder.record(object, e.type, e.reason, e.message);
+  /** {@link #apply}, tried `attempts` times in place (the VMI's later events wait: order holds). */
+  async #applyRetrying(events: readonly VolumeEvent[], log: Logger): Promise<boolean> {
+    const attempts = this.#o.attempts ?? 5;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#apply(events, log);
+      } catch (err) {
+        if (attempt >= attempts || this.#shutdown.signal.aborted) throw err;
+        log.debug({ err, attempt }, 'projecting the events failed; retrying');
+        await abortableDelay(50 * 2 ** attempt, this.#shutdown.signal);
       }
     }
-    if (type === EventType.Released && outcome !== 'stale') await this.#removed(event, log);
-    return outcome;
+  }
+
+  /**
+   * Applies one VMI's events, in order, in one status write (none when nothing changed), then
+   * records their Kubernetes Events and publishes `removed` for each `released`. Resolves true
+   * when it wrote.
+   */
+  async #apply(events: readonly VolumeEvent[], log: Logger): Promise<boolean> {
+    const { namespace, vmi: name } = keyOfEvent(events[0]!);
+    const vmiKey = `${namespace}/${name}`;
+    const known = this.#operations.get(vmiKey) ?? {};
+    let outcomes: EventOutcome[] = [];
+    let operations = known;
+    let object: VirtualMachineInstance | undefined;
+    let gone = false;
+    let wrote = false;
+    try {
+      wrote = await this.#writer.writeVolumeStatus(namespace, name, (current, vmi) => {
+        object = vmi;
+        operations = known;
+        outcomes = [];
+        let next = current;
+        for (const event of events) {
+          // An event of an earlier VMI of the same name changes nothing.
+          if (vmi.metadata.uid !== event.data.vmiUID) {
+            outcomes.push({ event, projection: undefined });
+            continue;
+          }
+          const projection = projectStatus(next, event, { operations });
+          outcomes.push({ event, projection });
+          if (projection.stale) continue;
+          next = projection.next;
+          operations = projection.operations;
+        }
+        return next;
+      });
+    } catch (err) {
+      if (!(err instanceof NotFoundError)) throw err;
+      gone = true;
+    }
+    if (operations !== known) this.#remember(this.#operations, vmiKey, operations);
+    const effects: Promise<void>[] = [];
+    if (object !== undefined) {
+      for (const { projection } of outcomes) {
+        const e = projection?.stale === false ? projection.k8sEvent : undefined;
+        if (e !== undefined)
+          effects.push(this.#o.recorder.record(object, e.type, e.reason, e.message));
+      }
+    }
+    const released = gone
+      ? events.filter((e) => eventTypeOf(e) === EventType.Released)
+      : outcomes
+          .filter(
+            ({ event, projection }) =>
+              eventTypeOf(event) === EventType.Released && projection?.stale === false,
+          )
+          .map(({ event }) => event);
+    for (const event of released) effects.push(this.#removed(event, log));
+    if (object !== undefined && !gone) effects.push(...this.#reportReversals(object, outcomes));
+    await Promise.all(effects);
+    return wrote;
+  }
+
+  /**
+   * Nudges the decision of each volume the spec wants whose stages reported unplugging it (an
+   * applied unplug fact), naming the operation they unplugged under: when that is the decision's
+   * current plug, the volume left the spec and came back unseen, and only a new operation
+   * restores its status (see `reversedUnder` in decision.ts). A quick re-add that the decision
+   * already saw names an older operation, and the nudge changes nothing.
+   */
+  #reportReversals(
+    vmi: VirtualMachineInstance,
+    outcomes: readonly EventOutcome[],
+  ): Promise<void>[] {
+    let wanted: ReadonlyMap<string, { operation: string }> | undefined;
+    const reported = new Set<string>();
+    const nudges: Promise<void>[] = [];
+    for (const { event, projection } of outcomes) {
+      if (projection?.stale !== false || !isUnplugFact(event)) continue;
+      const { volume } = keyOfEvent(event);
+      const operationId = event.data.operationId;
+      wanted ??= desiredDirections(vmi);
+      if (wanted.get(volume)?.operation !== 'plug' || reported.has(`${volume}/${operationId}`))
+        continue;
+      reported.add(`${volume}/${operationId}`);
+      const item = decisionNudge(vmi, {
+        volume,
+        operation: 'plug',
+        cause: REVERSED_CAUSE,
+        id: reversedNudgeId(operationId),
+      });
+      nudges.push(this.#o.publisher.publishWork(item, this.#shutdown.signal).then(() => undefined));
+    }
+    return nudges;
   }
 
   /** The `removed` fact: the status entry of an unplugged volume is gone. */
@@ -368,7 +501,7 @@ class StatusProjector implements Projector {
       ...(released.traceparent === undefined ? {} : { traceparent: released.traceparent }),
     });
     await this.#o.publisher.publishEvent(event, this.#shutdown.signal);
-    log.debug('published removed');
+    log.debug({ volume, operationId: released.data.operationId }, 'published removed');
   }
 
   async #deadLetter(msg: JsMsg, error: MalformedMessageError): Promise<void> {

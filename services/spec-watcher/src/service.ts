@@ -1,12 +1,7 @@
 import { connectBus, provision, Publisher, runStage } from '@plugline/bus';
 import type { Bus, StageRunner } from '@plugline/bus';
 import { NotFoundError, Stage } from '@plugline/contracts';
-import type {
-  OperationKind,
-  VirtualMachine,
-  VirtualMachineInstance,
-  WorkItem,
-} from '@plugline/contracts';
+import type { VirtualMachine, VirtualMachineInstance, WorkItem } from '@plugline/contracts';
 import {
   createInformer,
   EventRecorder,
@@ -22,12 +17,14 @@ import { TemplateSync } from './declarative.js';
 import {
   decideEvent,
   decisionMachine,
+  decisionNudge,
   RESYNC_CAUSE,
   SPEC_CAUSE,
   viewOf,
   type VolumeView,
 } from './decision.js';
 import { diffVolumes } from './diff.js';
+import { NudgeLedger, type NudgeTarget } from './nudges.js';
 import { newOperationId } from './operations.js';
 import { desiredDirections } from './plan.js';
 import { ensureProjectorConsumer, startProjector, type Projector } from './projector.js';
@@ -65,36 +62,6 @@ export interface SpecWatcherService {
 type VmiInformer = Informer<VirtualMachineInstance>;
 type VmInformer = Informer<VirtualMachine>;
 
-/** The spec-watcher's own work item: a nudge to decide one volume (the id names the nudge). */
-export function decisionNudge(
-  vmi: VirtualMachineInstance,
-  nudge: {
-    volume: string;
-    operation: OperationKind;
-    /** `spec` or `resync`. */
-    cause: string;
-    /** Names the nudge (`rv-<resourceVersion>`, `resync-<round>`): its `Nats-Msg-Id` dedups repeats. */
-    id: string;
-    now?: Date;
-  },
-): WorkItem {
-  const { volume, operation, cause, id: nudgeId, now = new Date() } = nudge;
-  const item: WorkItem = {
-    v: 1,
-    stage: Stage.SpecWatcher,
-    namespace: vmi.metadata.namespace ?? 'default',
-    vmi: vmi.metadata.name ?? '',
-    vmiUID: vmi.metadata.uid ?? '',
-    volume,
-    operationId: nudgeId,
-    operation,
-    cause,
-    issuedAt: now.toISOString(),
-  };
-  if (vmi.metadata.generation !== undefined) item.observedGeneration = vmi.metadata.generation;
-  return item;
-}
-
 /**
  * The VMI as it is now: the cache, unless it may lag behind what the nudge's sender saw (an
  * older generation, or absent) — then the API server. Undefined when the VMI does not exist.
@@ -123,37 +90,59 @@ interface Wiring {
   vms: VmInformer;
   publisher: Publisher;
   templateSync: TemplateSync;
+  /** What each VMI's diff held when it was last nudged. */
+  nudged: NudgeLedger;
   log: Logger;
   signal: AbortSignal;
 }
 
-function publishNudges(w: Wiring, items: readonly WorkItem[]): Promise<void>[] {
+function publishNudges(
+  w: Wiring,
+  items: readonly WorkItem[],
+  onLost: (item: WorkItem) => void = () => undefined,
+): Promise<void>[] {
   return items.map((item) =>
     w.publisher.publishWork(item, w.signal).then(
       () => undefined,
       (err: unknown) => {
+        onLost(item);
         if (!w.signal.aborted) w.log.warn({ err, volume: item.volume }, 'could not nudge');
       },
     ),
   );
 }
 
-/** A VMI changed: nudge the decision of each volume whose status does not reflect its spec yet. */
+/** The VMI's diff as (operation, volume) pairs. */
+function diffTargets(vmi: VirtualMachineInstance): NudgeTarget[] {
+  const diff = diffVolumes(vmi);
+  return [
+    ...diff.plug.map((v): NudgeTarget => ({ operation: 'plug', volume: v.name })),
+    ...diff.unplug.map((s): NudgeTarget => ({ operation: 'unplug', volume: s.name })),
+  ];
+}
+
+/**
+ * A VMI changed: nudge the decision of each volume that has newly entered the diff (its status
+ * does not reflect its spec). Volumes nudged on an earlier update and still in the diff are not
+ * nudged again: their decision already ran on a view at least as new as that update, and a
+ * status write does not change what it decides (issue 10: re-nudging them made a burst O(n²)).
+ */
 function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
   const uid = vmi.metadata.uid;
-  if (uid === undefined || vmi.metadata.deletionTimestamp !== undefined) return;
-  const diff = diffVolumes(vmi);
-  if (diff.plug.length > 0 || diff.unplug.length > 0) {
-    const nudgeId = `rv-${vmi.metadata.resourceVersion ?? '0'}`;
-    const items = [
-      ...diff.plug.map((v) =>
-        decisionNudge(vmi, { volume: v.name, operation: 'plug', cause: SPEC_CAUSE, id: nudgeId }),
-      ),
-      ...diff.unplug.map((s) =>
-        decisionNudge(vmi, { volume: s.name, operation: 'unplug', cause: SPEC_CAUSE, id: nudgeId }),
-      ),
-    ];
-    void Promise.all(publishNudges(w, items));
+  if (uid === undefined) return;
+  if (vmi.metadata.deletionTimestamp !== undefined) {
+    w.nudged.forget(uid);
+    return;
+  }
+  const fresh = w.nudged.fresh(uid, diffTargets(vmi));
+  if (fresh.length > 0) {
+    const id = `rv-${vmi.metadata.resourceVersion ?? '0'}`;
+    const items = fresh.map(({ volume, operation }) =>
+      decisionNudge(vmi, { volume, operation, cause: SPEC_CAUSE, id }),
+    );
+    const lost = (item: WorkItem) =>
+      w.nudged.unsent(uid, { operation: item.operation, volume: item.volume });
+    void Promise.all(publishNudges(w, items, lost));
   }
   const { namespace = 'default', name = '' } = vmi.metadata;
   if (w.vms.get(namespace, name) !== undefined) w.templateSync.nudge(namespace, name);
@@ -166,13 +155,16 @@ function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
 async function resyncAll(w: Wiring, now: Date = new Date()): Promise<number> {
   const round = `resync-${now.getTime().toString(36)}`;
   const items: WorkItem[] = [];
+  const live = new Set<string>();
   for (const vmi of w.vmis.list()) {
     if (vmi.metadata.uid === undefined || vmi.metadata.deletionTimestamp !== undefined) continue;
+    live.add(vmi.metadata.uid);
     for (const [volume, { operation, status }] of desiredDirections(vmi)) {
       if (operation === 'plug' && status?.phase === 'Ready') continue;
       items.push(decisionNudge(vmi, { volume, operation, cause: RESYNC_CAUSE, id: round, now }));
     }
   }
+  w.nudged.retainOnly(live);
   for (const vm of w.vms.list()) {
     const { namespace = 'default', name = '' } = vm.metadata;
     if (w.vmis.get(namespace, name) !== undefined) w.templateSync.nudge(namespace, name);
@@ -228,7 +220,15 @@ export async function startSpecWatcher(
     const client = new KubeClient({ kc, fieldManager: 'spec-watcher', logger: log });
     const publisher = new Publisher(bus, { logger: log, metrics });
     const templateSync = new TemplateSync({ client, vms, vmis, logger: log });
-    const w: Wiring = { vmis, vms, publisher, templateSync, log, signal: shutdown.signal };
+    const w: Wiring = {
+      vmis,
+      vms,
+      publisher,
+      templateSync,
+      nudged: new NudgeLedger(),
+      log,
+      signal: shutdown.signal,
+    };
     vmis.onAdd((vmi) => onVmiChange(w, vmi));
     vmis.onUpdate((vmi) => onVmiChange(w, vmi));
     const onVm = (vm: VirtualMachine) => {
@@ -273,6 +273,12 @@ export async function startSpecWatcher(
       logger: log,
       metrics,
       concurrency: config.concurrency,
+    });
+    const projectorOf = projector;
+    vmis.onDelete((vmi) => {
+      const { uid, namespace = 'default', name = '' } = vmi.metadata;
+      if (uid !== undefined) w.nudged.forget(uid);
+      projectorOf.forget(namespace, name);
     });
     await resyncAll(w);
     const timer = setInterval(() => {

@@ -3,7 +3,14 @@ import type { OperationKind } from '@plugline/contracts';
 import { createActor } from 'xstate';
 import { describe, expect, it } from 'vitest';
 import type { DecideEvent, DecisionContext, VolumeView } from '../src/index.js';
-import { decisionMachine, RESYNC_CAUSE, SPEC_CAUSE, viewOf } from '../src/index.js';
+import {
+  decisionMachine,
+  RESYNC_CAUSE,
+  REVERSED_CAUSE,
+  reversedNudgeId,
+  SPEC_CAUSE,
+  viewOf,
+} from '../src/index.js';
 import { hotplugStatus, vmi, withHotplugPVC, withVolumeStatus } from './fixtures.js';
 import { coverage, type CoverageSnapshot as Snap } from '@plugline/testkit';
 
@@ -26,6 +33,7 @@ function view(
     vmiUID,
     direction,
     phase,
+    attached: false,
     node,
     generation: 4,
   };
@@ -40,6 +48,7 @@ const events = (): DecideEvent[] =>
             type: 'decide' as const,
             view: view(direction, uid, phase, node),
             cause,
+            nudgeId: 'rv-1',
             newOperationId: 'op-new',
             receivedAt: 0,
           })),
@@ -123,6 +132,7 @@ describe('decisionMachine over every path (@xstate/graph)', () => {
       type: 'decide',
       view: view('plug', 'uid-a', undefined, 'node-1'),
       cause: SPEC_CAUSE,
+      nudgeId: 'rv-1',
       newOperationId: 'op-1',
       receivedAt: 0,
     });
@@ -136,12 +146,93 @@ describe('decisionMachine over every path (@xstate/graph)', () => {
         type: 'decide',
         view: view('plug', 'uid-a', phase, 'node-1'),
         cause,
+        nudgeId: 'rv-2',
         newOperationId: 'op-2',
         receivedAt: 0,
       });
     again(SPEC_CAUSE);
     again(RESYNC_CAUSE, 'AttachedToNode');
     expect(seen).toEqual(['work:node-mounter:node-1:op-1:resync']);
+  });
+
+  it('a volume unplugged and re-added while the watcher did not look gets a new operation', () => {
+    const actor = createActor(decisionMachine).start();
+    const seen: string[] = [];
+    actor.on('*', (e) => seen.push(render(e)));
+    const decide = (phase: string | undefined, generation: number, id: string): void =>
+      actor.send({
+        type: 'decide',
+        view: { ...view('plug', 'uid-a', phase, 'node-1'), generation },
+        cause: RESYNC_CAUSE,
+        nudgeId: 'resync-1',
+        newOperationId: id,
+        receivedAt: 0,
+      });
+    decide(undefined, 4, 'op-1');
+    // The same generation in an unplug phase: the re-add op-1 announced is not projected yet.
+    decide('UnMountedFromPod', 4, 'op-2');
+    // A newer spec and the stages unplugged it under op-1: op-1 is over, a re-add starts.
+    decide('Detaching', 6, 'op-3');
+    decide('Detaching', 6, 'op-4');
+    expect(seen).toEqual([
+      'fact:requested:op-1',
+      'work:attachment-orchestrator:_:op-1:requested',
+      'work:attachment-orchestrator:_:op-1:resync',
+      'fact:requested:op-3',
+      'work:attachment-orchestrator:_:op-3:requested',
+      'work:attachment-orchestrator:_:op-3:resync',
+    ]);
+  });
+});
+
+describe('a plug reversed under its own operation', () => {
+  it('gets a new operation once, when the projector says the stages unplugged that operation', () => {
+    const actor = createActor(decisionMachine).start();
+    const seen: string[] = [];
+    actor.on('*', (e) => seen.push(render(e)));
+    const decide = (cause: string, nudgeId: string, id: string, phase?: string): void =>
+      actor.send({
+        type: 'decide',
+        view: view('plug', 'uid-a', phase, 'node-1'),
+        cause,
+        nudgeId,
+        newOperationId: id,
+        receivedAt: 0,
+      });
+    decide(SPEC_CAUSE, 'rv-1', 'op-1');
+    // The stages unplugged and re-plugged under op-1: the status lost the entry.
+    decide(REVERSED_CAUSE, reversedNudgeId('op-1'), 'op-2');
+    // A late report about op-1 (op-2 is the book now) and a plain spec nudge change nothing.
+    decide(REVERSED_CAUSE, reversedNudgeId('op-1'), 'op-3');
+    decide(SPEC_CAUSE, 'rv-2', 'op-4', 'AttachedToNode');
+    expect(seen).toEqual([
+      'fact:requested:op-1',
+      'work:attachment-orchestrator:_:op-1:requested',
+      'fact:requested:op-2',
+      'work:attachment-orchestrator:_:op-2:requested',
+    ]);
+  });
+
+  it('an unplug operation is not re-issued by a report about it', () => {
+    const actor = createActor(decisionMachine).start();
+    const seen: string[] = [];
+    actor.on('*', (e) => seen.push(render(e)));
+    for (const [cause, nudgeId, id] of [
+      [SPEC_CAUSE, 'rv-1', 'op-1'],
+      [REVERSED_CAUSE, reversedNudgeId('op-1'), 'op-2'],
+    ] as const)
+      actor.send({
+        type: 'decide',
+        view: view('unplug', 'uid-a', 'Ready', 'node-1'),
+        cause,
+        nudgeId,
+        newOperationId: id,
+        receivedAt: 0,
+      });
+    expect(seen).toEqual([
+      'fact:unplug-requested:op-1',
+      'work:domain-updater:node-1:op-1:unplug-requested',
+    ]);
   });
 });
 

@@ -33,8 +33,8 @@ const events = (): PhaseEvent[] =>
     })),
   );
 const serializeState = (s: { value: unknown; context: unknown; status: string }) => {
-  const c = s.context as { operationId: string; operation: string };
-  return JSON.stringify([s.value, c.operationId, c.operation, s.status]);
+  const c = s.context as { operationId: string; operation: string; undoes?: string };
+  return JSON.stringify([s.value, c.operationId, c.operation, c.undoes, s.status]);
 };
 const input = { volume: 'd1', operationId: 'op-1' };
 

@@ -118,4 +118,13 @@ describe('operation ids and stages', () => {
   ] as const)('%s at %s → %s', (op, phase, stage) => {
     expect(nextStageFor(op, phase)).toBe(stage);
   });
+  it.each([
+    [undefined, 'domain-updater'],
+    ['Bound', 'domain-updater'],
+    ['UnMountedFromPod', 'attachment-orchestrator'],
+    ['Detaching', 'attachment-orchestrator'],
+  ] as const)('unplug of a volume whose entry names a pod, at %s → %s', (phase, stage) => {
+    // A re-add reset the entry, then the volume left again: the launcher may still use it.
+    expect(nextStageFor('unplug', phase, true)).toBe(stage);
+  });
 });

@@ -252,6 +252,41 @@ describe('remove then immediately re-add (#16159)', () => {
   });
 });
 
+describe('an unplug the stages did under the plug operation (the watcher was down)', () => {
+  const unpluggedUnderPlug = (volume: string, op: string) =>
+    unplugFacts(volume, op).filter((e) => !e.type.endsWith('.unplug-requested'));
+
+  it('still removes the entry after the unplug the watcher issued on its return', () => {
+    const ready = projectAll([], plugFacts('d1', 'op-1'));
+    const end = projectAll(
+      ready.next,
+      [
+        event('unplug-requested', 'd1', 'op-2'),
+        event('ready', 'd1', 'op-1', { target: 'sdz' }), // a late plug fact stays stale
+        ...unpluggedUnderPlug('d1', 'op-1'),
+      ],
+      { operations: ready.operations },
+    );
+    expect(end.next).toEqual([]);
+    expect(end.k8sEvents.at(-1)?.reason).toBe('VolumeUnplugged');
+    expect(end.operations.d1).toEqual({ id: 'op-2', direction: 'unplug', undoes: 'op-1' });
+  });
+
+  it('but not once a newer plug re-added the volume', () => {
+    const ready = projectAll([], plugFacts('d1', 'op-1'));
+    const end = projectAll(
+      ready.next,
+      [event('unplug-requested', 'd1', 'op-2'), event('requested', 'd1', 'op-3')],
+      { operations: ready.operations },
+    );
+    const late = projectAll(end.next, unpluggedUnderPlug('d1', 'op-1'), {
+      operations: end.operations,
+    });
+    expect(late.next).toEqual(end.next);
+    expect(late.next[0]).toMatchObject({ phase: 'Ready', target: 'sda' });
+  });
+});
+
 describe('statusEqual and buildStatusPatch', () => {
   const a: VolumeStatus[] = [
     { name: 'a', target: '', phase: 'Bound' },

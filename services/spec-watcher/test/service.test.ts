@@ -567,3 +567,226 @@ describe('spec-watcher (stage)', { timeout: 30_000 }, () => {
     await waitFor(() => kubeEvents(main).some((e) => e.message === 'after the malformed one'));
   });
 });
+
+describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
+  /** Every decision nudge published for `vmiName`, as it is published (core NATS sees each). */
+  function recordNudges(vmiName: string): { items: WorkItem[]; stop: () => void } {
+    const subject = `plugline.v1.work.${Stage.SpecWatcher}.*.${encodeToken(ns)}.${encodeToken(vmiName)}.>`;
+    const sub = bus.nc.subscribe(subject);
+    const items: WorkItem[] = [];
+    void (async () => {
+      for await (const m of sub) items.push(JSON.parse(decoder.decode(m.data)) as WorkItem);
+    })();
+    return { items, stop: () => sub.unsubscribe() };
+  }
+
+  /** One spec update that sets the VMI's hotplug volumes to `names` (virtctl's patch, batched). */
+  function setHotplugVolumes(vmiName: string, names: readonly string[]): void {
+    const vmi = structuredClone(getVmi(vmiName));
+    const keep = (n: string) => n === 'rootdisk';
+    vmi.spec.volumes = [
+      ...(vmi.spec.volumes ?? []).filter((v) => keep(v.name)),
+      ...names.map((n) => hotplug(n).volume),
+    ];
+    vmi.spec.domain.devices.disks = [
+      ...(vmi.spec.domain.devices.disks ?? []).filter((d) => keep(d.name)),
+      ...names.map((n) => hotplug(n).disk),
+    ];
+    sim.store.update(Types.virtualmachineinstances, vmiName, vmi as unknown as KubeObject, {
+      namespace: ns,
+    });
+  }
+
+  it('a burst of N volumes costs N nudges per direction, however many status writes follow', async () => {
+    const N = 8;
+    const name = `burst-${randomBytes(3).toString('hex')}`;
+    const volumes = Array.from({ length: N }, (_, i) => `b${i}`);
+    const recorded = recordNudges(name);
+    try {
+      const vmi = createRunningVmi(name);
+      setHotplugVolumes(name, volumes);
+      // Each request projected is a status write (N of them) while the others are still pending.
+      const plugOps = new Map<string, string>();
+      for (const v of volumes)
+        plugOps.set(v, (await waitForEvent(name, v, EventType.Requested)).data.operationId);
+      await waitFor(() => volumes.every((v) => statusOf(name, v) !== undefined));
+      for (const v of volumes) {
+        await publishFact(vmi, v, EventType.AttachedToNode, {
+          operationId: plugOps.get(v)!,
+          node: NODE,
+          attachPod: { name: 'hp-volume-burst', uid: 'pod-uid' },
+        });
+      }
+      for (const v of volumes) await waitForPhase(name, v, 'AttachedToNode');
+
+      setHotplugVolumes(name, []);
+      const unplugOps = new Map<string, string>();
+      for (const v of volumes)
+        unplugOps.set(v, (await waitForEvent(name, v, EventType.UnplugRequested)).data.operationId);
+      // While the volumes are on their way out, every status write (3N) shows all of them in the diff.
+      for (const type of [EventType.UnmountedFromPod, EventType.Detaching, EventType.Released]) {
+        for (const v of volumes) {
+          await publishFact(vmi, v, type, { operation: 'unplug', operationId: unplugOps.get(v)! });
+        }
+      }
+      await waitFor(() => volumes.every((v) => statusOf(name, v) === undefined), {
+        timeout: 20_000,
+      });
+
+      // A sentinel's nudge is published after every nudge of the writes above, on one connection.
+      addVolume(name, 'sentinel');
+      await waitFor(() => recorded.items.some((i) => i.volume === 'sentinel'));
+      const count = (operation: string) =>
+        recorded.items.filter((i) => i.operation === operation && i.volume !== 'sentinel').length;
+      expect(count('plug')).toBe(N);
+      expect(count('unplug')).toBe(N);
+      expect(new Set(recorded.items.map((i) => `${i.operation}/${i.volume}`)).size).toBe(2 * N + 1);
+    } finally {
+      recorded.stop();
+    }
+  });
+
+  it('a volume re-added while it is being unplugged is nudged again, and plugs', async () => {
+    const name = `readd-${randomBytes(3).toString('hex')}`;
+    const recorded = recordNudges(name);
+    try {
+      const vmi = createRunningVmi(name);
+      addVolume(name, 'again');
+      const plug = await waitForEvent(name, 'again', EventType.Requested);
+      await waitFor(() => statusOf(name, 'again'));
+      await publishFact(vmi, 'again', EventType.AttachedToNode, {
+        operationId: plug.data.operationId,
+        node: NODE,
+        attachPod: { name: 'hp-volume-again', uid: 'pod-uid' },
+      });
+      await waitForPhase(name, 'again', 'AttachedToNode');
+      removeVolume(name, 'again');
+      const unplug = await waitForEvent(name, 'again', EventType.UnplugRequested);
+      await publishFact(vmi, 'again', EventType.Detaching, {
+        operation: 'unplug',
+        operationId: unplug.data.operationId,
+      });
+      await waitForPhase(name, 'again', 'Detaching');
+      addVolume(name, 'again');
+      const readd = await waitFor(async () =>
+        (await eventsOf(name, 'again')).find(
+          (e) => e.type.endsWith('.requested') && e.data.operationId !== plug.data.operationId,
+        ),
+      );
+      expect(readd.data.operation).toBe('plug');
+      // The projector resets the entry for the new operation (KubeVirt #16159).
+      await waitFor(() => (statusOf(name, 'again')?.phase === undefined ? true : undefined));
+      await waitFor(() => recorded.items.length >= 3);
+      expect(
+        recorded.items.filter((i) => i.cause === 'spec').map((i) => `${i.operation}/${i.volume}`),
+      ).toEqual(['plug/again', 'unplug/again', 'plug/again']);
+    } finally {
+      recorded.stop();
+    }
+  });
+
+  it('a plug the stages undid and redid under one operation (watcher down) gets a new one', async () => {
+    const name = `reversed-${randomBytes(3).toString('hex')}`;
+    const vmi = createRunningVmi(name);
+    addVolume(name, 'flip');
+    const op = (await waitForEvent(name, 'flip', EventType.Requested)).data.operationId;
+    const pod = { name: 'hp-volume-flip', uid: 'pod-uid' };
+    await publishFact(vmi, 'flip', EventType.AttachedToNode, {
+      operationId: op,
+      node: NODE,
+      attachPod: pod,
+    });
+    await publishFact(vmi, 'flip', EventType.MountedToPod, { operationId: op, node: NODE });
+    await publishFact(vmi, 'flip', EventType.Ready, { operationId: op, target: 'sda' });
+    await waitForPhase(name, 'flip', 'Ready');
+    // The stages saw the volume leave the spec and come back; only their unplug facts got through
+    // (the redo's plug facts repeat the operation's and are dropped), and they remove the entry.
+    for (const type of [EventType.DetachedFromDomain, EventType.Detaching, EventType.Released])
+      await publishFact(vmi, 'flip', type, { operationId: op, operation: 'unplug' });
+    const again = await waitFor(async () =>
+      (await eventsOf(name, 'flip')).find(
+        (e) => e.type.endsWith('.requested') && e.data.operationId !== op,
+      ),
+    );
+    expect(again.data.operation).toBe('plug');
+    const work = await waitFor(async () =>
+      (await workFor(Stage.AttachmentOrchestrator, name)).find(
+        (w) => w.volume === 'flip' && w.operationId === again.data.operationId,
+      ),
+    );
+    expect(work.cause).toBe('requested');
+    await waitFor(() => statusOf(name, 'flip'), { description: 'the entry is back' });
+  });
+
+  it('a volume re-added and removed again before the node saw the re-add unplugs through the node', async () => {
+    const name = `twice-${randomBytes(3).toString('hex')}`;
+    const vmi = createRunningVmi(name);
+    addVolume(name, 'twice');
+    const plug = (await waitForEvent(name, 'twice', EventType.Requested)).data.operationId;
+    const pod = { name: 'hp-volume-twice', uid: 'pod-uid' };
+    await publishFact(vmi, 'twice', EventType.AttachedToNode, {
+      operationId: plug,
+      node: NODE,
+      attachPod: pod,
+    });
+    await waitForPhase(name, 'twice', 'AttachedToNode');
+    removeVolume(name, 'twice');
+    const unplug = (await waitForEvent(name, 'twice', EventType.UnplugRequested)).data.operationId;
+    await publishFact(vmi, 'twice', EventType.UnmountedFromPod, {
+      operationId: unplug,
+      operation: 'unplug',
+    });
+    await waitForPhase(name, 'twice', 'UnMountedFromPod');
+    addVolume(name, 'twice');
+    const replug = await waitFor(async () =>
+      (await eventsOf(name, 'twice')).find(
+        (e) => e.type.endsWith('.requested') && e.data.operationId !== plug,
+      ),
+    );
+    // The re-add resets the entry (no phase) but keeps its pod; the volume leaves again at once.
+    await waitFor(() => (statusOf(name, 'twice')?.phase === undefined ? true : undefined));
+    removeVolume(name, 'twice');
+    const last = await waitFor(async () =>
+      (await eventsOf(name, 'twice')).find(
+        (e) => e.type.endsWith('.unplug-requested') && e.data.operationId > replug.data.operationId,
+      ),
+    );
+    // The pod may still be mounted in the launcher: the unplug starts at the domain, not the pod.
+    const work = await waitFor(async () =>
+      (await workFor(Stage.DomainUpdater, name)).find(
+        (w) => w.volume === 'twice' && w.operationId === last.data.operationId,
+      ),
+    );
+    expect(work).toMatchObject({ node: NODE, operation: 'unplug', cause: 'unplug-requested' });
+  });
+
+  it('events waiting for one VMI are projected together: far fewer status writes than events', async () => {
+    const N = 10;
+    const name = `batch-${randomBytes(3).toString('hex')}`;
+    const volumes = Array.from({ length: N }, (_, i) => `q${i}`);
+    const vmi = createRunningVmi(name);
+    setHotplugVolumes(name, volumes);
+    const ops = new Map<string, string>();
+    for (const v of volumes)
+      ops.set(v, (await waitForEvent(name, v, EventType.Requested)).data.operationId);
+    await waitFor(() => volumes.every((v) => statusOf(name, v) !== undefined));
+    // The facts pile up while the watcher is down, as they do behind a slow write.
+    await stopService();
+    for (const v of volumes)
+      await publishFact(vmi, v, EventType.Pending, { operationId: ops.get(v)! });
+    let writes = 0;
+    const watch = sim.store.watch(
+      Types.virtualmachineinstances,
+      { namespace: ns, match: (o) => o.metadata?.name === name },
+      { event: (e) => void (e.type === 'MODIFIED' && writes++), closed: () => undefined },
+    );
+    try {
+      await startService('worker-a');
+      for (const v of volumes) await waitForPhase(name, v, 'Pending');
+      expect(writes).toBeGreaterThan(0);
+      expect(writes).toBeLessThanOrEqual(N / 2);
+    } finally {
+      watch.close();
+    }
+  });
+});
