@@ -4,6 +4,9 @@ import type { AttachmentVolume, Pod } from './pod.js';
 import { attachmentPodName, isPodRunningAndReady, volumesOfPod } from './pod.js';
 
 /** A volume in one of these phases is in use by the launcher: its pod must stay (KubeVirt #14998). */
+/** Phases before a pod is attached: no phase yet (a request), `Pending`, `Bound`. */
+const NOT_YET_ATTACHED: ReadonlySet<string> = new Set(['', VolumePhase.Pending, VolumePhase.Bound]);
+
 export const IN_USE_PHASES: ReadonlySet<string> = new Set([
   VolumePhase.MountedToPod,
   VolumePhase.Ready,
@@ -101,8 +104,16 @@ function planAttached(
   if (current === undefined || !isPodRunningAndReady(current)) return [];
   const pod = { name: current.metadata.name ?? '', uid: current.metadata.uid ?? '' };
   const node = current.spec?.nodeName ?? input.launcherPod?.spec?.nodeName ?? '';
+  // Also a volume whose entry names this pod but shows no attachment: a re-add reset the entry
+  // of a volume whose pod stayed (KubeVirt #16159), and its new operation needs the fact.
+  const unattached = (v: string): boolean => {
+    const status = statusOf.get(v);
+    return (
+      status?.hotplugVolume?.attachPodUID !== pod.uid || NOT_YET_ATTACHED.has(status.phase ?? '')
+    );
+  };
   return volumesOfPod(current)
-    .filter((v) => statusOf.get(v)?.hotplugVolume?.attachPodUID !== pod.uid)
+    .filter(unattached)
     .map((volume) => ({ type: 'attachedToNode' as const, volume, pod, node }));
 }
 

@@ -96,13 +96,14 @@ function project(sim: KubeSim, event: VolumeEvent): void {
   });
 }
 
-/** spec-watcher's reset of a re-added volume's entry: Pending, no pod, no target. */
-export function resetToPending(sim: KubeSim, ns: string, vmi: string, volume: string): void {
+/**
+ * spec-watcher's reset of a re-added volume's entry (its status reducer's `requested`): no phase,
+ * no target, the pod it named kept.
+ */
+export function resetForReadd(sim: KubeSim, ns: string, vmi: string, volume: string): void {
   writeVolumeStatus(sim, ns, vmi, (entries) =>
     entries.map((e) =>
-      e.name === volume
-        ? { name: volume, target: '', phase: 'Pending', reason: 'PVCNotReady', hotplugVolume: {} }
-        : e,
+      e.name === volume ? { name: volume, target: '', hotplugVolume: e.hotplugVolume ?? {} } : e,
     ),
   );
 }

@@ -80,6 +80,23 @@ describe('planAttachment', () => {
     ).toEqual([]);
   });
 
+  it('reports attached-to-node again when a re-add reset the entry but its pod stayed (#16159)', () => {
+    const v = vmi(withHotplugPVC('a'));
+    const pod = attachmentPod(v, [fsVolume('a')], 'Running');
+    const hotplugVolume = { attachPodName: pod.metadata.name!, attachPodUID: pod.metadata.uid! };
+    for (const phase of [undefined, 'Bound']) {
+      const actions = planAttachment({
+        vmi: v,
+        launcherPod: launcher(),
+        desiredReady: [fsVolume('a')],
+        pods: [pod],
+        // spec-watcher's reset keeps the pod of the entry; the new operation's facts follow.
+        volumeStatus: [{ name: 'a', target: '', hotplugVolume, ...(phase ? { phase } : {}) }],
+      });
+      expect(kinds(actions)).toEqual(['attachedToNode']);
+    }
+  });
+
   it('keeps the old pod until the new one runs (#10275)', () => {
     const v = vmi(withHotplugPVC('a'), withHotplugPVC('b'));
     const old = attachmentPod(v, [fsVolume('a')], 'Running');

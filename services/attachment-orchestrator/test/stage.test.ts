@@ -26,7 +26,7 @@ import {
   removeVolume,
   reportUnmounted,
   requestPlug,
-  resetToPending,
+  resetForReadd,
   setPhase,
   startHarness,
   statusOf,
@@ -389,10 +389,10 @@ describe('remove then re-add (KubeVirt #16159)', () => {
     h.holdMount.add(`${ns}/${name}/flip`);
     removeVolume(h, ns, name, 'flip');
     await reportUnmounted(h, vmi, 'flip', 'op-unplug-flip');
-    // Re-added at once, as spec-watcher resets a re-added volume's entry to Pending.
+    // Re-added at once; spec-watcher resets the entry (no phase) and keeps its pod.
     addVolume(h, ns, name, 'flip', { claim: `${name}-flip` });
     await requestPlug(h, vmi, 'flip', 'op-readd');
-    resetToPending(h.sim, ns, name, 'flip');
+    resetForReadd(h.sim, ns, name, 'flip');
     await vi.waitFor(() => {
       const attached = eventsOf(h, ns, name, 'flip').filter(
         (e) => eventTypeOf(e) === EventType.AttachedToNode && e.data.operationId === 'op-readd',
