@@ -5,12 +5,8 @@
  * says so in one log line and stops asking. The cleanup identity `plugline-janitor` removes them, and may do nothing
  * else. And the `plugctl` user reads the event stream without reaching the projector's consumer.
  */
-import { createRequire } from 'node:module';
-import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { AckPolicy } from '@nats-io/jetstream';
 import {
-  connectBus,
   durableName,
   ReapRefusedError,
   startWorkJanitor,
@@ -30,13 +26,9 @@ import {
   type TempDir,
 } from '@plugline/testkit';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { renderNatsConf, type NatsUser } from './nats-conf.js';
+import { connectAs, renderNatsConf, REPO_ROOT, TSX_LOADER, type NatsUser } from './nats-conf.js';
 import { leaveSpecWatcherLeftover } from './work-leftover.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const TSX_LOADER = pathToFileURL(
-  createRequire(join(REPO_ROOT, 'package.json')).resolve('tsx'),
-).href;
 const SPEC_WATCHER = durableName(Stage.SpecWatcher);
 const PROJECTOR = 'spec-watcher-projector';
 
@@ -48,13 +40,7 @@ const buses: Bus[] = [];
 const processes: ServiceProcess[] = [];
 
 async function as(user: NatsUser): Promise<Bus> {
-  const bus = await connectBus({
-    servers: nats.url,
-    name: user,
-    user,
-    pass: passwords.get(user)!,
-    maxReconnectAttempts: 0,
-  });
+  const bus = await connectAs(nats.url, user, passwords.get(user)!);
   buses.push(bus);
   return bus;
 }

@@ -4,8 +4,16 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { connectBus, type Bus } from '@plugline/bus';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+/** `node --import <this>` runs a service's main.ts from source, as the tests spawn them. */
+export const TSX_LOADER = pathToFileURL(
+  createRequire(join(REPO_ROOT, 'package.json')).resolve('tsx'),
+).href;
 
 export const NATS_CONF = fileURLToPath(new URL('../../deploy/nats/plugline.conf', import.meta.url));
 
@@ -39,4 +47,9 @@ export async function renderNatsConf(dir: string): Promise<RenderedConf> {
   const path = join(dir, 'plugline.conf');
   await writeFile(path, conf, { mode: 0o600 });
   return { path, passwords };
+}
+
+/** A bus connected as `user` with its password, that does not reconnect (a refusal is final). */
+export function connectAs(url: string, user: NatsUser, password: string): Promise<Bus> {
+  return connectBus({ servers: url, name: user, user, pass: password, maxReconnectAttempts: 0 });
 }

@@ -14,7 +14,7 @@ import {
 import { Stage, workSubject } from '@plugline/contracts';
 import { startNats, tempDir, type NatsServer, type TempDir } from '@plugline/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { renderNatsConf, type NatsUser } from './nats-conf.js';
+import { connectAs, renderNatsConf, type NatsUser } from './nats-conf.js';
 const NODE = 'node-1';
 
 interface User {
@@ -67,13 +67,7 @@ function item(stage: Stage, node: string, volume: string) {
 }
 
 async function as(user: NatsUser): Promise<Bus> {
-  const bus = await connectBus({
-    servers: nats.url,
-    name: user,
-    user,
-    pass: passwords.get(user)!,
-    maxReconnectAttempts: 0,
-  });
+  const bus = await connectAs(nats.url, user, passwords.get(user)!);
   buses.push(bus);
   return bus;
 }

@@ -7,9 +7,7 @@
  * before a service's reaper, which may not, would try; and a service given another stage's
  * credentials is refused and does not start.
  */
-import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { connectBus, StreamName } from '@plugline/bus';
 import { createPvc, ensureNamespace, serviceMain } from '@plugline/cli';
 import { ServiceName } from '@plugline/cli';
@@ -31,13 +29,15 @@ import {
   volumeStatus,
   type ChainFixture,
 } from '../chain/helpers.js';
-import { renderNatsConf, type NatsUser, type RenderedConf } from './nats-conf.js';
+import {
+  renderNatsConf,
+  REPO_ROOT,
+  TSX_LOADER,
+  type NatsUser,
+  type RenderedConf,
+} from './nats-conf.js';
 import { leaveSpecWatcherLeftover } from './work-leftover.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const TSX_LOADER = pathToFileURL(
-  createRequire(join(REPO_ROOT, 'package.json')).resolve('tsx'),
-).href;
 const NODE = 'node-1';
 const WAIT = { timeout: 60_000, interval: 100 };
 

@@ -47,6 +47,7 @@ export { Publisher, abortableDelay } from './publish.js';
 export type { PublishRetryOptions, RawPublish, PublishKind } from './publish.js';
 
 export { LeaseManager } from './lease.js';
+export { Slots } from './slots.js';
 export type { Lease, LeaseResult } from './lease.js';
 
 export { fact, nextWork } from './outbox.js';

@@ -37,6 +37,7 @@ import { durableName, kvKey, StreamName } from './names.js';
 import { ServerFeature, supportsFeature } from './version.js';
 import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
 import { ensureStageBuckets } from './provision.js';
+import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
 import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
 
@@ -216,26 +217,6 @@ type RunResult =
       published: number | undefined;
     })
   | { conflict: true };
-
-class Slots {
-  #free: number;
-  #waiters: (() => void)[] = [];
-  constructor(n: number) {
-    this.#free = n;
-  }
-  async acquire(): Promise<void> {
-    if (this.#free > 0) {
-      this.#free--;
-      return;
-    }
-    await new Promise<void>((resolve) => this.#waiters.push(resolve));
-  }
-  release(): void {
-    const next = this.#waiters.shift();
-    if (next) next();
-    else this.#free++;
-  }
-}
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
