@@ -269,14 +269,22 @@ class Run {
     return op;
   }
 
-  /** Whether a volume we attached must keep its pod: the launcher may still use it. */
-  heldForUnmount(volume: string): boolean {
+  /**
+   * Whether a volume we attached must keep its pod: the launcher may still use it. With no
+   * phase that says so either way, it may if we announced it (`attached-to-node`) on a pod that
+   * still exists: node-mounter mounts only what was announced. An announcement on a pod long
+   * gone does not hold a later pod that happens to carry the volume (a quick re-add and removal
+   * whose entry the status dropped: nothing would ever release it).
+   */
+  heldForUnmount(volume: string, podUIDs: ReadonlySet<string>): boolean {
     const ops = this.state.ops[volume];
     if (ops?.unmounted !== undefined && ops.unmounted === ops.unplug?.operationId) return false;
     const phase = this.phaseOf(volume);
     if (phase !== undefined && UNPLUGGED.has(phase)) return false;
     if (phase !== undefined && ATTACHED.has(phase)) return true;
-    return this.state.published[volume]?.[EventType.AttachedToNode] !== undefined;
+    const announced = this.state.published[volume]?.[EventType.AttachedToNode];
+    if (announced === undefined) return false;
+    return podUIDs.has(announced.slice(announced.lastIndexOf('|') + 1));
   }
 }
 
@@ -551,8 +559,11 @@ export function decide(
   const { desired, pending, info } = volumeFacts(run, obs, live, options);
   const waitingForCache = createdNotSeen(state, obs, now);
   const specNames = new Set(hotplugVolumes(vmi).map((v) => v.name));
+  const podUIDs = new Set(obs.pods.map((p) => p.metadata.uid ?? ''));
   const inUse = new Set(
-    obs.pods.flatMap(volumesOfPod).filter((v) => !specNames.has(v) && run.heldForUnmount(v)),
+    obs.pods
+      .flatMap(volumesOfPod)
+      .filter((v) => !specNames.has(v) && run.heldForUnmount(v, podUIDs)),
   );
   const actions = waitingForCache
     ? []

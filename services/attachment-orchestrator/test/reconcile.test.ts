@@ -152,6 +152,38 @@ describe('decide', () => {
     expect(factTypes(go)).toEqual(['b:detaching']);
   });
 
+  it('does not hold a pod for a volume announced only on a pod long gone (its entry dropped)', () => {
+    // `b` was announced on an earlier pod, then re-added and removed before it got a phase: the
+    // status dropped its entry, and a later pod still carries it beside the removed `a`.
+    const v = vmi(withHotplugPVC('c'));
+    const gone = attachmentPod(v, [fsVolume('b')], 'Running', 'uid-gone');
+    const announced = decide(
+      state(item('b')),
+      observed(vmi(withHotplugPVC('b')), ['b'], { pods: [gone] }),
+      T0,
+      OPTIONS,
+    ).state;
+    const stale = attachmentPod(v, [fsVolume('a'), fsVolume('b')], 'Running', 'uid-ab');
+    const onlyC = attachmentPod(v, [fsVolume('c')], 'Running', 'uid-c');
+    const d = decide(
+      recordWork(announced, item('c')),
+      observed(v, ['c'], { pods: [stale, onlyC] }),
+      T0 + 1,
+      OPTIONS,
+    );
+    expect(d.effects).toContainEqual(
+      expect.objectContaining({ kind: 'deletePod', name: stale.metadata.name, uid: 'uid-ab' }),
+    );
+    // Announced on a pod that still exists, the same volume is held until it is unmounted.
+    const held = decide(
+      recordWork(announced, item('c')),
+      observed(v, ['c'], { pods: [stale, onlyC, gone] }),
+      T0 + 1,
+      OPTIONS,
+    );
+    expect(held.effects.filter((e) => e.kind === 'deletePod')).toHaveLength(0);
+  });
+
   it('decides alike for the status phases a VMI nudge does not tell apart', () => {
     const alike = [
       ['Pending', 'Bound'],

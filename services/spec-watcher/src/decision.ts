@@ -1,7 +1,12 @@
 import type { StageEmitted } from '@plugline/bus';
 import { fact, nextWork } from '@plugline/bus';
-import type { OperationKind, VirtualMachineInstance, WorkItem } from '@plugline/contracts';
-import { EventType, Stage } from '@plugline/contracts';
+import type {
+  OperationKind,
+  VirtualMachineInstance,
+  VolumeStatus,
+  WorkItem,
+} from '@plugline/contracts';
+import { EventType, Stage, VolumePhase } from '@plugline/contracts';
 import { and, assign, emit, enqueueActions, setup } from 'xstate';
 import { UNPLUG_PHASE_SET } from './phase-sets.js';
 import { desiredDirections, routeFor } from './plan.js';
@@ -32,6 +37,16 @@ export interface VolumeView {
   generation: number | undefined;
 }
 
+/**
+ * The phase a volume is routed by: its entry's, except that a `Ready` entry without a target
+ * counts as `MountedToPod`: its disk left the domain (an unplug began, and the volume came back
+ * before the launcher let it go), so domain-updater must attach it again.
+ */
+export function routingPhaseOf(status: VolumeStatus | undefined): string | undefined {
+  const phase = status?.phase;
+  return phase === VolumePhase.Ready && status?.target === '' ? VolumePhase.MountedToPod : phase;
+}
+
 /** The view of `volume` in `vmi` (undefined: the VMI is gone). Pure. */
 export function viewOf(
   key: { namespace: string; vmi: string; volume: string },
@@ -43,7 +58,7 @@ export function viewOf(
     ...key,
     vmiUID: vmi?.metadata.uid,
     direction: wanted?.operation,
-    phase: wanted?.status?.phase,
+    phase: routingPhaseOf(wanted?.status),
     attached: wanted?.status?.hotplugVolume?.attachPodName !== undefined,
     node: node === undefined || node === '' ? undefined : node,
     generation: vmi?.metadata.generation,
@@ -205,7 +220,14 @@ export const decisionMachine = setup({
       context.book.vmiUID === event.view.vmiUID &&
       !unpluggedSince(context.book, event.view) &&
       !reversedUnder(context.book, event),
-    isResync: ({ event }) => event.cause === RESYNC_CAUSE,
+    /**
+     * The nudge asks for the current operation's work again: a resync, or the projector's report
+     * of an unplug fact of another operation while the spec wants the volume (it may have taken
+     * the disk out of the domain under the current plug's feet).
+     */
+    resends: ({ event }) =>
+      event.cause === RESYNC_CAUSE ||
+      (event.cause === REVERSED_CAUSE && event.view.direction === 'plug'),
     wantsPlug: ({ event }) => event.view.direction === 'plug',
   },
   actions: {
@@ -259,7 +281,7 @@ export const decisionMachine = setup({
     decide: [
       { guard: 'noDirection', target: '.idle', actions: 'forget' },
       {
-        guard: and(['sameOperation', 'isResync']),
+        guard: and(['sameOperation', 'resends']),
         actions: 'renudge',
       },
       { guard: 'sameOperation' },

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import type { Bus, Publisher } from '@plugline/bus';
-import { abortableDelay, checkConsumerConfig, StreamName } from '@plugline/bus';
+import { abortableDelay, checkConsumerConfig, Slots, StreamName } from '@plugline/bus';
 import {
   buildEvent,
   deadLetterSubject,
@@ -114,30 +114,6 @@ interface Delivery {
 
 /** What applying one event did to the status. */
 type EventOutcome = { event: VolumeEvent; projection: Projection | undefined };
-
-/** A counting semaphore. */
-class Slots {
-  #free: number;
-  readonly #waiters: (() => void)[] = [];
-
-  constructor(size: number) {
-    this.#free = Math.max(1, size);
-  }
-
-  async acquire(): Promise<void> {
-    if (this.#free > 0) {
-      this.#free--;
-      return;
-    }
-    await new Promise<void>((resolve) => this.#waiters.push(resolve));
-  }
-
-  release(): void {
-    const next = this.#waiters.shift();
-    if (next) next();
-    else this.#free++;
-  }
-}
 
 /**
  * The status projector: the only writer of `vmi.status.volumeStatus` and of the Kubernetes Events

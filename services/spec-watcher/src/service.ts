@@ -19,6 +19,7 @@ import {
   decisionMachine,
   decisionNudge,
   RESYNC_CAUSE,
+  routingPhaseOf,
   SPEC_CAUSE,
   viewOf,
   type VolumeView,
@@ -160,7 +161,7 @@ async function resyncAll(w: Wiring, now: Date = new Date()): Promise<number> {
     if (vmi.metadata.uid === undefined || vmi.metadata.deletionTimestamp !== undefined) continue;
     live.add(vmi.metadata.uid);
     for (const [volume, { operation, status }] of desiredDirections(vmi)) {
-      if (operation === 'plug' && status?.phase === 'Ready') continue;
+      if (operation === 'plug' && routingPhaseOf(status) === 'Ready') continue;
       items.push(decisionNudge(vmi, { volume, operation, cause: RESYNC_CAUSE, id: round, now }));
     }
   }

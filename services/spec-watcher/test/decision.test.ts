@@ -202,14 +202,16 @@ describe('a plug reversed under its own operation', () => {
     decide(SPEC_CAUSE, 'rv-1', 'op-1');
     // The stages unplugged and re-plugged under op-1: the status lost the entry.
     decide(REVERSED_CAUSE, reversedNudgeId('op-1'), 'op-2');
-    // A late report about op-1 (op-2 is the book now) and a plain spec nudge change nothing.
-    decide(REVERSED_CAUSE, reversedNudgeId('op-1'), 'op-3');
+    // A late report about op-1 (op-2 is the book now) re-sends op-2's work: the unplug it
+    // reports may have taken the disk out from under op-2. A plain spec nudge changes nothing.
+    decide(REVERSED_CAUSE, reversedNudgeId('op-1'), 'op-3', 'MountedToPod');
     decide(SPEC_CAUSE, 'rv-2', 'op-4', 'AttachedToNode');
     expect(seen).toEqual([
       'fact:requested:op-1',
       'work:attachment-orchestrator:_:op-1:requested',
       'fact:requested:op-2',
       'work:attachment-orchestrator:_:op-2:requested',
+      'work:domain-updater:node-1:op-2:resync',
     ]);
   });
 
@@ -237,8 +239,22 @@ describe('a plug reversed under its own operation', () => {
 });
 
 describe('viewOf', () => {
+  it('routes a Ready entry without a target (its disk left the domain) as MountedToPod', () => {
+    const v = vmi(withHotplugPVC('d1'), withVolumeStatus(hotplugStatus('d1', 'Ready')));
+    const key = { namespace: 'ns', vmi: 'vm', volume: 'd1' };
+    expect(viewOf(key, v)).toMatchObject({ direction: 'plug', phase: 'MountedToPod' });
+    const attached = vmi(
+      withHotplugPVC('d1'),
+      withVolumeStatus(hotplugStatus('d1', 'Ready', { target: 'sda' })),
+    );
+    expect(viewOf(key, attached).phase).toBe('Ready');
+  });
+
   it('reads direction, phase and node from the VMI', () => {
-    const v = vmi(withHotplugPVC('d1'), withVolumeStatus(hotplugStatus('d2', 'Ready')));
+    const v = vmi(
+      withHotplugPVC('d1'),
+      withVolumeStatus(hotplugStatus('d2', 'Ready', { target: 'sdb' })),
+    );
     const key = { namespace: 'ns', vmi: 'vm', volume: 'd1' };
     expect(viewOf(key, v)).toMatchObject({ direction: 'plug', phase: undefined });
     expect(viewOf({ ...key, volume: 'd2' }, v)).toMatchObject({

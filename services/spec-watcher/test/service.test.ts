@@ -597,6 +597,24 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     });
   }
 
+  /** A new VMI with `volume` requested and attached to NODE (a fact as the orchestrator's). */
+  async function attachedVolume(
+    name: string,
+    volume: string,
+  ): Promise<{ vmi: VirtualMachineInstance; op: string }> {
+    const vmi = createRunningVmi(name);
+    addVolume(name, volume);
+    const op = (await waitForEvent(name, volume, EventType.Requested)).data.operationId;
+    await waitFor(() => statusOf(name, volume));
+    await publishFact(vmi, volume, EventType.AttachedToNode, {
+      operationId: op,
+      node: NODE,
+      attachPod: { name: `hp-volume-${volume}`, uid: 'pod-uid' },
+    });
+    await waitForPhase(name, volume, 'AttachedToNode');
+    return { vmi, op };
+  }
+
   it('a burst of N volumes costs N nudges per direction, however many status writes follow', async () => {
     const N = 8;
     const name = `burst-${randomBytes(3).toString('hex')}`;
@@ -650,16 +668,7 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     const name = `readd-${randomBytes(3).toString('hex')}`;
     const recorded = recordNudges(name);
     try {
-      const vmi = createRunningVmi(name);
-      addVolume(name, 'again');
-      const plug = await waitForEvent(name, 'again', EventType.Requested);
-      await waitFor(() => statusOf(name, 'again'));
-      await publishFact(vmi, 'again', EventType.AttachedToNode, {
-        operationId: plug.data.operationId,
-        node: NODE,
-        attachPod: { name: 'hp-volume-again', uid: 'pod-uid' },
-      });
-      await waitForPhase(name, 'again', 'AttachedToNode');
+      const { vmi, op: plugOp } = await attachedVolume(name, 'again');
       removeVolume(name, 'again');
       const unplug = await waitForEvent(name, 'again', EventType.UnplugRequested);
       await publishFact(vmi, 'again', EventType.Detaching, {
@@ -670,7 +679,7 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
       addVolume(name, 'again');
       const readd = await waitFor(async () =>
         (await eventsOf(name, 'again')).find(
-          (e) => e.type.endsWith('.requested') && e.data.operationId !== plug.data.operationId,
+          (e) => e.type.endsWith('.requested') && e.data.operationId !== plugOp,
         ),
       );
       expect(readd.data.operation).toBe('plug');
@@ -687,15 +696,7 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
 
   it('a plug the stages undid and redid under one operation (watcher down) gets a new one', async () => {
     const name = `reversed-${randomBytes(3).toString('hex')}`;
-    const vmi = createRunningVmi(name);
-    addVolume(name, 'flip');
-    const op = (await waitForEvent(name, 'flip', EventType.Requested)).data.operationId;
-    const pod = { name: 'hp-volume-flip', uid: 'pod-uid' };
-    await publishFact(vmi, 'flip', EventType.AttachedToNode, {
-      operationId: op,
-      node: NODE,
-      attachPod: pod,
-    });
+    const { vmi, op } = await attachedVolume(name, 'flip');
     await publishFact(vmi, 'flip', EventType.MountedToPod, { operationId: op, node: NODE });
     await publishFact(vmi, 'flip', EventType.Ready, { operationId: op, target: 'sda' });
     await waitForPhase(name, 'flip', 'Ready');
@@ -720,16 +721,7 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
 
   it('a volume re-added and removed again before the node saw the re-add unplugs through the node', async () => {
     const name = `twice-${randomBytes(3).toString('hex')}`;
-    const vmi = createRunningVmi(name);
-    addVolume(name, 'twice');
-    const plug = (await waitForEvent(name, 'twice', EventType.Requested)).data.operationId;
-    const pod = { name: 'hp-volume-twice', uid: 'pod-uid' };
-    await publishFact(vmi, 'twice', EventType.AttachedToNode, {
-      operationId: plug,
-      node: NODE,
-      attachPod: pod,
-    });
-    await waitForPhase(name, 'twice', 'AttachedToNode');
+    const { vmi, op: plug } = await attachedVolume(name, 'twice');
     removeVolume(name, 'twice');
     const unplug = (await waitForEvent(name, 'twice', EventType.UnplugRequested)).data.operationId;
     await publishFact(vmi, 'twice', EventType.UnmountedFromPod, {
