@@ -39,12 +39,14 @@ export interface VolumeView {
 
 /**
  * The phase a volume is routed by: its entry's, except that a `Ready` entry without a target
- * counts as `MountedToPod`: its disk left the domain (an unplug began, and the volume came back
- * before the launcher let it go), so domain-updater must attach it again.
+ * counts as `AttachedToNode`: its disk left the domain (an unplug began and the volume came
+ * back), and how far the unplug went is not known (its later facts may have been ignored as
+ * older than the re-add, or still be on their way), so the node stages confirm the mount, then
+ * the disk, again.
  */
 export function routingPhaseOf(status: VolumeStatus | undefined): string | undefined {
   const phase = status?.phase;
-  return phase === VolumePhase.Ready && status?.target === '' ? VolumePhase.MountedToPod : phase;
+  return phase === VolumePhase.Ready && status?.target === '' ? VolumePhase.AttachedToNode : phase;
 }
 
 /** The view of `volume` in `vmi` (undefined: the VMI is gone). Pure. */

@@ -239,10 +239,10 @@ describe('a plug reversed under its own operation', () => {
 });
 
 describe('viewOf', () => {
-  it('routes a Ready entry without a target (its disk left the domain) as MountedToPod', () => {
+  it('routes a Ready entry without a target (its disk left the domain) as AttachedToNode', () => {
     const v = vmi(withHotplugPVC('d1'), withVolumeStatus(hotplugStatus('d1', 'Ready')));
     const key = { namespace: 'ns', vmi: 'vm', volume: 'd1' };
-    expect(viewOf(key, v)).toMatchObject({ direction: 'plug', phase: 'MountedToPod' });
+    expect(viewOf(key, v)).toMatchObject({ direction: 'plug', phase: 'AttachedToNode' });
     const attached = vmi(
       withHotplugPVC('d1'),
       withVolumeStatus(hotplugStatus('d1', 'Ready', { target: 'sda' })),
