@@ -1,5 +1,6 @@
 /** One volume through the chain: the spec patch, then the status entry as the watch reports it. */
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { addVolume, removeVolume } from '@plugline/cli';
 import {
   ConflictError,
@@ -13,7 +14,7 @@ import {
   type VirtualMachineInstance,
 } from '@plugline/contracts';
 import type { KubeClient } from '@plugline/kube';
-import type { Observer } from './observer.js';
+import type { Observer, VolumeView } from './observer.js';
 
 /** Stages of a plug, each from the previous fact (first from the spec patch). */
 export const PLUG_STAGES = [
@@ -42,14 +43,34 @@ export interface OpResult {
   conflicts: number;
 }
 
-function optionsFor(claim: string, volume: string): AddVolumeOptions {
+/** plugctl's options for adding `claim` as disk `volume` (a PVC). */
+export function optionsFor(claim: string, volume: string): AddVolumeOptions {
   const built = addVolumeOptionsFromFlags({ volumeName: claim, diskName: volume, source: 'pvc' });
   if (!built.ok) throw built.error;
   return built.value;
 }
 
-/** Sends a virtctl-shaped patch (guarded by `test` ops), retried on conflict; returns its send time. */
-async function sendPatch(
+/** The most conflicting attempts {@link sendPatch} retries before it gives up. */
+const MAX_CONFLICT_RETRIES = 200;
+/** Upper bound of the random pause after a conflict, ms. */
+const CONFLICT_JITTER_MS = 20;
+
+/**
+ * The pause before a patch that lost a conflict reads the object again: a random 0–20 ms, so that
+ * writers of the same VMI that collided (the concurrent plugs of sections 3 and 6) spread out
+ * instead of reading and colliding again in step. There is no condition to poll for: the retry
+ * itself is the check. (kube's `retryOnConflict` waits at least its base delay; this keeps the
+ * bench's patches as they always ran.)
+ */
+function conflictBackoff(): Promise<void> {
+  return sleep(Math.random() * CONFLICT_JITTER_MS);
+}
+
+/**
+ * Sends a virtctl-shaped patch (guarded by `test` ops), read and built again after each conflict;
+ * returns the send time of the attempt that went through and how many conflicted before it.
+ */
+export async function sendPatch(
   client: KubeClient,
   ns: string,
   vmi: string,
@@ -65,8 +86,8 @@ async function sendPatch(
       await client.patchVmi(ns, vmi, ops);
       return { t0, conflicts };
     } catch (err) {
-      if (!(err instanceof ConflictError) || conflicts > 200) throw err;
-      await new Promise((r) => setTimeout(r, Math.random() * 20));
+      if (!(err instanceof ConflictError) || conflicts > MAX_CONFLICT_RETRIES) throw err;
+      await conflictBackoff();
     }
   }
 }
@@ -149,6 +170,8 @@ export async function bounded<T>(
   return results;
 }
 
+type Spec = VirtualMachineInstance['spec'];
+
 /** How a burst of volume requests reaches the API server (section 4). */
 export type BurstIssue = { kind: 'addvolume'; concurrency: number } | { kind: 'one-patch' };
 
@@ -171,7 +194,7 @@ async function onePatch(
   client: KubeClient,
   ns: string,
   vmi: string,
-  change: (spec: VirtualMachineInstance['spec']) => VirtualMachineInstance['spec'],
+  change: (spec: Spec) => Spec,
 ): Promise<number> {
   const { conflicts } = await sendPatch(client, ns, vmi, (current) => {
     const after = change(current.spec);
@@ -195,93 +218,82 @@ async function onePatch(
   return conflicts;
 }
 
+/** What a burst does with each of its volumes. */
+export interface BurstStep<V extends { volume: string }> {
+  /** The volume's change to the spec, for the one patch that changes them all. */
+  inSpec: (spec: Spec, v: V) => Spec;
+  /** The volume's own plugctl request; resolves with its conflicting attempts. */
+  request: (v: V) => Promise<number>;
+  /** Whether the volume's status entry shows the burst's end for it. */
+  done: (view: VolumeView | undefined) => boolean;
+}
+
 /**
- * Plugs `volumes` into one VMI as a burst, issued as `how` says: `addvolume` runs plugctl's
- * `addVolume` (virtctl's: read, validate, a guarded patch, retried on conflict) for each, at most
- * `concurrency` at once; `one-patch` adds them all in one guarded patch. Latencies are measured
- * from each volume's request to its status `Ready`.
+ * A burst on one VMI, issued as `run.how` says: `addvolume` sends each volume's own plugctl
+ * request (virtctl's: read, validate, a guarded patch, retried on conflict), at most `concurrency`
+ * at once; `one-patch` changes them all in one guarded patch. Latencies are measured from each
+ * volume's request until `step.done` holds for its status entry.
  */
-export async function burstPlug(
+export async function burst<V extends { volume: string }>(
   client: KubeClient,
   obs: Observer,
-  where: { ns: string; vmi: string; volumes: { volume: string; claim: string }[] },
-  how: BurstIssue,
-  timeoutMs: number,
+  where: { ns: string; vmi: string; volumes: V[] },
+  run: { how: BurstIssue; timeoutMs: number },
+  step: BurstStep<V>,
 ): Promise<BurstResult> {
   const { ns, vmi, volumes } = where;
+  const { how, timeoutMs } = run;
   const sentAt = new Map<string, number>();
   const t0 = performance.now();
   let conflicts = 0;
   if (how.kind === 'one-patch') {
     for (const v of volumes) sentAt.set(v.volume, t0);
-    conflicts = await onePatch(client, ns, vmi, (spec) =>
-      volumes.reduce((acc, v) => applyAddVolumeToSpec(acc, optionsFor(v.claim, v.volume)), spec),
-    );
+    conflicts = await onePatch(client, ns, vmi, (spec) => volumes.reduce(step.inSpec, spec));
   } else {
     await bounded(volumes.length, how.concurrency, async (i) => {
       const v = volumes[i]!;
       sentAt.set(v.volume, performance.now());
-      const r = await addVolume(client, {
-        namespace: ns,
-        vmi,
-        flags: { volumeName: v.claim, diskName: v.volume },
-      });
-      conflicts += r.retries;
+      // Not `conflicts += await ...`: that would read `conflicts` before the await.
+      const retries = await step.request(v);
+      conflicts += retries;
     });
   }
   const issuedMs = performance.now() - t0;
-  const ready = await Promise.all(
-    volumes.map((v) =>
-      obs.untilVolume(
-        `${ns}/${vmi}/${v.volume}`,
-        (view) => view?.phase === VolumePhase.Ready,
-        timeoutMs,
-      ),
-    ),
+  const done = await Promise.all(
+    volumes.map((v) => obs.untilVolume(`${ns}/${vmi}/${v.volume}`, step.done, timeoutMs)),
   );
   return {
-    latencies: ready.map((t, i) => t - (sentAt.get(volumes[i]!.volume) ?? t0)),
-    allMs: Math.max(...ready) - t0,
+    latencies: done.map((t, i) => t - (sentAt.get(volumes[i]!.volume) ?? t0)),
+    allMs: Math.max(...done) - t0,
     issuedMs,
     conflicts,
   };
 }
 
-/** Unplugs a burst as {@link burstPlug} plugged it; latencies to the status entry gone. */
-export async function burstUnplug(
+/** Plugging each volume of a burst into `vmi` (plugctl `addvolume`), done at its status `Ready`. */
+export function plugEach(
   client: KubeClient,
-  obs: Observer,
-  where: { ns: string; vmi: string; volumes: { volume: string }[] },
-  how: BurstIssue,
-  timeoutMs: number,
-): Promise<BurstResult> {
-  const { ns, vmi, volumes } = where;
-  const sentAt = new Map<string, number>();
-  const t0 = performance.now();
-  let conflicts = 0;
-  if (how.kind === 'one-patch') {
-    for (const v of volumes) sentAt.set(v.volume, t0);
-    conflicts = await onePatch(client, ns, vmi, (spec) =>
-      volumes.reduce((acc, v) => applyRemoveVolumeFromSpec(acc, v.volume), spec),
-    );
-  } else {
-    await bounded(volumes.length, how.concurrency, async (i) => {
-      const v = volumes[i]!;
-      sentAt.set(v.volume, performance.now());
-      const r = await removeVolume(client, { namespace: ns, vmi, volumeName: v.volume });
-      conflicts += r.retries;
-    });
-  }
-  const issuedMs = performance.now() - t0;
-  const gone = await Promise.all(
-    volumes.map((v) =>
-      obs.untilVolume(`${ns}/${vmi}/${v.volume}`, (view) => view?.present === false, timeoutMs),
-    ),
-  );
+  { ns, vmi }: { ns: string; vmi: string },
+): BurstStep<{ volume: string; claim: string }> {
   return {
-    latencies: gone.map((t, i) => t - (sentAt.get(volumes[i]!.volume) ?? t0)),
-    allMs: Math.max(...gone) - t0,
-    issuedMs,
-    conflicts,
+    inSpec: (spec, v) => applyAddVolumeToSpec(spec, optionsFor(v.claim, v.volume)),
+    request: async (v) => {
+      const flags = { volumeName: v.claim, diskName: v.volume };
+      return (await addVolume(client, { namespace: ns, vmi, flags })).retries;
+    },
+    done: (view) => view?.phase === VolumePhase.Ready,
+  };
+}
+
+/** Unplugging each volume of a burst (plugctl `removevolume`), done when its status entry is gone. */
+export function unplugEach(
+  client: KubeClient,
+  { ns, vmi }: { ns: string; vmi: string },
+): BurstStep<{ volume: string }> {
+  return {
+    inSpec: (spec, v) => applyRemoveVolumeFromSpec(spec, v.volume),
+    request: async (v) =>
+      (await removeVolume(client, { namespace: ns, vmi, volumeName: v.volume })).retries,
+    done: (view) => view?.present === false,
   };
 }

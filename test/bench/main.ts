@@ -2,8 +2,11 @@
  * `pnpm bench`: the chain against its own floor (issue 10). Starts the embedded stack (every
  * service a process), measures, writes `bench/results/<date>.{json,md,svg}`, stops everything.
  * Not part of `pnpm test`. Run as root through scripts/with-private-mounts (the root script does).
+ * The services run as `plugctl up` runs them: the `pnpm build` bundles with plain node (built
+ * first when missing or stale); `--from-source` runs them through tsx instead.
  *
  *   pnpm bench [-- --ops 200 --repeat 3 --vmis 50 --concurrency 16 --sections 1,2,3,4,5,6,7]
+ *              [--from-source]
  *   section 6: [--memory-vmis 100 --memory-volumes-per-vmi 10 --memory-concurrency 8 --memory-checkpoints 4]
  *   section 7: [--guest-runs 20 --guest-warmup 2 --guest-bus scsi --guest-pod-start-ms 0]
  */
@@ -12,7 +15,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { ServiceName } from '@plugline/cli';
+import { ensureBundles, ServiceName, ServiceRuntime } from '@plugline/cli';
 import { machineInfo } from './machine.js';
 import { renderMarkdown } from './markdown.js';
 import { renderChart } from './chart.js';
@@ -60,6 +63,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
       'guest-bus': { type: 'string', default: 'scsi' },
       'guest-pod-start-ms': { type: 'string', default: '0' },
       'log-level': { type: 'string', default: 'info' },
+      'from-source': { type: 'boolean', default: false },
       out: { type: 'string', default: join(REPO_ROOT, 'bench', 'results') },
     },
     allowPositionals: true,
@@ -69,6 +73,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
     if (!Number.isInteger(n) || n < 0) throw new Error(`--${name} must be a whole number`);
     return n;
   };
+  const runtime = values['from-source'] === true ? ServiceRuntime.Source : ServiceRuntime.Bundled;
   return {
     ops: int('ops'),
     repeat: Math.max(1, int('repeat')),
@@ -81,6 +86,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
     profile: (values.profile ?? '') as ServiceName | '',
     sections: new Set((values.sections ?? '').split(',').map((s) => s.trim())),
     logLevel: values['log-level'] ?? 'info',
+    runtime,
     out: resolve(values.out ?? 'bench/results'),
     memory: {
       vmis: Math.max(1, int('memory-vmis')),
@@ -94,8 +100,25 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
       bus: guestBus(values['guest-bus']),
       podStartLatencyMs: int('guest-pod-start-ms'),
       logLevel: values['log-level'] ?? 'info',
+      runtime,
     },
   };
+}
+
+/** Builds the bundles the services run from unless they are current (as `plugctl up` does). */
+async function prepareRuntime(runtime: ServiceRuntime, log: (msg: string) => void): Promise<void> {
+  if (runtime !== ServiceRuntime.Bundled) {
+    log('services run from source (tsx)');
+    return;
+  }
+  const t0 = Date.now();
+  const build = await ensureBundles();
+  for (const warning of build.warnings) log(`warning: build: ${warning}`);
+  log(
+    build.built
+      ? `built the service bundles (${build.reason ?? 'stale'}) in ${Date.now() - t0} ms`
+      : 'service bundles are current',
+  );
 }
 
 async function main(): Promise<void> {
@@ -108,6 +131,7 @@ async function main(): Promise<void> {
   const started = new Date();
   const log = (msg: string): void => console.log(`[bench ${new Date().toISOString()}] ${msg}`);
   log(`config ${JSON.stringify({ ...cfg, sections: [...cfg.sections] })}`);
+  await prepareRuntime(cfg.runtime, log);
   const machine = await machineInfo();
   // Sections 1–3 run on the main stack, which also gives the idle figure; without them, section 6
   // (its own stack, idle first) gives it, or nothing does (e.g. `--sections 7`).

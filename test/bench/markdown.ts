@@ -38,12 +38,18 @@ function mapTable(title: string, rows: Record<string, Record<string, number> | n
   ];
 }
 
+function runtimeWords(runtime: string | undefined): string {
+  if (runtime === 'bundled') return 'bundled, as `plugctl up` runs them';
+  if (runtime === 'source') return 'from source through tsx';
+  return 'runtime not recorded';
+}
+
 export function renderMarkdown(r: Results, chartFile: string): string {
   const lines: string[] = [
     `# Plugline benchmark, ${r.date}`,
     '',
     `Machine: ${JSON.stringify(r.machine)}. Run took ${r.durationS} s.`,
-    'All services ran as separate processes (the embedded stack), NATS and kube-sim on loopback.',
+    `All services ran as separate processes (the embedded stack, ${runtimeWords(r.config?.runtime)}), NATS and kube-sim on loopback.`,
     'Latencies in ms, from the spec patch to the status entry (`Ready`, or removed) as a watch sees it.',
     'Figures "x (a–b)" are the median over rounds, with min–max.',
     '',

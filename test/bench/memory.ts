@@ -11,18 +11,10 @@
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { createPvc, type StackService } from '@plugline/cli';
-import {
-  ConflictError,
-  VolumePhase,
-  addVolumeOptionsFromFlags,
-  buildAddVolumePatch,
-  buildRemoveVolumePatch,
-  type JsonPatchOperation,
-  type VirtualMachineInstance,
-} from '@plugline/contracts';
-import type { KubeClient } from '@plugline/kube';
-import { bounded } from './chain.js';
+import { VolumePhase, buildAddVolumePatch, buildRemoveVolumePatch } from '@plugline/contracts';
+import { bounded, optionsFor, sendPatch } from './chain.js';
 import { type ProcRef, rssOf } from './procs.js';
+import { rssSteady } from './quiet.js';
 import { harness, type BenchConfig, type Harness } from './sections.js';
 import { round } from './stats.js';
 
@@ -38,7 +30,6 @@ export interface MemoryConfig {
 type Log = (msg: string) => void;
 
 const NS = 'bench-mem';
-const SETTLE_MS = 3000;
 const TARGET_VOLUMES = 10_000;
 const OP_TIMEOUT_MS = 600_000;
 
@@ -75,35 +66,6 @@ async function heapUsedOf(services: readonly StackService[]): Promise<Record<str
   return Object.fromEntries(rows);
 }
 
-const settle = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/**
- * One guarded, virtctl-shaped patch (test ops on the volumes and disks read), sent again on a
- * conflict: as `virtctl addvolume` / `removevolume` once per volume.
- */
-async function patchSpec(
-  client: KubeClient,
-  vmi: string,
-  build: (current: VirtualMachineInstance) => JsonPatchOperation[],
-): Promise<void> {
-  for (let attempt = 0; ; attempt++) {
-    const current = await client.getVmi(NS, vmi);
-    try {
-      await client.patchVmi(NS, vmi, build(current));
-      return;
-    } catch (err) {
-      if (!(err instanceof ConflictError) || attempt > 200) throw err;
-      await settle(Math.random() * 20);
-    }
-  }
-}
-
-function addOptions(claim: string, volume: string) {
-  const built = addVolumeOptionsFromFlags({ volumeName: claim, diskName: volume, source: 'pvc' });
-  if (!built.ok) throw built.error;
-  return built.value;
-}
-
 const vmiName = (i: number): string => `vm-${i}`;
 const volumeName = (k: number): string => `d${k}`;
 const claimName = (i: number, k: number): string => `vm-${i}-d${k}`;
@@ -112,8 +74,8 @@ const claimName = (i: number, k: number): string => `vm-${i}-d${k}`;
 async function plugVmi(h: Harness, i: number, perVmi: number): Promise<void> {
   const vmi = vmiName(i);
   for (let k = 0; k < perVmi; k++) {
-    const opts = addOptions(claimName(i, k), volumeName(k));
-    await patchSpec(h.client, vmi, (cur) => buildAddVolumePatch(cur, opts));
+    const opts = optionsFor(claimName(i, k), volumeName(k));
+    await sendPatch(h.client, NS, vmi, (cur) => buildAddVolumePatch(cur, opts));
   }
   await Promise.all(
     Array.from({ length: perVmi }, (_, k) =>
@@ -129,7 +91,7 @@ async function plugVmi(h: Harness, i: number, perVmi: number): Promise<void> {
 async function unplugVmi(h: Harness, i: number, perVmi: number): Promise<void> {
   const vmi = vmiName(i);
   for (let k = 0; k < perVmi; k++) {
-    await patchSpec(h.client, vmi, (cur) => buildRemoveVolumePatch(cur, volumeName(k)));
+    await sendPatch(h.client, NS, vmi, (cur) => buildRemoveVolumePatch(cur, volumeName(k)));
   }
   await Promise.all(
     Array.from({ length: perVmi }, (_, k) =>
@@ -168,9 +130,10 @@ export type MemoryFigures = Awaited<ReturnType<typeof runMemoryStack>>;
 export async function runMemoryStack(bench: BenchConfig, cfg: MemoryConfig, log: Log) {
   const h = await harness({ podStartLatencyMs: 0, readyTimeoutMs: 300_000 }, [NS], bench, log);
   const total = cfg.vmis * cfg.volumesPerVmi;
+  const procs = h.procs();
+  const quiet = () => rssSteady(procs, log);
   try {
-    await settle(SETTLE_MS);
-    const procs = h.procs();
+    await quiet();
     const idle = rssOf(procs);
     const heapIdle = await heapUsedOf(h.stack.services);
     const hwmIdle = hwmOf(procs);
@@ -215,7 +178,7 @@ export async function runMemoryStack(bench: BenchConfig, cfg: MemoryConfig, log:
         `memory: ${point.volumesReady}/${total} volumes Ready after ${point.elapsedS} s; RSS ${JSON.stringify(point.rssMiB)}`,
       );
     }
-    await settle(SETTLE_MS);
+    await quiet();
     const trackingSettled = rssOf(procs);
     const heapTrackingSettled = await heapUsedOf(h.stack.services);
     const hwmAfterPlug = hwmOf(procs);
@@ -227,7 +190,7 @@ export async function runMemoryStack(bench: BenchConfig, cfg: MemoryConfig, log:
     await bounded(cfg.vmis, cfg.concurrency, (i) => unplugVmi(h, i, cfg.volumesPerVmi));
     const unplugS = (performance.now() - u0) / 1000;
     const afterUnplug = rssOf(procs);
-    await settle(SETTLE_MS);
+    await quiet();
     const afterUnplugSettled = rssOf(procs);
     const heapAfterUnplugSettled = await heapUsedOf(h.stack.services);
     const hwmEnd = hwmOf(procs);

@@ -1,9 +1,20 @@
 /** The top of a V8 CPU profile (`--cpu-prof`): self time by function and by code area. */
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { SourceMap, type SourceMapPayload } from 'node:module';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+interface CallFrame {
+  functionName: string;
+  url: string;
+  lineNumber: number;
+  columnNumber: number;
+}
 
 interface ProfileNode {
   id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
+  callFrame: CallFrame;
   children?: number[];
 }
 
@@ -26,6 +37,34 @@ export function areaOf(url: string, functionName: string): string {
   return url;
 }
 
+/**
+ * Maps a frame in a bundle (`dist/<service>.mjs`, which `pnpm build` writes with a linked `.map`)
+ * back to its source file and line, so a bundled service's profile names the same files and areas
+ * as one run from source. Frames of other files, or of a bundle without a map, stay as they are.
+ */
+function sourcePositions(): (frame: CallFrame) => { url: string; lineNumber: number } {
+  const maps = new Map<string, { map: SourceMap; dir: string } | undefined>();
+  const mapOf = (url: string) => {
+    if (!maps.has(url)) {
+      try {
+        const file = fileURLToPath(url);
+        const payload = JSON.parse(readFileSync(`${file}.map`, 'utf8')) as SourceMapPayload;
+        maps.set(url, { map: new SourceMap(payload), dir: dirname(file) });
+      } catch {
+        maps.set(url, undefined);
+      }
+    }
+    return maps.get(url);
+  };
+  return (frame) => {
+    const bundle =
+      frame.url.startsWith('file:') && frame.url.endsWith('.mjs') ? mapOf(frame.url) : undefined;
+    const entry = bundle?.map.findEntry(frame.lineNumber, frame.columnNumber);
+    if (bundle === undefined || entry === undefined || !('originalSource' in entry)) return frame;
+    return { url: resolve(bundle.dir, entry.originalSource), lineNumber: entry.originalLine };
+  };
+}
+
 export async function summarizeProfile(file: string, service: string, top = 15) {
   const profile = JSON.parse(await readFile(file, 'utf8')) as CpuProfile;
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
@@ -42,10 +81,12 @@ export async function summarizeProfile(file: string, service: string, top = 15) 
   const total = [...selfUs.values()].reduce((s, v) => s + v, 0);
   const fns = new Map<string, number>();
   const areas = new Map<string, number>();
+  const positionOf = sourcePositions();
   for (const [id, us] of selfUs) {
     const node = byId.get(id);
     if (node === undefined) continue;
-    const { functionName, url, lineNumber } = node.callFrame;
+    const { functionName } = node.callFrame;
+    const { url, lineNumber } = positionOf(node.callFrame);
     const short = url.replace(/^.*\/(node_modules|services|packages)\//, '$1/');
     const fn = `${functionName || '(anonymous)'} ${short}:${lineNumber + 1}`;
     fns.set(fn, (fns.get(fn) ?? 0) + us);

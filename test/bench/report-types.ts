@@ -42,6 +42,8 @@ export interface Results {
   date: string;
   durationS: number;
   machine: Record<string, unknown>;
+  /** `runtime`: how the services ran (`bundled` or `source`); absent in results before it. */
+  config?: { runtime?: string };
   rssIdleMiB: Record<string, number>;
   oneVolume?: {
     opsPerRound: number;

@@ -7,20 +7,19 @@ import {
   ensureNamespace,
   startStack,
   ServiceName,
+  type ServiceRuntime,
   type Stack,
   type StackOptions,
 } from '@plugline/cli';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { connect } from '@nats-io/transport-node';
-import { StreamName } from '@plugline/bus';
 import { KubeClient } from '@plugline/kube';
-import { tempDir } from '@plugline/testkit';
+import { tempDir, waitFor } from '@plugline/testkit';
 import {
   bounded,
-  burstPlug,
-  burstUnplug,
+  burst,
   plug,
+  plugEach,
   unplug,
+  unplugEach,
   type BurstIssue,
   type OpResult,
 } from './chain.js';
@@ -29,6 +28,7 @@ import { Observer } from './observer.js';
 import type { BurstFigures } from './report-types.js';
 import { childrenOf, cpuOf, rssOf, type ProcRef } from './procs.js';
 import { summarizeProfile } from './profile.js';
+import { rssSteady, workDrained } from './quiet.js';
 import { percentiles, repeated, round, type Percentiles, type Repeated } from './stats.js';
 
 export interface BenchConfig {
@@ -43,6 +43,8 @@ export interface BenchConfig {
   profile: ServiceName | '';
   sections: Set<string>;
   logLevel: string;
+  /** How the services run: bundled, as `plugctl up` runs them, or from source (`--from-source`). */
+  runtime: ServiceRuntime;
   out: string;
 }
 
@@ -55,7 +57,8 @@ const DETACH_DELAY_MS = 50;
  */
 const BURST_ADDVOLUME_CONCURRENCY = 2;
 const BURST_DRAIN_TIMEOUT_MS = 180_000;
-const SETTLE_MS = 3000;
+/** kube-sim's volume controller binds a new claim within milliseconds; this is far beyond. */
+const BIND_TIMEOUT_MS = 10_000;
 
 export interface Harness {
   stack: Stack;
@@ -89,6 +92,7 @@ export async function harness(
     demo: false,
     readyTimeoutMs: 120_000,
     logLevel: cfg.logLevel,
+    runtime: cfg.runtime,
     serviceEnv: { PLUGLINE_SIM_DETACH_DELAY_MS: String(DETACH_DELAY_MS) },
     ...options,
   }).catch(async (err: unknown) => {
@@ -113,13 +117,16 @@ export async function harness(
   };
 }
 
+/** The PV the claim is bound to, once it is. */
 async function boundPv(client: KubeClient, ns: string, claim: string): Promise<string> {
-  for (let i = 0; i < 400; i++) {
-    const pvc = await client.getPvc(ns, claim);
-    if (pvc.status?.phase === 'Bound' && pvc.spec?.volumeName) return pvc.spec.volumeName;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`PVC ${ns}/${claim} did not bind`);
+  return waitFor(
+    async () => {
+      const pvc = await client.getPvc(ns, claim);
+      const pv = pvc.status?.phase === 'Bound' ? pvc.spec?.volumeName : undefined;
+      return pv === '' ? undefined : pv;
+    },
+    { timeout: BIND_TIMEOUT_MS, interval: 25, description: `PVC ${ns}/${claim} bound` },
+  );
 }
 
 /** Per-stage percentiles over a set of operations. */
@@ -378,7 +385,7 @@ export async function runMainStack(cfg: BenchConfig, log: Log) {
     throughput?: Awaited<ReturnType<typeof throughput>>;
   };
   try {
-    await new Promise((r) => setTimeout(r, SETTLE_MS));
+    await rssSteady(h.procs(), log);
     result = { rssIdleMiB: rssOf(h.procs()) };
     log(`idle RSS ${JSON.stringify(result.rssIdleMiB)}`);
     if (cfg.sections.has('1') || cfg.sections.has('2')) {
@@ -401,24 +408,6 @@ export async function runMainStack(cfg: BenchConfig, log: Log) {
 }
 
 /** Section 4: many volumes at once on one VMI, with a realistic pod start. */
-/** Waits until the work stream is empty (every stage idle), or gives up after `timeoutMs`. */
-async function workDrained(natsUrl: string, timeoutMs: number, log: Log): Promise<void> {
-  const nc = await connect({ servers: natsUrl, name: 'plugline-bench-drain' });
-  try {
-    const jsm = await jetstreamManager(nc);
-    const until = performance.now() + timeoutMs;
-    let left = Number.POSITIVE_INFINITY;
-    while (performance.now() < until) {
-      left = (await jsm.streams.info(StreamName.Work)).state.messages;
-      if (left === 0) return;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    log(`work stream not drained after ${timeoutMs} ms (${left} messages left); going on`);
-  } finally {
-    await nc.close();
-  }
-}
-
 export async function runBurstStack(cfg: BenchConfig, log: Log) {
   const ns = 'bench-burst';
   const h = await harness({ podStartLatencyMs: cfg.burstPodStartMs }, [ns], cfg, log);
@@ -445,7 +434,8 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
       const where = { ns, vmi: r.vmi, volumes: mine };
       const podsBefore = new Set(h.obs.podNames(ns, 'hp-volume-'));
       const since = performance.now();
-      const plugged = await burstPlug(h.client, h.obs, where, r.how, 300_000);
+      const run = { how: r.how, timeoutMs: 300_000 };
+      const plugged = await burst(h.client, h.obs, where, run, plugEach(h.client, where));
       const attachPods = new Set(
         h.obs
           .eventsOfType('attached-to-node', since)
@@ -454,7 +444,7 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
           .filter((u) => u !== undefined),
       );
       const podsCreated = h.obs.podNames(ns, 'hp-volume-').filter((n) => !podsBefore.has(n));
-      const unplugged = await burstUnplug(h.client, h.obs, where, r.how, 300_000);
+      const unplugged = await burst(h.client, h.obs, where, run, unplugEach(h.client, where));
       const f: BurstFigures = {
         issue:
           r.how.kind === 'one-patch'
@@ -493,7 +483,7 @@ export async function runScaleOutStack(cfg: BenchConfig, log: Log) {
     log,
   );
   try {
-    await new Promise((r) => setTimeout(r, SETTLE_MS));
+    await rssSteady(h.procs(), log);
     const rssIdleMiB = rssOf(h.procs());
     return { replicas: 2, rssIdleMiB, throughput: await throughput(h, cfg, log) };
   } finally {

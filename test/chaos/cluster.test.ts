@@ -11,7 +11,6 @@ import { ensureProjectorConsumer } from '@plugline/spec-watcher';
 import { startNatsCluster, waitFor, type NatsCluster } from '@plugline/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isRoot, loopDevicesUnder, mountsUnder } from '../chain/helpers.js';
-import { waitForInvariants } from '../support/invariants.js';
 import {
   CHAOS,
   CHAOS_SERVICE_ENV,
@@ -19,9 +18,10 @@ import {
   randomOperations,
   seedVmis,
   seeded,
+  ScenarioReport,
   ServiceTally,
+  settle,
   startChaosStack,
-  streamCounts,
   type ChaosFixture,
 } from './workload.js';
 
@@ -115,61 +115,50 @@ describe.skipIf(!isRoot)('chaos on a NATS cluster', () => {
     const c = cluster!;
     const fx = f!;
     const bus = admin!;
-    const started = Date.now();
-    const work = await bus.jsm.streams.info(StreamName.Work);
-    expect(work.config.num_replicas).toBe(REPLICAS);
+    const r = await new ScenarioReport('cluster', SEED, fx, tally).begin();
+    const figures: Record<string, unknown> = {};
+    let passed = false;
+    try {
+      const work = await bus.jsm.streams.info(StreamName.Work);
+      expect(work.config.num_replicas).toBe(REPLICAS);
 
-    const vms = await seedVmis(fx, 'chaos-cluster', RUN.vmis);
-    const ops = randomOperations(fx, vms, RUN.operations, RUN.parallel, random);
-    let victim: number | undefined;
-    let downMs = 0;
-    const pace = { minMs: 2000, maxMs: 4000, random, minimum: 2 };
-    await disturbUntil(ops, pace, async () => {
-      if (victim === undefined) {
-        victim = await leaderOf(c, bus, StreamName.Work);
-        downMs = Date.now();
-        await c.stopNode(victim, 'SIGKILL');
-      } else if (!c.servers[victim]!.running()) {
-        await c.startNode(victim);
-        await c.waitHealthy();
-        downMs = Date.now() - downMs;
-      }
-    });
-    const counts = await ops;
-    const sent = Date.now();
-    expect(victim).toBeDefined();
-    expect(c.servers.every((s) => s.running())).toBe(true);
-
-    // Every node's view (the checker reads one monitoring endpoint), then the leaders' answer.
-    let inv = { readyVolumes: 0 };
-    for (const server of c.servers) {
-      inv = await waitForInvariants(fx.stack, {
-        natsMonitorUrl: server.monitorUrl,
-        timeoutMs: 180_000,
+      const vms = await seedVmis(fx, 'chaos-cluster', RUN.vmis);
+      const ops = randomOperations(fx, vms, RUN.operations, RUN.parallel, random);
+      let victim: number | undefined;
+      let downAt = 0;
+      const pace = { minMs: 2000, maxMs: 4000, random, minimum: 2 };
+      await disturbUntil(ops, pace, async () => {
+        if (victim === undefined) {
+          victim = await leaderOf(c, bus, StreamName.Work);
+          figures.stoppedNode = victim;
+          downAt = Date.now();
+          await c.stopNode(victim, 'SIGKILL');
+        } else if (!c.servers[victim]!.running()) {
+          await c.startNode(victim);
+          await c.waitHealthy();
+          figures.nodeDownMs = Date.now() - downAt;
+        }
       });
+      Object.assign(figures, await ops);
+      r.sent();
+      expect(victim).toBeDefined();
+      expect(c.servers.every((s) => s.running())).toBe(true);
+
+      // Every node's view (the checker reads one monitoring endpoint), then the leaders' answer.
+      for (const server of c.servers) {
+        const inv = await settle(fx, { natsMonitorUrl: server.monitorUrl, timeoutMs: 180_000 });
+        figures.readyVolumes = inv.readyVolumes;
+      }
+      await waitFor(async () => (await leaderBacklog(bus)).length === 0, {
+        timeout: 30_000,
+        interval: 250,
+        description: 'an empty work stream as its leader reports it',
+      });
+      expect(figures.operations).toBe(RUN.operations);
+      expect(fx.stack.services.every((s) => s.running())).toBe(true);
+      passed = true;
+    } finally {
+      await r.print(figures, passed);
     }
-    await waitFor(async () => (await leaderBacklog(bus)).length === 0, {
-      timeout: 30_000,
-      interval: 250,
-      description: 'an empty work stream as its leader reports it',
-    });
-    const stream = await streamCounts(c.servers[0]!.monitorUrl).catch(() => ({}));
-    for (const s of fx.stack.services) await tally.add(s.healthUrl);
-    console.log(
-      `[chaos] cluster ${JSON.stringify({
-        seed: SEED,
-        ...counts,
-        stoppedNode: victim,
-        nodeDownMs: downMs,
-        readyVolumes: inv.readyVolumes,
-        serviceRedeliveries: tally.redeliveries,
-        serviceDeadLetters: tally.deadLetters,
-        ...stream,
-        runMs: sent - started,
-        convergeMs: Date.now() - sent,
-      })}`,
-    );
-    expect(counts.operations).toBe(RUN.operations);
-    expect(fx.stack.services.every((s) => s.running())).toBe(true);
   }, 420_000);
 });
