@@ -337,7 +337,12 @@ export class NodeMounter {
       entry.namespace !== undefined &&
       request.namespace !== entry.namespace
     ) {
-      throw new ForeignVolumeError(request.vmiUID, entry.volume, entry.namespace, request.namespace);
+      throw new ForeignVolumeError(
+        request.vmiUID,
+        entry.volume,
+        entry.namespace,
+        request.namespace,
+      );
     }
   }
 

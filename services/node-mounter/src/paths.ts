@@ -115,23 +115,35 @@ async function resolveExisting(root: string, path: string): Promise<string> {
   for (;;) {
     try {
       await lstat(existing);
-      break;
     } catch (err) {
       if (!isNotFound(err)) throw err;
       const parent = join(existing, '..');
       if (parent === existing) throw new PathEscapeError(path, root, { cause: err });
       rest = rest === '' ? relative(parent, existing) : join(relative(parent, existing), rest);
       existing = parent;
+      continue;
+    }
+    try {
+      const real = await realpath(existing);
+      return rest === '' ? real : join(real, rest);
+    } catch (err) {
+      // Still there: a dangling symlink, and whatever it points at is not inside the root now.
+      // Gone since the lstat (a pod's folder torn down meanwhile): walk up from it again.
+      if (!isNotFound(err) || (await exists(existing))) {
+        throw new PathEscapeError(path, root, { cause: err });
+      }
     }
   }
-  let real: string;
+}
+
+async function exists(path: string): Promise<boolean> {
   try {
-    real = await realpath(existing);
+    await lstat(path);
+    return true;
   } catch (err) {
-    // A dangling symlink on the way: whatever it points at, it is not inside the root now.
-    throw new PathEscapeError(path, root, { cause: err });
+    if (isNotFound(err)) return false;
+    throw err;
   }
-  return rest === '' ? real : join(real, rest);
 }
 
 /**
