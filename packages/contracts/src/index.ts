@@ -54,6 +54,7 @@ export {
   keyOfEvent,
   eventMsgId,
   workMsgId,
+  compareOperationIds,
   buildEvent,
   decodeWorkItem,
   decodeEvent,

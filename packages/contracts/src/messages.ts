@@ -102,6 +102,16 @@ export function keyOfEvent(event: VolumeEvent): VolumeKey {
   return { namespace, vmi, volume };
 }
 
+/**
+ * Orders two operation ids: negative when `a` was issued before `b`, positive after, 0 for the
+ * same id. Operation ids begin with their issue time (fixed-width base-36 milliseconds; see the
+ * spec-watcher), so any stage can tell an older operation on a volume from a newer one.
+ */
+export function compareOperationIds(a: string, b: string): number {
+  if (a === b) return 0;
+  return a < b ? -1 : 1;
+}
+
 /** `Nats-Msg-Id` of an event: a retried publish inside the duplicate window is dropped. */
 export function eventMsgId(event: VolumeEvent): string {
   const { volume } = keyOfEvent(event);

@@ -1,5 +1,6 @@
 import { fact, nextWork, StageTag, type StageEmitted, type WorkEvent } from '@plugline/bus';
 import {
+  compareOperationIds,
   EventType,
   PhaseMessage,
   PluglineError,
@@ -268,10 +269,13 @@ export const domainUpdaterMachine = setup({
       const nudge = NUDGES.includes(event.item.cause);
       const vmiUID = obs.kind === 'observed' ? obs.vmiUID : event.item.vmiUID;
       const newIncarnation = context.vmiUID !== '' && vmiUID !== context.vmiUID;
-      const operationId =
-        nudge && context.operationId !== '' && !newIncarnation
-          ? context.operationId
-          : event.item.operationId;
+      // A nudge, or a late item of an older operation (a delayed wake-up, a redelivery), does
+      // not take the unit over: the facts it reports stay the current operation's.
+      const keep =
+        context.operationId !== '' &&
+        !newIncarnation &&
+        (nudge || compareOperationIds(event.item.operationId, context.operationId) < 0);
+      const operationId = keep ? context.operationId : event.item.operationId;
       return {
         obs,
         now: event.receivedAt,

@@ -80,10 +80,10 @@ const OBSERVATIONS: Record<string, Observation> = {
   unplugAbsent: observed({ desired: 'unplug' }),
 };
 
-function work(obs: string, at = T0, cause = 'mounted-to-pod'): WorkEvent {
+function work(obs: string, at = T0, cause = 'mounted-to-pod', operationId = 'op-1'): WorkEvent {
   return {
     type: 'work',
-    item: item(cause),
+    item: { ...item(cause), operationId },
     attempt: 1,
     receivedAt: at,
     observed: OBSERVATIONS[obs],
@@ -413,5 +413,23 @@ describe('domainUpdaterMachine rules', () => {
       ['detached-from-domain', 'node-mounter'],
     );
     r.actor.stop();
+  });
+
+  it("a late wake-up of an older operation does not take over: the unplug's facts stay its own", async () => {
+    // Plugged under op-1, then unplugged under op-2 (its detach in flight) after op-1's own
+    // unplug was reported once before: op-1's delayed item must not make op-2's detach a repeat.
+    const h = await attached();
+    h.actor.send(work('unplugPresent', T0 + 1, 'unplug-requested', 'op-2'));
+    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+    expect(h.actor.getSnapshot().value).toBe('awaitingRemoval');
+    h.actor.send(work('unplugPresent', T0 + 2, 'unplug-requested', 'op-0'));
+    h.emitted.length = 0;
+    h.actor.send(work('unplugAbsent', T0 + 3, 'device-removed', 'device-removed-1'));
+    expect(h.actor.getSnapshot().value).toBe('detached');
+    const facts = h.emitted.flatMap((e) => (e.type === 'plugline.fact' ? [e.fact] : []));
+    expect(facts.map((f) => [f.type, f.data.operationId])).toEqual([
+      ['detached-from-domain', 'op-2'],
+    ]);
+    h.actor.stop();
   });
 });

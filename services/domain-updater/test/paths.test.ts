@@ -53,9 +53,12 @@ afterEach(async () => {
 const source = (uid: string, file: string) => join(hotplugHostDir(root, uid), file);
 
 describe('hotplugHostDir', () => {
-  it.each(['..', '', 'a/../../..', 'a\0b'])('refuses the launcher UID %j (PathEscapeError)', (uid) => {
-    expect(() => hotplugHostDir(root, uid)).toThrow(PathEscapeError);
-  });
+  it.each(['..', '', 'a/../../..', 'a\0b'])(
+    'refuses the launcher UID %j (PathEscapeError)',
+    (uid) => {
+      expect(() => hotplugHostDir(root, uid)).toThrow(PathEscapeError);
+    },
+  );
 
   it.each(['UPPER', '-dash', 'x'.repeat(64), 'x'.repeat(300)])(
     'refuses the launcher UID %j (InvalidNameError)',
@@ -88,9 +91,9 @@ describe('checkedHotplugSource', () => {
   ])('refuses a source that is a symlink to %s', async (_, to) => {
     await writeFile(to(), 'not yours');
     await symlink(to(), source(LAUNCHER, 'data.img'));
-    await expect(
-      checkedHotplugSource(root, LAUNCHER, 'data', 'Filesystem'),
-    ).rejects.toBeInstanceOf(PathEscapeError);
+    await expect(checkedHotplugSource(root, LAUNCHER, 'data', 'Filesystem')).rejects.toBeInstanceOf(
+      PathEscapeError,
+    );
   });
 
   it('refuses a block source that is a symlink to a device node (even a real one)', async () => {
@@ -114,9 +117,9 @@ describe('checkedHotplugSource', () => {
 
   it('refuses a source of the wrong kind (WrongSourceKindError)', async () => {
     await mkdir(source(LAUNCHER, 'dir.img'));
-    await expect(
-      checkedHotplugSource(root, LAUNCHER, 'dir', 'Filesystem'),
-    ).rejects.toBeInstanceOf(WrongSourceKindError);
+    await expect(checkedHotplugSource(root, LAUNCHER, 'dir', 'Filesystem')).rejects.toBeInstanceOf(
+      WrongSourceKindError,
+    );
     await writeFile(source(LAUNCHER, 'plain'), 'a file, not a device');
     await expect(checkedHotplugSource(root, LAUNCHER, 'plain', 'Block')).rejects.toMatchObject({
       reason: 'WrongFileKind',
@@ -129,7 +132,9 @@ describe('the observer', () => {
     metadata: { name: 'vm', namespace: 'ns-a', uid: VMI_UID, generation: 1 },
     spec: {
       domain: { devices: { disks: [{ name: 'data', disk: { bus: 'scsi' } }] } },
-      volumes: [{ name: 'data', persistentVolumeClaim: { claimName: 'pvc-data', hotpluggable: true } }],
+      volumes: [
+        { name: 'data', persistentVolumeClaim: { claimName: 'pvc-data', hotpluggable: true } },
+      ],
     },
     status: { nodeName: 'node-a', phase: 'Running' },
   };

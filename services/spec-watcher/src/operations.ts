@@ -15,8 +15,4 @@ export function newOperationId(now: Date, random: () => number = Math.random): s
   return `${time}-${tail}`;
 }
 
-/** Negative when `a` was issued before `b`, positive after, 0 for the same id. */
-export function compareOperationIds(a: string, b: string): number {
-  if (a === b) return 0;
-  return a < b ? -1 : 1;
-}
+export { compareOperationIds } from '@plugline/contracts';
