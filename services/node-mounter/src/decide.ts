@@ -204,13 +204,25 @@ export function hotplugVolumesOf(vmi: VirtualMachineInstance): string[] {
   return (vmi.spec.volumes ?? []).filter(isHotpluggable).map((v) => v.name);
 }
 
+/** Phases in which domain-updater may have put the disk in the domain (the status can lag it). */
+const MAY_BE_IN_DOMAIN: ReadonlySet<string> = new Set([
+  VolumePhase.AttachedToNode,
+  VolumePhase.MountedToPod,
+  VolumePhase.Ready,
+]);
+
 /**
- * True while the VMI's status says the domain may have the disk: its entry has a target, or is
- * still `Ready`. No entry: the volume was never attached, or has been released already.
+ * True while the VMI's status does not rule out that the domain has the disk: its entry has a
+ * target, is in a phase from `AttachedToNode` to `Ready`, or names an attachment pod without a
+ * phase (a re-add reset it). The status lags the stages: a `MountedToPod` entry may already be
+ * in the domain (its `ready` not projected yet), so only domain-updater's hand-off
+ * (`detached-from-domain`) proves it left. No entry, or one never attached: nothing to wait for.
  */
 export function domainHolds(vmi: VirtualMachineInstance, volume: string): boolean {
   const entry = vmi.status?.volumeStatus?.find((s) => s.name === volume);
-  return entry !== undefined && (entry.target !== '' || entry.phase === VolumePhase.Ready);
+  if (entry === undefined) return false;
+  if (entry.target !== '' || MAY_BE_IN_DOMAIN.has(entry.phase ?? '')) return true;
+  return entry.phase === undefined && entry.hotplugVolume?.attachPodName !== undefined;
 }
 
 interface PlugPods {

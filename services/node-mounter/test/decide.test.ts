@@ -181,6 +181,19 @@ describe('decide', () => {
     expect(d).toMatchObject({ kind: DecisionKind.Skip, reason: 'DomainMayHoldDisk' });
   });
 
+  it.each(['AttachedToNode', 'MountedToPod'])(
+    'skips a %s entry: domain-updater may have attached it before the status says so',
+    (phase) => {
+      const d = decide(
+        view({
+          item: item({ cause: 'resync' }),
+          vmi: vmi([], { volumeStatus: [{ name: 'data', target: '', phase }] }),
+        }),
+      );
+      expect(d).toMatchObject({ kind: DecisionKind.Skip, reason: 'DomainMayHoldDisk' });
+    },
+  );
+
   it('unplugs when the status has no target for the volume', () => {
     const d = decide(
       view({
@@ -232,7 +245,7 @@ describe('decide', () => {
   });
 });
 
-describe('decide never reaches another VMI\'s pods or devices', () => {
+describe("decide never reaches another VMI's pods or devices", () => {
   /** A pod as it would be in another namespace (same labels, annotations, volume names). */
   const elsewhere = (pod: PodView): PodView => ({
     ...pod,
@@ -242,7 +255,9 @@ describe('decide never reaches another VMI\'s pods or devices', () => {
   it('an item naming the UID of a VMI in another namespace unplugs nothing of that VMI', () => {
     // ns-a/vm-long-name-for-tests does not exist; the item carries the UID of a VMI in ns-b whose
     // launcher and attachment pod run on this node.
-    const d = decide(view({ vmi: undefined, pods: [elsewhere(launcher), elsewhere(attachment())] }));
+    const d = decide(
+      view({ vmi: undefined, pods: [elsewhere(launcher), elsewhere(attachment())] }),
+    );
     // No target guess from the other namespace's launcher; the namespace goes with the request so
     // the mounter refuses that VMI's checkpointed volume (ForeignVolumeError, node-mounter.test).
     expect(d).toEqual({
@@ -273,7 +288,8 @@ describe('decide never reaches another VMI\'s pods or devices', () => {
     const d = decide(
       view({
         pods: [launcher, stale],
-        pvc: (name) => (name === 'claim-other' ? other : name === 'claim-data' ? boundPvc : undefined),
+        pvc: (name) =>
+          name === 'claim-other' ? other : name === 'claim-data' ? boundPvc : undefined,
       }),
     );
     expect(d).toMatchObject({ kind: DecisionKind.Wait, reason: 'AttachmentPodNotRunning' });
