@@ -218,9 +218,6 @@ type RunResult =
     })
   | { conflict: true };
 
-/** The longest pause between two checks for finished work items the server kept. */
-const REAP_INTERVAL_MAX_MS = 5000;
-
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 
@@ -312,9 +309,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
           this.#log.debug({ err }, 'checking the work queue for acknowledged leftovers'),
         );
       },
-      // Two checks in a row must see a leftover: with a long ack wait (domain-updater's covers a
-      // guest's detach) the stream would hold finished items for minutes.
-      Math.max(1000, Math.min(ackWaitMs, REAP_INTERVAL_MAX_MS)),
+      Math.max(1000, ackWaitMs),
     );
     this.#reaper.unref();
   }
