@@ -5,6 +5,7 @@
  */
 import { execFile } from 'node:child_process';
 import { cp } from 'node:fs/promises';
+import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import {
   addVolume,
@@ -19,7 +20,7 @@ import {
 import { connectBus, kvKey } from '@plugline/bus';
 import { eventTypeOf, TransientError } from '@plugline/contracts';
 import { KubeClient } from '@plugline/kube';
-import { startNats, tempDir, type NatsServer, type TempDir } from '@plugline/testkit';
+import { startNats, tempDir, waitFor, type NatsServer, type TempDir } from '@plugline/testkit';
 import { removeVolume } from '@plugline/cli';
 import { inPrivateMountNamespace } from '../chain/helpers.js';
 import { checkInvariants, waitForInvariants, type InvariantReport } from '../support/invariants.js';
@@ -217,22 +218,27 @@ export async function randomOperations(
 ): Promise<RunCounts> {
   const counts: RunCounts = { operations: 0, plugs: 0, unplugs: 0, rejected: 0, interrupted: 0 };
   let next = 0;
-  const busy = new Set<string>();
+  /** The operation in flight per VMI: one at a time on a VMI, as a user's requests would be. */
+  const busy = new Map<string, Promise<void>>();
   const worker = async (): Promise<void> => {
     while (next < operations) {
       const vm = vms[Math.floor(random() * vms.length)]!;
-      if (busy.has(vm.name)) {
-        await new Promise((r) => setTimeout(r, 5));
+      const inFlight = busy.get(vm.name);
+      if (inFlight !== undefined) {
+        await inFlight;
         continue;
       }
       next++;
-      busy.add(vm.name);
-      try {
-        counts.operations++;
-        await oneOperation(f, vm, random, counts);
-      } finally {
-        busy.delete(vm.name);
-      }
+      counts.operations++;
+      const op = oneOperation(f, vm, random, counts).finally(() => busy.delete(vm.name));
+      busy.set(
+        vm.name,
+        op.then(
+          () => undefined,
+          () => undefined,
+        ),
+      );
+      await op;
     }
   };
   await Promise.all(Array.from({ length: parallel }, () => worker()));
@@ -254,8 +260,8 @@ export async function disturbUntil(
   void until.finally(() => (done = true)).catch(() => undefined);
   let count = 0;
   while (!done || count < minimum) {
-    const wait = minMs + random() * (maxMs - minMs);
-    const pause = new Promise((r) => setTimeout(r, wait));
+    // The schedule of the disturbances (a random moment), not a wait for a condition.
+    const pause = delay(minMs + random() * (maxMs - minMs));
     // While requests are still being sent, a failed send ends the wait (and the run) at once.
     await (done ? pause : Promise.race([pause, until.catch(() => undefined)]));
     if (done && count >= minimum) break;
@@ -437,17 +443,22 @@ async function traceViolations(
 ): Promise<void> {
   const started = Date.now();
   let last = '';
-  while (on()) {
-    const report = await checkInvariants(f.stack, check).catch((err: unknown) => ({
-      violations: [`check failed: ${String(err)}`],
-    }));
-    const now = report.violations.slice().sort().join('\n    ');
-    if (now !== last) {
-      console.log(`[chaos] +${Date.now() - started} ms violations:\n    ${now || '(none)'}`);
-      last = now;
-    }
-    await new Promise((r) => setTimeout(r, 1000));
-  }
+  // Samples the violations once a second until tracing stops (the settle is over).
+  await waitFor(
+    async () => {
+      if (!on()) return true;
+      const report = await checkInvariants(f.stack, check).catch((err: unknown) => ({
+        violations: [`check failed: ${String(err)}`],
+      }));
+      const now = report.violations.slice().sort().join('\n    ');
+      if (now !== last) {
+        console.log(`[chaos] +${Date.now() - started} ms violations:\n    ${now || '(none)'}`);
+        last = now;
+      }
+      return false;
+    },
+    { timeout: Number.MAX_SAFE_INTEGER, interval: 1000, description: 'the end of the trace' },
+  );
 }
 
 /**

@@ -16,6 +16,7 @@ import {
   type Volume,
 } from '@plugline/contracts';
 import type { Stack } from '@plugline/cli';
+import { waitFor, WaitTimeoutError } from '@plugline/testkit';
 
 export interface InvariantTarget {
   /** The stack's folder (kubelet root, hypervisor state files, loop device backing files). */
@@ -276,18 +277,25 @@ export async function waitForInvariants(
   stack: InvariantTarget,
   options: InvariantOptions & { timeoutMs?: number } = {},
 ): Promise<InvariantReport> {
-  const deadline = Date.now() + (options.timeoutMs ?? 120_000);
   let last: InvariantReport = { violations: ['not checked'], readyVolumes: 0 };
-  for (;;) {
+  const holds = async (): Promise<InvariantReport | undefined> => {
     try {
       last = await checkInvariants(stack, options);
-      if (last.violations.length === 0) return last;
     } catch (err) {
       last = { violations: [`check failed: ${String(err)}`], readyVolumes: 0 };
     }
-    if (Date.now() > deadline) {
-      throw new Error(`invariants do not hold:\n  ${last.violations.slice(0, 40).join('\n  ')}`);
-    }
-    await new Promise((r) => setTimeout(r, 500));
+    return last.violations.length === 0 ? last : undefined;
+  };
+  try {
+    return await waitFor(holds, {
+      timeout: options.timeoutMs ?? 120_000,
+      interval: 500,
+      description: 'the invariants',
+    });
+  } catch (err) {
+    if (!(err instanceof WaitTimeoutError)) throw err;
+    throw new Error(`invariants do not hold:\n  ${last.violations.slice(0, 40).join('\n  ')}`, {
+      cause: err,
+    });
   }
 }
