@@ -59,7 +59,7 @@ export class Floor {
   ): Promise<Floor> {
     const driver = createSimulatedDriver({
       detachDelayMs,
-      stateFile: join(stateDir, 'floor-hypervisor.json'),
+      stateDir: join(stateDir, 'floor-hypervisor'),
     });
     const domain = `${target.ns}_${target.vmi}`;
     await driver.defineDomain(domain);

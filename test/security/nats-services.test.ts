@@ -77,7 +77,7 @@ async function startService(
     env.PLUGLINE_STATE_DIR = join(stack.dir, 'state', `${name}-${node}`);
     if (name === ServiceName.DomainUpdater) {
       env.PLUGLINE_HYPERVISOR = 'simulated';
-      env.PLUGLINE_SIM_STATE_FILE = join(stack.dir, 'state', `hypervisor-${node}.json`);
+      env.PLUGLINE_SIM_STATE_DIR = join(stack.dir, 'state', `hypervisor-${node}`);
     }
   }
   const proc = await spawnService(process.execPath, {

@@ -40,8 +40,10 @@ export interface InvariantReport {
 interface DomainDiskState {
   disk: { sourcePath?: string; target?: string; alias?: string };
 }
-interface SimState {
-  domains: Record<string, { disks: DomainDiskState[] }>;
+/** One domain's file in the simulated hypervisor's state folder. */
+interface SimDomainFile {
+  name: string;
+  disks: DomainDiskState[];
 }
 
 /** The claim (PVC or DataVolume name) of a hotplug volume; undefined for a non-hotplug one. */
@@ -128,10 +130,19 @@ export async function checkInvariants(
   const pods = (await core.listPodForAllNamespaces()).items;
   const domains = new Map<string, { disks: DomainDiskState[] }>();
   for (const node of stack.nodes) {
-    const file = join(stack.dir, 'state', `hypervisor-${node}.json`);
-    if (!existsSync(file)) continue;
-    const state = JSON.parse(readFileSync(file, 'utf8')) as SimState;
-    for (const [name, d] of Object.entries(state.domains)) domains.set(name, d);
+    const folder = join(stack.dir, 'state', `hypervisor-${node}`);
+    if (!existsSync(folder)) continue;
+    for (const file of readdirSync(folder)) {
+      if (!file.endsWith('.domain.json')) continue;
+      let text: string;
+      try {
+        text = readFileSync(join(folder, file), 'utf8');
+      } catch {
+        continue; // undefined since the folder was read
+      }
+      const domain = JSON.parse(text) as SimDomainFile;
+      domains.set(domain.name, domain);
+    }
   }
   const launcherByName = new Map<string, V1Pod>();
   for (const p of pods) launcherByName.set(`${p.metadata?.namespace}/${p.metadata?.name}`, p);

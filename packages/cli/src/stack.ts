@@ -439,7 +439,7 @@ function serviceSpecs(
       };
       if (name === ServiceName.DomainUpdater) {
         env.PLUGLINE_HYPERVISOR = options.hypervisor ?? Hypervisor.Simulated;
-        env.PLUGLINE_SIM_STATE_FILE = simStateFile(dir, node);
+        env.PLUGLINE_SIM_STATE_DIR = simStateDir(dir, node);
       }
       const libvirt = options.hypervisor === Hypervisor.Libvirt ? options.libvirt : undefined;
       if (libvirt !== undefined) {
@@ -469,8 +469,8 @@ function serviceSpecs(
   }));
 }
 
-function simStateFile(dir: string, node: string): string {
-  return join(dir, 'state', `hypervisor-${node}.json`);
+function simStateDir(dir: string, node: string): string {
+  return join(dir, 'state', `hypervisor-${node}`);
 }
 
 /**

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { HypervisorError } from '@plugline/contracts';
 import { domainDiskElement, parseDiskXml, parseDomainDisks } from './domain-xml.js';
 import type { DomainDisk } from './domain-xml.js';
@@ -10,7 +11,7 @@ import { el, renderXml } from './xml.js';
 
 /**
  * The simulated hypervisor: the embedded default where no libvirt exists. It holds each domain's
- * XML in memory (or in `stateFile`) and behaves like libvirt 9 + QEMU 7.2 as measured on the build
+ * XML in memory (or in `stateDir`) and behaves like libvirt 9 + QEMU 7.2 as measured on the build
  * machines: the same rejections with the same texts, `device-added` right after an attach, and an
  * unplug that completes (`device-removed`) only `detachDelayMs` after the detach call — or never,
  * for a device the simulated guest does not release.
@@ -24,10 +25,13 @@ export interface SimulatedDriverOptions {
    */
   stuckDevices?: Iterable<string>;
   /**
-   * A JSON file holding the domains, so that a restarted process sees the same domains (written
-   * atomically after every change, re-read before every call). Without it nothing is persisted.
+   * A folder holding the domains, so that a restarted process sees the same domains: one JSON file
+   * per domain (`<encoded name>.json`, written atomically before a call that changed it returns)
+   * and `stuck.json`. Read once, at the first call: the driver owns the folder, as one hypervisor
+   * owns its node. Each call writes only what it changed, so a call costs the same with 10 or
+   * 10,000 domains. Without it nothing is persisted.
    */
-  stateFile?: string;
+  stateDir?: string;
   /** The clock (tests). */
   now?: () => number;
 }
@@ -46,6 +50,16 @@ interface SimDisk {
   disk: DomainDisk;
   /** Epoch ms at which a requested unplug completes; null while the guest holds on. */
   removeAt?: number | null;
+  /**
+   * The source's device and inode when attached: QEMU holds the image open, so its write lock
+   * follows the file it opened (absent in states written before it was recorded).
+   */
+  sourceId?: FileId;
+}
+
+interface FileId {
+  dev: number;
+  ino: number;
 }
 
 interface SimDomain {
@@ -55,10 +69,18 @@ interface SimDomain {
   disks: SimDisk[];
 }
 
-interface SimState {
+/** One domain's file in the state folder. */
+interface DomainFile extends SimDomain {
   version: 1;
-  domains: Record<string, SimDomain>;
-  stuck: string[];
+  name: string;
+}
+
+const STUCK_FILE = 'stuck.json';
+const DOMAIN_FILE_SUFFIX = '.domain.json';
+
+/** A domain's file name: the name percent-encoded, so no name can leave the folder. */
+function domainFileName(name: string): string {
+  return `${encodeURIComponent(name).replace(/\./g, '%2E')}${DOMAIN_FILE_SUFFIX}`;
 }
 
 const SERIAL_PATTERN = /^[A-Za-z0-9_.+\- ]+$/;
@@ -109,18 +131,23 @@ function sharesLockWith(a: DomainDisk, b: DomainDisk): boolean {
 export function createSimulatedDriver(options: SimulatedDriverOptions = {}): SimulatedDriver {
   const detachDelayMs = options.detachDelayMs ?? 100;
   const now = options.now ?? Date.now;
-  const stateFile = options.stateFile;
+  const stateDir = options.stateDir;
   const hub = new EventHub();
-  let state: SimState = { version: 1, domains: {}, stuck: [...(options.stuckDevices ?? [])] };
-  let loaded = stateFile === undefined;
+  const domains = new Map<string, SimDomain>();
+  let stuckDevices: string[] = [...(options.stuckDevices ?? [])];
+  let loaded = stateDir === undefined;
   let timer: NodeJS.Timeout | undefined;
   let closed = false;
-  let dirty = false;
+  /** Domains changed (or removed) by the running call, written before it returns. */
+  const changedDomains = new Set<string>();
+  let stuckChanged = false;
+  /** Unplugs requested and not yet complete (the timer and `settle` skip work without any). */
+  let pendingUnplugs = 0;
   let queue: Promise<unknown> = Promise.resolve();
 
   /**
    * Runs `fn` after every earlier call, so one call at a time reads and changes the state: load the
-   * state file, complete due unplugs, run, complete due unplugs, write the file when anything
+   * state folder (first call), complete due unplugs, run, complete due unplugs, write what
    * changed, then emit the events.
    */
   function serial<T>(
@@ -136,8 +163,7 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
         return await fn(events);
       } finally {
         events.push(...settle());
-        if (dirty || events.length > 0) await persist();
-        dirty = false;
+        await persist();
         arm();
         for (const event of events) hub.emit(event);
       }
@@ -147,55 +173,100 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     return next;
   }
 
-  /** Marks the state changed and queues an event to emit once the change is written. */
-  function changed(events: DomainEvent[], ...more: DomainEvent[]): void {
-    dirty = true;
+  /** Marks a domain changed and queues events to emit once the change is written. */
+  function changed(events: DomainEvent[], domain: string, ...more: DomainEvent[]): void {
+    changedDomains.add(domain);
     events.push(...more);
   }
 
-  async function load(): Promise<void> {
-    if (stateFile === undefined) return;
+  function countPending(): number {
+    let n = 0;
+    for (const domain of domains.values()) {
+      for (const entry of domain.disks) if (entry.removeAt !== undefined) n += 1;
+    }
+    return n;
+  }
+
+  async function readJson<T>(file: string): Promise<T> {
     let text: string;
     try {
-      text = await readFile(stateFile, 'utf8');
+      text = await readFile(file, 'utf8');
+    } catch (error) {
+      throw hvError(HypervisorReason.Failed, `cannot read ${file}`, error);
+    }
+    try {
+      return JSON.parse(text) as T;
+    } catch (error) {
+      throw hvError(HypervisorReason.Failed, `${file} is not a simulated hypervisor state`, error);
+    }
+  }
+
+  async function load(): Promise<void> {
+    if (loaded || stateDir === undefined) return;
+    let names: string[];
+    try {
+      names = await readdir(stateDir);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
-        throw hvError(HypervisorReason.Failed, `cannot read ${stateFile}`, error);
+        throw hvError(HypervisorReason.Failed, `cannot read ${stateDir}`, error);
       }
-      if (!loaded) dirty = true;
-      loaded = true;
-      return;
+      names = [];
     }
-    let parsed: SimState;
-    try {
-      parsed = JSON.parse(text) as SimState;
-    } catch (error) {
-      throw hvError(
-        HypervisorReason.Failed,
-        `${stateFile} is not a simulated hypervisor state`,
-        error,
-      );
+    for (const file of names) {
+      if (!file.endsWith(DOMAIN_FILE_SUFFIX)) continue;
+      const domain = await readJson<DomainFile>(join(stateDir, file));
+      domains.set(domain.name, { xml: domain.xml, disks: domain.disks });
     }
-    // The configured stuck devices add to the persisted ones on first load.
-    const stuck = loaded ? parsed.stuck : [...new Set([...parsed.stuck, ...state.stuck])];
-    state = { version: 1, domains: parsed.domains, stuck };
+    if (names.includes(STUCK_FILE)) {
+      // The configured stuck devices add to the persisted ones.
+      const persisted = await readJson<string[]>(join(stateDir, STUCK_FILE));
+      stuckDevices = [...new Set([...persisted, ...stuckDevices])];
+    }
+    stuckChanged = stuckDevices.length > 0;
+    pendingUnplugs = countPending();
     loaded = true;
   }
 
-  async function persist(): Promise<void> {
-    if (stateFile === undefined) return;
-    const temp = `${stateFile}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  async function writeAtomically(file: string, content: string): Promise<void> {
+    const temp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
     try {
-      await writeFile(temp, JSON.stringify(state, null, 1));
-      await rename(temp, stateFile);
+      await writeFile(temp, content);
+      await rename(temp, file);
     } catch (error) {
       await unlink(temp).catch(() => undefined);
-      throw hvError(HypervisorReason.Failed, `cannot write ${stateFile}`, error);
+      throw hvError(HypervisorReason.Failed, `cannot write ${file}`, error);
     }
   }
 
+  async function persist(): Promise<void> {
+    if (stateDir === undefined) {
+      changedDomains.clear();
+      stuckChanged = false;
+      return;
+    }
+    if (changedDomains.size === 0 && !stuckChanged) return;
+    await mkdir(stateDir, { recursive: true });
+    for (const name of changedDomains) {
+      const file = join(stateDir, domainFileName(name));
+      const domain = domains.get(name);
+      if (domain === undefined) {
+        await unlink(file).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ENOENT')
+            throw hvError(HypervisorReason.Failed, `cannot remove ${file}`, error);
+        });
+      } else {
+        const content: DomainFile = { version: 1, name, xml: domain.xml, disks: domain.disks };
+        await writeAtomically(file, JSON.stringify(content, null, 1));
+      }
+    }
+    changedDomains.clear();
+    if (stuckChanged)
+      await writeAtomically(join(stateDir, STUCK_FILE), JSON.stringify(stuckDevices));
+    stuckChanged = false;
+  }
+
   function isStuck(domain: string, disk: DomainDisk): boolean {
-    return state.stuck.some((entry) => {
+    return stuckDevices.some((entry) => {
       const slash = entry.indexOf('/');
       const [scope, device] =
         slash >= 0 ? [entry.slice(0, slash), entry.slice(slash + 1)] : [undefined, entry];
@@ -204,8 +275,19 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     });
   }
 
+  /** The disks a domain was defined with, parsed once per definition (its XML never changes). */
+  const definedDiskCache = new WeakMap<SimDomain, DomainDisk[]>();
+  function definedDisks(domain: SimDomain): DomainDisk[] {
+    let disks = definedDiskCache.get(domain);
+    if (disks === undefined) {
+      disks = parseDomainDisks(domain.xml);
+      definedDiskCache.set(domain, disks);
+    }
+    return disks;
+  }
+
   function getDomain(name: string): SimDomain {
-    const domain = state.domains[name];
+    const domain = domains.get(name);
     if (domain === undefined) {
       throw hvError(HypervisorReason.DomainNotFound, `failed to get domain '${name}'`);
     }
@@ -214,12 +296,19 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
 
   /** Completes every unplug whose time has come; returns the `device-removed` events. */
   function settle(): DomainEvent[] {
-    const t = now();
     const removed: DomainEvent[] = [];
-    for (const [name, domain] of Object.entries(state.domains)) {
+    if (pendingUnplugs === 0) return removed;
+    const t = now();
+    for (const [name, domain] of domains) {
+      if (
+        !domain.disks.some((entry) => typeof entry.removeAt === 'number' && entry.removeAt <= t)
+      ) {
+        continue;
+      }
       const keep: SimDisk[] = [];
       for (const entry of domain.disks) {
         if (typeof entry.removeAt === 'number' && entry.removeAt <= t) {
+          pendingUnplugs -= 1;
           removed.push({
             type: DeviceEventType.Removed,
             domain: name,
@@ -232,6 +321,7 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
         }
       }
       domain.disks = keep;
+      changedDomains.add(name);
     }
     return removed;
   }
@@ -241,7 +331,8 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     if (timer !== undefined) clearTimeout(timer);
     timer = undefined;
     let next = Infinity;
-    for (const domain of Object.values(state.domains)) {
+    if (pendingUnplugs === 0 || closed) return;
+    for (const domain of domains.values()) {
       for (const entry of domain.disks) {
         if (typeof entry.removeAt === 'number') next = Math.min(next, entry.removeAt);
       }
@@ -255,7 +346,7 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     );
   }
 
-  async function checkSource(disk: DomainDisk): Promise<{ dev: number; ino: number }> {
+  async function checkSource(disk: DomainDisk): Promise<FileId> {
     if (disk.sourcePath === undefined) {
       throw hvError(HypervisorReason.InvalidDisk, `disk ${disk.target} has no source`);
     }
@@ -278,14 +369,11 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     }
   }
 
-  async function lockHolder(
-    disk: DomainDisk,
-    id: { dev: number; ino: number },
-  ): Promise<DomainDisk | undefined> {
-    for (const domain of Object.values(state.domains)) {
+  async function lockHolder(disk: DomainDisk, id: FileId): Promise<DomainDisk | undefined> {
+    for (const domain of domains.values()) {
       for (const entry of domain.disks) {
         if (entry.disk.sourcePath === undefined || !sharesLockWith(entry.disk, disk)) continue;
-        const other = await stat(entry.disk.sourcePath).catch(() => undefined);
+        const other = entry.sourceId ?? (await stat(entry.disk.sourcePath).catch(() => undefined));
         if (other !== undefined && other.dev === id.dev && other.ino === id.ino) return entry.disk;
       }
     }
@@ -312,7 +400,7 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
         `XML error: invalid disk target '${disk.target}'`,
       );
     }
-    const present = [...parseDomainDisks(domain.xml), ...domain.disks.map((d) => d.disk)];
+    const present = [...definedDisks(domain), ...domain.disks.map((d) => d.disk)];
     const clash = present.find((d) => d.target === disk.target);
     if (clash !== undefined) {
       throw hvError(
@@ -336,8 +424,8 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
       disk.alias ??
       (disk.bus === 'scsi' ? `scsi0-0-0-${address?.unit ?? 0}` : `virtio-disk${index}`);
     const stored: DomainDisk = { ...disk, alias, address };
-    domain.disks.push({ disk: stored });
-    changed(events, {
+    domain.disks.push({ disk: stored, sourceId: id });
+    changed(events, name, {
       type: DeviceEventType.Added,
       domain: name,
       alias,
@@ -351,7 +439,7 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     const target = isDiskXml(targetOrXml) ? parseDiskXml(targetOrXml).target : targetOrXml;
     const entry = domain.disks.find((d) => d.disk.target === target);
     if (entry === undefined) {
-      if (parseDomainDisks(domain.xml).some((d) => d.target === target)) {
+      if (definedDisks(domain).some((d) => d.target === target)) {
         throw hvError(
           HypervisorReason.InvalidDisk,
           `the simulated hypervisor cannot detach disk ${target}, which was defined with the domain`,
@@ -362,7 +450,8 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     // Already requested: libvirt accepts it again and changes nothing.
     if (entry.removeAt !== undefined) return Promise.resolve();
     entry.removeAt = isStuck(name, entry.disk) ? null : now() + detachDelayMs;
-    dirty = true;
+    pendingUnplugs += 1;
+    changedDomains.add(name);
     return Promise.resolve();
   }
 
@@ -379,8 +468,12 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
             error,
           );
         }
-        state.domains[name] = { xml: text, disks: [] };
-        changed(events, {
+        const replaced = domains.get(name);
+        if (replaced !== undefined) {
+          pendingUnplugs -= replaced.disks.filter((d) => d.removeAt !== undefined).length;
+        }
+        domains.set(name, { xml: text, disks: [] });
+        changed(events, name, {
           type: 'lifecycle',
           domain: name,
           detail: 'Started Booted',
@@ -391,9 +484,10 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     },
     undefineDomain(name) {
       return serial((events) => {
-        getDomain(name);
-        delete state.domains[name];
-        changed(events, {
+        const removed = getDomain(name);
+        pendingUnplugs -= removed.disks.filter((d) => d.removeAt !== undefined).length;
+        domains.delete(name);
+        changed(events, name, {
           type: 'lifecycle',
           domain: name,
           detail: 'Stopped Destroyed',
@@ -403,21 +497,22 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
       });
     },
     listDomains() {
-      return serial(() => Promise.resolve(Object.keys(state.domains).sort()));
+      return serial(() => Promise.resolve([...domains.keys()].sort()));
     },
     setStuck(device, stuck) {
       return serial(() => {
-        const others = state.stuck.filter((entry) => entry !== device);
-        state.stuck = stuck ? [...others, device] : others;
-        for (const [name, domain] of Object.entries(state.domains)) {
+        const others = stuckDevices.filter((entry) => entry !== device);
+        stuckDevices = stuck ? [...others, device] : others;
+        stuckChanged = true;
+        for (const [name, domain] of domains) {
           for (const entry of domain.disks) {
             if (entry.removeAt === undefined) continue;
             const holds = isStuck(name, entry.disk);
             if (holds) entry.removeAt = null;
             else if (entry.removeAt === null) entry.removeAt = now() + detachDelayMs;
+            changedDomains.add(name);
           }
         }
-        dirty = true;
         return Promise.resolve();
       });
     },

@@ -1,4 +1,4 @@
-import { readdir, writeFile } from 'node:fs/promises';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { HypervisorError } from '@plugline/contracts';
@@ -265,15 +265,15 @@ describe('simulated driver', () => {
     expect((await rejection(driver.listDisks(DOMAIN))).reason).toBe('Unavailable');
   });
 
-  it('keeps domains in a state file, so a restarted process sees them and finishes unplugs', async () => {
-    const stateFile = path.join(dir, 'hypervisor.json');
-    const first = await driverWith({ stateFile, detachDelayMs: 100 });
+  it('keeps domains in a state folder, so a restarted process sees them and finishes unplugs', async () => {
+    const stateDir = path.join(dir, 'hypervisor');
+    const first = await driverWith({ stateDir, detachDelayMs: 100 });
     await first.attachDisk(DOMAIN, await volume('kept', 'sda'));
     await first.attachDisk(DOMAIN, await volume('leaving', 'sdb'));
     await first.detachDisk(DOMAIN, 'sdb');
     await first.close();
 
-    const second = createSimulatedDriver({ stateFile, detachDelayMs: 100 });
+    const second = createSimulatedDriver({ stateDir, detachDelayMs: 100 });
     drivers.push(second);
     expect(await second.listDomains()).toEqual([DOMAIN]);
     await vi.waitFor(async () =>
@@ -284,7 +284,27 @@ describe('simulated driver', () => {
       'DuplicateTarget',
     );
     // Written atomically: no temporary files are left behind.
-    expect((await readdir(dir)).filter((f) => f.includes('.tmp'))).toEqual([]);
+    expect((await readdir(stateDir)).filter((f) => f.includes('.tmp'))).toEqual([]);
+  });
+
+  it('writes only the changed domain, and removes the file of an undefined one', async () => {
+    const stateDir = path.join(dir, 'hypervisor');
+    const driver = await driverWith({ stateDir });
+    const other = domainNameOf('plugline-sim-namespace', 'other-vmi');
+    await driver.defineDomain(other);
+    const files = async () => (await readdir(stateDir)).sort();
+    const otherFile = (await files()).find((f) => f.includes('other-vmi'));
+    expect(otherFile).toBeDefined();
+    const before = (await stat(path.join(stateDir, otherFile!))).mtimeMs;
+    await driver.attachDisk(DOMAIN, await volume('data', 'sda'));
+    expect((await stat(path.join(stateDir, otherFile!))).mtimeMs).toBe(before);
+
+    await driver.undefineDomain(other);
+    expect(await files()).toEqual([expect.stringContaining('vmi-with-a-long-name')]);
+    // A name cannot leave the folder: a dotted or slashed name is encoded in its file name.
+    await driver.defineDomain('../escape');
+    expect((await files()).some((f) => f.startsWith('%2E%2E%2Fescape'))).toBe(true);
+    expect(await readdir(dir)).not.toContain('escape.domain.json');
   });
 
   it('persists nothing without a state file', async () => {

@@ -27,8 +27,8 @@ export type DiskSourceDir = (typeof DiskSourceDir)[keyof typeof DiskSourceDir];
 export interface DomainUpdaterConfig extends ServiceBaseConfig, NodeConfig {
   readonly hypervisor: HypervisorKind;
   readonly libvirtUri: string;
-  /** The simulated hypervisor's state file (default `<stateDir>/simulated-hypervisor.json`). */
-  readonly simStateFile: string;
+  /** The simulated hypervisor's state folder (default `<stateDir>/simulated-hypervisor`). */
+  readonly simStateDir: string;
   readonly simDetachDelayMs: number;
   /** How long the guest may hold a disk after a detach before the unplug is reported failed. */
   readonly detachTimeoutMs: number;
@@ -59,8 +59,8 @@ export function parseConfig(env: NodeJS.ProcessEnv): DomainUpdaterConfig {
     ...node,
     hypervisor: envOneOf(env, 'PLUGLINE_HYPERVISOR', Object.values(HypervisorKind), d.hypervisor),
     libvirtUri: envText(env, 'LIBVIRT_URI') ?? d.libvirtUri,
-    simStateFile:
-      envText(env, 'PLUGLINE_SIM_STATE_FILE') ?? join(node.stateDir, 'simulated-hypervisor.json'),
+    simStateDir:
+      envText(env, 'PLUGLINE_SIM_STATE_DIR') ?? join(node.stateDir, 'simulated-hypervisor'),
     simDetachDelayMs: envInteger(
       env,
       'PLUGLINE_SIM_DETACH_DELAY_MS',

@@ -49,7 +49,7 @@ export type DomainUpdaterSettings = Pick<
   | 'kubeletRoot'
   | 'hypervisor'
   | 'libvirtUri'
-  | 'simStateFile'
+  | 'simStateDir'
   | 'simDetachDelayMs'
   | 'detachTimeoutMs'
   | 'diskSourceDir'
@@ -110,7 +110,7 @@ function makeDriver(settings: DomainUpdaterSettings): {
     return { driver: createLibvirtDriver({ uri: settings.libvirtUri }) };
   }
   const sim = createSimulatedDriver({
-    stateFile: settings.simStateFile,
+    stateDir: settings.simStateDir,
     detachDelayMs: settings.simDetachDelayMs,
   });
   return {

@@ -17,13 +17,13 @@ const env = {
 };
 
 describe('parseConfig', () => {
-  it('applies the defaults and derives the simulated state file', () => {
+  it('applies the defaults and derives the simulated state folder', () => {
     const c = parseConfig(env);
     expect(c).toMatchObject({
       natsUrls: ['nats://127.0.0.1:4999'],
       hypervisor: 'simulated',
       libvirtUri: 'qemu:///system',
-      simStateFile: '/var/lib/plugline/simulated-hypervisor.json',
+      simStateDir: '/var/lib/plugline/simulated-hypervisor',
       simDetachDelayMs: 50,
       detachTimeoutMs: 60_000,
       diskSourceDir: 'host',
@@ -111,7 +111,7 @@ describe('main.ts as a process', () => {
         NODE_NAME: 'node-a',
         KUBELET_ROOT: sim.kubeletRoot,
         PLUGLINE_STATE_DIR: dir.path,
-        PLUGLINE_SIM_STATE_FILE: dir.join(`hv-${randomBytes(3).toString('hex')}.json`),
+        PLUGLINE_SIM_STATE_DIR: dir.join(`hv-${randomBytes(3).toString('hex')}`),
       },
       readyPattern: /"msg":"ready"/,
       readyTimeout: 30_000,

@@ -75,7 +75,7 @@ const settings = (): DomainUpdaterSettings => ({
   kubeletRoot: sim.kubeletRoot,
   hypervisor: 'simulated',
   libvirtUri: 'qemu:///system',
-  simStateFile: dir.join('hv.json'),
+  simStateDir: dir.join('hv-state'),
   simDetachDelayMs: 30,
   detachTimeoutMs: DETACH_TIMEOUT_MS,
   diskSourceDir: 'host',
@@ -250,7 +250,7 @@ beforeAll(async () => {
       if (decoded.ok) nodeMounterWork.push(decoded.value);
     },
   });
-  hypervisor = createSimulatedDriver({ detachDelayMs: 30, stateFile: dir.join('hv.json') });
+  hypervisor = createSimulatedDriver({ detachDelayMs: 30, stateDir: dir.join('hv-state') });
   updater = await startUpdater();
 }, 60_000);
 
