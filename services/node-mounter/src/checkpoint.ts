@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import type { MountInfoEntry } from './mountinfo.js';
 import { assertUid, VolumeMode } from './paths.js';
 
 /**
@@ -223,8 +222,8 @@ export interface ReconcileAction {
 export interface ReconcileInput {
   /** vmiUID → checkpointed entries. */
   readonly checkpoint: ReadonlyMap<string, readonly CheckpointEntry[]>;
-  /** The node's mount table (as this process sees it). */
-  readonly mountTable: readonly MountInfoEntry[];
+  /** The entries' targets that are mountpoints now (as this process sees them). */
+  readonly mountPoints: ReadonlySet<string>;
   /**
    * vmiUID → volumes that must stay: in the spec, or still held by the domain. A VMI absent from
    * the map wants nothing.
@@ -256,7 +255,7 @@ function actionFor(
  * no spec wants, forget records that describe nothing. Deterministic order (VMI, then entry).
  */
 export function reconcileAtStart(input: ReconcileInput): ReconcileAction[] {
-  const mountPoints = new Set(input.mountTable.map((m) => m.mountPoint));
+  const { mountPoints } = input;
   const actions: ReconcileAction[] = [];
   for (const vmiUID of [...input.checkpoint.keys()].sort()) {
     const entries = input.checkpoint.get(vmiUID) ?? [];

@@ -42,6 +42,7 @@ export {
   runCommand,
   readMountTable,
   mountsOn,
+  isMountedOn,
   mountFilesystem,
   unmountFilesystem,
   splitDeviceNumber,

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import type { BigIntStats, Stats } from 'node:fs';
+import { constants as fsConstants, type BigIntStats, type Stats } from 'node:fs';
 import {
   access,
   chmod,
@@ -12,7 +12,7 @@ import {
   unlink,
   writeFile,
 } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 import { CgroupError, MountError, SourceNotFoundError, WrongFileKindError } from './errors.js';
 import { mountsAt, parseMountInfo } from './mountinfo.js';
@@ -85,6 +85,43 @@ export async function mountsOn(
   return mountsAt(await readMountTable(mountInfoPath), real);
 }
 
+/** Flags to open a mount target only to ask which mount it is on: never follow, never block. */
+const PROBE_FILE_FLAGS = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
+const PROBE_DIR_FLAGS = fsConstants.O_RDONLY | fsConstants.O_DIRECTORY;
+const MNT_ID_LINE = /^mnt_id:\s*(\d+)$/m;
+
+/** The id of the mount `path` is reached through (`/proc/self/fdinfo`); undefined when absent. */
+async function mountIdOf(path: string, flags: number): Promise<number | undefined> {
+  let handle;
+  try {
+    handle = await open(path, flags);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return undefined;
+    throw err;
+  }
+  try {
+    const info = await readFile(`/proc/self/fdinfo/${handle.fd}`, 'utf8');
+    const id = MNT_ID_LINE.exec(info)?.[1];
+    if (id === undefined) throw new MountError('fdinfo', info, `no mnt_id for ${path} in fdinfo`);
+    return Number(id);
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * True when something is mounted on the file `path`: the file is reached through another mount
+ * than its folder. O(1), unlike a look through the mount table, which holds a line per volume of
+ * every VMI on the node (10,000 volumes: a 1.5 MB table to read and parse per check).
+ */
+export async function isMountedOn(path: string): Promise<boolean> {
+  const [own, folder] = await Promise.all([
+    mountIdOf(path, PROBE_FILE_FLAGS),
+    mountIdOf(dirname(path), PROBE_DIR_FLAGS),
+  ]);
+  return own !== undefined && folder !== undefined && own !== folder;
+}
+
 export interface MountFilesystemResult {
   /** A bind mount was made by this call. */
   readonly changed: boolean;
@@ -122,12 +159,11 @@ async function statSource(source: string, bigint: boolean): Promise<Stats | BigI
 export async function mountFilesystem(
   source: string,
   target: string,
-  mountInfoPath: string = SELF_MOUNTINFO,
 ): Promise<MountFilesystemResult> {
   const src = await statSource(source, false);
   if (!src.isFile()) throw new WrongFileKindError(source, 'a regular file');
   await touchTarget(target);
-  if ((await mountsOn(target, mountInfoPath)).length > 0) {
+  if (await isMountedOn(target)) {
     const tgt = await stat(target);
     return { changed: false, sourceMismatch: tgt.dev !== src.dev || tgt.ino !== src.ino };
   }
@@ -149,16 +185,13 @@ const MAX_STACKED_MOUNTS = 16;
  * Unmounts every mount stacked on `target` (no lazy unmount: EBUSY means the disk is still in use
  * and is reported as MountError for a retry), then removes the file. Tolerant of both already done.
  */
-export async function unmountFilesystem(
-  target: string,
-  mountInfoPath: string = SELF_MOUNTINFO,
-): Promise<UnmountFilesystemResult> {
+export async function unmountFilesystem(target: string): Promise<UnmountFilesystemResult> {
   const st = await lstatOrUndefined(target);
   if (st === undefined) return { unmounted: 0, unlinked: false };
   if (st.isDirectory()) throw new WrongFileKindError(target, 'a file');
   let unmounted = 0;
   if (!st.isSymbolicLink()) {
-    while ((await mountsOn(target, mountInfoPath)).length > 0) {
+    while (await isMountedOn(target)) {
       if (unmounted >= MAX_STACKED_MOUNTS) {
         throw new MountError('umount', '', `${target} still mounted after ${unmounted} unmounts`);
       }

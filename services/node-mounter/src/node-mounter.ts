@@ -22,9 +22,8 @@ import {
   denyDevice,
   mountFilesystem,
   QEMU_OWNERSHIP,
-  readMountTable,
+  isMountedOn,
   removeBlockNode,
-  SELF_MOUNTINFO,
   unmountFilesystem,
 } from './mounter.js';
 import type { CgroupResult, DeviceNumber, Ownership } from './mounter.js';
@@ -58,8 +57,6 @@ export interface NodeMounterOptions {
    * Absent, or returning undefined → block volumes get no cgroup rule (reported as `skipped`).
    */
   readonly cgroupDirFor?: (launcherUID: string) => string | undefined | Promise<string | undefined>;
-  /** The mount table to consult; default `/proc/self/mountinfo`. */
-  readonly mountInfoPath?: string;
 }
 
 export interface PlugRequest {
@@ -173,15 +170,24 @@ class KeyedMutex {
   }
 }
 
+/** The entries' targets something is mounted on (block entries are device nodes, never mounts). */
+async function mountedTargets(entries: readonly CheckpointEntry[]): Promise<Set<string>> {
+  const mounted = new Set<string>();
+  for (const entry of entries) {
+    if (entry.mode !== VolumeMode.Block && (await isMountedOn(entry.target))) {
+      mounted.add(entry.target);
+    }
+  }
+  return mounted;
+}
+
 export class NodeMounter {
   private readonly ownership: Ownership;
-  private readonly mountInfoPath: string;
   private readonly locks = new KeyedMutex();
   private realRootPromise: Promise<string> | undefined;
 
   constructor(private readonly options: NodeMounterOptions) {
     this.ownership = options.ownership ?? QEMU_OWNERSHIP;
-    this.mountInfoPath = options.mountInfoPath ?? SELF_MOUNTINFO;
   }
 
   /** The kubelet root with symlinks resolved; every stored path is below it. */
@@ -266,7 +272,7 @@ export class NodeMounter {
         target: located.target,
       } as const;
       if (request.mode === VolumeMode.Filesystem) {
-        const result = await mountFilesystem(located.source, located.target, this.mountInfoPath);
+        const result = await mountFilesystem(located.source, located.target);
         await applyOwnership(located.target, this.ownership);
         return { ...base, changed: result.changed, sourceMismatch: result.sourceMismatch };
       }
@@ -376,7 +382,7 @@ export class NodeMounter {
     await this.checkStoredTarget(entry);
     const where = { mode: entry.mode, target: entry.target };
     if (entry.mode === VolumeMode.Filesystem) {
-      const result = await unmountFilesystem(entry.target, this.mountInfoPath);
+      const result = await unmountFilesystem(entry.target);
       return {
         ...where,
         changed: result.unmounted > 0 || result.unlinked,
@@ -423,7 +429,7 @@ export class NodeMounter {
         if (loaded.problem !== undefined) problems.push({ vmiUID, problem: loaded.problem });
         const actions = reconcileAtStart({
           checkpoint: new Map([[vmiUID, loaded.entries]]),
-          mountTable: await readMountTable(this.mountInfoPath),
+          mountPoints: await mountedTargets(loaded.entries),
           wanted: wantedSets,
         });
         const done = new Set<CheckpointEntry>();

@@ -8,7 +8,6 @@ import {
   checkpointPath,
   loadAllCheckpoints,
   loadCheckpoint,
-  parseMountInfo,
   reconcileAtStart,
   saveCheckpoint,
   withEntry,
@@ -100,10 +99,7 @@ describe('checkpoint files', () => {
 });
 
 describe('reconcileAtStart', () => {
-  const mounted = (...targets: string[]) =>
-    parseMountInfo(
-      targets.map((t, i) => `${100 + i} 1 254:0 /src ${t} rw - ext4 /dev/vda rw`).join('\n'),
-    );
+  const mounted = (...targets: string[]) => new Set(targets);
 
   it('undoes what no spec wants, keeps what one does, forgets stale and duplicate records', () => {
     const stale = fsEntry('stale');
@@ -126,7 +122,7 @@ describe('reconcileAtStart', () => {
         ],
         [OTHER, [fsEntry('orphan')]],
       ]),
-      mountTable: mounted(
+      mountPoints: mounted(
         fsEntry('keep').target,
         fsEntry('gone-mounted').target,
         fsEntry('orphan').target,
@@ -151,14 +147,14 @@ describe('reconcileAtStart', () => {
 
   it('wants nothing → everything undone; wants everything and all mounted → nothing to do', () => {
     const checkpoint = new Map([[VMI, [fsEntry('a'), blockEntry('b')]]]);
-    const table = mounted(fsEntry('a').target);
+    const mountPoints = mounted(fsEntry('a').target);
     expect(
-      reconcileAtStart({ checkpoint, mountTable: table, wanted: new Map() }).map((a) => a.type),
+      reconcileAtStart({ checkpoint, mountPoints, wanted: new Map() }).map((a) => a.type),
     ).toEqual(['unmount', 'removeBlockNode']);
     expect(
       reconcileAtStart({
         checkpoint,
-        mountTable: table,
+        mountPoints,
         wanted: new Map([[VMI, new Set(['a', 'b'])]]),
       }),
     ).toEqual([]);

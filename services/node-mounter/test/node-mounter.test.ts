@@ -1,6 +1,8 @@
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { lstat, mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 
 import { describe, expect, it } from 'vitest';
 import { createActor, waitFor } from 'xstate';
@@ -9,6 +11,7 @@ import { InvalidNameError, PathEscapeError } from '@plugline/contracts';
 
 import {
   checkpointPath,
+  isMountedOn,
   loadCheckpoint,
   nodeMounterActors,
   nodeMounterMachine,
@@ -16,7 +19,7 @@ import {
   readDeviceRules,
   splitDeviceNumber,
 } from '../src/index.js';
-import { canReadFromCgroup, LAYOUT, mountsUnder } from './host.js';
+import { canReadFromCgroup, LAYOUT, mountsUnder, mountTable } from './host.js';
 import { useLauncherNode } from './launcher-node.js';
 
 /**
@@ -70,6 +73,28 @@ describe('filesystem volume', () => {
 
     const twice = await m.unplug({ vmiUID: node.vmiUID, volume: 'data-fs' });
     expect(twice).toMatchObject({ changed: false, unmounted: 0, removed: false });
+  });
+
+  it('tells a placeholder file from a mounted one, and unmounts mounts stacked on the target', async () => {
+    const img = await node.fx.filesystemPvc(node.attachPodUID, 'pv-fs-1');
+    const target = join(LAYOUT.hotplugDir(node.fx.root, node.launcherUID), 'data-fs.img');
+    const m = node.mounter();
+    await m.plug(node.fsRequest());
+    expect(await isMountedOn(target)).toBe(true);
+    // Someone mounted it once more on top: the mount is still seen, and unplug removes both.
+    await promisify(execFile)('mount', ['--bind', img, target]);
+    expect(await mountTable().then((t) => t.filter((e) => e.mountPoint === target))).toHaveLength(
+      2,
+    );
+    expect(await m.unplug({ vmiUID: node.vmiUID, volume: 'data-fs' })).toMatchObject({
+      unmounted: 2,
+      removed: true,
+    });
+    expect(await mountsUnder(node.fx.base)).toEqual([]);
+
+    await writeFile(target, '');
+    expect(await isMountedOn(target)).toBe(false);
+    expect(await isMountedOn(join(target, '..', 'absent.img'))).toBe(false);
   });
 
   it('a missing disk.img is NotFound and mounts nothing', async () => {
