@@ -45,7 +45,7 @@ export function guestLines(g: GuestFigures): string[] {
   );
   return [
     `A real QEMU guest (TCG, kernel ${g.kernel}, booted in ${g.bootMs} ms) under a private libvirtd; the whole chain as processes; one Filesystem PVC on the ${g.bus} bus, plugged and unplugged ${g.runs} times (after ${g.warmup} warm-up run(s)), pod start ${g.podStartLatencyMs} ms. ` +
-      '`plugctl` runs in-process (no process start-up). The guest reports a disk when its kernel announces it (a uevent), so the report adds only the reading of the disk\'s serial.',
+      "`plugctl` runs in-process (no process start-up). The guest reports a disk when its kernel announces it (a uevent), so the report adds only the reading of the disk's serial.",
     '',
     `- \`addvolume\` → the guest reports the disk: **p50 ${g.addvolumeToGuest.p50} ms, p99 ${g.addvolumeToGuest.p99} ms** (target p50 ≤ ${g.target.p50Ms}: ${ok(g.target.met)}); p50/p90/p99 ${pct(g.addvolumeToGuest)}`,
     `- \`addvolume\` → status \`Ready\`: ${pct(g.addvolumeToStatusReady)}; the call itself: ${pct(g.addvolumeCall)}`,

@@ -111,10 +111,12 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       `- all Ready after **${b.allReadyMs} ms** from the first request (target ≤ 3000: ${ok(b.allReadyMs <= 3000)}); per volume, request → Ready: ${pct(b.perVolume)}${issued(b)}`,
       `- attachment pods: ${b.attachmentPodsCreated} created (${b.attachmentPodsInEvents} named in attached-to-node facts); ${b.patchConflicts} conflicting client patches retried`,
       `- all removed again after ${b.allRemovedMs} ms; failed events: ${b.failedEvents}`,
+      ...burstStepLines(b),
       ...(b.others ?? []).map(
         (o) =>
           `- the same burst${issued(o)}: all Ready after **${o.allReadyMs} ms**, per volume ${pct(o.perVolume)}, ${o.attachmentPodsCreated} attachment pods, ${o.patchConflicts} conflicts, all removed after ${o.allRemovedMs} ms, failed events ${o.failedEvents}`,
       ),
+      ...(b.others ?? []).flatMap(burstStepLines),
       '',
     );
   }
@@ -166,4 +168,12 @@ export function renderMarkdown(r: Results, chartFile: string): string {
 
 function prefixed<T>(prefix: string, rec: Record<string, T>): Record<string, T> {
   return Object.fromEntries(Object.entries(rec).map(([k, v]) => [`${prefix}${k}`, v]));
+}
+
+/** When the burst's volumes reached each step: first / median / last volume, ms from the first request. */
+function burstStepLines(b: BurstFigures): string[] {
+  const steps = Object.entries(b.steps ?? {});
+  if (steps.length === 0) return [];
+  const parts = steps.map(([step, t]) => `${step} ${t.first} / ${t.p50} / ${t.last}`);
+  return [`  - steps (first / median / last volume, ms): ${parts.join('; ')}`];
 }

@@ -36,6 +36,11 @@ export interface BurstFigures {
   patchConflicts: number;
   allRemovedMs: number;
   failedEvents: number;
+  /**
+   * When the volumes reached each step of the plug (first request → that step's event): the
+   * first volume, the median, the last. Shows which stage a burst waits on.
+   */
+  steps?: Record<string, { first: number; p50: number; last: number }>;
 }
 
 export interface Results {

@@ -12,6 +12,7 @@ import {
   type StackOptions,
 } from '@plugline/cli';
 import { KubeClient } from '@plugline/kube';
+import { EventType } from '@plugline/contracts';
 import { tempDir, waitFor } from '@plugline/testkit';
 import {
   bounded,
@@ -408,6 +409,39 @@ export async function runMainStack(cfg: BenchConfig, log: Log) {
 }
 
 /** Section 4: many volumes at once on one VMI, with a realistic pod start. */
+const BURST_STEPS = [
+  EventType.Requested,
+  EventType.Bound,
+  EventType.AttachedToNode,
+  EventType.MountedToPod,
+  EventType.Ready,
+] as const;
+
+/** When the burst's volumes reached each step of the plug, from `since` (the first request). */
+function burstSteps(
+  obs: Observer,
+  ns: string,
+  vmi: string,
+  volumes: readonly { volume: string }[],
+  since: number,
+): NonNullable<BurstFigures['steps']> {
+  const steps: NonNullable<BurstFigures['steps']> = {};
+  for (const step of BURST_STEPS) {
+    const times = volumes
+      .map((v) => obs.firstEvents(`${ns}/${vmi}/${v.volume}`, since).get(step)?.t)
+      .filter((t) => t !== undefined)
+      .map((t) => t - since)
+      .sort((a, b) => a - b);
+    if (times.length === 0) continue;
+    steps[step] = {
+      first: round(times[0]!),
+      p50: round(times[Math.floor(times.length / 2)]!),
+      last: round(times[times.length - 1]!),
+    };
+  }
+  return steps;
+}
+
 export async function runBurstStack(cfg: BenchConfig, log: Log) {
   const ns = 'bench-burst';
   const h = await harness({ podStartLatencyMs: cfg.burstPodStartMs }, [ns], cfg, log);
@@ -444,6 +478,7 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
           .filter((u) => u !== undefined),
       );
       const podsCreated = h.obs.podNames(ns, 'hp-volume-').filter((n) => !podsBefore.has(n));
+      const steps = burstSteps(h.obs, ns, r.vmi, mine, since);
       const unplugged = await burst(h.client, h.obs, where, run, unplugEach(h.client, where));
       const f: BurstFigures = {
         issue:
@@ -460,6 +495,7 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
         patchConflicts: plugged.conflicts + unplugged.conflicts,
         allRemovedMs: round(unplugged.allMs),
         failedEvents: h.obs.eventsOfType('failed', since).length,
+        steps,
       };
       log(`burst (${r.how.kind}): ${JSON.stringify(f)}`);
       figures.push(f);
