@@ -97,6 +97,26 @@ describe('filesystem volume', () => {
     expect(await isMountedOn(join(target, '..', 'absent.img'))).toBe(false);
   });
 
+  it('mounts and unmounts many volumes of one VMI at once, recording every one', async () => {
+    const volumes = Array.from({ length: 12 }, (_, i) => ({ volume: `v${i}`, pvName: `pv-${i}` }));
+    for (const v of volumes) await node.fx.filesystemPvc(node.attachPodUID, v.pvName, 1024 * 1024);
+    const m = node.mounter();
+    const plugged = await Promise.all(volumes.map((v) => m.plug(node.fsRequest(v))));
+    expect(plugged.every((f) => f.changed)).toBe(true);
+    expect((await mountsUnder(node.fx.base)).length).toBe(volumes.length);
+    const recorded = (await loadCheckpoint(node.fx.stateDir, node.vmiUID)).entries;
+    expect(recorded.map((e) => e.volume).sort()).toEqual(volumes.map((v) => v.volume).sort());
+
+    const unplugged = await Promise.all(
+      volumes.map((v) => m.unplug({ vmiUID: node.vmiUID, volume: v.volume })),
+    );
+    expect(unplugged.map((f) => f.unmounted)).toEqual(volumes.map(() => 1));
+    expect(await mountsUnder(node.fx.base)).toEqual([]);
+    await expect(lstat(checkpointPath(node.fx.stateDir, node.vmiUID))).rejects.toMatchObject({
+      code: 'ENOENT',
+    });
+  });
+
   it('a missing disk.img is NotFound and mounts nothing', async () => {
     await expect(node.mounter().plug(node.fsRequest())).rejects.toMatchObject({
       reason: 'NotFound',
