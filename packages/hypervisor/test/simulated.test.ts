@@ -2,7 +2,7 @@ import { readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { HypervisorError } from '@plugline/contracts';
-import { createSimulatedDriver, diskXml, domainNameOf } from '../src/index.js';
+import { createSimulatedDriver, diskXml, domainNameOf, parseDomainDisks } from '../src/index.js';
 import type { DomainEvent, SimulatedDriver, SimulatedDriverOptions } from '../src/index.js';
 import { tempDir } from './helpers.js';
 
@@ -305,6 +305,29 @@ describe('simulated driver', () => {
     await driver.defineDomain('../escape');
     expect((await files()).some((f) => f.startsWith('%2E%2E%2Fescape'))).toBe(true);
     expect(await readdir(dir)).not.toContain('escape.domain.json');
+  });
+
+  it('lists the same disks as its domain XML holds', async () => {
+    const defined = domainNameOf('plugline-sim-namespace', 'defined-disks');
+    const driver = await driverWith();
+    await driver.defineDomain(
+      defined,
+      `<domain type='qemu'><name>${defined}</name><devices>` +
+        `<disk type='file' device='disk'><source file='/var/lib/boot.img'/><target dev='vda' bus='virtio'/></disk>` +
+        `<controller type='scsi' index='0' model='virtio-scsi'/></devices></domain>`,
+    );
+    for (const [i, domain] of [DOMAIN, defined].entries()) {
+      await driver.attachDisk(domain, await volume(`data${i}`, 'sda', { serial: 'SER-data' }));
+      await driver.attachDisk(domain, await volume(`logs${i}`, 'sdb', { readonly: true }));
+      await driver.attachDisk(domain, await volume(`fast${i}`, 'vdb', { bus: 'virtio' }));
+      await driver.detachDisk(domain, 'sdb');
+      const listed = await driver.listDisks(domain);
+      expect(listed).toEqual(parseDomainDisks(await driver.domainXml(domain)));
+      expect(listed.map((d) => d.target)).toContain('sdb'); // until the guest lets go
+    }
+    // A copy: changing what was listed changes nothing in the domain.
+    (await driver.listDisks(DOMAIN))[0]!.target = 'sdz';
+    expect((await driver.listDisks(DOMAIN))[0]!.target).toBe('sda');
   });
 
   it('persists nothing without a state file', async () => {
