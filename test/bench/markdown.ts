@@ -175,5 +175,9 @@ function burstStepLines(b: BurstFigures): string[] {
   const steps = Object.entries(b.steps ?? {});
   if (steps.length === 0) return [];
   const parts = steps.map(([step, t]) => `${step} ${t.first} / ${t.p50} / ${t.last}`);
-  return [`  - steps (first / median / last volume, ms): ${parts.join('; ')}`];
+  const cpu = Object.entries(b.cpuMs ?? {}).map(([id, ms]) => `${id} ${ms}`);
+  return [
+    `  - steps (first / median / last volume, ms): ${parts.join('; ')}`,
+    ...(cpu.length === 0 ? [] : [`  - CPU ms until all Ready: ${cpu.join(', ')}`]),
+  ];
 }

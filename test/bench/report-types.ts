@@ -41,6 +41,8 @@ export interface BurstFigures {
    * first volume, the median, the last. Shows which stage a burst waits on.
    */
   steps?: Record<string, { first: number; p50: number; last: number }>;
+  /** CPU time each process spent from the first request until all were `Ready`. */
+  cpuMs?: Record<string, number>;
 }
 
 export interface Results {

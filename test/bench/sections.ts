@@ -408,7 +408,6 @@ export async function runMainStack(cfg: BenchConfig, log: Log) {
   return { ...result, profile };
 }
 
-/** Section 4: many volumes at once on one VMI, with a realistic pod start. */
 const BURST_STEPS = [
   EventType.Requested,
   EventType.Bound,
@@ -442,6 +441,7 @@ function burstSteps(
   return steps;
 }
 
+/** Section 4: many volumes at once on one VMI, with a realistic pod start. */
 export async function runBurstStack(cfg: BenchConfig, log: Log) {
   const ns = 'bench-burst';
   const h = await harness({ podStartLatencyMs: cfg.burstPodStartMs }, [ns], cfg, log);
@@ -469,7 +469,12 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
       const podsBefore = new Set(h.obs.podNames(ns, 'hp-volume-'));
       const since = performance.now();
       const run = { how: r.how, timeoutMs: 300_000 };
+      const cpu0 = cpuOf(h.procs());
       const plugged = await burst(h.client, h.obs, where, run, plugEach(h.client, where));
+      const cpu1 = cpuOf(h.procs());
+      const cpuMs = Object.fromEntries(
+        Object.keys(cpu0).map((id) => [id, round(((cpu1[id] ?? 0) - (cpu0[id] ?? 0)) * 1000)]),
+      );
       const attachPods = new Set(
         h.obs
           .eventsOfType('attached-to-node', since)
@@ -496,6 +501,7 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
         allRemovedMs: round(unplugged.allMs),
         failedEvents: h.obs.eventsOfType('failed', since).length,
         steps,
+        cpuMs,
       };
       log(`burst (${r.how.kind}): ${JSON.stringify(f)}`);
       figures.push(f);
