@@ -32,8 +32,10 @@ export function memoryLines(m: MemoryFigures): string[] {
         `| ${id} | ${cell(m.heapUsedMiB.idle[id])} | ${m.checkpoints.map((c) => cell(c.heapUsedMiB[id])).join(' | ')} | ${cell(m.heapUsedMiB.trackingSettled[id])} | ${cell(m.heapUsedMiB.afterUnplugSettled[id])} | ${cell(m.extrapolated[id]?.heapMiBPer1000Volumes ?? undefined)} | ${cell(m.extrapolated[id]?.at10000VolumesByHeap ?? undefined)} |`,
     ),
     '',
-    `Worst service at 10,000 volumes (extrapolated, the larger of the two lines): **${m.target.worstServiceAt10000} MiB** (target ≤ ${m.target.maxMiBPerService}: ${ok(m.target.met)}). ` +
-      'Each line is a least-squares fit through idle and the checkpoints (where the RSS line falls, the largest RSS seen while tracking stands in); RSS includes garbage not yet collected, so it is noisy.',
+    m.target.how === 'measured'
+      ? `Worst service tracking ${t.volumes} volumes (measured, settled RSS): **${m.target.worstServiceAt10000} MiB** (target ≤ ${m.target.maxMiBPerService}: ${ok(m.target.met)}). The extrapolated columns only show the slope; RSS includes garbage not yet collected, so it is noisy.`
+      : `Worst service at 10,000 volumes (extrapolated, the larger of the two lines): **${m.target.worstServiceAt10000} MiB** (target ≤ ${m.target.maxMiBPerService}: ${ok(m.target.met)}). ` +
+        'Each line is a least-squares fit through idle and the checkpoints (where the RSS line falls, the largest RSS seen while tracking stands in); RSS includes garbage not yet collected, so it is noisy.',
     '',
   ];
 }
