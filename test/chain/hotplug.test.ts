@@ -2,7 +2,7 @@
  * The whole chain: the four services as processes, real NATS, kube-sim with its kubelet (real
  * files, bind mounts and loop devices in this private mount namespace), the simulated hypervisor.
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   addVolume,
@@ -13,6 +13,7 @@ import {
   type SeededVmi,
 } from '@plugline/cli';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { readSimulatedDomains } from '@plugline/hypervisor';
 import {
   hotplugDir,
   isRoot,
@@ -80,8 +81,9 @@ async function unplug(namespace: string, vmi: string, volume: string) {
   return r;
 }
 
-function domainXml(): string {
-  return readFileSync(join(f.stack.dir, 'state', 'hypervisor-node-1.json'), 'utf8');
+/** The domains the simulated hypervisor of node-1 holds. */
+function hypervisorDomains() {
+  return readSimulatedDomains(join(f.stack.dir, 'state', 'hypervisor-node-1'));
 }
 
 describe.skipIf(!isRoot)('the chain', () => {
@@ -106,7 +108,8 @@ describe.skipIf(!isRoot)('the chain', () => {
     expect(s?.hotplugVolume?.attachPodUID).toBeTruthy();
     const img = join(hotplugDir(f.stack, launcher.metadata!.uid!), 'data.img');
     expect(mountsUnder(f.stack.dir)).toContain(img);
-    expect(domainXml()).toContain('data.img');
+    const disks = hypervisorDomains().get(`${ns}_vm`)?.disks ?? [];
+    expect(disks.map((d) => d.disk.sourcePath)).toEqual([img]);
 
     await unplug(ns, 'vm', 'data');
     expect(await volumeStatus(f.client, ns, 'vm', 'data')).toBeUndefined();
@@ -148,10 +151,8 @@ describe.skipIf(!isRoot)('the chain', () => {
       phase: 'Ready',
       target: 'sda',
     });
-    expect(JSON.parse(domainXml())).toMatchObject({
-      domains: {
-        'chain-lun_vm': { disks: [{ disk: { device: 'lun', bus: 'scsi', target: 'sda' } }] },
-      },
+    expect(hypervisorDomains().get('chain-lun_vm')).toMatchObject({
+      disks: [{ disk: { device: 'lun', bus: 'scsi', target: 'sda' } }],
     });
     await unplug(ns, 'vm', 'lun0');
   }, 120_000);

@@ -16,6 +16,7 @@ import {
   type Volume,
 } from '@plugline/contracts';
 import type { Stack } from '@plugline/cli';
+import { readSimulatedDomains } from '@plugline/hypervisor';
 import { waitFor, WaitTimeoutError } from '@plugline/testkit';
 
 export interface InvariantTarget {
@@ -39,11 +40,6 @@ export interface InvariantReport {
 
 interface DomainDiskState {
   disk: { sourcePath?: string; target?: string; alias?: string };
-}
-/** One domain's file in the simulated hypervisor's state folder. */
-interface SimDomainFile {
-  name: string;
-  disks: DomainDiskState[];
 }
 
 /** The claim (PVC or DataVolume name) of a hotplug volume; undefined for a non-hotplug one. */
@@ -130,19 +126,8 @@ export async function checkInvariants(
   const pods = (await core.listPodForAllNamespaces()).items;
   const domains = new Map<string, { disks: DomainDiskState[] }>();
   for (const node of stack.nodes) {
-    const folder = join(stack.dir, 'state', `hypervisor-${node}`);
-    if (!existsSync(folder)) continue;
-    for (const file of readdirSync(folder)) {
-      if (!file.endsWith('.domain.json')) continue;
-      let text: string;
-      try {
-        text = readFileSync(join(folder, file), 'utf8');
-      } catch {
-        continue; // undefined since the folder was read
-      }
-      const domain = JSON.parse(text) as SimDomainFile;
-      domains.set(domain.name, domain);
-    }
+    const held = readSimulatedDomains(join(stack.dir, 'state', `hypervisor-${node}`));
+    for (const [name, d] of held) domains.set(name, d);
   }
   const launcherByName = new Map<string, V1Pod>();
   for (const p of pods) launcherByName.set(`${p.metadata?.namespace}/${p.metadata?.name}`, p);

@@ -38,8 +38,8 @@ export type {
   CallOptions,
 } from './driver.js';
 
-export { createSimulatedDriver } from './simulated.js';
-export type { SimulatedDriver, SimulatedDriverOptions } from './simulated.js';
+export { createSimulatedDriver, readSimulatedDomains } from './simulated.js';
+export type { SimulatedDomainState, SimulatedDriver, SimulatedDriverOptions } from './simulated.js';
 
 export { createLibvirtDriver, parseVirshEventLine, DEFAULT_LIBVIRT_URI } from './libvirt.js';
 export type { LibvirtDriverOptions, ConfigMode } from './libvirt.js';

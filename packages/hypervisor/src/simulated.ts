@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HypervisorError } from '@plugline/contracts';
@@ -126,6 +127,43 @@ function scsiUnitFor(disk: DomainDisk, taken: readonly DomainDisk[]): DomainDisk
 
 function sharesLockWith(a: DomainDisk, b: DomainDisk): boolean {
   return !((a.readonly && b.readonly) || (a.shareable && b.shareable));
+}
+
+/** A domain as the simulated hypervisor keeps it in its state folder. */
+export interface SimulatedDomainState {
+  /** The domain XML as defined (its own disks stay in it). */
+  xml: string;
+  /** Hot-plugged disks, in attach order; `removeAt` set while an unplug is pending. */
+  disks: { disk: DomainDisk; removeAt?: number | null }[];
+}
+
+/**
+ * Reads the domains a simulated hypervisor keeps in `stateDir`, by name, as another process sees
+ * them (tests and invariant checks look at what the "hypervisor" holds). A domain file that
+ * vanishes while the folder is read was undefined meanwhile and is left out.
+ */
+export function readSimulatedDomains(stateDir: string): Map<string, SimulatedDomainState> {
+  const domains = new Map<string, SimulatedDomainState>();
+  let names: string[];
+  try {
+    names = readdirSync(stateDir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return domains;
+    throw error;
+  }
+  for (const file of names) {
+    if (!file.endsWith(DOMAIN_FILE_SUFFIX)) continue;
+    let text: string;
+    try {
+      text = readFileSync(join(stateDir, file), 'utf8');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw error;
+    }
+    const domain = JSON.parse(text) as DomainFile;
+    domains.set(domain.name, { xml: domain.xml, disks: domain.disks });
+  }
+  return domains;
 }
 
 export function createSimulatedDriver(options: SimulatedDriverOptions = {}): SimulatedDriver {
