@@ -34,32 +34,6 @@ export class DeviceEventLog {
     this.#unsubscribe = driver.subscribe((event) => this.#record(event));
   }
 
-  /**
-   * `domain/alias` → until when its `device-added` is expected: this process attached the disk
-   * and its `confirm` is waiting for the event (see {@link expectAdded}).
-   */
-  readonly #expectedAdds = new Map<string, number>();
-
-  /**
-   * Marks a `device-added` as this process's own doing until `untilMs` (or {@link addSettled}):
-   * the unit that attached the disk confirms it, so the event needs no nudge (a burst of 75
-   * attaches would otherwise run every unit a second time for nothing).
-   */
-  expectAdded(domain: string, alias: string, untilMs: number): void {
-    this.#expectedAdds.set(`${domain}/${alias}`, untilMs);
-  }
-
-  /** The attach of `domain/alias` was confirmed (or given up): its events are news again. */
-  addSettled(domain: string, alias: string): void {
-    this.#expectedAdds.delete(`${domain}/${alias}`);
-  }
-
-  /** Whether a `device-added` of `domain/alias` is this process's own, being confirmed now. */
-  isExpectedAdd(domain: string, alias: string, now = Date.now()): boolean {
-    const until = this.#expectedAdds.get(`${domain}/${alias}`);
-    return until !== undefined && until >= now;
-  }
-
   static key(kind: DeviceKind, domain: string, alias: string): string {
     return `${kind} ${domain}/${alias}`;
   }
@@ -120,9 +94,6 @@ export class DeviceEventLog {
   }
 }
 
-/** How long past the confirm timeout an attach's `device-added` still counts as expected. */
-const EXPECTED_ADD_GRACE_MS = 5000;
-
 export interface ActorDeps {
   driver: DomainDriver;
   events: DeviceEventLog;
@@ -137,40 +108,27 @@ export function createActors(deps: ActorDeps) {
   return {
     attach: fromPromise<AttachOutput, AttachInput>(async ({ input, signal }) => {
       const requestedAt = now();
-      const alias = aliasOf(input.volume);
-      // Expected until `confirm` had its time, should the unit never get to confirm.
-      const until = requestedAt + deps.confirmTimeoutMs + EXPECTED_ADD_GRACE_MS;
-      deps.events.expectAdded(input.domain, alias, until);
-      try {
-        await deps.driver.attachDisk(input.domain, input.diskXml, { signal });
-      } catch (err) {
-        deps.events.addSettled(input.domain, alias);
-        throw err;
-      }
+      await deps.driver.attachDisk(input.domain, input.diskXml, { signal });
       return { requestedAt };
     }),
     confirm: fromPromise<ConfirmOutput, ConfirmInput>(async ({ input, signal }) => {
       const alias = aliasOf(input.volume);
-      try {
-        const added = await deps.events.waitFor(
-          { kind: DeviceEventType.Added, domain: input.domain, alias },
-          input.since,
-          deps.confirmTimeoutMs,
-          signal,
+      const added = await deps.events.waitFor(
+        { kind: DeviceEventType.Added, domain: input.domain, alias },
+        input.since,
+        deps.confirmTimeoutMs,
+        signal,
+      );
+      const disks = await deps.driver.listDisks(input.domain, { signal });
+      const disk = disks.find((d) => d.alias === alias);
+      if (disk === undefined) {
+        throw new TransientError(
+          'AttachNotConfirmed',
+          `domain ${input.domain} does not list ${alias} after the attach` +
+            (added ? ' (device-added was seen)' : ' (no device-added event)'),
         );
-        const disks = await deps.driver.listDisks(input.domain, { signal });
-        const disk = disks.find((d) => d.alias === alias);
-        if (disk === undefined) {
-          throw new TransientError(
-            'AttachNotConfirmed',
-            `domain ${input.domain} does not list ${alias} after the attach` +
-              (added ? ' (device-added was seen)' : ' (no device-added event)'),
-          );
-        }
-        return { target: disk.target, confirmedAt: now() };
-      } finally {
-        deps.events.addSettled(input.domain, alias);
       }
+      return { target: disk.target, confirmedAt: now() };
     }),
     detach: fromPromise<DetachOutput, DetachInput>(async ({ input, signal }) => {
       const requestedAt = now();

@@ -204,8 +204,6 @@ export async function startDomainUpdater(
     const vmi = vmis.get(names.namespace, names.vmi);
     if (vmi?.metadata.uid === undefined || !runsOn(vmi, node)) return;
     const added = event.type === DeviceEventType.Added;
-    // The unit that attached it is confirming it right now.
-    if (added && events.isExpectedAdd(event.domain, event.alias)) return;
     nudge(
       vmi,
       volume,
