@@ -58,6 +58,8 @@ export type DomainUpdaterSettings = Pick<
 > &
   Partial<Pick<DomainUpdaterConfig, 'streamReplicas' | 'ackWaitMs'>>;
 
+const DEFAULT_RECONCILE_INTERVAL_MS = 30_000;
+
 export interface DomainUpdaterDeps {
   bus: Bus;
   kc: KubeConfig;
@@ -72,6 +74,8 @@ export interface DomainUpdaterDeps {
   listDomains?: () => Promise<string[]>;
   /** How often a stuck removal is looked at again (default: the detach timeout). */
   stuckRecheckMs?: number;
+  /** How often domains and specs are compared again after the start (default 30 s). */
+  reconcileIntervalMs?: number;
 }
 
 export interface DomainUpdater {
@@ -327,6 +331,13 @@ export async function startDomainUpdater(
     throw err;
   }
   const runner = stage;
+  // Level-triggered repair, not only at start: a disk left in a domain that no status entry or
+  // work item names any more (its entry dropped while NATS lost a node) has nothing else to
+  // bring it back to the spec.
+  const reconciler = setInterval(() => {
+    reconcile().catch((err: unknown) => log.warn({ err }, 'periodic reconcile failed'));
+  }, deps.reconcileIntervalMs ?? DEFAULT_RECONCILE_INTERVAL_MS);
+  reconciler.unref();
 
   let stopped: Promise<void> | undefined;
   return {
@@ -336,6 +347,7 @@ export async function startDomainUpdater(
     reconcile,
     stop() {
       stopped ??= (async () => {
+        clearInterval(reconciler);
         await runner.stop();
         stopping.abort(new Error('domain-updater stopping'));
         unsubscribeDevices();
