@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { mkdir, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HypervisorError } from '@plugline/contracts';
 import { domainDiskElement, parseDiskXml, parseDomainDisks } from './domain-xml.js';
@@ -179,8 +179,6 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
   /** Domains changed (or removed) by the running call, written before it returns. */
   const changedDomains = new Set<string>();
   let stuckChanged = false;
-  /** Unplugs requested and not yet complete (the timer and `settle` skip work without any). */
-  let pendingUnplugs = 0;
   let queue: Promise<unknown> = Promise.resolve();
 
   /**
@@ -217,14 +215,6 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     events.push(...more);
   }
 
-  function countPending(): number {
-    let n = 0;
-    for (const domain of domains.values()) {
-      for (const entry of domain.disks) if (entry.removeAt !== undefined) n += 1;
-    }
-    return n;
-  }
-
   async function readJson<T>(file: string): Promise<T> {
     let text: string;
     try {
@@ -241,27 +231,18 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
 
   async function load(): Promise<void> {
     if (loaded || stateDir === undefined) return;
-    let names: string[];
     try {
-      names = await readdir(stateDir);
+      for (const [name, domain] of readSimulatedDomains(stateDir)) domains.set(name, domain);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
-        throw hvError(HypervisorReason.Failed, `cannot read ${stateDir}`, error);
-      }
-      names = [];
+      throw hvError(HypervisorReason.Failed, `cannot read ${stateDir}`, error);
     }
-    for (const file of names) {
-      if (!file.endsWith(DOMAIN_FILE_SUFFIX)) continue;
-      const domain = await readJson<DomainFile>(join(stateDir, file));
-      domains.set(domain.name, { xml: domain.xml, disks: domain.disks });
-    }
-    if (names.includes(STUCK_FILE)) {
+    const stuckFile = join(stateDir, STUCK_FILE);
+    if (existsSync(stuckFile)) {
       // The configured stuck devices add to the persisted ones.
-      const persisted = await readJson<string[]>(join(stateDir, STUCK_FILE));
+      const persisted = await readJson<string[]>(stuckFile);
       stuckDevices = [...new Set([...persisted, ...stuckDevices])];
     }
     stuckChanged = stuckDevices.length > 0;
-    pendingUnplugs = countPending();
     loaded = true;
   }
 
@@ -335,7 +316,6 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
   /** Completes every unplug whose time has come; returns the `device-removed` events. */
   function settle(): DomainEvent[] {
     const removed: DomainEvent[] = [];
-    if (pendingUnplugs === 0) return removed;
     const t = now();
     for (const [name, domain] of domains) {
       if (
@@ -346,7 +326,6 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
       const keep: SimDisk[] = [];
       for (const entry of domain.disks) {
         if (typeof entry.removeAt === 'number' && entry.removeAt <= t) {
-          pendingUnplugs -= 1;
           removed.push({
             type: DeviceEventType.Removed,
             domain: name,
@@ -369,7 +348,6 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     if (timer !== undefined) clearTimeout(timer);
     timer = undefined;
     let next = Infinity;
-    if (pendingUnplugs === 0 || closed) return;
     for (const domain of domains.values()) {
       for (const entry of domain.disks) {
         if (typeof entry.removeAt === 'number') next = Math.min(next, entry.removeAt);
@@ -488,7 +466,6 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     // Already requested: libvirt accepts it again and changes nothing.
     if (entry.removeAt !== undefined) return Promise.resolve();
     entry.removeAt = isStuck(name, entry.disk) ? null : now() + detachDelayMs;
-    pendingUnplugs += 1;
     changedDomains.add(name);
     return Promise.resolve();
   }
@@ -506,10 +483,6 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
             error,
           );
         }
-        const replaced = domains.get(name);
-        if (replaced !== undefined) {
-          pendingUnplugs -= replaced.disks.filter((d) => d.removeAt !== undefined).length;
-        }
         domains.set(name, { xml: text, disks: [] });
         changed(events, name, {
           type: 'lifecycle',
@@ -522,8 +495,7 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
     },
     undefineDomain(name) {
       return serial((events) => {
-        const removed = getDomain(name);
-        pendingUnplugs -= removed.disks.filter((d) => d.removeAt !== undefined).length;
+        getDomain(name);
         domains.delete(name);
         changed(events, name, {
           type: 'lifecycle',
