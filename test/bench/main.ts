@@ -6,7 +6,7 @@
  * first when missing or stale); `--from-source` runs them through tsx instead.
  *
  *   pnpm bench [-- --ops 200 --repeat 3 --vmis 50 --concurrency 16 --sections 1,2,3,4,5,6,7]
- *              [--from-source]
+ *              [--from-source] [--profile <service> --profile-stack main|burst]
  *   section 6: [--memory-vmis 100 --memory-volumes-per-vmi 10 --memory-concurrency 8 --memory-checkpoints 4]
  *   section 7: [--guest-runs 20 --guest-warmup 2 --guest-bus scsi --guest-pod-start-ms 0]
  */
@@ -38,6 +38,11 @@ function guestBus(value: string | undefined): GuestConfig['bus'] {
   throw new Error('--guest-bus must be scsi or virtio');
 }
 
+function profileStack(value: string | undefined): BenchConfig['profileStack'] {
+  if (value === 'main' || value === 'burst') return value;
+  throw new Error('--profile-stack must be main (sections 1-3) or burst (section 4)');
+}
+
 function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
   // `pnpm bench -- --sections 6` passes the `--` on: drop it, or every flag would be a positional.
   const argv = process.argv.slice(2);
@@ -53,6 +58,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
       burst: { type: 'string', default: '75' },
       'burst-pod-start-ms': { type: 'string', default: '1000' },
       profile: { type: 'string', default: ServiceName.SpecWatcher },
+      'profile-stack': { type: 'string', default: 'main' },
       sections: { type: 'string', default: '1,2,3,4,5,6,7' },
       'memory-vmis': { type: 'string', default: '100' },
       'memory-volumes-per-vmi': { type: 'string', default: '10' },
@@ -84,6 +90,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
     burst: int('burst'),
     burstPodStartMs: int('burst-pod-start-ms'),
     profile: (values.profile ?? '') as ServiceName | '',
+    profileStack: profileStack(values['profile-stack']),
     sections: new Set((values.sections ?? '').split(',').map((s) => s.trim())),
     logLevel: values['log-level'] ?? 'info',
     runtime,
@@ -153,7 +160,8 @@ async function main(): Promise<void> {
     config: { ...cfg, sections: [...cfg.sections], out: undefined },
     rssIdleMiB: main?.rssIdleMiB ?? memory?.rssMiB.idle ?? {},
     ...main,
-    burst,
+    profile: main?.profile ?? burst?.profile,
+    burst: burst?.figures,
     scaleOut:
       scaleOut === undefined
         ? undefined

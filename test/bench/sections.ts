@@ -42,6 +42,8 @@ export interface BenchConfig {
   burst: number;
   burstPodStartMs: number;
   profile: ServiceName | '';
+  /** Which stack runs the profiled service: the main one (sections 1-3) or the burst's (4). */
+  profileStack: 'main' | 'burst';
   sections: Set<string>;
   logLevel: string;
   /** How the services run: bundled, as `plugctl up` runs them, or from source (`--from-source`). */
@@ -365,16 +367,35 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
   return figures;
 }
 
+/** `--cpu-prof` for the profiled service of one stack, and the summary of what it wrote. */
+async function cpuProfiler(cfg: BenchConfig, stack: BenchConfig['profileStack']) {
+  const profDir = join(cfg.out, 'profiles');
+  const service = cfg.profileStack === stack ? cfg.profile : '';
+  const before = new Set(await readdir(profDir).catch(() => [] as string[]));
+  const nodeArgs =
+    service === ''
+      ? undefined
+      : { [service]: ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval=1000'] };
+  return {
+    options: nodeArgs === undefined ? {} : { nodeArgs },
+    /** Read after the stack stopped: node writes the profile as the process exits. */
+    summary: async () => {
+      if (service === '') return undefined;
+      const files = (await readdir(profDir).catch(() => [] as string[])).filter(
+        // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile: thread 0 is the main thread.
+        (f) => f.endsWith('.cpuprofile') && !before.has(f) && /\.\d+\.0\.\d+\.cpuprofile$/.test(f),
+      );
+      const file = files.sort().at(-1);
+      return file === undefined ? undefined : summarizeProfile(join(profDir, file), service);
+    },
+  };
+}
+
 /** Stack A: idle memory, sections 1, 2, 3, and the CPU profile of one service. */
 export async function runMainStack(cfg: BenchConfig, log: Log) {
-  const profDir = join(cfg.out, 'profiles');
-  const nodeArgs =
-    cfg.profile === ''
-      ? undefined
-      : { [cfg.profile]: ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval=1000'] };
-  const before = new Set(await readdir(profDir).catch(() => [] as string[]));
+  const profiler = await cpuProfiler(cfg, 'main');
   const h = await harness(
-    { podStartLatencyMs: 0, ...(nodeArgs === undefined ? {} : { nodeArgs }) },
+    { podStartLatencyMs: 0, ...profiler.options },
     ['bench-seq', 'bench-floor', 'bench-tp'],
     cfg,
     log,
@@ -396,16 +417,7 @@ export async function runMainStack(cfg: BenchConfig, log: Log) {
   } finally {
     await h.stop();
   }
-  let profile: Awaited<ReturnType<typeof summarizeProfile>> | undefined;
-  if (cfg.profile !== '') {
-    const files = (await readdir(profDir).catch(() => [] as string[])).filter(
-      // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile: thread 0 is the main thread.
-      (f) => f.endsWith('.cpuprofile') && !before.has(f) && /\.\d+\.0\.\d+\.cpuprofile$/.test(f),
-    );
-    const file = files.sort().at(-1);
-    if (file !== undefined) profile = await summarizeProfile(join(profDir, file), cfg.profile);
-  }
-  return { ...result, profile };
+  return { ...result, profile: await profiler.summary() };
 }
 
 const BURST_STEPS = [
@@ -444,7 +456,14 @@ function burstSteps(
 /** Section 4: many volumes at once on one VMI, with a realistic pod start. */
 export async function runBurstStack(cfg: BenchConfig, log: Log) {
   const ns = 'bench-burst';
-  const h = await harness({ podStartLatencyMs: cfg.burstPodStartMs }, [ns], cfg, log);
+  const profiler = await cpuProfiler(cfg, 'burst');
+  const h = await harness(
+    { podStartLatencyMs: cfg.burstPodStartMs, ...profiler.options },
+    [ns],
+    cfg,
+    log,
+  );
+  let figures: BurstFigures[] = [];
   try {
     // One VMI per way of issuing: the attachment pod names hash the VMI and the volume set.
     const runs = [
@@ -460,7 +479,7 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
     await bounded(claims.length, 8, (i) =>
       createPvc(h.stack.kc, { namespace: ns, name: claims[i]!, mode: 'Filesystem' }),
     );
-    const figures: BurstFigures[] = [];
+    figures = [];
     for (const r of runs) {
       // The previous run's tail (its unplug's last work items) must not delay this one.
       await workDrained(h.stack.natsUrl, BURST_DRAIN_TIMEOUT_MS, log);
@@ -506,11 +525,11 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
       log(`burst (${r.how.kind}): ${JSON.stringify(f)}`);
       figures.push(f);
     }
-    const [first, ...others] = figures;
-    return { ...first!, others };
   } finally {
     await h.stop();
   }
+  const [first, ...others] = figures;
+  return { figures: { ...first!, others }, profile: await profiler.summary() };
 }
 
 /** Section 5: the throughput run with 2 replicas of spec-watcher and attachment-orchestrator. */

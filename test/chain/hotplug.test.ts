@@ -264,9 +264,14 @@ describe.skipIf(!isRoot)('the chain', () => {
     await plug(ns, 'vm', '--volume-name=kept');
     const before = (await volumeStatus(f.client, ns, 'vm', 'kept'))!;
     const pod = before.hotplugVolume!.attachPodName!;
+    const podUid = (await f.client.listPods(ns)).find((p) => p.metadata?.name === pod)?.metadata
+      ?.uid;
+    expect(podUid).toBeDefined();
     expect(await f.client.deletePod(ns, pod)).toBe(true);
+    // The orchestrator may recreate the pod under the same deterministic name at once, so the
+    // deleted pod is told apart by its UID.
     await vi.waitFor(async () => {
-      expect((await f.client.listPods(ns)).map((p) => p.metadata?.name)).not.toContain(pod);
+      expect((await f.client.listPods(ns)).map((p) => p.metadata?.uid)).not.toContain(podUid);
     }, WAIT);
     // A later request through the whole chain is the barrier: by its end the services have
     // seen the deletion.

@@ -132,6 +132,8 @@ export interface ReconcileReport {
   readonly facts: readonly UnmountedFact[];
   /** Checkpoints that were corrupt (treated as empty or partly read). */
   readonly problems: readonly { readonly vmiUID: string; readonly problem: string }[];
+  /** Actions found but left alone, declined by `confirm`. */
+  readonly deferred: number;
 }
 
 async function isDirectory(path: string): Promise<boolean> {
@@ -467,14 +469,19 @@ export class NodeMounter {
    * At start (and whenever asked): compares every checkpoint with the mount table and undoes what
    * no spec wants. `wanted` maps a VMI UID to the volumes that must stay — in the spec, or still
    * held by the domain; a VMI not in the map wants nothing. Failed undos stay checkpointed.
+   * `confirm`, when given, is asked about each action first; an action it declines is left alone.
    */
-  async reconcile(wanted: ReadonlyMap<string, Iterable<string>>): Promise<ReconcileReport> {
+  async reconcile(
+    wanted: ReadonlyMap<string, Iterable<string>>,
+    options: { confirm?: (action: ReconcileAction) => boolean } = {},
+  ): Promise<ReconcileReport> {
     const wantedSets = new Map(
       [...wanted].map(([vmi, volumes]) => [vmi, new Set(volumes)] as const),
     );
     const outcomes: ReconcileOutcome[] = [];
     const facts: UnmountedFact[] = [];
     const problems: { vmiUID: string; problem: string }[] = [];
+    let deferred = 0;
     for (const { vmiUID } of await loadAllCheckpoints(this.options.stateDir)) {
       const loaded = await loadCheckpoint(this.options.stateDir, vmiUID);
       if (loaded.problem !== undefined) problems.push({ vmiUID, problem: loaded.problem });
@@ -486,6 +493,10 @@ export class NodeMounter {
       /** The records undone or forgotten, as JSON: an entry is its whole record. */
       const done = new Set<string>();
       for (const action of actions) {
+        if (options.confirm !== undefined && !options.confirm(action)) {
+          deferred += 1;
+          continue;
+        }
         const record = JSON.stringify(action.entry);
         const outcome = {
           action: action.type,
@@ -513,6 +524,6 @@ export class NodeMounter {
         );
       }
     }
-    return { outcomes, facts, problems };
+    return { outcomes, facts, problems, deferred };
   }
 }

@@ -15,6 +15,7 @@ import { decide, isPodOfVmi, wantedVolumes } from './decide.js';
 import type { Decision, PodView, PvcView } from './decide.js';
 import { NodeMounter } from './node-mounter.js';
 import type { CgroupOutcome, ReconcileReport } from './node-mounter.js';
+import type { ReconcileAction } from './checkpoint.js';
 import { assertUid, VolumeMode } from './paths.js';
 import { CgroupState, mounterStageActors, mounterStageMachine } from './stage-machine.js';
 import type { MounterEffects } from './stage-machine.js';
@@ -29,7 +30,11 @@ export interface NodeMounterDeps {
   readonly metrics?: PluglineMetrics;
   /** Identifies this worker in leases (default a random id). */
   readonly workerId?: string;
+  /** How often the checkpoints are compared with the specs again after the start (default 30 s). */
+  readonly reconcileIntervalMs?: number;
 }
+
+const DEFAULT_RECONCILE_INTERVAL_MS = 30_000;
 
 /** A running node-mounter. */
 export interface NodeMounterService {
@@ -39,6 +44,11 @@ export interface NodeMounterService {
   readonly metrics: PluglineMetrics;
   /** What reconcile-at-start undid and kept. */
   readonly reconciled: ReconcileReport;
+  /**
+   * Compares the checkpoints with what the specs want now and undoes what was unwanted at the
+   * previous call too (runs every `reconcileIntervalMs`).
+   */
+  reconcile(): Promise<ReconcileReport>;
   /** Readiness: NATS connected, consumer bound, informers synced. */
   ready(): boolean;
   /** The named readiness checks (for `/readyz`). */
@@ -183,6 +193,59 @@ async function reconcileAtStart(
   return report;
 }
 
+function actionKey(action: ReconcileAction): string {
+  return JSON.stringify([action.type, action.vmiUID, action.entry]);
+}
+
+/**
+ * The level-triggered repair while running: a volume no spec wants any more whose unplug never
+ * reached this stage (its request lost in a crash of an earlier stage) would otherwise stay
+ * mounted until the next restart. An action is taken only when the previous look found the same
+ * one, so a cache a moment behind a plug in flight (checkpointed, not yet in the informer, or not
+ * yet mounted) never undoes it.
+ */
+function periodicReconciler(mounter: NodeMounter, truth: Truth, node: string, log: Logger) {
+  let previous = new Set<string>();
+  let running: Promise<ReconcileReport> | undefined;
+  const once = async (): Promise<ReconcileReport> => {
+    const seen = new Set<string>();
+    const report = await mounter.reconcile(
+      wantedVolumes(truth.vmis.list(), node, truth.pods.list()),
+      {
+        confirm: (action) => {
+          const key = actionKey(action);
+          seen.add(key);
+          return previous.has(key);
+        },
+      },
+    );
+    previous = seen;
+    if (report.deferred > 0)
+      log.info(
+        { volumes: report.deferred },
+        'found volumes no spec wants; undone at the next look if still unwanted',
+      );
+    for (const outcome of report.outcomes) {
+      const fields = { vmiUID: outcome.vmiUID, volume: outcome.volume, target: outcome.target };
+      if (outcome.error === undefined)
+        log.warn({ ...fields, action: outcome.action }, 'undid a volume no spec wants any more');
+      else log.error({ ...fields, err: outcome.error }, 'could not undo a volume no spec wants');
+    }
+    return report;
+  };
+  return {
+    /** One look; a call while one runs joins it. */
+    run: (): Promise<ReconcileReport> =>
+      (running ??= once().finally(() => {
+        running = undefined;
+      })),
+    /** Resolves when no look runs. */
+    settled: async (): Promise<void> => {
+      await running?.catch(() => undefined);
+    },
+  };
+}
+
 /**
  * Starts the node-mounter for `config.nodeName`: provisions its consumer (idempotent), syncs
  * informers (VMIs; pods on this node; PVCs), reconciles the checkpoints against the mount table
@@ -234,6 +297,11 @@ export async function startNodeMounter(
       metrics,
       ...(deps.workerId === undefined ? {} : { workerId: deps.workerId }),
     });
+    const reconciler = periodicReconciler(mounter, truth, node, log);
+    const reconcileTimer = setInterval(() => {
+      reconciler.run().catch((err: unknown) => log.warn({ err }, 'periodic reconcile failed'));
+    }, deps.reconcileIntervalMs ?? DEFAULT_RECONCILE_INTERVAL_MS);
+    reconcileTimer.unref();
     const readyChecks = () => ({
       nats: () => bus.connected(),
       consumer: () => stage.bound(),
@@ -246,10 +314,13 @@ export async function startNodeMounter(
       stage,
       metrics,
       reconciled,
+      reconcile: reconciler.run,
       readyChecks,
       ready: () => Object.values(readyChecks()).every((check) => check()),
       stop: () =>
         (stopping ??= (async () => {
+          clearInterval(reconcileTimer);
+          await reconciler.settled();
           await stage.stop();
           await Promise.all(informers.map((i) => i.stop()));
           if (ownsBus) await bus.drain();

@@ -574,6 +574,39 @@ describe('node-mounter stage (real NATS, kube-sim kubelet, mounts, loop devices,
     expect((await loadCheckpoint(stateDir, vmiUID)).entries).toEqual([]);
   });
 
+  it('while running, undoes what no spec wants on the second look (an unplug that never came)', async () => {
+    dumpLogsOnFailure();
+    setSpecVolumes([FS_VOL, BLK_VOL]);
+    const replug = `op-replug-${randomUUID()}`;
+    for (const volume of [FS_VOL, BLK_VOL]) {
+      await publishWork(workItem({ volume, operationId: replug }));
+    }
+    await waitFor(async () => (await events(EventType.MountedToPod, replug)).length === 2, {
+      timeout: 15_000,
+      description: 'both volumes mounted',
+    });
+    const plugged = await launcherView();
+    expect(plugged.mounts).toEqual([`${FS_VOL}.img`]);
+    // The spec drops both and no unplug work follows, as when an earlier stage lost it.
+    setSpecVolumes([]);
+    const firstLook = await waitFor(
+      async () => {
+        const report = await service!.reconcile();
+        return report.deferred === 2 ? report : undefined;
+      },
+      { description: 'a look that finds both volumes unwanted' },
+    );
+    expect(firstLook.outcomes).toEqual([]);
+    expect(await launcherView()).toEqual(plugged);
+    const secondLook = await service!.reconcile();
+    expect(secondLook.outcomes.map((o) => [o.volume, o.error]).sort()).toEqual([
+      [BLK_VOL, undefined],
+      [FS_VOL, undefined],
+    ]);
+    expect(await launcherView()).toEqual({ files: [], mounts: [], rules: [] });
+    expect((await loadCheckpoint(stateDir, vmiUID)).entries).toEqual([]);
+  });
+
   it('never consumes a work item for another node', async () => {
     dumpLogsOnFailure();
     setSpecVolumes([FS_VOL, BLK_VOL]);
