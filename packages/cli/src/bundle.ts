@@ -4,10 +4,12 @@
  * loader and compiles its TypeScript at start-up; the bundle starts with neither (issue 10: idle
  * RSS). Bundles are local build artifacts: they may refer to this checkout's node_modules.
  */
+import { realpathSync } from 'node:fs';
 import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { PluginBuild } from 'esbuild';
 import { StackError } from './errors.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -63,6 +65,27 @@ function banner(): string {
   ].join('\n');
 }
 
+/**
+ * Packages left out of the bundles and imported from where they are installed: koffi finds its
+ * native binary beside its own files. Resolved from the service that depends on it, so the import
+ * is an absolute path into this checkout's node_modules (pnpm does not hoist it to the root).
+ */
+const EXTERNAL_PACKAGES: Readonly<Record<string, string>> = { koffi: 'node-mounter' };
+
+function externalPackages(): { name: string; setup: (build: PluginBuild) => void } {
+  return {
+    name: 'plugline-external-packages',
+    setup(build) {
+      const filter = new RegExp(`^(${Object.keys(EXTERNAL_PACKAGES).join('|')})$`);
+      build.onResolve({ filter }, (args) => {
+        const service = EXTERNAL_PACKAGES[args.path]!;
+        const req = createRequire(join(REPO_ROOT, 'services', service, 'package.json'));
+        return { path: pathToFileURL(realpathSync(req.resolve(args.path))).href, external: true };
+      });
+    },
+  };
+}
+
 interface Meta {
   /** Every file a bundle was built from, relative to the repository root. */
   inputs: string[];
@@ -99,6 +122,7 @@ export async function buildBundles(outDir: string = DEFAULT_BUNDLE_DIR): Promise
       legalComments: 'none',
       banner: { js: banner() },
       metafile: true,
+      plugins: [externalPackages()],
       write: false,
       logLevel: 'silent',
     })

@@ -78,8 +78,8 @@ export interface LoopDevice {
 export async function deviceNumbers(path: string): Promise<{ major: number; minor: number }> {
   const st = await stat(path, { bigint: true });
   const rdev = st.rdev;
-  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
-  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & 0xfffff000n));
+  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & 0xffffff00n));
   return { major, minor };
 }
 

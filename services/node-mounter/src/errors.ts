@@ -5,7 +5,8 @@ export class MountError extends PluglineError {
   override name = 'MountError';
   constructor(
     readonly command: string,
-    readonly stderr: string,
+    /** What the host said: errno and its text, or what a probe read. */
+    readonly detail: string,
     message: string,
     options?: ErrorOptions,
   ) {

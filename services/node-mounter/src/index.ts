@@ -39,7 +39,6 @@ export {
   QEMU_OWNERSHIP,
   CgroupVersion,
   CGROUP_V2_UNSUPPORTED,
-  runCommand,
   readMountTable,
   mountsOn,
   isMountedOn,
@@ -163,3 +162,4 @@ export type {
 
 export { startNodeMounter } from './service.js';
 export type { NodeMounterDeps, NodeMounterService } from './service.js';
+export { makeDeviceNumber } from './host-calls.js';

@@ -1,4 +1,3 @@
-import { execFile } from 'node:child_process';
 import { constants as fsConstants, type BigIntStats, type Stats } from 'node:fs';
 import {
   access,
@@ -15,6 +14,7 @@ import {
 import { dirname, join } from 'node:path';
 
 import { CgroupError, MountError, SourceNotFoundError, WrongFileKindError } from './errors.js';
+import { bindMount, makeBlockNode, unmount } from './host-calls.js';
 import { mountsAt, parseMountInfo } from './mountinfo.js';
 import type { MountInfoEntry } from './mountinfo.js';
 
@@ -45,24 +45,6 @@ async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
     if (errnoOf(err) === 'ENOENT') return undefined;
     throw err;
   }
-}
-
-/** Runs a command without a shell; rejects with MountError carrying its stderr. */
-export function runCommand(command: string, args: readonly string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(command, args, { encoding: 'utf8', timeout: 30_000 }, (error, stdout, stderr) => {
-      if (error === null) {
-        resolve(stdout);
-        return;
-      }
-      const shown = [command, ...args].join(' ');
-      reject(
-        new MountError(shown, stderr.trim(), `${shown}: ${stderr.trim() || error.message}`, {
-          cause: error,
-        }),
-      );
-    });
-  });
 }
 
 /** Reads and parses a mount table (this process's by default). */
@@ -167,7 +149,7 @@ export async function mountFilesystem(
     const tgt = await stat(target);
     return { changed: false, sourceMismatch: tgt.dev !== src.dev || tgt.ino !== src.ino };
   }
-  await runCommand('mount', ['--bind', source, target]);
+  bindMount(source, target);
   return { changed: true, sourceMismatch: false };
 }
 
@@ -195,7 +177,7 @@ export async function unmountFilesystem(target: string): Promise<UnmountFilesyst
       if (unmounted >= MAX_STACKED_MOUNTS) {
         throw new MountError('umount', '', `${target} still mounted after ${unmounted} unmounts`);
       }
-      await runCommand('umount', [target]);
+      unmount(target);
       unmounted += 1;
     }
   }
@@ -214,8 +196,8 @@ async function unlinkIfPresent(path: string): Promise<boolean> {
 
 /** Linux `dev_t` → major/minor (glibc's `gnu_dev_major`/`gnu_dev_minor`). */
 export function splitDeviceNumber(rdev: bigint): { major: number; minor: number } {
-  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
-  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & 0xfffff000n);
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & 0xffffff00n);
   return { major: Number(major), minor: Number(minor) };
 }
 
@@ -261,14 +243,7 @@ export async function createBlockNode(
     else await unlink(target);
   }
   if (changed) {
-    await runCommand('mknod', [
-      '-m',
-      ownership.mode.toString(8).padStart(4, '0'),
-      target,
-      'b',
-      String(dev.major),
-      String(dev.minor),
-    ]);
+    makeBlockNode(target, ownership.mode, dev.major, dev.minor);
   }
   await applyOwnership(target, ownership);
   return { ...dev, changed };
