@@ -160,6 +160,16 @@ export function renderMarkdown(r: Results, chartFile: string): string {
         ),
       ),
       '',
+      ...mapTable(
+        'own function (total time, with what it calls)',
+        Object.fromEntries(
+          (r.profile.topOwnTotals ?? []).map((a) => [
+            `\`${a.name}\``,
+            { ms: a.selfMs, percent: a.percent },
+          ]),
+        ),
+      ),
+      '',
     );
   }
   lines.push('## 7. Real guest', '', ...guestLines(r.guest));

@@ -93,6 +93,37 @@ export async function summarizeProfile(file: string, service: string, top = 15) 
     const area = areaOf(url, functionName);
     areas.set(area, (areas.get(area) ?? 0) + us);
   }
+  // Total time of the workspace's own functions: each sample counts once for every distinct one
+  // of ours on its stack, so a function's figure includes what it called.
+  const parentOf = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parentOf.set(c, n.id);
+  const oursById = new Map<number, string | undefined>();
+  const ourName = (id: number): string | undefined => {
+    if (!oursById.has(id)) {
+      const frame = byId.get(id)?.callFrame;
+      const pos = frame === undefined ? undefined : positionOf(frame);
+      const ours = pos !== undefined && /\/(services|packages)\/[^/]+\/src\//.test(pos.url);
+      oursById.set(
+        id,
+        ours
+          ? `${frame!.functionName || '(anonymous)'} ${pos.url.replace(/^.*\/(services|packages)\//, '$1/')}:${pos.lineNumber + 1}`
+          : undefined,
+      );
+    }
+    return oursById.get(id);
+  };
+  const totals = new Map<string, number>();
+  profile.samples.forEach((leaf, i) => {
+    if (idleIds.has(leaf)) return;
+    const dt = profile.timeDeltas[i] ?? 0;
+    const seen = new Set<string>();
+    for (let id: number | undefined = leaf; id !== undefined; id = parentOf.get(id)) {
+      const name = ourName(id);
+      if (name === undefined || seen.has(name)) continue;
+      seen.add(name);
+      totals.set(name, (totals.get(name) ?? 0) + dt);
+    }
+  });
   const rank = (m: Map<string, number>) =>
     [...m.entries()]
       .sort((a, b) => b[1] - a[1])
@@ -110,5 +141,7 @@ export async function summarizeProfile(file: string, service: string, top = 15) 
     idleMs: Math.round(idleUs / 1000),
     topFunctions: rank(fns),
     topAreas: rank(areas),
+    /** The workspace's functions by total time (`selfMs` here includes their callees). */
+    topOwnTotals: rank(totals),
   };
 }

@@ -84,6 +84,7 @@ export interface Results {
     idleMs: number;
     topFunctions: { name: string; selfMs: number; percent: number }[];
     topAreas: { name: string; selfMs: number; percent: number }[];
+    topOwnTotals?: { name: string; selfMs: number; percent: number }[];
   };
   memory?: MemoryFigures;
   guest: GuestFigures;

@@ -2,7 +2,13 @@ import { readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { HypervisorError } from '@plugline/contracts';
-import { createSimulatedDriver, diskXml, domainNameOf, parseDomainDisks } from '../src/index.js';
+import {
+  createSimulatedDriver,
+  diskXml,
+  domainNameOf,
+  parseDomainDisks,
+  readSimulatedDomains,
+} from '../src/index.js';
 import type { DomainEvent, SimulatedDriver, SimulatedDriverOptions } from '../src/index.js';
 import { tempDir } from './helpers.js';
 
@@ -285,6 +291,25 @@ describe('simulated driver', () => {
     );
     // Written atomically: no temporary files are left behind.
     expect((await readdir(stateDir)).filter((f) => f.includes('.tmp'))).toEqual([]);
+  });
+
+  it('answers each of many concurrent calls only once its change is on disk, failures apart', async () => {
+    const stateDir = path.join(dir, 'hypervisor');
+    const driver = await driverWith({ stateDir });
+    const names = Array.from({ length: 12 }, (_, i) => `burst-${i}`);
+    const xmls = await Promise.all(names.map((n, i) => volume(n, `sd${'abcdefghijkl'[i]}`)));
+    const onDisk = () =>
+      (readSimulatedDomains(stateDir).get(DOMAIN)?.disks ?? []).map((d) => d.disk.alias);
+    const seenWhenAnswered = new Map<string, readonly (string | undefined)[]>();
+    const calls = names.map((n, i) =>
+      driver.attachDisk(DOMAIN, xmls[i]!).then(() => seenWhenAnswered.set(n, onDisk())),
+    );
+    // A call that fails in the same turn is answered with its own error; the others go on.
+    const duplicate = rejection(driver.attachDisk(DOMAIN, xmls[0]!));
+    await Promise.all(calls);
+    expect((await duplicate).reason).toBe('DuplicateTarget');
+    for (const n of names) expect(seenWhenAnswered.get(n)).toContain(`ua-${n}`);
+    expect(onDisk().sort()).toEqual(names.map((n) => `ua-${n}`).sort());
   });
 
   it('writes only the changed domain, and removes the file of an undefined one', async () => {
