@@ -166,15 +166,6 @@ export function readSimulatedDomains(stateDir: string): Map<string, SimulatedDom
   return domains;
 }
 
-type CallOutcome = { ok: true; value: unknown } | { ok: false; error: unknown };
-
-interface WaitingCall {
-  readonly fn: (events: DomainEvent[]) => Promise<unknown>;
-  readonly callOptions?: CallOptions;
-  readonly resolve: (value: unknown) => void;
-  readonly reject: (error: unknown) => void;
-}
-
 export function createSimulatedDriver(options: SimulatedDriverOptions = {}): SimulatedDriver {
   const detachDelayMs = options.detachDelayMs ?? 100;
   const now = options.now ?? Date.now;
@@ -185,87 +176,37 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
   let loaded = stateDir === undefined;
   let timer: NodeJS.Timeout | undefined;
   let closed = false;
-  /** Domains changed (or removed) by the running batch of calls, written before any returns. */
+  /** Domains changed (or removed) by the running call, written before it returns. */
   const changedDomains = new Set<string>();
   let stuckChanged = false;
-  /** Calls waiting for their turn; see {@link drain}. */
-  const waiting: WaitingCall[] = [];
-  let draining = false;
-  let drained: Promise<void> = Promise.resolve();
+  let queue: Promise<unknown> = Promise.resolve();
 
   /**
-   * Runs `fn` after every earlier call, so one call at a time reads and changes the state. Its
-   * promise settles once what it changed is written and its events are emitted.
+   * Runs `fn` after every earlier call, so one call at a time reads and changes the state: load the
+   * state folder (first call), complete due unplugs, run, complete due unplugs, write what
+   * changed, then emit the events.
    */
   function serial<T>(
     fn: (events: DomainEvent[]) => Promise<T>,
     callOptions?: CallOptions,
   ): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      waiting.push({
-        fn,
-        ...(callOptions === undefined ? {} : { callOptions }),
-        resolve: resolve as (value: unknown) => void,
-        reject,
-      });
-      if (!draining) {
-        draining = true;
-        drained = drain();
-      }
-    });
-  }
-
-  async function runCall(call: WaitingCall, events: DomainEvent[]): Promise<CallOutcome> {
-    try {
+    const run = async (): Promise<T> => {
       if (closed) throw hvError(HypervisorReason.Unavailable, 'the simulated driver is closed');
-      const signal = call.callOptions?.signal;
-      if (signal?.aborted === true) throw abortedError(signal.reason);
-      return { ok: true, value: await call.fn(events) };
-    } catch (error) {
-      return { ok: false, error };
-    }
-  }
-
-  /**
-   * Takes every waiting call, runs them one after another (load the state folder at the first,
-   * complete due unplugs, run each, complete due unplugs), writes what they changed once for all
-   * of them, emits their events, and only then settles their promises; again until none waits.
-   * One write per batch, not per call: with 75 attaches in flight the domain's file (a line per
-   * disk) was rewritten 75 times.
-   */
-  async function drain(): Promise<void> {
-    try {
-      while (waiting.length > 0) {
-        const batch = waiting.splice(0);
-        const events: DomainEvent[] = [];
-        const outcomes: CallOutcome[] = [];
-        try {
-          await load();
-        } catch (error) {
-          for (const call of batch) call.reject(error);
-          continue;
-        }
+      if (callOptions?.signal?.aborted === true) throw abortedError(callOptions.signal.reason);
+      await load();
+      const events = settle();
+      try {
+        return await fn(events);
+      } finally {
         events.push(...settle());
-        for (const call of batch) outcomes.push(await runCall(call, events));
-        events.push(...settle());
-        try {
-          await persist();
-        } catch (error) {
-          for (const call of batch) call.reject(error);
-          continue;
-        } finally {
-          arm();
-        }
+        await persist();
+        arm();
         for (const event of events) hub.emit(event);
-        batch.forEach((call, i) => {
-          const outcome = outcomes[i]!;
-          if (outcome.ok) call.resolve(outcome.value);
-          else call.reject(outcome.error);
-        });
       }
-    } finally {
-      draining = false;
-    }
+    };
+    const next = queue.then(run, run);
+    queue = next.catch(() => undefined);
+    return next;
   }
 
   /** Marks a domain changed and queues events to emit once the change is written. */
@@ -613,7 +554,7 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
       return hub.iterate(callOptions?.signal);
     },
     async close() {
-      await drained;
+      await queue;
       closed = true;
       if (timer !== undefined) clearTimeout(timer);
       hub.close();

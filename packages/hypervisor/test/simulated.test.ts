@@ -293,7 +293,7 @@ describe('simulated driver', () => {
     expect((await readdir(stateDir)).filter((f) => f.includes('.tmp'))).toEqual([]);
   });
 
-  it('answers each of many concurrent calls only once its change is on disk, failures apart', async () => {
+  it('answers each of many concurrent calls only once its change is on disk, a failed one apart', async () => {
     const stateDir = path.join(dir, 'hypervisor');
     const driver = await driverWith({ stateDir });
     const names = Array.from({ length: 12 }, (_, i) => `burst-${i}`);
