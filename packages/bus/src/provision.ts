@@ -119,9 +119,11 @@ export class ProvisionError extends PluglineError {
 /**
  * JetStream API error codes worth another try: the cluster has no leader yet (10008), cannot
  * place the replicas yet (10005 no suitable peers, 10023 insufficient resources), or another
- * service created the same stream (10058) or consumer (10013, 10148) a moment before us.
+ * service created the same stream (10058; or 10065 "subjects overlap with an existing stream",
+ * which nats-server 2.9 answers to the loser of two creates of one stream) or consumer (10013,
+ * 10148) a moment before us. The retry reads the stream the winner made.
  */
-const TRANSIENT_API_CODES = new Set([10005, 10008, 10013, 10023, 10058, 10148]);
+const TRANSIENT_API_CODES = new Set([10005, 10008, 10013, 10023, 10058, 10065, 10148]);
 
 /** True for failures that go away by themselves on a cluster forming or failing over. */
 export function isTransientProvisionError(err: unknown): boolean {

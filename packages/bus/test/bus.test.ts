@@ -126,6 +126,36 @@ describe('provision', () => {
   });
 });
 
+describe('provision by several services at once', () => {
+  it('every service starting together on a fresh server gets the same streams and buckets', async () => {
+    const fresh = await startNats();
+    const services = await Promise.all(
+      Array.from({ length: 6 }, () => connectBus({ servers: fresh.url, apiTimeoutMs: 2000 })),
+    );
+    try {
+      // Rounds on an empty server: the streams' creators race each time.
+      for (let round = 0; round < 60; round++) {
+        for (const name of Object.values(StreamName)) {
+          await services[0]!.jsm.streams.delete(name).catch(() => false);
+        }
+        await Promise.all(
+          services.map((service) =>
+            provision(service, { consumers: [{ stage: Stage.SpecWatcher }] }),
+          ),
+        );
+        const streams = [];
+        for await (const info of services[0]!.jsm.streams.list()) streams.push(info.config.name);
+        expect(streams.filter((n) => !n.startsWith('KV_')).sort()).toEqual(
+          Object.values(StreamName).sort(),
+        );
+      }
+    } finally {
+      await Promise.all(services.map((service) => service.close()));
+      await fresh.stop();
+    }
+  });
+});
+
 describe('Publisher', () => {
   it('sets Nats-Msg-Id so a retried publish is stored once', async () => {
     await provision(bus);
