@@ -94,6 +94,8 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       `- plug: **${tp.plug.opsPerSecond} ops/s** over ${tp.plug.wallS} s, latency p50/p90/p99 ${pct(tp.plug.latency)} (target ≥ 100 ops/s with p99 ≤ 1000: ${ok(tp.plug.opsPerSecond >= 100 && tp.plug.latency.p99 <= 1000)})`,
       `- unplug: **${tp.unplug.opsPerSecond} ops/s** over ${tp.unplug.wallS} s, latency ${pct(tp.unplug.latency)}`,
       `- correctness: ${JSON.stringify(tp.correctness)}`,
+      ...slowestLines('plug', tp.plug.slowest),
+      ...slowestLines('unplug', tp.unplug.slowest),
       '',
       ...mapTable('CPU ms per operation', tp.cpuMsPerOperation),
       '',
@@ -174,6 +176,22 @@ export function renderMarkdown(r: Results, chartFile: string): string {
   }
   lines.push('## 7. Real guest', '', ...guestLines(r.guest));
   return `${lines.join('\n')}\n`;
+}
+
+function slowestLines(
+  direction: string,
+  ops: { key: string; latencyMs: number; stages: Record<string, number> }[] | undefined,
+): string[] {
+  if (ops === undefined || ops.length === 0) return [];
+  return [
+    `- slowest ${direction}s (ms, and each stage's share):`,
+    ...ops.map(
+      (o) =>
+        `  - ${o.key}: ${o.latencyMs} — ${Object.entries(o.stages)
+          .map(([stage, ms]) => `${stage} ${ms}`)
+          .join(', ')}`,
+    ),
+  ];
 }
 
 function prefixed<T>(prefix: string, rec: Record<string, T>): Record<string, T> {

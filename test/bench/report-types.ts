@@ -8,12 +8,21 @@ interface Directional<T> {
   unplug: T;
 }
 
+interface DirectionFigures {
+  ops: number;
+  opsPerSecond: number;
+  latency: Percentiles;
+  wallS: number;
+  /** The slowest operations, with each stage's time: where an outlier waited. */
+  slowest?: { key: string; latencyMs: number; stages: Record<string, number> }[];
+}
+
 interface ThroughputFigures {
   vmis: number;
   volumesPerVmi: number;
   concurrency: number;
-  plug: { ops: number; opsPerSecond: number; latency: Percentiles; wallS: number };
-  unplug: { ops: number; opsPerSecond: number; latency: Percentiles; wallS: number };
+  plug: DirectionFigures;
+  unplug: DirectionFigures;
   cpuMsPerOperation: Record<string, { plugMs: number; unplugMs: number }>;
   rssWhileTrackingMiB: Record<string, number>;
   correctness: Record<string, number | boolean>;

@@ -286,6 +286,18 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
   };
 }
 
+/** The slowest operations with the time each stage took: where an outlier waited. */
+function slowest(ops: readonly OpResult[], count = 5) {
+  return [...ops]
+    .sort((a, b) => b.latencyMs - a.latencyMs)
+    .slice(0, count)
+    .map((o) => ({
+      key: o.key,
+      latencyMs: round(o.latencyMs),
+      stages: Object.fromEntries(Object.entries(o.stages).map(([k, v]) => [k, round(v)])),
+    }));
+}
+
 /** Section 3 (and 5): M VMIs × K volumes plugged, then unplugged, with bounded concurrency. */
 async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
   const { stack, client, obs } = h;
@@ -342,6 +354,7 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
       opsPerSecond: round(ops / plugWall),
       latency: percentiles(plugs.map((o) => o.latencyMs)),
       stages: stagePercentiles(plugs),
+      slowest: slowest(plugs),
       conflicts: plugs.reduce((s, o) => s + o.conflicts, 0),
     },
     unplug: {
@@ -350,6 +363,7 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
       opsPerSecond: round(ops / unplugWall),
       latency: percentiles(unplugs.map((o) => o.latencyMs)),
       stages: stagePercentiles(unplugs),
+      slowest: slowest(unplugs),
     },
     cpuMsPerOperation: cpuPerOp,
     rssWhileTrackingMiB: { volumes: ops, ...rssLoaded },

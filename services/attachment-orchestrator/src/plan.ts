@@ -96,25 +96,44 @@ function planCreate(
   return { current: undefined, actions: [{ type: 'createPod', name, volumes }] };
 }
 
+/**
+ * `attachedToNode` for each wanted volume a running pod carries and its status does not show
+ * attached through that pod. The pod for the whole set comes first; a volume it does not carry
+ * yet (it is still starting) is attached through an older running pod that carries it, as
+ * KubeVirt's virt-controller does: volumes added while a pod started need not wait for the next
+ * pod to have those the first one carries. Once the pod for the whole set runs, every volume
+ * moves to it (the old pods then go, see {@link planDeletes}).
+ */
 function planAttached(
   input: PlanInput,
   current: Pod | undefined,
+  live: readonly Pod[],
+  desired: readonly string[],
   statusOf: Map<string, VolumeStatus>,
 ): PlanAction[] {
-  if (current === undefined || !isPodRunningAndReady(current)) return [];
-  const pod = { name: current.metadata.name ?? '', uid: current.metadata.uid ?? '' };
-  const node = current.spec?.nodeName ?? input.launcherPod?.spec?.nodeName ?? '';
-  // Also a volume whose entry names this pod but shows no attachment: a re-add reset the entry
-  // of a volume whose pod stayed (KubeVirt #16159), and its new operation needs the fact.
-  const unattached = (v: string): boolean => {
-    const status = statusOf.get(v);
-    return (
-      status?.hotplugVolume?.attachPodUID !== pod.uid || NOT_YET_ATTACHED.has(status.phase ?? '')
-    );
-  };
-  return volumesOfPod(current)
-    .filter(unattached)
-    .map((volume) => ({ type: 'attachedToNode' as const, volume, pod, node }));
+  const running = [current, ...live.filter((p) => p !== current)].filter(
+    (p): p is Pod => p !== undefined && isPodRunningAndReady(p),
+  );
+  const wanted = new Set(desired);
+  const placed = new Set<string>();
+  const actions: PlanAction[] = [];
+  for (const carrier of running) {
+    const pod = { name: carrier.metadata.name ?? '', uid: carrier.metadata.uid ?? '' };
+    const node = carrier.spec?.nodeName ?? input.launcherPod?.spec?.nodeName ?? '';
+    for (const volume of volumesOfPod(carrier)) {
+      if (!wanted.has(volume) || placed.has(volume)) continue;
+      placed.add(volume);
+      // Also a volume whose entry names this pod but shows no attachment: a re-add reset the
+      // entry of a volume whose pod stayed (KubeVirt #16159), and its new operation needs the fact.
+      const status = statusOf.get(volume);
+      if (
+        status?.hotplugVolume?.attachPodUID !== pod.uid ||
+        NOT_YET_ATTACHED.has(status.phase ?? '')
+      )
+        actions.push({ type: 'attachedToNode', volume, pod, node });
+    }
+  }
+  return actions;
 }
 
 /** Old pods go once the new pod runs and nothing only they carry is still in use (KubeVirt #10275, #14998). */
@@ -186,7 +205,7 @@ export function planAttachment(input: PlanInput): PlanAction[] {
   );
   return [
     ...actions,
-    ...planAttached(input, current, statusOf),
+    ...planAttached(input, current, live, desired, statusOf),
     ...planDeletes(current, desired, old, statusOf, isInUse),
     ...planReleased(input),
   ];

@@ -97,16 +97,50 @@ describe('planAttachment', () => {
     }
   });
 
+  it('attaches through an older running pod while the pod for the whole set starts', () => {
+    const v = vmi(withHotplugPVC('a'), withHotplugPVC('b'), withHotplugPVC('c'));
+    const first = attachmentPod(v, [fsVolume('a'), fsVolume('b')], 'Running');
+    const whole = attachmentPod(v, [fsVolume('a'), fsVolume('b'), fsVolume('c')], 'Pending');
+    const plan = (volumeStatus: Parameters<typeof planAttachment>[0]['volumeStatus']) =>
+      planAttachment({
+        vmi: v,
+        launcherPod: launcher(),
+        desiredReady: [fsVolume('a'), fsVolume('b'), fsVolume('c')],
+        pods: [first, whole],
+        volumeStatus,
+      });
+    const attached = (actions: PlanAction[]) =>
+      actions.flatMap((a) => (a.type === 'attachedToNode' ? [[a.volume, a.pod.name]] : []));
+    expect(attached(plan([]))).toEqual([
+      ['a', first.metadata.name],
+      ['b', first.metadata.name],
+    ]);
+    // Once the whole set's pod runs, every volume moves to it; the first pod then goes.
+    whole.status = { phase: 'Running', containerStatuses: [{ name: 'hotplug-disk', ready: true }] };
+    const viaFirst = { attachPodName: first.metadata.name!, attachPodUID: first.metadata.uid! };
+    const moved = plan([
+      { name: 'a', target: 'sda', phase: 'Ready', hotplugVolume: viaFirst },
+      { name: 'b', target: 'sdb', phase: 'Ready', hotplugVolume: viaFirst },
+    ]);
+    expect(attached(moved)).toEqual([
+      ['a', whole.metadata.name],
+      ['b', whole.metadata.name],
+      ['c', whole.metadata.name],
+    ]);
+    expect(moved).toContainEqual(expect.objectContaining({ type: 'deletePod', reason: 'replaced' }));
+  });
+
   it('keeps the old pod until the new one runs (#10275)', () => {
     const v = vmi(withHotplugPVC('a'), withHotplugPVC('b'));
     const old = attachmentPod(v, [fsVolume('a')], 'Running');
     const next = attachmentPod(v, [fsVolume('a'), fsVolume('b')], 'Pending');
+    const viaOld = { attachPodName: old.metadata.name!, attachPodUID: old.metadata.uid! };
     const actions = planAttachment({
       vmi: v,
       launcherPod: launcher(),
       desiredReady: [fsVolume('a'), fsVolume('b')],
       pods: [old, next],
-      volumeStatus: [],
+      volumeStatus: [{ name: 'a', target: 'sda', phase: 'Ready', hotplugVolume: viaOld }],
     });
     expect(kinds(actions)).toEqual(['wait']);
     next.status = { phase: 'Running', containerStatuses: [{ name: 'hotplug-disk', ready: true }] };

@@ -162,4 +162,4 @@ export type {
 
 export { startNodeMounter } from './service.js';
 export type { NodeMounterDeps, NodeMounterService } from './service.js';
-export { makeDeviceNumber } from './host-calls.js';
+export { bindMount, makeDeviceNumber, unmount } from './host-calls.js';
