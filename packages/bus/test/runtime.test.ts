@@ -9,7 +9,9 @@ import { startNats, waitFor, type NatsServer } from '@plugline/testkit';
 import { fromPromise } from 'xstate';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  connectBus,
   ensureStageBuckets,
+  provision,
   kvKey,
   LeaseManager,
   runStage,
@@ -210,6 +212,44 @@ describe('runStage', () => {
       await metricValue(metrics, 'messagesHandled', { outcome: 'waiting' }),
     ).toBeGreaterThanOrEqual(1);
   });
+
+  it('keeps delivering when more than a thousand units wait for their deadlines at once', async () => {
+    // A fresh server and the default consumer settings: the helpers' consumer sets its own bound.
+    const own = await startNats();
+    const ownBus = await connectBus({ servers: own.url, name: 'parked' });
+    try {
+      await provision(ownBus, { consumers: [{ stage: 'spec-watcher' }] });
+      const metrics = newMetrics();
+      await using _stage = await runStage({
+        bus: ownBus,
+        stage: 'spec-watcher',
+        machine: unitMachine,
+        keyOf: unitKey,
+        metrics,
+        concurrency: 32,
+      });
+      const parked = 1_050;
+      for (let i = 0; i < parked; i++) {
+        // Parked for 10 minutes: each keeps its work item unacknowledged for the whole test.
+        await sendWork(ownBus, workItem(`parked-${i}`, { cause: 'park' }));
+      }
+      await waitFor(
+        async () => (await metricValue(metrics, 'messagesHandled', { outcome: 'waiting' })) >= parked,
+        { timeout: 60_000, description: `${parked} units waiting` },
+      );
+      const info = await ownBus.jsm.consumers.info('PLUGLINE_WORK', 'spec-watcher');
+      expect(info.num_ack_pending).toBeGreaterThanOrEqual(parked);
+      const woken = workItem('woken-now');
+      await sendWork(ownBus, woken);
+      await waitFor(
+        async () => (await persistedState(ownBus, unitKey(woken)))?.value === 'applied',
+        { timeout: 10_000, description: 'the unit behind the waiting ones to run' },
+      );
+    } finally {
+      await ownBus.close();
+      await own.stop();
+    }
+  }, 120_000);
 
   it('retries a transient failure with backoff and gives up a terminal one with a failed event', async () => {
     let calls = 0;

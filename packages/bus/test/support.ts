@@ -12,7 +12,8 @@ import {
 
 /**
  * The example stage machine: `idle` → `applying` (invokes the `apply` effect) → `applied`.
- * A work item with cause `wait` first waits 300 ms (a deadline in context, tag `waiting`).
+ * A work item with cause `wait` first waits 300 ms (a deadline in context, tag `waiting`); with
+ * cause `park`, 10 minutes.
  * A TerminalError from the effect → `failed` (tag `failed`); any other error → `retrying`.
  * `applied` ignores further nudges, so a finished effect is never repeated.
  */
@@ -27,6 +28,7 @@ export const unitMachine = setup({
   },
   guards: {
     wantsToWait: ({ event }) => event.item.cause === 'wait',
+    wantsToPark: ({ event }) => event.item.cause === 'park',
     deadlinePassed: ({ context, event }) => event.receivedAt >= (context.wakeAt ?? 0),
   },
 }).createMachine({
@@ -37,6 +39,14 @@ export const unitMachine = setup({
     idle: {
       on: {
         work: [
+          {
+            guard: 'wantsToPark',
+            target: 'waiting',
+            actions: assign({
+              item: ({ event }) => event.item,
+              wakeAt: ({ event }) => event.receivedAt + 600_000,
+            }),
+          },
           {
             guard: 'wantsToWait',
             target: 'waiting',
