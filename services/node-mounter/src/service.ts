@@ -164,27 +164,44 @@ function cgroupLocator(config: NodeMounterConfig, log: Logger) {
   };
 }
 
+/**
+ * What the specs want on this node now. Only VMIs on this node (or not yet placed, which
+ * {@link wantedVolumes} places by their launcher) are copied out of the cache: the periodic look
+ * would otherwise copy every VMI of the cluster every time.
+ */
+function wantedNow(truth: Truth, node: string): Map<string, Set<string>> {
+  const mayBeHere = (vmi: VirtualMachineInstance): boolean =>
+    (vmi.status?.nodeName ?? '') === '' || vmi.status?.nodeName === node;
+  return wantedVolumes(truth.vmis.list(mayBeHere), node, truth.pods.list());
+}
+
+/** Logs each undo of a reconcile: `undone` for one that worked, `failed` for one that did not. */
+function logOutcomes(
+  report: ReconcileReport,
+  log: Logger,
+  messages: { undone: string; failed: string; level: 'info' | 'warn' },
+): void {
+  for (const outcome of report.outcomes) {
+    const fields = { vmiUID: outcome.vmiUID, volume: outcome.volume, target: outcome.target };
+    if (outcome.error === undefined)
+      log[messages.level]({ ...fields, action: outcome.action }, messages.undone);
+    else log.error({ ...fields, err: outcome.error }, messages.failed);
+  }
+}
+
 async function reconcileAtStart(
   mounter: NodeMounter,
   truth: Truth,
   node: string,
   log: Logger,
 ): Promise<ReconcileReport> {
-  const wanted = wantedVolumes(truth.vmis.list(), node, truth.pods.list());
+  const wanted = wantedNow(truth, node);
   const report = await mounter.reconcile(wanted);
-  for (const outcome of report.outcomes) {
-    const fields = { vmiUID: outcome.vmiUID, volume: outcome.volume, target: outcome.target };
-    if (outcome.error === undefined)
-      log.info(
-        { ...fields, action: outcome.action },
-        'reconciled a checkpointed volume no spec wants',
-      );
-    else
-      log.error(
-        { ...fields, err: outcome.error },
-        'could not undo a checkpointed volume; kept for the next start',
-      );
-  }
+  logOutcomes(report, log, {
+    undone: 'reconciled a checkpointed volume no spec wants',
+    failed: 'could not undo a checkpointed volume; kept for the next start',
+    level: 'info',
+  });
   for (const problem of report.problems) log.warn(problem, 'a checkpoint was corrupt');
   log.info(
     { undone: report.facts.length, kept: [...wanted.values()].reduce((n, s) => n + s.size, 0) },
@@ -209,28 +226,24 @@ function periodicReconciler(mounter: NodeMounter, truth: Truth, node: string, lo
   let running: Promise<ReconcileReport> | undefined;
   const once = async (): Promise<ReconcileReport> => {
     const seen = new Set<string>();
-    const report = await mounter.reconcile(
-      wantedVolumes(truth.vmis.list(), node, truth.pods.list()),
-      {
-        confirm: (action) => {
-          const key = actionKey(action);
-          seen.add(key);
-          return previous.has(key);
-        },
+    const report = await mounter.reconcile(wantedNow(truth, node), {
+      confirm: (action) => {
+        const key = actionKey(action);
+        seen.add(key);
+        return previous.has(key);
       },
-    );
+    });
     previous = seen;
     if (report.deferred > 0)
       log.info(
         { volumes: report.deferred },
         'found volumes no spec wants; undone at the next look if still unwanted',
       );
-    for (const outcome of report.outcomes) {
-      const fields = { vmiUID: outcome.vmiUID, volume: outcome.volume, target: outcome.target };
-      if (outcome.error === undefined)
-        log.warn({ ...fields, action: outcome.action }, 'undid a volume no spec wants any more');
-      else log.error({ ...fields, err: outcome.error }, 'could not undo a volume no spec wants');
-    }
+    logOutcomes(report, log, {
+      undone: 'undid a volume no spec wants any more',
+      failed: 'could not undo a volume no spec wants',
+      level: 'warn',
+    });
     return report;
   };
   return {
