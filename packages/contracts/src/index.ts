@@ -55,6 +55,7 @@ export {
   eventMsgId,
   workMsgId,
   compareOperationIds,
+  RESYNC_CAUSE,
   buildEvent,
   decodeWorkItem,
   decodeEvent,

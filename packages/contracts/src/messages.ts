@@ -93,6 +93,15 @@ export interface WorkItem {
   issuedAt: string;
 }
 
+/**
+ * The cause of a work item that asks its stage to report again what it already reported: the
+ * spec-watcher's periodic resync of a volume not at its desired end. A stage that would stay
+ * silent because it already published a fact of the operation publishes it again, so a status
+ * that lost the fact (or never showed it) converges. A repeat inside the stream's duplicate
+ * window is dropped there (see {@link eventMsgId}); a later resync gets through.
+ */
+export const RESYNC_CAUSE = 'resync';
+
 export function eventTypeOf(event: VolumeEvent): EventType {
   return event.type.slice(CLOUDEVENT_TYPE_PREFIX.length) as EventType;
 }

@@ -6,7 +6,7 @@ import {
   type StageEmitted,
   type WorkEvent,
 } from '@plugline/bus';
-import { asError } from '@plugline/contracts';
+import { asError, RESYNC_CAUSE } from '@plugline/contracts';
 import { assign, enqueueActions, fromPromise, setup, type AnyMachineSnapshot } from 'xstate';
 import {
   decide,
@@ -36,6 +36,8 @@ export interface OrchestratorContext extends StageContext {
   cause: string;
   /** Delivery time of the work item being handled. */
   now: number;
+  /** The volume a resync of a plug names (see `decide`); undefined for other work. */
+  reReport: string | undefined;
   rest: Rest;
   /** The decision being applied (cleared once committed). */
   decision: Decision | undefined;
@@ -72,6 +74,10 @@ export function createOrchestratorMachine(options: DecideOptions) {
         unit: recordWork(context.unit, event.item),
         cause: event.item.cause,
         now: event.receivedAt,
+        reReport:
+          event.item.cause === RESYNC_CAUSE && event.item.operation === 'plug'
+            ? event.item.volume
+            : undefined,
         failure: undefined,
       })),
       decide: assign(({ context, event }) => ({
@@ -80,6 +86,7 @@ export function createOrchestratorMachine(options: DecideOptions) {
           (event as unknown as { output: Observation }).output,
           context.now,
           options,
+          context.reReport,
         ),
       })),
       commit: enqueueActions(({ context, enqueue }) => {
@@ -103,6 +110,7 @@ export function createOrchestratorMachine(options: DecideOptions) {
       unit: initialState(input.vmi),
       cause: '',
       now: 0,
+      reReport: undefined,
       rest: Rest.Steady,
       decision: undefined,
     }),

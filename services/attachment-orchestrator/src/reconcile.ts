@@ -222,10 +222,14 @@ class Run {
   readonly statusOf: Map<string, VolumeStatus>;
   readonly vmi: VirtualMachineInstance;
 
-  constructor(state: UnitState, vmi: VirtualMachineInstance) {
+  /** The volume whose plug facts this run reports again even if published (a resync asked). */
+  readonly #reReport: string | undefined;
+
+  constructor(state: UnitState, vmi: VirtualMachineInstance, reReport?: string) {
     this.state = state;
     this.vmi = vmi;
     this.statusOf = new Map((vmi.status?.volumeStatus ?? []).map((s) => [s.name, s]));
+    this.#reReport = reReport;
   }
 
   phaseOf(volume: string): string | undefined {
@@ -243,7 +247,10 @@ class Run {
     return op !== undefined && sig !== undefined && sig.startsWith(`${op.operationId}|`);
   }
 
-  /** Publishes a fact unless the same signature was the last of its type for the volume. */
+  /**
+   * Publishes a fact unless the same signature was the last of its type for the volume — or,
+   * for the plug facts of the volume a resync names, again: the status may have lost it.
+   */
   fact(
     volume: string,
     operation: OperationKind,
@@ -255,7 +262,8 @@ class Run {
     if (op === undefined) return undefined;
     const sig = `${op.operationId}|${signature}`;
     const published = (this.state.published[volume] ??= {});
-    if (published[type] === sig) return undefined;
+    const again = operation === 'plug' && volume === this.#reReport;
+    if (published[type] === sig && !again) return undefined;
     published[type] = sig;
     this.emit.push(
       fact({
@@ -550,11 +558,18 @@ export function decide(
   obs: Observation,
   now: number,
   options: DecideOptions,
+  /**
+   * The volume a spec-watcher resync names (work cause `resync`, a plug): its status is short of
+   * `AttachedToNode` (resync routes it here only then), so the facts this unit published for it
+   * are reported again, `attached-to-node` with its node-mount work included. A status that lost
+   * them (its entry dropped while the stages had moved on) converges instead of waiting forever.
+   */
+  reReport?: string,
 ): Decision {
   const state = structuredClone(prior);
   const vmi = obs.vmi;
   if (vmi === undefined || vmi.metadata.uid !== state.vmi.uid) return vmiGone(state, obs);
-  const run = new Run(state, vmi);
+  const run = new Run(state, vmi, reReport);
   const live = obs.pods.filter((p) => !terminating(p));
   const { desired, pending, info } = volumeFacts(run, obs, live, options);
   const waitingForCache = createdNotSeen(state, obs, now);

@@ -1,4 +1,9 @@
-import { EventType, type VirtualMachineInstance, type WorkItem } from '@plugline/contracts';
+import {
+  EventType,
+  RESYNC_CAUSE,
+  type VirtualMachineInstance,
+  type WorkItem,
+} from '@plugline/contracts';
 import { createActor, fromPromise } from 'xstate';
 import { describe, expect, it } from 'vitest';
 import {
@@ -123,6 +128,36 @@ describe('decide', () => {
       work: { stage: 'node-mounter', node: pod.spec!.nodeName, operationId: 'op-a' },
     });
     expect(decide(d.state, obs, T0 + 1, OPTIONS).emit).toEqual([]);
+  });
+
+  it('reports attached-to-node and the node-mount work again when a resync finds no status entry', () => {
+    // Attached and announced; then the status entry is lost (no entry at all): a nudge stays
+    // silent (the fact was published), a spec-watcher resync of the plug gets it reported again.
+    const v = vmi(withHotplugPVC('a'));
+    const pod = attachmentPod(v, [fsVolume('a')], 'Running');
+    const obs = observed(v, ['a'], { pods: [pod] });
+    const announced = decide(state(item('a')), obs, T0, OPTIONS).state;
+    const nudge = item('a', { cause: 'informer-pod', operationId: 'nudge' });
+    expect(decide(recordWork(announced, nudge), obs, T0 + 1, OPTIONS).emit).toEqual([]);
+    const resync = item('a', { cause: RESYNC_CAUSE });
+    const again = decide(recordWork(announced, resync), obs, T0 + 2, OPTIONS, 'a');
+    expect(factTypes(again)).toEqual(['a:attached-to-node']);
+    expect(again.emit.at(-1)).toMatchObject({
+      type: 'plugline.work',
+      work: { stage: 'node-mounter', operationId: 'op-a', volume: 'a' },
+    });
+    // Once the status shows it attached through that pod, a resync has nothing to say.
+    const shown = vmi(
+      withHotplugPVC('a'),
+      withVolumeStatus({
+        name: 'a',
+        target: '',
+        phase: 'AttachedToNode',
+        hotplugVolume: { attachPodName: pod.metadata.name!, attachPodUID: pod.metadata.uid! },
+      }),
+    );
+    const steady = observed(shown, ['a'], { pods: [pod] });
+    expect(decide(again.state, steady, T0 + 3, OPTIONS, 'a').emit).toEqual([]);
   });
 
   it('keeps a removed volume on its pod until node-mounter unmounted it', () => {

@@ -5,6 +5,7 @@ import {
   PhaseMessage,
   PluglineError,
   Reason,
+  RESYNC_CAUSE,
   Stage,
   VolumePhase,
   type OperationKind,
@@ -38,7 +39,7 @@ export type NudgeCause = (typeof NudgeCause)[keyof typeof NudgeCause];
 const NUDGES: readonly string[] = Object.values(NudgeCause);
 
 /** The cause that makes a stage re-report what it already reported (a lost fact is repaired). */
-export const RESYNC_CAUSE = 'resync';
+export { RESYNC_CAUSE };
 
 /** The cause of the node-mounter work item sent once the domain let go of the disk. */
 export const DETACHED_CAUSE = EventType.DetachedFromDomain;

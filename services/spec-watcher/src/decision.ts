@@ -6,7 +6,7 @@ import type {
   VolumeStatus,
   WorkItem,
 } from '@plugline/contracts';
-import { EventType, Stage, VolumePhase } from '@plugline/contracts';
+import { EventType, RESYNC_CAUSE, Stage, VolumePhase } from '@plugline/contracts';
 import { and, assign, emit, enqueueActions, setup } from 'xstate';
 import { UNPLUG_PHASE_SET } from './phase-sets.js';
 import { desiredDirections, routeFor } from './plan.js';
@@ -68,7 +68,7 @@ export function viewOf(
 }
 
 /** The cause of a nudge that asks for the next stage's work to be sent again. */
-export const RESYNC_CAUSE = 'resync';
+export { RESYNC_CAUSE };
 /** The cause of a nudge from a VMI change. */
 export const SPEC_CAUSE = 'spec';
 /** The cause of the projector's nudge: a stage unplugged the volume while the spec wants it. */
