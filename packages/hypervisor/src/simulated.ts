@@ -166,6 +166,19 @@ export function readSimulatedDomains(stateDir: string): Map<string, SimulatedDom
   return domains;
 }
 
+/**
+ * A copy of a listed disk, so a caller's change cannot reach the domain. By hand: a look per
+ * volume at a domain with 75 disks copied 75 disks each time, and `structuredClone` made that
+ * the domain-updater's largest single cost in the 75-volume burst (issue 10 profile).
+ */
+function copyDisk(disk: DomainDisk): DomainDisk {
+  return {
+    ...disk,
+    driver: { ...disk.driver },
+    address: disk.address === undefined ? undefined : { ...disk.address },
+  };
+}
+
 export function createSimulatedDriver(options: SimulatedDriverOptions = {}): SimulatedDriver {
   const detachDelayMs = options.detachDelayMs ?? 100;
   const now = options.now ?? Date.now;
@@ -544,7 +557,7 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
       return serial(() => {
         const domain = getDomain(name);
         const disks = [...definedDisks(domain), ...domain.disks.map((d) => d.disk)];
-        return Promise.resolve(structuredClone(disks));
+        return Promise.resolve(disks.map(copyDisk));
       }, callOptions);
     },
     subscribe(listener) {

@@ -351,8 +351,12 @@ describe('simulated driver', () => {
       expect(listed.map((d) => d.target)).toContain('sdb'); // until the guest lets go
     }
     // A copy: changing what was listed changes nothing in the domain.
-    (await driver.listDisks(DOMAIN))[0]!.target = 'sdz';
-    expect((await driver.listDisks(DOMAIN))[0]!.target).toBe('sda');
+    const changed = (await driver.listDisks(DOMAIN))[0]!;
+    changed.target = 'sdz';
+    changed.driver.cache = 'unsafe';
+    const again = (await driver.listDisks(DOMAIN))[0]!;
+    expect(again.target).toBe('sda');
+    expect(again.driver.cache).not.toBe('unsafe');
   });
 
   it('persists nothing without a state file', async () => {
