@@ -44,6 +44,7 @@ export type {
 } from './provision.js';
 
 export { Publisher, abortableDelay } from './publish.js';
+export { consumeUntilAborted, type Consumption } from './consume.js';
 export type { PublishRetryOptions, RawPublish, PublishKind } from './publish.js';
 
 export { LeaseManager } from './lease.js';

@@ -39,6 +39,7 @@ import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
 import { ensureStageBuckets } from './provision.js';
 import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
+import { consumeUntilAborted } from './consume.js';
 import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
 
 /**
@@ -294,12 +295,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const info = await bus.jsm.consumers.info(StreamName.Work, this.consumer);
     const ackWaitMs = (info.config.ack_wait ?? 30_000_000_000) / 1_000_000;
     this.#workingMs = this.#o.workingIntervalMs ?? Math.max(50, Math.floor(ackWaitMs / 3));
-    const consumer = await bus.js.consumers.get(StreamName.Work, this.consumer);
-    this.#messages = await consumer.consume({
-      max_messages: this.#o.concurrency ?? 4,
-      expires: Math.max(1000, this.#o.pullExpiresMs ?? 5000),
-    });
-    void this.#loop(this.#messages);
+    this.#messages = await this.#consume();
+    void this.#consumeUntilStopped(this.#messages);
     await this.#reapAcknowledged().catch((err: unknown) =>
       this.#log.warn({ err }, 'could not check the work queue for acknowledged leftovers'),
     );
@@ -347,6 +344,35 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     return this.#inFlight;
   }
 
+  /** Opens a pull consumption of the stage's durable consumer. */
+  async #consume(): Promise<ConsumerMessages> {
+    const consumer = await this.#o.bus.js.consumers.get(StreamName.Work, this.consumer);
+    return consumer.consume({
+      max_messages: this.#o.concurrency ?? 4,
+      expires: Math.max(1000, this.#o.pullExpiresMs ?? 5000),
+    });
+  }
+
+  /** Handles the work until the stage stops, consuming again when a consumption ends. */
+  async #consumeUntilStopped(first: ConsumerMessages): Promise<void> {
+    try {
+      await consumeUntilAborted({
+        first,
+        open: () => this.#consume(),
+        handle: (messages) => this.#loop(messages),
+        current: (messages) => (this.#messages = messages),
+        ended: () => this.#metrics.consumeRestarts.inc({ stage: this.stage }),
+        signal: this.#shutdown.signal,
+        log: this.#log,
+        what: 'the work stream',
+      });
+    } finally {
+      await Promise.allSettled([...this.#running]);
+      this.#resolveDone();
+    }
+  }
+
+  /** Handles one consumption's messages until it ends. */
   async #loop(messages: ConsumerMessages): Promise<void> {
     try {
       for await (const msg of messages) {
@@ -365,9 +391,6 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       }
     } catch (err) {
       this.#log.error({ err }, 'the consume loop failed');
-    } finally {
-      await Promise.allSettled([...this.#running]);
-      this.#resolveDone();
     }
   }
 

@@ -122,7 +122,7 @@ export async function backlog(bus: Bus): Promise<number> {
 
 export function metricValue(
   metrics: PluglineMetrics,
-  name: 'messagesHandled' | 'deadLetters' | 'published',
+  name: 'messagesHandled' | 'deadLetters' | 'published' | 'consumeRestarts',
   labels: Record<string, string>,
 ): Promise<number> {
   return metrics[name].get().then((m) => {

@@ -27,6 +27,8 @@ export interface PluglineMetrics {
   readonly deadLetters: Counter<'stage' | 'reason'>;
   /** `plugline_published_total{kind}` (kind = event | work | dead-letter) */
   readonly published: Counter<'kind'>;
+  /** `plugline_consume_restarts_total{stage}`: a consumption the client ended, opened again. */
+  readonly consumeRestarts: Counter<'stage'>;
 }
 
 export interface MetricsOptions {
@@ -85,6 +87,12 @@ export function createMetrics(
       name: 'plugline_published_total',
       help: 'Messages published and acknowledged by JetStream, by kind.',
       labelNames: ['kind'] as const,
+      registers,
+    }),
+    consumeRestarts: new Counter({
+      name: 'plugline_consume_restarts_total',
+      help: 'Consumptions of a work or event stream that ended on their own and were opened again, by stage.',
+      labelNames: ['stage'] as const,
       registers,
     }),
   };

@@ -35,6 +35,10 @@ export async function startNatsContainer(image: string): Promise<NatsServer> {
       await container.restart();
     },
     halt,
+    reload: async () => {
+      const result = await container.exec(['kill', '-HUP', '1']);
+      if (result.exitCode !== 0) throw new Error(`could not reload NATS: ${result.output}`);
+    },
     start: async () => {
       await container.restart();
     },

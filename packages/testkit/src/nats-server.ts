@@ -53,6 +53,11 @@ export interface NatsServer extends AsyncDisposable {
   restart(signal?: NodeJS.Signals): Promise<void>;
   /** Stops the server but keeps its store, so `start()` can bring it back. */
   halt(signal?: NodeJS.Signals): Promise<void>;
+  /**
+   * Makes the running server read its configuration file (`-c`) again (SIGHUP), and resolves once
+   * it says it did: a test changes the file (users, permissions), then reloads.
+   */
+  reload(): Promise<void>;
   /** Starts a halted server again on the same ports and store. */
   start(): Promise<void>;
   /** Stops the server and deletes its store. Idempotent. */
@@ -136,6 +141,9 @@ export interface NodeSpec {
   /** Extra arguments such as cluster routes. */
   args: readonly string[];
 }
+
+/** What nats-server logs once it has read its configuration again. */
+const RELOADED = 'Reloaded server configuration';
 
 class ProcessNatsServer implements NatsServer {
   readonly engine = 'process' as const;
@@ -238,6 +246,23 @@ class ProcessNatsServer implements NatsServer {
   async restart(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     await this.halt(signal);
     await this.start();
+  }
+
+  async reload(): Promise<void> {
+    const proc = this.#proc;
+    if (!proc) throw new StartupError(`nats-server ${this.name} is not running`);
+    const reloaded = () => proc.output().split(RELOADED).length - 1;
+    const before = reloaded();
+    proc.kill('SIGHUP');
+    await waitFor(
+      () => {
+        if (/\[(ERR|FTL)\].*reload/i.test(proc.output())) {
+          throw new StartupError(`nats-server could not reload:\n${proc.output().slice(-2000)}`);
+        }
+        return reloaded() > before;
+      },
+      { timeout: this.startTimeout, interval: 10, description: 'the nats-server reload' },
+    );
   }
 
   async stop(): Promise<void> {

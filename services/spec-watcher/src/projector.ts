@@ -1,7 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import type { Bus, Publisher } from '@plugline/bus';
-import { abortableDelay, checkConsumerConfig, Slots, StreamName } from '@plugline/bus';
+import {
+  abortableDelay,
+  checkConsumerConfig,
+  consumeUntilAborted,
+  Slots,
+  StreamName,
+} from '@plugline/bus';
 import {
   buildEvent,
   deadLetterSubject,
@@ -209,12 +215,34 @@ class StatusProjector implements Projector {
   }
 
   async start(): Promise<void> {
+    this.#messages = await this.#consume();
+    this.#loop = this.#consumeUntilStopped(this.#messages);
+  }
+
+  async #consume(): Promise<ConsumerMessages> {
     const consumer = await this.#o.bus.js.consumers.get(StreamName.Events, PROJECTOR_CONSUMER);
-    this.#messages = await consumer.consume({
+    return consumer.consume({
       max_messages: this.#maxPending(),
       expires: Math.max(1000, this.#o.pullExpiresMs ?? 5000),
     });
-    this.#loop = this.#run(this.#messages);
+  }
+
+  /** Projects events until stopped, consuming again when a consumption ends on its own. */
+  async #consumeUntilStopped(first: ConsumerMessages): Promise<void> {
+    try {
+      await consumeUntilAborted({
+        first,
+        open: () => this.#consume(),
+        handle: (messages) => this.#run(messages),
+        current: (messages) => (this.#messages = messages),
+        ended: () => this.#o.metrics.consumeRestarts.inc({ stage: Stage.SpecWatcher }),
+        signal: this.#shutdown.signal,
+        log: this.#log,
+        what: 'the event stream',
+      });
+    } finally {
+      while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
+    }
   }
 
   bound(): boolean {
@@ -250,8 +278,6 @@ class StatusProjector implements Projector {
       }
     } catch (err) {
       this.#log.error({ err }, 'the projector loop failed');
-    } finally {
-      while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
     }
   }
 
