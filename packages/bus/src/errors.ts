@@ -44,3 +44,15 @@ export class SettleTimeoutError extends PluglineError {
     super('SettleTimeout', message, options);
   }
 }
+
+/** A consumer's leader did not step down (a single server, a refused user, no quorum). */
+export class StepDownError extends PluglineError {
+  override name = 'StepDownError';
+  constructor(
+    readonly consumer: string,
+    reason: string,
+    options?: ErrorOptions,
+  ) {
+    super('StepDownFailed', `consumer ${consumer} did not step down: ${reason}`, options);
+  }
+}

@@ -18,6 +18,7 @@ export {
   BusClosedError,
   LeaseLostError,
   SettleTimeoutError,
+  StepDownError,
 } from './errors.js';
 
 export {
@@ -45,6 +46,7 @@ export type {
 
 export { Publisher, abortableDelay } from './publish.js';
 export { consumeUntilAborted, type Consumption } from './consume.js';
+export { StallAction, StallWatch, stepDownConsumerLeader, type StallWatchOptions } from './stall.js';
 export type { PublishRetryOptions, RawPublish, PublishKind } from './publish.js';
 
 export { LeaseManager } from './lease.js';

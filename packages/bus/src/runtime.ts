@@ -40,6 +40,7 @@ import { ensureStageBuckets } from './provision.js';
 import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
 import { consumeUntilAborted } from './consume.js';
+import { StallAction, StallWatch } from './stall.js';
 import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
 
 /**
@@ -268,6 +269,9 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   #reaper: NodeJS.Timeout | undefined;
   /** Finds and removes this consumer's finished items the server kept (made at the first check). */
   #leftovers: WorkLeftovers | undefined;
+  /** Notices the consumer holding items it does not deliver (see {@link StallWatch}). */
+  #stall: StallWatch | undefined;
+  #stallTimer: NodeJS.Timeout | undefined;
 
   constructor(options: StageOptions<TMachine>) {
     this.#o = options;
@@ -309,6 +313,28 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       Math.max(1000, ackWaitMs),
     );
     this.#reaper.unref();
+    this.#stall = new StallWatch({
+      bus,
+      stream: StreamName.Work,
+      consumer: this.consumer,
+      log: this.#log,
+      reopen: async () => {
+        await this.#messages?.close();
+      },
+    });
+    this.#stallTimer = setInterval(() => this.#checkStalled(), Math.max(1000, ackWaitMs));
+    this.#stallTimer.unref();
+  }
+
+  /** One look for undelivered items while every slot is free (an open pull for all of them). */
+  #checkStalled(): void {
+    const idle = this.#running.size === 0 && this.#messages !== undefined;
+    this.#stall?.check(idle).then(
+      (action) => {
+        if (action !== StallAction.None) this.#metrics.consumerStalls.inc({ stage: this.stage });
+      },
+      (err: unknown) => this.#log.debug({ err }, 'checking the work consumer for undelivered items'),
+    );
   }
 
   /**
@@ -376,6 +402,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   async #loop(messages: ConsumerMessages): Promise<void> {
     try {
       for await (const msg of messages) {
+        this.#stall?.delivered();
         if (this.#shutdown.signal.aborted) {
           msg.nak();
           continue;
@@ -398,6 +425,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     this.#stopping ??= (async () => {
       this.#shutdown.abort(new Error('stage stopping'));
       clearInterval(this.#reaper);
+      clearInterval(this.#stallTimer);
       await this.#messages?.close();
       const timeout = this.#o.shutdownTimeoutMs ?? 10_000;
       const timer = setTimeout(() => this.#forceStop.abort(), timeout);

@@ -29,6 +29,8 @@ export interface PluglineMetrics {
   readonly published: Counter<'kind'>;
   /** `plugline_consume_restarts_total{stage}`: a consumption the client ended, opened again. */
   readonly consumeRestarts: Counter<'stage'>;
+  /** `plugline_consumer_stalls_total{stage}`: a consumer found holding items it did not deliver. */
+  readonly consumerStalls: Counter<'stage'>;
 }
 
 export interface MetricsOptions {
@@ -92,6 +94,12 @@ export function createMetrics(
     consumeRestarts: new Counter({
       name: 'plugline_consume_restarts_total',
       help: 'Consumptions of a work or event stream that ended on their own and were opened again, by stage.',
+      labelNames: ['stage'] as const,
+      registers,
+    }),
+    consumerStalls: new Counter({
+      name: 'plugline_consumer_stalls_total',
+      help: 'Times a consumer held items it did not deliver to an idle stage (a new leader was asked for), by stage.',
       labelNames: ['stage'] as const,
       registers,
     }),

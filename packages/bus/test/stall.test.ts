@@ -1,0 +1,82 @@
+/**
+ * StallWatch on real servers: a consumer holding items while its stage is idle (here: nobody
+ * pulls, the state a 2.9 cluster can leave a consumer in after a leader change) gets a new leader
+ * on a cluster, or a fresh consumption on a single server; items delivered in between, or
+ * a busy stage, never count as a stall.
+ */
+import { silentLogger } from '@plugline/telemetry';
+import { startNats, startNatsCluster, waitFor } from '@plugline/testkit';
+import { describe, expect, it } from 'vitest';
+import {
+  connectBus,
+  durableName,
+  provision,
+  StallAction,
+  StallWatch,
+  StreamName,
+} from '../src/index.js';
+import { sendWork, STAGE } from './helpers.js';
+import { workItem } from './support.js';
+
+const CONSUMER = durableName(STAGE);
+
+describe('StallWatch', () => {
+  it('on one server: no stall while items arrive or the stage is busy; then opens a consumption again', async () => {
+    await using nats = await startNats();
+    const bus = await connectBus({ servers: nats.url, name: 'stall-single' });
+    try {
+      await provision(bus, { consumers: [{ stage: STAGE, ackWaitMs: 1500, maxAckPending: 100 }] });
+      await sendWork(bus, workItem('held'));
+      let reopened = 0;
+      const watch = new StallWatch({
+        bus,
+        stream: StreamName.Work,
+        consumer: CONSUMER,
+        log: silentLogger(),
+        reopen: () => {
+          reopened += 1;
+          return Promise.resolve();
+        },
+      });
+      expect(await watch.check(true)).toBe(StallAction.None); // first sighting
+      watch.delivered();
+      expect(await watch.check(true)).toBe(StallAction.None); // something arrived in between
+      expect(await watch.check(false)).toBe(StallAction.None); // busy: not a stall
+      expect(await watch.check(true)).toBe(StallAction.None); // a new first sighting
+      expect(await watch.check(true)).toBe(StallAction.Reopened); // no cluster: no new leader
+      expect(reopened).toBe(1);
+    } finally {
+      await bus.close();
+    }
+  });
+
+  it('on a cluster: asks the consumer for a new leader', async () => {
+    await using cluster = await startNatsCluster(3);
+    const bus = await connectBus({ servers: cluster.urls, name: 'stall-cluster' });
+    try {
+      await provision(bus, {
+        replicas: 3,
+        consumers: [{ stage: STAGE, ackWaitMs: 1500, maxAckPending: 100 }],
+      });
+      await sendWork(bus, workItem('held'));
+      const leaderOf = async () =>
+        (await bus.jsm.consumers.info(StreamName.Work, CONSUMER)).cluster?.leader;
+      const before = await waitFor(leaderOf, { timeout: 30_000, description: 'a consumer leader' });
+      const watch = new StallWatch({
+        bus,
+        stream: StreamName.Work,
+        consumer: CONSUMER,
+        log: silentLogger(),
+        reopen: () => Promise.reject(new Error('a cluster gets a new leader, not a reopen')),
+      });
+      expect(await watch.check(true)).toBe(StallAction.None);
+      expect(await watch.check(true)).toBe(StallAction.SteppedDown);
+      await waitFor(async () => {
+        const now = await leaderOf();
+        return now !== undefined && now !== before;
+      }, { timeout: 30_000, description: 'another consumer leader' });
+    } finally {
+      await bus.close();
+    }
+  }, 90_000);
+});
