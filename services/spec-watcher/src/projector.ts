@@ -6,6 +6,8 @@ import {
   checkConsumerConfig,
   consumeUntilAborted,
   Slots,
+  StallAction,
+  StallWatch,
   StreamName,
 } from '@plugline/bus';
 import {
@@ -165,6 +167,9 @@ class StatusProjector implements Projector {
   readonly #writers: Slots;
   #messages: ConsumerMessages | undefined;
   #loop: Promise<void> = Promise.resolve();
+  /** Notices the consumer holding events it does not deliver (see `StallWatch`). */
+  readonly #stall: StallWatch;
+  #stallTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
 
   constructor(options: ProjectorOptions) {
@@ -173,6 +178,15 @@ class StatusProjector implements Projector {
     const concurrency = options.concurrency ?? 8;
     this.#writers = new Slots(concurrency);
     this.#held = new Slots(this.#maxPending());
+    this.#stall = new StallWatch({
+      bus: options.bus,
+      stream: StreamName.Events,
+      consumer: PROJECTOR_CONSUMER,
+      log: this.#log,
+      reopen: async () => {
+        await this.#messages?.close();
+      },
+    });
     const client = options.client;
     this.#writer = new StatusWriter({
       client: {
@@ -217,6 +231,22 @@ class StatusProjector implements Projector {
   async start(): Promise<void> {
     this.#messages = await this.#consume();
     this.#loop = this.#consumeUntilStopped(this.#messages);
+    const info = await this.#o.bus.jsm.consumers.info(StreamName.Events, PROJECTOR_CONSUMER);
+    const ackWaitMs = (info.config.ack_wait ?? 30_000_000_000) / 1_000_000;
+    this.#stallTimer = setInterval(() => this.#checkStalled(), Math.max(1000, ackWaitMs));
+    this.#stallTimer.unref();
+  }
+
+  /** One look for events the consumer holds while nothing is being projected (an open pull). */
+  #checkStalled(): void {
+    const idle = this.#queues.size === 0 && this.#messages !== undefined;
+    this.#stall.check(idle).then(
+      (action) => {
+        if (action !== StallAction.None)
+          this.#o.metrics.consumerStalls.inc({ stage: Stage.SpecWatcher });
+      },
+      (err: unknown) => this.#log.debug({ err }, 'checking the projector consumer for undelivered events'),
+    );
   }
 
   async #consume(): Promise<ConsumerMessages> {
@@ -260,6 +290,7 @@ class StatusProjector implements Projector {
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       this.#shutdown.abort(new Error('projector stopping'));
+      clearInterval(this.#stallTimer);
       await this.#messages?.close();
       await this.#loop;
     })();
@@ -269,6 +300,7 @@ class StatusProjector implements Projector {
   async #run(messages: ConsumerMessages): Promise<void> {
     try {
       for await (const msg of messages) {
+        this.#stall.delivered();
         if (this.#shutdown.signal.aborted) {
           msg.nak();
           continue;
