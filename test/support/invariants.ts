@@ -76,7 +76,7 @@ function mountPoints(dir: string): string[] {
 }
 
 /** Messages and unacknowledged deliveries of the work stream, from the monitoring endpoint. */
-async function workBacklog(monitorUrl: string): Promise<string[]> {
+export async function workBacklog(monitorUrl: string): Promise<string[]> {
   const res = await fetch(`${monitorUrl}/jsz?streams=true&consumers=true`, {
     signal: AbortSignal.timeout(3000),
   });

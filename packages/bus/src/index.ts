@@ -45,7 +45,7 @@ export type {
 } from './provision.js';
 
 export { Publisher, abortableDelay } from './publish.js';
-export { consumeUntilAborted, type Consumption } from './consume.js';
+export { KeptConsumption, type KeptConsumptionOptions } from './consume.js';
 export { StallAction, StallWatch, stepDownConsumerLeader, type StallWatchOptions } from './stall.js';
 export type { PublishRetryOptions, RawPublish, PublishKind } from './publish.js';
 

@@ -39,8 +39,7 @@ import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
 import { ensureStageBuckets } from './provision.js';
 import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
-import { consumeUntilAborted } from './consume.js';
-import { StallAction, StallWatch } from './stall.js';
+import { KeptConsumption } from './consume.js';
 import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
 
 /**
@@ -259,7 +258,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   readonly #tails = new Map<string, Promise<void>>();
   readonly #running = new Set<Promise<void>>();
   #resolveDone!: () => void;
-  #messages: ConsumerMessages | undefined;
+  #consumption: KeptConsumption | undefined;
   #snapshots!: KV;
   #leases!: LeaseManager;
   #workingMs = 10_000;
@@ -269,9 +268,6 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   #reaper: NodeJS.Timeout | undefined;
   /** Finds and removes this consumer's finished items the server kept (made at the first check). */
   #leftovers: WorkLeftovers | undefined;
-  /** Notices the consumer holding items it does not deliver (see {@link StallWatch}). */
-  #stall: StallWatch | undefined;
-  #stallTimer: NodeJS.Timeout | undefined;
 
   constructor(options: StageOptions<TMachine>) {
     this.#o = options;
@@ -299,8 +295,24 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const info = await bus.jsm.consumers.info(StreamName.Work, this.consumer);
     const ackWaitMs = (info.config.ack_wait ?? 30_000_000_000) / 1_000_000;
     this.#workingMs = this.#o.workingIntervalMs ?? Math.max(50, Math.floor(ackWaitMs / 3));
-    this.#messages = await this.#consume();
-    void this.#consumeUntilStopped(this.#messages);
+    this.#consumption = await KeptConsumption.open({
+      bus,
+      stream: StreamName.Work,
+      consumer: this.consumer,
+      maxMessages: this.#o.concurrency ?? 4,
+      expiresMs: Math.max(1000, this.#o.pullExpiresMs ?? 5000),
+      handle: (messages) => this.#loop(messages),
+      idle: () => this.#running.size === 0,
+      checkEveryMs: ackWaitMs,
+      stage: this.stage,
+      metrics: this.#metrics,
+      log: this.#log,
+      what: 'the work stream',
+    });
+    void this.#consumption.done.then(async () => {
+      await Promise.allSettled([...this.#running]);
+      this.#resolveDone();
+    });
     await this.#reapAcknowledged().catch((err: unknown) =>
       this.#log.warn({ err }, 'could not check the work queue for acknowledged leftovers'),
     );
@@ -313,28 +325,6 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       Math.max(1000, ackWaitMs),
     );
     this.#reaper.unref();
-    this.#stall = new StallWatch({
-      bus,
-      stream: StreamName.Work,
-      consumer: this.consumer,
-      log: this.#log,
-      reopen: async () => {
-        await this.#messages?.close();
-      },
-    });
-    this.#stallTimer = setInterval(() => this.#checkStalled(), Math.max(1000, ackWaitMs));
-    this.#stallTimer.unref();
-  }
-
-  /** One look for undelivered items while every slot is free (an open pull for all of them). */
-  #checkStalled(): void {
-    const idle = this.#running.size === 0 && this.#messages !== undefined;
-    this.#stall?.check(idle).then(
-      (action) => {
-        if (action !== StallAction.None) this.#metrics.consumerStalls.inc({ stage: this.stage });
-      },
-      (err: unknown) => this.#log.debug({ err }, 'checking the work consumer for undelivered items'),
-    );
   }
 
   /**
@@ -362,7 +352,9 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
 
   bound(): boolean {
     return (
-      this.#messages !== undefined && !this.#shutdown.signal.aborted && this.#o.bus.connected()
+      this.#consumption?.bound() === true &&
+      !this.#shutdown.signal.aborted &&
+      this.#o.bus.connected()
     );
   }
 
@@ -370,39 +362,11 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     return this.#inFlight;
   }
 
-  /** Opens a pull consumption of the stage's durable consumer. */
-  async #consume(): Promise<ConsumerMessages> {
-    const consumer = await this.#o.bus.js.consumers.get(StreamName.Work, this.consumer);
-    return consumer.consume({
-      max_messages: this.#o.concurrency ?? 4,
-      expires: Math.max(1000, this.#o.pullExpiresMs ?? 5000),
-    });
-  }
-
-  /** Handles the work until the stage stops, consuming again when a consumption ends. */
-  async #consumeUntilStopped(first: ConsumerMessages): Promise<void> {
-    try {
-      await consumeUntilAborted({
-        first,
-        open: () => this.#consume(),
-        handle: (messages) => this.#loop(messages),
-        current: (messages) => (this.#messages = messages),
-        ended: () => this.#metrics.consumeRestarts.inc({ stage: this.stage }),
-        signal: this.#shutdown.signal,
-        log: this.#log,
-        what: 'the work stream',
-      });
-    } finally {
-      await Promise.allSettled([...this.#running]);
-      this.#resolveDone();
-    }
-  }
-
   /** Handles one consumption's messages until it ends. */
   async #loop(messages: ConsumerMessages): Promise<void> {
     try {
       for await (const msg of messages) {
-        this.#stall?.delivered();
+        this.#consumption?.delivered();
         if (this.#shutdown.signal.aborted) {
           msg.nak();
           continue;
@@ -425,10 +389,9 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     this.#stopping ??= (async () => {
       this.#shutdown.abort(new Error('stage stopping'));
       clearInterval(this.#reaper);
-      clearInterval(this.#stallTimer);
-      await this.#messages?.close();
       const timeout = this.#o.shutdownTimeoutMs ?? 10_000;
       const timer = setTimeout(() => this.#forceStop.abort(), timeout);
+      await this.#consumption?.stop();
       await this.done;
       clearTimeout(timer);
     })();

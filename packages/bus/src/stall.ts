@@ -4,7 +4,7 @@ import { StepDownError } from './errors.js';
 
 /** What a stall check did. */
 export const StallAction = {
-  /** Nothing: no undelivered items, something was delivered, or only the first sighting. */
+  /** Nothing: no undelivered items, the caller was busy, or something was delivered. */
   None: 'none',
   /** The consumer's leader stepped down: a new leader delivers what the old one kept. */
   SteppedDown: 'stepped-down',
@@ -20,22 +20,23 @@ export interface StallWatchOptions {
   log: Logger;
   /** Ends the current consumption (the caller's loop opens a new one). */
   reopen: () => Promise<void>;
+  /** How long a pending item may wait for an idle puller before it counts as held (default 1 s). */
+  confirmMs?: number;
 }
 
 /**
  * Watches a durable pull consumer for items it holds but never delivers. nats-server 2.9 in a
  * cluster can leave a consumer in that state after its leader changed (fixed in later servers,
- * nats-server #6387 and #6469): the stage waits with an open pull and nothing to do while its
- * work sits in the stream for ever. Seen at two checks in a row with nothing delivered in
- * between, while the caller is idle, the consumer's leader is asked to step down (the new leader
- * delivers them); where that is not possible (a single server, a user without the right) the
- * consumption is opened again.
+ * nats-server #6387 and #6469): the stage has an open pull and nothing to do, newer items may
+ * still arrive, but one stays in the stream for ever. A healthy consumer hands a pending item to
+ * an idle puller within milliseconds, so one still pending a moment later (`confirmMs`), with
+ * nothing delivered meanwhile, is a stall: the consumer's leader is asked to step down (the new
+ * leader delivers it); where that is not possible (a single server, a user without the right)
+ * the consumption is opened again.
  */
 export class StallWatch {
   readonly #o: StallWatchOptions;
-  #lastDelivery = Date.now();
-  /** When the current sighting of undelivered items began. */
-  #seenAt: number | undefined;
+  #lastDelivery = 0;
 
   constructor(options: StallWatchOptions) {
     this.#o = options;
@@ -47,25 +48,20 @@ export class StallWatch {
   }
 
   /**
-   * One check. `idle`: the caller has an open pull and handles nothing, so every item the
+   * One check. `idle()`: the caller has an open pull and handles nothing, so every item the
    * consumer holds should reach it at once.
    */
-  async check(idle: boolean): Promise<StallAction> {
+  async check(idle: () => boolean): Promise<StallAction> {
     const { bus, stream, consumer, log } = this.#o;
-    const pending = idle ? (await bus.jsm.consumers.info(stream, consumer)).num_pending : 0;
-    const since = this.#seenAt;
-    if (pending === 0) {
-      this.#seenAt = undefined;
-      return StallAction.None;
-    }
-    if (since === undefined || this.#lastDelivery >= since) {
-      this.#seenAt = Date.now();
-      return StallAction.None;
-    }
-    this.#seenAt = undefined;
-    const idleMs = Date.now() - this.#lastDelivery;
+    const pending = async () =>
+      idle() ? (await bus.jsm.consumers.info(stream, consumer)).num_pending : 0;
+    if ((await pending()) === 0) return StallAction.None;
+    const lookedAt = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, this.#o.confirmMs ?? 1000));
+    const still = await pending();
+    if (still === 0 || this.#lastDelivery >= lookedAt) return StallAction.None;
     log.warn(
-      { consumer, pending, idleMs },
+      { consumer, pending: still },
       'the consumer holds items it does not deliver; asking for a new consumer leader',
     );
     try {

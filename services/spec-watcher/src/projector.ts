@@ -4,10 +4,8 @@ import type { Bus, Publisher } from '@plugline/bus';
 import {
   abortableDelay,
   checkConsumerConfig,
-  consumeUntilAborted,
+  KeptConsumption,
   Slots,
-  StallAction,
-  StallWatch,
   StreamName,
 } from '@plugline/bus';
 import {
@@ -165,11 +163,7 @@ class StatusProjector implements Projector {
   readonly #held: Slots;
   /** VMIs being written. */
   readonly #writers: Slots;
-  #messages: ConsumerMessages | undefined;
-  #loop: Promise<void> = Promise.resolve();
-  /** Notices the consumer holding events it does not deliver (see `StallWatch`). */
-  readonly #stall: StallWatch;
-  #stallTimer: NodeJS.Timeout | undefined;
+  #consumption: KeptConsumption | undefined;
   #stopping: Promise<void> | undefined;
 
   constructor(options: ProjectorOptions) {
@@ -178,15 +172,6 @@ class StatusProjector implements Projector {
     const concurrency = options.concurrency ?? 8;
     this.#writers = new Slots(concurrency);
     this.#held = new Slots(this.#maxPending());
-    this.#stall = new StallWatch({
-      bus: options.bus,
-      stream: StreamName.Events,
-      consumer: PROJECTOR_CONSUMER,
-      log: this.#log,
-      reopen: async () => {
-        await this.#messages?.close();
-      },
-    });
     const client = options.client;
     this.#writer = new StatusWriter({
       client: {
@@ -229,55 +214,29 @@ class StatusProjector implements Projector {
   }
 
   async start(): Promise<void> {
-    this.#messages = await this.#consume();
-    this.#loop = this.#consumeUntilStopped(this.#messages);
-    const info = await this.#o.bus.jsm.consumers.info(StreamName.Events, PROJECTOR_CONSUMER);
-    const ackWaitMs = (info.config.ack_wait ?? 30_000_000_000) / 1_000_000;
-    this.#stallTimer = setInterval(() => this.#checkStalled(), Math.max(1000, ackWaitMs));
-    this.#stallTimer.unref();
-  }
-
-  /** One look for events the consumer holds while nothing is being projected (an open pull). */
-  #checkStalled(): void {
-    const idle = this.#queues.size === 0 && this.#messages !== undefined;
-    this.#stall.check(idle).then(
-      (action) => {
-        if (action !== StallAction.None)
-          this.#o.metrics.consumerStalls.inc({ stage: Stage.SpecWatcher });
-      },
-      (err: unknown) => this.#log.debug({ err }, 'checking the projector consumer for undelivered events'),
-    );
-  }
-
-  async #consume(): Promise<ConsumerMessages> {
-    const consumer = await this.#o.bus.js.consumers.get(StreamName.Events, PROJECTOR_CONSUMER);
-    return consumer.consume({
-      max_messages: this.#maxPending(),
-      expires: Math.max(1000, this.#o.pullExpiresMs ?? 5000),
+    const bus = this.#o.bus;
+    const info = await bus.jsm.consumers.info(StreamName.Events, PROJECTOR_CONSUMER);
+    this.#consumption = await KeptConsumption.open({
+      bus,
+      stream: StreamName.Events,
+      consumer: PROJECTOR_CONSUMER,
+      maxMessages: this.#maxPending(),
+      expiresMs: Math.max(1000, this.#o.pullExpiresMs ?? 5000),
+      handle: (messages) => this.#run(messages),
+      idle: () => this.#queues.size === 0,
+      checkEveryMs: (info.config.ack_wait ?? 30_000_000_000) / 1_000_000,
+      stage: Stage.SpecWatcher,
+      metrics: this.#o.metrics,
+      log: this.#log,
+      what: 'the event stream',
     });
-  }
-
-  /** Projects events until stopped, consuming again when a consumption ends on its own. */
-  async #consumeUntilStopped(first: ConsumerMessages): Promise<void> {
-    try {
-      await consumeUntilAborted({
-        first,
-        open: () => this.#consume(),
-        handle: (messages) => this.#run(messages),
-        current: (messages) => (this.#messages = messages),
-        ended: () => this.#o.metrics.consumeRestarts.inc({ stage: Stage.SpecWatcher }),
-        signal: this.#shutdown.signal,
-        log: this.#log,
-        what: 'the event stream',
-      });
-    } finally {
-      while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
-    }
   }
 
   bound(): boolean {
     return (
-      this.#messages !== undefined && !this.#shutdown.signal.aborted && this.#o.bus.connected()
+      this.#consumption?.bound() === true &&
+      !this.#shutdown.signal.aborted &&
+      this.#o.bus.connected()
     );
   }
 
@@ -290,9 +249,8 @@ class StatusProjector implements Projector {
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       this.#shutdown.abort(new Error('projector stopping'));
-      clearInterval(this.#stallTimer);
-      await this.#messages?.close();
-      await this.#loop;
+      await this.#consumption?.stop();
+      while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
     })();
     return this.#stopping;
   }
@@ -300,7 +258,7 @@ class StatusProjector implements Projector {
   async #run(messages: ConsumerMessages): Promise<void> {
     try {
       for await (const msg of messages) {
-        this.#stall.delivered();
+        this.#consumption?.delivered();
         if (this.#shutdown.signal.aborted) {
           msg.nak();
           continue;
