@@ -167,10 +167,17 @@ describe.skipIf(!isRoot)('chaos on a NATS cluster', () => {
       // answer: what the stages consume.
       const inv = await settle(fx, { natsMonitorUrl: '', timeoutMs: 180_000 });
       figures.readyVolumes = inv.readyVolumes;
-      await waitFor(async () => (await leaderBacklog(bus)).length === 0, {
-        timeout: 30_000,
-        interval: 250,
-        description: 'an empty work stream as its leader reports it',
+      let backlog: string[] = [];
+      await waitFor(
+        async () => {
+          backlog = await leaderBacklog(bus);
+          return backlog.length === 0;
+        },
+        { timeout: 180_000, interval: 250, description: 'an empty work stream (leaders)' },
+      ).catch((err: unknown) => {
+        throw new Error(`the work stream's leaders still report: ${backlog.join('; ')}`, {
+          cause: err,
+        });
       });
       // Each node's replica, as its monitoring endpoint shows it. A node that was stopped can
       // keep, on nats-server 2.9.10, work items its leader removed (seen: the restarted node's
