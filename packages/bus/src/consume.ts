@@ -5,6 +5,10 @@ import type { Bus } from './connection.js';
 import { abortableDelay } from './publish.js';
 import { StallAction, StallWatch } from './stall.js';
 
+/** A consumer's ack wait in ms (JetStream's default, 30 s, when unset). */
+export const ackWaitMsOf = (config: { ack_wait?: number }): number =>
+  (config.ack_wait ?? 30_000_000_000) / 1_000_000;
+
 export interface KeptConsumptionOptions {
   bus: Bus;
   stream: string;

@@ -45,7 +45,7 @@ export type {
 } from './provision.js';
 
 export { Publisher, abortableDelay } from './publish.js';
-export { KeptConsumption, type KeptConsumptionOptions } from './consume.js';
+export { ackWaitMsOf, KeptConsumption, type KeptConsumptionOptions } from './consume.js';
 export { StallAction, StallWatch, stepDownConsumerLeader, type StallWatchOptions } from './stall.js';
 export type { PublishRetryOptions, RawPublish, PublishKind } from './publish.js';
 

@@ -39,7 +39,7 @@ import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
 import { ensureStageBuckets } from './provision.js';
 import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
-import { KeptConsumption } from './consume.js';
+import { ackWaitMsOf, KeptConsumption } from './consume.js';
 import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
 
 /**
@@ -293,7 +293,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const ttl = this.#o.leaseTtlMs ?? 30_000;
     this.#leases = new LeaseManager(buckets.leases, this.#o.workerId ?? randomUUID(), ttl);
     const info = await bus.jsm.consumers.info(StreamName.Work, this.consumer);
-    const ackWaitMs = (info.config.ack_wait ?? 30_000_000_000) / 1_000_000;
+    const ackWaitMs = ackWaitMsOf(info.config);
     this.#workingMs = this.#o.workingIntervalMs ?? Math.max(50, Math.floor(ackWaitMs / 3));
     this.#consumption = await KeptConsumption.open({
       bus,

@@ -1,6 +1,7 @@
 import type { Logger } from '@plugline/telemetry';
 import type { Bus } from './connection.js';
 import { StepDownError } from './errors.js';
+import { abortableDelay } from './publish.js';
 
 /** What a stall check did. */
 export const StallAction = {
@@ -57,7 +58,7 @@ export class StallWatch {
       idle() ? (await bus.jsm.consumers.info(stream, consumer)).num_pending : 0;
     if ((await pending()) === 0) return StallAction.None;
     const lookedAt = Date.now();
-    await new Promise((resolve) => setTimeout(resolve, this.#o.confirmMs ?? 1000));
+    await abortableDelay(this.#o.confirmMs ?? 1000);
     const still = await pending();
     if (still === 0 || this.#lastDelivery >= lookedAt) return StallAction.None;
     log.warn(

@@ -3,6 +3,7 @@ import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from '@na
 import type { Bus, Publisher } from '@plugline/bus';
 import {
   abortableDelay,
+  ackWaitMsOf,
   checkConsumerConfig,
   KeptConsumption,
   Slots,
@@ -224,7 +225,7 @@ class StatusProjector implements Projector {
       expiresMs: Math.max(1000, this.#o.pullExpiresMs ?? 5000),
       handle: (messages) => this.#run(messages),
       idle: () => this.#queues.size === 0,
-      checkEveryMs: (info.config.ack_wait ?? 30_000_000_000) / 1_000_000,
+      checkEveryMs: ackWaitMsOf(info.config),
       stage: Stage.SpecWatcher,
       metrics: this.#o.metrics,
       log: this.#log,
