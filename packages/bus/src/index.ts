@@ -46,10 +46,15 @@ export type {
 
 export { Publisher, abortableDelay } from './publish.js';
 export { ackWaitMsOf, KeptConsumption, type KeptConsumptionOptions } from './consume.js';
-export { StallAction, StallWatch, stepDownConsumerLeader, type StallWatchOptions } from './stall.js';
+export {
+  StallAction,
+  StallWatch,
+  stepDownConsumerLeader,
+  type StallWatchOptions,
+} from './stall.js';
 export type { PublishRetryOptions, RawPublish, PublishKind } from './publish.js';
 
-export { LeaseManager } from './lease.js';
+export { LeaseManager, LeaseOrigin } from './lease.js';
 export { Slots } from './slots.js';
 export type { Lease, LeaseResult } from './lease.js';
 

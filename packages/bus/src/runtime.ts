@@ -32,7 +32,7 @@ import {
 } from 'xstate';
 import type { Bus } from './connection.js';
 import { LeaseLostError, SettleTimeoutError } from './errors.js';
-import { isCasFailure, LeaseManager } from './lease.js';
+import { isCasFailure, LeaseManager, LeaseOrigin } from './lease.js';
 import { durableName, kvKey, StreamName } from './names.js';
 import { ServerFeature, supportsFeature } from './version.js';
 import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
@@ -41,6 +41,7 @@ import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
 import { ackWaitMsOf, KeptConsumption } from './consume.js';
 import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
+import { WrittenRecords } from './written-records.js';
 
 /**
  * Context fields the default disposition reads. A stage machine's context may extend this.
@@ -261,6 +262,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   #consumption: KeptConsumption | undefined;
   #snapshots!: KV;
   #leases!: LeaseManager;
+  readonly #records = new WrittenRecords();
   #workingMs = 10_000;
   readonly #termReason: boolean;
   #inFlight = 0;
@@ -524,7 +526,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       // The snapshot is read only once the lease is ours: read before, it could predate the
       // previous holder's last write, and the effect would run again before the compare-and-set
       // caught it (seen as a double effect in the race test under load).
-      const loading = this.#load(unit);
+      const loading = this.#load(unit, lease.origin);
       loading.catch(() => undefined);
       const lost = new AbortController();
       const renewer = setInterval(
@@ -553,6 +555,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         await lease.release(published);
       }
     } catch (err) {
+      this.#records.forget(unit);
       log.warn({ err }, 'work item failed; retrying with backoff');
       msg.nak(this.#retryDelay(msg.info.deliveryCount));
       outcome = Outcome.Retry;
@@ -589,23 +592,38 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     return result.outcome;
   }
 
-  async #load(unit: string): Promise<LoadedUnit> {
+  /**
+   * The unit's record and revision. Only lease holders write records, so a unit whose lease
+   * nobody ever held has none, and one nobody held since this worker's release has what this
+   * worker last wrote or read: neither is read from the bucket. Should that be wrong (the buckets
+   * were edited by hand), the compare-and-set write fails, the unit is forgotten and read again.
+   */
+  async #load(unit: string, origin: LeaseOrigin): Promise<LoadedUnit> {
+    if (origin === LeaseOrigin.New) return { record: undefined, revision: 0 };
+    const known = origin === LeaseOrigin.OwnRelease ? this.#records.get(unit) : undefined;
+    if (known !== undefined) {
+      return { record: JSON.parse(known.json) as UnitRecord, revision: known.revision };
+    }
     const entry = await this.#snapshots.get(kvKey(unit));
     if (entry === null || entry.operation !== 'PUT') return { record: undefined, revision: 0 };
-    return {
-      record: JSON.parse(decoder.decode(entry.value)) as UnitRecord,
-      revision: entry.revision,
-    };
+    const json = decoder.decode(entry.value);
+    this.#records.set(unit, json, entry.revision);
+    return { record: JSON.parse(json) as UnitRecord, revision: entry.revision };
   }
 
   /** Compare-and-set write; returns the new revision, or undefined on a conflict. */
   async #write(unit: string, record: UnitRecord, revision: number): Promise<number | undefined> {
-    const bytes = encoder.encode(JSON.stringify(record));
+    const json = JSON.stringify(record);
+    const bytes = encoder.encode(json);
     try {
-      return revision === 0
-        ? await this.#snapshots.create(kvKey(unit), bytes)
-        : await this.#snapshots.update(kvKey(unit), bytes, revision);
+      const written =
+        revision === 0
+          ? await this.#snapshots.create(kvKey(unit), bytes)
+          : await this.#snapshots.update(kvKey(unit), bytes, revision);
+      this.#records.set(unit, json, written);
+      return written;
     } catch (err) {
+      this.#records.forget(unit);
       if (isCasFailure(err)) return undefined;
       throw err;
     }

@@ -90,12 +90,22 @@ describe('runStage', () => {
     const machine = unitMachine.provide({
       actors: { apply: fromPromise(() => Promise.resolve('ok')) },
     });
-    await using stage = await runStage({ bus, stage: 'spec-watcher', machine, keyOf: unitKey });
+    await using stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine,
+      keyOf: unitKey,
+      busyDelayMs: 50,
+    });
     const item = workItem('vol-left');
     await sendWork(bus, item);
     await waitFor(async () => (await persistedState(bus, unitKey(item)))?.value === 'applied');
     await waitFor(async () => (await backlog(bus)) === 0);
-    // Another worker wrote the unit's next snapshot with a fact in its outbox, and crashed.
+    // Another worker took the unit, wrote its next snapshot with a fact in its outbox, and
+    // crashed; its lease runs out.
+    const { leases } = await ensureStageBuckets(bus, 'spec-watcher');
+    const crashed = await new LeaseManager(leases, 'worker-crashed', 300).acquire(unitKey(item));
+    expect(crashed.ok).toBe(true);
     const left = buildEvent({
       namespace: item.namespace,
       vmi: item.vmi,
@@ -234,7 +244,8 @@ describe('runStage', () => {
         await sendWork(ownBus, workItem(`parked-${i}`, { cause: 'park' }));
       }
       await waitFor(
-        async () => (await metricValue(metrics, 'messagesHandled', { outcome: 'waiting' })) >= parked,
+        async () =>
+          (await metricValue(metrics, 'messagesHandled', { outcome: 'waiting' })) >= parked,
         { timeout: 60_000, description: `${parked} units waiting` },
       );
       const info = await ownBus.jsm.consumers.info('PLUGLINE_WORK', 'spec-watcher');
