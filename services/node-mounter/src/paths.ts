@@ -152,8 +152,9 @@ async function exists(path: string): Promise<boolean> {
  * path leaves the real root. Returns `path` unchanged on success.
  */
 export async function assertRealPathInsideRoot(root: string, path: string): Promise<string> {
-  const realRoot = await realpath(root);
-  if (!isLexicallyInside(realRoot, await resolveExisting(root, path))) {
+  // Both at once: each is a trip through libuv's thread pool, and this runs on every plug.
+  const [realRoot, resolved] = await Promise.all([realpath(root), resolveExisting(root, path)]);
+  if (!isLexicallyInside(realRoot, resolved)) {
     throw new PathEscapeError(path, root);
   }
   return path;
@@ -183,8 +184,7 @@ export async function assertRealPathInsidePod(
   sharedPlugins = false,
 ): Promise<string> {
   const podDir = podDirPath(root, podUID);
-  const realRoot = await realpath(root);
-  const resolved = await resolveExisting(root, path);
+  const [realRoot, resolved] = await Promise.all([realpath(root), resolveExisting(root, path)]);
   const inPod = isLexicallyInside(join(realRoot, KubeletLayout.pods, podUID), resolved);
   const inPlugins =
     sharedPlugins && isLexicallyInside(join(realRoot, KubeletLayout.plugins), resolved);
