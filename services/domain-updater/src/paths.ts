@@ -91,22 +91,25 @@ export async function checkedHotplugSource(
   const podDir = launcherPodDir(kubeletRoot, launcherUID);
   const dir = hotplugHostDir(kubeletRoot, launcherUID);
   const source = hotplugSourcePath(dir, volume, mode);
-  let realDir: string;
-  try {
-    realDir = await realpath(dir);
-  } catch (err) {
-    if (isNotFound(err)) return undefined;
-    throw err;
+  // The three reads at once (each a trip through libuv's thread pool, on every attach), judged
+  // in the order they would have been made one after another.
+  const [dirRead, rootRead, sourceRead] = await Promise.allSettled([
+    realpath(dir),
+    realpath(kubeletRoot),
+    lstat(source),
+  ]);
+  if (dirRead.status === 'rejected') {
+    if (isNotFound(dirRead.reason)) return undefined;
+    throw dirRead.reason;
   }
-  const realPodDir = join(await realpath(kubeletRoot), 'pods', launcherUID);
-  if (!isInside(realPodDir, realDir)) throw new PathEscapeError(dir, podDir);
-  let st;
-  try {
-    st = await lstat(source);
-  } catch (err) {
-    if (isNotFound(err)) return undefined;
-    throw err;
+  if (rootRead.status === 'rejected') throw rootRead.reason;
+  const realPodDir = join(rootRead.value, 'pods', launcherUID);
+  if (!isInside(realPodDir, dirRead.value)) throw new PathEscapeError(dir, podDir);
+  if (sourceRead.status === 'rejected') {
+    if (isNotFound(sourceRead.reason)) return undefined;
+    throw sourceRead.reason;
   }
+  const st = sourceRead.value;
   if (st.isSymbolicLink()) throw new PathEscapeError(source, dir);
   const block = mode === PersistentVolumeMode.Block;
   if (block ? !st.isBlockDevice() : !st.isFile()) {
