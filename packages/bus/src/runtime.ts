@@ -205,6 +205,23 @@ interface UnitRecord {
   outbox: OutboxEntry[];
 }
 
+/**
+ * The context of the snapshot a stage last wrote for `unit` in its bucket (`snapshots`, from
+ * {@link ensureStageBuckets}); undefined when it has none. For a reader beside the stage: the
+ * spec-watcher's status projector learns from its decision units which operation of a volume is
+ * the newest, after a restart. The shape is the stage machine's own; validate it.
+ */
+export async function readUnitContext(snapshots: KV, unit: string): Promise<unknown> {
+  const entry = await snapshots.get(kvKey(unit));
+  if (entry === null || entry.operation !== 'PUT') return undefined;
+  try {
+    const record = JSON.parse(decoder.decode(entry.value)) as Partial<UnitRecord>;
+    return (record.snapshot as { context?: unknown } | undefined)?.context;
+  } catch {
+    return undefined;
+  }
+}
+
 interface LoadedUnit {
   record: UnitRecord | undefined;
   /** 0 when the unit has no snapshot (or a deleted one). */

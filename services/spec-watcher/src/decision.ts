@@ -131,6 +131,30 @@ export interface DecisionContext {
   wakeAt?: number;
 }
 
+/** The decision unit of a volume: one per VMI name and volume name. */
+export function decisionUnit(ref: { namespace: string; vmi: string; volume: string }): string {
+  return `${ref.namespace}/${ref.vmi}/${ref.volume}`;
+}
+
+/**
+ * The operation a decision unit's persisted context (see `readUnitContext`) last issued for a
+ * volume of the VMI `vmiUID`; undefined when there is none, it was for another VMI of the same
+ * name, or the context is not a decision book.
+ */
+export function bookedOperation(
+  context: unknown,
+  vmiUID: string,
+): { operationId: string; operation: OperationKind } | undefined {
+  const book = (context as Partial<DecisionContext> | undefined)?.book as
+    Record<string, unknown> | undefined;
+  if (typeof book !== 'object' || book === null || book.vmiUID !== vmiUID) return undefined;
+  const { operationId, operation } = book;
+  if (typeof operationId !== 'string' || (operation !== 'plug' && operation !== 'unplug')) {
+    return undefined;
+  }
+  return { operationId, operation };
+}
+
 /** Maps a spec-watcher work item and its view to the machine's event. */
 export function decideEvent(
   item: WorkItem,

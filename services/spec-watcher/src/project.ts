@@ -26,6 +26,11 @@ export interface NewestOperation {
   direction: OperationKind;
   /** For an unplug: the newest plug operation seen before it (what it undoes). */
   undoes?: string;
+  /**
+   * Known from the spec-watcher's decision (its book, read after a restart), not from an event:
+   * its own request may not have been projected yet, so that request is no repeat.
+   */
+  booked?: true;
 }
 
 /** What the projector knows besides the status: the newest operation seen per volume. */
@@ -243,6 +248,10 @@ const UNPLUG_FACTS: ReadonlySet<EventType> = new Set<EventType>([
   'released',
 ]);
 
+function withoutBooked({ booked: _booked, ...seen }: NewestOperation): NewestOperation {
+  return seen;
+}
+
 /** The newest operation after `event` (not stale) was applied. */
 function newestAfter(
   event: VolumeEvent,
@@ -254,8 +263,10 @@ function newestAfter(
     type === 'requested' ? 'plug' : type === 'unplug-requested' ? 'unplug' : undefined;
   if (newest !== undefined && compareOperationIds(id, newest.id) <= 0) {
     // An older operation's unplug fact, or the newest's own event: its request fixes the direction.
-    if (id !== newest.id || request === undefined || request === newest.direction) return newest;
-    return request === 'plug' ? { id, direction: request } : { ...newest, direction: request };
+    if (id !== newest.id) return newest;
+    const seen = newest.booked === true ? withoutBooked(newest) : newest;
+    if (request === undefined || request === seen.direction) return seen;
+    return request === 'plug' ? { id, direction: request } : { ...seen, direction: request };
   }
   const direction = request ?? operation;
   if (direction === 'plug') return { id, direction };
@@ -281,6 +292,7 @@ export function projectStatus(
   const type = eventTypeOf(event);
   if (
     known?.id === event.data.operationId &&
+    known.booked !== true &&
     (type === 'requested' || type === 'unplug-requested')
   ) {
     // A repeated request of the current operation (a retried publish) changes nothing.

@@ -28,7 +28,7 @@ import {
 import type { EventRecorder, Informer, StatusWriterOptions } from '@plugline/kube';
 import { StatusWriter } from '@plugline/kube';
 import { childLogger, Outcome, type Logger, type PluglineMetrics } from '@plugline/telemetry';
-import type { Projection, ProjectionContext } from './project.js';
+import type { NewestOperation, Projection, ProjectionContext } from './project.js';
 import { decisionNudge, REVERSED_CAUSE, reversedNudgeId } from './decision.js';
 import { desiredDirections } from './plan.js';
 import { isUnplugFact, projectStatus } from './project.js';
@@ -101,6 +101,18 @@ export interface ProjectorOptions {
   pullExpiresMs?: number;
   /** How many VMIs' newest-operation memory is kept (default 10 000). */
   maxRemembered?: number;
+  /**
+   * The operation the decision unit of a volume last issued (its book), read when the projector
+   * has no memory of the volume: after a restart, or once the VMI fell out of the memory. Without
+   * it a late fact of an older operation (an unplug's `released` after a re-add) would be applied
+   * as if it were the newest.
+   */
+  bookedOperation?: (volume: {
+    namespace: string;
+    vmi: string;
+    volume: string;
+    vmiUID: string;
+  }) => Promise<NewestOperation | undefined>;
 }
 
 /** The running status projector. */
@@ -390,7 +402,7 @@ class StatusProjector implements Projector {
   async #apply(events: readonly VolumeEvent[], log: Logger): Promise<boolean> {
     const { namespace, vmi: name } = keyOfEvent(events[0]!);
     const vmiKey = `${namespace}/${name}`;
-    const known = this.#operations.get(vmiKey) ?? {};
+    const { operations: known, seeded } = await this.#newestOperations(vmiKey, events);
     let outcomes: EventOutcome[] = [];
     let operations = known;
     let object: VirtualMachineInstance | undefined;
@@ -420,7 +432,7 @@ class StatusProjector implements Projector {
       if (!(err instanceof NotFoundError)) throw err;
       gone = true;
     }
-    if (operations !== known) this.#remember(this.#operations, vmiKey, operations);
+    if (operations !== known || seeded) this.#remember(this.#operations, vmiKey, operations);
     const effects: Promise<void>[] = [];
     if (object !== undefined) {
       for (const { projection } of outcomes) {
@@ -529,6 +541,40 @@ class StatusProjector implements Projector {
   }
 
   /** A bounded map: the oldest VMI is forgotten first. */
+  /**
+   * What the projector knows of the newest operation of each volume of the VMI `vmiKey`, with
+   * the books of the decision units read for the volumes of `events` it has no memory of.
+   */
+  async #newestOperations(
+    vmiKey: string,
+    events: readonly VolumeEvent[],
+  ): Promise<{ operations: ProjectionContext['operations']; seeded: boolean }> {
+    const known = this.#operations.get(vmiKey) ?? {};
+    const read = this.#o.bookedOperation;
+    if (read === undefined) return { operations: known, seeded: false };
+    const missing = new Map<string, VolumeEvent>();
+    for (const event of events) {
+      const { volume } = keyOfEvent(event);
+      if (known[volume] === undefined && !missing.has(volume)) missing.set(volume, event);
+    }
+    if (missing.size === 0) return { operations: known, seeded: false };
+    const booked = await Promise.all(
+      [...missing].map(async ([volume, event]) => {
+        const { namespace, vmi } = keyOfEvent(event);
+        const vmiUID = event.data.vmiUID;
+        return [volume, await read({ namespace, vmi, volume, vmiUID })] as const;
+      }),
+    );
+    const operations = { ...known };
+    let seeded = false;
+    for (const [volume, operation] of booked) {
+      if (operation === undefined) continue;
+      operations[volume] = operation;
+      seeded = true;
+    }
+    return seeded ? { operations, seeded } : { operations: known, seeded };
+  }
+
   #remember<T>(map: Map<string, T>, key: string, value: T): void {
     map.delete(key);
     map.set(key, value);

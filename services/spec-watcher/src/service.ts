@@ -1,4 +1,11 @@
-import { connectBus, provision, Publisher, runStage } from '@plugline/bus';
+import {
+  connectBus,
+  ensureStageBuckets,
+  provision,
+  Publisher,
+  readUnitContext,
+  runStage,
+} from '@plugline/bus';
 import type { Bus, StageRunner } from '@plugline/bus';
 import { NotFoundError, Stage } from '@plugline/contracts';
 import type { VirtualMachine, VirtualMachineInstance, WorkItem } from '@plugline/contracts';
@@ -15,8 +22,10 @@ import type { Logger, PluglineMetrics } from '@plugline/telemetry';
 import type { SpecWatcherConfig } from './config.js';
 import { TemplateSync } from './declarative.js';
 import {
+  bookedOperation,
   decideEvent,
   decisionMachine,
+  decisionUnit,
   decisionNudge,
   RESYNC_CAUSE,
   routingPhaseOf,
@@ -244,7 +253,7 @@ export async function startSpecWatcher(
       bus,
       stage: Stage.SpecWatcher,
       machine: decisionMachine,
-      keyOf: (item) => `${item.namespace}/${item.vmi}/${item.volume}`,
+      keyOf: decisionUnit,
       load: async (item) => viewOf(item, await currentVmi(vmis, client, item)),
       toEvent: (item, delivery) =>
         decideEvent(
@@ -265,10 +274,16 @@ export async function startSpecWatcher(
       component: 'plugline-spec-watcher',
       logger: log,
     });
+    const { snapshots: decisions } = await ensureStageBuckets(bus, Stage.SpecWatcher);
     projector = await startProjector({
       bus,
       client,
       vmis,
+      bookedOperation: async (volume) => {
+        const context = await readUnitContext(decisions, decisionUnit(volume));
+        const booked = bookedOperation(context, volume.vmiUID);
+        return booked && { id: booked.operationId, direction: booked.operation, booked: true };
+      },
       recorder,
       publisher,
       logger: log,

@@ -287,6 +287,34 @@ describe('an unplug the stages did under the plug operation (the watcher was dow
   });
 });
 
+describe('the newest operation known from the decision book (after a restart)', () => {
+  const booked = { id: 'op-3', direction: 'plug', booked: true } as const;
+
+  it('makes the late unplug facts of an older operation stale, and still renders its own request', () => {
+    const pending = projectAll([], [event('requested', 'd1', 'op-3')]);
+    const late = projectAll(pending.next, [event('released', 'd1', 'op-2')], {
+      operations: { d1: booked },
+    });
+    expect(late.next).toEqual(pending.next);
+
+    // The booked operation's request, not projected before the restart, is no repeat.
+    const rendered = projectAll([], [event('requested', 'd1', 'op-3')], {
+      operations: { d1: booked },
+    });
+    expect(rendered.next).toEqual(pending.next);
+    expect(rendered.operations.d1).toEqual({ id: 'op-3', direction: 'plug' });
+    // Once seen, a repeat of it changes nothing, as for an operation seen before the restart.
+    const bound = projectAll(rendered.next, [event('bound', 'd1', 'op-3')], {
+      operations: rendered.operations,
+    });
+    const repeat = projectStatus(bound.next, event('requested', 'd1', 'op-3'), {
+      operations: bound.operations,
+    });
+    expect(repeat.changed).toBe(false);
+    expect(repeat.next[0]?.phase).toBe('Bound');
+  });
+});
+
 describe('statusEqual and buildStatusPatch', () => {
   const a: VolumeStatus[] = [
     { name: 'a', target: '', phase: 'Bound' },

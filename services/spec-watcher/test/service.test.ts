@@ -694,6 +694,62 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     }
   });
 
+  it('restarted, it still knows which operation is newest: a late fact of the unplug before a re-add changes nothing', async () => {
+    const name = `late-${randomBytes(3).toString('hex')}`;
+    const { vmi, op: plugOp } = await attachedVolume(name, 'late');
+    removeVolume(name, 'late');
+    const unplugOp = (await waitForEvent(name, 'late', EventType.UnplugRequested)).data.operationId;
+    await publishFact(vmi, 'late', EventType.Detaching, {
+      operation: 'unplug',
+      operationId: unplugOp,
+    });
+    await waitForPhase(name, 'late', 'Detaching');
+    addVolume(name, 'late');
+    const readdOp = (
+      await waitFor(async () =>
+        (await eventsOf(name, 'late')).find(
+          (e) =>
+            e.type.endsWith('.requested') &&
+            e.data.operation === 'plug' &&
+            e.data.operationId !== plugOp,
+        ),
+      )
+    ).data.operationId;
+    await waitFor(() => (statusOf(name, 'late')?.phase === undefined ? true : undefined));
+    // A new process: the projector's memory of the newest operations is gone.
+    await stopService();
+    await startService('worker-late');
+    const absent: string[] = [];
+    const watch = sim.store.watch(
+      Types.virtualmachineinstances,
+      {
+        namespace: ns,
+        resourceVersion: getVmi(name).metadata.resourceVersion,
+        match: (o) => o.metadata?.name === name,
+      },
+      {
+        event: (e) => {
+          const status = (e.object as unknown as VirtualMachineInstance).status;
+          const entry = status?.volumeStatus?.find((v) => v.name === 'late');
+          if (entry === undefined) absent.push(e.object.metadata?.resourceVersion ?? '');
+        },
+        closed: () => undefined,
+      },
+    );
+    try {
+      // The old unplug's last fact arrives late, then the re-add moves on.
+      await publishFact(vmi, 'late', EventType.Released, {
+        operation: 'unplug',
+        operationId: unplugOp,
+      });
+      await publishFact(vmi, 'late', EventType.Bound, { operationId: readdOp });
+      await waitForPhase(name, 'late', 'Bound');
+      expect(absent, 'versions of the VMI without the re-added volume').toEqual([]);
+    } finally {
+      watch.close();
+    }
+  });
+
   it('a plug the stages undid and redid under one operation (watcher down) gets a new one', async () => {
     const name = `reversed-${randomBytes(3).toString('hex')}`;
     const { vmi, op } = await attachedVolume(name, 'flip');
