@@ -613,7 +613,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
    * The unit's record and revision. Only lease holders write records, so a unit whose lease
    * nobody ever held has none, and one nobody held since this worker's release has what this
    * worker last wrote or read: neither is read from the bucket. Should that be wrong (the buckets
-   * were edited by hand), the compare-and-set write fails, the unit is forgotten and read again.
+   * were edited by hand while the stage ran), the next compare-and-set write fails, the unit is
+   * forgotten and read again; until a run writes, or the process restarts, it runs from its copy.
    */
   async #load(unit: string, origin: LeaseOrigin): Promise<LoadedUnit> {
     if (origin === LeaseOrigin.New) return { record: undefined, revision: 0 };

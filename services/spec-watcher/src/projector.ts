@@ -540,10 +540,10 @@ class StatusProjector implements Projector {
     }
   }
 
-  /** A bounded map: the oldest VMI is forgotten first. */
   /**
    * What the projector knows of the newest operation of each volume of the VMI `vmiKey`, with
-   * the books of the decision units read for the volumes of `events` it has no memory of.
+   * the books of the decision units read for the volumes of `events` it has no memory of (one
+   * KV read per volume: also the first event of every new volume).
    */
   async #newestOperations(
     vmiKey: string,
@@ -575,6 +575,7 @@ class StatusProjector implements Projector {
     return seeded ? { operations, seeded } : { operations: known, seeded };
   }
 
+  /** A bounded map: the oldest VMI is forgotten first. */
   #remember<T>(map: Map<string, T>, key: string, value: T): void {
     map.delete(key);
     map.set(key, value);
