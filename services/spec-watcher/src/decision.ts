@@ -123,10 +123,17 @@ export function decisionNudge(
 export interface DecisionContext {
   /**
    * The operation last issued for the volume, with the VMI it was issued for and that VMI's
-   * generation then (absent in books written before it was kept).
+   * generation then (absent in books written before it was kept); for an unplug, the plug it
+   * undoes (the newest plug issued before it, as the status projector counts it).
    */
   book:
-    | { operationId: string; operation: OperationKind; vmiUID: string; generation?: number }
+    | {
+        operationId: string;
+        operation: OperationKind;
+        vmiUID: string;
+        generation?: number;
+        undoes?: string;
+      }
     | undefined;
   wakeAt?: number;
 }
@@ -144,15 +151,17 @@ export function decisionUnit(ref: { namespace: string; vmi: string; volume: stri
 export function bookedOperation(
   context: unknown,
   vmiUID: string,
-): { operationId: string; operation: OperationKind } | undefined {
+): { operationId: string; operation: OperationKind; undoes?: string } | undefined {
   const book = (context as Partial<DecisionContext> | undefined)?.book as
     Record<string, unknown> | undefined;
   if (typeof book !== 'object' || book === null || book.vmiUID !== vmiUID) return undefined;
-  const { operationId, operation } = book;
+  const { operationId, operation, undoes } = book;
   if (typeof operationId !== 'string' || (operation !== 'plug' && operation !== 'unplug')) {
     return undefined;
   }
-  return { operationId, operation };
+  return typeof undoes === 'string' && operation === 'unplug'
+    ? { operationId, operation, undoes }
+    : { operationId, operation };
 }
 
 /** Maps a spec-watcher work item and its view to the machine's event. */
@@ -259,12 +268,24 @@ export const decisionMachine = setup({
   actions: {
     forget: assign({ book: undefined }),
     issue: assign({
-      book: ({ event }) => ({
-        operationId: event.newOperationId,
-        operation: event.view.direction ?? 'plug',
-        vmiUID: event.view.vmiUID ?? '',
-        ...(event.view.generation === undefined ? {} : { generation: event.view.generation }),
-      }),
+      book: ({ context, event }) => {
+        const operation = event.view.direction ?? 'plug';
+        const vmiUID = event.view.vmiUID ?? '';
+        const before = context.book?.vmiUID === vmiUID ? context.book : undefined;
+        const undoes =
+          operation !== 'unplug'
+            ? undefined
+            : before?.operation === 'plug'
+              ? before.operationId
+              : before?.undoes;
+        return {
+          operationId: event.newOperationId,
+          operation,
+          vmiUID,
+          ...(event.view.generation === undefined ? {} : { generation: event.view.generation }),
+          ...(undoes === undefined ? {} : { undoes }),
+        };
+      },
     }),
     /** The request fact of the operation just issued. */
     announce: emit(({ context, event }) => {

@@ -33,6 +33,7 @@ export { phaseRank, UNPLUG_PHASE_SET, HOTPLUG_ONLY_PHASES, IN_USE_PHASES } from 
 
 export {
   decisionMachine,
+  bookedOperation,
   decideEvent,
   decisionNudge,
   viewOf,

@@ -282,7 +282,11 @@ export async function startSpecWatcher(
       bookedOperation: async (volume) => {
         const context = await readUnitContext(decisions, decisionUnit(volume));
         const booked = bookedOperation(context, volume.vmiUID);
-        return booked && { id: booked.operationId, direction: booked.operation, booked: true };
+        if (booked === undefined) return undefined;
+        const { operationId: id, operation: direction, undoes } = booked;
+        return undoes === undefined
+          ? { id, direction, booked: true }
+          : { id, direction, undoes, booked: true };
       },
       recorder,
       publisher,

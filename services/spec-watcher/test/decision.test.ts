@@ -4,6 +4,7 @@ import { createActor } from 'xstate';
 import { describe, expect, it } from 'vitest';
 import type { DecideEvent, DecisionContext, VolumeView } from '../src/index.js';
 import {
+  bookedOperation,
   decisionMachine,
   RESYNC_CAUSE,
   REVERSED_CAUSE,
@@ -153,6 +154,31 @@ describe('decisionMachine over every path (@xstate/graph)', () => {
     again(SPEC_CAUSE);
     again(RESYNC_CAUSE, 'AttachedToNode');
     expect(seen).toEqual(['work:node-mounter:node-1:op-1:resync']);
+  });
+
+  it('an unplug books the plug it undoes; bookedOperation reads the book for its VMI only', () => {
+    const actor = createActor(decisionMachine).start();
+    const decide = (direction: OperationKind, newOperationId: string, phase?: string): void =>
+      actor.send({
+        type: 'decide',
+        view: view(direction, 'uid-a', phase, 'node-1'),
+        cause: SPEC_CAUSE,
+        nudgeId: `rv-${newOperationId}`,
+        newOperationId,
+        receivedAt: 0,
+      });
+    const booked = (uid = 'uid-a') => bookedOperation(actor.getSnapshot().context, uid);
+    decide('plug', 'op-1');
+    expect(booked()).toEqual({ operationId: 'op-1', operation: 'plug' });
+    decide('unplug', 'op-2', 'Ready');
+    expect(booked()).toEqual({ operationId: 'op-2', operation: 'unplug', undoes: 'op-1' });
+    expect(booked('uid-b')).toBeUndefined();
+    decide('plug', 'op-3', 'Detaching');
+    expect(booked()).toEqual({ operationId: 'op-3', operation: 'plug' });
+    expect(
+      bookedOperation({ book: { operationId: 7, operation: 'plug', vmiUID: 'uid-a' } }, 'uid-a'),
+    ).toBeUndefined();
+    actor.stop();
   });
 
   it('a volume unplugged and re-added while the watcher did not look gets a new operation', () => {
