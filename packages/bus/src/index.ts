@@ -56,6 +56,7 @@ export type { PublishRetryOptions, RawPublish, PublishKind } from './publish.js'
 
 export { LeaseManager, LeaseOrigin } from './lease.js';
 export { Slots } from './slots.js';
+export { BoundedMap } from './bounded-map.js';
 export type { Lease, LeaseResult } from './lease.js';
 
 export { fact, nextWork } from './outbox.js';

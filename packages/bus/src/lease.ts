@@ -1,4 +1,5 @@
 import type { KV, KvEntry } from '@nats-io/kv';
+import { BoundedMap } from './bounded-map.js';
 import { kvKey } from './names.js';
 
 interface LeaseValue {
@@ -75,7 +76,9 @@ function isCasFailure(err: unknown): boolean {
  */
 export class LeaseManager {
   /** The expired values this manager's releases wrote, by key, oldest first (bounded). */
-  readonly #released = new Map<string, { revision: number; handover: number | undefined }>();
+  readonly #released = new BoundedMap<string, { revision: number; handover: number | undefined }>(
+    MAX_REMEMBERED_RELEASES,
+  );
 
   constructor(
     private readonly kv: KV,
@@ -152,20 +155,13 @@ export class LeaseManager {
         try {
           const left = next ?? handover;
           const released = await this.kv.update(key, this.#value(0, left), revision);
-          this.#remember(key, { revision: released, handover: left });
+          this.#released.set(key, { revision: released, handover: left });
         } catch {
           // taken over or unreachable: it expires anyway
         }
       },
     };
     return { ok: true, lease };
-  }
-
-  #remember(key: string, release: { revision: number; handover: number | undefined }): void {
-    this.#released.set(key, release);
-    if (this.#released.size <= MAX_REMEMBERED_RELEASES) return;
-    const oldest = this.#released.keys().next();
-    if (oldest.done !== true) this.#released.delete(oldest.value);
   }
 }
 

@@ -41,7 +41,7 @@ import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
 import { ackWaitMsOf, KeptConsumption } from './consume.js';
 import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
-import { WrittenRecords } from './written-records.js';
+import { BoundedMap } from './bounded-map.js';
 
 /**
  * Context fields the default disposition reads. A stage machine's context may extend this.
@@ -279,7 +279,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   #consumption: KeptConsumption | undefined;
   #snapshots!: KV;
   #leases!: LeaseManager;
-  readonly #records = new WrittenRecords();
+  /**
+   * What this worker last wrote or read of each unit's record, as the JSON stored, with its
+   * revision (see #load). JSON, not objects: a run restored from it must not share objects with
+   * what an earlier run left. A few KiB per unit; a unit not here costs one read.
+   */
+  readonly #records = new BoundedMap<string, { json: string; revision: number }>(4096);
   #workingMs = 10_000;
   readonly #termReason: boolean;
   #inFlight = 0;
@@ -572,7 +577,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         await lease.release(published);
       }
     } catch (err) {
-      this.#records.forget(unit);
+      this.#records.delete(unit);
       log.warn({ err }, 'work item failed; retrying with backoff');
       msg.nak(this.#retryDelay(msg.info.deliveryCount));
       outcome = Outcome.Retry;
@@ -625,7 +630,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const entry = await this.#snapshots.get(kvKey(unit));
     if (entry === null || entry.operation !== 'PUT') return { record: undefined, revision: 0 };
     const json = decoder.decode(entry.value);
-    this.#records.set(unit, json, entry.revision);
+    this.#records.set(unit, { json, revision: entry.revision });
     return { record: JSON.parse(json) as UnitRecord, revision: entry.revision };
   }
 
@@ -638,10 +643,10 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         revision === 0
           ? await this.#snapshots.create(kvKey(unit), bytes)
           : await this.#snapshots.update(kvKey(unit), bytes, revision);
-      this.#records.set(unit, json, written);
+      this.#records.set(unit, { json, revision: written });
       return written;
     } catch (err) {
-      this.#records.forget(unit);
+      this.#records.delete(unit);
       if (isCasFailure(err)) return undefined;
       throw err;
     }

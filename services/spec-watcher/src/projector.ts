@@ -3,6 +3,7 @@ import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from '@na
 import type { Bus, Publisher } from '@plugline/bus';
 import {
   abortableDelay,
+  BoundedMap,
   ackWaitMsOf,
   checkConsumerConfig,
   KeptConsumption,
@@ -169,9 +170,9 @@ class StatusProjector implements Projector {
   readonly #queues = new Map<string, JsMsg[]>();
   readonly #running = new Set<Promise<void>>();
   /** Per VMI (`ns/name`): the newest operation seen per volume (stale events are ignored). */
-  readonly #operations = new Map<string, ProjectionContext['operations']>();
+  readonly #operations: BoundedMap<string, ProjectionContext['operations']>;
   /** Per VMI: the resourceVersion of the projector's own last status write. */
-  readonly #written = new Map<string, string>();
+  readonly #written: BoundedMap<string, string>;
   /** Events held (waiting or being applied). */
   readonly #held: Slots;
   /** VMIs being written. */
@@ -182,6 +183,9 @@ class StatusProjector implements Projector {
   constructor(options: ProjectorOptions) {
     this.#o = options;
     this.#log = childLogger(options.logger, { component: 'projector' });
+    // Bounded: the oldest VMI is forgotten first.
+    this.#operations = new BoundedMap(options.maxRemembered ?? 10_000);
+    this.#written = new BoundedMap(options.maxRemembered ?? 10_000);
     const concurrency = options.concurrency ?? 8;
     this.#writers = new Slots(concurrency);
     this.#held = new Slots(this.#maxPending());
@@ -192,7 +196,7 @@ class StatusProjector implements Projector {
         patchVmiStatus: async (ns, name, ops, po) => {
           const written = await client.patchVmiStatus(ns, name, ops, po);
           const rv = written.metadata.resourceVersion;
-          if (rv !== undefined) this.#remember(this.#written, `${ns}/${name}`, rv);
+          if (rv !== undefined) this.#written.set(`${ns}/${name}`, rv);
           return written;
         },
       },
@@ -432,7 +436,7 @@ class StatusProjector implements Projector {
       if (!(err instanceof NotFoundError)) throw err;
       gone = true;
     }
-    if (operations !== known || seeded) this.#remember(this.#operations, vmiKey, operations);
+    if (operations !== known || seeded) this.#operations.set(vmiKey, operations);
     const effects: Promise<void>[] = [];
     if (object !== undefined) {
       for (const { projection } of outcomes) {
@@ -573,17 +577,5 @@ class StatusProjector implements Projector {
       seeded = true;
     }
     return seeded ? { operations, seeded } : { operations: known, seeded };
-  }
-
-  /** A bounded map: the oldest VMI is forgotten first. */
-  #remember<T>(map: Map<string, T>, key: string, value: T): void {
-    map.delete(key);
-    map.set(key, value);
-    const max = this.#o.maxRemembered ?? 10_000;
-    while (map.size > max) {
-      const oldest = map.keys().next();
-      if (oldest.done) break;
-      map.delete(oldest.value);
-    }
   }
 }

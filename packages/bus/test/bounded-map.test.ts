@@ -1,13 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { WrittenRecords } from '../src/written-records.js';
+import { BoundedMap } from '../src/bounded-map.js';
 
-describe('WrittenRecords', () => {
+type Record = { json: string; revision: number };
+
+describe('BoundedMap', () => {
   it('keeps the most recently used units up to its capacity', () => {
-    const records = new WrittenRecords(2);
-    records.set('a', '{"n":1}', 1);
-    records.set('b', '{"n":2}', 2);
+    const records = new BoundedMap<string, Record>(2);
+    records.set('a', { json: '{"n":1}', revision: 1 });
+    records.set('b', { json: '{"n":2}', revision: 2 });
     expect(records.get('a')).toEqual({ json: '{"n":1}', revision: 1 }); // a is now the newest
-    records.set('c', '{"n":3}', 3);
+    records.set('c', { json: '{"n":3}', revision: 3 });
     expect(records.get('b')).toBeUndefined();
     expect(records.get('a')?.revision).toBe(1);
     expect(records.get('c')?.revision).toBe(3);
@@ -15,11 +17,11 @@ describe('WrittenRecords', () => {
   });
 
   it('replaces a unit on a newer write and forgets it after a conflict', () => {
-    const records = new WrittenRecords(2);
-    records.set('a', '{"n":1}', 1);
-    records.set('a', '{"n":2}', 5);
+    const records = new BoundedMap<string, Record>(2);
+    records.set('a', { json: '{"n":1}', revision: 1 });
+    records.set('a', { json: '{"n":2}', revision: 5 });
     expect(records.get('a')).toEqual({ json: '{"n":2}', revision: 5 });
-    records.forget('a');
+    records.delete('a');
     expect(records.get('a')).toBeUndefined();
     expect(records.size).toBe(0);
   });

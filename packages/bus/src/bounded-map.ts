@@ -1,0 +1,35 @@
+/**
+ * A map that keeps at most `capacity` entries: reading or writing an entry makes it the newest,
+ * and a write past the bound drops the oldest. For memories that may forget (what is forgotten
+ * costs a read elsewhere): the stage runtime's copies of unit records, the lease manager's own
+ * releases, the status projector's newest operations.
+ */
+export class BoundedMap<K, V> {
+  readonly #entries = new Map<K, V>();
+
+  constructor(readonly capacity: number) {}
+
+  get(key: K): V | undefined {
+    const value = this.#entries.get(key);
+    if (value === undefined) return undefined;
+    this.#entries.delete(key);
+    this.#entries.set(key, value);
+    return value;
+  }
+
+  set(key: K, value: V): void {
+    this.#entries.delete(key);
+    this.#entries.set(key, value);
+    if (this.#entries.size <= this.capacity) return;
+    const oldest = this.#entries.keys().next();
+    if (oldest.done !== true) this.#entries.delete(oldest.value);
+  }
+
+  delete(key: K): void {
+    this.#entries.delete(key);
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+}
