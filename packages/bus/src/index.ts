@@ -54,7 +54,7 @@ export {
 } from './stall.js';
 export type { PublishRetryOptions, RawPublish, PublishKind } from './publish.js';
 
-export { LeaseManager, LeaseOrigin } from './lease.js';
+export { LeaseManager } from './lease.js';
 export { Slots } from './slots.js';
 export { BoundedMap } from './bounded-map.js';
 export type { Lease, LeaseResult } from './lease.js';

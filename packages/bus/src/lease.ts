@@ -10,25 +10,9 @@ interface LeaseValue {
   handover?: number;
 }
 
-/**
- * Who wrote the lease key last before this holder took it: what the holder may assume about the
- * unit's state. Every write of a unit's state is made by a lease holder, so while nobody else
- * held the lease nobody else wrote the state.
- */
-export const LeaseOrigin = {
-  /** The key had never been written: nobody held the unit before. */
-  New: 'new',
-  /** The key's last write was this manager's own release: nobody held the unit since. */
-  OwnRelease: 'own-release',
-  /** Taken from another holder (its release or an expired lease), or ours taken back. */
-  Other: 'other',
-} as const;
-export type LeaseOrigin = (typeof LeaseOrigin)[keyof typeof LeaseOrigin];
-
 /** A held lease on one unit. */
 export interface Lease {
   readonly key: string;
-  readonly origin: LeaseOrigin;
   /**
    * The last number a holder gave `release`. Every later holder carries it in the values it
    * writes, until it releases with another, so a holder that crashed or released with none
@@ -105,12 +89,7 @@ export class LeaseManager {
       const revision = await this.kv.put(key, this.#value(undefined, handover), {
         previousSeq: released?.revision ?? 0,
       });
-      return this.#held(
-        key,
-        revision,
-        released ? LeaseOrigin.OwnRelease : LeaseOrigin.New,
-        handover,
-      );
+      return this.#held(key, revision, handover);
     } catch (err) {
       if (!isCasFailure(err)) throw err;
     }
@@ -124,19 +103,18 @@ export class LeaseManager {
     const handover = typeof current.handover === 'number' ? current.handover : undefined;
     try {
       const revision = await this.kv.update(key, this.#value(undefined, handover), entry.revision);
-      return this.#held(key, revision, LeaseOrigin.Other, handover);
+      return this.#held(key, revision, handover);
     } catch (err) {
       if (!isCasFailure(err)) throw err;
       return { ok: false, retryInMs: 0 };
     }
   }
 
-  #held(key: string, firstRevision: number, origin: LeaseOrigin, handover?: number): LeaseResult {
+  #held(key: string, firstRevision: number, handover?: number): LeaseResult {
     let revision = firstRevision;
     let lost = false;
     const lease: Lease = {
       key,
-      origin,
       handover,
       renew: async () => {
         if (lost) return false;

@@ -32,7 +32,7 @@ import {
 } from 'xstate';
 import type { Bus } from './connection.js';
 import { LeaseLostError, SettleTimeoutError } from './errors.js';
-import { isCasFailure, LeaseManager, LeaseOrigin } from './lease.js';
+import { isCasFailure, LeaseManager } from './lease.js';
 import { durableName, kvKey, StreamName } from './names.js';
 import { ServerFeature, supportsFeature } from './version.js';
 import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
@@ -41,7 +41,6 @@ import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
 import { ackWaitMsOf, KeptConsumption } from './consume.js';
 import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
-import { BoundedMap } from './bounded-map.js';
 
 /**
  * Context fields the default disposition reads. A stage machine's context may extend this.
@@ -279,12 +278,6 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   #consumption: KeptConsumption | undefined;
   #snapshots!: KV;
   #leases!: LeaseManager;
-  /**
-   * What this worker last wrote or read of each unit's record, as the JSON stored, with its
-   * revision (see #load). JSON, not objects: a run restored from it must not share objects with
-   * what an earlier run left. A few KiB per unit; a unit not here costs one read.
-   */
-  readonly #records = new BoundedMap<string, { json: string; revision: number }>(4096);
   #workingMs = 10_000;
   readonly #termReason: boolean;
   #inFlight = 0;
@@ -548,7 +541,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       // The snapshot is read only once the lease is ours: read before, it could predate the
       // previous holder's last write, and the effect would run again before the compare-and-set
       // caught it (seen as a double effect in the race test under load).
-      const loading = this.#load(unit, lease.origin);
+      const loading = this.#load(unit);
       loading.catch(() => undefined);
       const lost = new AbortController();
       const renewer = setInterval(
@@ -577,7 +570,6 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         await lease.release(published);
       }
     } catch (err) {
-      this.#records.delete(unit);
       log.warn({ err }, 'work item failed; retrying with backoff');
       msg.nak(this.#retryDelay(msg.info.deliveryCount));
       outcome = Outcome.Retry;
@@ -614,39 +606,23 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     return result.outcome;
   }
 
-  /**
-   * The unit's record and revision. Only lease holders write records, so a unit whose lease
-   * nobody ever held has none, and one nobody held since this worker's release has what this
-   * worker last wrote or read: neither is read from the bucket. Should that be wrong (the buckets
-   * were edited by hand while the stage ran), the next compare-and-set write fails, the unit is
-   * forgotten and read again; until a run writes, or the process restarts, it runs from its copy.
-   */
-  async #load(unit: string, origin: LeaseOrigin): Promise<LoadedUnit> {
-    if (origin === LeaseOrigin.New) return { record: undefined, revision: 0 };
-    const known = origin === LeaseOrigin.OwnRelease ? this.#records.get(unit) : undefined;
-    if (known !== undefined) {
-      return { record: JSON.parse(known.json) as UnitRecord, revision: known.revision };
-    }
+  async #load(unit: string): Promise<LoadedUnit> {
     const entry = await this.#snapshots.get(kvKey(unit));
     if (entry === null || entry.operation !== 'PUT') return { record: undefined, revision: 0 };
-    const json = decoder.decode(entry.value);
-    this.#records.set(unit, { json, revision: entry.revision });
-    return { record: JSON.parse(json) as UnitRecord, revision: entry.revision };
+    return {
+      record: JSON.parse(decoder.decode(entry.value)) as UnitRecord,
+      revision: entry.revision,
+    };
   }
 
   /** Compare-and-set write; returns the new revision, or undefined on a conflict. */
   async #write(unit: string, record: UnitRecord, revision: number): Promise<number | undefined> {
-    const json = JSON.stringify(record);
-    const bytes = encoder.encode(json);
+    const bytes = encoder.encode(JSON.stringify(record));
     try {
-      const written =
-        revision === 0
-          ? await this.#snapshots.create(kvKey(unit), bytes)
-          : await this.#snapshots.update(kvKey(unit), bytes, revision);
-      this.#records.set(unit, { json, revision: written });
-      return written;
+      return revision === 0
+        ? await this.#snapshots.create(kvKey(unit), bytes)
+        : await this.#snapshots.update(kvKey(unit), bytes, revision);
     } catch (err) {
-      this.#records.delete(unit);
       if (isCasFailure(err)) return undefined;
       throw err;
     }

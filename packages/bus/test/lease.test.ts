@@ -6,7 +6,6 @@ import {
   ensureStageBuckets,
   kvKey,
   LeaseManager,
-  LeaseOrigin,
   type Bus,
   type Lease,
 } from '../src/index.js';
@@ -61,27 +60,6 @@ describe('LeaseManager', () => {
     expect(third.handover).toBe(42);
     await third.release(); // with nothing new: what it got is handed on
     expect((await holder(b, 'ns/vm/vol-1')).handover).toBe(42);
-  });
-
-  it('says who held a unit before: nobody, this worker, or another', async () => {
-    const a = new LeaseManager(leases, 'worker-a', 30_000);
-    const b = new LeaseManager(leases, 'worker-b', 30_000);
-    const first = await holder(a, 'ns/vm/vol-5');
-    expect(first.origin).toBe(LeaseOrigin.New);
-    await first.release(1);
-    const again = await holder(a, 'ns/vm/vol-5');
-    expect(again.origin).toBe(LeaseOrigin.OwnRelease);
-    await again.release(2);
-    const other = await holder(b, 'ns/vm/vol-5');
-    expect(other.origin).toBe(LeaseOrigin.Other);
-    await other.release(3);
-    // a's memory of its release is stale now: b held the unit since
-    expect((await holder(a, 'ns/vm/vol-5')).origin).toBe(LeaseOrigin.Other);
-
-    // a lease taken over after its holder crashed
-    const crashed = new LeaseManager(leases, 'worker-crashed', 100);
-    expect((await holder(crashed, 'ns/vm/vol-6')).origin).toBe(LeaseOrigin.New);
-    expect((await eventually(b, 'ns/vm/vol-6')).origin).toBe(LeaseOrigin.Other);
   });
 
   it('hands over past a holder that crashed, once its lease expired', async () => {
