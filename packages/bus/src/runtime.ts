@@ -640,6 +640,39 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     );
   }
 
+  /**
+   * The unit's record (its unpublished outbox published first) and what `load` observed. The
+   * truth is read while the snapshot is: both only after the lease is ours (an observation made
+   * before could miss the previous holder's effect), and neither needs the other. Saves a
+   * snapshot read's round trip per item, 1-5 ms when the chain is busy (issue 10).
+   */
+  async #loadAndObserve(
+    item: WorkItem,
+    delivery: Delivery,
+    loading: Promise<LoadedUnit>,
+    published: number | undefined,
+  ): Promise<{ current: LoadedUnit; observed: unknown }> {
+    const observing = this.#o.load?.(item, delivery);
+    observing?.catch(() => undefined);
+    try {
+      const current = await loading;
+      const { record, revision } = current;
+      // A published outbox is not cleared from the record (that would be a second write per
+      // item): the lease's previous holder hands over the revision whose outbox it published.
+      // Any other outbox may be unpublished (its writer crashed, or lost the lease) and is
+      // published first; what of it was published already is dropped as duplicates of its
+      // `Nats-Msg-Id`.
+      if (record && record.outbox.length > 0 && revision !== published) {
+        await this.#flush(record.outbox);
+      }
+      return { current, observed: await observing };
+    } catch (err) {
+      // Not left reading after the lease is released.
+      await observing?.catch(() => undefined);
+      throw err;
+    }
+  }
+
   async #run(
     msg: JsMsg,
     item: WorkItem,
@@ -654,17 +687,10 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const receivedAt = Date.now();
     const attempt = msg.info.deliveryCount;
     const signal = AbortSignal.any([leaseLost, this.#forceStop.signal]);
-    const { record, revision } = await loading;
-    // A published outbox is not cleared from the record (that would be a second write per item):
-    // the lease's previous holder hands over the revision whose outbox it published. Any other
-    // outbox may be unpublished (its writer crashed, or lost the lease) and is published first;
-    // what of it was published already is dropped as duplicates of its `Nats-Msg-Id`.
-    if (record && record.outbox.length > 0 && revision !== published) {
-      await this.#flush(record.outbox);
-    }
-    const loaded = record === undefined ? undefined : revision;
     const delivery = { attempt, receivedAt, signal };
-    const observed = this.#o.load ? await this.#o.load(item, delivery) : undefined;
+    const { current, observed } = await this.#loadAndObserve(item, delivery, loading, published);
+    const { record, revision } = current;
+    const loaded = record === undefined ? undefined : revision;
     const event =
       this.#o.toEvent?.(item, { ...delivery, observed }) ??
       ({ type: 'work', item, attempt, receivedAt, observed } satisfies WorkEvent);
