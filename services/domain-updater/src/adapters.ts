@@ -18,6 +18,9 @@ import type {
 
 type DeviceKind = DeviceEvent['type'];
 
+/** `expected`: this process caused the event and confirms it itself (see `expect`). */
+export type DeviceListener = (event: DeviceEvent, expected: boolean) => void;
+
 /**
  * The device events of one driver, subscribed once per process: the latest event of each kind
  * per `domain/alias` (with the time it was received), and waiters for a kind of event newer than
@@ -27,7 +30,9 @@ type DeviceKind = DeviceEvent['type'];
 export class DeviceEventLog {
   readonly #seen = new Map<string, number>();
   readonly #waiters = new Set<{ key: string; since: number; resolve: () => void }>();
-  readonly #listeners = new Set<(event: DeviceEvent) => void>();
+  readonly #listeners = new Set<DeviceListener>();
+  /** Events this process is about to cause and confirms itself: key → until when (epoch ms). */
+  readonly #expected = new Map<string, number>();
   readonly #unsubscribe: () => void;
 
   constructor(driver: Pick<DomainDriver, 'subscribe'>) {
@@ -39,9 +44,26 @@ export class DeviceEventLog {
   }
 
   /** Calls `listener` for every device event from now on; returns the unsubscribe function. */
-  onDevice(listener: (event: DeviceEvent) => void): () => void {
+  onDevice(listener: DeviceListener): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Marks the next event of `kind` for `domain/alias` as one this process causes and confirms
+   * itself (an attach's `device-added`, which `confirm` waits for): listeners are told it was
+   * expected. Holds until that event arrives, `ttlMs` passes, or the returned function is called.
+   */
+  expect(
+    { kind, domain, alias }: { kind: DeviceKind; domain: string; alias: string },
+    ttlMs: number,
+  ): () => void {
+    const key = DeviceEventLog.key(kind, domain, alias);
+    const until = Date.now() + ttlMs;
+    this.#expected.set(key, until);
+    return () => {
+      if (this.#expected.get(key) === until) this.#expected.delete(key);
+    };
   }
 
   /** Whether an event of `kind` for `domain/alias` arrived at or after `since` (epoch ms). */
@@ -87,10 +109,12 @@ export class DeviceEventLog {
     const at = Date.now();
     const key = DeviceEventLog.key(event.type, event.domain, event.alias);
     this.#seen.set(key, at);
+    const expected = (this.#expected.get(key) ?? -Infinity) >= at;
+    this.#expected.delete(key);
     for (const waiter of [...this.#waiters]) {
       if (waiter.key === key && at >= waiter.since) waiter.resolve();
     }
-    for (const listener of [...this.#listeners]) listener(event);
+    for (const listener of [...this.#listeners]) listener(event, expected);
   }
 }
 
@@ -108,7 +132,17 @@ export function createActors(deps: ActorDeps) {
   return {
     attach: fromPromise<AttachOutput, AttachInput>(async ({ input, signal }) => {
       const requestedAt = now();
-      await deps.driver.attachDisk(input.domain, input.diskXml, { signal });
+      // `confirm` waits for this attach's `device-added`; it need not come back as a nudge too.
+      const unexpect = deps.events.expect(
+        { kind: DeviceEventType.Added, domain: input.domain, alias: aliasOf(input.volume) },
+        deps.confirmTimeoutMs,
+      );
+      try {
+        await deps.driver.attachDisk(input.domain, input.diskXml, { signal });
+      } catch (err) {
+        unexpect();
+        throw err;
+      }
       return { requestedAt };
     }),
     confirm: fromPromise<ConfirmOutput, ConfirmInput>(async ({ input, signal }) => {

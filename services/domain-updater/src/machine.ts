@@ -85,6 +85,7 @@ export type DomainUpdaterEvent = WorkEvent;
 
 export interface AttachInput {
   readonly domain: string;
+  readonly volume: string;
   readonly diskXml: string;
   readonly target: string;
 }
@@ -418,7 +419,12 @@ export const domainUpdaterMachine = setup({
         src: 'attach',
         input: ({ context }) => {
           const plan = observed(context).plan!;
-          return { domain: observed(context).domain, diskXml: plan.diskXml, target: plan.target };
+          return {
+            domain: observed(context).domain,
+            volume: context.key.volume,
+            diskXml: plan.diskXml,
+            target: plan.target,
+          };
         },
         onDone: {
           target: 'confirming',

@@ -200,8 +200,12 @@ export async function startDomainUpdater(
     await publisher.publishWork(item, stopping.signal);
   }
 
-  function onDevice(event: DeviceEvent): void {
+  function onDevice(event: DeviceEvent, expected: boolean): void {
     if (event.type !== DeviceEventType.Added && event.type !== DeviceEventType.Removed) return;
+    // This process's own attach, confirmed by the handling that made it: a nudge would only run
+    // the unit again to find it attached (one handling per plug, issue 10). Should that handling
+    // fail, its work item is delivered again.
+    if (expected) return;
     const volume = volumeOfAlias(event.alias);
     const names = parseDomainName(event.domain);
     if (volume === undefined || names === undefined || !isName(volume, 'label')) return;

@@ -235,7 +235,9 @@ async function deliver(h: Harness, event: ModelEvent): Promise<void> {
 
 function expectedInput(id: string, s: DomainUpdaterSnapshot): unknown {
   const c = s.context;
-  if (id === 'attach') return { domain: DOMAIN, diskXml: plan.diskXml, target: plan.target };
+  if (id === 'attach') {
+    return { domain: DOMAIN, volume: key.volume, diskXml: plan.diskXml, target: plan.target };
+  }
   if (id === 'confirm') {
     return { domain: DOMAIN, volume: key.volume, since: c.attachRequestedAt ?? c.now };
   }

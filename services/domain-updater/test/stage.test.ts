@@ -50,6 +50,7 @@ let updater: DomainUpdater | undefined;
 const calls = { attach: [] as string[], detach: [] as string[] };
 const events: VolumeEvent[] = [];
 const nodeMounterWork: WorkItem[] = [];
+const ownWork: WorkItem[] = [];
 
 /** The simulated driver, counting the calls that change a domain. */
 function counting(driver: SimulatedDriver): DomainDriver {
@@ -250,6 +251,12 @@ beforeAll(async () => {
       if (decoded.ok) nodeMounterWork.push(decoded.value);
     },
   });
+  bus.nc.subscribe(`plugline.v1.work.${Stage.DomainUpdater}.>`, {
+    callback: (_err, msg) => {
+      const decoded = decodeWorkItem(msg.data);
+      if (decoded.ok) ownWork.push(decoded.value);
+    },
+  });
   hypervisor = createSimulatedDriver({ detachDelayMs: 30, stateDir: dir.join('hv-state') });
   updater = await startUpdater();
 }, 60_000);
@@ -318,6 +325,35 @@ describe('domain-updater on the simulated hypervisor', () => {
       (await hypervisor.listDisks(vm1.domain)).filter((d) => d.alias === 'ua-twice'),
     ).toHaveLength(1);
     expect(eventsOf('twice', 'ready')).toHaveLength(1);
+  });
+
+  it('handles its own attach once (no device-added nudge), and is nudged by a disk attached by someone else', async () => {
+    const vm4 = await createVmi('vm4');
+    await plugVolume(vm4, 'own');
+    await publish(workFor(vm4, 'own', 'plug'));
+    await until('ready of own', () => eventsOf('own', 'ready')[0]);
+    await until('the consumer is idle', async () => {
+      const info = await bus.jsm.consumers.info('PLUGLINE_WORK', `domain-updater-${NODE}`);
+      return info.num_pending === 0 && info.num_ack_pending === 0;
+    });
+    expect(ownWork.filter((w) => w.volume === 'own').map((w) => w.cause)).toEqual([
+      'mounted-to-pod',
+    ]);
+
+    await plugVolume(vm4, 'outside');
+    await hypervisor.attachDisk(
+      vm4.domain,
+      `<disk type='file' device='disk'><driver name='qemu' type='raw'/>` +
+        `<source file='${vm4.hotplugDir}/outside.img'/><target dev='sdb' bus='scsi'/>` +
+        `<serial>serial-outside</serial><alias name='ua-outside'/></disk>`,
+    );
+    const nudge = await until('a device-added nudge for outside', () =>
+      ownWork.find((w) => w.volume === 'outside'),
+    );
+    expect(nudge).toMatchObject({ cause: 'device-added', operation: 'plug', vmiUID: vm4.uid });
+    const ready = await until('ready of outside', () => eventsOf('outside', 'ready')[0]);
+    expect(ready.data).toMatchObject({ target: 'sdb', operationId: nudge.operationId });
+    expect(calls.attach.filter((c) => c.startsWith(vm4.domain))).toEqual([`${vm4.domain}:ua-own`]);
   });
 
   it('detaches a volume that left the spec: detached-from-domain, then work for node-mounter', async () => {
