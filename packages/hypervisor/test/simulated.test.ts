@@ -1,4 +1,5 @@
-import { readdir, stat, writeFile } from 'node:fs/promises';
+import { watch } from 'node:fs';
+import { readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { HypervisorError } from '@plugline/contracts';
@@ -310,6 +311,50 @@ describe('simulated driver', () => {
     expect((await duplicate).reason).toBe('DuplicateTarget');
     for (const n of names) expect(seenWhenAnswered.get(n)).toContain(`ua-${n}`);
     expect(onDisk().sort()).toEqual(names.map((n) => `ua-${n}`).sort());
+  });
+
+  it('writes the calls of a burst together: fewer writes than calls, every call still answered after its write', async () => {
+    const stateDir = path.join(dir, 'hypervisor');
+    const driver = await driverWith({ stateDir });
+    const file = (await readdir(stateDir)).find((f) => f.endsWith('.domain.json'))!;
+    const names = Array.from({ length: 12 }, (_, i) => `group-${i}`);
+    const xmls = await Promise.all(names.map((n, i) => volume(n, `sd${'abcdefghijkl'[i]}`)));
+    let writes = 0;
+    const watcher = watch(stateDir, (_event, name) => {
+      if (name === file) writes++;
+    });
+    try {
+      await Promise.all(xmls.map((xml) => driver.attachDisk(DOMAIN, xml)));
+      await driver.listDisks(DOMAIN); // one more write-free call, so the watcher has caught up
+      await vi.waitFor(() => expect(writes).toBeGreaterThan(0));
+    } finally {
+      watcher.close();
+    }
+    expect(writes).toBeLessThan(names.length);
+  });
+
+  it('fails every call a failed write covered, emits none of their events, and writes again once it can', async () => {
+    const stateDir = path.join(dir, 'hypervisor');
+    const driver = await driverWith({ stateDir });
+    const events = record(driver);
+    const xmls = await Promise.all(['x', 'y', 'z'].map((n, i) => volume(n, `sd${'abc'[i]}`)));
+    await rm(stateDir, { recursive: true });
+    await writeFile(stateDir, 'not a folder');
+    const failures = await Promise.all(
+      xmls.map((xml) => rejection(driver.attachDisk(DOMAIN, xml))),
+    );
+    expect(failures.map((f) => f.reason)).toEqual([
+      'HypervisorFailed',
+      'HypervisorFailed',
+      'HypervisorFailed',
+    ]);
+    expect(events.filter((e) => e.type === 'device-added')).toEqual([]);
+
+    await rm(stateDir);
+    await driver.attachDisk(DOMAIN, await volume('w', 'sdd'));
+    expect(
+      (readSimulatedDomains(stateDir).get(DOMAIN)?.disks ?? []).map((d) => d.disk.alias).sort(),
+    ).toEqual(['ua-w', 'ua-x', 'ua-y', 'ua-z']);
   });
 
   it('writes only the changed domain, and removes the file of an undefined one', async () => {
