@@ -155,6 +155,10 @@ export class TargetReservations {
     m.set(volume, { target, until: now + this.ttlMs });
   }
 
+  release(domain: string, volume: string): void {
+    this.#byDomain.get(domain)?.delete(volume);
+  }
+
   heldByOthers(domain: string, volume: string, now = Date.now()): string[] {
     const m = this.#byDomain.get(domain);
     if (m === undefined) return [];
@@ -271,6 +275,9 @@ export function createObserver(deps: ObserverDeps) {
         disks,
         reservations.heldByOthers(domain, volume),
       );
+      // Held before the next await: two volumes planned together must not both take it (the
+      // loser's attach failed with DuplicateTarget and came back after a retry's delay).
+      reservations.reserve(domain, volume, target);
       const status = vmi.status?.volumeStatus?.find((s) => s.name === volume);
       const preallocated = status?.persistentVolumeClaimInfo?.preallocated;
       const prepared = await prepareLibvirtDisk(
@@ -285,13 +292,13 @@ export function createObserver(deps: ObserverDeps) {
         },
         { probe: () => probe(hostSource) },
       );
-      reservations.reserve(domain, volume, target);
       return {
         sourceReady: true,
         plan: { diskXml: prepared.xml, target, sourcePath: prepared.sourcePath, bus },
         planError: null,
       };
     } catch (err) {
+      reservations.release(domain, volume);
       if (isSpecProblem(err)) return { sourceReady: true, plan: null, planError: problem(err) };
       if (err instanceof PluglineError && err.reason === 'SourceMissing') return notReady;
       throw err;

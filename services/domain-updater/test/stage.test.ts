@@ -327,6 +327,19 @@ describe('domain-updater on the simulated hypervisor', () => {
     expect(eventsOf('twice', 'ready')).toHaveLength(1);
   });
 
+  it('gives volumes planned together distinct targets at the first attempt (one attach call each)', async () => {
+    const vm5 = await createVmi('vm5');
+    const names = Array.from({ length: 12 }, (_, i) => `many${i}`);
+    for (const n of names) await plugVolume(vm5, n);
+    await Promise.all(names.map((n) => publish(workFor(vm5, n, 'plug'))));
+    const ready = await until('ready of all twelve', () => {
+      const all = names.map((n) => eventsOf(n, 'ready')[0]);
+      return all.every((e) => e !== undefined) && all;
+    });
+    expect(new Set(ready.map((e) => e.data.target)).size).toBe(names.length);
+    expect(calls.attach.filter((c) => c.startsWith(`${vm5.domain}:`))).toHaveLength(names.length);
+  });
+
   it('handles its own attach once (no device-added nudge), and is nudged by a disk attached by someone else', async () => {
     const vm4 = await createVmi('vm4');
     await plugVolume(vm4, 'own');
