@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { asError, HypervisorError } from '@plugline/contracts';
+import { HypervisorError } from '@plugline/contracts';
 import { domainDiskElement, parseDiskXml, parseDomainDisks } from './domain-xml.js';
 import type { DomainDisk } from './domain-xml.js';
 import { DeviceEventType, EventHub, HypervisorReason, abortedError, isDiskXml } from './driver.js';
@@ -75,11 +75,6 @@ interface DomainFile extends SimDomain {
   version: 1;
   name: string;
 }
-
-/** Most calls one write of the state folder covers (see `serial`). */
-const MAX_GROUP = 32;
-
-type Outcome<T> = { ok: true; value: T } | { ok: false; error: unknown };
 
 const STUCK_FILE = 'stuck.json';
 const DOMAIN_FILE_SUFFIX = '.domain.json';
@@ -194,75 +189,38 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
   let loaded = stateDir === undefined;
   let timer: NodeJS.Timeout | undefined;
   let closed = false;
-  /** Domains changed (or removed) since the last write; written before their calls return. */
+  /** Domains changed (or removed) by the running call, written before it returns. */
   const changedDomains = new Set<string>();
   let stuckChanged = false;
   let stateDirMade = false;
   let queue: Promise<unknown> = Promise.resolve();
-  /** Calls queued behind the running one. */
-  let waiting = 0;
-  /** Calls run but not yet written: their events, and what to tell each when the write is done. */
-  let group: { events: DomainEvent[]; done: Array<(error?: Error) => void> } = {
-    events: [],
-    done: [],
-  };
 
   /**
    * Runs `fn` after every earlier call, so one call at a time reads and changes the state: load the
-   * state folder (first call), complete due unplugs, run, complete due unplugs. What changed is
-   * written once for the calls that ran back to back (a group commit, at most
-   * {@link MAX_GROUP} calls), then their events are emitted and they return: a burst of attaches
-   * to one domain wrote the whole domain once per call (issue 10 profile).
+   * state folder (first call), complete due unplugs, run, complete due unplugs, write what
+   * changed, then emit the events.
    */
   function serial<T>(
     fn: (events: DomainEvent[]) => Promise<T>,
     callOptions?: CallOptions,
   ): Promise<T> {
-    const run = async (): Promise<{ outcome: Outcome<T>; written: Promise<void> }> => {
-      waiting--;
+    const run = async (): Promise<T> => {
       if (closed) throw hvError(HypervisorReason.Unavailable, 'the simulated driver is closed');
       if (callOptions?.signal?.aborted === true) throw abortedError(callOptions.signal.reason);
       await load();
       const events = settle();
-      let outcome: Outcome<T>;
       try {
-        outcome = { ok: true, value: await fn(events) };
-      } catch (error) {
-        outcome = { ok: false, error };
+        return await fn(events);
+      } finally {
+        events.push(...settle());
+        await persist();
+        arm();
+        for (const event of events) hub.emit(event);
       }
-      events.push(...settle());
-      group.events.push(...events);
-      const written = new Promise<void>((resolve, reject) =>
-        group.done.push((error) => (error === undefined ? resolve() : reject(error))),
-      );
-      // The last of the calls run back to back writes for all (inside the queue, so no call
-      // changes the state while it is written).
-      if (waiting === 0 || group.done.length >= MAX_GROUP) await commit();
-      return { outcome, written };
     };
-    waiting++;
     const next = queue.then(run, run);
     queue = next.catch(() => undefined);
-    return next.then(async ({ outcome, written }) => {
-      await written;
-      if (!outcome.ok) throw outcome.error;
-      return outcome.value;
-    });
-  }
-
-  /** Writes what the group changed, arms the unplug timer, then emits and releases the group. */
-  async function commit(): Promise<void> {
-    const { events, done } = group;
-    group = { events: [], done: [] };
-    let failure: Error | undefined;
-    try {
-      await persist();
-    } catch (error) {
-      failure = asError(error);
-    }
-    arm();
-    if (failure === undefined) for (const event of events) hub.emit(event);
-    for (const release of done) release(failure);
+    return next;
   }
 
   /** Marks a domain changed and queues events to emit once the change is written. */
@@ -320,14 +278,20 @@ export function createSimulatedDriver(options: SimulatedDriverOptions = {}): Sim
       return;
     }
     if (changedDomains.size === 0 && !stuckChanged) return;
+    // Made once, not per write (a burst's profile showed `mkdir` per call); made again after a
+    // failed write, should the folder have gone.
     if (!stateDirMade) {
-      await mkdir(stateDir, { recursive: true });
+      try {
+        await mkdir(stateDir, { recursive: true });
+      } catch (error) {
+        throw hvError(HypervisorReason.Failed, `cannot make ${stateDir}`, error);
+      }
       stateDirMade = true;
     }
     try {
       await writeChanged(stateDir);
     } catch (error) {
-      stateDirMade = false; // made again by the next write, should it have gone
+      stateDirMade = false;
       throw error;
     }
   }
