@@ -5,7 +5,7 @@
  */
 import type { HotplugVolumeStatus, PersistentVolumeClaimInfo, VolumeStatus } from './kubevirt.js';
 import type { VolumeEvent } from './messages.js';
-import { eventTypeOf, keyOfEvent } from './messages.js';
+import { EventType, eventTypeOf, keyOfEvent } from './messages.js';
 import type { PhaseOfEvent, VolumePhase } from './phases.js';
 import { canTransition, phaseOfEvent, renderMessage, VolumePhase as Phase } from './phases.js';
 
@@ -108,6 +108,27 @@ function nextStatus(
 }
 
 /**
+ * A volume in use (`MountedToPod`, `Ready`) whose attachment pod was replaced keeps its phase
+ * (#10165) but names the pod that carries it now, as virt-controller's status does: an
+ * `attached-to-node` fact naming another pod changes only `hotplugVolume`.
+ */
+function repointed(
+  current: VolumeStatus | undefined,
+  event: VolumeEvent,
+): StatusProjection | undefined {
+  const pod = event.data.attachPod;
+  if (current === undefined || pod === undefined) return undefined;
+  if (eventTypeOf(event) !== EventType.AttachedToNode) return undefined;
+  if (current.phase !== Phase.MountedToPod && current.phase !== Phase.Ready) return undefined;
+  const named = current.hotplugVolume;
+  if (named?.attachPodName === pod.name && named?.attachPodUID === pod.uid) return undefined;
+  const hotplugVolume: HotplugVolumeStatus = { ...named, attachPodName: pod.name };
+  if (pod.uid === undefined) delete hotplugVolume.attachPodUID;
+  else hotplugVolume.attachPodUID = pod.uid;
+  return { status: { ...current, hotplugVolume }, changed: true };
+}
+
+/**
  * Applies one fact to a volume's status entry. Facts that imply no phase, and transitions the
  * phase model forbids (e.g. `Ready` back to `Bound`), leave the entry as it is; `removed` drops
  * it. A `failed` fact keeps the last good phase (it is reported as a Warning event instead).
@@ -122,7 +143,7 @@ export function applyEventToVolumeStatus(
   if (meaning.removesEntry) return { status: undefined, changed: current !== undefined };
   const phase = meaning.phase;
   if (phase === undefined || !canTransition(current?.phase as VolumePhase | undefined, phase))
-    return unchanged;
+    return repointed(current, event) ?? unchanged;
   const next = nextStatus(current, event, phase, meaning);
   return canonical(next) === canonical(current) ? unchanged : { status: next, changed: true };
 }

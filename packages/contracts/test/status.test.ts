@@ -31,6 +31,37 @@ describe('applyEventToVolumeStatus', () => {
     });
   });
 
+  it('a volume in use whose pod was replaced keeps its phase and names the new pod', () => {
+    const moved = applyEventToVolumeStatus(
+      ready,
+      fact('attached-to-node', {
+        phase: 'AttachedToNode',
+        attachPod: { name: 'hp-volume-fghij', uid: 'uid-new' },
+      }),
+    );
+    expect(moved).toEqual({
+      status: {
+        ...ready,
+        hotplugVolume: { attachPodName: 'hp-volume-fghij', attachPodUID: 'uid-new' },
+      },
+      changed: true,
+    });
+    // The same pod again, or an unplugged volume, is left as it is.
+    expect(
+      applyEventToVolumeStatus(
+        ready,
+        fact('attached-to-node', { attachPod: { name: 'hp-volume-abcde', uid: 'uid-pod' } }),
+      ).changed,
+    ).toBe(false);
+    const unmounted = { ...ready, phase: 'UnMountedFromPod' };
+    expect(
+      applyEventToVolumeStatus(
+        unmounted,
+        fact('attached-to-node', { attachPod: { name: 'hp-volume-fghij', uid: 'uid-new' } }),
+      ),
+    ).toEqual({ status: unmounted, changed: false });
+  });
+
   it('a failed fact keeps the last good phase', () => {
     const failed = fact('failed', { reason: 'HotplugFailed', message: 'EIO' });
     expect(applyEventToVolumeStatus(ready, failed)).toEqual({ status: ready, changed: false });

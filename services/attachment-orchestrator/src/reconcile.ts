@@ -390,23 +390,30 @@ function attachedFact(
 ): void {
   const inSpec = hotplugVolumes(run.vmi).some((v) => v.name === a.volume);
   const phase = run.phaseOf(a.volume) ?? '';
-  // A volume the launcher already uses keeps its phase when its pod is replaced (#10165).
-  if (!inSpec || (PAST_BOUND.has(phase) && phase !== VolumePhase.AttachedToNode)) return;
+  if (!inSpec) return;
   const ci = info.get(a.volume);
-  const op = run.fact(
-    a.volume,
-    'plug',
-    EventType.AttachedToNode,
-    {
-      phase: VolumePhase.AttachedToNode,
-      reason: Reason.SuccessfulCreate,
-      message: PhaseMessage.attachmentPodCreated(a.pod.name, a.volume),
-      node: a.node,
-      attachPod: a.pod,
-      ...(ci === undefined ? {} : { details: { claimInfo: ci } }),
-    },
-    a.pod.uid,
-  );
+  const announce = (): OperationRef | undefined =>
+    run.fact(
+      a.volume,
+      'plug',
+      EventType.AttachedToNode,
+      {
+        phase: VolumePhase.AttachedToNode,
+        reason: Reason.SuccessfulCreate,
+        message: PhaseMessage.attachmentPodCreated(a.pod.name, a.volume),
+        node: a.node,
+        attachPod: a.pod,
+        ...(ci === undefined ? {} : { details: { claimInfo: ci } }),
+      },
+      a.pod.uid,
+    );
+  if (PAST_BOUND.has(phase) && phase !== VolumePhase.AttachedToNode) {
+    // A volume the launcher already uses keeps its phase when its pod is replaced (#10165), and
+    // stays mounted (no work for node-mounter); its status names the new pod, as KubeVirt's does.
+    if (IN_USE_PHASES.has(phase)) announce();
+    return;
+  }
+  const op = announce();
   if (op === undefined) return;
   run.emit.push(
     nextWork({

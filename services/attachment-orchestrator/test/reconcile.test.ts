@@ -160,6 +160,36 @@ describe('decide', () => {
     expect(decide(again.state, steady, T0 + 3, OPTIONS, 'a').emit).toEqual([]);
   });
 
+  it('names the new pod for a volume in use whose pod was replaced: phase kept, no node-mounter work', () => {
+    const v = vmi(
+      withHotplugPVC('a'),
+      withHotplugPVC('b'),
+      withVolumeStatus({
+        name: 'a',
+        target: 'sda',
+        phase: 'Ready',
+        hotplugVolume: { attachPodName: 'hp-old', attachPodUID: 'uid-a' },
+      }),
+    );
+    const onlyA = attachmentPod(v, [fsVolume('a')], 'Running', 'uid-a');
+    const both = attachmentPod(v, [fsVolume('a'), fsVolume('b')], 'Running', 'uid-ab');
+    const d = decide(
+      state(item('a'), item('b')),
+      observed(v, ['a', 'b'], { pods: [onlyA, both] }),
+      T0,
+      OPTIONS,
+    );
+    const announced = d.emit.flatMap((e) =>
+      e.type === 'plugline.fact' && e.fact.type === EventType.AttachedToNode ? [e.fact] : [],
+    );
+    expect(announced.map((f) => [f.volume, f.data.attachPod?.uid])).toEqual([
+      ['a', 'uid-ab'],
+      ['b', 'uid-ab'],
+    ]);
+    const work = d.emit.flatMap((e) => (e.type === 'plugline.work' ? [e.work.volume] : []));
+    expect(work).toEqual(['b']);
+  });
+
   it('keeps a removed volume on its pod until node-mounter unmounted it', () => {
     const v = vmi(
       withHotplugPVC('a'),
