@@ -18,6 +18,9 @@ import type {
 
 type DeviceKind = DeviceEvent['type'];
 
+/** Marks of expected events kept before the lapsed ones are dropped. */
+const EXPECTED_PRUNE_AT = 256;
+
 /** `expected`: this process caused the event and confirms it itself (see `expect`). */
 export type DeviceListener = (event: DeviceEvent, expected: boolean) => void;
 
@@ -59,7 +62,12 @@ export class DeviceEventLog {
     ttlMs: number,
   ): () => void {
     const key = DeviceEventLog.key(kind, domain, alias);
-    const until = Date.now() + ttlMs;
+    const now = Date.now();
+    // An event that never came (libvirt can drop one) leaves its mark behind: drop the lapsed.
+    if (this.#expected.size >= EXPECTED_PRUNE_AT) {
+      for (const [k, lapses] of this.#expected) if (lapses < now) this.#expected.delete(k);
+    }
+    const until = now + ttlMs;
     this.#expected.set(key, until);
     return () => {
       if (this.#expected.get(key) === until) this.#expected.delete(key);
