@@ -130,6 +130,7 @@ export {
   VOLUME_PHASES,
   PLUG_PHASES,
   UNPLUG_PHASES,
+  IN_USE_PHASES,
   Reason,
   KubeEventType,
   PhaseMessage,

@@ -25,6 +25,14 @@ export const PLUG_PHASES: readonly VolumePhase[] = [
   VolumePhase.MountedToPod,
   VolumePhase.Ready,
 ];
+/**
+ * Phases in which the launcher uses the volume: its attachment pod must stay (KubeVirt #14998),
+ * and its phase never falls back when the pod is replaced (#10165).
+ */
+export const IN_USE_PHASES: ReadonlySet<string> = new Set([
+  VolumePhase.MountedToPod,
+  VolumePhase.Ready,
+]);
 /** The unplug direction, in order; after `Detaching` the status entry is removed. */
 export const UNPLUG_PHASES: readonly VolumePhase[] = [
   VolumePhase.UnMountedFromPod,

@@ -7,7 +7,13 @@ import type { HotplugVolumeStatus, PersistentVolumeClaimInfo, VolumeStatus } fro
 import type { VolumeEvent } from './messages.js';
 import { EventType, eventTypeOf, keyOfEvent } from './messages.js';
 import type { PhaseOfEvent, VolumePhase } from './phases.js';
-import { canTransition, phaseOfEvent, renderMessage, VolumePhase as Phase } from './phases.js';
+import {
+  canTransition,
+  IN_USE_PHASES,
+  phaseOfEvent,
+  renderMessage,
+  VolumePhase as Phase,
+} from './phases.js';
 
 export interface VolumeStatusInput {
   name: string;
@@ -119,7 +125,7 @@ function repointed(
   const pod = event.data.attachPod;
   if (current === undefined || pod === undefined) return undefined;
   if (eventTypeOf(event) !== EventType.AttachedToNode) return undefined;
-  if (current.phase !== Phase.MountedToPod && current.phase !== Phase.Ready) return undefined;
+  if (current.phase === undefined || !IN_USE_PHASES.has(current.phase)) return undefined;
   const named = current.hotplugVolume;
   if (named?.attachPodName === pod.name && named?.attachPodUID === pod.uid) return undefined;
   const hotplugVolume: HotplugVolumeStatus = { ...named, attachPodName: pod.name };

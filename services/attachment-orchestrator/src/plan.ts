@@ -1,16 +1,12 @@
 import type { VirtualMachineInstance, VolumeStatus } from '@plugline/contracts';
-import { isHotpluggable, VolumePhase } from '@plugline/contracts';
+import { IN_USE_PHASES, isHotpluggable, VolumePhase } from '@plugline/contracts';
 import type { AttachmentVolume, Pod } from './pod.js';
 import { attachmentPodName, isPodRunningAndReady, volumesOfPod } from './pod.js';
 
-/** A volume in one of these phases is in use by the launcher: its pod must stay (KubeVirt #14998). */
 /** Phases before a pod is attached: no phase yet (a request), `Pending`, `Bound`. */
 const NOT_YET_ATTACHED: ReadonlySet<string> = new Set(['', VolumePhase.Pending, VolumePhase.Bound]);
 
-export const IN_USE_PHASES: ReadonlySet<string> = new Set([
-  VolumePhase.MountedToPod,
-  VolumePhase.Ready,
-]);
+export { IN_USE_PHASES };
 
 export type PlanAction =
   | { type: 'createPod'; name: string; volumes: AttachmentVolume[] }

@@ -36,8 +36,4 @@ export const HOTPLUG_ONLY_PHASES: ReadonlySet<string> = new Set([
   VolumePhase.Detaching,
 ]);
 
-/** Phases in which the volume is in use by the launcher (its pod must not be deleted). */
-export const IN_USE_PHASES: ReadonlySet<string> = new Set([
-  VolumePhase.MountedToPod,
-  VolumePhase.Ready,
-]);
+export { IN_USE_PHASES } from '@plugline/contracts';
