@@ -23,7 +23,9 @@ export async function machineInfo() {
     kernel: release(),
     node: process.version,
     natsServer: await output('/usr/sbin/nats-server', ['--version']),
-    gitCommit: await output('git', ['rev-parse', '--short', 'HEAD']),
+    // `+changes` when the tree differs from the commit (tracked files), so a figure is not
+    // taken for the commit's own.
+    gitCommit: await output('git', ['describe', '--always', '--dirty=+changes', '--abbrev=7']),
     loadAverageAtStart: loadavg().map((l) => Math.round(l * 100) / 100),
     note: 'the 2 cores were shared with other jobs during the run (see loadAverageAtStart)',
   };

@@ -7,6 +7,7 @@
  *
  *   pnpm bench [-- --ops 200 --repeat 3 --vmis 50 --concurrency 16 --sections 1,2,3,4,5,6,7]
  *              [--from-source] [--profile <service> --profile-stack main|burst]
+ *              [--node-args=<node flags for every service, space-separated, e.g. --optimize-for-size>]
  *   section 6: [--memory-vmis 100 --memory-volumes-per-vmi 10 --memory-concurrency 8 --memory-checkpoints 4]
  *   section 7: [--guest-runs 20 --guest-warmup 2 --guest-bus scsi --guest-pod-start-ms 0]
  */
@@ -15,7 +16,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { ensureBundles, ServiceName, ServiceRuntime } from '@plugline/cli';
+import { ensureBundles, SERVICE_V8_FLAGS, ServiceName, ServiceRuntime } from '@plugline/cli';
 import { machineInfo } from './machine.js';
 import { renderMarkdown } from './markdown.js';
 import { renderChart } from './chart.js';
@@ -70,6 +71,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
       'guest-pod-start-ms': { type: 'string', default: '0' },
       'log-level': { type: 'string', default: 'info' },
       'from-source': { type: 'boolean', default: false },
+      'node-args': { type: 'string', default: '' },
       out: { type: 'string', default: join(REPO_ROOT, 'bench', 'results') },
     },
     allowPositionals: true,
@@ -94,6 +96,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
     sections: new Set((values.sections ?? '').split(',').map((s) => s.trim())),
     logLevel: values['log-level'] ?? 'info',
     runtime,
+    nodeArgs: (values['node-args'] ?? '').split(/\s+/).filter((a) => a.length > 0),
     out: resolve(values.out ?? 'bench/results'),
     memory: {
       vmis: Math.max(1, int('memory-vmis')),
@@ -157,7 +160,13 @@ async function main(): Promise<void> {
     date: started.toISOString(),
     durationS: Math.round((Date.now() - started.getTime()) / 1000),
     machine,
-    config: { ...cfg, sections: [...cfg.sections], out: undefined },
+    config: {
+      ...cfg,
+      sections: [...cfg.sections],
+      out: undefined,
+      // What every service ran with: the stack's flags, then `--node-args`.
+      serviceV8Flags: [...SERVICE_V8_FLAGS, ...cfg.nodeArgs],
+    },
     rssIdleMiB: main?.rssIdleMiB ?? memory?.rssMiB.idle ?? {},
     ...main,
     profile: main?.profile ?? burst?.profile,

@@ -48,6 +48,8 @@ export interface BenchConfig {
   logLevel: string;
   /** How the services run: bundled, as `plugctl up` runs them, or from source (`--from-source`). */
   runtime: ServiceRuntime;
+  /** `node` flags for every service (`--node-args`), before any the section adds (profiling). */
+  nodeArgs: readonly string[];
   out: string;
 }
 
@@ -98,6 +100,7 @@ export async function harness(
     runtime: cfg.runtime,
     serviceEnv: { PLUGLINE_SIM_DETACH_DELAY_MS: String(DETACH_DELAY_MS) },
     ...options,
+    nodeArgs: withCommonNodeArgs(cfg.nodeArgs, options.nodeArgs),
   }).catch(async (err: unknown) => {
     await dir.remove();
     throw err;
@@ -118,6 +121,17 @@ export async function harness(
       await dir.remove();
     },
   };
+}
+
+/** `common` flags first for every service, then each service's own. */
+function withCommonNodeArgs(
+  common: readonly string[],
+  own: StackOptions['nodeArgs'],
+): StackOptions['nodeArgs'] {
+  if (common.length === 0) return own;
+  return Object.fromEntries(
+    Object.values(ServiceName).map((name) => [name, [...common, ...(own?.[name] ?? [])]]),
+  );
 }
 
 /** The PV the claim is bound to, once it is. */

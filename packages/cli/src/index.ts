@@ -50,6 +50,7 @@ export {
   findReadyLine,
   mountsUnder,
   ServiceName,
+  SERVICE_V8_FLAGS,
   SERVICE_NAMES,
   Hypervisor,
   ServiceRuntime,
