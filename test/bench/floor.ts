@@ -21,7 +21,6 @@ import type { KubeClient } from '@plugline/kube';
 import { bindMount, unmount } from '@plugline/node-mounter';
 import type { Observer } from './observer.js';
 
-
 export const FLOOR_STAGES = ['pod running', 'mount', 'attach', 'status patch'] as const;
 export const FLOOR_UNPLUG_STAGES = ['detach', 'unmount', 'pod deleted', 'status patch'] as const;
 

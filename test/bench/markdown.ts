@@ -99,6 +99,9 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       '',
       ...mapTable('CPU ms per operation', tp.cpuMsPerOperation),
       '',
+      ...(tp.handlingsPerOperation === undefined
+        ? []
+        : [...mapTable('work items per operation', tp.handlingsPerOperation), '']),
     );
   }
   const b = r.burst;

@@ -15,6 +15,7 @@ import { VolumePhase, buildAddVolumePatch, buildRemoveVolumePatch } from '@plugl
 import { bounded, optionsFor, sendPatch } from './chain.js';
 import { type ProcRef, rssOf } from './procs.js';
 import { rssSteady } from './quiet.js';
+import { sampleOf, scrapeMetrics } from './service-metrics.js';
 import { harness, type BenchConfig, type Harness } from './sections.js';
 import { round } from './stats.js';
 
@@ -52,18 +53,15 @@ function hwmOf(procs: readonly ProcRef[]): Record<string, number> {
  * process holds, plus garbage not yet collected; it moves less with GC timing than RSS does.
  */
 async function heapUsedOf(services: readonly StackService[]): Promise<Record<string, number>> {
-  const rows = await Promise.all(
-    services.map(async (s): Promise<[string, number]> => {
-      try {
-        const res = await fetch(`${s.healthUrl}/metrics`, { signal: AbortSignal.timeout(10_000) });
-        const m = /^plugline_nodejs_heap_size_used_bytes (\S+)$/m.exec(await res.text());
-        return [s.id, m === null ? Number.NaN : round(Number(m[1]) / 2 ** 20, 1)];
-      } catch {
-        return [s.id, Number.NaN];
-      }
+  const texts = await scrapeMetrics(services);
+  return Object.fromEntries(
+    services.map((s) => {
+      const text = texts[s.id];
+      const bytes =
+        text === undefined ? Number.NaN : sampleOf(text, 'plugline_nodejs_heap_size_used_bytes');
+      return [s.id, round(bytes / 2 ** 20, 1)];
     }),
   );
-  return Object.fromEntries(rows);
 }
 
 const vmiName = (i: number): string => `vm-${i}`;

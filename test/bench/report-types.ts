@@ -24,6 +24,8 @@ interface ThroughputFigures {
   plug: DirectionFigures;
   unplug: DirectionFigures;
   cpuMsPerOperation: Record<string, { plugMs: number; unplugMs: number }>;
+  /** Work items run and coalesced per operation, by service (absent in older results). */
+  handlingsPerOperation?: Record<string, Record<string, number>>;
   rssWhileTrackingMiB: Record<string, number>;
   correctness: Record<string, number | boolean>;
 }

@@ -28,6 +28,7 @@ import { Floor, type FloorOp } from './floor.js';
 import { Observer } from './observer.js';
 import type { BurstFigures } from './report-types.js';
 import { childrenOf, cpuOf, rssOf, type ProcRef } from './procs.js';
+import { handledByOutcome, scrapeMetrics } from './service-metrics.js';
 import { summarizeProfile } from './profile.js';
 import { rssSteady, workDrained } from './quiet.js';
 import { percentiles, repeated, round, type Percentiles, type Repeated } from './stats.js';
@@ -331,6 +332,7 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
   });
   const since = performance.now();
   const cpu0 = cpuOf(h.procs());
+  const handled0 = await scrapeMetrics(stack.services);
   const p0 = performance.now();
   const plugs = await bounded(items.length, cfg.concurrency, (j) =>
     plug(client, obs, items[j]!, 300_000),
@@ -338,12 +340,14 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
   const plugWall = (performance.now() - p0) / 1000;
   const rssLoaded = rssOf(h.procs());
   const cpu1 = cpuOf(h.procs());
+  const handled1 = await scrapeMetrics(stack.services);
   const u0 = performance.now();
   const unplugs = await bounded(items.length, cfg.concurrency, (j) =>
     unplug(client, obs, items[j]!, 300_000),
   );
   const unplugWall = (performance.now() - u0) / 1000;
   const cpu2 = cpuOf(h.procs());
+  const handled2 = await scrapeMetrics(stack.services);
   const ops = items.length;
   const cpuPerOp = Object.fromEntries(
     Object.keys(cpu0).map((id) => [
@@ -380,6 +384,7 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
       slowest: slowest(unplugs),
     },
     cpuMsPerOperation: cpuPerOp,
+    handlingsPerOperation: handlingsPerOp([handled0, handled1, handled2], ops),
     rssWhileTrackingMiB: { volumes: ops, ...rssLoaded },
     correctness: {
       allReady: plugs.length === ops,
@@ -393,6 +398,37 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
     `throughput: plug ${figures.plug.opsPerSecond}/s p99 ${figures.plug.latency.p99} ms; unplug ${figures.unplug.opsPerSecond}/s p99 ${figures.unplug.latency.p99} ms; failed ${failed}`,
   );
   return figures;
+}
+
+/**
+ * Work items each service ran (any outcome but `coalesced`) and acknowledged unrun
+ * (`coalesced`), per operation, from its `plugline_messages_handled_total` at the start, between
+ * plug and unplug, and at the end.
+ */
+function handlingsPerOp(
+  [start, plugged, end]: Record<string, string>[],
+  ops: number,
+): Record<string, Record<string, number>> {
+  const counts = (text: string | undefined) => {
+    const by = handledByOutcome(text ?? '');
+    const coalesced = by.coalesced ?? 0;
+    const all = Object.values(by).reduce((a, b) => a + b, 0);
+    return { runs: all - coalesced, coalesced };
+  };
+  return Object.fromEntries(
+    Object.keys(end ?? {}).map((id) => {
+      const [a, b, c] = [start, plugged, end].map((m) => counts(m?.[id]));
+      return [
+        id,
+        {
+          plugRuns: round((b!.runs - a!.runs) / ops),
+          plugCoalesced: round((b!.coalesced - a!.coalesced) / ops),
+          unplugRuns: round((c!.runs - b!.runs) / ops),
+          unplugCoalesced: round((c!.coalesced - b!.coalesced) / ops),
+        },
+      ];
+    }),
+  );
 }
 
 /** `--cpu-prof` for the profiled service of one stack, and the summary of what it wrote. */
