@@ -147,6 +147,15 @@ export interface StageOptions<TMachine extends AnyStateMachine> {
   input?: (item: WorkItem) => InputFrom<TMachine>;
   /** Re-reads the truth before the event is sent; its result is the event's `observed`. */
   load?: (item: WorkItem, delivery: Delivery) => Promise<unknown>;
+  /**
+   * True for an item that only asks for its unit to be looked at again, and whose cause this
+   * process has seen already (an informer nudge it published itself): it carries nothing the
+   * machine keeps. Such an item is acknowledged without a run while a handling of its unit is
+   * queued here and has not started: that handling starts after this item arrived and reads the
+   * truth then, so it sees what this item would have made it look at. Under load the stage's
+   * own nudges otherwise queue one full handling each behind the unit's running one.
+   */
+  coalesce?: (item: WorkItem) => boolean;
   /** Maps a work item to the event sent to the machine (default: a {@link WorkEvent}). */
   toEvent?: (
     item: WorkItem,
@@ -273,6 +282,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   readonly #slots: Slots;
   readonly #shutdown = new AbortController();
   readonly #tails = new Map<string, Promise<void>>();
+  /** Handlings waiting in {@link #serially} that have not started, by {@link queuedKey}. */
+  readonly #queued = new Map<string, number>();
   readonly #running = new Set<Promise<void>>();
   #resolveDone!: () => void;
   #consumption: KeptConsumption | undefined;
@@ -446,9 +457,19 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
     const item = decoded.value;
     const unit = this.#o.keyOf(item);
+    const queued = queuedKey(unit, item);
+    if ((this.#queued.get(queued) ?? 0) > 0 && this.#o.coalesce?.(item) === true) {
+      msg.ack();
+      this.#metrics.messagesHandled.inc({ stage: this.stage, outcome: Outcome.Coalesced });
+      this.#log.debug(
+        { unit, operationId: item.operationId, cause: item.cause },
+        'work item coalesced into a queued handling of its unit',
+      );
+      return;
+    }
     const keepAlive = setInterval(() => msg.working(), this.#workingMs);
     try {
-      await this.#serially(unit, () =>
+      await this.#serially(unit, queued, () =>
         withSpan(`${this.stage} work`, () => this.#handleUnit(msg, item, unit), {
           parent: extractTrace(msg.headers),
           attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit },
@@ -459,13 +480,20 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
   }
 
-  async #serially(unit: string, fn: () => Promise<void>): Promise<void> {
+  async #serially(unit: string, queued: string, fn: () => Promise<void>): Promise<void> {
     const previous = this.#tails.get(unit) ?? Promise.resolve();
     let release!: () => void;
     const mine = new Promise<void>((resolve) => (release = resolve));
     const tail = previous.then(() => mine);
     this.#tails.set(unit, tail);
-    await previous;
+    this.#queued.set(queued, (this.#queued.get(queued) ?? 0) + 1);
+    try {
+      await previous;
+    } finally {
+      const left = (this.#queued.get(queued) ?? 1) - 1;
+      if (left > 0) this.#queued.set(queued, left);
+      else this.#queued.delete(queued);
+    }
     try {
       await fn();
     } finally {
@@ -833,6 +861,14 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       }
     }
   }
+}
+
+/**
+ * What a queued handling must share with an item it covers: the unit, and the VMI incarnation
+ * (a handling of the VMI's previous incarnation does not look at the new one).
+ */
+function queuedKey(unit: string, item: WorkItem): string {
+  return `${unit}\u0000${item.vmiUID}`;
 }
 
 function isFailedFact(entry: OutboxEntry): boolean {

@@ -334,6 +334,48 @@ describe('runStage', () => {
     expect(count?.value).toBe(1);
   }, 15_000);
 
+  it('acknowledges a nudge unrun when a handling of its unit (same VMI) is queued, and runs it otherwise', async () => {
+    const metrics = newMetrics();
+    const looked: string[] = [];
+    let releaseFirst!: () => void;
+    const firstHeld = new Promise<void>((resolve) => (releaseFirst = resolve));
+    await using _stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine: unitMachine,
+      keyOf: unitKey,
+      concurrency: 4,
+      metrics,
+      coalesce: (item) => item.cause === 'nudge',
+      // `load` runs once per handling: it records which items were looked at.
+      load: async (item) => {
+        looked.push(item.operationId);
+        if (item.operationId === 'coalesce-first') await firstHeld;
+        return undefined;
+      },
+    });
+    const volume = 'vol-coalesce';
+    const send = (operationId: string, overrides: Partial<WorkItem> = {}) =>
+      sendWork(bus, workItem(volume, { operationId, ...overrides }), operationId);
+    await send('coalesce-first');
+    await waitFor(() => looked.includes('coalesce-first'), { timeout: 10_000 });
+    await send('coalesce-queued');
+    await send('coalesce-nudge', { cause: 'nudge' });
+    await send('coalesce-other-vmi', { cause: 'nudge', vmiUID: 'uid-new-incarnation' });
+    await waitFor(
+      async () => (await metricValue(metrics, 'messagesHandled', { outcome: 'coalesced' })) === 1,
+      { timeout: 10_000 },
+    );
+    releaseFirst();
+    await waitFor(async () => (await backlog(bus)) === 0, { timeout: 10_000 });
+    expect(looked).toEqual(['coalesce-first', 'coalesce-queued', 'coalesce-other-vmi']);
+    // Nothing queued for the unit: the nudge runs.
+    await send('coalesce-alone', { cause: 'nudge' });
+    await waitFor(() => looked.includes('coalesce-alone'), { timeout: 10_000 });
+    await waitFor(async () => (await backlog(bus)) === 0, { timeout: 10_000 });
+    expect(await metricValue(metrics, 'messagesHandled', { outcome: 'coalesced' })).toBe(1);
+  });
+
   it('runs units concurrently but never two messages of one unit at once', async () => {
     const active = new Map<string, number>();
     let overlap = 0;

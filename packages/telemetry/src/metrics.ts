@@ -9,6 +9,8 @@ export const Outcome = {
   DeadLetter: 'dead-letter',
   Conflict: 'conflict',
   Busy: 'busy',
+  /** Acknowledged unrun: a handling of its unit queued before it covers it (`coalesce`). */
+  Coalesced: 'coalesced',
 } as const;
 export type Outcome = (typeof Outcome)[keyof typeof Outcome];
 

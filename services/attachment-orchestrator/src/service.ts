@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
-import { Publisher, runStage, type Bus, type StageRunner } from '@plugline/bus';
+import { BoundedMap, Publisher, runStage, type Bus, type StageRunner } from '@plugline/bus';
 import {
   isHotpluggable,
   isName,
@@ -15,7 +15,10 @@ import { createClusterView, type ClusterView, type Nudge } from './cluster.js';
 import type { OrchestratorConfig } from './config.js';
 import { createOrchestratorMachine, orchestratorDisposition } from './machine.js';
 import { NudgeGate } from './nudges.js';
-import { NudgeCause, type DecideOptions, type Effect, type VmiRef } from './reconcile.js';
+import { isNudge, NudgeCause, type DecideOptions, type Effect, type VmiRef } from './reconcile.js';
+
+/** How many of its own nudges the service remembers (a few seconds' worth under load). */
+const OWN_NUDGES_KEPT = 4096;
 
 /** The parts of {@link OrchestratorConfig} the service itself uses. */
 export type ServiceConfig = Pick<
@@ -116,16 +119,22 @@ export async function startAttachmentOrchestrator(
       issuedAt: new Date().toISOString(),
     };
   };
+  // The nudges this process published: their change is in its caches already, so a reconcile
+  // of the VMI that starts here later covers them (the runtime's `coalesce`). Forgetting one
+  // only costs the reconcile it would have saved.
+  const ownNudges = new BoundedMap<string, true>(OWN_NUDGES_KEPT);
   // One outstanding nudge per VMI: a reconcile re-reads everything, so the changes seen while
   // one waits ride on it instead of queuing a reconcile each behind the VMI's lease.
   const nudges = new NudgeGate<WorkItem>({
     outstandingMs: deps.nudgeOutstandingMs ?? 1000,
-    publish: (item) =>
-      publisher.publishWork(item).catch((err: unknown) => {
+    publish: (item) => {
+      ownNudges.set(item.operationId, true);
+      return publisher.publishWork(item).catch((err: unknown) => {
         if (!stopped)
           log.warn({ err, vmi: item.vmi, cause: item.cause }, 'could not publish a nudge');
         throw err;
-      }),
+      });
+    },
   });
   const publishNudge = (n: Nudge): void => {
     const item = stopped ? undefined : toWorkItem(n);
@@ -164,6 +173,7 @@ export async function startAttachmentOrchestrator(
       stage: Stage.AttachmentOrchestrator,
       machine,
       keyOf: (item) => `${item.namespace}/${item.vmi}`,
+      coalesce: (item) => isNudge(item.cause) && ownNudges.get(item.operationId) !== undefined,
       input: (item) => ({ vmi: { namespace: item.namespace, name: item.vmi, uid: item.vmiUID } }),
       disposition: orchestratorDisposition,
       concurrency: config.concurrency,

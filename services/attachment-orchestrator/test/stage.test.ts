@@ -188,15 +188,20 @@ describe('readiness', () => {
       });
     }, WAIT);
     // Nothing is attached while the claim is missing: the orchestrator has settled the nudge
-    // its own Pending status caused (so it reconciled with the status showing Pending), and no
-    // pod exists.
+    // its own Pending status caused, or folded it into a reconcile queued before it (either way
+    // it reconciled with the status showing Pending), and no pod exists.
     const pendingRv = h.sim.store.peek(Types.virtualmachineinstances, ns, name)?.metadata
       ?.resourceVersion as string;
     const statusNudge = `nudge-${vmi.metadata.uid ?? ''}-${pendingRv}`;
     await vi.waitFor(
       () =>
         expect(
-          logs.lines.some((l) => l.msg === 'work item settled' && l.operationId === statusNudge),
+          logs.lines.some(
+            (l) =>
+              (l.msg === 'work item settled' ||
+                l.msg === 'work item coalesced into a queued handling of its unit') &&
+              l.operationId === statusNudge,
+          ),
         ).toBe(true),
       WAIT,
     );
