@@ -60,8 +60,12 @@ describe('crash and outage', () => {
       });
       expect(readFileSync(dir.join('effects.log'), 'utf8')).toBe('start A\nstart B\n');
       expect(readFileSync(dir.join('result-vol-killed'), 'utf8')).toBe('A\n');
-      const facts = (await readEvents(bus)).filter((e) => e.subject.endsWith('/vol-killed'));
-      expect(facts.map(eventType)).toEqual(['ready']);
+      // The fact is published after the snapshot write that shows `applied`: wait for it, then
+      // check that it is there once.
+      const factsOfUnit = async () =>
+        (await readEvents(bus)).filter((e) => e.subject.endsWith('/vol-killed')).map(eventType);
+      await waitFor(async () => (await factsOfUnit()).length > 0, { timeout: 10_000 });
+      expect(await factsOfUnit()).toEqual(['ready']);
       await waitFor(async () => (await backlog(bus)) === 0);
     } finally {
       await bus.close();
