@@ -63,6 +63,10 @@ export interface DomainUpdaterContext {
   readonly vmiUID: string;
   /** The operation of the last work item from the chain (nudges keep it). */
   readonly operationId: string;
+  /** What `operationId` asked for (absent in snapshots written before it was kept). */
+  readonly operation?: 'plug' | 'unplug' | undefined;
+  /** The item being handled is a nudge or an older operation's: it did not set `operationId`. */
+  readonly kept?: boolean | undefined;
   readonly cause: string;
   /** `receivedAt` of the work item being handled (the machine's clock). */
   readonly now: number;
@@ -259,6 +263,15 @@ export const domainUpdaterMachine = setup({
     unplugDone: ({ context }) => desired(context) === 'unplug' && !present(context),
     wantsDetach: ({ context }) => desired(context) === 'unplug' && present(context),
     alreadyAttached: ({ context }) => desired(context) === 'plug' && present(context),
+    /**
+     * The VMI read says the volume is wanted, but the newest operation this unit knows removes it
+     * and the item is a nudge or an older operation's: the read lags (an informer copy from
+     * before the removal; seen in the kill chaos as a redelivered plug item re-attaching a
+     * removed volume and reporting it `Ready` under the unplug's id). A re-add is a newer
+     * operation that comes with its own item, so this one changes nothing.
+     */
+    staleWant: ({ context }) =>
+      desired(context) === 'plug' && context.kept === true && context.operation === 'unplug',
     planRejected: ({ context }) => isObserved(context) && observed(context).planError !== null,
     sourceMissing: ({ context }) => isObserved(context) && !observed(context).sourceReady,
     canAttach: ({ context }) => isObserved(context) && observed(context).plan !== null,
@@ -279,6 +292,8 @@ export const domainUpdaterMachine = setup({
         (nudge || compareOperationIds(event.item.operationId, context.operationId) < 0);
       const operationId = keep ? context.operationId : event.item.operationId;
       return {
+        operation: keep ? context.operation : event.item.operation,
+        kept: keep,
         obs,
         now: event.receivedAt,
         cause: event.item.cause,
@@ -394,6 +409,7 @@ export const domainUpdaterMachine = setup({
         { guard: 'removalPending', target: 'checkingDeadline' },
         { guard: 'unplugDone', target: 'detached', actions: 'reportDetached' },
         { guard: 'wantsDetach', target: 'detaching' },
+        { guard: 'staleWant', target: 'detached' },
         { guard: 'alreadyAttached', target: 'attached', actions: 'reportAttached' },
         // Wanted and absent. A completed earlier unplug is reported first.
         { target: 'planning', actions: 'reportDetached' },

@@ -417,6 +417,33 @@ describe('domainUpdaterMachine rules', () => {
     r.actor.stop();
   });
 
+  it('after a finished unplug, an older plug item read from a lagging copy neither attaches nor reports; a re-add does', async () => {
+    const unplugItem = (obs: string, at: number, cause: string, operationId: string) => {
+      const w = work(obs, at, cause, operationId);
+      return { ...w, item: { ...w.item, operation: 'unplug' as const } };
+    };
+    const h = await attached();
+    h.actor.send(unplugItem('unplugPresent', T0 + 1, 'unplug-requested', 'op-2'));
+    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+    h.actor.send(unplugItem('unplugAbsent', T0 + 2, 'device-removed', 'device-removed-1'));
+    expect(h.actor.getSnapshot().value).toBe('detached');
+    h.emitted.length = 0;
+    // op-1's plug item again (a redelivery after a crash), with a VMI copy still listing the
+    // volume: wanted, absent, a plan ready.
+    h.actor.send(work('plan', T0 + 3, 'mounted-to-pod', 'op-1'));
+    expect(h.actor.getSnapshot().value).toBe('detached');
+    expect(h.fx.calls).toEqual(['attach', 'confirm', 'detach']);
+    expect(h.emitted).toEqual([]);
+    // The same with the disk still there: no `ready` under the unplug's id.
+    h.actor.send(work('plugPresent', T0 + 4, 'device-added', 'device-added-1'));
+    expect(h.emitted).toEqual([]);
+    // Added again: a newer operation, with its own item, attaches.
+    h.actor.send(work('plan', T0 + 5, 'mounted-to-pod', 'op-3'));
+    expect(h.actor.getSnapshot().value).toBe('attaching');
+    expect(h.fx.calls).toEqual(['attach', 'confirm', 'detach', 'attach']);
+    h.actor.stop();
+  });
+
   it("a late wake-up of an older operation does not take over: the unplug's facts stay its own", async () => {
     // Plugged under op-1, then unplugged under op-2 (its detach in flight) after op-1's own
     // unplug was reported once before: op-1's delayed item must not make op-2's detach a repeat.
