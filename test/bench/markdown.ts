@@ -80,6 +80,16 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       '',
       ...stageTable(one.unplugStages),
       '',
+      ...(one.stepsPerOperation === undefined
+        ? []
+        : [
+            '### Where the stage runtimes spent each plug + unplug (ms, summed over work items)',
+            '',
+            "queued: waiting for a slot or behind the unit's running item; lease; read: snapshot and truth together; run: the machine and its effects; persist: snapshot write and outbox publish; release: the lease, after the ack.",
+            '',
+            ...mapTable('service', one.stepsPerOperation),
+            '',
+          ]),
       '### Floor plug / unplug, per step',
       '',
       ...stageTable({ ...floor.plugStages, ...prefixed('unplug: ', floor.unplugStages) }),

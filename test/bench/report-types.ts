@@ -70,6 +70,11 @@ export interface Results {
     pooled: Directional<Percentiles>;
     plugStages: Record<string, Percentiles>;
     unplugStages: Record<string, Percentiles>;
+    /**
+     * Per plug + unplug pair, by service: work items its stage runtime ran, and ms in each step
+     * (`plugline_work_step_seconds`); absent in older results.
+     */
+    stepsPerOperation?: Record<string, Record<string, number>>;
   };
   floor?: {
     acrossRounds: Directional<{ p50: Repeated; p90: Repeated; p99: Repeated }>;

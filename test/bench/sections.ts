@@ -28,7 +28,7 @@ import { Floor, type FloorOp } from './floor.js';
 import { Observer } from './observer.js';
 import type { BurstFigures } from './report-types.js';
 import { childrenOf, cpuOf, rssOf, type ProcRef } from './procs.js';
-import { handledByOutcome, scrapeMetrics } from './service-metrics.js';
+import { handledByOutcome, scrapeMetrics, stepsPerOperation } from './service-metrics.js';
 import { summarizeProfile } from './profile.js';
 import { rssSteady, workDrained } from './quiet.js';
 import { percentiles, repeated, round, type Percentiles, type Repeated } from './stats.js';
@@ -230,15 +230,19 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
   const chainRounds: RoundFigures[] = [];
   const floorRounds: RoundFigures[] = [];
   const ratioRounds: number[] = [];
+  /** The services' metrics around each round's chain operations (not the floor's). */
+  const chainIntervals: [Record<string, string>, Record<string, string>][] = [];
   for (let r = 0; r < cfg.repeat; r++) {
     const cp: OpResult[] = [];
     const cu: OpResult[] = [];
+    const before = await scrapeMetrics(stack.services);
     for (let i = 0; i < cfg.ops; i++) {
       const pair = await chainOp();
       if (pair === undefined) continue;
       cp.push(pair[0]);
       cu.push(pair[1]);
     }
+    chainIntervals.push([before, await scrapeMetrics(stack.services)]);
     const fp: FloorOp[] = [];
     const fu: FloorOp[] = [];
     for (let i = 0; i < cfg.ops; i++) {
@@ -278,6 +282,7 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
       },
       plugStages: stagePercentiles(chainPlugs),
       unplugStages: stagePercentiles(chainUnplugs),
+      stepsPerOperation: stepsPerOperation(chainIntervals, chainPlugs.length),
       conflicts: chainPlugs.reduce((s, o) => s + o.conflicts, 0),
       stuck,
       samples: {

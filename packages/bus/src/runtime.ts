@@ -19,6 +19,7 @@ import {
   extractTrace,
   Outcome,
   withSpan,
+  WorkStep,
   type Logger,
   type PluglineMetrics,
 } from '@plugline/telemetry';
@@ -41,6 +42,7 @@ import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
 import { ackWaitMsOf, KeptConsumption } from './consume.js';
 import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
+import { StepTimer } from './step-timer.js';
 
 /**
  * Context fields the default disposition reads. A stage machine's context may extend this.
@@ -399,10 +401,11 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
           msg.nak();
           continue;
         }
+        const arrivedAt = performance.now();
         const keepAlive = setInterval(() => msg.working(), this.#workingMs);
         await this.#slots.acquire();
         clearInterval(keepAlive);
-        const task = this.#handle(msg).finally(() => {
+        const task = this.#handle(msg, arrivedAt).finally(() => {
           this.#slots.release();
           this.#running.delete(task);
         });
@@ -448,7 +451,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     return decoded;
   }
 
-  async #handle(msg: JsMsg): Promise<void> {
+  async #handle(msg: JsMsg, arrivedAt: number): Promise<void> {
     if (msg.info.deliveryCount > 1) this.#metrics.redeliveries.inc({ stage: this.stage });
     const decoded = this.#decode(msg);
     if (!decoded.ok) {
@@ -470,10 +473,15 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const keepAlive = setInterval(() => msg.working(), this.#workingMs);
     try {
       await this.#serially(unit, queued, () =>
-        withSpan(`${this.stage} work`, () => this.#handleUnit(msg, item, unit), {
-          parent: extractTrace(msg.headers),
-          attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit },
-        }),
+        withSpan(
+          `${this.stage} work`,
+          () =>
+            this.#handleUnit(msg, item, unit, new StepTimer(this.#metrics, this.stage, arrivedAt)),
+          {
+            parent: extractTrace(msg.headers),
+            attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit },
+          },
+        ),
       );
     } finally {
       clearInterval(keepAlive);
@@ -546,7 +554,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     return Math.round(base * (0.8 + Math.random() * 0.4));
   }
 
-  async #handleUnit(msg: JsMsg, item: WorkItem, unit: string): Promise<void> {
+  async #handleUnit(msg: JsMsg, item: WorkItem, unit: string, steps: StepTimer): Promise<void> {
     const log = childLogger(this.#log, {
       namespace: item.namespace,
       vmi: item.vmi,
@@ -557,8 +565,10 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     this.#inFlight++;
     this.#metrics.inFlight.inc({ stage: this.stage });
     let outcome: Outcome = Outcome.Retry;
+    steps.lap(WorkStep.Queued);
     try {
       const acquired = await this.#leases.acquire(unit);
+      steps.lap(WorkStep.Lease);
       if (!acquired.ok) {
         const busy = this.#o.busyDelayMs ?? 250;
         msg.nak(Math.max(10, Math.min(busy, acquired.retryInMs)));
@@ -587,7 +597,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         const result = await this.#run(
           msg,
           item,
-          { unit, loading, published: lease.handover },
+          { unit, loading, published: lease.handover, steps },
           lost.signal,
           log,
         );
@@ -596,6 +606,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       } finally {
         clearInterval(renewer);
         await lease.release(published);
+        steps.lap(WorkStep.Release);
       }
     } catch (err) {
       log.warn({ err }, 'work item failed; retrying with backoff');
@@ -708,7 +719,13 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       unit,
       loading,
       published,
-    }: { unit: string; loading: Promise<LoadedUnit>; published: number | undefined },
+      steps,
+    }: {
+      unit: string;
+      loading: Promise<LoadedUnit>;
+      published: number | undefined;
+      steps: StepTimer;
+    },
     leaseLost: AbortSignal,
     log: Logger,
   ): Promise<RunResult> {
@@ -717,6 +734,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const signal = AbortSignal.any([leaseLost, this.#forceStop.signal]);
     const delivery = { attempt, receivedAt, signal };
     const { current, observed } = await this.#loadAndObserve(item, delivery, loading, published);
+    steps.lap(WorkStep.Read);
     const { record, revision } = current;
     const loaded = record === undefined ? undefined : revision;
     const event =
@@ -740,10 +758,13 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     } catch (err) {
       actor.stop();
       throw err;
+    } finally {
+      steps.lap(WorkStep.Run);
     }
     if (snapshot.status === 'error') {
       actor.stop();
       const settled = await this.#onMachineError(item, asError(snapshot.error), attempt, log);
+      steps.lap(WorkStep.Persist);
       return { ...settled, published: loaded };
     }
     const persisted = actor.getPersistedSnapshot() as UnitRecord['snapshot'];
@@ -755,6 +776,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       outbox.push(failedEvent(this.stage, item, disposition, attempt));
     }
     const written = await this.#persist(unit, { record, revision }, persisted, outbox);
+    steps.lap(WorkStep.Persist);
     if (written === undefined) return { conflict: true };
     return { disposition, outcome: outcomeOf(disposition), published: written };
   }

@@ -334,6 +334,64 @@ describe('runStage', () => {
     expect(count?.value).toBe(1);
   }, 15_000);
 
+  it('times each step of a handling: the effect in run, a busy unit only to its lease', async () => {
+    const machine = unitMachine.provide({
+      actors: {
+        apply: fromPromise(async () => {
+          await effectTakes(300);
+          return 'ok';
+        }),
+      },
+    });
+    const metrics = newMetrics();
+    const steps = async (): Promise<Record<string, { count: number; sum: number }>> => {
+      const out: Record<string, { count: number; sum: number }> = {};
+      for (const v of (await metrics.workStep.get()).values) {
+        const step = String(v.labels.step);
+        const row = (out[step] ??= { count: 0, sum: 0 });
+        if (v.metricName === 'plugline_work_step_seconds_count') row.count = v.value;
+        if (v.metricName === 'plugline_work_step_seconds_sum') row.sum = v.value;
+      }
+      return out;
+    };
+    await using _stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine,
+      keyOf: unitKey,
+      metrics,
+      busyDelayMs: 50,
+    });
+    const item = workItem('vol-steps');
+    await sendWork(bus, item);
+    await waitFor(async () => (await steps()).release?.count === 1);
+    const done = await steps();
+    for (const step of ['queued', 'lease', 'read', 'run', 'persist', 'release']) {
+      expect(done[step]?.count, step).toBe(1);
+    }
+    expect(done.run!.sum).toBeGreaterThanOrEqual(0.3);
+    const others = ['queued', 'lease', 'read', 'persist', 'release'];
+    expect(others.reduce((n, step) => n + done[step]!.sum, 0)).toBeLessThan(done.run!.sum);
+
+    // Another worker holds the next unit: its item ends at the lease, and reads nothing.
+    const { leases } = await ensureStageBuckets(bus, 'spec-watcher');
+    const busy = workItem('vol-steps-busy');
+    const holder = await new LeaseManager(leases, 'worker-elsewhere', 30_000).acquire(
+      unitKey(busy),
+    );
+    if (!holder.ok) throw new Error('the other worker could not take the unit');
+    await sendWork(bus, busy);
+    await waitFor(
+      async () => (await metricValue(metrics, 'messagesHandled', { outcome: 'busy' })) >= 1,
+    );
+    const after = await steps();
+    expect(after.lease!.count).toBeGreaterThanOrEqual(2);
+    expect(after.queued!.count).toBe(after.lease!.count);
+    expect(after.read!.count).toBe(1);
+    await holder.lease.release();
+    await waitFor(async () => (await steps()).release?.count === 2);
+  });
+
   it('acknowledges a nudge unrun when a handling of its unit (same VMI) is queued, and runs it otherwise', async () => {
     const metrics = newMetrics();
     const looked: string[] = [];

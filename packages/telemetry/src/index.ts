@@ -11,7 +11,7 @@ export { bufferedDestination } from './destination.js';
 export type { BufferedDestination } from './destination.js';
 export type { Logger } from 'pino';
 
-export { Outcome, createMetrics } from './metrics.js';
+export { Outcome, WorkStep, createMetrics } from './metrics.js';
 export type { PluglineMetrics, MetricsOptions } from './metrics.js';
 export { Registry } from 'prom-client';
 

@@ -14,6 +14,23 @@ export const Outcome = {
 } as const;
 export type Outcome = (typeof Outcome)[keyof typeof Outcome];
 
+/**
+ * The steps of one work item's handling, in order (the label `step` of
+ * `plugline_work_step_seconds`). Where a stage's time goes: waiting for a slot or behind its unit's
+ * running handling, taking the unit's lease, reading its snapshot together with the truth, running
+ * the machine and its effects, writing the snapshot and publishing what it emitted, and, after the
+ * ack, releasing the lease.
+ */
+export const WorkStep = {
+  Queued: 'queued',
+  Lease: 'lease',
+  Read: 'read',
+  Run: 'run',
+  Persist: 'persist',
+  Release: 'release',
+} as const;
+export type WorkStep = (typeof WorkStep)[keyof typeof WorkStep];
+
 /** The typed metric handles every stage reports. */
 export interface PluglineMetrics {
   readonly registry: Registry;
@@ -21,6 +38,8 @@ export interface PluglineMetrics {
   readonly messagesHandled: Counter<'stage' | 'outcome'>;
   /** `plugline_effect_duration_seconds{stage,effect}` */
   readonly effectDuration: Histogram<'stage' | 'effect'>;
+  /** `plugline_work_step_seconds{stage,step}`: each {@link WorkStep} of each handling. */
+  readonly workStep: Histogram<'stage' | 'step'>;
   /** `plugline_units_in_flight{stage}` */
   readonly inFlight: Gauge<'stage'>;
   /** `plugline_redeliveries_total{stage}` */
@@ -67,6 +86,13 @@ export function createMetrics(
       help: 'Duration of effects (invoked actors), by stage and effect.',
       labelNames: ['stage', 'effect'] as const,
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers,
+    }),
+    workStep: new Histogram({
+      name: 'plugline_work_step_seconds',
+      help: 'Time each step of a work item took (queued, lease, read, run, persist, release), by stage and step.',
+      labelNames: ['stage', 'step'] as const,
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30],
       registers,
     }),
     inFlight: new Gauge({
