@@ -1,5 +1,7 @@
 import { buildEvent, type EventType, type VolumeEvent } from '@plugline/contracts';
+import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { nextSteps } from '../src/commands/up.js';
 import {
   findReadyLine,
   formatTable,
@@ -179,5 +181,23 @@ describe('waitForOperation', () => {
       startedAt: Date.now(),
     });
     expect(silent.result).toBe(WaitResult.Timeout);
+  });
+});
+
+describe('nextSteps (what plugctl up says to type next)', () => {
+  const checkout = resolve(import.meta.dirname, '../../..');
+  const bin = join(checkout, 'packages', 'cli', 'bin');
+
+  it('names the CLI and the state folder relative to a terminal in the checkout', () => {
+    const text = nextSteps(join(checkout, '.plugline'), true, checkout);
+    expect(text).toContain('export PATH=$PWD/packages/cli/bin:$PATH');
+    expect(text).toContain('source .plugline/env');
+  });
+
+  it('names them by absolute path from a terminal outside it', () => {
+    const text = nextSteps('/tmp/elsewhere/.plugline', false, '/tmp/elsewhere');
+    expect(text).toContain(`export PATH=${bin}:$PATH`);
+    expect(text).toContain('source .plugline/env');
+    expect(text).not.toContain('../');
   });
 });

@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { join, relative, resolve } from 'node:path';
+import { isAbsolute, join, relative, resolve } from 'node:path';
 import { parseFlags, str } from '../args.js';
 import { parseCliConfig, type CliConfig } from '../config.js';
 import { ExitCode, UsageError } from '../errors.js';
@@ -102,13 +102,21 @@ function healthTable(rows: readonly HealthRow[]): string {
   );
 }
 
-function nextSteps(dir: string, demo: boolean): string {
-  const rel = relative(process.cwd(), dir) || '.';
-  const cli = join(relative(process.cwd(), resolve(import.meta.dirname, '../../bin')) || '.');
+/** `path` as typed in `cwd`: relative when under it, absolute otherwise (no `../../work/...`). */
+function fromHere(path: string, cwd: string): string {
+  const rel = relative(cwd, path);
+  if (rel === '') return '.';
+  return rel.startsWith('..') || isAbsolute(rel) ? resolve(path) : rel;
+}
+
+/** What to type next, in another terminal started in `cwd`. */
+export function nextSteps(dir: string, demo: boolean, cwd = process.cwd()): string {
+  const rel = fromHere(dir, cwd);
+  const cli = fromHere(resolve(import.meta.dirname, '../../bin'), cwd);
   const lines = [
     '',
     'In another terminal:',
-    `  export PATH=$PWD/${cli}:$PATH     # plugctl (also: pnpm plugctl ...)`,
+    `  export PATH=${isAbsolute(cli) ? cli : `$PWD/${cli}`}:$PATH     # plugctl (also: pnpm plugctl ...)`,
     `  source ${rel}/env                 # KUBECONFIG and NATS_URL`,
   ];
   if (demo) {
