@@ -408,7 +408,8 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
 /**
  * Work items each service ran (any outcome but `coalesced`) and acknowledged unrun
  * (`coalesced`), per operation, from its `plugline_messages_handled_total` at the start, between
- * plug and unplug, and at the end.
+ * plug and unplug, and at the end; and of the runs, those that found their unit's lease held
+ * elsewhere (`busy`) or lost the snapshot write (`conflict`), per operation over both directions.
  */
 function handlingsPerOp(
   [start, plugged, end]: Record<string, string>[],
@@ -418,7 +419,8 @@ function handlingsPerOp(
     const by = handledByOutcome(text ?? '');
     const coalesced = by.coalesced ?? 0;
     const all = Object.values(by).reduce((a, b) => a + b, 0);
-    return { runs: all - coalesced, coalesced };
+    // busy: the unit's lease was held elsewhere (another replica); conflict: lost the snapshot CAS
+    return { runs: all - coalesced, coalesced, busy: by.busy ?? 0, conflict: by.conflict ?? 0 };
   };
   return Object.fromEntries(
     Object.keys(end ?? {}).map((id) => {
@@ -430,6 +432,8 @@ function handlingsPerOp(
           plugCoalesced: round((b!.coalesced - a!.coalesced) / ops),
           unplugRuns: round((c!.runs - b!.runs) / ops),
           unplugCoalesced: round((c!.coalesced - b!.coalesced) / ops),
+          busy: round((c!.busy - a!.busy) / ops / 2),
+          conflict: round((c!.conflict - a!.conflict) / ops / 2),
         },
       ];
     }),
