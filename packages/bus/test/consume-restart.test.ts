@@ -52,7 +52,12 @@ beforeAll(async () => {
   confPath = join(dir.path, 'nats.conf');
   await writeFile(confPath, natsConf(true));
   nats = await startNats({ args: ['-c', confPath] });
-  admin = await connectBus({ servers: nats.url, name: 'admin', user: ADMIN_USER, pass: 'admin-pw' });
+  admin = await connectBus({
+    servers: nats.url,
+    name: 'admin',
+    user: ADMIN_USER,
+    pass: 'admin-pw',
+  });
   await provision(admin, { consumers: [{ stage: STAGE, ackWaitMs: 1500, maxAckPending: 1000 }] });
   stageBus = await connectBus({
     servers: nats.url,

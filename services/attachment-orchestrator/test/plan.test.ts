@@ -127,7 +127,9 @@ describe('planAttachment', () => {
       ['b', whole.metadata.name],
       ['c', whole.metadata.name],
     ]);
-    expect(moved).toContainEqual(expect.objectContaining({ type: 'deletePod', reason: 'replaced' }));
+    expect(moved).toContainEqual(
+      expect.objectContaining({ type: 'deletePod', reason: 'replaced' }),
+    );
   });
 
   it('keeps the old pod until the new one runs (#10275)', () => {
