@@ -34,6 +34,19 @@ import { effectTakes, eventType, unitKey, unitMachine, workItem } from './suppor
 let nats: NatsServer;
 let bus: Bus;
 
+/** The unit machine whose `apply` effect takes `ms` (and calls `onCall` as it starts). */
+function applyTaking(ms: number, onCall?: () => void) {
+  return unitMachine.provide({
+    actors: {
+      apply: fromPromise(async () => {
+        onCall?.();
+        await effectTakes(ms);
+        return 'ok';
+      }),
+    },
+  });
+}
+
 beforeAll(async () => {
   nats = await startNats();
   bus = await provisionedBus(nats.url);
@@ -300,16 +313,8 @@ describe('runStage', () => {
 
   it('keeps a long effect alive with working() past the ack wait, without redelivery', async () => {
     let calls = 0;
-    const machine = unitMachine.provide({
-      actors: {
-        apply: fromPromise(async () => {
-          calls++;
-          // twice the consumer's 1.5 s ack wait: only working() keeps the message ours
-          await effectTakes(3200);
-          return 'ok';
-        }),
-      },
-    });
+    // twice the consumer's 1.5 s ack wait: only working() keeps the message ours
+    const machine = applyTaking(3200, () => calls++);
     const metrics = newMetrics();
     await using _stage = await runStage({
       bus,
@@ -335,14 +340,7 @@ describe('runStage', () => {
   }, 15_000);
 
   it('times each step of a handling: the effect in run, a busy unit only to its lease', async () => {
-    const machine = unitMachine.provide({
-      actors: {
-        apply: fromPromise(async () => {
-          await effectTakes(300);
-          return 'ok';
-        }),
-      },
-    });
+    const machine = applyTaking(300);
     const metrics = newMetrics();
     const steps = async (): Promise<Record<string, { count: number; sum: number }>> => {
       const out: Record<string, { count: number; sum: number }> = {};
