@@ -2,12 +2,25 @@
 import { run } from './cli.js';
 import { processIo } from './io.js';
 
+/**
+ * Signals within this long of the first are the same interruption arriving twice: `plugctl up`'s
+ * re-exec parent forwards it to its child, and a process manager (systemd's default, `pkill`)
+ * signals every process at once. Counted as a second Ctrl-C, the child would quit before it had
+ * stopped its stack.
+ */
+const SAME_INTERRUPTION_MS = 1000;
+
 const controller = new AbortController();
-let interrupts = 0;
+let firstSignalAt: number | undefined;
 const onSignal = (): void => {
-  interrupts += 1;
-  if (interrupts > 1) process.exit(130);
-  controller.abort();
+  const now = Date.now();
+  if (firstSignalAt === undefined) {
+    firstSignalAt = now;
+    controller.abort();
+    return;
+  }
+  // A second, later Ctrl-C: stop waiting for a clean stop.
+  if (now - firstSignalAt > SAME_INTERRUPTION_MS) process.exit(130);
 };
 process.on('SIGINT', onSignal);
 process.on('SIGTERM', onSignal);
