@@ -4,6 +4,7 @@
  */
 import type { StackService } from '@plugline/cli';
 import { WorkStep } from '@plugline/telemetry';
+import { round } from './stats.js';
 
 /** Each service's `/metrics` text by its id; a service that did not answer is left out. */
 export async function scrapeMetrics(
@@ -28,28 +29,31 @@ export function sampleOf(text: string, name: string): number {
   return m === null ? Number.NaN : Number(m[1]);
 }
 
-/** `plugline_messages_handled_total` summed per outcome (over stages). */
-export function handledByOutcome(text: string): Record<string, number> {
+/** A labelled metric's samples summed per value of one label (over the other labels). */
+function sumByLabel(text: string, sample: string, label: string): Record<string, number> {
   const out: Record<string, number> = {};
-  const re = /^plugline_messages_handled_total\{([^}]*)\} (\S+)$/gm;
-  for (const m of text.matchAll(re)) {
-    const outcome = /outcome="([^"]*)"/.exec(m[1] ?? '')?.[1] ?? 'unknown';
-    out[outcome] = (out[outcome] ?? 0) + Number(m[2]);
+  for (const m of text.matchAll(new RegExp(`^${sample}\\{([^}]*)\\} (\\S+)$`, 'gm'))) {
+    const key = new RegExp(`${label}="([^"]*)"`).exec(m[1] ?? '')?.[1] ?? 'unknown';
+    out[key] = (out[key] ?? 0) + Number(m[2]);
   }
   return out;
 }
 
+/** `plugline_messages_handled_total` summed per outcome (over stages). */
+export function handledByOutcome(text: string): Record<string, number> {
+  return sumByLabel(text, 'plugline_messages_handled_total', 'outcome');
+}
+
 /** `plugline_work_step_seconds` summed over stages: seconds and observations per step. */
-export function workSteps(text: string): Record<string, { seconds: number; count: number }> {
-  const out: Record<string, { seconds: number; count: number }> = {};
-  const re = /^plugline_work_step_seconds_(sum|count)\{([^}]*)\} (\S+)$/gm;
-  for (const m of text.matchAll(re)) {
-    const step = /step="([^"]*)"/.exec(m[2] ?? '')?.[1] ?? 'unknown';
-    const row = (out[step] ??= { seconds: 0, count: 0 });
-    if (m[1] === 'sum') row.seconds += Number(m[3]);
-    else row.count += Number(m[3]);
-  }
-  return out;
+function workSteps(text: string): Record<string, { seconds: number; count: number }> {
+  const seconds = sumByLabel(text, 'plugline_work_step_seconds_sum', 'step');
+  const counts = sumByLabel(text, 'plugline_work_step_seconds_count', 'step');
+  return Object.fromEntries(
+    Object.keys(counts).map((step) => [
+      step,
+      { seconds: seconds[step] ?? 0, count: counts[step] ?? 0 },
+    ]),
+  );
 }
 
 /**
@@ -73,7 +77,7 @@ export function stepsPerOperation(
       }
     }
   }
-  const per = (n: number): number => Math.round((n / Math.max(1, ops)) * 100) / 100;
+  const per = (n: number): number => round(n / Math.max(1, ops));
   return Object.fromEntries(
     Object.entries(totals)
       .filter(([, steps]) => (steps.queued?.count ?? 0) > 0)

@@ -401,11 +401,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
           msg.nak();
           continue;
         }
-        const arrivedAt = performance.now();
+        // Its `queued` step starts now: the wait for a slot is part of it.
+        const steps = new StepTimer(this.#metrics, this.stage);
         const keepAlive = setInterval(() => msg.working(), this.#workingMs);
         await this.#slots.acquire();
         clearInterval(keepAlive);
-        const task = this.#handle(msg, arrivedAt).finally(() => {
+        const task = this.#handle(msg, steps).finally(() => {
           this.#slots.release();
           this.#running.delete(task);
         });
@@ -451,7 +452,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     return decoded;
   }
 
-  async #handle(msg: JsMsg, arrivedAt: number): Promise<void> {
+  async #handle(msg: JsMsg, steps: StepTimer): Promise<void> {
     if (msg.info.deliveryCount > 1) this.#metrics.redeliveries.inc({ stage: this.stage });
     const decoded = this.#decode(msg);
     if (!decoded.ok) {
@@ -473,15 +474,10 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const keepAlive = setInterval(() => msg.working(), this.#workingMs);
     try {
       await this.#serially(unit, queued, () =>
-        withSpan(
-          `${this.stage} work`,
-          () =>
-            this.#handleUnit(msg, item, unit, new StepTimer(this.#metrics, this.stage, arrivedAt)),
-          {
-            parent: extractTrace(msg.headers),
-            attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit },
-          },
-        ),
+        withSpan(`${this.stage} work`, () => this.#handleUnit(msg, item, unit, steps), {
+          parent: extractTrace(msg.headers),
+          attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit },
+        }),
       );
     } finally {
       clearInterval(keepAlive);

@@ -7,7 +7,7 @@ import { LogLevel } from '@plugline/telemetry';
 /**
  * The environment readers and the variables every service shares. Each service's `config.ts`
  * composes {@link parseServiceBaseConfig} (and {@link parseNodeConfig} on a node stage) with its
- * own variables; it stays the only place that hands `process.env` over. Every reader treats an
+ * own variables; it stays the only place that hands the process environment over. Every reader treats an
  * unset or blank variable as absent and fails fast with a {@link ConfigError} naming the variable.
  */
 export type Env = Readonly<Record<string, string | undefined>>;

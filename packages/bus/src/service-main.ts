@@ -23,7 +23,7 @@ export interface RunningService {
 export interface ServiceMainOptions<C extends ServiceBaseConfig> {
   /** The logger's name and the process's name in the fatal line. */
   readonly name: string;
-  /** The environment, handed over by `main.ts` (this module never reads `process.env`). */
+  /** The environment, handed over by `main.ts` (this module never reads the process environment itself). */
   readonly env: Env;
   /** The service's `parseConfig`: called once, with {@link env}. */
   readonly parse: (env: Env) => C;

@@ -12,10 +12,9 @@ export class StepTimer {
   constructor(
     private readonly metrics: PluglineMetrics,
     private readonly stage: Stage,
-    /** When the item arrived (`performance.now()`): its `queued` step starts there. */
-    arrivedAt: number,
   ) {
-    this.#since = arrivedAt;
+    // Made when the item arrives: its `queued` step starts here.
+    this.#since = performance.now();
   }
 
   lap(step: WorkStep): void {

@@ -102,6 +102,8 @@ async function expectStoppedCleanly(up: Up, processes: number[]): Promise<void> 
   expect((await readdir(up.tmp)).filter((name) => !name.startsWith('tsx-'))).toEqual([]);
 }
 
+// Root only: `up` re-runs itself in a private mount namespace only as root (the two processes
+// the second case signals), and node-mounter's mounts need it. CI runs as root.
 describe.runIf(isRoot)('plugctl up, stopped', () => {
   it('stops the whole stack on one Ctrl-C', async () => {
     const up = await startUp();
