@@ -58,6 +58,8 @@ export interface VolumeOps {
   unplug?: OperationRef;
   /** The unplug operation whose `unmounted-from-pod` arrived: the volume's pod may go. */
   unmounted?: string;
+  /** The unplug operation this unit sent down the node stages itself (see `forwardUnplug`). */
+  forwarded?: string;
 }
 
 /** What the unit remembers between runs (persisted in its snapshot). */
@@ -278,23 +280,26 @@ class Run {
   }
 
   /**
-   * Whether a volume we attached must keep its pod: the launcher may still use it. With no
-   * phase that says so either way, it may if we announced it (`attached-to-node`) on a pod that
-   * still exists: node-mounter mounts only what was announced. An announcement on a pod long
-   * gone does not hold a later pod that happens to carry the volume (a quick re-add and removal
-   * whose entry the status dropped: nothing would ever release it).
+   * Why a volume we attached must keep its pod, if it must: its phase says the launcher uses it
+   * (`phase`), or no phase says either way and we announced it (`attached-to-node`) on a pod that
+   * still exists (`announced`): node-mounter mounts only what was announced. An announcement on
+   * a pod long gone does not hold a later pod that happens to carry the volume (a quick re-add and
+   * removal whose entry the status dropped: nothing would ever release it).
    */
-  heldForUnmount(volume: string, podUIDs: ReadonlySet<string>): boolean {
+  holdOf(volume: string, podUIDs: ReadonlySet<string>): 'phase' | 'announced' | undefined {
     const ops = this.state.ops[volume];
-    if (ops?.unmounted !== undefined && ops.unmounted === ops.unplug?.operationId) return false;
+    if (ops?.unmounted !== undefined && ops.unmounted === ops.unplug?.operationId) return undefined;
     const phase = this.phaseOf(volume);
-    if (phase !== undefined && UNPLUGGED.has(phase)) return false;
-    if (phase !== undefined && ATTACHED.has(phase)) return true;
+    if (phase !== undefined && UNPLUGGED.has(phase)) return undefined;
+    if (phase !== undefined && ATTACHED.has(phase)) return 'phase';
     const announced = this.state.published[volume]?.[EventType.AttachedToNode];
-    if (announced === undefined) return false;
-    return podUIDs.has(announced.slice(announced.lastIndexOf('|') + 1));
+    if (announced === undefined) return undefined;
+    return podUIDs.has(podUidOf(announced)) ? 'announced' : undefined;
   }
 }
+
+/** The pod UID an `attached-to-node` signature (`<operation>|<pod uid>`) names. */
+const podUidOf = (signature: string): string => signature.slice(signature.lastIndexOf('|') + 1);
 
 function claimInfo(readiness: PvcReadiness | undefined): PersistentVolumeClaimInfo | undefined {
   return readiness?.ready === true ? readiness.claimInfo : undefined;
@@ -444,6 +449,53 @@ function detachingFact(run: Run, volume: string, pod: string | undefined): void 
   );
 }
 
+/**
+ * A removed volume that only our announcement holds: its status entry went before any phase
+ * said the launcher uses it (the unplug was decided while the entry was still `Bound`, and our
+ * `attached-to-node` reached the status after that, as a fact of the older operation), so the
+ * spec-watcher sent the unplug here and not down the node stages. But node-mounter had the plug's
+ * work and may have mounted the volume; only the node stages can say it is out of the launcher.
+ * The unplug goes down them from here, once per operation, and their `unmounted-from-pod` frees
+ * the pod. Without this the pod stayed forever, its volume out of the spec and the status.
+ */
+function forwardUnplug(run: Run, volume: string, obs: Observation): void {
+  const ops = run.state.ops[volume];
+  const unplug = ops?.unplug;
+  if (ops === undefined || unplug === undefined || ops.forwarded === unplug.operationId) return;
+  const announced = run.state.published[volume]?.[EventType.AttachedToNode] ?? '';
+  const pod = obs.pods.find((p) => p.metadata.uid === podUidOf(announced));
+  const node = pod?.spec?.nodeName ?? obs.launcher?.spec?.nodeName;
+  if (node === undefined || node === '') return;
+  ops.forwarded = unplug.operationId;
+  run.emit.push(
+    nextWork({
+      stage: Stage.DomainUpdater,
+      node,
+      namespace: run.state.vmi.namespace,
+      vmi: run.state.vmi.name,
+      vmiUID: run.state.vmi.uid,
+      volume,
+      operationId: unplug.operationId,
+      operation: 'unplug',
+      cause: EventType.UnplugRequested,
+    }),
+  );
+}
+
+/** The removed volumes that keep their pod; those only our announcement holds go down the node stages. */
+function removedButHeld(run: Run, obs: Observation): Set<string> {
+  const specNames = new Set(hotplugVolumes(run.vmi).map((v) => v.name));
+  const podUIDs = new Set(obs.pods.map((p) => p.metadata.uid ?? ''));
+  const held = new Set<string>();
+  for (const volume of new Set(obs.pods.flatMap(volumesOfPod))) {
+    if (specNames.has(volume)) continue;
+    const hold = run.holdOf(volume, podUIDs);
+    if (hold !== undefined) held.add(volume);
+    if (hold === 'announced') forwardUnplug(run, volume, obs);
+  }
+  return held;
+}
+
 function releasedFact(run: Run, volume: string): void {
   if (run.op(volume, 'unplug') === undefined) return;
   detachingFact(run, volume, run.statusOf.get(volume)?.hotplugVolume?.attachPodName);
@@ -580,13 +632,7 @@ export function decide(
   const live = obs.pods.filter((p) => !terminating(p));
   const { desired, pending, info } = volumeFacts(run, obs, live, options);
   const waitingForCache = createdNotSeen(state, obs, now);
-  const specNames = new Set(hotplugVolumes(vmi).map((v) => v.name));
-  const podUIDs = new Set(obs.pods.map((p) => p.metadata.uid ?? ''));
-  const inUse = new Set(
-    obs.pods
-      .flatMap(volumesOfPod)
-      .filter((v) => !specNames.has(v) && run.heldForUnmount(v, podUIDs)),
-  );
+  const inUse = removedButHeld(run, obs);
   const actions = waitingForCache
     ? []
     : planAttachment({

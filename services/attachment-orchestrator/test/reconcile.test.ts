@@ -217,6 +217,53 @@ describe('decide', () => {
     expect(factTypes(go)).toEqual(['b:detaching']);
   });
 
+  it('sends the unplug down the node stages when only its announcement holds the pod (entry dropped as never attached)', () => {
+    // `b` was announced on its pod, but the unplug was decided while its entry still said Bound:
+    // the status dropped the entry and the spec-watcher sent the unplug here. node-mounter, given
+    // the plug's work after the volume left the spec, had unplugged it under the plug's id; the
+    // newer unplug then waited for an `unmounted-from-pod` of its own that no stage would send.
+    // Only the node stages can free the pod: the unplug goes to them, once.
+    const plugged = vmi(withHotplugPVC('b'));
+    const pod = attachmentPod(plugged, [fsVolume('b')], 'Running', 'uid-b');
+    let announced = decide(
+      state(item('b')),
+      observed(plugged, ['b'], { pods: [pod] }),
+      T0,
+      OPTIONS,
+    ).state;
+    const obs = observed(vmi(), [], { pods: [pod] });
+    const unmountedUnderPlug = item('b', {
+      operation: 'unplug',
+      cause: EventType.UnmountedFromPod,
+    });
+    const unplug = item('b', {
+      operation: 'unplug',
+      operationId: 'op-unplug',
+      cause: EventType.UnplugRequested,
+      issuedAt: new Date(T0 + 1).toISOString(),
+    });
+    announced = recordWork(announced, unmountedUnderPlug);
+    const held = decide(recordWork(announced, unplug), obs, T0 + 1, OPTIONS);
+    expect(held.effects).toEqual([]);
+    expect(held.rest).toBe(Rest.AwaitingUnmount);
+    expect(held.emit).toHaveLength(1);
+    expect(held.emit[0]).toMatchObject({
+      type: 'plugline.work',
+      work: {
+        stage: 'domain-updater',
+        node: pod.spec!.nodeName,
+        volume: 'b',
+        operation: 'unplug',
+        operationId: 'op-unplug',
+      },
+    });
+    expect(decide(held.state, obs, T0 + 2, OPTIONS).emit).toEqual([]);
+    const unmounted = recordWork(held.state, { ...unplug, cause: EventType.UnmountedFromPod });
+    expect(decide(unmounted, obs, T0 + 3, OPTIONS).effects).toEqual([
+      { kind: 'deletePod', namespace: NS, name: pod.metadata.name, uid: 'uid-b', reason: 'unused' },
+    ]);
+  });
+
   it('does not hold a pod for a volume announced only on a pod long gone (its entry dropped)', () => {
     // `b` was announced on an earlier pod, then re-added and removed before it got a phase: the
     // status dropped its entry, and a later pod still carries it beside the removed `a`.
