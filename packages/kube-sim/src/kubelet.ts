@@ -160,6 +160,14 @@ export function nodeObject(name: string, index: number): KubeObject {
   };
 }
 
+/** A PV's loop device on this node and the pods using it. */
+interface PvLoop {
+  users: Set<string>;
+  /** Settles once `losetup` did; `loop` is its result. */
+  device: Promise<LoopDevice>;
+  loop?: LoopDevice;
+}
+
 /**
  * The scheduler and the kubelets of the simulated nodes. Pods are bound to a node that fits,
  * their volumes are made real on disk (sparse disk images, loop devices, emptyDir folders) in
@@ -174,7 +182,7 @@ export class KubeletSim {
   private readonly watches: StoreWatch[] = [];
   private readonly pods = new Map<string, PodState>();
   private readonly uidOfKey = new Map<string, string>();
-  private readonly loops = new Map<string, { loop: LoopDevice; users: Set<string> }>();
+  private readonly loops = new Map<string, PvLoop>();
   private readonly releasedPvs = new Set<string>();
   private readonly pvOfClaim = new Map<string, string>();
   private readonly scheduler: EventRecorder;
@@ -228,7 +236,9 @@ export class KubeletSim {
 
   /** Loop devices currently attached by this simulator, by PV name. */
   loopDevices(): Map<string, string> {
-    return new Map([...this.loops].map(([pv, l]) => [pv, l.loop.device]));
+    return new Map(
+      [...this.loops].flatMap(([pv, l]) => (l.loop === undefined ? [] : [[pv, l.loop.device]])),
+    );
   }
 
   private onClaim(type: string, pvc: KubeObject): void {
@@ -395,6 +405,11 @@ export class KubeletSim {
       );
       return;
     }
+    if (this.pods.get(uid) !== state) {
+      // Torn down while its volumes were set up: what the setup made after that goes too.
+      await removeTree(this.layout.podDir(uid)).catch(() => undefined);
+      return;
+    }
     if (!(await this.timers.sleep(this.opts.podStartLatencyMs))) return;
     this.markRunning(pod);
   }
@@ -420,6 +435,7 @@ export class KubeletSim {
       state.volumes.push({ pv, block });
       if (block && devices.has(vol.name)) {
         const loop = await this.attach(pv, backing, uid);
+        if (loop === undefined) return; // torn down meanwhile
         await makeDeviceNode(this.layout.blockDevice(uid, pv), loop);
       } else if (!block) {
         await linkDiskImage(backing, this.layout.fsDiskImage(uid, pv));
@@ -427,16 +443,44 @@ export class KubeletSim {
     }
   }
 
-  private async attach(pv: string, backing: string, podUid: string): Promise<LoopDevice> {
-    const existing = this.loops.get(pv);
-    if (existing) {
-      existing.users.add(podUid);
-      return existing.loop;
+  /**
+   * The PV's loop device, shared by every pod on this node that uses it. A pod joins the users
+   * before the device exists, so pods starting together share one `losetup` (each running its own
+   * left all but one device attached and unknown). Undefined when the pod was torn down while the
+   * device was attached (the attachment-orchestrator deletes pods at once, grace 0).
+   */
+  private async attach(
+    pv: string,
+    backing: string,
+    podUid: string,
+  ): Promise<LoopDevice | undefined> {
+    let entry = this.loops.get(pv);
+    if (entry === undefined) {
+      const created: PvLoop = { users: new Set(), device: attachLoop(backing) };
+      created.device.then(
+        (loop) => {
+          created.loop = loop;
+          this.log.debug({ pv, device: loop.device }, 'loop device attached');
+        },
+        () => {
+          if (this.loops.get(pv) === created) this.loops.delete(pv);
+        },
+      );
+      this.loops.set(pv, created);
+      entry = created;
     }
-    const loop = await attachLoop(backing);
-    this.loops.set(pv, { loop, users: new Set([podUid]) });
-    this.log.debug({ pv, device: loop.device }, 'loop device attached');
-    return loop;
+    entry.users.add(podUid);
+    const loop = await entry.device;
+    if (this.pods.has(podUid)) return loop;
+    await this.leave(pv, podUid);
+    return undefined;
+  }
+
+  /** The pod no longer uses the PV's loop device; its last user detaches it. */
+  private async leave(pv: string, podUid: string): Promise<void> {
+    const entry = this.loops.get(pv);
+    if (entry === undefined || !entry.users.delete(podUid) || entry.users.size > 0) return;
+    await this.detach(pv);
   }
 
   private async detach(pv: string): Promise<void> {
@@ -444,8 +488,9 @@ export class KubeletSim {
     if (!entry) return;
     this.loops.delete(pv);
     try {
-      await detachLoop(entry.loop.device);
-      this.log.debug({ pv, device: entry.loop.device }, 'loop device detached');
+      const loop = await entry.device;
+      await detachLoop(loop.device);
+      this.log.debug({ pv, device: loop.device }, 'loop device detached');
     } catch (err) {
       this.log.error({ err, pv }, 'loop device detach failed');
     }
@@ -532,9 +577,7 @@ export class KubeletSim {
       this.log.warn({ err, podUid: uid }, 'pod folder not fully removed (still mounted?)');
     }
     for (const { pv } of state.volumes) {
-      const entry = this.loops.get(pv);
-      entry?.users.delete(uid);
-      if (entry && entry.users.size === 0) await this.detach(pv);
+      await this.leave(pv, uid);
       const stillUsed = [...this.pods.values()].some((p) => p.volumes.some((v) => v.pv === pv));
       if (this.releasedPvs.has(pv) && !stillUsed) await this.dropVolume(pv);
     }

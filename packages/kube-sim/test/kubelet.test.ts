@@ -231,6 +231,82 @@ describe.skipIf(!hasLoop)('kubelet volumes (real files and loop devices)', () =>
   }, 30_000);
 });
 
+describe.skipIf(!hasLoop)('kubelet loop devices under racing pods', () => {
+  let sim: KubeSim | undefined;
+  let stateDir = '';
+  const ns = rand('kubelet-race');
+
+  beforeAll(async () => {
+    sim = await startKubeSim({
+      nodes: ['node-a', 'node-b'],
+      podStartLatencyMs: 50,
+      namespaces: [ns],
+    });
+    stateDir = sim.layout.stateDir();
+    sim.store.create(Types.pods, launcher('virt-launcher-race-abcde'), { namespace: ns });
+  });
+
+  afterAll(async () => {
+    await sim?.stop();
+    for (const { device } of await loopDevicesUnder(stateDir)) {
+      await run('losetup', ['-d', device]);
+    }
+  });
+
+  const noLoopDevices = () =>
+    vi.waitFor(async () => expect(await loopDevicesUnder(stateDir)).toEqual([]), {
+      timeout: 10_000,
+      interval: 20,
+    });
+
+  it('leaves no loop device when pods are deleted while their block volume is being attached', async () => {
+    // The attachment-orchestrator deletes a pod at once (grace 0) when its volume leaves the spec;
+    // that can land while the kubelet is still setting the pod's volumes up.
+    const s = sim!;
+    for (let round = 0; round < 8; round++) {
+      const name = `race-${round}`;
+      s.store.create(Types.persistentvolumeclaims, claim(name, '8Mi', true), { namespace: ns });
+      s.store.create(Types.persistentvolumeclaims, claim(`${name}-fs`, '8Mi', false), {
+        namespace: ns,
+      });
+      const pod = s.store.create(Types.pods, attachmentPod(`${name}-fs`, name, `uid-${round}`), {
+        namespace: ns,
+      });
+      let backing = '';
+      await vi.waitFor(
+        () => {
+          const pvc: Obj | undefined = s.store.peek(Types.persistentvolumeclaims, ns, name);
+          const pv = pvc?.spec?.volumeName as string | undefined;
+          backing = pv === undefined ? '' : s.layout.backingFile(pv, true);
+          expect(backing !== '' && existsSync(backing)).toBe(true);
+        },
+        { timeout: 5_000, interval: 1 },
+      );
+      s.store.delete(Types.pods, ns, pod.metadata!.name!, { gracePeriodSeconds: 0 });
+    }
+    await noLoopDevices();
+  }, 60_000);
+
+  it('attaches one loop device for pods that start together on the same block claim', async () => {
+    const s = sim!;
+    s.store.create(Types.persistentvolumeclaims, claim('shared', '8Mi', true), { namespace: ns });
+    s.store.create(Types.persistentvolumeclaims, claim('shared-fs', '8Mi', false), {
+      namespace: ns,
+    });
+    const pods = [0, 1, 2, 3].map((i) =>
+      s.store.create(Types.pods, attachmentPod('shared-fs', 'shared', `uid-shared-${i}`), {
+        namespace: ns,
+      }),
+    );
+    for (const pod of pods) await running(s, ns, pod.metadata!.name!);
+    expect(await loopDevicesUnder(stateDir)).toHaveLength(1);
+    for (const pod of pods) {
+      s.store.delete(Types.pods, ns, pod.metadata!.name!, { gracePeriodSeconds: 0 });
+    }
+    await noLoopDevices();
+  }, 30_000);
+});
+
 describe('storage controllers', () => {
   let sim: KubeSim;
   const ns = rand('storage');
