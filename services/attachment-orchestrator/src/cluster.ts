@@ -12,13 +12,14 @@ import {
   KubevirtLabel,
   LAUNCHER_LABEL_VALUE,
   type VirtualMachineInstance,
+  type VolumeStatus,
 } from '@plugline/contracts';
 import { createInformer, Resources, type DataVolume, type Informer } from '@plugline/kube';
 import type { Logger } from '@plugline/telemetry';
-import type { Pod } from './pod.js';
+import { isPodRunningAndReady, volumesOfPod, type Pod } from './pod.js';
 import type { PersistentVolumeClaim } from './pvc.js';
 import type { Observation, VmiRef } from './reconcile.js';
-import { NudgeCause, phaseClassOf } from './reconcile.js';
+import { NudgeCause, statusChangeNudges } from './reconcile.js';
 
 type CachedPod = Pod & { metadata: { namespace?: string } };
 type CachedPvc = PersistentVolumeClaim & {
@@ -62,32 +63,77 @@ const isLauncherPodOf = (pod: Pod, vmiUid: string | undefined): boolean =>
   pod.metadata.labels?.[KubevirtLabel.App] === LAUNCHER_LABEL_VALUE &&
   pod.metadata.labels[KubevirtLabel.CreatedBy] === vmiUid;
 
-/**
- * What about a VMI makes a difference to the orchestrator (its spec volumes, phases as far as a
- * reconcile tells them apart, life): a status change that leaves this as it was nudges nothing.
- */
-function vmiDigest(vmi: VirtualMachineInstance): string {
-  return JSON.stringify([
-    (vmi.spec.volumes ?? []).filter(isHotpluggable),
-    (vmi.status?.volumeStatus ?? []).map((s) => [
-      s.name,
-      phaseClassOf(s.phase),
-      s.hotplugVolume?.attachPodUID,
+/** What of a VMI the orchestrator compares between two versions of it. */
+interface VmiSummary {
+  namespace: string | undefined;
+  uid: string | undefined;
+  /** Its hotplug spec volumes and life: any change nudges. */
+  life: string;
+  inSpec: ReadonlySet<string>;
+  entries: ReadonlyMap<string, VolumeStatus>;
+}
+
+function summarizeVmi(vmi: VirtualMachineInstance): VmiSummary {
+  const hotplug = (vmi.spec.volumes ?? []).filter(isHotpluggable);
+  return {
+    namespace: vmi.metadata.namespace,
+    uid: vmi.metadata.uid,
+    life: JSON.stringify([
+      hotplug,
+      vmi.status?.phase,
+      vmi.status?.activePods,
+      vmi.metadata.deletionTimestamp,
     ]),
-    vmi.status?.phase,
-    vmi.status?.activePods,
-    vmi.metadata.deletionTimestamp,
+    inSpec: new Set(hotplug.map((v) => v.name)),
+    entries: new Map((vmi.status?.volumeStatus ?? []).map((s) => [s.name, s])),
+  };
+}
+
+/**
+ * Whether a VMI changed in a way that may give a reconcile something to do: its spec volumes or
+ * life, or a status entry as {@link statusChangeNudges} tells. A plug's forward steps in the
+ * status (most of its changes) nudge nothing: the unit acts on its work items and pod changes.
+ */
+function vmiChangeNudges(
+  before: VmiSummary | undefined,
+  after: VmiSummary,
+  onPod: (volume: string) => boolean,
+): boolean {
+  if (before === undefined || before.life !== after.life) return true;
+  const names = new Set([...before.entries.keys(), ...after.entries.keys()]);
+  for (const name of names) {
+    const was = before.entries.get(name);
+    const is = after.entries.get(name);
+    if (was === is) continue;
+    const volume = {
+      inSpec: after.inSpec.has(name),
+      // Only asked when the entry went: a pod lookup, not one per status change.
+      get onPod() {
+        return onPod(name);
+      },
+    };
+    if (statusChangeNudges(was, is, volume)) return true;
+  }
+  return false;
+}
+
+/**
+ * What about a pod may give a reconcile something to do: running and ready (its volumes can be
+ * announced, old pods may go), finished, or going. A pod being created or scheduled gives none:
+ * the plan waits for a starting pod of ours.
+ */
+function podDigest(pod: Pod): string {
+  return JSON.stringify([
+    isPodRunningAndReady(pod),
+    pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed',
+    pod.metadata.deletionTimestamp !== undefined,
   ]);
 }
 
-function podDigest(pod: Pod): string {
-  return JSON.stringify([
-    pod.status?.phase,
-    pod.status?.containerStatuses?.map((c) => c.ready),
-    pod.spec?.nodeName,
-    pod.metadata.deletionTimestamp,
-  ]);
-}
+const differs = (before: string | undefined, after: string): boolean => before !== after;
+
+/** A pod that appears while starting: nothing to do until it runs. */
+const STARTING_POD = podDigest({ metadata: {} });
 
 function pvcDigest(pvc: CachedPvc): string {
   return JSON.stringify([pvc.status?.phase, (pvc.spec as { volumeName?: string })?.volumeName]);
@@ -127,7 +173,6 @@ class InformerClusterView implements ClusterView {
   readonly #pods: Informer<CachedPod>;
   readonly #pvcs: Informer<CachedPvc>;
   readonly #dvs: Informer<CachedDv>;
-  readonly #digests = new Map<string, string>();
   readonly #onNudge: (nudge: Nudge) => void;
   #ready = false;
 
@@ -146,41 +191,75 @@ class InformerClusterView implements ClusterView {
     });
     this.#pvcs = createInformer({ ...common, resource: Resources.persistentVolumeClaims });
     this.#dvs = createInformer({ ...common, resource: Resources.dataVolumes });
-    this.#wire(this.#vmis, vmiDigest, (vmi) => [vmi], NudgeCause.Vmi);
-    this.#wire(this.#pods, podDigest, (pod) => this.#vmisOfPod(pod), NudgeCause.Pod);
+    this.#wire(
+      this.#vmis,
+      summarizeVmi,
+      (before, after) => vmiChangeNudges(before, after, (v) => this.#onAttachmentPod(after, v)),
+      (vmi) => [vmi],
+      NudgeCause.Vmi,
+    );
+    this.#wire(
+      this.#pods,
+      podDigest,
+      (before, after) => after !== (before ?? STARTING_POD),
+      (pod) => this.#vmisOfPod(pod),
+      NudgeCause.Pod,
+    );
     this.#wire(
       this.#pvcs,
       pvcDigest,
+      differs,
       (pvc) => this.#vmisOfClaim(pvc.metadata.namespace, pvc.metadata.name),
       NudgeCause.Pvc,
     );
     this.#wire(
       this.#dvs,
       dvDigest,
+      differs,
       (dv) => this.#vmisOfClaim(dv.metadata.namespace, dv.metadata.name),
       NudgeCause.DataVolume,
     );
   }
 
-  #wire<T extends { metadata?: { uid?: string; resourceVersion?: string; name?: string } }>(
+  /**
+   * Nudges the VMIs an object concerns when it changed in a way `nudges` says matters, comparing
+   * what `summarize` keeps of its last version; a deletion always nudges.
+   */
+  #wire<T extends { metadata?: { uid?: string; resourceVersion?: string; name?: string } }, S>(
     informer: Informer<T>,
-    digest: (obj: T) => string,
+    summarize: (obj: T) => S,
+    nudges: (before: S | undefined, after: S) => boolean,
     vmisOf: (obj: T) => VirtualMachineInstance[],
     cause: NudgeCause,
   ): void {
+    const seen = new Map<string, S>();
     const handle = (obj: T, deleted: boolean): void => {
-      const key = `${cause}:${obj.metadata?.uid ?? obj.metadata?.name ?? ''}`;
-      const d = deleted ? 'deleted' : digest(obj);
-      const same = this.#digests.get(key) === d;
-      if (deleted) this.#digests.delete(key);
-      else this.#digests.set(key, d);
-      if (same || !this.#ready) return;
+      const key = obj.metadata?.uid ?? obj.metadata?.name ?? '';
+      let changed = true;
+      if (deleted) seen.delete(key);
+      else {
+        const after = summarize(obj);
+        changed = nudges(seen.get(key), after);
+        seen.set(key, after);
+      }
+      if (!changed || !this.#ready) return;
       const change = `${obj.metadata?.uid ?? ''}-${obj.metadata?.resourceVersion ?? ''}${deleted ? '-d' : ''}`;
       for (const vmi of vmisOf(obj)) this.#onNudge({ vmi, cause, change });
     };
     informer.onAdd((obj) => handle(obj, false));
     informer.onUpdate((obj) => handle(obj, false));
     informer.onDelete((obj) => handle(obj, true));
+  }
+
+  #onAttachmentPod(vmi: VmiSummary, volume: string): boolean {
+    return (
+      this.#pods.list(
+        (p) =>
+          p.metadata.namespace === vmi.namespace &&
+          isAttachmentPodOf(p, vmi.uid) &&
+          volumesOfPod(p).includes(volume),
+      ).length > 0
+    );
   }
 
   #vmisOfClaim(namespace: string | undefined, claim: string | undefined): VirtualMachineInstance[] {

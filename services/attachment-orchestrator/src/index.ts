@@ -34,7 +34,7 @@ export {
   recordWork,
   isNudge,
   NudgeCause,
-  phaseClassOf,
+  statusChangeNudges,
   Rest,
 } from './reconcile.js';
 export type {

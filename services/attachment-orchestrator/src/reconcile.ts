@@ -147,16 +147,39 @@ const ATTACHED: ReadonlySet<string> = new Set([
   VolumePhase.Ready,
 ]);
 
+/** How far a status entry has come, as a reconcile tells it apart. */
+function progressOf(phase: string | undefined): number {
+  if (phase !== undefined && UNPLUGGED.has(phase)) return 3;
+  if (phase !== undefined && IN_USE_PHASES.has(phase)) return 2;
+  return phase === VolumePhase.AttachedToNode ? 1 : 0;
+}
+
 /**
- * What a reconcile can tell apart about a volume's status phase: a change within one class
- * (Pending to Bound, MountedToPod to Ready, UnMountedFromPod to Detaching) cannot change its
- * decision, so it need not nudge a reconcile. Keep in step with the phase tests of this module
- * and of plan.ts.
+ * Whether a change of one volume's status entry may let a reconcile do something it would not
+ * have done before, and so needs a nudge. A plug's forward steps (to `AttachedToNode`, then to
+ * `MountedToPod` or `Ready`: the facts of this unit and the node stages) only take actions away:
+ * `bound` and `attached-to-node` are out, an in-use volume keeps its pod. The rest nudges: an
+ * entry stepping back (a re-add reset it) or gone while a volume is in the spec or on a pod, one
+ * entering the unplug phases (its pod may go), one appearing or gaining `hotplugVolume` for a
+ * volume out of the spec (it may be released), one that no longer names the pod it named (it
+ * may be announced again). A test holds `decide` to this: a change that nudges nothing adds no
+ * effect or fact.
  */
-export function phaseClassOf(phase: string | undefined): string {
-  if (phase === undefined || phase === VolumePhase.AttachedToNode) return phase ?? '';
-  const classes = [PAST_BOUND, UNPLUGGED, ATTACHED, IN_USE_PHASES];
-  return classes.map((set) => (set.has(phase) ? '1' : '0')).join('');
+export function statusChangeNudges(
+  before: VolumeStatus | undefined,
+  after: VolumeStatus | undefined,
+  volume: { inSpec: boolean; onPod: boolean },
+): boolean {
+  // The entry of an unplugged volume going (its pods gone) leaves nothing to do.
+  if (after === undefined) return before !== undefined && (volume.inSpec || volume.onPod);
+  if (before === undefined) return !volume.inSpec;
+  const named = before.hotplugVolume?.attachPodUID;
+  if (named !== undefined && named !== after.hotplugVolume?.attachPodUID) return true;
+  if (!volume.inSpec && before.hotplugVolume === undefined && after.hotplugVolume !== undefined)
+    return true;
+  const from = progressOf(before.phase);
+  const to = progressOf(after.phase);
+  return to < from || (to > from && to === progressOf(VolumePhase.Detaching));
 }
 
 /** A fresh unit state for a VMI. */

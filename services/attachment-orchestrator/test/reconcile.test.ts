@@ -2,6 +2,7 @@ import {
   EventType,
   RESYNC_CAUSE,
   type VirtualMachineInstance,
+  type VolumeStatus,
   type WorkItem,
 } from '@plugline/contracts';
 import { createActor, fromPromise } from 'xstate';
@@ -13,7 +14,7 @@ import {
   defaults,
   orchestratorDisposition,
   parseConfig,
-  phaseClassOf,
+  statusChangeNudges,
   recordWork,
   Rest,
   type Decision,
@@ -22,6 +23,7 @@ import {
   type Pod,
   type UnitState,
   type VmiRef,
+  volumesOfPod,
 } from '../src/index.js';
 import {
   attachmentPod,
@@ -296,32 +298,100 @@ describe('decide', () => {
     expect(held.effects.filter((e) => e.kind === 'deletePod')).toHaveLength(0);
   });
 
-  it('decides alike for the status phases a VMI nudge does not tell apart', () => {
-    const alike = [
-      ['Pending', 'Bound'],
-      ['AttachedToNode'],
-      ['MountedToPod', 'Ready'],
-      ['UnMountedFromPod', 'Detaching'],
+  it('is nudged by every status change that can give it more to do (the others only take actions away)', () => {
+    // Every status entry a volume may show (none, each phase, with and without its pod named),
+    // for the volume in the spec (`a`) and one that left it (`b`), on a running pod carrying both
+    // (or `b` on none), before and after the unit announced them: a change statusChangeNudges
+    // lets pass without a nudge must not add an effect or a fact the old status would not have had.
+    const phases = ['', 'Pending', 'Bound', 'AttachedToNode', 'MountedToPod', 'Ready'];
+    const allPhases = [...phases, 'UnMountedFromPod', 'Detaching'];
+    const pods = [undefined, {}, { attachPodName: 'hp-volume-ab', attachPodUID: 'uid-ab' }];
+    const entries = (name: string): (VolumeStatus | undefined)[] => [
+      undefined,
+      ...allPhases.flatMap((phase) =>
+        pods.map((hotplugVolume): VolumeStatus => ({
+          name,
+          target: '',
+          phase,
+          ...(hotplugVolume === undefined ? {} : { hotplugVolume }),
+        })),
+      ),
     ];
-    const decisionWith = (phaseOfA: string, phaseOfB: string): Decision => {
+    const spec = vmi(withHotplugPVC('a'));
+    const both = attachmentPod(spec, [fsVolume('a'), fsVolume('b')], 'Running', 'uid-ab');
+    const onlyA = attachmentPod(spec, [fsVolume('a')], 'Running', 'uid-a');
+    const unplug = item('b', { operation: 'unplug', operationId: 'op-b', cause: 'resync' });
+    const fresh = state(item('a'), unplug);
+    const announced = decide(
+      fresh,
+      observed(vmi(withHotplugPVC('a'), withHotplugPVC('b')), ['a', 'b'], { pods: [both] }),
+      T0,
+      OPTIONS,
+    ).state;
+    const actions = (
+      prior: UnitState,
+      pod: Pod,
+      statuses: (VolumeStatus | undefined)[],
+    ): string[] => {
       const v = vmi(
         withHotplugPVC('a'),
-        withVolumeStatus({ name: 'a', target: '', phase: phaseOfA, hotplugVolume: {} }),
-        withVolumeStatus({ name: 'b', target: 'sdb', phase: phaseOfB, hotplugVolume: {} }),
+        ...statuses.flatMap((e) => (e === undefined ? [] : [withVolumeStatus(e)])),
       );
-      const both = attachmentPod(v, [fsVolume('a'), fsVolume('b')], 'Running', 'uid-ab');
-      const obs = observed(v, ['a'], { pods: [both] });
-      const unplug = item('b', { operation: 'unplug', operationId: 'op-b', cause: 'resync' });
-      return decide(state(item('a'), unplug), obs, T0, OPTIONS);
+      const d = decide(prior, observed(v, ['a'], { pods: [pod] }), T0 + 1, OPTIONS);
+      // What is done, not how a message words it: effects whole, facts and work by kind.
+      return [
+        ...d.effects.map((e) => JSON.stringify(e)),
+        ...d.emit.map((e) =>
+          e.type === 'plugline.fact'
+            ? `fact ${e.fact.volume} ${e.fact.type}`
+            : `work ${e.work.stage} ${e.work.volume} ${e.work.operation} ${e.work.operationId}`,
+        ),
+      ];
     };
-    for (const group of alike) {
-      for (const phase of group) {
-        expect(phaseClassOf(phase)).toBe(phaseClassOf(group[0]));
-        expect(decisionWith(phase, phase)).toEqual(decisionWith(group[0]!, group[0]!));
+    const cases = [fresh, announced].flatMap((prior) =>
+      (['a', 'b'] as const).flatMap((volume) =>
+        [undefined, { name: volume === 'a' ? 'b' : 'a', target: 'sdb', phase: 'Ready' }].flatMap(
+          (other) => [both, onlyA].map((pod) => ({ prior, volume, other, pod })),
+        ),
+      ),
+    );
+    let quiet = 0;
+    let nudged = 0;
+    const wrong: string[] = [];
+    for (const { prior, volume, other, pod } of cases) {
+      const where = { inSpec: volume === 'a', onPod: volumesOfPod(pod).includes(volume) };
+      for (const before of entries(volume)) {
+        const had = new Set(actions(prior, pod, [before, other]));
+        for (const after of entries(volume)) {
+          if (statusChangeNudges(before, after, where)) {
+            nudged++;
+            continue;
+          }
+          quiet++;
+          const gained = actions(prior, pod, [after, other]).filter((x) => !had.has(x));
+          if (gained.length > 0)
+            wrong.push(JSON.stringify({ volume, before, after, other, gained }));
+        }
       }
     }
-    const classes = new Set(alike.map((group) => phaseClassOf(group[0])));
-    expect(classes.size).toBe(alike.length);
+    expect(wrong.slice(0, 5)).toEqual([]);
+    // Both kinds occur: the plug's forward steps pass quietly, the unplug's and resets nudge.
+    expect(quiet).toBeGreaterThan(100);
+    expect(nudged).toBeGreaterThan(100);
+    expect(
+      statusChangeNudges(
+        { name: 'a', target: '', phase: 'Bound' },
+        { name: 'a', target: '', phase: 'Ready' },
+        { inSpec: true, onPod: true },
+      ),
+    ).toBe(false);
+    expect(
+      statusChangeNudges(
+        { name: 'b', target: 'sda', phase: 'Ready' },
+        { name: 'b', target: '', phase: 'UnMountedFromPod' },
+        { inSpec: false, onPod: true },
+      ),
+    ).toBe(true);
   });
 
   it('reports a missing claim once, as KubeVirt words it', () => {

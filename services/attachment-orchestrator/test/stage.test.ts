@@ -187,21 +187,13 @@ describe('readiness', () => {
         message: 'PVC late-claim not found',
       });
     }, WAIT);
-    // Nothing is attached while the claim is missing: the orchestrator has settled the nudge
-    // its own Pending status caused, or folded it into a reconcile queued before it (either way
-    // it reconciled with the status showing Pending), and no pod exists.
-    const pendingRv = h.sim.store.peek(Types.virtualmachineinstances, ns, name)?.metadata
-      ?.resourceVersion as string;
-    const statusNudge = `nudge-${vmi.metadata.uid ?? ''}-${pendingRv}`;
+    // Nothing is attached while the claim is missing: the orchestrator settled the request that
+    // published Pending (its own Pending status nudges nothing: a phase that moves no further
+    // gives a reconcile nothing more to do), and no pod exists.
     await vi.waitFor(
       () =>
         expect(
-          logs.lines.some(
-            (l) =>
-              (l.msg === 'work item settled' ||
-                l.msg === 'work item coalesced into a queued handling of its unit') &&
-              l.operationId === statusNudge,
-          ),
+          logs.lines.some((l) => l.msg === 'work item settled' && l.operationId === 'op-late'),
         ).toBe(true),
       WAIT,
     );
