@@ -10,6 +10,7 @@ import {
 import { cloneJson } from '@plugline/contracts';
 import type { Logger } from 'pino';
 import { makeApiClient } from './agent.js';
+import { CacheIndex, cacheIdOf, splitCacheId } from './cache-index.js';
 import { InformerStoppedError, statusCodeOf } from './errors.js';
 import { collectionPath, type ResourceRef } from './resources.js';
 import type { KubeObject } from './types.js';
@@ -74,6 +75,13 @@ export interface Informer<T extends KubeObject> {
    * cached objects themselves (only the ones it keeps are copied) and must not change them.
    */
   list(filter?: (obj: T) => boolean): T[];
+  /**
+   * Keeps the cached objects findable by keys of their own, as client-go's indexers do: `keysOf`
+   * gives an object's keys (a pure function of the cached object, which it must not change).
+   * Returns the lookup: copies of the cached objects that carry a key, found without scanning the
+   * cache. The index follows every add, update and delete, re-lists included.
+   */
+  index(keysOf: (obj: T) => readonly string[]): (key: string) => T[];
   /** Subscribes to a kind of change; returns the unsubscribe function. */
   on(event: InformerEvent, handler: InformerHandler<T>): () => void;
   /** Same as `on('add', handler)`. */
@@ -156,6 +164,7 @@ class RestartingInformer<T extends KubeObject> implements Informer<T> {
   #attemptFailed = false;
   #timer: NodeJS.Timeout | undefined;
   #waiters: (() => void)[] = [];
+  readonly #indexes: CacheIndex<T>[] = [];
   #handlers: Record<InformerEvent, Set<InformerHandler<T>>> = {
     add: new Set(),
     update: new Set(),
@@ -191,7 +200,11 @@ class RestartingInformer<T extends KubeObject> implements Informer<T> {
       ...options.backoff,
     };
     for (const event of Object.values(InformerEvent)) {
-      this.#lw.on(event, (obj) => this.#dispatch(event, obj as unknown as T));
+      this.#lw.on(event, (obj) => {
+        // The cache has changed already: the indexes follow before any handler looks.
+        this.#reindex(event, obj as unknown as T);
+        this.#dispatch(event, obj as unknown as T);
+      });
     }
     this.#lw.on('error', (err?: unknown) => this.#onError(err));
   }
@@ -234,6 +247,27 @@ class RestartingInformer<T extends KubeObject> implements Informer<T> {
     const cached = this.#lw.list() as unknown as T[];
     const kept = filter ? cached.filter(filter) : cached;
     return kept.map((obj) => cloneJson(obj));
+  }
+
+  index(keysOf: (obj: T) => readonly string[]): (key: string) => T[] {
+    const index = new CacheIndex<T>(keysOf);
+    for (const obj of this.#lw.list()) index.put(cacheIdOf(obj), obj as unknown as T);
+    this.#indexes.push(index);
+    return (key) =>
+      index.ids(key).flatMap((id) => {
+        const { namespace, name } = splitCacheId(id);
+        const obj = this.#lw.get(name, namespace);
+        return obj === undefined ? [] : [cloneJson(obj) as unknown as T];
+      });
+  }
+
+  #reindex(event: InformerEvent, obj: T): void {
+    if (this.#indexes.length === 0) return;
+    const id = cacheIdOf(obj);
+    for (const index of this.#indexes) {
+      if (event === InformerEvent.Delete) index.remove(id);
+      else index.put(id, obj);
+    }
   }
 
   on(event: InformerEvent, handler: InformerHandler<T>): () => void {

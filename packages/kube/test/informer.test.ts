@@ -102,6 +102,81 @@ describe('createInformer', () => {
     }
   });
 
+  it(
+    'finds objects by an index that follows adds, key changes, deletes and a re-list after a 410',
+    { timeout: 30_000 },
+    async () => {
+      const ns = await createNamespace(env.kc);
+      await core.createNamespacedPod({
+        namespace: ns,
+        body: podManifest('red-1', { color: 'red' }),
+      });
+      const { proxy, url } = await CuttableProxy.start(env.sim.url);
+      const { logger } = memoryLogger();
+      const informer = podInformerVia(url, ns, logger);
+      const colored = (color: string): string[] =>
+        byColor(color)
+          .map((p) => p.metadata!.name!)
+          .sort();
+      // Made before the informer starts: it indexes what the first list brings.
+      const byColor = informer.index((p) =>
+        p.metadata?.labels?.color ? [p.metadata.labels.color] : [],
+      );
+      try {
+        await informer.start();
+        expect(colored('red')).toEqual(['red-1']);
+        await core.createNamespacedPod({
+          namespace: ns,
+          body: podManifest('red-2', { color: 'red' }),
+        });
+        await core.createNamespacedPod({
+          namespace: ns,
+          body: podManifest('blue-1', { color: 'blue' }),
+        });
+        await core.createNamespacedPod({ namespace: ns, body: podManifest('plain') });
+        await waitFor(() => informer.get(ns, 'plain') !== undefined, { description: 'all seen' });
+        expect(colored('blue')).toEqual(['blue-1']);
+        expect(colored('red')).toEqual(['red-1', 'red-2']);
+        // An index made on a synced cache starts with what it holds.
+        const byName = informer.index((p) => [p.metadata!.name!]);
+        expect(byName('plain').map((p) => p.metadata!.name)).toEqual(['plain']);
+
+        // A changed key moves the object; a copy handed out leaves the cache alone.
+        await core.patchNamespacedPod(
+          { namespace: ns, name: 'red-2', body: { metadata: { labels: { color: 'blue' } } } },
+          setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+        );
+        await waitFor(() => colored('blue').length === 2, { description: 'red-2 turned blue' });
+        expect(colored('red')).toEqual(['red-1']);
+        byColor('red')[0]!.metadata!.labels!.color = 'changed by the caller';
+        expect(colored('red')).toEqual(['red-1']);
+
+        await core.deleteNamespacedPod({ namespace: ns, name: 'red-1', gracePeriodSeconds: 0 });
+        await waitFor(() => colored('red').length === 0, { description: 'red-1 gone' });
+
+        // Blind while blue-1 goes and a green one comes; the history is forgotten (410 → re-list).
+        proxy.cut();
+        await waitFor(() => informer.restarts >= 1, { description: 'a restart while cut' });
+        await core.deleteNamespacedPod({ namespace: ns, name: 'blue-1', gracePeriodSeconds: 0 });
+        await core.createNamespacedPod({
+          namespace: ns,
+          body: podManifest('green-1', { color: 'green' }),
+        });
+        env.sim.compact();
+        proxy.heal();
+        await waitFor(() => colored('green').length === 1, {
+          description: 'green-1 after the re-list',
+          timeout: 10_000,
+        });
+        expect(colored('blue')).toEqual(['red-2']);
+        expect(byName('blue-1')).toEqual([]);
+      } finally {
+        await informer.stop();
+        await proxy.close();
+      }
+    },
+  );
+
   it('watches custom resources (VMIs) with a label selector', async () => {
     const ns = await createNamespace(env.kc);
     await createVmi(env.kc, ns, 'vmi-one');

@@ -63,6 +63,21 @@ const isLauncherPodOf = (pod: Pod, vmiUid: string | undefined): boolean =>
   pod.metadata.labels?.[KubevirtLabel.App] === LAUNCHER_LABEL_VALUE &&
   pod.metadata.labels[KubevirtLabel.CreatedBy] === vmiUid;
 
+/** A VMI's key in the cache indexes: its namespace and uid. */
+const vmiKey = (namespace: string | undefined, uid: string): string => `${namespace ?? ''}/${uid}`;
+
+/** An attachment pod under the VMI that owns it, a launcher pod under the VMI that made it. */
+function podVmiKeys(pod: CachedPod): string[] {
+  const app = pod.metadata.labels?.[KubevirtLabel.App];
+  const uid =
+    app === HOTPLUG_DISK_LABEL_VALUE
+      ? pod.metadata.annotations?.[KubevirtLabel.OwnerVmiUid]
+      : app === LAUNCHER_LABEL_VALUE
+        ? pod.metadata.labels?.[KubevirtLabel.CreatedBy]
+        : undefined;
+  return uid === undefined ? [] : [vmiKey(pod.metadata.namespace, uid)];
+}
+
 /** What of a VMI the orchestrator compares between two versions of it. */
 interface VmiSummary {
   namespace: string | undefined;
@@ -174,6 +189,13 @@ class InformerClusterView implements ClusterView {
   readonly #pvcs: Informer<CachedPvc>;
   readonly #dvs: Informer<CachedDv>;
   readonly #onNudge: (nudge: Nudge) => void;
+  /**
+   * Lookups that need not scan a cache (issue 10: scanning every pod on each reconcile was 8 %
+   * of the orchestrator's CPU at 500 VMIs, and grows with the cluster).
+   */
+  readonly #podsOfVmi: (key: string) => CachedPod[];
+  readonly #vmisByUid: (key: string) => VirtualMachineInstance[];
+  readonly #vmisByClaim: (key: string) => VirtualMachineInstance[];
   #ready = false;
 
   constructor(o: ClusterViewOptions) {
@@ -191,6 +213,13 @@ class InformerClusterView implements ClusterView {
     });
     this.#pvcs = createInformer({ ...common, resource: Resources.persistentVolumeClaims });
     this.#dvs = createInformer({ ...common, resource: Resources.dataVolumes });
+    this.#podsOfVmi = this.#pods.index(podVmiKeys);
+    this.#vmisByUid = this.#vmis.index((vmi) =>
+      vmi.metadata.uid === undefined ? [] : [vmiKey(vmi.metadata.namespace, vmi.metadata.uid)],
+    );
+    this.#vmisByClaim = this.#vmis.index((vmi) =>
+      claimsOf(vmi).map((claim) => vmiKey(vmi.metadata.namespace, claim)),
+    );
     this.#wire(
       this.#vmis,
       summarizeVmi,
@@ -252,21 +281,15 @@ class InformerClusterView implements ClusterView {
   }
 
   #onAttachmentPod(vmi: VmiSummary, volume: string): boolean {
-    return (
-      this.#pods.list(
-        (p) =>
-          p.metadata.namespace === vmi.namespace &&
-          isAttachmentPodOf(p, vmi.uid) &&
-          volumesOfPod(p).includes(volume),
-      ).length > 0
+    if (vmi.uid === undefined) return false;
+    return this.#podsOfVmi(vmiKey(vmi.namespace, vmi.uid)).some(
+      (p) => isAttachmentPodOf(p, vmi.uid) && volumesOfPod(p).includes(volume),
     );
   }
 
   #vmisOfClaim(namespace: string | undefined, claim: string | undefined): VirtualMachineInstance[] {
     if (claim === undefined) return [];
-    return this.#vmis.list(
-      (vmi) => vmi.metadata.namespace === namespace && claimsOf(vmi).includes(claim),
-    );
+    return this.#vmisByClaim(vmiKey(namespace, claim));
   }
 
   #vmisOfPod(pod: CachedPod): VirtualMachineInstance[] {
@@ -277,19 +300,23 @@ class InformerClusterView implements ClusterView {
       return vmi === undefined ? [] : [vmi];
     }
     const uid = pod.metadata.labels?.[KubevirtLabel.CreatedBy];
-    return this.#vmis.list((v) => v.metadata.namespace === ns && v.metadata.uid === uid);
+    return uid === undefined ? [] : this.#vmisByUid(vmiKey(ns, uid));
   }
 
   observe(ref: VmiRef): Observation {
     const vmi = this.#vmis.get(ref.namespace, ref.name);
     // Only this VMI's pods are copied out of the cache, not the whole namespace's.
     const launcherOwner = vmi?.metadata.uid;
-    const pods = this.#pods.list(
-      (p) =>
-        p.metadata.namespace === ref.namespace &&
-        (isAttachmentPodOf(p, ref.uid) ||
-          (launcherOwner !== undefined && isLauncherPodOf(p, launcherOwner))),
+    const keys = new Set(
+      [ref.uid, launcherOwner ?? ref.uid].map((uid) => vmiKey(ref.namespace, uid)),
     );
+    const pods = [...keys]
+      .flatMap((key) => this.#podsOfVmi(key))
+      .filter(
+        (p) =>
+          isAttachmentPodOf(p, ref.uid) ||
+          (launcherOwner !== undefined && isLauncherPodOf(p, launcherOwner)),
+      );
     const attachment = pods.filter((p) => isAttachmentPodOf(p, ref.uid));
     const pvcs: Record<string, PersistentVolumeClaim> = {};
     const dataVolumes: Record<string, DataVolume> = {};
