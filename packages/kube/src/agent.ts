@@ -3,12 +3,14 @@ import https from 'node:https';
 import {
   ApiException,
   HttpMethod,
-  IsomorphicFetchHttpLibrary,
   RequestContext,
+  ResponseContext,
+  wrapHttpLibrary,
   ServerConfiguration,
   createConfiguration,
   type ApiType,
   type Configuration,
+  type HttpLibrary,
   type KubeConfig,
   type SecurityAuthentication,
 } from '@kubernetes/client-node';
@@ -132,6 +134,7 @@ export function makeApiClient<T extends ApiType>(
   const config = createConfiguration({
     baseServer: new ServerConfiguration(cluster.server, {}),
     authMethods: { default: new KeepAliveAuth(kc) },
+    httpApi: nodeHttpLibrary,
   });
   return new Api(config);
 }
@@ -162,7 +165,6 @@ export function makeJsonRequester(kc: KubeConfig): JsonRequester {
   if (!cluster) throw new Error('the kubeconfig has no current cluster');
   const server = cluster.server.replace(/\/+$/, '');
   const auth = new KeepAliveAuth(kc);
-  const http = new IsomorphicFetchHttpLibrary();
   return async (request) => {
     const context = new RequestContext(`${server}${request.path}`, HttpMethod[request.method]);
     for (const [name, value] of Object.entries(request.query ?? {})) {
@@ -172,14 +174,85 @@ export function makeJsonRequester(kc: KubeConfig): JsonRequester {
     context.setHeaderParam('Content-Type', request.contentType ?? 'application/json');
     context.setBody(JSON.stringify(request.body));
     await auth.applySecurityAuthentication(context);
-    const response = await http.send(context).toPromise();
-    const text = await response.body.text();
-    const code = response.httpStatusCode;
+    const answer = await send(context);
+    const { code, headers } = answer;
+    const text = answer.body.toString('utf8');
     if (code < 200 || code > 299) {
-      throw new ApiException(code, `HTTP-Code: ${code}`, text, response.headers);
+      throw new ApiException(code, `HTTP-Code: ${code}`, text, headers);
     }
     return text === '' ? undefined : (JSON.parse(text) as unknown);
   };
+}
+
+interface Answer {
+  code: number;
+  body: Buffer;
+  headers: Record<string, string>;
+}
+
+/**
+ * Sends an authenticated request with Node's own client, through the agent authentication chose
+ * (the pooled keep-alive agent, with the KubeConfig's TLS identity). client-node's default
+ * (node-fetch: its headers, body streams and promise plumbing) was ~5 % of the spec-watcher's
+ * busy time in the throughput profile, for status patches a few hundred bytes long. Unlike
+ * node-fetch it asks for no gzip: kube-apiserver compresses only answers over 128 KiB (an
+ * informer's first list), which then come uncompressed.
+ */
+function send(context: RequestContext): Promise<Answer> {
+  const url = new URL(context.getUrl());
+  const body = context.getBody();
+  if (body !== undefined && typeof body !== 'string') {
+    return Promise.reject(new TypeError('only JSON text bodies are sent'));
+  }
+  const payload = body ?? '';
+  const headers = { ...context.getHeaders(), 'Content-Length': String(Buffer.byteLength(payload)) };
+  const agent = context.getAgent();
+  const signal = context.getSignal();
+  const transport = url.protocol === 'https:' ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = transport.request(
+      url,
+      {
+        method: context.getHttpMethod(),
+        headers,
+        ...(agent === undefined ? {} : { agent }),
+        ...(signal === undefined ? {} : { signal }),
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('error', reject);
+        res.on('end', () =>
+          resolve({
+            code: res.statusCode ?? 0,
+            body: Buffer.concat(chunks),
+            headers: flatHeaders(res.headers),
+          }),
+        );
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+/** The generated APIs' transport: {@link send}. */
+const nodeHttpLibrary: HttpLibrary = wrapHttpLibrary({
+  async send(context) {
+    const { code, body, headers } = await send(context);
+    return new ResponseContext(code, headers, {
+      text: () => Promise.resolve(body.toString('utf8')),
+      binary: () => Promise.resolve(body),
+    });
+  },
+});
+
+function flatHeaders(headers: http.IncomingHttpHeaders): Record<string, string> {
+  const flat: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined) flat[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return flat;
 }
 
 /**
