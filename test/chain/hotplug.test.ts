@@ -257,6 +257,34 @@ describe.skipIf(!isRoot)('the chain', () => {
     });
   }, 180_000);
 
+  it('a volume in use names the pod that replaced its first one', async () => {
+    const ns = 'chain-repointed';
+    await scenario(ns);
+    for (const name of ['first', 'second']) {
+      await createPvc(f.stack.kc, { namespace: ns, name, mode: 'Filesystem' });
+      await plug(ns, 'vm', `--volume-name=${name}`);
+    }
+    // `second` needed a pod for both; once it runs, `first`'s pod goes, as in virt-controller.
+    const attachmentPods = async () =>
+      (await f.client.listPods(ns)).filter(
+        (p) => p.metadata?.labels?.['kubevirt.io'] === 'hotplug-disk',
+      );
+    await vi.waitFor(async () => expect(await attachmentPods()).toHaveLength(1), WAIT);
+    const [carrier] = await attachmentPods();
+    const named = { attachPodName: carrier!.metadata!.name, attachPodUID: carrier!.metadata!.uid };
+    await vi.waitFor(
+      async () => {
+        for (const name of ['first', 'second']) {
+          expect(await volumeStatus(f.client, ns, 'vm', name)).toMatchObject({
+            phase: 'Ready',
+            hotplugVolume: named,
+          });
+        }
+      },
+      { timeout: 15_000, interval: 100 },
+    );
+  }, 180_000);
+
   it('deleting the attachment pod of a Ready volume does not detach it', async () => {
     const ns = 'chain-pod-deleted';
     const { launcher } = await scenario(ns);

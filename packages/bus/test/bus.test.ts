@@ -169,6 +169,32 @@ describe('Publisher', () => {
     expect(stored!.header.get('Nats-Msg-Id')).toBe('uid1:vol-dedup:op1:ready');
   });
 
+  it('stores a volume announced again on the pod that replaced its first one (same operation)', async () => {
+    await provision(bus);
+    const publisher = new Publisher(bus);
+    const announced = (uid: string, id: string): VolumeEvent =>
+      buildEvent({
+        namespace: 'ns1',
+        vmi: 'vm1',
+        volume: 'vol-repointed',
+        type: 'attached-to-node',
+        stage: Stage.AttachmentOrchestrator,
+        id,
+        data: {
+          operationId: 'op1',
+          operation: 'plug',
+          vmiUID: 'uid1',
+          node: 'node-1',
+          attachPod: { name: `hp-${uid}`, uid },
+          phase: 'AttachedToNode',
+        },
+      });
+    expect((await publisher.publishEvent(announced('pod-first', 'a'))).duplicate).toBe(false);
+    // Its retry is dropped; the announcement on the replacement pod is not.
+    expect((await publisher.publishEvent(announced('pod-first', 'b'))).duplicate).toBe(true);
+    expect((await publisher.publishEvent(announced('pod-second', 'c'))).duplicate).toBe(false);
+  });
+
   it('retries until the restarted server acknowledges, and gives up only on shutdown', async () => {
     await provision(bus);
     const publisher = new Publisher(bus, { retry: { initialDelayMs: 20, maxDelayMs: 200 } });

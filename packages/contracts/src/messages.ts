@@ -121,10 +121,18 @@ export function compareOperationIds(a: string, b: string): number {
   return a < b ? -1 : 1;
 }
 
-/** `Nats-Msg-Id` of an event: a retried publish inside the duplicate window is dropped. */
+/**
+ * `Nats-Msg-Id` of an event: a retried publish inside the duplicate window is dropped. The facts
+ * a stage states again within one operation with something new are messages of their own: a
+ * volume in use announced on the pod that replaced its first one (`attached-to-node`, which the
+ * status must follow: dropped as a duplicate, it left the status naming a deleted pod), and each
+ * new import progress.
+ */
 export function eventMsgId(event: VolumeEvent): string {
   const { volume } = keyOfEvent(event);
-  return `${event.data.vmiUID}:${volume}:${event.data.operationId}:${eventTypeOf(event)}`;
+  const base = `${event.data.vmiUID}:${volume}:${event.data.operationId}:${eventTypeOf(event)}`;
+  const variant = event.data.attachPod?.uid ?? event.data.progress;
+  return variant === undefined ? base : `${base}:${variant}`;
 }
 
 /**

@@ -214,6 +214,22 @@ describe('Nats-Msg-Id', () => {
     expect(eventMsgId(buildEvent(newEvent('ready', { operationId: 'op-2' })))).not.toBe(a);
   });
 
+  it('tells apart what one operation states again with something new: another pod, a new progress', () => {
+    const onPod = (uid: string, id = 'evt') =>
+      eventMsgId(
+        buildEvent({
+          ...newEvent('attached-to-node', { attachPod: { name: `hp-${uid}`, uid } }),
+          id,
+        }),
+      );
+    expect(onPod('uid-first')).toBe(onPod('uid-first', 'a-retry'));
+    expect(onPod('uid-replacement')).not.toBe(onPod('uid-first'));
+    const progress = (p: string) =>
+      eventMsgId(buildEvent(newEvent('import-progress', { progress: p })));
+    expect(progress('45.10%')).not.toBe(progress('12.00%'));
+    expect(progress('45.10%')).toBe(progress('45.10%'));
+  });
+
   it('distinguishes work nudges by stage, cause and issue time; a retried publish keeps its id', () => {
     const item = workItem();
     expect(workMsgId(item)).toBe(
