@@ -28,6 +28,7 @@ export type { Observation, PlugPlan, Problem } from './observation.js';
 
 export {
   createObserver,
+  createdByKeys,
   chooseTarget,
   findLauncher,
   runsOn,
@@ -35,7 +36,7 @@ export {
   busOf,
   TargetReservations,
 } from './observe.js';
-export type { Observer, ObserverDeps, PodLike, PvcLike } from './observe.js';
+export type { LaunchersOf, Observer, ObserverDeps, PodLike, PvcLike } from './observe.js';
 
 export {
   assertPodUID,

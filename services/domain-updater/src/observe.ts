@@ -70,17 +70,28 @@ export function findLauncher(
 }
 
 /**
- * The VMI's launcher pod on `node` from the pod cache (see {@link findLauncher}); only pods that
- * name the VMI as their creator are copied out of the cache.
+ * The VMI's launcher pod on `node` from the pod cache (see {@link findLauncher}); `createdBy`
+ * finds the cached pods that name the VMI as their creator (see {@link createdByKeys}).
  */
 export function launcherFromCache(
-  pods: Pick<Informer<PodLike>, 'list'>,
+  createdBy: LaunchersOf,
   vmiUID: string,
   node: string,
   namespace?: string,
 ): PodLike | undefined {
-  const created = pods.list((p) => p.metadata?.labels?.[KubevirtLabel.CreatedBy] === vmiUID);
-  return findLauncher(created, vmiUID, node, namespace);
+  return findLauncher(createdBy(vmiUID), vmiUID, node, namespace);
+}
+
+/** The cached pods created by the VMI with this uid (an index of the pod cache). */
+export type LaunchersOf = (vmiUID: string) => readonly PodLike[];
+
+/**
+ * The keys the pod cache is indexed by: the uid of the VMI that created the pod. A VMI's launcher
+ * is found by key on every work item, not by a look through every launcher pod of the node.
+ */
+export function createdByKeys(pod: PodLike): string[] {
+  const uid = pod.metadata?.labels?.[KubevirtLabel.CreatedBy];
+  return uid === undefined ? [] : [uid];
 }
 
 /** Pure: whether the VMI runs on `node`. */
@@ -178,7 +189,8 @@ export interface ObserverDeps {
   vmis: Pick<Informer<VirtualMachineInstance>, 'get'>;
   /** Asked when the cache may lag behind the item (see `currentVmi`). */
   api: Pick<KubeClient, 'getVmi'>;
-  pods: Pick<Informer<PodLike>, 'list'>;
+  /** The launcher pods of a VMI, by its uid (see {@link createdByKeys}). */
+  launchersOf: LaunchersOf;
   pvcs: Pick<Informer<PvcLike>, 'get'>;
   driver: DomainDriver;
   /** Defines the domain when missing (the simulated hypervisor stands in for virt-launcher). */
@@ -244,7 +256,7 @@ export function createObserver(deps: ObserverDeps) {
   > {
     const notReady = { sourceReady: false, plan: null, planError: null };
     const launcher = launcherFromCache(
-      deps.pods,
+      deps.launchersOf,
       vmi.metadata.uid!,
       deps.node,
       vmi.metadata.namespace,

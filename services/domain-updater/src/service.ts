@@ -32,6 +32,7 @@ import { HypervisorKind, type DomainUpdaterConfig } from './config.js';
 import { domainUpdaterMachine, NudgeCause } from './machine.js';
 import {
   createObserver,
+  createdByKeys,
   launcherFromCache,
   runsOn,
   specDiskOf,
@@ -157,6 +158,7 @@ export async function startDomainUpdater(
     resource: Resources.persistentVolumeClaims,
     logger: log,
   });
+  const launchersOf = pods.index(createdByKeys);
   const informers: Informer<never>[] = [vmis, pods, pvcs] as unknown as Informer<never>[];
   const events = new DeviceEventLog(driver);
   const publisher = new Publisher(deps.bus, {
@@ -231,7 +233,7 @@ export async function startDomainUpdater(
     diskSourceDir: settings.diskSourceDir,
     vmis,
     api: new KubeClient({ kc: deps.kc, fieldManager: 'plugline-domain-updater', logger: log }),
-    pods,
+    launchersOf,
     pvcs,
     driver,
     ensureDomain,
@@ -279,7 +281,7 @@ export async function startDomainUpdater(
           nudged++;
         }
       }
-      const launcher = launcherFromCache(pods, vmi.metadata.uid!, node, ns);
+      const launcher = launcherFromCache(launchersOf, vmi.metadata.uid!, node, ns);
       if (launcher === undefined) continue;
       const launcherUID = launcher.metadata!.uid!;
       for (const volume of (vmi.spec.volumes ?? []).filter(isHotpluggable)) {

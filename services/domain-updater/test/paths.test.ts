@@ -18,6 +18,7 @@ import type { DomainDriver } from '@plugline/hypervisor';
 import {
   checkedHotplugSource,
   createObserver,
+  createdByKeys,
   hotplugHostDir,
   WrongSourceKindError,
   type PodLike,
@@ -169,7 +170,7 @@ describe('the observer', () => {
       diskSourceDir: 'host',
       vmis: { get: () => vmi },
       api: { getVmi: () => Promise.resolve(vmi) },
-      pods: { list: () => pods },
+      launchersOf: (uid) => pods.filter((p) => createdByKeys(p).includes(uid)),
       pvcs: { get: () => ({ metadata: { name: 'pvc-data' }, spec: { volumeMode: 'Filesystem' } }) },
       driver: { listDisks: () => Promise.resolve([]) } as unknown as DomainDriver,
       probe: () => Promise.resolve(false),

@@ -128,18 +128,27 @@ function inNamespace(pod: PodView, namespace: string | undefined): boolean {
 }
 
 /**
- * True for a launcher or attachment pod of the VMI with `vmiUID` in `namespace`: the only pods
- * {@link decide} reads for that VMI's items (so the only ones worth copying out of the cache).
+ * The key of the VMI a launcher or attachment pod belongs to (`namespace/vmiUID`, see
+ * {@link vmiPodsKey}); none for other pods. The pod cache is indexed by it: {@link decide} reads
+ * only the pods of the item's VMI, found by key rather than by a look through every pod here.
  */
-export function isPodOfVmi(pod: PodView, vmiUID: string, namespace: string): boolean {
+export function vmiKeyOfPod(pod: PodView): string | undefined {
   const labels = pod.metadata?.labels;
-  if (pod.metadata?.namespace !== namespace || labels === undefined) return false;
+  const namespace = pod.metadata?.namespace;
+  if (namespace === undefined || labels === undefined) return undefined;
   const app = labels[KubevirtLabel.App];
-  if (app === LAUNCHER_LABEL_VALUE) return labels[KubevirtLabel.CreatedBy] === vmiUID;
-  if (app === HOTPLUG_DISK_LABEL_VALUE) {
-    return pod.metadata.annotations?.[KubevirtLabel.OwnerVmiUid] === vmiUID;
-  }
-  return false;
+  const uid =
+    app === LAUNCHER_LABEL_VALUE
+      ? labels[KubevirtLabel.CreatedBy]
+      : app === HOTPLUG_DISK_LABEL_VALUE
+        ? pod.metadata?.annotations?.[KubevirtLabel.OwnerVmiUid]
+        : undefined;
+  return uid === undefined ? undefined : vmiPodsKey(namespace, uid);
+}
+
+/** The key under which the pod cache finds the pods of the VMI `vmiUID` in `namespace`. */
+export function vmiPodsKey(namespace: string, vmiUID: string): string {
+  return `${namespace}/${vmiUID}`;
 }
 
 /** The VMI's launcher pods on this node (in `namespace`, when given), running ones first. */

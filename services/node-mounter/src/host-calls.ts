@@ -19,11 +19,16 @@ const S_IFBLK = 0o060000;
 
 type Call = (...args: unknown[]) => unknown;
 
+interface AsyncCall {
+  async(...args: unknown[]): void;
+}
+
 interface Libc {
   readonly mount: Call;
   readonly umount2: Call;
   readonly mknod: Call;
   readonly strerror: Call;
+  readonly statx: AsyncCall;
 }
 
 let libc: Libc | undefined;
@@ -39,6 +44,9 @@ function loadLibc(): Libc {
     umount2: fn('int umount2(const char *target, int flags)'),
     mknod: fn('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
     strerror: fn('const char *strerror(int errnum)'),
+    statx: lib.func(
+      'int statx(int dirfd, const char *path, int flags, uint32_t mask, _Out_ uint8_t *buf)',
+    ) as AsyncCall,
   };
   return libc;
 }
@@ -85,4 +93,39 @@ export function makeBlockNode(path: string, mode: number, major: number, minor: 
     `mknod ${path} b ${major} ${minor}`,
     c,
   );
+}
+
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+/** Attributes as cached: a network filesystem is not asked to revalidate them. */
+const AT_STATX_DONT_SYNC = 0x4000;
+/** statx(2): the file is the root of a mount (Linux 5.8). */
+const STATX_ATTR_MOUNT_ROOT = 0x2000n;
+/** `struct statx`: its size, and the offsets of stx_attributes and stx_attributes_mask. */
+const STATX_SIZE = 256;
+const STX_ATTRIBUTES = 8;
+const STX_ATTRIBUTES_MASK = 56;
+
+/**
+ * Whether `path` itself (a symlink is not followed) is the root of a mount: something is mounted
+ * on it. One statx(2), run on koffi's worker threads (a target's mount may be of a network
+ * filesystem that hangs). Undefined when statx cannot tell: it failed (`path` is missing, say),
+ * the kernel predates the attribute, or too many calls are queued; the caller asks another way.
+ */
+export function isMountRoot(path: string): Promise<boolean | undefined> {
+  const c = loadLibc();
+  const buf = Buffer.alloc(STATX_SIZE);
+  return new Promise((resolve) => {
+    const done = (err: unknown, result: unknown): void => {
+      if (err !== null && err !== undefined) return resolve(undefined);
+      if (result !== 0 || (buf.readBigUInt64LE(STX_ATTRIBUTES_MASK) & STATX_ATTR_MOUNT_ROOT) === 0n)
+        return resolve(undefined);
+      resolve((buf.readBigUInt64LE(STX_ATTRIBUTES) & STATX_ATTR_MOUNT_ROOT) !== 0n);
+    };
+    try {
+      c.statx.async(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, 0, buf, done);
+    } catch (err) {
+      done(err, undefined);
+    }
+  });
 }

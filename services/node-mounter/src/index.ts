@@ -42,6 +42,7 @@ export {
   readMountTable,
   mountsOn,
   isMountedOn,
+  isMountedOnByMountIds,
   mountFilesystem,
   unmountFilesystem,
   splitDeviceNumber,
@@ -136,6 +137,8 @@ export {
   attachmentPodsWith,
   hotplugVolumesOf,
   domainHolds,
+  vmiKeyOfPod,
+  vmiPodsKey,
   wantedVolumes,
 } from './decide.js';
 export type { Decision, PodView, PvcView, VolumeView } from './decide.js';
@@ -162,4 +165,4 @@ export type {
 
 export { startNodeMounter } from './service.js';
 export type { NodeMounterDeps, NodeMounterService } from './service.js';
-export { bindMount, makeDeviceNumber, unmount } from './host-calls.js';
+export { bindMount, isMountRoot, makeDeviceNumber, unmount } from './host-calls.js';

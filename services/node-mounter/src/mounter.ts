@@ -14,7 +14,7 @@ import {
 import { dirname, join } from 'node:path';
 
 import { CgroupError, MountError, SourceNotFoundError, WrongFileKindError } from './errors.js';
-import { bindMount, makeBlockNode, unmount } from './host-calls.js';
+import { bindMount, isMountRoot, makeBlockNode, unmount } from './host-calls.js';
 import { mountsAt, parseMountInfo } from './mountinfo.js';
 import type { MountInfoEntry } from './mountinfo.js';
 
@@ -92,11 +92,18 @@ async function mountIdOf(path: string, flags: number): Promise<number | undefine
 }
 
 /**
- * True when something is mounted on the file `path`: the file is reached through another mount
- * than its folder. O(1), unlike a look through the mount table, which holds a line per volume of
- * every VMI on the node (10,000 volumes: a 1.5 MB table to read and parse per check).
+ * True when something is mounted on the file `path`. O(1), unlike a look through the mount table,
+ * which holds a line per volume of every VMI on the node (10,000 volumes: a 1.5 MB table to read
+ * and parse per check). Asked of statx(2) first: one call, where the file's and its folder's
+ * mount ids cost seven trips through the thread pool (0.68 ms of CPU a check against 0.05 ms,
+ * and a plug and its unplug make three checks).
  */
 export async function isMountedOn(path: string): Promise<boolean> {
+  return (await isMountRoot(path)) ?? (await isMountedOnByMountIds(path));
+}
+
+/** {@link isMountedOn} where statx cannot tell: the file is reached through another mount than its folder. */
+export async function isMountedOnByMountIds(path: string): Promise<boolean> {
   const [own, folder] = await Promise.all([
     mountIdOf(path, PROBE_FILE_FLAGS),
     mountIdOf(dirname(path), PROBE_DIR_FLAGS),

@@ -11,7 +11,7 @@ import { childLogger, createMetrics } from '@plugline/telemetry';
 import type { Logger, PluglineMetrics } from '@plugline/telemetry';
 
 import type { NodeMounterConfig } from './config.js';
-import { decide, isPodOfVmi, wantedVolumes } from './decide.js';
+import { decide, vmiKeyOfPod, vmiPodsKey, wantedVolumes } from './decide.js';
 import type { Decision, PodView, PvcView } from './decide.js';
 import { NodeMounter } from './node-mounter.js';
 import type { CgroupOutcome, ReconcileReport } from './node-mounter.js';
@@ -67,20 +67,27 @@ interface Truth {
   readonly vmis: VmiInformer;
   readonly pods: PodInformer;
   readonly pvcs: PvcInformer;
+  /** The cached launcher and attachment pods of a VMI, by {@link vmiPodsKey}. */
+  readonly podsOfVmi: (key: string) => PodView[];
   readonly client: KubeClient;
 }
 
 function startInformers(kc: KubeConfig, node: string, logger: Logger): Truth {
   const log = childLogger(logger, { component: 'informer' });
+  const pods: PodInformer = createInformer({
+    kc,
+    resource: Resources.pods,
+    fieldSelector: `spec.nodeName=${node}`,
+    logger: log,
+  });
   return {
     vmis: createInformer({ kc, resource: Resources.virtualMachineInstances, logger: log }),
-    pods: createInformer({
-      kc,
-      resource: Resources.pods,
-      fieldSelector: `spec.nodeName=${node}`,
-      logger: log,
-    }),
+    pods,
     pvcs: createInformer({ kc, resource: Resources.persistentVolumeClaims, logger: log }),
+    podsOfVmi: pods.index((pod) => {
+      const key = vmiKeyOfPod(pod);
+      return key === undefined ? [] : [key];
+    }),
     client: new KubeClient({ kc, fieldManager: 'node-mounter', logger }),
   };
 }
@@ -90,7 +97,7 @@ async function observe(truth: Truth, node: string, item: WorkItem, log: Logger):
     item,
     node,
     vmi: await currentVmi({ cache: truth.vmis, api: truth.client }, item),
-    pods: truth.pods.list((pod) => isPodOfVmi(pod, item.vmiUID, item.namespace)),
+    pods: truth.podsOfVmi(vmiPodsKey(item.namespace, item.vmiUID)),
     pvc: (name) => truth.pvcs.get(item.namespace, name),
   });
   log.debug(

@@ -5,7 +5,14 @@ import { describe, expect, it } from 'vitest';
 import { ConfigError, EventType, Stage } from '@plugline/contracts';
 import type { VirtualMachineInstance, WorkItem } from '@plugline/contracts';
 
-import { decide, DecisionKind, parseConfig, wantedVolumes } from '../src/index.js';
+import {
+  decide,
+  DecisionKind,
+  parseConfig,
+  vmiKeyOfPod,
+  vmiPodsKey,
+  wantedVolumes,
+} from '../src/index.js';
 import type { PodView, PvcView, VolumeView } from '../src/index.js';
 
 /** Pure: the decision table of `decide`, `wantedVolumes`, and config parsing. */
@@ -293,6 +300,26 @@ describe("decide never reaches another VMI's pods or devices", () => {
       }),
     );
     expect(d).toMatchObject({ kind: DecisionKind.Wait, reason: 'AttachmentPodNotRunning' });
+  });
+
+  it("indexes a VMI's launcher and attachment pods under its namespace and uid, no other pod", () => {
+    const key = vmiPodsKey('ns-a', vmiUID);
+    expect(vmiKeyOfPod(launcher)).toBe(key);
+    expect(vmiKeyOfPod(attachment())).toBe(key);
+    // The same labels in another namespace: another key (decide would refuse them anyway).
+    expect(vmiKeyOfPod(elsewhere(launcher))).toBe(vmiPodsKey('ns-b', vmiUID));
+    // An attachment pod's owner is its annotation; the created-by label does not make one.
+    const unowned = attachment();
+    unowned.metadata = {
+      ...unowned.metadata,
+      labels: { 'kubevirt.io': 'hotplug-disk', 'kubevirt.io/created-by': vmiUID },
+      annotations: {},
+    };
+    expect(vmiKeyOfPod(unowned)).toBeUndefined();
+    const other: PodView = {
+      metadata: { name: 'web', namespace: 'ns-a', labels: { 'kubevirt.io/created-by': vmiUID } },
+    };
+    expect(vmiKeyOfPod(other)).toBeUndefined();
   });
 });
 

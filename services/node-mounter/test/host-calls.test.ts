@@ -1,15 +1,19 @@
-import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
+  bindMount,
   isMountedOn,
+  isMountedOnByMountIds,
+  isMountRoot,
   makeDeviceNumber,
   MountError,
   mountFilesystem,
   splitDeviceNumber,
+  unmount,
   unmountFilesystem,
 } from '../src/index.js';
 import { assertPrivateMountNamespace } from './host.js';
@@ -59,5 +63,46 @@ describe('mount, umount and mknod through libc', () => {
       expect(splitDeviceNumber(makeDeviceNumber(major, minor))).toEqual({ major, minor });
     }
     expect(makeDeviceNumber(7, 2)).toBe(0x702n);
+  });
+
+  it('tells a file something is mounted on, stacked mounts and all, as the mount ids do', async () => {
+    const source = join(dir, 'probe-source.img');
+    const target = join(dir, 'probe-target.img');
+    await writeFile(source, 'data');
+    await writeFile(target, '');
+    const seen = async () => ({
+      statx: await isMountRoot(target),
+      mountIds: await isMountedOnByMountIds(target),
+      either: await isMountedOn(target),
+    });
+    const no = { statx: false, mountIds: false, either: false };
+    const yes = { statx: true, mountIds: true, either: true };
+    expect(await seen()).toEqual(no);
+    bindMount(source, target);
+    expect(await seen()).toEqual(yes);
+    bindMount(source, target);
+    unmount(target);
+    // The first mount is still there under the second.
+    expect(await seen()).toEqual(yes);
+    unmount(target);
+    expect(await seen()).toEqual(no);
+    // The folder is a mount of its own, the file in it is not mounted on.
+    const folder = join(dir, 'probe-folder');
+    await mkdir(folder);
+    bindMount(folder, folder);
+    try {
+      await writeFile(join(folder, 'inner.img'), '');
+      expect(await isMountRoot(folder)).toBe(true);
+      expect(await isMountRoot(join(folder, 'inner.img'))).toBe(false);
+      expect(await isMountedOn(join(folder, 'inner.img'))).toBe(false);
+    } finally {
+      unmount(folder);
+    }
+  });
+
+  it('asks the mount ids when statx cannot tell: a missing file is mounted on by nothing', async () => {
+    const missing = join(dir, 'never-made.img');
+    expect(await isMountRoot(missing)).toBeUndefined();
+    expect(await isMountedOn(missing)).toBe(false);
   });
 });
