@@ -55,6 +55,11 @@ function parseStatus(body: unknown): StatusBody {
 const NETWORK_CODES = new Set([
   'ECONNREFUSED',
   'ECONNRESET',
+  // A connection the kernel tore down (`ss -K`, a firewall's reset): read ECONNABORTED.
+  'ECONNABORTED',
+  'ENETRESET',
+  'ENETDOWN',
+  'EHOSTDOWN',
   'ETIMEDOUT',
   'EPIPE',
   'EHOSTUNREACH',
@@ -64,11 +69,19 @@ const NETWORK_CODES = new Set([
   'UND_ERR_SOCKET',
 ]);
 
-/** True for failures of the transport rather than answers of the server. */
+/** The socket calls whose failures Node reports as system errors (`read ECONNABORTED`). */
+const SOCKET_CALLS = new Set(['connect', 'read', 'write', 'getaddrinfo']);
+
+/**
+ * True for failures of the transport rather than answers of the server. Node's http client
+ * passes the socket's system error on as it is (node-fetch wrapped every one in a FetchError),
+ * so any error of a socket call counts, whatever its errno.
+ */
 function isNetworkError(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
-  const code = (err as { code?: unknown }).code;
+  const { code, syscall } = err as { code?: unknown; syscall?: unknown };
   if (typeof code === 'string' && NETWORK_CODES.has(code)) return true;
+  if (typeof syscall === 'string' && SOCKET_CALLS.has(syscall)) return true;
   return (
     err.name === 'FetchError' ||
     err.name === 'AbortError' ||

@@ -7,6 +7,7 @@ import {
   closeKubeConnections,
   createInformer,
   loadKubeConfig,
+  mapKubeError,
   Resources,
   retryOnConflict,
 } from '../src/index.js';
@@ -54,6 +55,25 @@ describe('KubeClient', () => {
     // The plain-JSON calls (pod deletes, Events) map failures the same way.
     const deleteErr: unknown = await dead.deletePod(env.ns, 'x').catch((e: unknown) => e);
     expect(deleteErr).toBeInstanceOf(TransientError);
+  });
+
+  it('maps a connection the kernel tore down (read ECONNABORTED) to TransientError', () => {
+    // What a request in flight gets when `ss -K` kills its socket (the watch-drop chaos run):
+    // Node's http client passes the system error on unwrapped.
+    const torn = Object.assign(new Error('read ECONNABORTED'), {
+      errno: -103,
+      code: 'ECONNABORTED',
+      syscall: 'read',
+    });
+    const mapped = mapKubeError(torn, 'patch virtualmachineinstances ns/vm');
+    expect(mapped).toBeInstanceOf(TransientError);
+    expect(mapped.cause).toBe(torn);
+    // Any failed socket call, whatever its errno.
+    const other = Object.assign(new Error('write EPROTO'), { code: 'EPROTO', syscall: 'write' });
+    expect(mapKubeError(other, 'get pods ns/p')).toBeInstanceOf(TransientError);
+    // Not a socket's: left as it is.
+    const local = Object.assign(new Error('open ENOENT'), { code: 'ENOENT', syscall: 'open' });
+    expect(mapKubeError(local, 'read kubeconfig')).toBe(local);
   });
 
   it('creates pods idempotently and lists them by label', async () => {
