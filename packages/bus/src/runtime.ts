@@ -203,6 +203,16 @@ export interface StageRunner extends AsyncDisposable {
   bound(): boolean;
   /** Units being worked on now. */
   inFlight(): number;
+  /**
+   * Handles here, without the stream, a work item this process made: a nudge from its own
+   * informers, whose change its caches hold already. Level-triggered, a nudge needs no durable
+   * copy while it is handled (one lost in a crash is made again by the restarted process's
+   * first look at its caches), and skips the publish, the stream's write and the delivery. One
+   * that ends waiting, retrying, busy or in conflict goes to the stream after the delay its
+   * delivery would have been given; while the stage stops, at once. Resolves once handled
+   * (or published); rejects only when that publish failed.
+   */
+  handleHere(item: WorkItem): Promise<void>;
   /** Stops pulling, lets running units finish (then aborts them), and resolves when idle. */
   stop(): Promise<void>;
   /** Resolves when the loop has ended (after `stop()`, or when the connection closed). */
@@ -230,6 +240,19 @@ export async function readUnitContext(snapshots: KV, unit: string): Promise<unkn
   } catch {
     return undefined;
   }
+}
+
+/**
+ * How a work item's handling ends, whichever way the item came: a JetStream delivery, or a nudge
+ * handled here (see {@link StageRunner.handleHere}).
+ */
+interface Settler {
+  /** The delivery count: 1 for an item handled here. */
+  readonly attempt: number;
+  ack(): void;
+  nak(delayMs?: number): void;
+  term(reason: string): void;
+  working(): void;
 }
 
 interface LoadedUnit {
@@ -287,6 +310,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   /** Handlings waiting in {@link #serially} that have not started, by {@link queuedKey}. */
   readonly #queued = new Map<string, number>();
   readonly #running = new Set<Promise<void>>();
+  /** Items handled here that go to the stream after their delay (see {@link handleHere}). */
+  readonly #deferred = new Map<NodeJS.Timeout, WorkItem>();
   #resolveDone!: () => void;
   #consumption: KeptConsumption | undefined;
   #snapshots!: KV;
@@ -421,6 +446,13 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     this.#stopping ??= (async () => {
       this.#shutdown.abort(new Error('stage stopping'));
       clearInterval(this.#reaper);
+      // Nudges handled here that were to go to the stream later go now (another replica, or
+      // this one restarted, takes them).
+      for (const [timer, item] of this.#deferred) {
+        clearTimeout(timer);
+        this.#publishDeferred(item);
+      }
+      this.#deferred.clear();
       const timeout = this.#o.shutdownTimeoutMs ?? 10_000;
       const timer = setTimeout(() => this.#forceStop.abort(), timeout);
       await this.#consumption?.stop();
@@ -459,11 +491,70 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       await this.#deadLetter(msg, decoded.error);
       return;
     }
-    const item = decoded.value;
+    const settler: Settler = {
+      attempt: msg.info.deliveryCount,
+      ack: () => msg.ack(),
+      nak: (delayMs) => msg.nak(delayMs),
+      term: (reason) => this.#term(msg, reason),
+      working: () => msg.working(),
+    };
+    await this.#handleItem(settler, decoded.value, steps, extractTrace(msg.headers));
+  }
+
+  async handleHere(item: WorkItem): Promise<void> {
+    if (this.#shutdown.signal.aborted) {
+      await this.#publisher.publishWork(item);
+      return;
+    }
+    const steps = new StepTimer(this.#metrics, this.stage);
+    await this.#slots.acquire();
+    let deferMs: number | undefined;
+    const settler: Settler = {
+      attempt: 1,
+      ack: () => undefined,
+      nak: (delayMs) => (deferMs = delayMs ?? 0),
+      // As the stream would: a terminal outcome is final (its failed fact is out).
+      term: () => undefined,
+      working: () => undefined,
+    };
+    const task = this.#handleItem(settler, item, steps, extractTrace(undefined)).finally(() => {
+      this.#slots.release();
+      this.#running.delete(task);
+    });
+    this.#running.add(task);
+    await task;
+    if (deferMs === undefined) return;
+    if (deferMs <= 0 || this.#shutdown.signal.aborted) {
+      await this.#publisher.publishWork(item);
+      return;
+    }
+    const timer = setTimeout(() => {
+      this.#deferred.delete(timer);
+      this.#publishDeferred(item);
+    }, deferMs);
+    timer.unref();
+    this.#deferred.set(timer, item);
+  }
+
+  #publishDeferred(item: WorkItem): void {
+    this.#publisher.publishWork(item).catch((err: unknown) => {
+      this.#log.warn(
+        { err, unit: this.#o.keyOf(item), cause: item.cause },
+        'could not publish a nudge handled here to the stream; the next look at the caches repeats it',
+      );
+    });
+  }
+
+  async #handleItem(
+    settler: Settler,
+    item: WorkItem,
+    steps: StepTimer,
+    parent: ReturnType<typeof extractTrace>,
+  ): Promise<void> {
     const unit = this.#o.keyOf(item);
     const queued = queuedKey(unit, item);
     if ((this.#queued.get(queued) ?? 0) > 0 && this.#o.coalesce?.(item) === true) {
-      msg.ack();
+      settler.ack();
       this.#metrics.messagesHandled.inc({ stage: this.stage, outcome: Outcome.Coalesced });
       this.#log.debug(
         { unit, operationId: item.operationId, cause: item.cause },
@@ -471,11 +562,11 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       );
       return;
     }
-    const keepAlive = setInterval(() => msg.working(), this.#workingMs);
+    const keepAlive = setInterval(() => settler.working(), this.#workingMs);
     try {
       await this.#serially(unit, queued, () =>
-        withSpan(`${this.stage} work`, () => this.#handleUnit(msg, item, unit, steps), {
-          parent: extractTrace(msg.headers),
+        withSpan(`${this.stage} work`, () => this.#handleUnit(settler, item, unit, steps), {
+          parent,
           attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit },
         }),
       );
@@ -550,7 +641,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     return Math.round(base * (0.8 + Math.random() * 0.4));
   }
 
-  async #handleUnit(msg: JsMsg, item: WorkItem, unit: string, steps: StepTimer): Promise<void> {
+  async #handleUnit(
+    settler: Settler,
+    item: WorkItem,
+    unit: string,
+    steps: StepTimer,
+  ): Promise<void> {
     const log = childLogger(this.#log, {
       namespace: item.namespace,
       vmi: item.vmi,
@@ -567,7 +663,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       steps.lap(WorkStep.Lease);
       if (!acquired.ok) {
         const busy = this.#o.busyDelayMs ?? 250;
-        msg.nak(Math.max(10, Math.min(busy, acquired.retryInMs)));
+        settler.nak(Math.max(10, Math.min(busy, acquired.retryInMs)));
         outcome = Outcome.Busy;
         return;
       }
@@ -591,13 +687,13 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       let published: number | undefined;
       try {
         const result = await this.#run(
-          msg,
+          settler,
           item,
           { unit, loading, published: lease.handover, steps },
           lost.signal,
           log,
         );
-        outcome = this.#settleMessage(msg, result, log);
+        outcome = this.#settleMessage(settler, result, log);
         if (!('conflict' in result)) published = result.published;
       } finally {
         clearInterval(renewer);
@@ -606,7 +702,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       }
     } catch (err) {
       log.warn({ err }, 'work item failed; retrying with backoff');
-      msg.nak(this.#retryDelay(msg.info.deliveryCount));
+      settler.nak(this.#retryDelay(settler.attempt));
       outcome = Outcome.Retry;
     } finally {
       this.#inFlight--;
@@ -615,27 +711,27 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
   }
 
-  #settleMessage(msg: JsMsg, result: RunResult, log: Logger): Outcome {
+  #settleMessage(settler: Settler, result: RunResult, log: Logger): Outcome {
     if ('conflict' in result) {
       log.info('snapshot changed under us (another worker); retrying');
-      msg.nak(this.#o.busyDelayMs ?? 250);
+      settler.nak(this.#o.busyDelayMs ?? 250);
       return Outcome.Conflict;
     }
     const d = result.disposition;
-    log.debug({ disposition: d, attempt: msg.info.deliveryCount }, 'work item settled');
+    log.debug({ disposition: d, attempt: settler.attempt }, 'work item settled');
     switch (d.kind) {
       case 'done':
-        msg.ack();
+        settler.ack();
         break;
       case 'waiting':
-        msg.nak(Math.max(0, Math.round(d.delayMs)));
+        settler.nak(Math.max(0, Math.round(d.delayMs)));
         break;
       case 'retry':
-        msg.nak(d.delayMs ?? this.#retryDelay(msg.info.deliveryCount));
+        settler.nak(d.delayMs ?? this.#retryDelay(settler.attempt));
         break;
       case 'terminal':
         log.warn({ reason: d.reason, failure: d.message }, 'giving up the work item');
-        this.#term(msg, `${d.reason}: ${d.message}`);
+        settler.term(`${d.reason}: ${d.message}`);
         break;
     }
     return result.outcome;
@@ -709,7 +805,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   }
 
   async #run(
-    msg: JsMsg,
+    settler: Settler,
     item: WorkItem,
     {
       unit,
@@ -726,7 +822,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     log: Logger,
   ): Promise<RunResult> {
     const receivedAt = Date.now();
-    const attempt = msg.info.deliveryCount;
+    const attempt = settler.attempt;
     const signal = AbortSignal.any([leaseLost, this.#forceStop.signal]);
     const delivery = { attempt, receivedAt, signal };
     const { current, observed } = await this.#loadAndObserve(item, delivery, loading, published);

@@ -432,6 +432,34 @@ describe('runStage', () => {
     expect(await metricValue(metrics, 'messagesHandled', { outcome: 'coalesced' })).toBe(1);
   });
 
+  it('handles a nudge made here without the stream; one that must wait goes to the stream after its delay', async () => {
+    const metrics = newMetrics();
+    await using stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine: unitMachine,
+      keyOf: unitKey,
+      metrics,
+    });
+    const item = workItem('vol-here');
+    await stage.handleHere(item);
+    // Handled by the time the call resolves, and nothing went through the work stream.
+    expect(await persistedState(bus, unitKey(item))).toMatchObject({ value: 'applied' });
+    expect(await metricValue(metrics, 'messagesHandled', { outcome: 'done' })).toBe(1);
+    expect(await metricValue(metrics, 'published', { kind: 'work' })).toBe(0);
+
+    const waits = workItem('vol-here-waits', { cause: 'wait' });
+    await stage.handleHere(waits);
+    expect(await persistedState(bus, unitKey(waits))).toMatchObject({ value: 'waiting' });
+    expect(await metricValue(metrics, 'published', { kind: 'work' })).toBe(0);
+    // Its delay over, it is published, delivered and finished like any waiting item.
+    await waitFor(async () => (await persistedState(bus, unitKey(waits)))?.value === 'applied', {
+      timeout: 10_000,
+    });
+    expect(await metricValue(metrics, 'published', { kind: 'work' })).toBe(1);
+    await waitFor(async () => (await backlog(bus)) === 0, { timeout: 10_000 });
+  });
+
   it('runs units concurrently but never two messages of one unit at once', async () => {
     const active = new Map<string, number>();
     let overlap = 0;

@@ -123,13 +123,17 @@ export async function startAttachmentOrchestrator(
   // of the VMI that starts here later covers them (the runtime's `coalesce`). Forgetting one
   // only costs the reconcile it would have saved.
   const ownNudges = new BoundedMap<string, true>(OWN_NUDGES_KEPT);
+  // Handled here once the stage runs (see StageRunner.handleHere); published before that.
+  const runner: { stage?: StageRunner } = {};
   // One outstanding nudge per VMI: a reconcile re-reads everything, so the changes seen while
   // one waits ride on it instead of queuing a reconcile each behind the VMI's lease.
   const nudges = new NudgeGate<WorkItem>({
     outstandingMs: deps.nudgeOutstandingMs ?? 1000,
     publish: (item) => {
       ownNudges.set(item.operationId, true);
-      return publisher.publishWork(item).catch((err: unknown) => {
+      const here = runner.stage;
+      const sent = here === undefined ? publisher.publishWork(item) : here.handleHere(item);
+      return sent.catch((err: unknown) => {
         if (!stopped)
           log.warn({ err, vmi: item.vmi, cause: item.cause }, 'could not publish a nudge');
         throw err;
@@ -186,6 +190,7 @@ export async function startAttachmentOrchestrator(
     await cluster.stop();
     throw err;
   }
+  runner.stage = stage;
   for (const vmi of cluster.vmisToReconcile()) {
     publishNudge({ vmi, cause: NudgeCause.Startup, change: `${bootId}-${vmi.metadata.uid ?? ''}` });
   }

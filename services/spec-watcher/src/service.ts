@@ -102,6 +102,11 @@ interface Wiring {
   templateSync: TemplateSync;
   /** What each VMI's diff held when it was last nudged. */
   nudged: NudgeLedger;
+  /**
+   * The decision stage, once it runs: a VMI change's nudges are handled here, without the
+   * stream (see StageRunner.handleHere); before that, and for a resync, they are published.
+   */
+  stage?: StageRunner;
   log: Logger;
   signal: AbortSignal;
 }
@@ -110,9 +115,10 @@ function publishNudges(
   w: Wiring,
   items: readonly WorkItem[],
   onLost: (item: WorkItem) => void = () => undefined,
+  send: (item: WorkItem) => Promise<unknown> = (item) => w.publisher.publishWork(item, w.signal),
 ): Promise<void>[] {
   return items.map((item) =>
-    w.publisher.publishWork(item, w.signal).then(
+    send(item).then(
       () => undefined,
       (err: unknown) => {
         onLost(item);
@@ -152,7 +158,9 @@ function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
     );
     const lost = (item: WorkItem) =>
       w.nudged.unsent(uid, { operation: item.operation, volume: item.volume });
-    void Promise.all(publishNudges(w, items, lost));
+    const stage = w.stage;
+    const send = stage === undefined ? undefined : (item: WorkItem) => stage.handleHere(item);
+    void Promise.all(publishNudges(w, items, lost, send));
   }
   const { namespace = 'default', name = '' } = vmi.metadata;
   if (w.vms.get(namespace, name) !== undefined) w.templateSync.nudge(namespace, name);
@@ -269,6 +277,7 @@ export async function startSpecWatcher(
       publisher,
       ...(deps.workerId === undefined ? {} : { workerId: deps.workerId }),
     });
+    w.stage = stage;
     const recorder = new EventRecorder({
       client,
       component: 'plugline-spec-watcher',

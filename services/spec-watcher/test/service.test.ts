@@ -577,7 +577,20 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     void (async () => {
       for await (const m of sub) items.push(JSON.parse(decoder.decode(m.data)) as WorkItem);
     })();
-    return { items, stop: () => sub.unsubscribe() };
+    // A VMI change's nudges are handled in the process, not published (StageRunner.handleHere).
+    const stage = service!.stage as { handleHere(item: WorkItem): Promise<void> };
+    const handle = stage.handleHere.bind(stage);
+    stage.handleHere = (item) => {
+      if (item.vmi === vmiName) items.push(item);
+      return handle(item);
+    };
+    return {
+      items,
+      stop: () => {
+        sub.unsubscribe();
+        stage.handleHere = handle;
+      },
+    };
   }
 
   /** One spec update that sets the VMI's hotplug volumes to `names` (virtctl's patch, batched). */
