@@ -186,6 +186,13 @@ export interface StageOptions<TMachine extends AnyStateMachine> {
   pullExpiresMs?: number;
   /** Default `waiting` delay when the context has no `wakeAt` (default 1 s). */
   waitingDelayMs?: number;
+  /**
+   * The longest a waiting item is put back for, even when its unit's `wakeAt` is later (default:
+   * no bound). Another handling may finish the unit meanwhile (an event nudged it); its waiting
+   * item is then acknowledged at its next delivery, which without a bound comes at the deadline,
+   * and until then the work stream holds an item for a volume that is done.
+   */
+  waitingRecheckMs?: number;
   /** How long `stop()` lets running units finish before aborting them (default 10 s). */
   shutdownTimeoutMs?: number;
   logger?: Logger;
@@ -723,9 +730,11 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       case 'done':
         settler.ack();
         break;
-      case 'waiting':
-        settler.nak(Math.max(0, Math.round(d.delayMs)));
+      case 'waiting': {
+        const recheck = this.#o.waitingRecheckMs ?? Number.POSITIVE_INFINITY;
+        settler.nak(Math.max(0, Math.round(Math.min(d.delayMs, recheck))));
         break;
+      }
       case 'retry':
         settler.nak(d.delayMs ?? this.#retryDelay(settler.attempt));
         break;

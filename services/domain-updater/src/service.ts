@@ -61,6 +61,9 @@ export type DomainUpdaterSettings = Pick<
 
 const DEFAULT_RECONCILE_INTERVAL_MS = 30_000;
 
+/** How often a unit waiting for its detach looks again (see `waitingRecheckMs`). */
+const DETACH_RECHECK_MS = 5_000;
+
 export interface DomainUpdaterDeps {
   bus: Bus;
   kc: KubeConfig;
@@ -319,6 +322,10 @@ export async function startDomainUpdater(
       publisher,
       concurrency: settings.concurrency,
       keyOf: (item) => `${item.namespace}/${item.vmi}/${item.volume}`,
+      // A detach waits for the guest up to detachTimeoutMs (60 s); the device-removed event
+      // finishes the unit through a nudge long before, and the waiting item is then
+      // acknowledged at its next look, within seconds rather than at the deadline.
+      waitingRecheckMs: DETACH_RECHECK_MS,
       input: (item) => ({
         key: { namespace: item.namespace, vmi: item.vmi, volume: item.volume },
         node,
