@@ -47,6 +47,22 @@ function applyTaking(ms: number, onCall?: () => void) {
   });
 }
 
+/**
+ * Runs `body` against a server of its own with the work consumer's default settings (the shared
+ * one's helpers set their own bound, and an item parked there would stay for later tests).
+ */
+async function onOwnServer(name: string, body: (ownBus: Bus) => Promise<void>): Promise<void> {
+  const own = await startNats();
+  const ownBus = await connectBus({ servers: own.url, name });
+  try {
+    await provision(ownBus, { consumers: [{ stage: 'spec-watcher' }] });
+    await body(ownBus);
+  } finally {
+    await ownBus.close();
+    await own.stop();
+  }
+}
+
 beforeAll(async () => {
   nats = await startNats();
   bus = await provisionedBus(nats.url);
@@ -238,10 +254,7 @@ describe('runStage', () => {
 
   it('looks at a waiting unit again within waitingRecheckMs, however far its deadline', async () => {
     // Its own server: the parked item would otherwise stay in the shared stream for 10 minutes.
-    const own = await startNats();
-    const ownBus = await connectBus({ servers: own.url, name: 'rechecked' });
-    try {
-      await provision(ownBus, { consumers: [{ stage: 'spec-watcher' }] });
+    await onOwnServer('rechecked', async (ownBus) => {
       const metrics = newMetrics();
       await using _stage = await runStage({
         bus: ownBus,
@@ -262,18 +275,12 @@ describe('runStage', () => {
       expect(state).toMatchObject({ value: 'waiting' });
       // Its deadline is kept: each look puts it back, it does not move on.
       expect(state!.context.wakeAt).toBeGreaterThan(Date.now() + 500_000);
-    } finally {
-      await ownBus.close();
-      await own.stop();
-    }
+    });
   });
 
   it('keeps delivering when more than a thousand units wait for their deadlines at once', async () => {
     // A fresh server and the default consumer settings: the helpers' consumer sets its own bound.
-    const own = await startNats();
-    const ownBus = await connectBus({ servers: own.url, name: 'parked' });
-    try {
-      await provision(ownBus, { consumers: [{ stage: 'spec-watcher' }] });
+    await onOwnServer('parked', async (ownBus) => {
       const metrics = newMetrics();
       await using _stage = await runStage({
         bus: ownBus,
@@ -301,10 +308,7 @@ describe('runStage', () => {
         async () => (await persistedState(ownBus, unitKey(woken)))?.value === 'applied',
         { timeout: 10_000, description: 'the unit behind the waiting ones to run' },
       );
-    } finally {
-      await ownBus.close();
-      await own.stop();
-    }
+    });
   }, 120_000);
 
   it('retries a transient failure with backoff and gives up a terminal one with a failed event', async () => {

@@ -83,6 +83,7 @@ export {
   HOTPLUG_DISKS_VOLUME,
   ATTACHMENT_POD_PREFIX,
   claimNameOf,
+  vmiUidOfPod,
   isHotpluggable,
 } from './kubevirt.js';
 export type {

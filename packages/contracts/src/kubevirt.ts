@@ -235,6 +235,20 @@ export const KubevirtLabel = {
 
 export const LAUNCHER_LABEL_VALUE = 'virt-launcher';
 export const HOTPLUG_DISK_LABEL_VALUE = 'hotplug-disk';
+/**
+ * The uid of the VMI a launcher pod (label `created-by`) or an attachment pod (annotation
+ * `owner-vmi-uid`) belongs to; undefined for any other pod.
+ */
+export function vmiUidOfPod(pod: {
+  metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> };
+}): string | undefined {
+  const app = pod.metadata?.labels?.[KubevirtLabel.App];
+  if (app === LAUNCHER_LABEL_VALUE) return pod.metadata?.labels?.[KubevirtLabel.CreatedBy];
+  if (app === HOTPLUG_DISK_LABEL_VALUE)
+    return pod.metadata?.annotations?.[KubevirtLabel.OwnerVmiUid];
+  return undefined;
+}
+
 /** The launcher's emptyDir that hotplugged disks appear in. */
 export const HOTPLUG_DISKS_VOLUME = 'hotplug-disks';
 /** The attachment pods' name prefix. */

@@ -11,6 +11,7 @@ import {
   isHotpluggable,
   KubevirtLabel,
   LAUNCHER_LABEL_VALUE,
+  vmiUidOfPod,
   type VirtualMachineInstance,
   type VolumeStatus,
 } from '@plugline/contracts';
@@ -68,13 +69,7 @@ const vmiKey = (namespace: string | undefined, uid: string): string => `${namesp
 
 /** An attachment pod under the VMI that owns it, a launcher pod under the VMI that made it. */
 function podVmiKeys(pod: CachedPod): string[] {
-  const app = pod.metadata.labels?.[KubevirtLabel.App];
-  const uid =
-    app === HOTPLUG_DISK_LABEL_VALUE
-      ? pod.metadata.annotations?.[KubevirtLabel.OwnerVmiUid]
-      : app === LAUNCHER_LABEL_VALUE
-        ? pod.metadata.labels?.[KubevirtLabel.CreatedBy]
-        : undefined;
+  const uid = vmiUidOfPod(pod);
   return uid === undefined ? [] : [vmiKey(pod.metadata.namespace, uid)];
 }
 

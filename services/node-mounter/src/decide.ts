@@ -6,6 +6,7 @@ import {
   KubevirtLabel,
   LAUNCHER_LABEL_VALUE,
   PluglineError,
+  vmiUidOfPod,
   VolumePhase,
 } from '@plugline/contracts';
 import type { ObjectMeta, VirtualMachineInstance, WorkItem } from '@plugline/contracts';
@@ -133,17 +134,9 @@ function inNamespace(pod: PodView, namespace: string | undefined): boolean {
  * only the pods of the item's VMI, found by key rather than by a look through every pod here.
  */
 export function vmiKeyOfPod(pod: PodView): string | undefined {
-  const labels = pod.metadata?.labels;
   const namespace = pod.metadata?.namespace;
-  if (namespace === undefined || labels === undefined) return undefined;
-  const app = labels[KubevirtLabel.App];
-  const uid =
-    app === LAUNCHER_LABEL_VALUE
-      ? labels[KubevirtLabel.CreatedBy]
-      : app === HOTPLUG_DISK_LABEL_VALUE
-        ? pod.metadata?.annotations?.[KubevirtLabel.OwnerVmiUid]
-        : undefined;
-  return uid === undefined ? undefined : vmiPodsKey(namespace, uid);
+  const uid = vmiUidOfPod(pod);
+  return namespace === undefined || uid === undefined ? undefined : vmiPodsKey(namespace, uid);
 }
 
 /** The key under which the pod cache finds the pods of the VMI `vmiUID` in `namespace`. */
