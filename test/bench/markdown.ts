@@ -38,6 +38,37 @@ function mapTable(title: string, rows: Record<string, Record<string, number> | n
   ];
 }
 
+/** When each attachment pod of a burst appeared and ran (ms after the first request). */
+function podTimes(f: BurstFigures): string {
+  const pods = [...(f.attachmentPods ?? [])].sort((a, b) => (a.seenMs ?? 0) - (b.seenMs ?? 0));
+  if (pods.length === 0) return '';
+  return `, seen / Running at ${pods.map((p) => `${p.seenMs ?? '?'} / ${p.runningMs ?? '?'}`).join(', ')} ms`;
+}
+
+/** Each way of issuing the burst: its Kubernetes API traffic until all Ready / all removed. */
+function burstApiTable(bursts: readonly BurstFigures[]): string[] {
+  const withApi = bursts.filter((f) => f.api !== undefined);
+  if (withApi.length === 0) return [];
+  const keys = [...new Set(withApi.flatMap((f) => Object.keys(f.api!)))].sort();
+  const rows = Object.fromEntries(
+    keys.map((k) => [
+      k,
+      Object.fromEntries(
+        withApi.flatMap((f, i) => [
+          [`plug ${i + 1}`, f.api![k]?.plug ?? 0],
+          [`unplug ${i + 1}`, f.api![k]?.unplug ?? 0],
+        ]),
+      ),
+    ]),
+  );
+  return [
+    `Kubernetes API traffic of each burst (${withApi.map((f, i) => `${i + 1}: ${f.issue ?? 'burst'}`).join('; ')}), plug until all Ready, unplug until all removed:`,
+    '',
+    ...mapTable('requests / watch events', rows),
+    '',
+  ];
+}
+
 function runtimeWords(runtime: string | undefined): string {
   if (runtime === 'bundled') return 'bundled, as `plugctl up` runs them';
   if (runtime === 'source') return 'from source through tsx';
@@ -112,6 +143,9 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       ...(tp.handlingsPerOperation === undefined
         ? []
         : [...mapTable('work items per operation', tp.handlingsPerOperation), '']),
+      ...(tp.apiPerOperation === undefined
+        ? []
+        : [...mapTable('Kubernetes API per operation', tp.apiPerOperation), '']),
     );
   }
   const b = r.burst;
@@ -124,15 +158,16 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       `## 4. ${b.volumes} volumes at once on one VMI (pod start ${b.podStartLatencyMs} ms)`,
       '',
       `- all Ready after **${b.allReadyMs} ms** from the first request (target ≤ 3000: ${ok(b.allReadyMs <= 3000)}); per volume, request → Ready: ${pct(b.perVolume)}${issued(b)}`,
-      `- attachment pods: ${b.attachmentPodsCreated} created (${b.attachmentPodsInEvents} named in attached-to-node facts); ${b.patchConflicts} conflicting client patches retried`,
+      `- attachment pods: ${b.attachmentPodsCreated} created (${b.attachmentPodsInEvents} named in attached-to-node facts)${podTimes(b)}; ${b.patchConflicts} conflicting client patches retried`,
       `- all removed again after ${b.allRemovedMs} ms; failed events: ${b.failedEvents}`,
       ...burstStepLines(b),
       ...(b.others ?? []).map(
         (o) =>
-          `- the same burst${issued(o)}: all Ready after **${o.allReadyMs} ms**, per volume ${pct(o.perVolume)}, ${o.attachmentPodsCreated} attachment pods, ${o.patchConflicts} conflicts, all removed after ${o.allRemovedMs} ms, failed events ${o.failedEvents}`,
+          `- the same burst${issued(o)}: all Ready after **${o.allReadyMs} ms**, per volume ${pct(o.perVolume)}, ${o.attachmentPodsCreated} attachment pods${podTimes(o)}, ${o.patchConflicts} conflicts, all removed after ${o.allRemovedMs} ms, failed events ${o.failedEvents}`,
       ),
       ...(b.others ?? []).flatMap(burstStepLines),
       '',
+      ...burstApiTable([b, ...(b.others ?? [])]),
     );
   }
   const s = r.scaleOut;

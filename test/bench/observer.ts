@@ -89,6 +89,8 @@ export class Observer {
   private readonly volumes = new Map<string, VolumeView>();
   private readonly volumeKeysOfVmi = new Map<string, Set<string>>();
   private readonly pods = new Map<string, PodView>();
+  /** `ns/name` → when the pod was first seen, and first seen Running. */
+  private readonly podTimes = new Map<string, { seen: number; running?: number }>();
   private readonly volumeWaits = new WaitSet<VolumeView>((k) => this.volumes.get(k));
   private readonly podWaits = new WaitSet<PodView>((k) => this.pods.get(k));
   private readonly aborts: AbortController[] = [];
@@ -175,6 +177,9 @@ export class Observer {
     const key = `${pod.metadata?.namespace ?? ''}/${pod.metadata?.name ?? ''}`;
     const view: PodView = { present: type !== 'DELETED', phase: pod.status?.phase, t };
     this.pods.set(key, view);
+    const times = this.podTimes.get(key) ?? { seen: t };
+    if (view.phase === 'Running') times.running ??= t;
+    this.podTimes.set(key, times);
     this.podWaits.changed(key, view, t);
   }
 
@@ -192,6 +197,11 @@ export class Observer {
     return [...this.pods.keys()]
       .filter((k) => k.startsWith(`${namespace}/${prefix}`))
       .map((k) => k.slice(namespace.length + 1));
+  }
+
+  /** When the pod `namespace/name` was first seen, and first seen Running. */
+  podTimesOf(namespace: string, name: string): { seen: number; running?: number } | undefined {
+    return this.podTimes.get(`${namespace}/${name}`);
   }
 
   /** The first event of each type for `key` at or after `since`. */

@@ -26,6 +26,8 @@ interface ThroughputFigures {
   cpuMsPerOperation: Record<string, { plugMs: number; unplugMs: number }>;
   /** Work items run and coalesced per operation, by service (absent in older results). */
   handlingsPerOperation?: Record<string, Record<string, number>>;
+  /** Kubernetes API requests and watch events per operation (absent in older results). */
+  apiPerOperation?: Record<string, { plug: number; unplug: number }>;
   rssWhileTrackingMiB: Record<string, number>;
   correctness: Record<string, number | boolean>;
 }
@@ -44,6 +46,8 @@ export interface BurstFigures {
   perVolume: Percentiles;
   attachmentPodsInEvents: number;
   attachmentPodsCreated: number;
+  /** Each attachment pod created: first seen, and first seen Running (first request → then). */
+  attachmentPods?: { name: string; seenMs?: number; runningMs?: number }[];
   patchConflicts: number;
   allRemovedMs: number;
   failedEvents: number;
@@ -54,6 +58,11 @@ export interface BurstFigures {
   steps?: Record<string, { first: number; p50: number; last: number }>;
   /** CPU time each process spent from the first request until all were `Ready`. */
   cpuMs?: Record<string, number>;
+  /**
+   * Kubernetes API requests and watch events of the whole burst: `plug` until all were
+   * `Ready`, `unplug` until all were removed (absent in older results).
+   */
+  api?: Record<string, { plug: number; unplug: number }>;
 }
 
 export interface Results {

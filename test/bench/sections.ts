@@ -28,7 +28,13 @@ import { Floor, type FloorOp } from './floor.js';
 import { Observer } from './observer.js';
 import type { BurstFigures } from './report-types.js';
 import { childrenOf, cpuOf, rssOf, type ProcRef } from './procs.js';
-import { handledByOutcome, scrapeMetrics, stepsPerOperation } from './service-metrics.js';
+import {
+  apiPerOperation,
+  handledByOutcome,
+  scrapeApiServer,
+  scrapeMetrics,
+  stepsPerOperation,
+} from './service-metrics.js';
 import { summarizeProfile } from './profile.js';
 import { rssSteady, workDrained } from './quiet.js';
 import { percentiles, repeated, round, type Percentiles, type Repeated } from './stats.js';
@@ -344,6 +350,7 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
   ];
   const cpu0 = cpuOf(measured());
   const handled0 = await scrapeMetrics(stack.services);
+  const api0 = await scrapeApiServer(stack.apiUrl);
   const p0 = performance.now();
   const plugs = await bounded(items.length, cfg.concurrency, (j) =>
     plug(client, obs, items[j]!, 300_000),
@@ -352,6 +359,7 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
   const rssLoaded = rssOf(h.procs());
   const cpu1 = cpuOf(measured());
   const handled1 = await scrapeMetrics(stack.services);
+  const api1 = await scrapeApiServer(stack.apiUrl);
   const u0 = performance.now();
   const unplugs = await bounded(items.length, cfg.concurrency, (j) =>
     unplug(client, obs, items[j]!, 300_000),
@@ -359,6 +367,7 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
   const unplugWall = (performance.now() - u0) / 1000;
   const cpu2 = cpuOf(measured());
   const handled2 = await scrapeMetrics(stack.services);
+  const api2 = await scrapeApiServer(stack.apiUrl);
   const ops = items.length;
   const cpuPerOp = Object.fromEntries(
     Object.keys(cpu0).map((id) => [
@@ -396,6 +405,7 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
     },
     cpuMsPerOperation: cpuPerOp,
     handlingsPerOperation: handlingsPerOp([handled0, handled1, handled2], ops),
+    apiPerOperation: apiPerOperation([api0, api1, api2], ops),
     rssWhileTrackingMiB: { volumes: ops, ...rssLoaded },
     correctness: {
       allReady: plugs.length === ops,
@@ -568,8 +578,10 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
       const since = performance.now();
       const run = { how: r.how, timeoutMs: 300_000 };
       const cpu0 = cpuOf(h.procs());
+      const api0 = await scrapeApiServer(h.stack.apiUrl);
       const plugged = await burst(h.client, h.obs, where, run, plugEach(h.client, where));
       const cpu1 = cpuOf(h.procs());
+      const api1 = await scrapeApiServer(h.stack.apiUrl);
       const cpuMs = Object.fromEntries(
         Object.keys(cpu0).map((id) => [id, round(((cpu1[id] ?? 0) - (cpu0[id] ?? 0)) * 1000)]),
       );
@@ -582,7 +594,13 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
       );
       const podsCreated = h.obs.podNames(ns, 'hp-volume-').filter((n) => !podsBefore.has(n));
       const steps = burstSteps(h.obs, ns, r.vmi, mine, since);
+      const pods = podsCreated.map((name) => {
+        const times = h.obs.podTimesOf(ns, name);
+        const at = (t: number | undefined) => (t === undefined ? undefined : round(t - since));
+        return { name, seenMs: at(times?.seen), runningMs: at(times?.running) };
+      });
       const unplugged = await burst(h.client, h.obs, where, run, unplugEach(h.client, where));
+      const api2 = await scrapeApiServer(h.stack.apiUrl);
       const f: BurstFigures = {
         issue:
           r.how.kind === 'one-patch'
@@ -595,11 +613,13 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
         perVolume: percentiles(plugged.latencies),
         attachmentPodsInEvents: attachPods.size,
         attachmentPodsCreated: podsCreated.length,
+        attachmentPods: pods,
         patchConflicts: plugged.conflicts + unplugged.conflicts,
         allRemovedMs: round(unplugged.allMs),
         failedEvents: h.obs.eventsOfType('failed', since).length,
         steps,
         cpuMs,
+        api: apiPerOperation([api0, api1, api2], 1),
       };
       log(`burst (${r.how.kind}): ${JSON.stringify(f)}`);
       figures.push(f);

@@ -95,3 +95,72 @@ export function stepsPerOperation(
       ]),
   );
 }
+
+/** kube-sim's `/metrics` text (kube-apiserver's request and watch-event counters). */
+export async function scrapeApiServer(apiUrl: string): Promise<string> {
+  const res = await fetch(`${apiUrl}/metrics`, { signal: AbortSignal.timeout(10_000) });
+  return res.text();
+}
+
+const WATCH_BYTES = 'watch event bytes';
+
+/**
+ * The API traffic in kube-sim's counters: requests by `VERB resource[/subresource]` (over
+ * groups and codes), and events sent to watch clients by `watch events Kind` (each client
+ * counted), with their total size.
+ */
+function apiTraffic(text: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  const label = (labels: string, name: string): string =>
+    new RegExp(`${name}="([^"]*)"`).exec(labels)?.[1] ?? '';
+  const add = (key: string, n: number): void => {
+    out[key] = (out[key] ?? 0) + n;
+  };
+  for (const m of text.matchAll(/^(apiserver_\w+)\{([^}]*)\} (\S+)$/gm)) {
+    const [, name, labels = '', value] = m;
+    const n = Number(value);
+    if (name === 'apiserver_request_total') {
+      const sub = label(labels, 'subresource');
+      add(`${label(labels, 'verb')} ${label(labels, 'resource')}${sub ? `/${sub}` : ''}`, n);
+    } else if (name === 'apiserver_watch_events_total') {
+      add(`watch events ${label(labels, 'kind')}`, n);
+    } else if (name === 'apiserver_watch_events_sizes_sum') {
+      add(WATCH_BYTES, n);
+    }
+  }
+  return out;
+}
+
+/**
+ * API traffic per operation between consecutive scrapes (`[start, between, end]`: plug, then
+ * unplug), by request kind; watches themselves (long-running) are left out. Rows with no
+ * traffic in either direction are dropped; watch bytes are in KiB.
+ */
+export function apiPerOperation(
+  scrapes: readonly [string, string, string],
+  ops: number,
+): Record<string, { plug: number; unplug: number }> {
+  const [t0, t1, t2] = scrapes.map(apiTraffic) as [
+    Record<string, number>,
+    Record<string, number>,
+    Record<string, number>,
+  ];
+  const keys = [...new Set([...Object.keys(t1), ...Object.keys(t2)])]
+    .filter((k) => !k.startsWith('WATCH '))
+    .sort();
+  const per = (after: Record<string, number>, before: Record<string, number>, k: string) => {
+    const n = ((after[k] ?? 0) - (before[k] ?? 0)) / Math.max(1, ops);
+    return round(k === WATCH_BYTES ? n / 1024 : n);
+  };
+  return Object.fromEntries(
+    keys
+      .map(
+        (k) =>
+          [
+            k === WATCH_BYTES ? 'watch event KiB' : k,
+            { plug: per(t1, t0, k), unplug: per(t2, t1, k) },
+          ] as const,
+      )
+      .filter(([, v]) => v.plug > 0 || v.unplug > 0),
+  );
+}

@@ -3,6 +3,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { parse as parseYaml } from 'yaml';
+import { ApiMetrics, requestVerb } from './api-metrics.js';
 import { ApiError, StatusReason, badRequest } from './errors.js';
 import { RESOURCE_TYPES, apiVersionOf, findType } from './resources.js';
 import type { KubeObject, ResourceType } from './resources.js';
@@ -237,6 +238,8 @@ export class ApiServer {
   private readonly log: Logger;
   private readonly bookmarkMs: number;
   private readonly openWatches = new Set<() => void>();
+  /** Requests served and watch events sent (`/metrics`). */
+  readonly metrics = new ApiMetrics();
 
   constructor(opts: ApiServerOptions) {
     this.store = opts.store;
@@ -301,14 +304,27 @@ export class ApiServer {
       );
       return;
     }
-    await this.resource(route, url.searchParams, req, res);
+    const q = url.searchParams;
+    const watch = route.watch || q.get('watch') === 'true' || q.get('watch') === '1';
+    const counted = {
+      verb: requestVerb(req.method ?? 'GET', route.name !== undefined, watch),
+      group: route.type.group,
+      version: route.type.version,
+      resource: route.type.plural,
+      subresource: route.subresource ?? '',
+    };
+    res.once('close', () => this.metrics.request({ ...counted, code: res.statusCode }));
+    await this.resource(route, q, req, res);
   }
 
   private discovery(path: string, res: ServerResponse): boolean {
     const groups = groupVersions();
     const p = path.replace(/\/$/, '') || '/';
     if (p === '/version') send(res, 200, SIM_VERSION);
-    else if (p === '/healthz' || p === '/readyz' || p === '/livez') {
+    else if (p === '/metrics') {
+      res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4' });
+      res.end(this.metrics.text());
+    } else if (p === '/healthz' || p === '/readyz' || p === '/livez') {
       res.writeHead(200, { 'Content-Type': 'text/plain' });
       res.end('ok');
     } else if (p === '/openapi/v3') {
@@ -574,7 +590,15 @@ export class ApiServer {
       handle = this.store.watch(
         route.type,
         { namespace: route.namespace, match, resourceVersion: rv },
-        { event: (e) => push(lineOf(e)), closed: end, droppable: true },
+        {
+          event: (e) => {
+            const line = lineOf(e);
+            this.metrics.watchEvent(route.type, Buffer.byteLength(line));
+            push(line);
+          },
+          closed: end,
+          droppable: true,
+        },
       );
     } catch (err) {
       const status =

@@ -374,6 +374,56 @@ describe('watch', () => {
     c.abort();
   });
 
+  it('counts at /metrics, as kube-apiserver does, the requests by verb and resource and the events each watch was sent', async () => {
+    const scrape = async (): Promise<string> => (await fetch(`${sim.url}/metrics`)).text();
+    const sample = (text: string, name: string, labels: string): number => {
+      const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}} `));
+      return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+    };
+    const vmiRequests = (verb: string, subresource: string, code: number) =>
+      `verb="${verb}",group="kubevirt.io",version="v1",resource="virtualmachineinstances",subresource="${subresource}",code="${code}"`;
+    const vmiEvents = 'group="kubevirt.io",version="v1",kind="VirtualMachineInstance"';
+    const mns = rand('metrics');
+    await core.createNamespace({ body: { metadata: { name: mns } } });
+    const before = await scrape();
+    // two watchers: every change is sent twice
+    const watchers = [0, 1].map(() =>
+      collect(`/apis/kubevirt.io/v1/namespaces/${mns}/virtualmachineinstances`, {}),
+    );
+    const controllers = await Promise.all(watchers.map((w) => w.controller));
+    await custom.createNamespacedCustomObject({ ...KV, namespace: mns, body: vmi('m1') });
+    await custom.patchNamespacedCustomObjectStatus(
+      { ...KV, namespace: mns, name: 'm1', body: { status: { phase: 'Running' } } },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+    await custom.getNamespacedCustomObject({ ...KV, namespace: mns, name: 'm1' });
+    expect(
+      (await failure(custom.getNamespacedCustomObject({ ...KV, namespace: mns, name: 'm2' }))).code,
+    ).toBe(404);
+    await vi.waitFor(() => expect(watchers.map((w) => w.events.length)).toEqual([2, 2]), {
+      timeout: 5000,
+      interval: 20,
+    });
+    for (const c of controllers) c.abort();
+    // a watch is counted once it ends
+    let after = '';
+    const delta = (name: string, labels: string) =>
+      sample(after, name, labels) - sample(before, name, labels);
+    await vi.waitFor(
+      async () => {
+        after = await scrape();
+        expect(delta('apiserver_request_total', vmiRequests('WATCH', '', 200))).toBe(2);
+      },
+      { timeout: 5000, interval: 20 },
+    );
+    expect(delta('apiserver_request_total', vmiRequests('POST', '', 201))).toBe(1);
+    expect(delta('apiserver_request_total', vmiRequests('PATCH', 'status', 200))).toBe(1);
+    expect(delta('apiserver_request_total', vmiRequests('GET', '', 200))).toBe(1);
+    expect(delta('apiserver_request_total', vmiRequests('GET', '', 404))).toBe(1);
+    expect(delta('apiserver_watch_events_total', vmiEvents)).toBe(4);
+    expect(delta('apiserver_watch_events_sizes_sum', vmiEvents)).toBeGreaterThan(4 * 200);
+  });
+
   it('answers a compacted resourceVersion with an ERROR event carrying 410 Expired', async () => {
     const list = (await custom.listNamespacedCustomObject({ ...KV, namespace: ns })) as Obj;
     await createVmi(rand('compact'));
