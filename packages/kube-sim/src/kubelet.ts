@@ -414,19 +414,24 @@ export class KubeletSim {
     this.markRunning(pod);
   }
 
+  /**
+   * Sets up the pod's volumes concurrently, as kubelet's volume manager mounts each volume in an
+   * operation of its own: a pod with many claims starts about as fast as one with a few (set up
+   * one after the other, 75 claims added a quarter to half a second to a pod's start here).
+   */
   private async setUpVolumes(pod: KubeObject, claims: Map<string, KubeObject>, state: PodState) {
     const uid = pod.metadata!.uid!;
     const spec = podSpec(pod);
     const devices = new Set(
       (spec.containers ?? []).flatMap((c) => (c.volumeDevices ?? []).map((d) => d.name)),
     );
-    for (const vol of spec.volumes ?? []) {
+    const setUp = async (vol: NonNullable<typeof spec.volumes>[number]): Promise<void> => {
       if (vol.emptyDir !== undefined) {
         await mkdirp(this.layout.emptyDir(uid, vol.name));
-        continue;
+        return;
       }
       const pvc = claims.get(vol.name);
-      if (!pvc) continue;
+      if (!pvc) return;
       const pv = String((pvc.spec as Obj).volumeName);
       const block = (pvc.spec as Obj).volumeMode === 'Block';
       const size = parseQuantity(((pvc.status as Obj).capacity as Obj | undefined)?.storage);
@@ -440,7 +445,11 @@ export class KubeletSim {
       } else if (!block) {
         await linkDiskImage(backing, this.layout.fsDiskImage(uid, pv));
       }
-    }
+    };
+    // Every setup ends before a failure is reported: none is left running behind it.
+    const settled = await Promise.allSettled((spec.volumes ?? []).map(setUp));
+    const failed = settled.find((r) => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
   }
 
   /**

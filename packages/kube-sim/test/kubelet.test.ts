@@ -287,6 +287,58 @@ describe.skipIf(!hasLoop)('kubelet loop devices under racing pods', () => {
     await noLoopDevices();
   }, 60_000);
 
+  it('sets up every claim of a pod with many, each its own disk image or device', async () => {
+    const s = sim!;
+    const fsClaims = [0, 1, 2, 3, 4, 5].map((i) => `many-fs-${i}`);
+    const blockClaims = [0, 1, 2].map((i) => `many-block-${i}`);
+    for (const name of fsClaims) {
+      s.store.create(Types.persistentvolumeclaims, claim(name, '4Mi', false), { namespace: ns });
+    }
+    for (const name of blockClaims) {
+      s.store.create(Types.persistentvolumeclaims, claim(name, '4Mi', true), { namespace: ns });
+    }
+    const pod = s.store.create(
+      Types.pods,
+      {
+        metadata: { name: rand('hp-volume-many') },
+        spec: {
+          nodeName: 'node-a',
+          containers: [
+            {
+              name: 'hotplug-disk',
+              image: 'virt-launcher',
+              volumeMounts: fsClaims.map((name) => ({ name, mountPath: `/${name}` })),
+              volumeDevices: blockClaims.map((name) => ({ name, devicePath: `/path/${name}` })),
+            },
+          ],
+          volumes: [...fsClaims, ...blockClaims].map((name) => ({
+            name,
+            persistentVolumeClaim: { claimName: name },
+          })),
+        },
+      },
+      { namespace: ns },
+    );
+    await running(s, ns, pod.metadata!.name!);
+    const root = s.kubeletRoot;
+    const uid = pod.metadata!.uid!;
+    const pvOf = (name: string): string =>
+      String((s.store.get(Types.persistentvolumeclaims, ns, name) as Obj).spec.volumeName);
+    for (const name of fsClaims) {
+      const image = `${root}/pods/${uid}/volumes/kubernetes.io~csi/${pvOf(name)}/mount/disk.img`;
+      expect(statSync(image).size).toBe(4 * MiB);
+    }
+    const devices = blockClaims.map((name) =>
+      statSync(`${root}/pods/${uid}/volumeDevices/kubernetes.io~csi/${pvOf(name)}`),
+    );
+    expect(devices.every((d) => d.isBlockDevice())).toBe(true);
+    expect(new Set(devices.map((d) => d.rdev)).size).toBe(3);
+    expect(await loopDevicesUnder(stateDir)).toHaveLength(3);
+    s.store.delete(Types.pods, ns, pod.metadata!.name!, { gracePeriodSeconds: 0 });
+    await noLoopDevices();
+    expect(existsSync(`${root}/pods/${uid}`)).toBe(false);
+  }, 30_000);
+
   it('attaches one loop device for pods that start together on the same block claim', async () => {
     const s = sim!;
     s.store.create(Types.persistentvolumeclaims, claim('shared', '8Mi', true), { namespace: ns });
