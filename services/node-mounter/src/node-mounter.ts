@@ -8,13 +8,14 @@ import { ForeignVolumeError, SourceNotFoundError } from './errors.js';
 import {
   loadAllCheckpoints,
   loadCheckpoint,
+  parseCheckpointEntry,
   reconcileAtStart,
   ReconcileActionType,
   saveCheckpoint,
   withEntry,
   withoutVolume,
 } from './checkpoint.js';
-import type { CheckpointEntry, ReconcileAction } from './checkpoint.js';
+import type { CheckpointEntry, LoadedCheckpoint, ReconcileAction } from './checkpoint.js';
 import {
   allowDevice,
   applyOwnership,
@@ -190,9 +191,13 @@ class KeyedMutex {
 type CheckpointChange = (entries: readonly CheckpointEntry[]) => readonly CheckpointEntry[];
 
 /**
- * Changes one VMI's checkpoint one batch at a time: the changes that arrive while a write runs
- * are applied together in the next one (a read, every change in arrival order, one synced
- * write). 75 volumes plugged at once into one VMI cost a few writes, not 75 in a row.
+ * Reads and changes the VMI checkpoints, one batch at a time per VMI: the changes that arrive
+ * while a write runs are applied together in the next one (every change in arrival order, one
+ * synced write). 75 volumes plugged at once into one VMI cost a few writes, not 75 in a row.
+ *
+ * What it last wrote of a VMI's checkpoint is what the file holds (a node's one node-mounter is
+ * the only writer of its state folder), so a plug or unplug reads that instead of the file: the
+ * file is read once per VMI and process, or again after a failed write.
  */
 class CheckpointUpdates {
   readonly #waiting = new Map<
@@ -200,8 +205,17 @@ class CheckpointUpdates {
     { change: CheckpointChange; resolve: () => void; reject: (err: unknown) => void }[]
   >();
   readonly #writing = new Set<string>();
+  /** Per VMI with entries: the entries this process last wrote. */
+  readonly #written = new Map<string, readonly CheckpointEntry[]>();
 
   constructor(private readonly stateDir: string) {}
+
+  /** The VMI's entries: as last written here, else as the file holds them. */
+  async read(vmiUID: string): Promise<LoadedCheckpoint> {
+    const written = this.#written.get(vmiUID);
+    if (written !== undefined) return { vmiUID, entries: written };
+    return loadCheckpoint(this.stateDir, vmiUID);
+  }
 
   /** Resolves once a write holding the change is on disk. */
   update(vmiUID: string, change: CheckpointChange): Promise<void> {
@@ -219,12 +233,20 @@ class CheckpointUpdates {
       for (let batch = this.#waiting.get(vmiUID); batch !== undefined;) {
         this.#waiting.delete(vmiUID);
         try {
-          const loaded = await loadCheckpoint(this.stateDir, vmiUID);
+          const loaded = await this.read(vmiUID);
           const entries = batch.reduce<readonly CheckpointEntry[]>(
             (current, { change }) => change(current),
             loaded.entries,
           );
+          // Until the write is done, the file may hold either; it is read again if it fails.
+          this.#written.delete(vmiUID);
           await saveCheckpoint(this.stateDir, vmiUID, entries);
+          // Kept as a read of the file gives them (field order included: the reconcile compares
+          // records as JSON); one that would not read back is not kept.
+          const asRead = entries.map(parseCheckpointEntry);
+          if (entries.length > 0 && asRead.every((e) => e !== undefined)) {
+            this.#written.set(vmiUID, asRead);
+          }
           for (const waiter of batch) waiter.resolve();
         } catch (err) {
           for (const waiter of batch) waiter.reject(err);
@@ -323,7 +345,7 @@ export class NodeMounter {
           request.mode === VolumeMode.Block,
         ),
         assertRealPathInsidePod(root, request.launcherUID, located.target),
-        loadCheckpoint(this.options.stateDir, request.vmiUID),
+        this.checkpoints.read(request.vmiUID),
       ]);
       const previous = loaded.entries.find((e) => e.volume === request.volume);
       // Before anything is undone or replaced: a request of another namespace touches nothing.
@@ -384,7 +406,7 @@ export class NodeMounter {
     assertUid(root, 'vmiUID', request.vmiUID);
     assertLabelSegment(root, 'volume', request.volume);
     return this.volumeLock(request.vmiUID, request.volume, async () => {
-      const loaded = await loadCheckpoint(this.options.stateDir, request.vmiUID);
+      const loaded = await this.checkpoints.read(request.vmiUID);
       const recorded = loaded.entries.find((e) => e.volume === request.volume);
       if (recorded !== undefined) this.assertSameNamespace(request, recorded);
       const entry = recorded ?? (await this.guessEntry(request));

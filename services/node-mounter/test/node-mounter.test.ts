@@ -117,6 +117,34 @@ describe('filesystem volume', () => {
     });
   });
 
+  it('records what it mounted through plugs and unplugs that overlap, as a fresh node-mounter reads it', async () => {
+    const volumes = Array.from({ length: 9 }, (_, i) => ({ volume: `v${i}`, pvName: `pv-${i}` }));
+    for (const v of volumes) await node.fx.filesystemPvc(node.attachPodUID, v.pvName, 1024 * 1024);
+    const [first, second, third] = [volumes.slice(0, 3), volumes.slice(3, 6), volumes.slice(6)];
+    const m = node.mounter();
+    await Promise.all([...first, ...second].map((v) => m.plug(node.fsRequest(v))));
+    // unplug the first three while the last three are plugged
+    await Promise.all([
+      ...first.map((v) => m.unplug({ vmiUID: node.vmiUID, volume: v.volume })),
+      ...third.map((v) => m.plug(node.fsRequest(v))),
+    ]);
+    const kept = [...second, ...third].map((v) => v.volume).sort();
+    const recorded = (await loadCheckpoint(node.fx.stateDir, node.vmiUID)).entries;
+    expect(recorded.map((e) => e.volume).sort()).toEqual(kept);
+    expect((await mountsUnder(node.fx.base)).length).toBe(kept.length);
+
+    // Another node-mounter (a restart) undoes every one of them from the file alone.
+    const restarted = node.mounter();
+    const unplugged = await Promise.all(
+      kept.map((volume) => restarted.unplug({ vmiUID: node.vmiUID, volume })),
+    );
+    expect(unplugged.map((f) => f.unmounted)).toEqual(kept.map(() => 1));
+    expect(await mountsUnder(node.fx.base)).toEqual([]);
+    await expect(lstat(checkpointPath(node.fx.stateDir, node.vmiUID))).rejects.toMatchObject({
+      code: 'ENOENT',
+    });
+  });
+
   it('a missing disk.img is NotFound and mounts nothing', async () => {
     await expect(node.mounter().plug(node.fsRequest())).rejects.toMatchObject({
       reason: 'NotFound',
