@@ -264,6 +264,13 @@ export const decisionMachine = setup({
       event.cause === RESYNC_CAUSE ||
       (event.cause === REVERSED_CAUSE && event.view.direction === 'plug'),
     wantsPlug: ({ event }) => event.view.direction === 'plug',
+    /**
+     * The book holds an unplug of this VMI: the volume comes back while it may be on its way out,
+     * and the status may still show where it was before (the unplug's facts, now older than the
+     * re-add, are ignored when they arrive).
+     */
+    afterUnplug: ({ context, event }) =>
+      context.book?.operation === 'unplug' && context.book.vmiUID === event.view.vmiUID,
   },
   actions: {
     forget: assign({ book: undefined }),
@@ -303,14 +310,20 @@ export const decisionMachine = setup({
         },
       });
     }),
-    /** The first work of the operation just issued, for the stage that moves it next. */
-    dispatch: enqueueActions(({ context, event, enqueue }) => {
+    /**
+     * The first work of the operation just issued, for the stage that moves it next; with
+     * `wholeChain`, for the first stage whatever the status shows.
+     */
+    dispatch: enqueueActions(({ context, event, enqueue }, params: { wholeChain: boolean }) => {
       const book = context.book!;
       const cause = book.operation === 'plug' ? EventType.Requested : EventType.UnplugRequested;
       // After a reversal the status shows what the undo left (a `Ready` without a target, say),
-      // not where the volume is: the whole chain confirms it again under the new operation.
+      // and after an unplug maybe what was there before it, not where the volume is: the whole
+      // chain confirms it again under the new operation.
       const view =
-        event.cause === REVERSED_CAUSE ? { ...event.view, phase: undefined } : event.view;
+        event.cause === REVERSED_CAUSE || params.wholeChain
+          ? { ...event.view, phase: undefined }
+          : event.view;
       const work = workFor(view, book, cause);
       if (work !== undefined) enqueue.emit(work);
     }),
@@ -332,8 +345,20 @@ export const decisionMachine = setup({
         actions: 'renudge',
       },
       { guard: 'sameOperation' },
-      { guard: 'wantsPlug', target: '.plugging', actions: ['issue', 'announce', 'dispatch'] },
-      { target: '.unplugging', actions: ['issue', 'announce', 'dispatch'] },
+      {
+        guard: and(['wantsPlug', 'afterUnplug']),
+        target: '.plugging',
+        actions: ['issue', 'announce', { type: 'dispatch', params: { wholeChain: true } }],
+      },
+      {
+        guard: 'wantsPlug',
+        target: '.plugging',
+        actions: ['issue', 'announce', { type: 'dispatch', params: { wholeChain: false } }],
+      },
+      {
+        target: '.unplugging',
+        actions: ['issue', 'announce', { type: 'dispatch', params: { wholeChain: false } }],
+      },
     ],
   },
   states: {

@@ -70,11 +70,14 @@ function expected(before: DecisionContext['book'], e: DecideEvent): string[] {
   const out: string[] = [];
   if (!same) out.push(`fact:${v.direction === 'plug' ? 'requested' : 'unplug-requested'}:${op}`);
   let stage: string | undefined;
+  // A re-add while this VMI's unplug was the book goes down the whole chain: the status may
+  // still show where the volume was before the unplug.
+  const afterUnplug = !same && before?.operation === 'unplug' && before.vmiUID === v.vmiUID;
   if (v.direction === 'plug') {
     stage =
-      v.phase === 'Ready'
+      v.phase === 'Ready' && !afterUnplug
         ? undefined
-        : v.phase === 'AttachedToNode'
+        : v.phase === 'AttachedToNode' && !afterUnplug
           ? 'node-mounter'
           : 'attachment-orchestrator';
   } else {
@@ -207,6 +210,38 @@ describe('decisionMachine over every path (@xstate/graph)', () => {
       'fact:requested:op-3',
       'work:attachment-orchestrator:_:op-3:requested',
       'work:attachment-orchestrator:_:op-3:resync',
+    ]);
+  });
+});
+
+describe('a volume re-added while its unplug is under way', () => {
+  it('sends the new plug down the whole chain, whatever phase the status still shows', () => {
+    const actor = createActor(decisionMachine).start();
+    const seen: string[] = [];
+    actor.on('*', (e) => seen.push(render(e)));
+    const decide = (direction: OperationKind, id: string, phase?: string): void =>
+      actor.send({
+        type: 'decide',
+        view: view(direction, 'uid-a', phase, 'node-1'),
+        cause: SPEC_CAUSE,
+        nudgeId: `rv-${id}`,
+        newOperationId: id,
+        receivedAt: 0,
+      });
+    // Plugged to Ready under op-1; the spec drops the volume, then wants it again before any
+    // of the unplug's facts reached the status (it still says Ready, with the old target).
+    decide('plug', 'op-1');
+    decide('unplug', 'op-2', 'Ready');
+    decide('plug', 'op-3', 'Ready');
+    expect(seen).toEqual([
+      'fact:requested:op-1',
+      'work:attachment-orchestrator:_:op-1:requested',
+      'fact:unplug-requested:op-2',
+      'work:domain-updater:node-1:op-2:unplug-requested',
+      'fact:requested:op-3',
+      // not nothing: the domain-updater may be taking the disk out, or may have put it back
+      // under another target, and only the stages' facts under op-3 tell the status
+      'work:attachment-orchestrator:_:op-3:requested',
     ]);
   });
 });
