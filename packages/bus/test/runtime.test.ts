@@ -6,6 +6,7 @@ import {
   type WorkItem,
 } from '@plugline/contracts';
 import { startNats, waitFor, type NatsServer } from '@plugline/testkit';
+import type { PluglineMetrics } from '@plugline/telemetry';
 import { fromPromise } from 'xstate';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -17,6 +18,7 @@ import {
   runStage,
   snapshotBucket,
   type Bus,
+  type StageOptions,
 } from '../src/index.js';
 import {
   backlog,
@@ -48,15 +50,29 @@ function applyTaking(ms: number, onCall?: () => void) {
 }
 
 /**
- * Runs `body` against a server of its own with the work consumer's default settings (the shared
- * one's helpers set their own bound, and an item parked there would stay for later tests).
+ * Runs `body` against a server of its own, with the example stage running there (the work
+ * consumer's default settings: the shared one's helpers set their own bound, and an item parked
+ * there would stay for later tests).
  */
-async function onOwnServer(name: string, body: (ownBus: Bus) => Promise<void>): Promise<void> {
+async function onOwnStage(
+  name: string,
+  options: Pick<StageOptions<typeof unitMachine>, 'concurrency' | 'waitingRecheckMs'>,
+  body: (ownBus: Bus, metrics: PluglineMetrics) => Promise<void>,
+): Promise<void> {
   const own = await startNats();
   const ownBus = await connectBus({ servers: own.url, name });
   try {
     await provision(ownBus, { consumers: [{ stage: 'spec-watcher' }] });
-    await body(ownBus);
+    const metrics = newMetrics();
+    await using _stage = await runStage({
+      bus: ownBus,
+      stage: 'spec-watcher',
+      machine: unitMachine,
+      keyOf: unitKey,
+      metrics,
+      ...options,
+    });
+    await body(ownBus, metrics);
   } finally {
     await ownBus.close();
     await own.stop();
@@ -254,16 +270,7 @@ describe('runStage', () => {
 
   it('looks at a waiting unit again within waitingRecheckMs, however far its deadline', async () => {
     // Its own server: the parked item would otherwise stay in the shared stream for 10 minutes.
-    await onOwnServer('rechecked', async (ownBus) => {
-      const metrics = newMetrics();
-      await using _stage = await runStage({
-        bus: ownBus,
-        stage: 'spec-watcher',
-        machine: unitMachine,
-        keyOf: unitKey,
-        metrics,
-        waitingRecheckMs: 100,
-      });
+    await onOwnStage('rechecked', { waitingRecheckMs: 100 }, async (ownBus, metrics) => {
       // Parked for 10 minutes: without the bound its item would come back only then.
       const item = workItem('vol-rechecked', { cause: 'park' });
       await sendWork(ownBus, item);
@@ -280,16 +287,7 @@ describe('runStage', () => {
 
   it('keeps delivering when more than a thousand units wait for their deadlines at once', async () => {
     // A fresh server and the default consumer settings: the helpers' consumer sets its own bound.
-    await onOwnServer('parked', async (ownBus) => {
-      const metrics = newMetrics();
-      await using _stage = await runStage({
-        bus: ownBus,
-        stage: 'spec-watcher',
-        machine: unitMachine,
-        keyOf: unitKey,
-        metrics,
-        concurrency: 32,
-      });
+    await onOwnStage('parked', { concurrency: 32 }, async (ownBus, metrics) => {
       const parked = 1_050;
       for (let i = 0; i < parked; i++) {
         // Parked for 10 minutes: each keeps its work item unacknowledged for the whole test.
