@@ -535,6 +535,8 @@ async function explainVolumes(f: ChaosFixture, violations: string): Promise<void
       for (const [stage, unit] of [
         ['spec-watcher', key],
         ['attachment-orchestrator', `${namespace}/${vmi}`],
+        ['node-mounter', key],
+        ['domain-updater', key],
       ] as const) {
         const shown = await unitSnapshot(bus, stage, unit).catch((e: unknown) => String(e));
         lines.push(`    ${stage} snapshot: ${shown}`);
