@@ -38,6 +38,7 @@ import { durableName, kvKey, StreamName } from './names.js';
 import { ServerFeature, supportsFeature } from './version.js';
 import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
 import { ensureStageBuckets } from './provision.js';
+import { ParkedItems } from './parked.js';
 import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
 import { ackWaitMsOf, KeptConsumption } from './consume.js';
@@ -163,8 +164,20 @@ export interface StageOptions<TMachine extends AnyStateMachine> {
     item: WorkItem,
     delivery: Delivery & { observed: unknown },
   ) => EventFromLogic<TMachine>;
-  /** Reads the settled snapshot (default {@link defaultDisposition}). */
+  /**
+   * Reads the settled snapshot (default {@link defaultDisposition}). Whether the unit itself
+   * still waits is read from its tags, as the default does (see `ackWaitingAtRest`).
+   */
   disposition?: (snapshot: AnyMachineSnapshot, now: number) => Disposition;
+  /**
+   * A handling that leaves the unit tagged neither `waiting`, `retry` nor `failed` acks the
+   * items this process left waiting on it (see {@link ParkedItems}). Only for a machine whose
+   * decisions depend on an item only through what its snapshot keeps of it (the orchestrator's:
+   * each volume's operations in context, the plan from the caches): a machine that decides by
+   * the item in hand (the domain-updater: a nudge read against a lagging cache changes nothing)
+   * needs the waiting item itself to come back. Default false.
+   */
+  ackWaitingAtRest?: boolean;
   /** Units in flight in this process (default 4). */
   concurrency?: number;
   /** Lease time-to-live; renewed every third of it while a unit runs (default 30 s). */
@@ -260,6 +273,10 @@ interface Settler {
   nak(delayMs?: number): void;
   term(reason: string): void;
   working(): void;
+  /** A stream delivery's stream sequence; undefined for an item handled here. */
+  readonly seq?: number;
+  /** Acks the item after a `nak` (nats.js ignores a second settle); a stream delivery's only. */
+  readonly lateAck?: () => void;
 }
 
 interface LoadedUnit {
@@ -268,7 +285,12 @@ interface LoadedUnit {
   revision: number;
 }
 
-type Settled = { disposition: Disposition; outcome: Outcome };
+type Settled = {
+  disposition: Disposition;
+  outcome: Outcome;
+  /** The unit waits on nothing (whatever this item's disposition). */
+  atRest: boolean;
+};
 
 type RunResult =
   | (Settled & {
@@ -279,6 +301,8 @@ type RunResult =
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
+/** JetStream's ack, as sent to a delivery's reply subject. */
+const LATE_ACK = '+ACK';
 
 /**
  * Runs one stage: pulls work items from the stage's durable consumer and, for each, takes the
@@ -319,6 +343,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   readonly #running = new Set<Promise<void>>();
   /** Items handled here that go to the stream after their delay (see {@link handleHere}). */
   readonly #deferred = new Map<NodeJS.Timeout, WorkItem>();
+  readonly #parked = new ParkedItems();
   #resolveDone!: () => void;
   #consumption: KeptConsumption | undefined;
   #snapshots!: KV;
@@ -498,12 +523,18 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       await this.#deadLetter(msg, decoded.error);
       return;
     }
+    // The delivery's ack subject: JsMsg's implementation has it, its type does not say so.
+    const reply = (msg as { reply?: unknown }).reply;
     const settler: Settler = {
       attempt: msg.info.deliveryCount,
       ack: () => msg.ack(),
       nak: (delayMs) => msg.nak(delayMs),
       term: (reason) => this.#term(msg, reason),
       working: () => msg.working(),
+      seq: msg.seq,
+      ...(typeof reply === 'string' && reply !== ''
+        ? { lateAck: () => this.#o.bus.nc.publish(reply, LATE_ACK) }
+        : {}),
     };
     await this.#handleItem(settler, decoded.value, steps, extractTrace(msg.headers));
   }
@@ -664,6 +695,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     this.#inFlight++;
     this.#metrics.inFlight.inc({ stage: this.stage });
     let outcome: Outcome = Outcome.Retry;
+    this.#parked.delivered(unit, settler.seq);
     steps.lap(WorkStep.Queued);
     try {
       const acquired = await this.#leases.acquire(unit);
@@ -701,7 +733,10 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
           log,
         );
         outcome = this.#settleMessage(settler, result, log);
-        if (!('conflict' in result)) published = result.published;
+        if (!('conflict' in result)) {
+          published = result.published;
+          this.#settleParked(unit, settler, result, log);
+        }
       } finally {
         clearInterval(renewer);
         await lease.release(published);
@@ -744,6 +779,23 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         break;
     }
     return result.outcome;
+  }
+
+  /**
+   * Remembers an item left waiting, or, the unit at rest, acks the items it had left waiting
+   * (their redeliveries would find nothing to do). Only after the snapshot that put the unit to
+   * rest is written.
+   */
+  #settleParked(unit: string, settler: Settler, result: Settled, log: Logger): void {
+    if (this.#o.ackWaitingAtRest !== true) return;
+    if (result.atRest) {
+      const acked = this.#parked.atRest(unit);
+      if (acked > 0) log.debug({ acked }, 'the unit waits on nothing: acked its waiting items');
+      return;
+    }
+    if (result.disposition.kind !== 'waiting') return;
+    if (settler.seq === undefined || settler.lateAck === undefined) return;
+    this.#parked.park(unit, settler.seq, settler.lateAck);
   }
 
   async #load(unit: string): Promise<LoadedUnit> {
@@ -870,16 +922,21 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
     const persisted = actor.getPersistedSnapshot() as UnitRecord['snapshot'];
     actor.stop();
-    const disposition =
-      this.#o.disposition?.(snapshot, Date.now()) ??
-      defaultDisposition(snapshot, Date.now(), this.#o.waitingDelayMs);
+    const now = Date.now();
+    const own = defaultDisposition(snapshot, now, this.#o.waitingDelayMs);
+    const disposition = this.#o.disposition?.(snapshot, now) ?? own;
     if (disposition.kind === 'terminal' && !outbox.some(isFailedFact)) {
       outbox.push(failedEvent(this.stage, item, disposition, attempt));
     }
     const written = await this.#persist(unit, { record, revision }, persisted, outbox);
     steps.lap(WorkStep.Persist);
     if (written === undefined) return { conflict: true };
-    return { disposition, outcome: outcomeOf(disposition), published: written };
+    return {
+      disposition,
+      outcome: outcomeOf(disposition),
+      atRest: own.kind === 'done',
+      published: written,
+    };
   }
 
   /**
@@ -913,14 +970,18 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const maxDeliveries = this.#o.maxDeliveries ?? 100;
     if (!(error instanceof TerminalError) && attempt < maxDeliveries) {
       log.warn({ err: error, attempt }, 'the machine failed; retrying from the last snapshot');
-      return { disposition: { kind: 'retry', error }, outcome: Outcome.Retry };
+      return { disposition: { kind: 'retry', error }, outcome: Outcome.Retry, atRest: false };
     }
     const failure = {
       reason: error instanceof TerminalError ? error.reason : 'RetriesExhausted',
       message: error.message,
     };
     await this.#flush([failedEvent(this.stage, item, failure, attempt)]);
-    return { disposition: { kind: 'terminal', ...failure }, outcome: Outcome.Terminal };
+    return {
+      disposition: { kind: 'terminal', ...failure },
+      outcome: Outcome.Terminal,
+      atRest: false,
+    };
   }
 
   /** Starts the actor, sends the event and resolves with the first settled snapshot. */

@@ -56,7 +56,10 @@ function applyTaking(ms: number, onCall?: () => void) {
  */
 async function onOwnStage(
   name: string,
-  options: Pick<StageOptions<typeof unitMachine>, 'concurrency' | 'waitingRecheckMs'>,
+  options: Pick<
+    StageOptions<typeof unitMachine>,
+    'concurrency' | 'waitingRecheckMs' | 'ackWaitingAtRest'
+  >,
   body: (ownBus: Bus, metrics: PluglineMetrics) => Promise<void>,
 ): Promise<void> {
   const own = await startNats();
@@ -282,6 +285,50 @@ describe('runStage', () => {
       expect(state).toMatchObject({ value: 'waiting' });
       // Its deadline is kept: each look puts it back, it does not move on.
       expect(state!.context.wakeAt).toBeGreaterThan(Date.now() + 500_000);
+    });
+  });
+
+  it('acks a waiting item once a later item leaves its unit at rest, not at its deadline', async () => {
+    await onOwnStage('released', { ackWaitingAtRest: true }, async (ownBus, metrics) => {
+      // Parked for 10 minutes: left to its deadline, its item would stay unacknowledged that long.
+      const parked = workItem('vol-released', { cause: 'park' });
+      await sendWork(ownBus, parked);
+      await waitFor(
+        async () => (await persistedState(ownBus, unitKey(parked)))?.value === 'waiting',
+      );
+      // Still waiting after another look: the parked item stays the unit's reminder.
+      await sendWork(ownBus, workItem('vol-released', { cause: 'wait' }));
+      await waitFor(
+        async () => (await metricValue(metrics, 'messagesHandled', { outcome: 'waiting' })) === 2,
+      );
+      await ownBus.nc.flush();
+      expect(await backlog(ownBus)).toBe(2);
+
+      await sendWork(ownBus, workItem('vol-released', { cause: 'proceed' }));
+      await waitFor(async () => (await backlog(ownBus)) === 0, {
+        description: 'every item acknowledged, the parked ones too',
+      });
+      expect(await persistedState(ownBus, unitKey(parked))).toMatchObject({ value: 'applied' });
+      // Each item handled once: the parked ones did not come back for another look.
+      expect(await metricValue(metrics, 'messagesHandled', {})).toBe(3);
+    });
+  });
+
+  it('by default leaves a waiting item to its deadline, whatever later items do to the unit', async () => {
+    // The domain-updater's case: its machine decides by the item in hand, so only the waiting
+    // item itself may end its wait.
+    await onOwnStage('kept', {}, async (ownBus, metrics) => {
+      const parked = workItem('vol-kept', { cause: 'park' });
+      await sendWork(ownBus, parked);
+      await waitFor(
+        async () => (await persistedState(ownBus, unitKey(parked)))?.value === 'waiting',
+      );
+      await sendWork(ownBus, workItem('vol-kept', { cause: 'proceed' }));
+      await waitFor(async () => (await metricValue(metrics, 'messagesHandled', {})) === 2);
+      // The stage's acks went out on this connection: a round trip has the server take them.
+      await ownBus.nc.flush();
+      expect(await persistedState(ownBus, unitKey(parked))).toMatchObject({ value: 'applied' });
+      expect(await backlog(ownBus)).toBe(1);
     });
   });
 

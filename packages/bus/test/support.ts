@@ -13,7 +13,8 @@ import {
 /**
  * The example stage machine: `idle` → `applying` (invokes the `apply` effect) → `applied`.
  * A work item with cause `wait` first waits 300 ms (a deadline in context, tag `waiting`); with
- * cause `park`, 10 minutes.
+ * cause `park`, 10 minutes; an item with cause `proceed` ends the wait (what a waited-for change
+ * brings).
  * A TerminalError from the effect → `failed` (tag `failed`); any other error → `retrying`.
  * `applied` ignores further nudges, so a finished effect is never repeated.
  */
@@ -29,6 +30,7 @@ export const unitMachine = setup({
   guards: {
     wantsToWait: ({ event }) => event.item.cause === 'wait',
     wantsToPark: ({ event }) => event.item.cause === 'park',
+    proceeds: ({ event }) => event.item.cause === 'proceed',
     deadlinePassed: ({ context, event }) => event.receivedAt >= (context.wakeAt ?? 0),
   },
 }).createMachine({
@@ -61,7 +63,12 @@ export const unitMachine = setup({
     },
     waiting: {
       tags: ['waiting'],
-      on: { work: { guard: 'deadlinePassed', target: 'applying' } },
+      on: {
+        work: [
+          { guard: 'deadlinePassed', target: 'applying' },
+          { guard: 'proceeds', target: 'applying' },
+        ],
+      },
     },
     applying: {
       entry: assign({ wakeAt: undefined }),

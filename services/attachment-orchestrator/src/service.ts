@@ -180,6 +180,10 @@ export async function startAttachmentOrchestrator(
       coalesce: (item) => isNudge(item.cause) && ownNudges.get(item.operationId) !== undefined,
       input: (item) => ({ vmi: { namespace: item.namespace, name: item.vmi, uid: item.vmiUID } }),
       disposition: orchestratorDisposition,
+      // A VMI's plan comes from the caches and the operations its snapshot keeps, not from the
+      // item: once the unit waits on nothing, a work item left waiting for its pod is served
+      // (it came back five seconds later for a handling that changed nothing, once a plug).
+      ackWaitingAtRest: true,
       concurrency: config.concurrency,
       leaseTtlMs: config.leaseTtlMs,
       logger: log,
