@@ -532,11 +532,18 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       term: (reason) => this.#term(msg, reason),
       working: () => msg.working(),
       seq: msg.seq,
-      ...(typeof reply === 'string' && reply !== ''
-        ? { lateAck: () => this.#o.bus.nc.publish(reply, LATE_ACK) }
-        : {}),
+      ...(typeof reply === 'string' && reply !== '' ? { lateAck: () => this.#lateAck(reply) } : {}),
     };
     await this.#handleItem(settler, decoded.value, steps, extractTrace(msg.headers));
+  }
+
+  /** Acks a delivery after its nak; on a closed connection the item comes back at its delay. */
+  #lateAck(reply: string): void {
+    try {
+      this.#o.bus.nc.publish(reply, LATE_ACK);
+    } catch (err) {
+      this.#log.debug({ err }, 'could not ack a waiting item early; it comes back at its delay');
+    }
   }
 
   async handleHere(item: WorkItem): Promise<void> {
