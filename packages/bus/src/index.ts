@@ -62,7 +62,14 @@ export type { Lease, LeaseResult } from './lease.js';
 export { fact, nextWork } from './outbox.js';
 export type { FactSpec, WorkSpec, StageEmitted, OutboxEntry } from './outbox.js';
 
-export { runStage, defaultDisposition, isSettled, readUnitContext, StageTag } from './runtime.js';
+export {
+  runStage,
+  defaultDisposition,
+  isSettled,
+  readUnitContext,
+  StageTag,
+  waitsOnNothing,
+} from './runtime.js';
 export { WorkLeftovers, ReapRefusedError, startWorkJanitor } from './work-reaper.js';
 export type { WorkJanitor, WorkJanitorOptions } from './work-reaper.js';
 export type {

@@ -118,6 +118,14 @@ export function defaultDisposition(
   return { kind: 'done' };
 }
 
+/**
+ * True when the unit waits on nothing: tagged neither `waiting`, `retry` nor `failed`, whatever
+ * the disposition of the item that brought it there.
+ */
+export function waitsOnNothing(snapshot: AnyMachineSnapshot): boolean {
+  return defaultDisposition(snapshot, Date.now()).kind === 'done';
+}
+
 /** True when nothing is left to run: not active, no invoked actor running, or tagged `settled`. */
 export function isSettled(snapshot: AnyMachineSnapshot): boolean {
   return (
@@ -164,20 +172,18 @@ export interface StageOptions<TMachine extends AnyStateMachine> {
     item: WorkItem,
     delivery: Delivery & { observed: unknown },
   ) => EventFromLogic<TMachine>;
-  /**
-   * Reads the settled snapshot (default {@link defaultDisposition}). Whether the unit itself
-   * still waits is read from its tags, as the default does (see `ackWaitingAtRest`).
-   */
+  /** Reads the settled snapshot (default {@link defaultDisposition}). */
   disposition?: (snapshot: AnyMachineSnapshot, now: number) => Disposition;
   /**
-   * A handling that leaves the unit tagged neither `waiting`, `retry` nor `failed` acks the
-   * items this process left waiting on it (see {@link ParkedItems}). Only for a machine whose
-   * decisions depend on an item only through what its snapshot keeps of it (the orchestrator's:
-   * each volume's operations in context, the plan from the caches): a machine that decides by
-   * the item in hand (the domain-updater: a nudge read against a lagging cache changes nothing)
-   * needs the waiting item itself to come back. Default false.
+   * Whether the snapshot a handling of the unit settled in has served `waiting`, an item this
+   * process left waiting on that unit: it is then acked rather than coming back at its delay
+   * (see {@link ParkedItems}). Default: none is. The orchestrator: the unit waits on nothing
+   * ({@link waitsOnNothing}), since it plans from the caches and the operations its snapshot
+   * keeps of every item. The domain-updater: the item's unplug has its `detached-from-domain`
+   * reported; a unit at rest is not enough there, since a nudge read against a lagging cache
+   * changes nothing and leaves it untagged, and only the waiting item reads fresh enough.
    */
-  ackWaitingAtRest?: boolean;
+  servedWaiting?: (snapshot: AnyMachineSnapshot, waiting: WorkItem) => boolean;
   /** Units in flight in this process (default 4). */
   concurrency?: number;
   /** Lease time-to-live; renewed every third of it while a unit runs (default 30 s). */
@@ -288,8 +294,8 @@ interface LoadedUnit {
 type Settled = {
   disposition: Disposition;
   outcome: Outcome;
-  /** The unit waits on nothing (whatever this item's disposition). */
-  atRest: boolean;
+  /** The snapshot the unit settled in (none when the machine failed). */
+  settled?: AnyMachineSnapshot;
 };
 
 type RunResult =
@@ -742,7 +748,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         outcome = this.#settleMessage(settler, result, log);
         if (!('conflict' in result)) {
           published = result.published;
-          this.#settleParked(unit, settler, result, log);
+          this.#settleParked(unit, item, settler, result, log);
         }
       } finally {
         clearInterval(renewer);
@@ -789,20 +795,27 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   }
 
   /**
-   * Remembers an item left waiting, or, the unit at rest, acks the items it had left waiting
-   * (their redeliveries would find nothing to do). Only after the snapshot that put the unit to
-   * rest is written.
+   * Acks the items left waiting on the unit that its settled snapshot has served (their
+   * redeliveries would find nothing to do), once that snapshot is written; then remembers this
+   * item if it is left waiting.
    */
-  #settleParked(unit: string, settler: Settler, result: Settled, log: Logger): void {
-    if (this.#o.ackWaitingAtRest !== true) return;
-    if (result.atRest) {
-      const acked = this.#parked.atRest(unit);
-      if (acked > 0) log.debug({ acked }, 'the unit waits on nothing: acked its waiting items');
-      return;
+  #settleParked(
+    unit: string,
+    item: WorkItem,
+    settler: Settler,
+    result: Settled,
+    log: Logger,
+  ): void {
+    const served = this.#o.servedWaiting;
+    if (served === undefined) return;
+    const { settled } = result;
+    if (settled !== undefined) {
+      const acked = this.#parked.settle(unit, (waiting) => served(settled, waiting));
+      if (acked > 0) log.debug({ acked }, 'acked waiting items this handling served');
     }
     if (result.disposition.kind !== 'waiting') return;
     if (settler.seq === undefined || settler.lateAck === undefined) return;
-    this.#parked.park(unit, settler.seq, settler.lateAck);
+    this.#parked.park(unit, settler.seq, item, settler.lateAck);
   }
 
   async #load(unit: string): Promise<LoadedUnit> {
@@ -929,9 +942,9 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
     const persisted = actor.getPersistedSnapshot() as UnitRecord['snapshot'];
     actor.stop();
-    const now = Date.now();
-    const own = defaultDisposition(snapshot, now, this.#o.waitingDelayMs);
-    const disposition = this.#o.disposition?.(snapshot, now) ?? own;
+    const disposition =
+      this.#o.disposition?.(snapshot, Date.now()) ??
+      defaultDisposition(snapshot, Date.now(), this.#o.waitingDelayMs);
     if (disposition.kind === 'terminal' && !outbox.some(isFailedFact)) {
       outbox.push(failedEvent(this.stage, item, disposition, attempt));
     }
@@ -941,7 +954,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     return {
       disposition,
       outcome: outcomeOf(disposition),
-      atRest: own.kind === 'done',
+      settled: snapshot,
       published: written,
     };
   }
@@ -977,18 +990,14 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const maxDeliveries = this.#o.maxDeliveries ?? 100;
     if (!(error instanceof TerminalError) && attempt < maxDeliveries) {
       log.warn({ err: error, attempt }, 'the machine failed; retrying from the last snapshot');
-      return { disposition: { kind: 'retry', error }, outcome: Outcome.Retry, atRest: false };
+      return { disposition: { kind: 'retry', error }, outcome: Outcome.Retry };
     }
     const failure = {
       reason: error instanceof TerminalError ? error.reason : 'RetriesExhausted',
       message: error.message,
     };
     await this.#flush([failedEvent(this.stage, item, failure, attempt)]);
-    return {
-      disposition: { kind: 'terminal', ...failure },
-      outcome: Outcome.Terminal,
-      atRest: false,
-    };
+    return { disposition: { kind: 'terminal', ...failure }, outcome: Outcome.Terminal };
   }
 
   /** Starts the actor, sends the event and resolves with the first settled snapshot. */

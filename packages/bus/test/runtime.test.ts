@@ -17,6 +17,7 @@ import {
   LeaseManager,
   runStage,
   snapshotBucket,
+  waitsOnNothing,
   type Bus,
   type StageOptions,
 } from '../src/index.js';
@@ -58,7 +59,7 @@ async function onOwnStage(
   name: string,
   options: Pick<
     StageOptions<typeof unitMachine>,
-    'concurrency' | 'waitingRecheckMs' | 'ackWaitingAtRest'
+    'concurrency' | 'waitingRecheckMs' | 'servedWaiting'
   >,
   body: (ownBus: Bus, metrics: PluglineMetrics) => Promise<void>,
 ): Promise<void> {
@@ -289,7 +290,7 @@ describe('runStage', () => {
   });
 
   it('acks a waiting item once a later item leaves its unit at rest, not at its deadline', async () => {
-    await onOwnStage('released', { ackWaitingAtRest: true }, async (ownBus, metrics) => {
+    await onOwnStage('released', { servedWaiting: waitsOnNothing }, async (ownBus, metrics) => {
       // Parked for 10 minutes: left to its deadline, its item would stay unacknowledged that long.
       const parked = workItem('vol-released', { cause: 'park' });
       await sendWork(ownBus, parked);

@@ -1,6 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
-import { BoundedMap, Publisher, runStage, type Bus, type StageRunner } from '@plugline/bus';
+import {
+  BoundedMap,
+  Publisher,
+  runStage,
+  waitsOnNothing,
+  type Bus,
+  type StageRunner,
+} from '@plugline/bus';
 import {
   isHotpluggable,
   isName,
@@ -183,7 +190,7 @@ export async function startAttachmentOrchestrator(
       // A VMI's plan comes from the caches and the operations its snapshot keeps, not from the
       // item: once the unit waits on nothing, a work item left waiting for its pod is served
       // (it came back five seconds later for a handling that changed nothing, once a plug).
-      ackWaitingAtRest: true,
+      servedWaiting: waitsOnNothing,
       concurrency: config.concurrency,
       leaseTtlMs: config.leaseTtlMs,
       logger: log,

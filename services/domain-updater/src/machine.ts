@@ -10,8 +10,9 @@ import {
   VolumePhase,
   type OperationKind,
   type VolumeKey,
+  type WorkItem,
 } from '@plugline/contracts';
-import type { SnapshotFrom } from 'xstate';
+import type { AnyMachineSnapshot, SnapshotFrom } from 'xstate';
 import { assign, enqueueActions, fromPromise, setup } from 'xstate';
 import { asObservation, type Observation, type Problem } from './observation.js';
 
@@ -528,6 +529,20 @@ export const domainUpdaterMachine = setup({
 });
 
 export type DomainUpdaterMachine = typeof domainUpdaterMachine;
+
+/**
+ * Whether the unit has reported the detach of `waiting`'s unplug: the item, left waiting for the
+ * guest to let the disk go, is served then. Not merely the unit at rest: a nudge read against a
+ * lagging VMI cache changes nothing (the stale-want rule) and leaves the unit untagged, and only
+ * the unplug's own item reads the VMI fresh enough to finish the detach.
+ */
+export function detachReported(snapshot: AnyMachineSnapshot, waiting: WorkItem): boolean {
+  const reported = (snapshot.context as Partial<DomainUpdaterContext> | undefined)?.reported;
+  return (
+    waiting.operation === 'unplug' &&
+    (reported ?? []).includes(`${EventType.DetachedFromDomain}:${waiting.operationId}`)
+  );
+}
 export type DomainUpdaterSnapshot = SnapshotFrom<DomainUpdaterMachine>;
 
 /** The resting states (a persisted snapshot is always in one of these). */

@@ -29,7 +29,7 @@ import {
 import { childLogger, type Logger, type PluglineMetrics } from '@plugline/telemetry';
 import { createActors, DeviceEventLog } from './adapters.js';
 import { HypervisorKind, type DomainUpdaterConfig } from './config.js';
-import { domainUpdaterMachine, NudgeCause } from './machine.js';
+import { detachReported, domainUpdaterMachine, NudgeCause } from './machine.js';
 import {
   createObserver,
   createdByKeys,
@@ -323,9 +323,11 @@ export async function startDomainUpdater(
       concurrency: settings.concurrency,
       keyOf: (item) => `${item.namespace}/${item.vmi}/${item.volume}`,
       // A detach waits for the guest up to detachTimeoutMs (60 s); the device-removed event
-      // finishes the unit through a nudge long before, and the waiting item is then
-      // acknowledged at its next look, within seconds rather than at the deadline.
+      // finishes the unit through a nudge long before, and the waiting item is then acked at
+      // once (servedWaiting), or, left waiting by another replica, at its next look within
+      // seconds rather than at the deadline.
       waitingRecheckMs: DETACH_RECHECK_MS,
+      servedWaiting: detachReported,
       input: (item) => ({
         key: { namespace: item.namespace, vmi: item.vmi, volume: item.volume },
         node,

@@ -84,16 +84,21 @@ const settings = (): DomainUpdaterSettings => ({
   concurrency: 8,
 });
 
-async function startUpdater(): Promise<DomainUpdater> {
+async function startUpdater(
+  overrides: Partial<DomainUpdaterSettings> = {},
+): Promise<DomainUpdater> {
   const kc = loadKubeConfig({ kubeconfig: sim.kubeconfigPath });
-  return startDomainUpdater(settings(), {
-    bus,
-    kc,
-    logger: silentLogger(),
-    driver: counting(hypervisor),
-    defineDomain: (d) => hypervisor.defineDomain(d),
-    listDomains: () => hypervisor.listDomains(),
-  });
+  return startDomainUpdater(
+    { ...settings(), ...overrides },
+    {
+      bus,
+      kc,
+      logger: silentLogger(),
+      driver: counting(hypervisor),
+      defineDomain: (d) => hypervisor.defineDomain(d),
+      listDomains: () => hypervisor.listDomains(),
+    },
+  );
 }
 
 interface TestVmi {
@@ -393,6 +398,43 @@ describe('domain-updater on the simulated hypervisor', () => {
     expect(await liveDisk(vm1, 'data1')).toBeUndefined();
     expect(calls.detach).toEqual([`${vm1.domain}:sda`]);
   });
+
+  it('acks an unplug waiting for the guest once its detach is reported, not at its next look', async () => {
+    const consumer = () => bus.jsm.consumers.info('PLUGLINE_WORK', `domain-updater-${NODE}`);
+    const idle = async () => {
+      const info = await consumer();
+      return info.num_pending === 0 && info.num_ack_pending === 0 && info;
+    };
+    // The guest may hold a disk for a minute here (a unit keeps the bound it started with): the
+    // item's own next look comes after 5 s (the recheck), far beyond the 30 ms the guest takes.
+    await updater?.stop();
+    updater = await startUpdater({ detachTimeoutMs: 60_000 });
+    try {
+      const vm6 = await createVmi('vm6');
+      await plugVolume(vm6, 'brief');
+      await publish(workFor(vm6, 'brief', 'plug'));
+      await until('ready of brief', () => eventsOf('brief', 'ready')[0]);
+      const before = await until('the consumer is idle', idle);
+      const sentBefore = ownWork.length;
+
+      unplugVolume(vm6, 'brief');
+      await publish(workFor(vm6, 'brief', 'unplug'));
+      await until(
+        'detached-from-domain of brief',
+        () => eventsOf('brief', 'detached-from-domain')[0],
+      );
+      // The device-removed nudge finished the unit; left to its next look, the unplug's item
+      // would come back for a second delivery.
+      const after = await until('the consumer is idle', idle);
+      const sent = ownWork.length - sentBefore;
+      expect(after.delivered.consumer_seq - before.delivered.consumer_seq).toBe(sent);
+    } finally {
+      await updater?.stop();
+      updater = await startUpdater();
+    }
+    // Room for the item's own look after 5 s, so that without the early ack this fails on the
+    // count of deliveries, not on the time.
+  }, 20_000);
 
   it('reports a guest that never lets go (DetachTimeout), keeps the volume, and finishes once it does', async () => {
     const vm2 = await createVmi('vm2');
