@@ -529,6 +529,7 @@ export const domainUpdaterMachine = setup({
 });
 
 export type DomainUpdaterMachine = typeof domainUpdaterMachine;
+export type DomainUpdaterSnapshot = SnapshotFrom<DomainUpdaterMachine>;
 
 /**
  * Whether the unit has reported the detach of `waiting`'s unplug: the item, left waiting for the
@@ -543,7 +544,6 @@ export function detachReported(snapshot: AnyMachineSnapshot, waiting: WorkItem):
     (reported ?? []).includes(`${EventType.DetachedFromDomain}:${waiting.operationId}`)
   );
 }
-export type DomainUpdaterSnapshot = SnapshotFrom<DomainUpdaterMachine>;
 
 /** The resting states (a persisted snapshot is always in one of these). */
 export const UpdaterState = {
