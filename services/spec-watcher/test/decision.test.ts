@@ -1,6 +1,6 @@
 import type { StageEmitted } from '@plugline/bus';
 import type { OperationKind } from '@plugline/contracts';
-import { createActor } from 'xstate';
+import { createActor, type Actor } from 'xstate';
 import { describe, expect, it } from 'vitest';
 import type { DecideEvent, DecisionContext, VolumeView } from '../src/index.js';
 import {
@@ -38,6 +38,22 @@ function view(
     node,
     generation: 4,
   };
+}
+
+/**
+ * Sends the actor a decision on a spec change of uid-a's volume (on node-1), issuing operation
+ * `id` if it issues one; `phase` is what the status shows.
+ */
+function specDecisions(actor: Actor<typeof decisionMachine>) {
+  return (direction: OperationKind, id: string, phase?: string): void =>
+    actor.send({
+      type: 'decide',
+      view: view(direction, 'uid-a', phase, 'node-1'),
+      cause: SPEC_CAUSE,
+      nudgeId: `rv-${id}`,
+      newOperationId: id,
+      receivedAt: 0,
+    });
 }
 
 const events = (): DecideEvent[] =>
@@ -161,15 +177,7 @@ describe('decisionMachine over every path (@xstate/graph)', () => {
 
   it('an unplug books the plug it undoes; bookedOperation reads the book for its VMI only', () => {
     const actor = createActor(decisionMachine).start();
-    const decide = (direction: OperationKind, newOperationId: string, phase?: string): void =>
-      actor.send({
-        type: 'decide',
-        view: view(direction, 'uid-a', phase, 'node-1'),
-        cause: SPEC_CAUSE,
-        nudgeId: `rv-${newOperationId}`,
-        newOperationId,
-        receivedAt: 0,
-      });
+    const decide = specDecisions(actor);
     const booked = (uid = 'uid-a') => bookedOperation(actor.getSnapshot().context, uid);
     decide('plug', 'op-1');
     expect(booked()).toEqual({ operationId: 'op-1', operation: 'plug' });
@@ -219,15 +227,7 @@ describe('a volume re-added while its unplug is under way', () => {
     const actor = createActor(decisionMachine).start();
     const seen: string[] = [];
     actor.on('*', (e) => seen.push(render(e)));
-    const decide = (direction: OperationKind, id: string, phase?: string): void =>
-      actor.send({
-        type: 'decide',
-        view: view(direction, 'uid-a', phase, 'node-1'),
-        cause: SPEC_CAUSE,
-        nudgeId: `rv-${id}`,
-        newOperationId: id,
-        receivedAt: 0,
-      });
+    const decide = specDecisions(actor);
     // Plugged to Ready under op-1; the spec drops the volume, then wants it again before any
     // of the unplug's facts reached the status (it still says Ready, with the old target).
     decide('plug', 'op-1');
