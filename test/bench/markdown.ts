@@ -45,6 +45,17 @@ function podTimes(f: BurstFigures): string {
   return `, seen / Running at ${pods.map((p) => `${p.seenMs ?? '?'} / ${p.runningMs ?? '?'}`).join(', ')} ms`;
 }
 
+/** How often each service handled a work item of the burst, per volume. */
+function burstHandlingsTable(f: BurstFigures, i: number): string[] {
+  if (f.handlingsPerVolume === undefined) return [];
+  return [
+    `Work items per volume, burst ${i + 1} (${f.issue ?? 'burst'}):`,
+    '',
+    ...mapTable('service', f.handlingsPerVolume),
+    '',
+  ];
+}
+
 /** Each way of issuing the burst: its Kubernetes API traffic until all Ready / all removed. */
 function burstApiTable(bursts: readonly BurstFigures[]): string[] {
   const withApi = bursts.filter((f) => f.api !== undefined);
@@ -168,6 +179,7 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       ...(b.others ?? []).flatMap(burstStepLines),
       '',
       ...burstApiTable([b, ...(b.others ?? [])]),
+      ...[b, ...(b.others ?? [])].flatMap(burstHandlingsTable),
     );
   }
   const s = r.scaleOut;

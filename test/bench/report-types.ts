@@ -63,6 +63,11 @@ export interface BurstFigures {
    * `Ready`, `unplug` until all were removed (absent in older results).
    */
   api?: Record<string, { plug: number; unplug: number }>;
+  /**
+   * Work items each service ran and acknowledged unrun (coalesced), per volume, plug and
+   * unplug (absent in older results): how often a unit of a 75-volume VMI was handled.
+   */
+  handlingsPerVolume?: Record<string, Record<string, number>>;
 }
 
 export interface Results {

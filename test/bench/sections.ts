@@ -579,9 +579,11 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
       const run = { how: r.how, timeoutMs: 300_000 };
       const cpu0 = cpuOf(h.procs());
       const api0 = await scrapeApiServer(h.stack.apiUrl);
+      const handled0 = await scrapeMetrics(h.stack.services);
       const plugged = await burst(h.client, h.obs, where, run, plugEach(h.client, where));
       const cpu1 = cpuOf(h.procs());
       const api1 = await scrapeApiServer(h.stack.apiUrl);
+      const handled1 = await scrapeMetrics(h.stack.services);
       const cpuMs = Object.fromEntries(
         Object.keys(cpu0).map((id) => [id, round(((cpu1[id] ?? 0) - (cpu0[id] ?? 0)) * 1000)]),
       );
@@ -601,6 +603,7 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
       });
       const unplugged = await burst(h.client, h.obs, where, run, unplugEach(h.client, where));
       const api2 = await scrapeApiServer(h.stack.apiUrl);
+      const handled2 = await scrapeMetrics(h.stack.services);
       const f: BurstFigures = {
         issue:
           r.how.kind === 'one-patch'
@@ -620,6 +623,7 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
         steps,
         cpuMs,
         api: apiPerOperation([api0, api1, api2], 1),
+        handlingsPerVolume: handlingsPerOp([handled0, handled1, handled2], cfg.burst),
       };
       log(`burst (${r.how.kind}): ${JSON.stringify(f)}`);
       figures.push(f);
