@@ -34,7 +34,7 @@ describe('parseServiceBaseConfig', () => {
       logPretty: false,
       healthPort: 0,
       healthHost: '0.0.0.0',
-      concurrency: 8,
+      concurrency: 32,
       streamReplicas: 1,
       ackWaitMs: 30_000,
     });

@@ -518,7 +518,7 @@ describe('parseConfig', () => {
       kubeconfig: '/tmp/kubeconfig',
       attachImage: 'registry/hotplug:1',
       coalesceMs: 75,
-      concurrency: 8,
+      concurrency: 32,
       ackWaitMs: 30_000,
       healthHost: '127.0.0.1',
     });

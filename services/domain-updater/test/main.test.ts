@@ -27,7 +27,7 @@ describe('parseConfig', () => {
       simDetachDelayMs: 50,
       detachTimeoutMs: 60_000,
       diskSourceDir: 'host',
-      concurrency: 8,
+      concurrency: 32,
       healthPort: 0,
     });
     expect(Object.isFrozen(c)).toBe(true);

@@ -358,7 +358,7 @@ describe('parseConfig', () => {
       logLevel: 'info',
       healthPort: 0,
       healthHost: '127.0.0.1',
-      concurrency: 8,
+      concurrency: 32,
       streamReplicas: 1,
       ackWaitMs: 30_000,
       deviceCgroupRoot: undefined,
