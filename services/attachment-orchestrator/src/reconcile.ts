@@ -5,6 +5,7 @@
  */
 import {
   claimNameOf,
+  compareOperationIds,
   EventType,
   isHotpluggable,
   PhaseMessage,
@@ -537,9 +538,26 @@ function prune(state: UnitState, vmi: VirtualMachineInstance | undefined, pods: 
   }
   for (const [volume, ops] of Object.entries(state.ops)) {
     const released =
-      state.published[volume] === undefined && ops.unplug !== undefined && !alive.has(volume);
+      state.published[volume] === undefined &&
+      ops.unplug !== undefined &&
+      !pluggedAgain(ops) &&
+      !alive.has(volume);
     if (released) delete state.ops[volume];
   }
+}
+
+/**
+ * Whether a plug came after the volume's unplug: the volume was added again. Its request can
+ * reach this unit before the VMI cache shows the volume back in the spec (seen in the guest chain
+ * test: remove, then add at once); forgetting its operation then would leave the re-added volume
+ * without a single fact once the cache caught up.
+ */
+function pluggedAgain(ops: VolumeOps): boolean {
+  return (
+    ops.plug !== undefined &&
+    ops.unplug !== undefined &&
+    compareOperationIds(ops.plug.operationId, ops.unplug.operationId) > 0
+  );
 }
 
 function deleteEffect(namespace: string, a: Extract<PlanAction, { type: 'deletePod' }>): Effect {

@@ -219,6 +219,45 @@ describe('decide', () => {
     expect(factTypes(go)).toEqual(['b:detaching']);
   });
 
+  it('keeps the request of a volume added again before the VMI cache shows it back in the spec', () => {
+    // Seen in the guest chain test: removevolume ends (pod gone, entry dropped), addvolume at once.
+    const gone = vmi();
+    const back = vmi(withHotplugPVC('a'));
+    const plugged = state(item('a', { operationId: '00mx0000a1-plug' }));
+    const unplug = item('a', {
+      operation: 'unplug',
+      operationId: '00mx0000b2-unplug',
+      cause: EventType.UnmountedFromPod,
+      issuedAt: new Date(T0 + 1).toISOString(),
+    });
+    // Released while the status still shows its entry going: the unit keeps its operations.
+    const detaching = vmi(
+      withVolumeStatus({ name: 'a', target: '', phase: 'Detaching', hotplugVolume: {} }),
+    );
+    const released = decide(
+      recordWork(plugged, unplug),
+      observed(detaching, ['a']),
+      T0 + 1,
+      OPTIONS,
+    );
+    expect(released.state.ops.a?.unplug?.operationId).toBe('00mx0000b2-unplug');
+    const again = item('a', {
+      operationId: '00mx0000c3-plug',
+      issuedAt: new Date(T0 + 2).toISOString(),
+    });
+    // The request is handled while the cache still holds the VMI without the volume.
+    const early = decide(recordWork(released.state, again), observed(gone, ['a']), T0 + 2, OPTIONS);
+    expect(early.emit).toEqual([]);
+    // The cache catches up (an informer nudge): the re-added volume's own operation goes on.
+    const caughtUp = decide(early.state, observed(back, ['a']), T0 + 3, {
+      ...OPTIONS,
+      coalesceMs: 0,
+    });
+    expect(factTypes(caughtUp)).toEqual(['a:bound']);
+    expect(caughtUp.emit[0]).toMatchObject({ fact: { data: { operationId: '00mx0000c3-plug' } } });
+    expect(effectKinds(caughtUp)).toEqual(['createPod']);
+  });
+
   it('sends the unplug down the node stages when only its announcement holds the pod (entry dropped as never attached)', () => {
     // `b` was announced on its pod, but the unplug was decided while its entry still said Bound:
     // the status dropped the entry and the spec-watcher sent the unplug here. node-mounter, given
