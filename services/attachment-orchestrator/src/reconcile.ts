@@ -540,7 +540,7 @@ function prune(state: UnitState, vmi: VirtualMachineInstance | undefined, pods: 
     const released =
       state.published[volume] === undefined &&
       ops.unplug !== undefined &&
-      !pluggedAgain(ops) &&
+      !pluggedAgain(ops.plug, ops.unplug) &&
       !alive.has(volume);
     if (released) delete state.ops[volume];
   }
@@ -552,12 +552,8 @@ function prune(state: UnitState, vmi: VirtualMachineInstance | undefined, pods: 
  * test: remove, then add at once); forgetting its operation then would leave the re-added volume
  * without a single fact once the cache caught up.
  */
-function pluggedAgain(ops: VolumeOps): boolean {
-  return (
-    ops.plug !== undefined &&
-    ops.unplug !== undefined &&
-    compareOperationIds(ops.plug.operationId, ops.unplug.operationId) > 0
-  );
+function pluggedAgain(plug: VolumeOps['plug'], unplug: NonNullable<VolumeOps['unplug']>): boolean {
+  return plug !== undefined && compareOperationIds(plug.operationId, unplug.operationId) > 0;
 }
 
 function deleteEffect(namespace: string, a: Extract<PlanAction, { type: 'deletePod' }>): Effect {
