@@ -27,6 +27,6 @@ export async function machineInfo() {
     // taken for the commit's own.
     gitCommit: await output('git', ['describe', '--always', '--dirty=+changes', '--abbrev=7']),
     loadAverageAtStart: loadavg().map((l) => Math.round(l * 100) / 100),
-    note: 'the 2 cores were shared with other jobs during the run (see loadAverageAtStart)',
+    note: 'the 2 cores were shared with other jobs during the run (see loadAverageAtStart and speedProbe)',
   };
 }

@@ -18,6 +18,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { ensureBundles, SERVICE_V8_FLAGS, ServiceName, ServiceRuntime } from '@plugline/cli';
 import { machineInfo } from './machine.js';
+import { speedProbe } from './speed.js';
 import { renderMarkdown } from './markdown.js';
 import { renderChart } from './chart.js';
 import { runMainStack, runBurstStack, runScaleOutStack, type BenchConfig } from './sections.js';
@@ -143,6 +144,8 @@ async function main(): Promise<void> {
   log(`config ${JSON.stringify({ ...cfg, sections: [...cfg.sections] })}`);
   await prepareRuntime(cfg.runtime, log);
   const machine = await machineInfo();
+  const probeAtStart = await speedProbe();
+  log(`speed probe ${JSON.stringify(probeAtStart)} (lower is faster)`);
   // Sections 1–3 run on the main stack, which also gives the idle figure; without them, section 6
   // (its own stack, idle first) gives it, or nothing does (e.g. `--sections 7`).
   const needsMain = ['1', '2', '3'].some((s) => cfg.sections.has(s));
@@ -153,13 +156,15 @@ async function main(): Promise<void> {
   const guest = cfg.sections.has('7')
     ? await runGuestSection(cfg.guest, log)
     : { run: false as const, reason: 'not run (section 7 not selected: --sections 7)' };
+  const probeAtEnd = await speedProbe();
+  log(`speed probe ${JSON.stringify(probeAtEnd)} at the end`);
   const tp1 = main?.throughput?.plug.opsPerSecond;
   const tp2 = scaleOut?.throughput.plug.opsPerSecond;
   const results = {
     issue: 10,
     date: started.toISOString(),
     durationS: Math.round((Date.now() - started.getTime()) / 1000),
-    machine,
+    machine: { ...machine, speedProbe: { start: probeAtStart, end: probeAtEnd } },
     config: {
       ...cfg,
       sections: [...cfg.sections],

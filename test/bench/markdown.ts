@@ -1,4 +1,5 @@
 /** The Markdown summary of a results document, with the targets of issue 10 beside the figures. */
+import type { SpeedProbe } from './speed.js';
 import type { BurstFigures, Results } from './report-types.js';
 import type { Percentiles, Repeated } from './stats.js';
 import { guestLines, memoryLines } from './markdown-sections.js';
@@ -86,11 +87,34 @@ function runtimeWords(runtime: string | undefined): string {
   return 'runtime not recorded';
 }
 
+const isProbe = (p: unknown): p is SpeedProbe =>
+  typeof p === 'object' &&
+  p !== null &&
+  typeof (p as SpeedProbe).computeMs === 'number' &&
+  typeof (p as SpeedProbe).cpuShare === 'number' &&
+  typeof (p as SpeedProbe).pipeRoundTripUs === 'number';
+
+/**
+ * The machine's speed at the start and end of the run (test/bench/speed.ts): runs whose probes
+ * differ ran on a faster or slower machine, whatever the code.
+ */
+function speedProbeLine(probe: unknown): string[] {
+  if (typeof probe !== 'object' || probe === null) return [];
+  const { start, end } = probe as { start?: unknown; end?: unknown };
+  if (!isProbe(start) || !isProbe(end)) return [];
+  const words = (p: SpeedProbe): string =>
+    `${p.computeMs} ms compute at ${p.cpuShare} of a core, ${p.pipeRoundTripUs} µs pipe round trip`;
+  return [
+    `Speed probe (test/bench/speed.ts: a fixed JSON and hashing workload in the bench's process, the share of a core it got, and a one-byte round trip to a child process; medians): **${words(start)}** at the start, **${words(end)}** at the end. Lower times and a share nearer 1 are a faster machine; compare two runs' figures beside their probes, since the cores are shared with jobs no counter here shows.`,
+  ];
+}
+
 export function renderMarkdown(r: Results, chartFile: string): string {
   const lines: string[] = [
     `# Plugline benchmark, ${r.date}`,
     '',
     `Machine: ${JSON.stringify(r.machine)}. Run took ${r.durationS} s.`,
+    ...speedProbeLine(r.machine.speedProbe),
     `All services ran as separate processes (the embedded stack, ${runtimeWords(r.config?.runtime)}), NATS and kube-sim on loopback.`,
     'Latencies in ms, from the spec patch to the status entry (`Ready`, or removed) as a watch sees it.',
     'Figures "x (a–b)" are the median over rounds, with min–max.',
