@@ -6,7 +6,7 @@
  * still shows after that is printed with the figures (nats-server 2.9.10 can leave a restarted
  * node's replica holding items its leader removed).
  */
-import { connectBus, provision, StreamName, type Bus } from '@plugline/bus';
+import { connectBus, provision, StreamName, subjectMatches, type Bus } from '@plugline/bus';
 import { Stage } from '@plugline/contracts';
 import { ensureProjectorConsumer } from '@plugline/spec-watcher';
 import { startNatsCluster, waitFor, type NatsCluster } from '@plugline/testkit';
@@ -80,6 +80,44 @@ async function leaderBacklog(bus: Bus): Promise<string[]> {
     }
   }
   return out;
+}
+
+/**
+ * What the work stream's leader holds, item by item (sequence, subject, and whether the consumer
+ * whose filter takes it is done with it), each consumer's position, and the per-subject counts:
+ * told apart, work a stage still owes (its consumer is not done with it, or no filter takes it)
+ * and an item the server kept after its consumer was done with it (nats-server 2.9).
+ */
+async function describeLeaderItems(bus: Bus): Promise<string> {
+  const info = await bus.jsm.streams.info(StreamName.Work);
+  // Done with everything up to `doneTo`: its ack floor, or what it delivered when nothing is
+  // outstanding (the floor stays behind while the next items are other consumers').
+  const consumers: { name: string; filter: string; doneTo: number; position: string }[] = [];
+  for await (const c of bus.jsm.consumers.list(StreamName.Work)) {
+    const outstanding = c.num_pending + c.num_ack_pending;
+    consumers.push({
+      name: c.name,
+      filter: c.config.filter_subject ?? '',
+      doneTo: outstanding === 0 ? c.delivered.stream_seq : c.ack_floor.stream_seq,
+      position: `floor ${c.ack_floor.stream_seq} delivered ${c.delivered.stream_seq} outstanding ${outstanding}`,
+    });
+  }
+  const items: string[] = [];
+  const { first_seq: first, last_seq: last } = info.state;
+  for (let seq = first; seq <= last && items.length < 10; seq++) {
+    const m = await bus.jsm.streams.getMessage(StreamName.Work, { seq }).catch(() => null);
+    if (m === null) continue;
+    const owner = consumers.find((c) => subjectMatches(c.filter, m.subject));
+    const where =
+      owner === undefined
+        ? 'in no consumer filter'
+        : `${owner.name} ${seq <= owner.doneTo ? 'is done with it' : 'is not done with it'}`;
+    items.push(`#${seq} ${m.subject} (${where})`);
+  }
+  const positions = consumers.map((c) => `${c.name} ${c.position}`);
+  // The per-subject counts are what the consumers and the reaper go by.
+  const bySubject = await bus.jsm.streams.info(StreamName.Work, { subjects_filter: '>' });
+  return `items ${items.join(', ')}; consumers ${positions.join(', ')}; subject counts ${JSON.stringify(bySubject.state.subjects ?? {})}`;
 }
 
 /** Per node whose replica of the work stream still holds items after 30 s: what it shows. */
@@ -174,8 +212,9 @@ describe.skipIf(!isRoot)('chaos on a NATS cluster', () => {
           return backlog.length === 0;
         },
         { timeout: 180_000, interval: 250, description: 'an empty work stream (leaders)' },
-      ).catch((err: unknown) => {
-        throw new Error(`the work stream's leaders still report: ${backlog.join('; ')}`, {
+      ).catch(async (err: unknown) => {
+        const held = await describeLeaderItems(bus).catch((e: unknown) => String(e));
+        throw new Error(`the work stream's leaders still report: ${backlog.join('; ')}; ${held}`, {
           cause: err,
         });
       });

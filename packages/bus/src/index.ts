@@ -70,7 +70,12 @@ export {
   StageTag,
   waitsOnNothing,
 } from './runtime.js';
-export { WorkLeftovers, ReapRefusedError, startWorkJanitor } from './work-reaper.js';
+export {
+  WorkLeftovers,
+  ReapRefusedError,
+  startWorkJanitor,
+  subjectMatches,
+} from './work-reaper.js';
 export type { WorkJanitor, WorkJanitorOptions } from './work-reaper.js';
 export type {
   StageOptions,

@@ -123,7 +123,7 @@ export class WorkLeftovers {
 }
 
 /** Whether a NATS subject matches a filter with `*` and `>` wildcards. */
-function subjectMatches(filter: string, subject: string): boolean {
+export function subjectMatches(filter: string, subject: string): boolean {
   const f = filter.split('.');
   const t = subject.split('.');
   for (let i = 0; i < f.length; i++) {
