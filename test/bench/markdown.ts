@@ -105,7 +105,7 @@ function speedProbeLine(probe: unknown): string[] {
   const words = (p: SpeedProbe): string =>
     `${p.computeMs} ms compute at ${p.cpuShare} of a core, ${p.pipeRoundTripUs} µs pipe round trip`;
   return [
-    `Speed probe (test/bench/speed.ts: a fixed JSON and hashing workload in the bench's process, the share of a core it got, and a one-byte round trip to a child process; medians): **${words(start)}** at the start, **${words(end)}** at the end. Lower times and a share nearer 1 are a faster machine; compare two runs' figures beside their probes, since the cores are shared with jobs no counter here shows.`,
+    `Speed probe (test/bench/speed.ts: a fixed JSON and hashing workload in the bench's process, the share of a core it got, and a one-byte round trip to a child process; medians): **${words(start)}** at the start, **${words(end)}** at the end. Lower times and a share nearer 1 are a faster machine. The cores are shared with jobs no counter here shows: a probe that differs explains a difference between runs, one that reads the same does not prove the machine was as fast (see speed.ts).`,
   ];
 }
 

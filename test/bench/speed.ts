@@ -1,9 +1,12 @@
 /**
  * How fast this machine runs right now: a fixed single-threaded workload timed in the bench's own
- * process, and a round trip to another process through a pipe (what every hop over NATS on
- * loopback costs: a write that wakes another process). These machines share their cores with
- * other jobs that no counter here shows (steal time reads 0), and the same code has measured 65
- * and 32 plug ops/s three hours apart; two runs' figures compare only beside their probes.
+ * process (and the share of a core it got), and a round trip to another process through a pipe
+ * (what every hop over NATS on loopback costs: a write that wakes another process). These
+ * machines share their cores with other jobs that no counter here shows (steal time reads 0):
+ * while the test suites ran beside it the probe got 0.3-0.5 of a core. It does not catch
+ * everything: on 2026-12-05 a run whose six processes each spent 1.6-2 times the CPU of the
+ * evening before on the same work items probed as fast (13 ms at a full core, 36 µs), two probes
+ * at once too. A probe that differs explains a difference; one that reads the same proves nothing.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
