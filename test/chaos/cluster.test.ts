@@ -6,7 +6,14 @@
  * still shows after that is printed with the figures (nats-server 2.9.10 can leave a restarted
  * node's replica holding items its leader removed).
  */
-import { connectBus, provision, StreamName, subjectMatches, type Bus } from '@plugline/bus';
+import {
+  connectBus,
+  doneUpTo,
+  provision,
+  StreamName,
+  subjectMatches,
+  type Bus,
+} from '@plugline/bus';
 import { Stage } from '@plugline/contracts';
 import { ensureProjectorConsumer } from '@plugline/spec-watcher';
 import { startNatsCluster, waitFor, type NatsCluster } from '@plugline/testkit';
@@ -90,16 +97,13 @@ async function leaderBacklog(bus: Bus): Promise<string[]> {
  */
 async function describeLeaderItems(bus: Bus): Promise<string> {
   const info = await bus.jsm.streams.info(StreamName.Work);
-  // Done with everything up to `doneTo`: its ack floor, or what it delivered when nothing is
-  // outstanding (the floor stays behind while the next items are other consumers').
   const consumers: { name: string; filter: string; doneTo: number; position: string }[] = [];
   for await (const c of bus.jsm.consumers.list(StreamName.Work)) {
-    const outstanding = c.num_pending + c.num_ack_pending;
     consumers.push({
       name: c.name,
       filter: c.config.filter_subject ?? '',
-      doneTo: outstanding === 0 ? c.delivered.stream_seq : c.ack_floor.stream_seq,
-      position: `floor ${c.ack_floor.stream_seq} delivered ${c.delivered.stream_seq} outstanding ${outstanding}`,
+      doneTo: doneUpTo(c),
+      position: `floor ${c.ack_floor.stream_seq} delivered ${c.delivered.stream_seq} outstanding ${c.num_pending + c.num_ack_pending}`,
     });
   }
   const items: string[] = [];

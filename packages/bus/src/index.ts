@@ -75,6 +75,7 @@ export {
   ReapRefusedError,
   startWorkJanitor,
   subjectMatches,
+  doneUpTo,
 } from './work-reaper.js';
 export type { WorkJanitor, WorkJanitorOptions } from './work-reaper.js';
 export type {

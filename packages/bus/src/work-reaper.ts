@@ -1,4 +1,5 @@
 import { PermissionViolationError } from '@nats-io/nats-core';
+import type { ConsumerInfo } from '@nats-io/jetstream';
 import { PluglineError } from '@plugline/contracts';
 import { silentLogger, type Logger } from '@plugline/telemetry';
 import type { Bus } from './connection.js';
@@ -89,7 +90,7 @@ export class WorkLeftovers {
     const filter = info.config.filter_subject;
     if (filter === undefined || filter === '') return 0;
     const outstanding = info.num_pending + info.num_ack_pending;
-    const upTo = outstanding === 0 ? info.delivered.stream_seq : info.ack_floor.stream_seq;
+    const upTo = doneUpTo(info);
     const stream = await jsm.streams.info(StreamName.Work, { subjects_filter: filter });
     const held = Object.values(stream.state.subjects ?? {}).reduce((a, n) => a + n, 0);
     const leftovers = held - outstanding;
@@ -120,6 +121,16 @@ export class WorkLeftovers {
       return false;
     }
   }
+}
+
+/**
+ * The stream sequence up to which a work consumer is done with every item its filter takes: its
+ * ack floor, or what it delivered when nothing is outstanding (the floor stays behind while the
+ * next items are other consumers').
+ */
+export function doneUpTo(info: ConsumerInfo): number {
+  const outstanding = info.num_pending + info.num_ack_pending;
+  return outstanding === 0 ? info.delivered.stream_seq : info.ack_floor.stream_seq;
 }
 
 /** Whether a NATS subject matches a filter with `*` and `>` wildcards. */
