@@ -87,25 +87,16 @@ function runtimeWords(runtime: string | undefined): string {
   return 'runtime not recorded';
 }
 
-const isProbe = (p: unknown): p is SpeedProbe =>
-  typeof p === 'object' &&
-  p !== null &&
-  typeof (p as SpeedProbe).computeMs === 'number' &&
-  typeof (p as SpeedProbe).cpuShare === 'number' &&
-  typeof (p as SpeedProbe).pipeRoundTripUs === 'number';
-
 /**
  * The machine's speed at the start and end of the run (test/bench/speed.ts): runs whose probes
  * differ ran on a faster or slower machine, whatever the code.
  */
-function speedProbeLine(probe: unknown): string[] {
-  if (typeof probe !== 'object' || probe === null) return [];
-  const { start, end } = probe as { start?: unknown; end?: unknown };
-  if (!isProbe(start) || !isProbe(end)) return [];
+function speedProbeLine(probe: Results['machine']['speedProbe']): string[] {
+  if (probe === undefined) return [];
   const words = (p: SpeedProbe): string =>
     `${p.computeMs} ms compute at ${p.cpuShare} of a core, ${p.pipeRoundTripUs} µs pipe round trip`;
   return [
-    `Speed probe (test/bench/speed.ts: a fixed JSON and hashing workload in the bench's process, the share of a core it got, and a one-byte round trip to a child process; medians): **${words(start)}** at the start, **${words(end)}** at the end. Lower times and a share nearer 1 are a faster machine. The cores are shared with jobs no counter here shows: a probe that differs explains a difference between runs, one that reads the same does not prove the machine was as fast (see speed.ts).`,
+    `Speed probe (test/bench/speed.ts: a fixed JSON and hashing workload in the bench's process, the share of a core it got, and a one-byte round trip to a child process; medians): **${words(probe.start)}** at the start, **${words(probe.end)}** at the end. Lower times and a share nearer 1 are a faster machine. The cores are shared with jobs no counter here shows: a probe that differs explains a difference between runs, one that reads the same does not prove the machine was as fast (see speed.ts).`,
   ];
 }
 

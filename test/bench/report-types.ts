@@ -2,6 +2,7 @@
 import type { Percentiles, Repeated } from './stats.js';
 import type { GuestFigures } from './guest.js';
 import type { MemoryFigures } from './memory.js';
+import type { SpeedProbe } from './speed.js';
 
 interface Directional<T> {
   plug: T;
@@ -73,7 +74,8 @@ export interface BurstFigures {
 export interface Results {
   date: string;
   durationS: number;
-  machine: Record<string, unknown>;
+  /** `speedProbe`: absent in results before it. */
+  machine: Record<string, unknown> & { speedProbe?: { start: SpeedProbe; end: SpeedProbe } };
   /** `runtime`: how the services ran (`bundled` or `source`); absent in results before it. */
   config?: { runtime?: string };
   rssIdleMiB: Record<string, number>;

@@ -11,6 +11,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
+import { percentiles, round } from './stats.js';
 
 /** Rounds per probe (~0.5 s in all): the median round is the core's speed when we have it. */
 const ROUNDS = 40;
@@ -70,8 +71,7 @@ async function roundTripUs(): Promise<number> {
       await Promise.race([answered, ended]);
       if (i >= ROUND_TRIPS) times.push(performance.now() - t0);
     }
-    times.sort((a, b) => a - b);
-    return Math.round((times[Math.floor(times.length / 2)] ?? 0) * 1000);
+    return Math.round(percentiles(times).p50 * 1000);
   } finally {
     echo.kill();
   }
@@ -91,10 +91,9 @@ function compute(): { computeMs: number; cpuShare: number } {
   const rounds = Array.from({ length: ROUNDS }, () => oneRoundMs(document, bytes));
   const wallMs = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
-  rounds.sort((a, b) => a - b);
   return {
-    computeMs: Math.round((rounds[Math.floor(ROUNDS / 2)] ?? 0) * 10) / 10,
-    cpuShare: Math.round(((cpu.user + cpu.system) / 1000 / wallMs) * 100) / 100,
+    computeMs: round(percentiles(rounds).p50, 1),
+    cpuShare: round((cpu.user + cpu.system) / 1000 / wallMs),
   };
 }
 
