@@ -6,6 +6,7 @@
  * first when missing or stale); `--from-source` runs them through tsx instead.
  *
  *   pnpm bench [-- --ops 200 --repeat 3 --vmis 50 --concurrency 16 --sections 1,2,3,4,5,6,7]
+ *   (--repeat: rounds of sections 1-2, 3 and 5, whose figures are medians over them)
  *              [--from-source] [--profile <service> --profile-stack main|burst]
  *              [--node-args=<node flags for every service, space-separated, e.g. --optimize-for-size>]
  *   section 6: [--memory-vmis 100 --memory-volumes-per-vmi 10 --memory-concurrency 8 --memory-checkpoints 4]
@@ -158,6 +159,7 @@ async function main(): Promise<void> {
     : { run: false as const, reason: 'not run (section 7 not selected: --sections 7)' };
   const probeAtEnd = await speedProbe();
   log(`speed probe ${JSON.stringify(probeAtEnd)} at the end`);
+  // Each the median round's: the ratio of the medians.
   const tp1 = main?.throughput?.plug.opsPerSecond;
   const tp2 = scaleOut?.throughput.plug.opsPerSecond;
   const results = {

@@ -160,6 +160,7 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       '',
       `- plug: **${tp.plug.opsPerSecond} ops/s** over ${tp.plug.wallS} s, latency p50/p90/p99 ${pct(tp.plug.latency)} (target ≥ 100 ops/s with p99 ≤ 1000: ${ok(tp.plug.opsPerSecond >= 100 && tp.plug.latency.p99 <= 1000)})`,
       `- unplug: **${tp.unplug.opsPerSecond} ops/s** over ${tp.unplug.wallS} s, latency ${pct(tp.unplug.latency)}`,
+      ...throughputRoundLines(tp),
       `- correctness: ${JSON.stringify(tp.correctness)}`,
       ...slowestLines('plug', tp.plug.slowest),
       ...slowestLines('unplug', tp.unplug.slowest),
@@ -186,11 +187,12 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       `- all Ready after **${b.allReadyMs} ms** from the first request (target ≤ 3000: ${ok(b.allReadyMs <= 3000)}); per volume, request → Ready: ${pct(b.perVolume)}${issued(b)}`,
       `- attachment pods: ${b.attachmentPodsCreated} created (${b.attachmentPodsInEvents} named in attached-to-node facts)${podTimes(b)}; ${b.patchConflicts} conflicting client patches retried`,
       `- all removed again after ${b.allRemovedMs} ms; failed events: ${b.failedEvents}`,
+      ...burstRoundLines(b),
       ...burstStepLines(b),
-      ...(b.others ?? []).map(
-        (o) =>
-          `- the same burst${issued(o)}: all Ready after **${o.allReadyMs} ms**, per volume ${pct(o.perVolume)}, ${o.attachmentPodsCreated} attachment pods${podTimes(o)}, ${o.patchConflicts} conflicts, all removed after ${o.allRemovedMs} ms, failed events ${o.failedEvents}`,
-      ),
+      ...(b.others ?? []).flatMap((o) => [
+        `- the same burst${issued(o)}: all Ready after **${o.allReadyMs} ms**, per volume ${pct(o.perVolume)}, ${o.attachmentPodsCreated} attachment pods${podTimes(o)}, ${o.patchConflicts} conflicts, all removed after ${o.allRemovedMs} ms, failed events ${o.failedEvents}`,
+        ...burstRoundLines(o),
+      ]),
       ...(b.others ?? []).flatMap(burstStepLines),
       '',
       ...burstApiTable([b, ...(b.others ?? [])]),
@@ -203,6 +205,7 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       `## 5. Scale-out (${s.replicas} replicas of spec-watcher and attachment-orchestrator)`,
       '',
       `- plug ${s.throughput.plug.opsPerSecond} ops/s (p99 ${s.throughput.plug.latency.p99} ms), unplug ${s.throughput.unplug.opsPerSecond} ops/s (p99 ${s.throughput.unplug.latency.p99} ms)`,
+      ...throughputRoundLines(s.throughput),
       `- throughput ratio (2 replicas / 1): **${s.throughputRatio}**`,
       `- correctness: ${JSON.stringify(s.throughput.correctness)}`,
       '',
@@ -251,6 +254,24 @@ export function renderMarkdown(r: Results, chartFile: string): string {
   }
   lines.push('## 7. Real guest', '', ...guestLines(r.guest));
   return `${lines.join('\n')}\n`;
+}
+
+/** Each round's headline figures, when the throughput run had more than one. */
+function throughputRoundLines(tp: NonNullable<Results['throughput']>): string[] {
+  const r = tp.rounds;
+  if (r === undefined || r.count < 2) return [];
+  return [
+    `- over ${r.count} rounds on the same VMIs, median (min–max): plug ${rep(r.plugOpsPerSecond)} ops/s, p99 ${rep(r.plugP99Ms)} ms; unplug ${rep(r.unplugOpsPerSecond)} ops/s, p99 ${rep(r.unplugP99Ms)} ms; CPU per plug over the stack's processes ${rep(r.stackCpuMsPerPlug)} ms. The figures and tables here are round ${r.medianRound}'s, the median by plug ops/s; each round: ${r.plugOpsPerSecond.runs.join(', ')} plug ops/s`,
+  ];
+}
+
+/** A burst's rounds, when it had more than one. */
+function burstRoundLines(b: BurstFigures): string[] {
+  const r = b.rounds;
+  if (r === undefined) return [];
+  return [
+    `  - over ${r.count} rounds, each on a fresh VMI, median (min–max): all Ready ${rep(r.allReadyMs)} ms (each: ${r.allReadyMs.runs.join(', ')}), attachment pods ${rep(r.attachmentPodsCreated)}, all removed ${rep(r.allRemovedMs)} ms, failed events ${r.failedEvents}; the figures above are round ${r.medianRound}'s, the median`,
+  ];
 }
 
 function slowestLines(

@@ -31,6 +31,20 @@ interface ThroughputFigures {
   apiPerOperation?: Record<string, { plug: number; unplug: number }>;
   rssWhileTrackingMiB: Record<string, number>;
   correctness: Record<string, number | boolean>;
+  /**
+   * The rounds the figures above come from (they are the median round's, by plug ops/s), with
+   * each round's headline figures; absent in results of one round.
+   */
+  rounds?: {
+    count: number;
+    medianRound: number;
+    plugOpsPerSecond: Repeated;
+    plugP99Ms: Repeated;
+    unplugOpsPerSecond: Repeated;
+    unplugP99Ms: Repeated;
+    /** CPU per plug summed over the stack's processes (the bench's own left out). */
+    stackCpuMsPerPlug: Repeated;
+  };
 }
 
 /** Section 4: one burst of volumes on one VMI. */
@@ -69,6 +83,19 @@ export interface BurstFigures {
    * unplug (absent in older results): how often a unit of a 75-volume VMI was handled.
    */
   handlingsPerVolume?: Record<string, Record<string, number>>;
+  /**
+   * The rounds the figures above come from (they are the median round's, by all `Ready`), each
+   * on a fresh VMI; absent in results of one round.
+   */
+  rounds?: {
+    count: number;
+    medianRound: number;
+    allReadyMs: Repeated;
+    attachmentPodsCreated: Repeated;
+    allRemovedMs: Repeated;
+    /** Over every round. */
+    failedEvents: number;
+  };
 }
 
 export interface Results {

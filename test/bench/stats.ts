@@ -45,8 +45,24 @@ export function repeated(runs: readonly number[]): Repeated {
     median: round(percentile(sorted, 0.5)),
     min: round(sorted[0] ?? Number.NaN),
     max: round(sorted.at(-1) ?? Number.NaN),
-    runs: runs.map(round),
+    runs: runs.map((v) => round(v)),
   };
+}
+
+/**
+ * Of repeated rounds, the one whose `value` is the median (nearest rank: a round that ran), its
+ * 1-based number, and the figure over all rounds.
+ */
+export function medianRound<T>(
+  rounds: readonly T[],
+  value: (r: T) => number,
+): { round: T; number: number; figure: Repeated } {
+  const figure = repeated(rounds.map(value));
+  const i = Math.max(
+    0,
+    rounds.findIndex((r) => round(value(r)) === figure.median),
+  );
+  return { round: rounds[i] as T, number: i + 1, figure };
 }
 
 export function round(v: number, digits = 2): number {
