@@ -284,6 +284,9 @@ export async function runMemoryStack(bench: BenchConfig, cfg: MemoryConfig, log:
         failedEvents,
       },
     };
+  } catch (err) {
+    await h.keepLogs();
+    throw err;
   } finally {
     await h.stop();
   }

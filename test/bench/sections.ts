@@ -1,5 +1,6 @@
 /** The measured sections, grouped by the stack they run on. */
-import { readdir, readFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import {
@@ -86,6 +87,8 @@ export interface Harness {
   client: KubeClient;
   obs: Observer;
   procs: () => ProcRef[];
+  /** Copies the stack's logs where they outlive it (a failed section), and says where. */
+  keepLogs(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -131,6 +134,11 @@ export async function harness(
     client,
     obs,
     procs: () => procs,
+    keepLogs: async () => {
+      const kept = await mkdtemp(join(tmpdir(), 'plugline-bench-logs-'));
+      await cp(join(dir.path, 'logs'), kept, { recursive: true });
+      log(`kept the stack's logs in ${kept}`);
+    },
     stop: async () => {
       await obs.stop().catch(() => undefined);
       await stack.stop();
@@ -566,6 +574,9 @@ export async function runMainStack(cfg: BenchConfig, log: Log) {
       Object.assign(result, await sequential(h, cfg, log));
     }
     if (cfg.sections.has('3')) result.throughput = await throughput(h, cfg, log);
+  } catch (err) {
+    await h.keepLogs();
+    throw err;
   } finally {
     await h.stop();
   }
@@ -694,6 +705,9 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
       log(`burst (${r.how.kind}, ${r.vmi}): ${JSON.stringify(f)}`);
       byWay[r.way]!.push(f);
     }
+  } catch (err) {
+    await h.keepLogs();
+    throw err;
   } finally {
     await h.stop();
   }
@@ -733,6 +747,9 @@ export async function runScaleOutStack(cfg: BenchConfig, log: Log) {
     await rssSteady(h.procs(), log);
     const rssIdleMiB = rssOf(h.procs());
     return { replicas: 2, rssIdleMiB, throughput: await throughput(h, cfg, log) };
+  } catch (err) {
+    await h.keepLogs();
+    throw err;
   } finally {
     await h.stop();
   }

@@ -55,6 +55,7 @@ export {
   eventMsgId,
   workMsgId,
   compareOperationIds,
+  newOperationId,
   RESYNC_CAUSE,
   buildEvent,
   decodeWorkItem,

@@ -111,13 +111,35 @@ export function keyOfEvent(event: VolumeEvent): VolumeKey {
   return { namespace, vmi, volume };
 }
 
+const OPERATION_TIME_WIDTH = 10; // base-36 milliseconds stay 10 digits wide until the year 5188
+const OPERATION_TAIL_WIDTH = 8;
+const ISSUED_OPERATION_ID = /^[0-9a-z]{10}-[0-9a-z]{8}$/;
+
+/**
+ * A new operation id issued at `now` (the spec-watcher issues them): fixed-width base-36
+ * milliseconds, then a random tail, so ids sort by the time they were issued. `random` returns
+ * values in [0, 1).
+ */
+export function newOperationId(now: Date, random: () => number = Math.random): string {
+  const time = now.getTime().toString(36).padStart(OPERATION_TIME_WIDTH, '0');
+  let tail = '';
+  for (let i = 0; i < OPERATION_TAIL_WIDTH; i += 1) tail += Math.floor(random() * 36).toString(36);
+  return `${time}-${tail}`;
+}
+
 /**
  * Orders two operation ids: negative when `a` was issued before `b`, positive after, 0 for the
- * same id. Operation ids begin with their issue time (fixed-width base-36 milliseconds; see the
- * spec-watcher), so any stage can tell an older operation on a volume from a newer one.
+ * same id. Issued ids ({@link newOperationId}) begin with their issue time, so any stage can tell
+ * an older operation on a volume from a newer one. An id a stage made up for its own nudge
+ * (`reconcile-<uuid>`, `device-added-<uuid>`) names no issued operation and ranks below every
+ * issued one: a fact reported under it never passes for a newer operation. (Compared as text,
+ * such ids sorted after every issued id, and one fact under one made every later request on the
+ * volume look older: its status never showed a re-add again.)
  */
 export function compareOperationIds(a: string, b: string): number {
   if (a === b) return 0;
+  const issuedA = ISSUED_OPERATION_ID.test(a);
+  if (issuedA !== ISSUED_OPERATION_ID.test(b)) return issuedA ? 1 : -1;
   return a < b ? -1 : 1;
 }
 

@@ -3,7 +3,12 @@ import { describe, expect, it } from 'vitest';
 import { createActor, fromPromise } from 'xstate';
 import type { AnyEventObject } from 'xstate';
 import type { StageEmitted, WorkEvent } from '@plugline/bus';
-import { HypervisorError, TransientError, type WorkItem } from '@plugline/contracts';
+import {
+  HypervisorError,
+  newOperationId,
+  TransientError,
+  type WorkItem,
+} from '@plugline/contracts';
 import {
   edgePaths,
   replayPaths,
@@ -15,6 +20,7 @@ import {
 import {
   DETACH_TIMEOUT_REASON,
   domainUpdaterMachine,
+  NudgeCause,
   UpdaterState,
   type DomainUpdaterSnapshot,
   type Observation,
@@ -344,9 +350,9 @@ describe('domainUpdaterMachine over every path', () => {
   }, 120_000);
 });
 
-async function attached(): Promise<Harness> {
+async function attached(first: WorkEvent = work('plan')): Promise<Harness> {
   const h = harness();
-  h.actor.send(work('plan'));
+  h.actor.send(first);
   await deliver(h, { type: 'xstate.done.actor.attach', output: { requestedAt: T0 } });
   await deliver(h, {
     type: 'xstate.done.actor.confirm',
@@ -441,6 +447,28 @@ describe('domainUpdaterMachine rules', () => {
     h.actor.send(work('plan', T0 + 5, 'mounted-to-pod', 'op-3'));
     expect(h.actor.getSnapshot().value).toBe('attaching');
     expect(h.fx.calls).toEqual(['attach', 'confirm', 'detach', 'attach']);
+    h.actor.stop();
+  });
+
+  it("a reconcile nudge that attached a fresh unit's disk first does not keep the volume: the plug, its unplug and a re-add report under their own ids", async () => {
+    // Seen in the bench (2 replicas, a re-add): the periodic reconcile reached the mounted disk
+    // before the plug's item; its made-up id kept the unit and every later operation was older.
+    const [plugOp, unplugOp, replugOp] = [1, 2, 3].map((s) => newOperationId(new Date(T0 + s)));
+    const h = await attached(work('plan', T0, NudgeCause.Reconcile, 'reconcile-17a0287a'));
+    const facts = () => h.emitted.flatMap((e) => (e.type === 'plugline.fact' ? [e.fact] : []));
+    const reported = () => facts().map((f) => [f.type, f.data.operationId]);
+    h.emitted.length = 0;
+    h.actor.send(work('plugPresent', T0 + 1, 'mounted-to-pod', plugOp));
+    expect(reported()).toEqual([['ready', plugOp]]);
+    h.emitted.length = 0;
+    const unplug = work('unplugPresent', T0 + 2, 'unplug-requested', unplugOp);
+    h.actor.send({ ...unplug, item: { ...unplug.item, operation: 'unplug' } });
+    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 2 } });
+    h.actor.send(work('unplugAbsent', T0 + 3, NudgeCause.DeviceRemoved, 'device-removed-1'));
+    expect(reported()).toEqual([['detached-from-domain', unplugOp]]);
+    h.emitted.length = 0;
+    h.actor.send(work('plan', T0 + 4, 'mounted-to-pod', replugOp));
+    expect(h.actor.getSnapshot().value).toBe('attaching');
     h.actor.stop();
   });
 

@@ -2,7 +2,9 @@ import type { VolumeStatus } from '@plugline/contracts';
 import { describe, expect, it } from 'vitest';
 import {
   buildStatusPatch,
+  compareOperationIds,
   diffVolumes,
+  newOperationId,
   projectAll,
   projectStatus,
   statusEqual,
@@ -249,6 +251,49 @@ describe('remove then immediately re-add (#16159)', () => {
     expect(
       diffVolumes(vmi(withHotplugPVC('d1'), (x) => (x.status!.volumeStatus = end.next))),
     ).toEqual({ plug: [], unplug: [] });
+  });
+});
+
+describe('a fact a node stage reported under its own nudge (bench, 2 replicas, round 2)', () => {
+  // The domain-updater's periodic reconcile found the mounted disk before the plug's work item
+  // reached it, attached it under its nudge's id, and reported `ready` under that id. Compared as
+  // text, `reconcile-…` sorted after every issued id: the plug's own item was then "older" and
+  // the nudge's id went on down the chain with the unplug, and every later request on the volume
+  // was stale: no status entry for the re-add, ever.
+  const nudge = 'reconcile-17a0287a-1bf6-4f29-a510-529ebb83e5b9';
+  const [plugOp, unplugOp, replugOp] = [1, 2, 3].map((s) =>
+    newOperationId(new Date(Date.UTC(2026, 11, 5, 6, 54, s))),
+  );
+
+  it('is not taken for a newer operation, and the re-add after it shows and ends Ready', () => {
+    const mounted = projectAll([], plugFacts('d0', plugOp!).slice(0, 4));
+    const underNudge = projectAll(mounted.next, [event('ready', 'd0', nudge, { target: 'sda' })], {
+      operations: mounted.operations,
+    });
+    expect(underNudge.next).toEqual([expect.objectContaining({ phase: 'MountedToPod' })]);
+    // The plug's own item reaches the domain-updater: it reports under the plug.
+    const ready = projectAll(underNudge.next, [event('ready', 'd0', plugOp!, { target: 'sda' })], {
+      operations: underNudge.operations,
+    });
+    expect(ready.next).toEqual([expect.objectContaining({ phase: 'Ready' })]);
+    const removed = projectAll(ready.next, unplugFacts('d0', unplugOp!), {
+      operations: ready.operations,
+    });
+    expect(removed.next).toEqual([]);
+
+    const readded = projectAll(removed.next, plugFacts('d0', replugOp!), {
+      operations: removed.operations,
+    });
+    expect(readded.next).toEqual([expect.objectContaining({ name: 'd0', phase: 'Ready' })]);
+  });
+
+  it('ranks below every issued operation, whichever stage made it up', () => {
+    for (const made of [nudge, 'device-added-0c1d', 'nudge-rv-42', 'reversed-x']) {
+      expect(compareOperationIds(made, plugOp!)).toBeLessThan(0);
+      expect(compareOperationIds(plugOp!, made)).toBeGreaterThan(0);
+    }
+    expect(compareOperationIds(plugOp!, replugOp!)).toBeLessThan(0);
+    expect(compareOperationIds('op-1', 'op-2')).toBeLessThan(0);
   });
 });
 
