@@ -16,7 +16,8 @@ export {
 } from './plan.js';
 export type { OperationRef, OperationBook, SyncInput, SyncPlan, Route } from './plan.js';
 
-export { newOperationId, compareOperationIds } from './operations.js';
+// Operation ids are issued here; their format and order are the contracts' (every stage reads them).
+export { newOperationId, compareOperationIds } from '@plugline/contracts';
 export { jsonEqual, canonicalJson } from './patch.js';
 export type { JsonPatchOp } from './patch.js';
 

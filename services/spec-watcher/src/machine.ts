@@ -1,6 +1,6 @@
 import type { EventType } from '@plugline/contracts';
 import { assign, fromPromise, setup } from 'xstate';
-import { compareOperationIds } from './operations.js';
+import { compareOperationIds } from '@plugline/contracts';
 import type { VolumePhase } from '@plugline/contracts';
 
 /**

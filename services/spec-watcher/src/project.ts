@@ -7,6 +7,7 @@ import type {
   VolumeStatus,
 } from '@plugline/contracts';
 import {
+  compareOperationIds,
   eventTypeOf,
   keyOfEvent,
   KubeEventType,
@@ -14,7 +15,6 @@ import {
   Reason,
   VolumePhase as Phase,
 } from '@plugline/contracts';
-import { compareOperationIds } from './operations.js';
 import type { JsonPatchOp } from './patch.js';
 import { canonicalJson } from './patch.js';
 import { IN_USE_PHASES, UNPLUG_PHASE_SET, phaseRank } from './phase-sets.js';

@@ -7,7 +7,7 @@ import {
   runStage,
 } from '@plugline/bus';
 import type { Bus, StageRunner } from '@plugline/bus';
-import { NotFoundError, Stage } from '@plugline/contracts';
+import { newOperationId, NotFoundError, Stage } from '@plugline/contracts';
 import type { VirtualMachine, VirtualMachineInstance, WorkItem } from '@plugline/contracts';
 import {
   createInformer,
@@ -35,7 +35,6 @@ import {
 } from './decision.js';
 import { diffVolumes } from './diff.js';
 import { NudgeLedger, type NudgeTarget } from './nudges.js';
-import { newOperationId } from './operations.js';
 import { desiredDirections } from './plan.js';
 import { ensureProjectorConsumer, startProjector, type Projector } from './projector.js';
 
