@@ -262,8 +262,18 @@ class Run {
     return this.statusOf.get(volume)?.phase;
   }
 
+  /**
+   * The volume's operation of this kind that facts go out under. A plug the volume's unplug came
+   * after is over: when the spec shows the volume again before the re-add's request reaches this
+   * unit (another replica holds that item), the old plug's id would send node-mounter work for an
+   * operation the later stages rightly take for older than the unplug. The request brings its own.
+   */
   op(volume: string, operation: OperationKind): OperationRef | undefined {
-    return this.state.ops[volume]?.[operation];
+    const ops = this.state.ops[volume];
+    const op = ops?.[operation];
+    if (operation === 'plug' && ops?.unplug !== undefined && !pluggedAgain(op, ops.unplug))
+      return undefined;
+    return op;
   }
 
   /** Whether a fact of this type was published for the volume's current operation. */

@@ -1,5 +1,6 @@
 import {
   EventType,
+  newOperationId,
   RESYNC_CAUSE,
   type VirtualMachineInstance,
   type VolumeStatus,
@@ -256,6 +257,30 @@ describe('decide', () => {
     expect(factTypes(caughtUp)).toEqual(['a:bound']);
     expect(caughtUp.emit[0]).toMatchObject({ fact: { data: { operationId: '00mx0000c3-plug' } } });
     expect(effectKinds(caughtUp)).toEqual(['createPod']);
+  });
+
+  it('says nothing under the old plug when the spec shows a re-added volume before its request (two replicas)', () => {
+    // Seen in the bench's scale-out rounds: an informer nudge on one replica planned the re-add
+    // under the previous plug's id while the other replica held the request; node-mounter
+    // mounted under that id and the domain-updater, past the unplug, would not attach for it.
+    const [plugOp, unplugOp, replugOp] = [1, 2, 3].map((s) => newOperationId(new Date(T0 + s)));
+    const back = vmi(withHotplugPVC('a'));
+    const unplug = item('a', {
+      operation: 'unplug',
+      operationId: unplugOp!,
+      cause: EventType.UnmountedFromPod,
+      issuedAt: new Date(T0 + 2).toISOString(),
+    });
+    const released = recordWork(state(item('a', { operationId: plugOp! })), unplug);
+    const early = decide(released, observed(back, ['a']), T0 + 3, { ...OPTIONS, coalesceMs: 0 });
+    expect(early.emit).toEqual([]);
+    const request = item('a', { operationId: replugOp!, issuedAt: new Date(T0 + 3).toISOString() });
+    const own = decide(recordWork(early.state, request), observed(back, ['a']), T0 + 4, {
+      ...OPTIONS,
+      coalesceMs: 0,
+    });
+    expect(factTypes(own)).toEqual(['a:bound']);
+    expect(own.emit[0]).toMatchObject({ fact: { data: { operationId: replugOp } } });
   });
 
   it('sends the unplug down the node stages when only its announcement holds the pod (entry dropped as never attached)', () => {

@@ -1,7 +1,7 @@
 // Stage tests: the orchestrator in-process against a real nats-server and kube-sim (kubelet on).
 // The fallback re-delivery is set to a minute, so every step below is driven by informer nudges.
 import { Pod as K8sPod } from 'kubernetes-models/v1';
-import { EventType, eventTypeOf, Stage } from '@plugline/contracts';
+import { EventType, eventTypeOf, newOperationId, Stage } from '@plugline/contracts';
 import { Types } from '@plugline/kube-sim';
 import { createLogger, memoryDestination } from '@plugline/telemetry';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -383,16 +383,18 @@ describe('coalescing (no fixed window: a pod at once, then one pod for what came
 describe('remove then re-add (KubeVirt #16159)', () => {
   it('ends Ready on a pod, never stuck Detaching', async () => {
     const { name, vmi } = await plugged(['flip']);
+    // Issued in this order, as the spec-watcher issues them: the re-add is the newest.
+    const [unplugOp, readdOp] = [1, 2].map((s) => newOperationId(new Date(Date.now() + s)));
     h.holdMount.add(`${ns}/${name}/flip`);
     removeVolume(h, ns, name, 'flip');
-    await reportUnmounted(h, vmi, 'flip', 'op-unplug-flip');
+    await reportUnmounted(h, vmi, 'flip', unplugOp!);
     // Re-added at once; spec-watcher resets the entry (no phase) and keeps its pod.
     addVolume(h, ns, name, 'flip', { claim: `${name}-flip` });
-    await requestPlug(h, vmi, 'flip', 'op-readd');
+    await requestPlug(h, vmi, 'flip', readdOp);
     resetForReadd(h.sim, ns, name, 'flip');
     await vi.waitFor(() => {
       const attached = eventsOf(h, ns, name, 'flip').filter(
-        (e) => eventTypeOf(e) === EventType.AttachedToNode && e.data.operationId === 'op-readd',
+        (e) => eventTypeOf(e) === EventType.AttachedToNode && e.data.operationId === readdOp,
       );
       expect(attached).toHaveLength(1);
       expect(phase(name, 'flip')).toBe('AttachedToNode');
@@ -409,7 +411,7 @@ describe('remove then re-add (KubeVirt #16159)', () => {
     expect(phase(name, 'flip')).toBe('Ready');
     expect(
       eventsOf(h, ns, name, 'flip').filter(
-        (e) => eventTypeOf(e) === EventType.Released && e.data.operationId === 'op-readd',
+        (e) => eventTypeOf(e) === EventType.Released && e.data.operationId === readdOp,
       ),
     ).toHaveLength(0);
   });
