@@ -16,7 +16,7 @@ import { bounded, optionsFor, sendPatch } from './chain.js';
 import { type ProcRef, rssOf } from './procs.js';
 import { rssSteady } from './quiet.js';
 import { sampleOf, scrapeMetrics } from './service-metrics.js';
-import { harness, type BenchConfig, type Harness } from './sections.js';
+import { harness, onStack, type BenchConfig, type Harness } from './sections.js';
 import { round } from './stats.js';
 
 export interface MemoryConfig {
@@ -130,7 +130,7 @@ export async function runMemoryStack(bench: BenchConfig, cfg: MemoryConfig, log:
   const total = cfg.vmis * cfg.volumesPerVmi;
   const procs = h.procs();
   const quiet = () => rssSteady(procs, log);
-  try {
+  return onStack(h, async () => {
     await quiet();
     const idle = rssOf(procs);
     const heapIdle = await heapUsedOf(h.stack.services);
@@ -284,10 +284,5 @@ export async function runMemoryStack(bench: BenchConfig, cfg: MemoryConfig, log:
         failedEvents,
       },
     };
-  } catch (err) {
-    await h.keepLogs();
-    throw err;
-  } finally {
-    await h.stop();
-  }
+  });
 }

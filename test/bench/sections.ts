@@ -147,6 +147,18 @@ export async function harness(
   };
 }
 
+/** Runs a section on `h`'s stack, then stops it; a failed section's logs are kept first. */
+export async function onStack<T>(h: Harness, section: () => Promise<T>): Promise<T> {
+  try {
+    return await section();
+  } catch (err) {
+    await h.keepLogs();
+    throw err;
+  } finally {
+    await h.stop();
+  }
+}
+
 /** `common` flags first for every service, then each service's own. */
 function withCommonNodeArgs(
   common: readonly string[],
@@ -560,26 +572,21 @@ export async function runMainStack(cfg: BenchConfig, log: Log) {
     cfg,
     log,
   );
-  let result: {
-    rssIdleMiB: Record<string, number>;
-    oneVolume?: Awaited<ReturnType<typeof sequential>>['oneVolume'];
-    floor?: Awaited<ReturnType<typeof sequential>>['floor'];
-    throughput?: Awaited<ReturnType<typeof throughput>>;
-  };
-  try {
+  const result = await onStack(h, async () => {
     await rssSteady(h.procs(), log);
-    result = { rssIdleMiB: rssOf(h.procs()) };
+    const result: {
+      rssIdleMiB: Record<string, number>;
+      oneVolume?: Awaited<ReturnType<typeof sequential>>['oneVolume'];
+      floor?: Awaited<ReturnType<typeof sequential>>['floor'];
+      throughput?: Awaited<ReturnType<typeof throughput>>;
+    } = { rssIdleMiB: rssOf(h.procs()) };
     log(`idle RSS ${JSON.stringify(result.rssIdleMiB)}`);
     if (cfg.sections.has('1') || cfg.sections.has('2')) {
       Object.assign(result, await sequential(h, cfg, log));
     }
     if (cfg.sections.has('3')) result.throughput = await throughput(h, cfg, log);
-  } catch (err) {
-    await h.keepLogs();
-    throw err;
-  } finally {
-    await h.stop();
-  }
+    return result;
+  });
   return { ...result, profile: await profiler.summary() };
 }
 
@@ -632,7 +639,7 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
   ] as const satisfies readonly { vmi: string; how: BurstIssue }[];
   // Per way of issuing, its rounds' figures, in order.
   const byWay: BurstFigures[][] = ways.map(() => []);
-  try {
+  await onStack(h, async () => {
     // A fresh VMI per way and round: the attachment pod names hash the VMI and the volume set.
     const runs = Array.from({ length: cfg.repeat }, (_, n) =>
       ways.map((w, way) => ({ ...w, way, vmi: n === 0 ? w.vmi : `${w.vmi}-r${n + 1}` })),
@@ -705,12 +712,7 @@ export async function runBurstStack(cfg: BenchConfig, log: Log) {
       log(`burst (${r.how.kind}, ${r.vmi}): ${JSON.stringify(f)}`);
       byWay[r.way]!.push(f);
     }
-  } catch (err) {
-    await h.keepLogs();
-    throw err;
-  } finally {
-    await h.stop();
-  }
+  });
   const [first, ...others] = byWay.map(acrossBurstRounds);
   return { figures: { ...first!, others }, profile: await profiler.summary() };
 }
@@ -743,14 +745,9 @@ export async function runScaleOutStack(cfg: BenchConfig, log: Log) {
     cfg,
     log,
   );
-  try {
+  return onStack(h, async () => {
     await rssSteady(h.procs(), log);
     const rssIdleMiB = rssOf(h.procs());
     return { replicas: 2, rssIdleMiB, throughput: await throughput(h, cfg, log) };
-  } catch (err) {
-    await h.keepLogs();
-    throw err;
-  } finally {
-    await h.stop();
-  }
+  });
 }
