@@ -106,7 +106,7 @@ const WATCH_BYTES = 'watch event bytes';
 
 /**
  * The API traffic in kube-sim's counters: requests by `VERB resource[/subresource]` (over
- * groups and codes), and events sent to watch clients by `watch events Kind` (each client
+ * groups; the failed ones apart, with their code), and events sent to watch clients by `watch events Kind` (each client
  * counted), with their total size.
  */
 function apiTraffic(text: string): Record<string, number> {
@@ -121,7 +121,13 @@ function apiTraffic(text: string): Record<string, number> {
     const n = Number(value);
     if (name === 'apiserver_request_total') {
       const sub = label(labels, 'subresource');
-      add(`${label(labels, 'verb')} ${label(labels, 'resource')}${sub ? `/${sub}` : ''}`, n);
+      const code = label(labels, 'code');
+      // A failed request (a conflict, a miss) is a row of its own: it is work redone.
+      const failed = code !== '' && !code.startsWith('2') ? ` (${code})` : '';
+      add(
+        `${label(labels, 'verb')} ${label(labels, 'resource')}${sub ? `/${sub}` : ''}${failed}`,
+        n,
+      );
     } else if (name === 'apiserver_watch_events_total') {
       add(`watch events ${label(labels, 'kind')}`, n);
     } else if (name === 'apiserver_watch_events_sizes_sum') {

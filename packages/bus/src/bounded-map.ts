@@ -17,6 +17,11 @@ export class BoundedMap<K, V> {
     return value;
   }
 
+  /** Reads an entry without making it the newest. */
+  peek(key: K): V | undefined {
+    return this.#entries.get(key);
+  }
+
   set(key: K, value: V): void {
     this.#entries.delete(key);
     this.#entries.set(key, value);

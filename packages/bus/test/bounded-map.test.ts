@@ -25,4 +25,14 @@ describe('BoundedMap', () => {
     expect(records.get('a')).toBeUndefined();
     expect(records.size).toBe(0);
   });
+
+  it('peeks at a unit without making it the newest', () => {
+    const records = new BoundedMap<string, Record>(2);
+    records.set('a', { json: '{"n":1}', revision: 1 });
+    records.set('b', { json: '{"n":2}', revision: 2 });
+    expect(records.peek('a')?.revision).toBe(1);
+    records.set('c', { json: '{"n":3}', revision: 3 });
+    expect(records.peek('a')).toBeUndefined();
+    expect(records.peek('b')?.revision).toBe(2);
+  });
 });

@@ -26,10 +26,11 @@ import {
   type VirtualMachineInstance,
   type VolumeEvent,
 } from '@plugline/contracts';
-import type { EventRecorder, Informer, StatusWriterOptions } from '@plugline/kube';
+import type { EventRecorder, StatusWriterOptions } from '@plugline/kube';
 import { StatusWriter } from '@plugline/kube';
 import { childLogger, Outcome, type Logger, type PluglineMetrics } from '@plugline/telemetry';
 import type { NewestOperation, Projection, ProjectionContext } from './project.js';
+import { FreshestVmis, type VmiCache } from './freshest-vmis.js';
 import { decisionNudge, REVERSED_CAUSE, reversedNudgeId } from './decision.js';
 import { desiredDirections } from './plan.js';
 import { isUnplugFact, projectStatus } from './project.js';
@@ -83,8 +84,8 @@ export async function ensureProjectorConsumer(
 export interface ProjectorOptions {
   bus: Bus;
   client: StatusWriterOptions['client'];
-  /** The VMI cache; read only when it already shows the projector's own last write. */
-  vmis?: Pick<Informer<VirtualMachineInstance>, 'get' | 'synced'>;
+  /** The VMI cache; read as {@link FreshestVmis} says. */
+  vmis?: VmiCache;
   recorder: Pick<EventRecorder, 'record'>;
   publisher: Publisher;
   logger: Logger;
@@ -171,8 +172,8 @@ class StatusProjector implements Projector {
   readonly #running = new Set<Promise<void>>();
   /** Per VMI (`ns/name`): the newest operation seen per volume (stale events are ignored). */
   readonly #operations: BoundedMap<string, ProjectionContext['operations']>;
-  /** Per VMI: the resourceVersion of the projector's own last status write. */
-  readonly #written: BoundedMap<string, string>;
+  /** The VMI copies the status writer reads first (see FreshestVmis). */
+  readonly #freshest: FreshestVmis | undefined;
   /** Events held (waiting or being applied). */
   readonly #held: Slots;
   /** VMIs being written. */
@@ -185,7 +186,11 @@ class StatusProjector implements Projector {
     this.#log = childLogger(options.logger, { component: 'projector' });
     // Bounded: the oldest VMI is forgotten first.
     this.#operations = new BoundedMap(options.maxRemembered ?? 10_000);
-    this.#written = new BoundedMap(options.maxRemembered ?? 10_000);
+    const freshest =
+      options.vmis === undefined
+        ? undefined
+        : new FreshestVmis(options.vmis, options.maxRemembered ?? 10_000);
+    this.#freshest = freshest;
     const concurrency = options.concurrency ?? 8;
     this.#writers = new Slots(concurrency);
     this.#held = new Slots(this.#maxPending());
@@ -195,39 +200,17 @@ class StatusProjector implements Projector {
         getVmi: (ns, name) => client.getVmi(ns, name),
         patchVmiStatus: async (ns, name, ops, po) => {
           const written = await client.patchVmiStatus(ns, name, ops, po);
-          const rv = written.metadata.resourceVersion;
-          if (rv !== undefined) this.#written.set(`${ns}/${name}`, rv);
+          freshest?.wrote(written);
           return written;
         },
       },
-      ...(options.vmis === undefined ? {} : { informer: this.#freshCache(options.vmis) }),
+      ...(freshest === undefined ? {} : { informer: freshest }),
       logger: this.#log,
     });
   }
 
   #maxPending(): number {
     return this.#o.maxPending ?? Math.max((this.#o.concurrency ?? 8) * 16, 64);
-  }
-
-  /** The cache, when it shows this projector's last write (else the writer GETs). */
-  #freshCache(
-    vmis: Pick<Informer<VirtualMachineInstance>, 'get' | 'synced'>,
-  ): Pick<Informer<VirtualMachineInstance>, 'get' | 'synced'> {
-    const written = this.#written;
-    return {
-      get synced() {
-        return vmis.synced;
-      },
-      get(ns: string, name: string) {
-        const cached = vmis.get(ns, name);
-        const mine = written.get(`${ns}/${name}`);
-        return cached !== undefined &&
-          mine !== undefined &&
-          cached.metadata.resourceVersion === mine
-          ? cached
-          : undefined;
-      },
-    };
   }
 
   async start(): Promise<void> {
@@ -260,7 +243,7 @@ class StatusProjector implements Projector {
   forget(namespace: string, name: string): void {
     const key = `${namespace}/${name}`;
     this.#operations.delete(key);
-    this.#written.delete(key);
+    this.#freshest?.forget(namespace, name);
   }
 
   stop(): Promise<void> {
