@@ -147,6 +147,9 @@ export function renderMarkdown(r: Results, chartFile: string): string {
             ...mapTable('service', one.stepsPerOperation),
             '',
           ]),
+      ...(one.apiPerPair === undefined
+        ? []
+        : [...mapTable('Kubernetes API per plug + unplug', one.apiPerPair), '']),
       '### Floor plug / unplug, per step',
       '',
       ...stageTable({ ...floor.plugStages, ...prefixed('unplug: ', floor.unplugStages) }),

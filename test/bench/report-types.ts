@@ -118,6 +118,8 @@ export interface Results {
      * (`plugline_work_step_seconds`); absent in older results.
      */
     stepsPerOperation?: Record<string, Record<string, number>>;
+    /** Kubernetes API requests and watch events per plug + unplug pair (absent in older results). */
+    apiPerPair?: Record<string, number>;
   };
   floor?: {
     acrossRounds: Directional<{ p50: Repeated; p90: Repeated; p99: Repeated }>;

@@ -31,6 +31,7 @@ import type { BurstFigures } from './report-types.js';
 import { childrenOf, cpuOf, rssOf, type ProcRef } from './procs.js';
 import {
   apiPerOperation,
+  apiPerPair,
   handledByOutcome,
   scrapeApiServer,
   scrapeMetrics,
@@ -267,10 +268,13 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
   const ratioRounds: number[] = [];
   /** The services' metrics around each round's chain operations (not the floor's). */
   const chainIntervals: [Record<string, string>, Record<string, string>][] = [];
+  /** kube-sim's counters around the same operations. */
+  const apiIntervals: [string, string][] = [];
   for (let r = 0; r < cfg.repeat; r++) {
     const cp: OpResult[] = [];
     const cu: OpResult[] = [];
     const before = await scrapeMetrics(stack.services);
+    const apiBefore = await scrapeApiServer(stack.apiUrl);
     for (let i = 0; i < cfg.ops; i++) {
       const pair = await chainOp();
       if (pair === undefined) continue;
@@ -278,6 +282,7 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
       cu.push(pair[1]);
     }
     chainIntervals.push([before, await scrapeMetrics(stack.services)]);
+    apiIntervals.push([apiBefore, await scrapeApiServer(stack.apiUrl)]);
     const fp: FloorOp[] = [];
     const fu: FloorOp[] = [];
     for (let i = 0; i < cfg.ops; i++) {
@@ -318,6 +323,7 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
       plugStages: stagePercentiles(chainPlugs),
       unplugStages: stagePercentiles(chainUnplugs),
       stepsPerOperation: stepsPerOperation(chainIntervals, chainPlugs.length),
+      apiPerPair: apiPerPair(apiIntervals, chainPlugs.length),
       conflicts: chainPlugs.reduce((s, o) => s + o.conflicts, 0),
       stuck,
       samples: {

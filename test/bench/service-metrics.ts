@@ -138,6 +138,31 @@ function apiTraffic(text: string): Record<string, number> {
 }
 
 /**
+ * API traffic per plug + unplug pair over intervals of scrapes (`[before, after]` each: the
+ * sequential rounds, whose floor operations in between are left out), by request kind; watch
+ * bytes in KiB.
+ */
+export function apiPerPair(
+  intervals: readonly (readonly [string, string])[],
+  pairs: number,
+): Record<string, number> {
+  const total: Record<string, number> = {};
+  for (const [before, after] of intervals) {
+    const [b, a] = [apiTraffic(before), apiTraffic(after)];
+    for (const k of Object.keys(a)) total[k] = (total[k] ?? 0) + (a[k] ?? 0) - (b[k] ?? 0);
+  }
+  return Object.fromEntries(
+    Object.keys(total)
+      .filter((k) => !k.startsWith('WATCH ') && (total[k] ?? 0) > 0)
+      .sort()
+      .map((k) => {
+        const n = (total[k] ?? 0) / Math.max(1, pairs);
+        return [k === WATCH_BYTES ? 'watch event KiB' : k, round(k === WATCH_BYTES ? n / 1024 : n)];
+      }),
+  );
+}
+
+/**
  * API traffic per operation between consecutive scrapes (`[start, between, end]`: plug, then
  * unplug), by request kind; watches themselves (long-running) are left out. Rows with no
  * traffic in either direction are dropped; watch bytes are in KiB.
