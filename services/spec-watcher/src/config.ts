@@ -17,10 +17,20 @@ export interface SpecWatcherConfig extends ServiceBaseConfig {
   readonly resyncPeriodMs: number;
   /** `PLUGLINE_LEASE_TTL_MS`: the per-volume lease of the decision stage (default 30 000). */
   readonly leaseTtlMs: number;
+  /**
+   * `PLUGLINE_STATUS_LINGER_MS`: how long the phases between an operation's start and its end
+   * may wait to be written together (default 20; 0 writes every phase at once).
+   */
+  readonly statusLingerMs: number;
 }
 
 export function defaults(): Omit<SpecWatcherConfig, 'natsUrls' | 'kubeconfig'> {
-  return { ...serviceBaseDefaults(), resyncPeriodMs: 300_000, leaseTtlMs: DEFAULT_LEASE_TTL_MS };
+  return {
+    ...serviceBaseDefaults(),
+    resyncPeriodMs: 300_000,
+    leaseTtlMs: DEFAULT_LEASE_TTL_MS,
+    statusLingerMs: 20,
+  };
 }
 
 /** Reads and validates the environment; fails fast with a `ConfigError` naming the variable. */
@@ -30,5 +40,6 @@ export function parseConfig(env: NodeJS.ProcessEnv): SpecWatcherConfig {
     ...parseServiceBaseConfig(env),
     resyncPeriodMs: envInteger(env, 'PLUGLINE_RESYNC_PERIOD_MS', d.resyncPeriodMs, 100),
     leaseTtlMs: parseLeaseTtlMs(env, d.leaseTtlMs),
+    statusLingerMs: envInteger(env, 'PLUGLINE_STATUS_LINGER_MS', d.statusLingerMs, 0, 60_000),
   });
 }

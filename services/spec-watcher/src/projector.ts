@@ -104,6 +104,11 @@ export interface ProjectorOptions {
   /** How many VMIs' newest-operation memory is kept (default 10 000). */
   maxRemembered?: number;
   /**
+   * How long a VMI's events between an operation's start and its end may wait for more before
+   * their status is written (default 0: at once); an end ends the wait. See {@link WRITTEN_AT_ONCE}.
+   */
+  statusLingerMs?: number;
+  /**
    * The operation the decision unit of a volume last issued (its book), read when the projector
    * has no memory of the volume: after a restart, or once the VMI fell out of the memory. Without
    * it a late fact of an older operation (an unplug's `released` after a re-add) would be applied
@@ -162,6 +167,28 @@ function redeliveryDelay(msg: JsMsg): number {
 /** The most events applied in one status write. */
 const MAX_BATCH = 256;
 
+/**
+ * The events whose status is written at once: the ends of an operation (`Ready`, the entry's
+ * removal on `released`, a failure). The steps between (`Pending` to `MountedToPod`, and the
+ * unplug's) follow one another within milliseconds when nothing is slow, and each would be a
+ * write of its own, rewriting the whole list and waking every informer of VMIs in the cluster
+ * (our four services among them) while the operation's next stages run. So they wait, at most
+ * `statusLingerMs`, for more of the VMI's events, and go out in one write: a plug's in two
+ * instead of six. The stages do not wait on these phases (each acts on the facts it is handed);
+ * a volume that rests in one (`Pending` on an unbound claim) shows it that much later.
+ */
+const WRITTEN_AT_ONCE: ReadonlySet<string> = new Set([
+  EventType.Ready,
+  EventType.Released,
+  EventType.Removed,
+  EventType.Failed,
+]);
+
+function lingers(msg: JsMsg): boolean {
+  const parsed = parseEventSubject(msg.subject);
+  return parsed.ok && !WRITTEN_AT_ONCE.has(parsed.value.type);
+}
+
 class StatusProjector implements Projector {
   readonly #o: ProjectorOptions;
   readonly #log: Logger;
@@ -169,6 +196,8 @@ class StatusProjector implements Projector {
   readonly #shutdown = new AbortController();
   /** Per VMI (`ns/name`): the events waiting to be applied; present while a drain runs. */
   readonly #queues = new Map<string, JsMsg[]>();
+  /** Per VMI (`ns/name`): ends the wait of its lingering events (see {@link WRITTEN_AT_ONCE}). */
+  readonly #lingering = new Map<string, () => void>();
   readonly #running = new Set<Promise<void>>();
   /** Per VMI (`ns/name`): the newest operation seen per volume (stale events are ignored). */
   readonly #operations: BoundedMap<string, ProjectionContext['operations']>;
@@ -278,6 +307,7 @@ class StatusProjector implements Projector {
     const waiting = this.#queues.get(key);
     if (waiting !== undefined) {
       waiting.push(msg);
+      if (!lingers(msg)) this.#lingering.get(key)?.();
       return;
     }
     const queue = [msg];
@@ -290,6 +320,7 @@ class StatusProjector implements Projector {
   async #drain(key: string, queue: JsMsg[]): Promise<void> {
     try {
       while (queue.length > 0) {
+        await this.#linger(key, queue);
         await this.#writers.acquire();
         // Let the events already pulled join the batch before it is taken.
         await new Promise<void>((resolve) => setImmediate(resolve));
@@ -305,6 +336,23 @@ class StatusProjector implements Projector {
       // No await between the last empty check and this: a new event starts a new drain.
       this.#queues.delete(key);
     }
+  }
+
+  /** Waits up to `statusLingerMs` while every event queued for the VMI lingers. */
+  async #linger(key: string, queue: readonly JsMsg[]): Promise<void> {
+    const lingerMs = this.#o.statusLingerMs ?? 0;
+    if (lingerMs <= 0 || this.#shutdown.signal.aborted || !queue.every(lingers)) return;
+    await new Promise<void>((resolve) => {
+      const end = (): void => {
+        clearTimeout(timer);
+        this.#shutdown.signal.removeEventListener('abort', end);
+        this.#lingering.delete(key);
+        resolve();
+      };
+      const timer = setTimeout(end, lingerMs);
+      this.#shutdown.signal.addEventListener('abort', end);
+      this.#lingering.set(key, end);
+    });
   }
 
   #decode(msg: JsMsg): ParseResult<VolumeEvent> {

@@ -301,6 +301,7 @@ export async function startSpecWatcher(
       logger: log,
       metrics,
       concurrency: config.concurrency,
+      statusLingerMs: config.statusLingerMs,
     });
     const projectorOf = projector;
     vmis.onDelete((vmi) => {

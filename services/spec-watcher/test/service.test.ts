@@ -42,8 +42,12 @@ let bus: Bus;
 let service: SpecWatcherService | undefined;
 let metrics: PluglineMetrics;
 
-async function startService(workerId: string): Promise<SpecWatcherService> {
+async function startService(
+  workerId: string,
+  env: Record<string, string> = {},
+): Promise<SpecWatcherService> {
   const config = parseConfig({
+    ...env,
     NATS_URL: nats.url,
     KUBECONFIG: sim.kubeconfigPath,
     PLUGLINE_ACK_WAIT_MS: '5000',
@@ -819,6 +823,52 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
       ),
     );
     expect(work).toMatchObject({ node: NODE, operation: 'unplug', cause: 'unplug-requested' });
+  });
+
+  it("a plug's steps wait for its end and go out with it in one status write; the end is written at once", async () => {
+    // A linger far longer than the test may take: only `ready` can end the wait in time.
+    await stopService();
+    await startService('worker-a', { PLUGLINE_STATUS_LINGER_MS: '60000' });
+    const name = `linger-${randomBytes(3).toString('hex')}`;
+    const vmi = createRunningVmi(name);
+    let writes = 0;
+    const watch = sim.store.watch(
+      Types.virtualmachineinstances,
+      { namespace: ns, match: (o) => o.metadata?.name === name },
+      { event: (e) => void (e.type === 'MODIFIED' && writes++), closed: () => undefined },
+    );
+    try {
+      addVolume(name, 'l1');
+      const operationId = (await waitForEvent(name, 'l1', EventType.Requested)).data.operationId;
+      const specChange = writes;
+      const pod = { name: 'hp-volume-linger', uid: randomUUID() };
+      await publishFact(vmi, 'l1', EventType.Pending, { operationId });
+      await publishFact(vmi, 'l1', EventType.Bound, { operationId });
+      await publishFact(vmi, 'l1', EventType.AttachedToNode, {
+        operationId,
+        node: NODE,
+        attachPod: pod,
+      });
+      await publishFact(vmi, 'l1', EventType.MountedToPod, { operationId, node: NODE });
+      expect(statusOf(name, 'l1')).toBeUndefined();
+      await publishFact(vmi, 'l1', EventType.Ready, { operationId, target: 'sda' });
+      expect(await waitForPhase(name, 'l1', 'Ready')).toMatchObject({
+        target: 'sda',
+        hotplugVolume: { attachPodName: pod.name },
+      });
+      expect(writes - specChange).toBe(1);
+      // Each step's Kubernetes Event is still recorded.
+      await waitFor(() => {
+        const reasons = kubeEvents(name).map((e) => e.reason);
+        return ['SuccessfulCreate', 'VolumeMountedToPod', 'VolumeReady'].every((r) =>
+          reasons.includes(r),
+        );
+      });
+    } finally {
+      watch.close();
+      await stopService();
+      await startService('worker-a');
+    }
   });
 
   it('events waiting for one VMI are projected together: far fewer status writes than events', async () => {
