@@ -28,10 +28,23 @@ export interface EventRecorderOptions {
   logger: Logger;
   /** Repeats within this window update one Event (default 10 minutes). */
   aggregateWindowMs?: number;
-  /** Most remembered (object, type, reason, message) keys (default 4096). */
+  /** Most remembered (object, type, reason, message) keys, and objects (default 4096). */
   maxKeys?: number;
+  /**
+   * Writes (a new Event or a repeat's count) allowed about one object at once (default 25): past
+   * them, one more per `spamRefillMs` (default 5 minutes) and the rest are dropped, as client-go's
+   * recorder does (its per source and object spam filter, which KubeVirt's components run with).
+   */
+  spamBurst?: number;
+  spamRefillMs?: number;
   /** The clock; tests may pass their own. */
   now?: () => Date;
+}
+
+/** An object's allowance of Event writes (a token bucket). */
+interface Allowance {
+  tokens: number;
+  atMs: number;
 }
 
 interface Seen {
@@ -50,12 +63,15 @@ function kubeTime(d: Date): string {
  * Records core/v1 Events about objects, best-effort: `record` never throws (failures are
  * logged). Like client-go's recorder, the same object + type + reason + message seen again
  * within the aggregation window bumps `count` and `lastTimestamp` of the Event already written
- * instead of creating another one.
+ * instead of creating another one, and the writes about one object are rate-limited (a burst of
+ * 25, then one per 5 minutes): a burst of 75 volumes on one VMI wrote 300 Events, which cost the
+ * API server and etcd more than the status writes, and the VMI's status says the same.
  */
 export class EventRecorder {
   readonly #o: Required<Omit<EventRecorderOptions, 'host'>> & { host?: string };
   readonly #log: Logger;
   readonly #seen = new Map<string, Seen>();
+  readonly #allowances = new Map<string, Allowance>();
   readonly #chains = new Map<string, Promise<void>>();
   #seq = 0;
 
@@ -63,6 +79,8 @@ export class EventRecorder {
     this.#o = {
       aggregateWindowMs: 10 * 60_000,
       maxKeys: 4096,
+      spamBurst: 25,
+      spamRefillMs: 5 * 60_000,
       now: () => new Date(),
       ...options,
     };
@@ -71,10 +89,18 @@ export class EventRecorder {
 
   /**
    * Records an Event about `object`. Resolves when it is written (or the attempt failed and was
-   * logged); never rejects. Calls for the same key are serialised, so repeats aggregate.
+   * logged, or the object's allowance was spent and it was dropped); never rejects. Calls for the
+   * same key are serialised, so repeats aggregate.
    */
   record(object: EventSubject, type: EventType, reason: string, message: string): Promise<void> {
     const meta = object.metadata ?? {};
+    if (!this.#allowed(object)) {
+      this.#log.debug(
+        { ns: meta.namespace, name: meta.name, kind: object.kind, reason, type },
+        'event dropped: too many about this object',
+      );
+      return Promise.resolve();
+    }
     const key = [meta.uid ?? '', meta.namespace ?? '', meta.name ?? '', type, reason, message].join(
       '\u0000',
     );
@@ -165,6 +191,31 @@ export class EventRecorder {
     };
     await this.#o.client.createEvent(namespace, event);
     this.#remember(key, { namespace, name, count: 1, lastMs: now.getTime() });
+  }
+
+  /** Takes one write from the object's allowance; false when there is none left. */
+  #allowed(object: EventSubject): boolean {
+    const meta = object.metadata ?? {};
+    const key = [object.kind, object.apiVersion, meta.namespace, meta.name, meta.uid].join(
+      '\u0000',
+    );
+    const nowMs = this.#o.now().getTime();
+    const { spamBurst: burst, spamRefillMs: refillMs } = this.#o;
+    const last = this.#allowances.get(key);
+    const refilled = last === undefined ? burst : last.tokens + (nowMs - last.atMs) / refillMs;
+    const tokens = Math.min(burst, refilled);
+    this.#allowances.delete(key);
+    if (tokens < 1) {
+      this.#allowances.set(key, { tokens, atMs: nowMs });
+      return false;
+    }
+    this.#allowances.set(key, { tokens: tokens - 1, atMs: nowMs });
+    while (this.#allowances.size > this.#o.maxKeys) {
+      const oldest = this.#allowances.keys().next();
+      if (oldest.done) break;
+      this.#allowances.delete(oldest.value);
+    }
+    return true;
   }
 
   #remember(key: string, seen: Seen): void {

@@ -84,6 +84,47 @@ describe('EventRecorder', () => {
     expect(events[0]!.count).toBe(1);
   });
 
+  it('writes at most a burst of Events about one object, then one per refill period, as client-go', async () => {
+    const ns = await createNamespace(env.kc);
+    const busy = await createVmi(env.kc, ns, 'busy-vmi');
+    const quiet = await createVmi(env.kc, ns, 'quiet-vmi');
+    let clock = new Date('2030-01-01T00:00:00Z');
+    const { logger, lines } = memoryLogger();
+    const recorder = new EventRecorder({
+      client: env.client,
+      component: 'c',
+      logger,
+      spamBurst: 5,
+      spamRefillMs: 60_000,
+      now: () => clock,
+    });
+    // Seven volumes ready on one VMI: five Events, the last two dropped.
+    for (let i = 0; i < 7; i++) await recorder.record(busy, 'Normal', 'VolumeReady', `v${i} ready`);
+    // A repeat's count is a write too.
+    await recorder.record(busy, 'Normal', 'VolumeReady', 'v0 ready');
+    // Another object has its own allowance.
+    await recorder.record(quiet, 'Normal', 'VolumeReady', 'q ready');
+    let events = await eventsIn(ns);
+    expect(events.map((e) => `${e.involvedObject.name}: ${e.message} x${e.count}`)).toEqual([
+      'quiet-vmi: q ready x1',
+      'busy-vmi: v0 ready x1',
+      'busy-vmi: v1 ready x1',
+      'busy-vmi: v2 ready x1',
+      'busy-vmi: v3 ready x1',
+      'busy-vmi: v4 ready x1',
+    ]);
+    expect(
+      lines().filter((l) => l.msg === 'event dropped: too many about this object'),
+    ).toHaveLength(3);
+
+    // A refill period later, one more.
+    clock = new Date('2030-01-01T00:01:00Z');
+    await recorder.record(busy, 'Warning', 'HotplugFailed', 'v5 failed');
+    await recorder.record(busy, 'Warning', 'HotplugFailed', 'v6 failed');
+    events = await eventsIn(ns);
+    expect(events.filter((e) => e.type === 'Warning').map((e) => e.message)).toEqual(['v5 failed']);
+  });
+
   it('never throws: failures are logged', async () => {
     const { logger, lines } = memoryLogger();
     const recorder = new EventRecorder({ client: env.client, component: 'c', logger });
