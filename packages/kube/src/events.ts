@@ -204,27 +204,23 @@ export class EventRecorder {
     const last = this.#allowances.get(key);
     const refilled = last === undefined ? burst : last.tokens + (nowMs - last.atMs) / refillMs;
     const tokens = Math.min(burst, refilled);
-    this.#allowances.delete(key);
-    if (tokens < 1) {
-      this.#allowances.set(key, { tokens, atMs: nowMs });
-      return false;
-    }
-    this.#allowances.set(key, { tokens: tokens - 1, atMs: nowMs });
-    while (this.#allowances.size > this.#o.maxKeys) {
-      const oldest = this.#allowances.keys().next();
-      if (oldest.done) break;
-      this.#allowances.delete(oldest.value);
-    }
-    return true;
+    const allowed = tokens >= 1;
+    this.#keepNewest(this.#allowances, key, { tokens: allowed ? tokens - 1 : tokens, atMs: nowMs });
+    return allowed;
   }
 
   #remember(key: string, seen: Seen): void {
-    this.#seen.delete(key);
-    this.#seen.set(key, seen);
-    while (this.#seen.size > this.#o.maxKeys) {
-      const oldest = this.#seen.keys().next();
+    this.#keepNewest(this.#seen, key, seen);
+  }
+
+  /** Sets `key` as the newest entry of `map`, forgetting the oldest past `maxKeys`. */
+  #keepNewest<V>(map: Map<string, V>, key: string, value: V): void {
+    map.delete(key);
+    map.set(key, value);
+    while (map.size > this.#o.maxKeys) {
+      const oldest = map.keys().next();
       if (oldest.done) break;
-      this.#seen.delete(oldest.value);
+      map.delete(oldest.value);
     }
   }
 }

@@ -23,7 +23,13 @@ export { retryOnConflict, DEFAULT_RETRY } from './retry.js';
 export type { RetryOptions } from './retry.js';
 
 export { createInformer, InformerEvent } from './informer.js';
-export type { Informer, InformerOptions, InformerBackoff, InformerHandler } from './informer.js';
+export type {
+  Informer,
+  InformerOptions,
+  InformerBackoff,
+  InformerHandler,
+  VersionHandler,
+} from './informer.js';
 
 export { makeApiClient, closeKubeConnections } from './agent.js';
 

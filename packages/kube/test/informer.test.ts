@@ -57,6 +57,8 @@ describe('createInformer', () => {
     informer.onAdd((p) => seen.push(`add:${p.metadata!.name}`));
     informer.onUpdate((p) => seen.push(`update:${p.metadata!.name}:${p.metadata!.labels?.v}`));
     const offDelete = informer.onDelete((p) => seen.push(`delete:${p.metadata!.name}`));
+    const versions: string[] = [];
+    informer.onVersion((namespace, name, rv) => versions.push(`${namespace}/${name}@${rv}`));
     expect(informer.synced).toBe(false);
     await informer.start();
     try {
@@ -86,6 +88,12 @@ describe('createInformer', () => {
         'delete:pre-existing-pod',
       ]);
       expect(names(informer)).toEqual(['added-pod']);
+      // Every add and update's version, in order (a delete has none to tell).
+      const added = informer.get(ns, 'added-pod')!.metadata!.resourceVersion!;
+      expect(versions).toHaveLength(3);
+      expect(versions[0]).toMatch(new RegExp(`^${ns}/pre-existing-pod@`));
+      expect(versions[1]).toMatch(new RegExp(`^${ns}/added-pod@`));
+      expect(versions[2]).toBe(`${ns}/added-pod@${added}`);
       const [kept] = informer.list((p) => p.metadata?.labels?.v === '2');
       expect(kept).toBeDefined();
       // What a filtered list hands out is a copy: changing it leaves the cache as it was.

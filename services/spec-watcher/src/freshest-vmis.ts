@@ -3,7 +3,7 @@ import { cloneJson, type VirtualMachineInstance } from '@plugline/contracts';
 import type { Informer } from '@plugline/kube';
 
 /** What {@link FreshestVmis} needs of the VMI informer. */
-export type VmiCache = Pick<Informer<VirtualMachineInstance>, 'get' | 'synced' | 'onUpdate'>;
+export type VmiCache = Pick<Informer<VirtualMachineInstance>, 'get' | 'synced' | 'onVersion'>;
 
 /** How many of a VMI's latest resourceVersions the cache showed are kept. */
 const RECENTLY_SEEN = 4;
@@ -40,7 +40,9 @@ export class FreshestVmis {
     this.#cache = cache;
     this.#own = new BoundedMap(capacity);
     this.#seen = new BoundedMap(capacity);
-    cache.onUpdate((vmi) => this.#shown(vmi));
+    cache.onVersion((namespace, name, resourceVersion) =>
+      this.#shown(`${namespace}/${name}`, resourceVersion),
+    );
   }
 
   get synced(): boolean {
@@ -77,10 +79,7 @@ export class FreshestVmis {
     this.#seen.delete(key);
   }
 
-  #shown(vmi: VirtualMachineInstance): void {
-    const { namespace = '', name = '', resourceVersion } = vmi.metadata;
-    if (resourceVersion === undefined) return;
-    const key = `${namespace}/${name}`;
+  #shown(key: string, resourceVersion: string): void {
     const own = this.#own.peek(key);
     if (own !== undefined && own.resourceVersion === resourceVersion) own.written = undefined;
     const seen = this.#seen.get(key) ?? [];

@@ -169,8 +169,8 @@ const MAX_BATCH = 256;
 
 /**
  * The events whose status is written at once: the ends of an operation (`Ready`, the entry's
- * removal on `released`, a failure). The steps between (`Pending` to `MountedToPod`, and the
- * unplug's) follow one another within milliseconds when nothing is slow, and each would be a
+ * removal on `released`, a failure). The steps between (`requested` to `mounted-to-pod`, and the
+ * unplug's before `released`) follow one another within milliseconds when nothing is slow, and each would be a
  * write of its own, rewriting the whole list and waking every informer of VMIs in the cluster
  * (our four services among them) while the operation's next stages run. So they wait, at most
  * `statusLingerMs`, for more of the VMI's events, and go out in one write: a plug's in two
