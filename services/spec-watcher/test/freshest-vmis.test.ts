@@ -12,6 +12,7 @@ import { startKubeSim, Types, type KubeSim } from '@plugline/kube-sim';
 import { createLogger, memoryDestination } from '@plugline/telemetry';
 import { waitFor } from '@plugline/testkit';
 import { FreshestVmis } from '../src/freshest-vmis.js';
+import { vmi } from './fixtures.js';
 
 /**
  * The projector's first read of a VMI before a status write, against kube-sim through a real
@@ -42,16 +43,15 @@ afterAll(async () => {
   await sim?.stop();
 });
 
+/** The fixture's VMI under `name`, with no status yet. */
 function createVmi(name: string): void {
+  const { apiVersion, kind, spec } = vmi();
   sim.store.create(
     Types.virtualmachineinstances,
+    { apiVersion, kind, metadata: { name }, spec },
     {
-      apiVersion: 'kubevirt.io/v1',
-      kind: 'VirtualMachineInstance',
-      metadata: { name },
-      spec: { domain: { devices: { disks: [] } }, volumes: [] },
+      namespace: ns,
     },
-    { namespace: ns },
   );
 }
 

@@ -142,6 +142,22 @@ function removeVolume(vmiName: string, volume: string): void {
   });
 }
 
+/** Counts the writes of a VMI (its MODIFIED watch events in the store) from now on. */
+function countWrites(vmiName: string): { readonly count: number; close: () => void } {
+  let count = 0;
+  const watch = sim.store.watch(
+    Types.virtualmachineinstances,
+    { namespace: ns, match: (o) => o.metadata?.name === vmiName },
+    { event: (e) => void (e.type === 'MODIFIED' && count++), closed: () => undefined },
+  );
+  return {
+    get count() {
+      return count;
+    },
+    close: () => watch.close(),
+  };
+}
+
 interface KubeEventView {
   type: string;
   reason: string;
@@ -831,16 +847,11 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     await startService('worker-a', { PLUGLINE_STATUS_LINGER_MS: '60000' });
     const name = `linger-${randomBytes(3).toString('hex')}`;
     const vmi = createRunningVmi(name);
-    let writes = 0;
-    const watch = sim.store.watch(
-      Types.virtualmachineinstances,
-      { namespace: ns, match: (o) => o.metadata?.name === name },
-      { event: (e) => void (e.type === 'MODIFIED' && writes++), closed: () => undefined },
-    );
+    const writes = countWrites(name);
     try {
       addVolume(name, 'l1');
       const operationId = (await waitForEvent(name, 'l1', EventType.Requested)).data.operationId;
-      const specChange = writes;
+      const specChange = writes.count;
       const pod = { name: 'hp-volume-linger', uid: randomUUID() };
       await publishFact(vmi, 'l1', EventType.Pending, { operationId });
       await publishFact(vmi, 'l1', EventType.Bound, { operationId });
@@ -856,7 +867,7 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
         target: 'sda',
         hotplugVolume: { attachPodName: pod.name },
       });
-      expect(writes - specChange).toBe(1);
+      expect(writes.count - specChange).toBe(1);
       // Each step's Kubernetes Event is still recorded.
       await waitFor(() => {
         const reasons = kubeEvents(name).map((e) => e.reason);
@@ -865,7 +876,7 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
         );
       });
     } finally {
-      watch.close();
+      writes.close();
       await stopService();
       await startService('worker-a');
     }
@@ -885,19 +896,14 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     await stopService();
     for (const v of volumes)
       await publishFact(vmi, v, EventType.Pending, { operationId: ops.get(v)! });
-    let writes = 0;
-    const watch = sim.store.watch(
-      Types.virtualmachineinstances,
-      { namespace: ns, match: (o) => o.metadata?.name === name },
-      { event: (e) => void (e.type === 'MODIFIED' && writes++), closed: () => undefined },
-    );
+    const writes = countWrites(name);
     try {
       await startService('worker-a');
       for (const v of volumes) await waitForPhase(name, v, 'Pending');
-      expect(writes).toBeGreaterThan(0);
-      expect(writes).toBeLessThanOrEqual(N / 2);
+      expect(writes.count).toBeGreaterThan(0);
+      expect(writes.count).toBeLessThanOrEqual(N / 2);
     } finally {
-      watch.close();
+      writes.close();
     }
   });
 });
