@@ -184,9 +184,10 @@ const WRITTEN_AT_ONCE: ReadonlySet<string> = new Set([
   EventType.Failed,
 ]);
 
-function lingers(msg: JsMsg): boolean {
-  const parsed = parseEventSubject(msg.subject);
-  return parsed.ok && !WRITTEN_AT_ONCE.has(parsed.value.type);
+/** An event waiting to be applied, and whether it may wait for more (see {@link WRITTEN_AT_ONCE}). */
+interface Queued {
+  msg: JsMsg;
+  lingers: boolean;
 }
 
 class StatusProjector implements Projector {
@@ -195,7 +196,7 @@ class StatusProjector implements Projector {
   readonly #writer: StatusWriter;
   readonly #shutdown = new AbortController();
   /** Per VMI (`ns/name`): the events waiting to be applied; present while a drain runs. */
-  readonly #queues = new Map<string, JsMsg[]>();
+  readonly #queues = new Map<string, Queued[]>();
   /** Per VMI (`ns/name`): ends the wait of its lingering events (see {@link WRITTEN_AT_ONCE}). */
   readonly #lingering = new Map<string, () => void>();
   readonly #running = new Set<Promise<void>>();
@@ -304,27 +305,28 @@ class StatusProjector implements Projector {
   #enqueue(msg: JsMsg): void {
     const parsed = parseEventSubject(msg.subject);
     const key = parsed.ok ? `${parsed.value.namespace}/${parsed.value.vmi}` : `?${msg.subject}`;
+    const queued = { msg, lingers: parsed.ok && !WRITTEN_AT_ONCE.has(parsed.value.type) };
     const waiting = this.#queues.get(key);
     if (waiting !== undefined) {
-      waiting.push(msg);
-      if (!lingers(msg)) this.#lingering.get(key)?.();
+      waiting.push(queued);
+      if (!queued.lingers) this.#lingering.get(key)?.();
       return;
     }
-    const queue = [msg];
+    const queue = [queued];
     this.#queues.set(key, queue);
     const task = this.#drain(key, queue).finally(() => this.#running.delete(task));
     this.#running.add(task);
   }
 
   /** Applies the VMI's waiting events, a batch at a time, until none is left. */
-  async #drain(key: string, queue: JsMsg[]): Promise<void> {
+  async #drain(key: string, queue: Queued[]): Promise<void> {
     try {
       while (queue.length > 0) {
         await this.#linger(key, queue);
         await this.#writers.acquire();
         // Let the events already pulled join the batch before it is taken.
         await new Promise<void>((resolve) => setImmediate(resolve));
-        const batch = queue.splice(0, MAX_BATCH);
+        const batch = queue.splice(0, MAX_BATCH).map((q) => q.msg);
         try {
           await this.#handleBatch(batch);
         } finally {
@@ -339,9 +341,9 @@ class StatusProjector implements Projector {
   }
 
   /** Waits up to `statusLingerMs` while every event queued for the VMI lingers. */
-  async #linger(key: string, queue: readonly JsMsg[]): Promise<void> {
+  async #linger(key: string, queue: readonly Queued[]): Promise<void> {
     const lingerMs = this.#o.statusLingerMs ?? 0;
-    if (lingerMs <= 0 || this.#shutdown.signal.aborted || !queue.every(lingers)) return;
+    if (lingerMs <= 0 || this.#shutdown.signal.aborted || !queue.every((q) => q.lingers)) return;
     await new Promise<void>((resolve) => {
       const end = (): void => {
         clearTimeout(timer);
