@@ -106,8 +106,8 @@ const WATCH_BYTES = 'watch event bytes';
 
 /**
  * The API traffic in kube-sim's counters: requests by `VERB resource[/subresource]` (over
- * groups; the failed ones apart, with their code), and events sent to watch clients by `watch events Kind` (each client
- * counted), with their total size.
+ * groups; the failed ones apart, with their code), and events sent to watch clients by
+ * `watch events Kind` (each client counted), with their total size.
  */
 function apiTraffic(text: string): Record<string, number> {
   const out: Record<string, number> = {};
@@ -137,61 +137,58 @@ function apiTraffic(text: string): Record<string, number> {
   return out;
 }
 
-/**
- * API traffic per plug + unplug pair over intervals of scrapes (`[before, after]` each: the
- * sequential rounds, whose floor operations in between are left out), by request kind; watch
- * bytes in KiB.
- */
-export function apiPerPair(
-  intervals: readonly (readonly [string, string])[],
-  pairs: number,
-): Record<string, number> {
+/** The traffic between two scrapes (`after` minus `before`), summed over the intervals given. */
+function trafficOver(intervals: readonly (readonly [string, string])[]): Record<string, number> {
   const total: Record<string, number> = {};
   for (const [before, after] of intervals) {
     const [b, a] = [apiTraffic(before), apiTraffic(after)];
     for (const k of Object.keys(a)) total[k] = (total[k] ?? 0) + (a[k] ?? 0) - (b[k] ?? 0);
   }
+  return total;
+}
+
+/**
+ * Traffic per operation, by its row name: watches themselves (long-running) left out, watch
+ * bytes in KiB.
+ */
+function perOperation(traffic: Record<string, number>, ops: number): Map<string, number> {
+  const rows = new Map<string, number>();
+  for (const k of Object.keys(traffic).sort()) {
+    if (k.startsWith('WATCH ')) continue;
+    const n = (traffic[k] ?? 0) / Math.max(1, ops);
+    rows.set(k === WATCH_BYTES ? 'watch event KiB' : k, round(k === WATCH_BYTES ? n / 1024 : n));
+  }
+  return rows;
+}
+
+/**
+ * API traffic per plug + unplug pair over intervals of scrapes (`[before, after]` each: the
+ * sequential rounds, whose floor operations in between are left out), by request kind.
+ */
+export function apiPerPair(
+  intervals: readonly (readonly [string, string])[],
+  pairs: number,
+): Record<string, number> {
   return Object.fromEntries(
-    Object.keys(total)
-      .filter((k) => !k.startsWith('WATCH ') && (total[k] ?? 0) > 0)
-      .sort()
-      .map((k) => {
-        const n = (total[k] ?? 0) / Math.max(1, pairs);
-        return [k === WATCH_BYTES ? 'watch event KiB' : k, round(k === WATCH_BYTES ? n / 1024 : n)];
-      }),
+    [...perOperation(trafficOver(intervals), pairs)].filter(([, n]) => n > 0),
   );
 }
 
 /**
  * API traffic per operation between consecutive scrapes (`[start, between, end]`: plug, then
- * unplug), by request kind; watches themselves (long-running) are left out. Rows with no
- * traffic in either direction are dropped; watch bytes are in KiB.
+ * unplug), by request kind. Rows with no traffic in either direction are dropped.
  */
 export function apiPerOperation(
   scrapes: readonly [string, string, string],
   ops: number,
 ): Record<string, { plug: number; unplug: number }> {
-  const [t0, t1, t2] = scrapes.map(apiTraffic) as [
-    Record<string, number>,
-    Record<string, number>,
-    Record<string, number>,
-  ];
-  const keys = [...new Set([...Object.keys(t1), ...Object.keys(t2)])]
-    .filter((k) => !k.startsWith('WATCH '))
-    .sort();
-  const per = (after: Record<string, number>, before: Record<string, number>, k: string) => {
-    const n = ((after[k] ?? 0) - (before[k] ?? 0)) / Math.max(1, ops);
-    return round(k === WATCH_BYTES ? n / 1024 : n);
-  };
+  const [t0, t1, t2] = scrapes;
+  const plug = perOperation(trafficOver([[t0, t1]]), ops);
+  const unplug = perOperation(trafficOver([[t1, t2]]), ops);
+  const rows = [...new Set([...plug.keys(), ...unplug.keys()])].sort();
   return Object.fromEntries(
-    keys
-      .map(
-        (k) =>
-          [
-            k === WATCH_BYTES ? 'watch event KiB' : k,
-            { plug: per(t1, t0, k), unplug: per(t2, t1, k) },
-          ] as const,
-      )
+    rows
+      .map((k) => [k, { plug: plug.get(k) ?? 0, unplug: unplug.get(k) ?? 0 }] as const)
       .filter(([, v]) => v.plug > 0 || v.unplug > 0),
   );
 }
