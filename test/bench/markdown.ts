@@ -265,6 +265,11 @@ function throughputRoundLines(tp: NonNullable<Results['throughput']>): string[] 
   if (r === undefined || r.count < 2) return [];
   return [
     `- over ${r.count} rounds on the same VMIs, median (min–max): plug ${rep(r.plugOpsPerSecond)} ops/s, p99 ${rep(r.plugP99Ms)} ms; unplug ${rep(r.unplugOpsPerSecond)} ops/s, p99 ${rep(r.unplugP99Ms)} ms; CPU per plug over the stack's processes ${rep(r.stackCpuMsPerPlug)} ms. The figures and tables here are round ${r.medianRound}'s, the median by plug ops/s; each round: ${r.plugOpsPerSecond.runs.join(', ')} plug ops/s`,
+    ...(r.eventWritesPerPlug === undefined
+      ? []
+      : [
+          `  - Event writes per plug, each round: ${r.eventWritesPerPlug.runs.join(', ')}. The spec-watcher's recorder gives each VMI a burst of 25 Events, then one per 5 minutes, as client-go's does for KubeVirt's components; rounds on the same VMIs spend it, and a round that writes fewer Events costs less CPU per plug`,
+        ]),
   ];
 }
 

@@ -8,7 +8,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { StreamName } from '@plugline/bus';
 import { waitFor, WaitTimeoutError } from '@plugline/testkit';
-import { rssOf, type ProcRef } from './procs.js';
+import { cpuOf, rssOf, type ProcRef } from './procs.js';
 
 type Log = (msg: string) => void;
 
@@ -19,6 +19,11 @@ const RSS_SAMPLE_MS = 500;
 const RSS_STEADY_MIB = 1;
 /** A process whose RSS keeps creeping (GC churn, a leak) is measured anyway after this long. */
 const RSS_SETTLE_TIMEOUT_MS = 30_000;
+/** Two CPU samples this far apart between which the stack used at most {@link IDLE_CPU_SHARE}. */
+const CPU_SAMPLE_MS = 250;
+/** Of one core, over all the stack's processes: timers, lease renewals and scrapes only. */
+const IDLE_CPU_SHARE = 0.1;
+const CPU_SETTLE_TIMEOUT_MS = 30_000;
 
 /**
  * Runs `waitFor(check)`; when it times out only because the condition did not hold (no error
@@ -83,4 +88,36 @@ export async function rssSteady(procs: readonly ProcRef[], log: Log): Promise<vo
     () => `RSS still moving after ${RSS_SETTLE_TIMEOUT_MS} ms; measuring anyway`,
   );
   log(`RSS steady after ${Date.now() - t0} ms`);
+}
+
+/**
+ * Waits until the stack's processes together used at most a tenth of a core over a quarter of a
+ * second: what a throughput round starts after. What the stack still does for the setup before it
+ * (informers digesting hundreds of new VMIs, PVCs being bound, the previous round's tail) would
+ * otherwise be billed to the round's operations. Logs how long it took.
+ */
+export async function cpuQuiet(procs: readonly ProcRef[], log: Log): Promise<void> {
+  const t0 = Date.now();
+  let last: { at: number; cpu: Record<string, number> } | undefined;
+  let share = Number.NaN;
+  const quiet = (): boolean => {
+    const now = { at: performance.now(), cpu: cpuOf(procs) };
+    const before = last;
+    last = now;
+    if (before === undefined) return false;
+    const usedS = procs.reduce((sum, p) => {
+      const used = (now.cpu[p.id] ?? 0) - (before.cpu[p.id] ?? 0);
+      return used > 0 ? sum + used : sum; // a process gone (NaN) does not hold it up
+    }, 0);
+    share = usedS / ((now.at - before.at) / 1000);
+    return share <= IDLE_CPU_SHARE;
+  };
+  await waitOrGoOn(
+    quiet,
+    { timeout: CPU_SETTLE_TIMEOUT_MS, interval: CPU_SAMPLE_MS, description: 'an idle stack' },
+    log,
+    () =>
+      `the stack still used ${share.toFixed(2)} of a core after ${CPU_SETTLE_TIMEOUT_MS} ms; measuring anyway`,
+  );
+  log(`stack idle (${share.toFixed(2)} of a core) after ${Date.now() - t0} ms`);
 }

@@ -44,6 +44,8 @@ interface ThroughputFigures {
     unplugP99Ms: Repeated;
     /** CPU per plug summed over the stack's processes (the bench's own left out). */
     stackCpuMsPerPlug: Repeated;
+    /** Event writes (POST or PATCH) per plug: they stop as each VMI's Event budget runs out. */
+    eventWritesPerPlug?: Repeated;
   };
 }
 

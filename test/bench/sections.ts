@@ -38,7 +38,7 @@ import {
   stepsPerOperation,
 } from './service-metrics.js';
 import { summarizeProfile } from './profile.js';
-import { rssSteady, workDrained } from './quiet.js';
+import { cpuQuiet, rssSteady, workDrained } from './quiet.js';
 import {
   medianRound,
   percentiles,
@@ -383,8 +383,10 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
   });
   const rounds: ThroughputRound[] = [];
   for (let r = 0; r < cfg.repeat; r++) {
-    // The previous round's tail (its last work items) must not slow this one's start.
+    // Neither the setup's tail nor the previous round's (its last work items) may slow this
+    // round's start, or be billed to its operations.
     if (r > 0) await workDrained(stack.natsUrl, BURST_DRAIN_TIMEOUT_MS, log);
+    await cpuQuiet(h.procs(), log);
     const round = await throughputRound(h, cfg, items);
     log(
       `throughput round ${r + 1}/${cfg.repeat}: plug ${round.plug.opsPerSecond}/s p99 ${round.plug.latency.p99} ms; unplug ${round.unplug.opsPerSecond}/s p99 ${round.unplug.latency.p99} ms; failed ${round.correctness.failedEvents}`,
@@ -395,6 +397,15 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
 }
 
 type ThroughputRound = Awaited<ReturnType<typeof throughputRound>>;
+
+/** Event writes per plug: POSTs of new Events and PATCHes of repeats' counts, any status. */
+function eventWritesPerPlug(r: ThroughputRound): number {
+  return round(
+    Object.entries(r.apiPerOperation)
+      .filter(([request]) => /^(POST|PATCH) events\b/.test(request))
+      .reduce((sum, [, v]) => sum + (v.plug ?? 0), 0),
+  );
+}
 
 /** The median round's figures, each round's headline figures, and correctness over all rounds. */
 function acrossThroughputRounds(rounds: readonly ThroughputRound[]) {
@@ -413,6 +424,7 @@ function acrossThroughputRounds(rounds: readonly ThroughputRound[]) {
       unplugOpsPerSecond: repeated(rounds.map((r) => r.unplug.opsPerSecond)),
       unplugP99Ms: repeated(rounds.map((r) => r.unplug.latency.p99)),
       stackCpuMsPerPlug: repeated(rounds.map(stackCpuPerPlug)),
+      eventWritesPerPlug: repeated(rounds.map(eventWritesPerPlug)),
     },
     correctness: {
       allReady: rounds.every((r) => r.correctness.allReady),
