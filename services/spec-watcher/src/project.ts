@@ -317,11 +317,19 @@ export function projectStatus(
   return projection;
 }
 
+/**
+ * The phases KubeVirt sets without an Event: virt-controller writes `Pending` and `Bound` (the
+ * claim's state, reason `PVCNotReady`) quietly and records only the attachment pod's
+ * `SuccessfulCreate` and `SuccessfulDelete`; virt-handler records the phases it sets.
+ */
+const QUIET_PHASES: ReadonlySet<string> = new Set<string>([Phase.Pending, Phase.Bound]);
+
 function phaseChangeEvent(
   before: VolumeStatus | undefined,
   after: VolumeStatus | undefined,
 ): KubeEvent | undefined {
   if (after?.phase === undefined || after.phase === before?.phase) return undefined;
+  if (QUIET_PHASES.has(after.phase)) return undefined;
   return {
     type: KubeEventType.Normal,
     reason: after.reason ?? after.phase,

@@ -53,8 +53,8 @@ describe('projectStatus', () => {
     expect(seen[2]?.hotplugVolume).toEqual({ attachPodName: POD.name, attachPodUID: POD.uid });
     expect(seen[3]?.message).toBe('Volume d1 has been mounted in virt-launcher pod');
     expect(seen[4]?.message).toBe('Successfully attach hotplugged volume d1 to VM');
+    // As KubeVirt: no Event for Bound (the claim's state), one for each later phase.
     expect(k8s).toEqual([
-      'Normal/PVCNotReady',
       'Normal/SuccessfulCreate',
       'Normal/VolumeMountedToPod',
       'Normal/VolumeReady',
