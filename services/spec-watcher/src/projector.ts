@@ -187,6 +187,8 @@ const WRITTEN_AT_ONCE: ReadonlySet<string> = new Set([
 /** An event waiting to be applied, and whether it may wait for more (see {@link WRITTEN_AT_ONCE}). */
 interface Queued {
   msg: JsMsg;
+  /** Its subject, parsed once as it was queued. */
+  subject: ReturnType<typeof parseEventSubject>;
   lingers: boolean;
 }
 
@@ -305,7 +307,11 @@ class StatusProjector implements Projector {
   #enqueue(msg: JsMsg): void {
     const parsed = parseEventSubject(msg.subject);
     const key = parsed.ok ? `${parsed.value.namespace}/${parsed.value.vmi}` : `?${msg.subject}`;
-    const queued = { msg, lingers: parsed.ok && !WRITTEN_AT_ONCE.has(parsed.value.type) };
+    const queued = {
+      msg,
+      subject: parsed,
+      lingers: parsed.ok && !WRITTEN_AT_ONCE.has(parsed.value.type),
+    };
     const waiting = this.#queues.get(key);
     if (waiting !== undefined) {
       waiting.push(queued);
@@ -326,7 +332,7 @@ class StatusProjector implements Projector {
         await this.#writers.acquire();
         // Let the events already pulled join the batch before it is taken.
         await new Promise<void>((resolve) => setImmediate(resolve));
-        const batch = queue.splice(0, MAX_BATCH).map((q) => q.msg);
+        const batch = queue.splice(0, MAX_BATCH);
         try {
           await this.#handleBatch(batch);
         } finally {
@@ -357,10 +363,9 @@ class StatusProjector implements Projector {
     });
   }
 
-  #decode(msg: JsMsg): ParseResult<VolumeEvent> {
+  #decode({ msg, subject }: Queued): ParseResult<VolumeEvent> {
     const decoded = decodeEvent(msg.data);
     if (!decoded.ok) return decoded;
-    const subject = parseEventSubject(msg.subject);
     if (!subject.ok) return subject;
     const key = keyOfEvent(decoded.value);
     const s = subject.value;
@@ -382,12 +387,12 @@ class StatusProjector implements Projector {
   }
 
   /** One VMI's events, in order: malformed ones dead-lettered, the others applied in one write. */
-  async #handleBatch(batch: readonly JsMsg[]): Promise<void> {
+  async #handleBatch(batch: readonly Queued[]): Promise<void> {
     const deliveries: Delivery[] = [];
-    for (const msg of batch) {
-      const decoded = this.#decode(msg);
-      if (decoded.ok) deliveries.push({ msg, event: decoded.value });
-      else await this.#deadLetter(msg, decoded.error);
+    for (const queued of batch) {
+      const decoded = this.#decode(queued);
+      if (decoded.ok) deliveries.push({ msg: queued.msg, event: decoded.value });
+      else await this.#deadLetter(queued.msg, decoded.error);
     }
     if (deliveries.length === 0) return;
     const first = keyOfEvent(deliveries[0]!.event);
