@@ -110,7 +110,12 @@ export async function createRunningVmi(
     body: {
       apiVersion: `${KUBEVIRT_GROUP}/${KUBEVIRT_VERSION}`,
       kind: 'VirtualMachineInstance',
-      metadata: { name, namespace, labels: { 'kubevirt.io/domain': name } },
+      // Labelled with its node as virt-controller labels a scheduled VMI.
+      metadata: {
+        name,
+        namespace,
+        labels: { 'kubevirt.io/domain': name, [KubevirtLabel.NodeName]: node },
+      },
       spec: {
         domain: {
           devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] },

@@ -231,6 +231,9 @@ export const KubevirtLabel = {
   CreatedBy: 'kubevirt.io/created-by',
   OwnerVmiName: 'kubevirt.io/owner-vmi-name',
   OwnerVmiUid: 'kubevirt.io/owner-vmi-uid',
+  /** On a VMI, the node it runs on: set by virt-controller once it is scheduled, and what node
+   * agents select their VMIs by (`v1.NodeNameLabel`). */
+  NodeName: 'kubevirt.io/nodeName',
 } as const;
 
 export const LAUNCHER_LABEL_VALUE = 'virt-launcher';

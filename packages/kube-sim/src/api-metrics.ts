@@ -44,6 +44,13 @@ export class ApiMetrics {
     this.#watchEvents.set(key, seen);
   }
 
+  /** Watch events sent so far of one kind, over every watch client. */
+  watchEventsSent(kind: string): number {
+    let sent = 0;
+    for (const [key, w] of this.#watchEvents) if (key.includes(`kind="${kind}"`)) sent += w.count;
+    return sent;
+  }
+
   /** Prometheus text exposition. */
   text(): string {
     const lines = [

@@ -8,6 +8,7 @@ import { KubeletSim } from './kubelet.js';
 import { Types } from './resources.js';
 import { ApiServer } from './server.js';
 import { StorageControllers } from './storage-controllers.js';
+import { VmiNodeLabels } from './vmi-node-labels.js';
 import { Store } from './store.js';
 import { makeValidator } from './validation.js';
 import { KubeletLayout, detachLoop, loopDevicesUnder, removeTree } from './volumes.js';
@@ -34,6 +35,11 @@ export interface KubeSimOptions {
   logger?: Logger;
   /** Run the scheduler, kubelets, PV binder and DataVolume importer (default true). */
   kubelet?: boolean;
+  /**
+   * Label each VMI with the node in its `status.nodeName` (`kubevirt.io/nodeName`), as
+   * virt-controller does once it schedules one (default true).
+   */
+  vmiNodeLabels?: boolean;
   /** Loopback port (default random). */
   port?: number;
 }
@@ -68,6 +74,8 @@ export interface KubeSim extends AsyncDisposable {
   injectFailure(failure: InjectedFailure): void;
   /** Loop devices attached now, by PV name. */
   loopDevices(): Map<string, string>;
+  /** Watch events of one kind (`Pod`, `VirtualMachineInstance`) sent so far, every client's. */
+  watchEventsSent(kind: string): number;
   stop(): Promise<void>;
 }
 
@@ -120,6 +128,8 @@ export async function startKubeSim(options: KubeSimOptions = {}): Promise<KubeSi
     storage.start();
     kubelet.start();
   }
+  const labels = options.vmiNodeLabels === false ? undefined : new VmiNodeLabels(store, log);
+  labels?.start();
   const server = new ApiServer({
     store,
     logger: log,
@@ -136,6 +146,7 @@ export async function startKubeSim(options: KubeSimOptions = {}): Promise<KubeSi
       await server.close();
       await kubelet?.stop();
       await storage?.stop();
+      await labels?.stop();
       store.close();
       await removeTree(workDir);
       log.info('kube-sim stopped');
@@ -156,6 +167,7 @@ export async function startKubeSim(options: KubeSimOptions = {}): Promise<KubeSi
       else failures.importFails.add(key);
     },
     loopDevices: () => kubelet?.loopDevices() ?? new Map(),
+    watchEventsSent: (kind) => server.metrics.watchEventsSent(kind),
     stop,
     [Symbol.asyncDispose]: stop,
   };

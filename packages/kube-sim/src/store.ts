@@ -21,8 +21,14 @@ export interface StoredEvent {
   readonly rv: number;
   readonly type: WatchEventType;
   readonly object: KubeObject;
+  /** What a MODIFIED event replaced: a selective watch tells from it whether the change moved
+   * the object into its selection (ADDED) or out of it (DELETED). */
+  readonly previous?: KubeObject;
   /** The event serialized as a watch line (`{"type":...,"object":...}`), made once, shared. */
   line?: string;
+  /** This change as the watches it moved the object into or out of see it, made once, shared. */
+  entered?: StoredEvent;
+  left?: StoredEvent;
 }
 
 export interface WatchOptions {
@@ -237,7 +243,8 @@ export class Store {
         );
       }
       for (const e of state.history.slice(this.firstAfter(state, start))) {
-        if (this.deliverable(watcher, e.object)) sink.event(e);
+        const seen = this.asSeenBy(watcher, e);
+        if (seen) sink.event(seen);
       }
     }
     state.watchers.add(watcher);
@@ -255,9 +262,27 @@ export class Store {
     return lo;
   }
 
-  private deliverable(w: Watcher, obj: KubeObject): boolean {
-    if (w.namespace && obj.metadata?.namespace !== w.namespace) return false;
-    return !w.match || w.match(obj);
+  /**
+   * The event as watcher `w` sees it, or undefined when it is none of its business. As the API
+   * server's watch cache does, a change that moves an object into a selective watch's selection
+   * (a label set, say) is ADDED to it, and one that moves it out is DELETED, carrying the object
+   * as it was with the change's resourceVersion; the watch's cache would go stale otherwise.
+   */
+  private asSeenBy(w: Watcher, e: StoredEvent): StoredEvent | undefined {
+    if (w.namespace && e.object.metadata?.namespace !== w.namespace) return undefined;
+    if (!w.match) return e;
+    const now = w.match(e.object);
+    if (e.type !== 'MODIFIED' || e.previous === undefined) return now ? e : undefined;
+    const before = w.match(e.previous);
+    if (now) return before ? e : (e.entered ??= { rv: e.rv, type: 'ADDED', object: e.object });
+    if (!before) return undefined;
+    const { previous } = e;
+    const resourceVersion = e.object.metadata?.resourceVersion;
+    return (e.left ??= {
+      rv: e.rv,
+      type: 'DELETED',
+      object: { ...previous, metadata: { ...previous.metadata, resourceVersion } },
+    });
   }
 
   /** Ends every open client watch (clients see the connection close and resume). */
@@ -282,9 +307,17 @@ export class Store {
     }
   }
 
-  private emit(type: ResourceType, kind: WatchEventType, obj: KubeObject): void {
+  private emit(
+    type: ResourceType,
+    kind: WatchEventType,
+    obj: KubeObject,
+    previous?: KubeObject,
+  ): void {
     const state = this.state(type);
-    const e: StoredEvent = { rv: this.rv, type: kind, object: obj };
+    const e: StoredEvent =
+      previous === undefined
+        ? { rv: this.rv, type: kind, object: obj }
+        : { rv: this.rv, type: kind, object: obj, previous };
     state.history.push(e);
     if (state.history.length > this.watchCacheSize * 2) {
       const drop = state.history.length - this.watchCacheSize;
@@ -292,7 +325,8 @@ export class Store {
       state.history = state.history.slice(drop);
     }
     for (const w of state.watchers) {
-      if (this.deliverable(w, obj)) w.sink.event(e);
+      const seen = this.asSeenBy(w, e);
+      if (seen) w.sink.event(seen);
     }
   }
 
@@ -493,7 +527,7 @@ export class Store {
     const key = keyOf(meta.namespace, meta.name!);
     this.state(type).objects.set(key, next);
     this.index(type, key, next, old);
-    this.emit(type, 'MODIFIED', next);
+    this.emit(type, 'MODIFIED', next, old);
     if (meta.deletionTimestamp && !meta.finalizers?.length && this.finishable(type, next)) {
       this.remove(type, next);
     }
@@ -640,7 +674,7 @@ export class Store {
     if (type === Types.namespaces) next.status = { phase: 'Terminating' };
     const key = keyOf(meta.namespace, meta.name!);
     this.state(type).objects.set(key, next);
-    this.emit(type, 'MODIFIED', next);
+    this.emit(type, 'MODIFIED', next, old);
     if (type === Types.namespaces) this.scheduleNamespaceCleanup(meta.name!);
     else if (policy !== 'Orphan') this.scheduleCollect(meta.uid!);
     return next;

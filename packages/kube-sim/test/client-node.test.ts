@@ -496,6 +496,96 @@ describe('informer', () => {
     expect(errors).toEqual([]);
     await informer.stop();
   });
+
+  it('labels a VMI with the node its status names (kubevirt.io/nodeName), as virt-controller does, and relabels it when it moves', async () => {
+    const name = rand('placed');
+    await createVmi(name);
+    const place = (node: string) =>
+      custom.patchNamespacedCustomObjectStatus(
+        { ...KV, namespace: ns, name, body: { status: { phase: 'Running', nodeName: node } } },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+    const label = async () =>
+      ((await custom.getNamespacedCustomObject({ ...KV, namespace: ns, name })) as Obj).metadata
+        .labels?.['kubevirt.io/nodeName'];
+    expect(await label()).toBeUndefined();
+    await place('node-a');
+    await vi.waitFor(async () => expect(await label()).toBe('node-a'), {
+      timeout: 5000,
+      interval: 20,
+    });
+    await place('node-b');
+    await vi.waitFor(async () => expect(await label()).toBe('node-b'), {
+      timeout: 5000,
+      interval: 20,
+    });
+  });
+
+  it('with a label selector, drops an object relabelled out of it (DELETED) and takes one relabelled in (ADDED), also when it resumes from the history', async () => {
+    const ins = rand('sel');
+    await core.createNamespace({ body: { metadata: { name: ins } } });
+    const path = `/apis/kubevirt.io/v1/namespaces/${ins}/virtualmachineinstances`;
+    const selector = 'kubevirt.io/nodeName=node-a';
+    const informer = makeInformer(
+      kc,
+      path,
+      async () =>
+        (await custom.listNamespacedCustomObject({
+          ...KV,
+          namespace: ins,
+          labelSelector: selector,
+        })) as never,
+      selector,
+    );
+    const deleted: string[] = [];
+    informer.on('delete', (o) =>
+      deleted.push(
+        `${(o as Obj).metadata.name}@${(o as Obj).metadata.labels['kubevirt.io/nodeName']}`,
+      ),
+    );
+    const relabel = (name: string, node: string) =>
+      custom.patchNamespacedCustomObject(
+        {
+          ...KV,
+          namespace: ins,
+          name,
+          body: { metadata: { labels: { 'kubevirt.io/nodeName': node } } },
+        },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+    await custom.createNamespacedCustomObject({
+      ...KV,
+      namespace: ins,
+      body: vmi('moves', { 'kubevirt.io/nodeName': 'node-a' }),
+    });
+    await custom.createNamespacedCustomObject({
+      ...KV,
+      namespace: ins,
+      body: vmi('elsewhere', { 'kubevirt.io/nodeName': 'node-b' }),
+    });
+    await informer.start();
+    const names = () =>
+      informer
+        .list(ins)
+        .map((o) => (o as Obj).metadata.name)
+        .sort();
+    await vi.waitFor(() => expect(names()).toEqual(['moves']), { timeout: 5000, interval: 20 });
+
+    await relabel('moves', 'node-b');
+    await vi.waitFor(() => expect(names()).toEqual([]), { timeout: 5000, interval: 20 });
+    // The object as the watch last matched it, as kube-apiserver sends it.
+    expect(deleted).toEqual(['moves@node-a']);
+    await relabel('elsewhere', 'node-a');
+    await vi.waitFor(() => expect(names()).toEqual(['elsewhere']), { timeout: 5000, interval: 20 });
+
+    // The same transitions replayed from the history when a dropped watch resumes.
+    expect(sim.dropWatches()).toBeGreaterThan(0);
+    await relabel('elsewhere', 'node-b');
+    await relabel('moves', 'node-a');
+    await vi.waitFor(() => expect(names()).toEqual(['moves']), { timeout: 5000, interval: 20 });
+    expect(deleted).toEqual(['moves@node-a', 'elsewhere@node-a']);
+    await informer.stop();
+  });
 });
 
 describe('KubeVirt schema validation', () => {

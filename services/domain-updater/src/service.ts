@@ -3,6 +3,7 @@ import { provision, Publisher, runStage, type Bus, type StageRunner } from '@plu
 import {
   isHotpluggable,
   isName,
+  KubevirtLabel,
   PersistentVolumeMode,
   Stage,
   type OperationKind,
@@ -144,9 +145,12 @@ export async function startDomainUpdater(
   const defineDomain = deps.defineDomain ?? made?.defineDomain;
   const listDomains = deps.listDomains ?? made?.listDomains;
 
+  // This node's VMIs only, by the label virt-controller gives a scheduled VMI (as virt-handler
+  // watches them): a node's agents neither cache nor wake for the rest of the cluster's VMIs.
   const vmis = createInformer<VirtualMachineInstance>({
     kc: deps.kc,
     resource: Resources.virtualMachineInstances,
+    labelSelector: `${KubevirtLabel.NodeName}=${node}`,
     logger: log,
   });
   const pods = createInformer<PodLike & { metadata?: { namespace?: string } }>({

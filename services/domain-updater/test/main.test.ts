@@ -3,8 +3,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, type VirtualMachineInstance } from '@plugline/contracts';
-import { startKubeSim } from '@plugline/kube-sim';
-import { spawnService, startNats, tempDir } from '@plugline/testkit';
+import { startKubeSim, Types } from '@plugline/kube-sim';
+import { placedVmi, spawnService, startNats, tempDir } from '@plugline/testkit';
 import { chooseTarget, findLauncher, parseConfig, TargetReservations } from '../src/index.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -97,7 +97,7 @@ describe('chooseTarget', () => {
 });
 
 describe('main.ts as a process', () => {
-  it('starts, logs one ready line with the health URL, answers /readyz, and exits 0 on SIGTERM', async () => {
+  it("starts, logs one ready line with the health URL, answers /readyz, is sent only its own node's VMIs, and exits 0 on SIGTERM", async () => {
     await using nats = await startNats();
     await using sim = await startKubeSim({ nodes: ['node-a'], kubelet: false });
     await using dir = await tempDir('du-main-');
@@ -124,6 +124,21 @@ describe('main.ts as a process', () => {
     expect(healthUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     const ready = await fetch(`${healthUrl}/readyz`);
     expect(ready.status).toBe(200);
+
+    // It watches only this node's VMIs, as virt-handler does: the API server sends it none of
+    // another node's (the store counts a watch event as it hands it to the connection).
+    const sent = () => sim.watchEventsSent('VirtualMachineInstance');
+    const before = sent();
+    for (const [name, node] of [
+      ['elsewhere-1', 'node-b'],
+      ['elsewhere-2', 'node-b'],
+      ['here', 'node-a'],
+    ] as const) {
+      sim.store.create(Types.virtualmachineinstances, placedVmi(name, node), {
+        namespace: 'default',
+      });
+    }
+    expect(sent() - before).toBe(1);
     proc.kill('SIGTERM');
     expect((await proc.exited).code).toBe(0);
   }, 60_000);

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 
 import { connectBus, provision, runStage } from '@plugline/bus';
 import type { Bus, StageRunner } from '@plugline/bus';
-import { Stage } from '@plugline/contracts';
+import { KubevirtLabel, Stage } from '@plugline/contracts';
 import type { VirtualMachineInstance, WorkItem } from '@plugline/contracts';
 import { createInformer, currentVmi, KubeClient, loadKubeConfig, Resources } from '@plugline/kube';
 import type { Informer } from '@plugline/kube';
@@ -81,7 +81,14 @@ function startInformers(kc: KubeConfig, node: string, logger: Logger): Truth {
     logger: log,
   });
   return {
-    vmis: createInformer({ kc, resource: Resources.virtualMachineInstances, logger: log }),
+    // This node's VMIs only, by the label virt-controller gives a scheduled VMI (as virt-handler
+    // watches them): a node's agents neither cache nor wake for the rest of the cluster's VMIs.
+    vmis: createInformer({
+      kc,
+      resource: Resources.virtualMachineInstances,
+      labelSelector: `${KubevirtLabel.NodeName}=${node}`,
+      logger: log,
+    }),
     pods,
     pvcs: createInformer({ kc, resource: Resources.persistentVolumeClaims, logger: log }),
     podsOfVmi: pods.index((pod) => {

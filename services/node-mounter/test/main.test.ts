@@ -5,9 +5,9 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { startKubeSim } from '@plugline/kube-sim';
+import { startKubeSim, Types } from '@plugline/kube-sim';
 import type { KubeSim } from '@plugline/kube-sim';
-import { spawnService, startNats } from '@plugline/testkit';
+import { placedVmi, spawnService, startNats } from '@plugline/testkit';
 import type { NatsServer } from '@plugline/testkit';
 
 /** `src/main.ts` as a process: one `ready` line, `/readyz`, `/metrics`, clean SIGTERM (config errors: decide.test.ts). */
@@ -47,7 +47,7 @@ function env(overrides: Record<string, string> = {}): Record<string, string> {
 }
 
 describe('node-mounter main', () => {
-  it('logs one ready line, serves readiness and metrics, and exits 0 on SIGTERM', async () => {
+  it("logs one ready line, serves readiness and metrics, is sent only its own node's VMIs, and exits 0 on SIGTERM", async () => {
     const proc = await spawnService(tsx, {
       args: [mainTs],
       cwd: repoRoot,
@@ -72,6 +72,21 @@ describe('node-mounter main', () => {
         /plugline_messages_handled_total/,
       );
       expect(proc.output()).toMatch(/PLUGLINE_DEVICE_CGROUP_ROOT is not set/);
+
+      // It watches only this node's VMIs, as virt-handler does: the API server sends it none of
+      // another node's (the store counts a watch event as it hands it to the connection).
+      const sent = () => sim.watchEventsSent('VirtualMachineInstance');
+      const before = sent();
+      for (const [name, node] of [
+        ['elsewhere-1', 'node-2'],
+        ['elsewhere-2', 'node-2'],
+        ['here', 'node-1'],
+      ] as const) {
+        sim.store.create(Types.virtualmachineinstances, placedVmi(name, node), {
+          namespace: 'default',
+        });
+      }
+      expect(sent() - before).toBe(1);
       proc.kill('SIGTERM');
       expect(await proc.exited).toEqual({ code: 0, signal: null });
     } finally {
