@@ -3,7 +3,12 @@ import { join } from 'node:path';
 
 import { connectBus, provision, runStage } from '@plugline/bus';
 import type { Bus, StageRunner } from '@plugline/bus';
-import { KubevirtLabel, Stage } from '@plugline/contracts';
+import {
+  HOTPLUG_DISK_LABEL_VALUE,
+  KubevirtLabel,
+  LAUNCHER_LABEL_VALUE,
+  Stage,
+} from '@plugline/contracts';
 import type { VirtualMachineInstance, WorkItem } from '@plugline/contracts';
 import { createInformer, currentVmi, KubeClient, loadKubeConfig, Resources } from '@plugline/kube';
 import type { Informer } from '@plugline/kube';
@@ -74,10 +79,12 @@ interface Truth {
 
 function startInformers(kc: KubeConfig, node: string, logger: Logger): Truth {
   const log = childLogger(logger, { component: 'informer' });
+  // The launcher and attachment pods on this node: the only pods it mounts between.
   const pods: PodInformer = createInformer({
     kc,
     resource: Resources.pods,
     fieldSelector: `spec.nodeName=${node}`,
+    labelSelector: `${KubevirtLabel.App} in (${LAUNCHER_LABEL_VALUE},${HOTPLUG_DISK_LABEL_VALUE})`,
     logger: log,
   });
   return {

@@ -47,7 +47,7 @@ function env(overrides: Record<string, string> = {}): Record<string, string> {
 }
 
 describe('node-mounter main', () => {
-  it("logs one ready line, serves readiness and metrics, is sent only its own node's VMIs, and exits 0 on SIGTERM", async () => {
+  it("logs one ready line, serves readiness and metrics, is sent only its own node's VMIs and KubeVirt pods, and exits 0 on SIGTERM", async () => {
     const proc = await spawnService(tsx, {
       args: [mainTs],
       cwd: repoRoot,
@@ -87,6 +87,17 @@ describe('node-mounter main', () => {
         });
       }
       expect(sent() - before).toBe(1);
+      // Nor pods that are neither a launcher nor an attachment pod, on its node or not.
+      const pods = sim.watchEventsSent('Pod');
+      sim.store.create(
+        Types.pods,
+        {
+          metadata: { name: 'unrelated' },
+          spec: { nodeName: 'node-1', containers: [{ name: 'app', image: 'busybox' }] },
+        },
+        { namespace: 'default' },
+      );
+      expect(sim.watchEventsSent('Pod') - pods).toBe(0);
       proc.kill('SIGTERM');
       expect(await proc.exited).toEqual({ code: 0, signal: null });
     } finally {
