@@ -442,6 +442,17 @@ describe('watch', () => {
   });
 });
 
+/** The names of the objects an informer holds in one namespace, sorted. */
+function cachedNames(
+  informer: { list(namespace: string): readonly unknown[] },
+  namespace: string,
+): string[] {
+  return informer
+    .list(namespace)
+    .map((o) => (o as Obj).metadata.name as string)
+    .sort();
+}
+
 describe('informer', () => {
   it('resumes after dropped connections without re-listing, and re-lists after 410', async () => {
     const ins = rand('inf');
@@ -459,11 +470,7 @@ describe('informer', () => {
     informer.on('error', (err) => errors.push(err));
     await custom.createNamespacedCustomObject({ ...KV, namespace: ins, body: vmi('before') });
     await informer.start();
-    const names = () =>
-      informer
-        .list(ins)
-        .map((o) => (o as Obj).metadata.name)
-        .sort();
+    const names = () => cachedNames(informer, ins);
     await vi.waitFor(() => expect(names()).toEqual(['before']), { timeout: 5000, interval: 20 });
     expect(lists).toBe(1);
 
@@ -564,11 +571,7 @@ describe('informer', () => {
       body: vmi('elsewhere', { 'kubevirt.io/nodeName': 'node-b' }),
     });
     await informer.start();
-    const names = () =>
-      informer
-        .list(ins)
-        .map((o) => (o as Obj).metadata.name)
-        .sort();
+    const names = () => cachedNames(informer, ins);
     await vi.waitFor(() => expect(names()).toEqual(['moves']), { timeout: 5000, interval: 20 });
 
     await relabel('moves', 'node-b');
