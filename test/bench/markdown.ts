@@ -176,6 +176,9 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       ...(tp.apiPerOperation === undefined
         ? []
         : [...mapTable('Kubernetes API per operation', tp.apiPerOperation), '']),
+      ...(tp.natsPerOperation === undefined
+        ? []
+        : [...mapTable('NATS server per operation', tp.natsPerOperation), '']),
     );
   }
   const b = r.burst;

@@ -29,6 +29,8 @@ interface ThroughputFigures {
   handlingsPerOperation?: Record<string, Record<string, number>>;
   /** Kubernetes API requests and watch events per operation (absent in older results). */
   apiPerOperation?: Record<string, { plug: number; unplug: number }>;
+  /** Messages and bytes through the NATS server per operation (absent in older results). */
+  natsPerOperation?: Record<string, { plug: number; unplug: number }>;
   rssWhileTrackingMiB: Record<string, number>;
   correctness: Record<string, number | boolean>;
   /**

@@ -31,6 +31,8 @@ import type { BurstFigures } from './report-types.js';
 import { childrenOf, cpuOf, rssOf, type ProcRef } from './procs.js';
 import {
   apiPerOperation,
+  natsPerOperation,
+  scrapeNats,
   apiPerPair,
   handledByOutcome,
   scrapeApiServer,
@@ -455,6 +457,7 @@ async function throughputRound(
   const cpu0 = cpuOf(measured());
   const handled0 = await scrapeMetrics(stack.services);
   const api0 = await scrapeApiServer(stack.apiUrl);
+  const nats0 = await scrapeNats(stack.natsMonitorUrl);
   const p0 = performance.now();
   const plugs = await bounded(items.length, cfg.concurrency, (j) =>
     plug(client, obs, items[j]!, 300_000),
@@ -464,6 +467,7 @@ async function throughputRound(
   const cpu1 = cpuOf(measured());
   const handled1 = await scrapeMetrics(stack.services);
   const api1 = await scrapeApiServer(stack.apiUrl);
+  const nats1 = await scrapeNats(stack.natsMonitorUrl);
   const u0 = performance.now();
   const unplugs = await bounded(items.length, cfg.concurrency, (j) =>
     unplug(client, obs, items[j]!, 300_000),
@@ -472,6 +476,7 @@ async function throughputRound(
   const cpu2 = cpuOf(measured());
   const handled2 = await scrapeMetrics(stack.services);
   const api2 = await scrapeApiServer(stack.apiUrl);
+  const nats2 = await scrapeNats(stack.natsMonitorUrl);
   const ops = items.length;
   const cpuPerOp = Object.fromEntries(
     Object.keys(cpu0).map((id) => [
@@ -510,6 +515,7 @@ async function throughputRound(
     cpuMsPerOperation: cpuPerOp,
     handlingsPerOperation: handlingsPerOp([handled0, handled1, handled2], ops),
     apiPerOperation: apiPerOperation([api0, api1, api2], ops),
+    natsPerOperation: natsPerOperation([nats0, nats1, nats2], ops),
     rssWhileTrackingMiB: { volumes: ops, ...rssLoaded },
     correctness: {
       allReady: plugs.length === ops,

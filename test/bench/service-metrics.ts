@@ -97,6 +97,43 @@ export function stepsPerOperation(
 }
 
 /** kube-sim's `/metrics` text (kube-apiserver's request and watch-event counters). */
+/** The NATS server's message and byte counters (`/varz`), or undefined without a monitor. */
+export async function scrapeNats(
+  monitorUrl: string | undefined,
+): Promise<NatsCounters | undefined> {
+  if (monitorUrl === undefined) return undefined;
+  const res = await fetch(`${monitorUrl}/varz`, { signal: AbortSignal.timeout(10_000) });
+  const varz = (await res.json()) as Record<string, unknown>;
+  const count = (key: string): number => (typeof varz[key] === 'number' ? varz[key] : 0);
+  return {
+    'messages in': count('in_msgs'),
+    'messages out': count('out_msgs'),
+    'KiB in': count('in_bytes') / 1024,
+    'KiB out': count('out_bytes') / 1024,
+  };
+}
+
+export type NatsCounters = Record<'messages in' | 'messages out' | 'KiB in' | 'KiB out', number>;
+
+/**
+ * The NATS server's traffic per operation between consecutive scrapes (plug, then unplug): what
+ * the services and the bench sent it (in) and it delivered (out); undefined without a monitor.
+ */
+export function natsPerOperation(
+  scrapes: readonly [NatsCounters | undefined, NatsCounters | undefined, NatsCounters | undefined],
+  ops: number,
+): Record<string, { plug: number; unplug: number }> | undefined {
+  const [n0, n1, n2] = scrapes;
+  if (n0 === undefined || n1 === undefined || n2 === undefined) return undefined;
+  const keys = Object.keys(n0) as (keyof NatsCounters)[];
+  return Object.fromEntries(
+    keys.map((k) => [
+      k,
+      { plug: round((n1[k] - n0[k]) / ops), unplug: round((n2[k] - n1[k]) / ops) },
+    ]),
+  );
+}
+
 export async function scrapeApiServer(apiUrl: string): Promise<string> {
   const res = await fetch(`${apiUrl}/metrics`, { signal: AbortSignal.timeout(10_000) });
   return res.text();

@@ -158,6 +158,8 @@ export interface HealthRow {
 export interface Stack extends AsyncDisposable {
   readonly dir: string;
   readonly natsUrl: string;
+  /** The monitoring endpoint (`/varz`, `/jsz`) of the NATS server the stack started. */
+  readonly natsMonitorUrl: string | undefined;
   readonly kubeconfigPath: string;
   readonly kubeletRoot: string;
   readonly apiUrl: string;
@@ -511,11 +513,13 @@ export async function startStack(options: StackOptions): Promise<Stack> {
 
   try {
     let natsUrl = options.natsUrl;
+    let natsMonitorUrl: string | undefined;
     if (natsUrl === undefined) {
       const conf = options.natsUsers?.path;
       const nats: NatsServer = await startNats(conf === undefined ? {} : { args: ['-c', conf] });
       cleanups.push(() => nats.stop());
       natsUrl = nats.url;
+      natsMonitorUrl = nats.monitorUrl;
     }
     const sim = await startKubeSimProcess(dir, nodes, options);
     cleanups.push(async () => {
@@ -581,6 +585,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
     const stack: Stack = {
       dir,
       natsUrl,
+      natsMonitorUrl,
       kubeconfigPath,
       kubeletRoot: sim.kubeletRoot,
       apiUrl: sim.url,
