@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, type VirtualMachineInstance } from '@plugline/contracts';
 import { startKubeSim, Types } from '@plugline/kube-sim';
-import { placedVmi, spawnService, startNats, tempDir } from '@plugline/testkit';
+import { placedVmi, spawnService, startNats, tempDir, waitFor } from '@plugline/testkit';
 import { chooseTarget, findLauncher, parseConfig, TargetReservations } from '../src/index.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -126,7 +126,9 @@ describe('main.ts as a process', () => {
     expect(ready.status).toBe(200);
 
     // It watches only this node's VMIs, as virt-handler does: the API server sends it none of
-    // another node's (the store counts a watch event as it hands it to the connection).
+    // another node's (counted as the store hands an event to a connection). The last VMI is its
+    // own, so once that has been sent (a watch that started late replays the rest in order),
+    // nothing else was.
     const sent = () => sim.watchEventsSent('VirtualMachineInstance');
     const before = sent();
     for (const [name, node] of [
@@ -138,6 +140,7 @@ describe('main.ts as a process', () => {
         namespace: 'default',
       });
     }
+    await waitFor(() => sent() - before >= 1);
     expect(sent() - before).toBe(1);
     proc.kill('SIGTERM');
     expect((await proc.exited).code).toBe(0);

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { startKubeSim, Types } from '@plugline/kube-sim';
 import type { KubeSim } from '@plugline/kube-sim';
-import { placedVmi, spawnService, startNats } from '@plugline/testkit';
+import { placedVmi, spawnService, startNats, waitFor } from '@plugline/testkit';
 import type { NatsServer } from '@plugline/testkit';
 
 /** `src/main.ts` as a process: one `ready` line, `/readyz`, `/metrics`, clean SIGTERM (config errors: decide.test.ts). */
@@ -73,31 +73,29 @@ describe('node-mounter main', () => {
       );
       expect(proc.output()).toMatch(/PLUGLINE_DEVICE_CGROUP_ROOT is not set/);
 
-      // It watches only this node's VMIs, as virt-handler does: the API server sends it none of
-      // another node's (the store counts a watch event as it hands it to the connection).
-      const sent = () => sim.watchEventsSent('VirtualMachineInstance');
-      const before = sent();
-      for (const [name, node] of [
-        ['elsewhere-1', 'node-2'],
-        ['elsewhere-2', 'node-2'],
-        ['here', 'node-1'],
-      ] as const) {
-        sim.store.create(Types.virtualmachineinstances, placedVmi(name, node), {
-          namespace: 'default',
-        });
-      }
-      expect(sent() - before).toBe(1);
-      // Nor pods that are neither a launcher nor an attachment pod, on its node or not.
-      const pods = sim.watchEventsSent('Pod');
-      sim.store.create(
-        Types.pods,
-        {
-          metadata: { name: 'unrelated' },
-          spec: { nodeName: 'node-1', containers: [{ name: 'app', image: 'busybox' }] },
-        },
-        { namespace: 'default' },
-      );
-      expect(sim.watchEventsSent('Pod') - pods).toBe(0);
+      // It watches only this node's VMIs, as virt-handler does, and only KubeVirt's pods on it:
+      // the API server sends it none of the others (counted as the store hands an event to a
+      // connection). The last VMI and pod are its own, so once both have been sent (a watch
+      // that started late replays the rest in order), nothing else was.
+      const sent = (kind: string) => sim.watchEventsSent(kind);
+      const [vmisBefore, podsBefore] = [sent('VirtualMachineInstance'), sent('Pod')];
+      const pod = (name: string, labels: Record<string, string>) => ({
+        metadata: { name, labels },
+        spec: { nodeName: 'node-1', containers: [{ name: 'app', image: 'busybox' }] },
+      });
+      const objects = [
+        [Types.virtualmachineinstances, placedVmi('elsewhere-1', 'node-2')],
+        [Types.virtualmachineinstances, placedVmi('elsewhere-2', 'node-2')],
+        [Types.pods, pod('unrelated', { app: 'web' })],
+        [Types.virtualmachineinstances, placedVmi('here', 'node-1')],
+        [Types.pods, pod('virt-launcher-here', { 'kubevirt.io': 'virt-launcher' })],
+      ] as const;
+      for (const [type, object] of objects)
+        sim.store.create(type, object, { namespace: 'default' });
+      const vmisSent = () => sent('VirtualMachineInstance') - vmisBefore;
+      const podsSent = () => sent('Pod') - podsBefore;
+      await waitFor(() => vmisSent() >= 1 && podsSent() >= 1);
+      expect([vmisSent(), podsSent()]).toEqual([1, 1]);
       proc.kill('SIGTERM');
       expect(await proc.exited).toEqual({ code: 0, signal: null });
     } finally {
