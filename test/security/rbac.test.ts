@@ -16,6 +16,7 @@ const SERVICES = ['spec-watcher', 'attachment-orchestrator', 'node-mounter', 'do
 /** `group/resource:verb` of the KubeClient methods the services use. */
 const CLIENT_CALLS: Record<string, string[]> = {
   getVmi: ['kubevirt.io/virtualmachineinstances:get'],
+  listVmis: ['kubevirt.io/virtualmachineinstances:list'],
   getVm: ['kubevirt.io/virtualmachines:get'],
   patchVmi: ['kubevirt.io/virtualmachineinstances:patch'],
   patchVmiStatus: ['kubevirt.io/virtualmachineinstances/status:patch'],

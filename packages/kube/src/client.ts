@@ -86,6 +86,22 @@ export class KubeClient {
     return this.#getCustom(Resources.virtualMachineInstances, namespace, name);
   }
 
+  /** Lists the VMIs of a namespace as the API server has them (not an informer's cache). */
+  async listVmis(namespace: string): Promise<VirtualMachineInstance[]> {
+    const { group, version, plural } = Resources.virtualMachineInstances;
+    try {
+      const list = (await this.#custom.listNamespacedCustomObject({
+        group,
+        version,
+        plural,
+        namespace,
+      })) as { items?: VirtualMachineInstance[] };
+      return list.items ?? [];
+    } catch (err) {
+      throw mapKubeError(err, `list ${plural} ${namespace}`);
+    }
+  }
+
   /** Reads a VirtualMachine. @throws NotFoundError */
   getVm(namespace: string, name: string): Promise<VirtualMachine> {
     return this.#getCustom(Resources.virtualMachines, namespace, name);

@@ -20,7 +20,7 @@ import { decide, vmiKeyOfPod, vmiPodsKey, wantedVolumes } from './decide.js';
 import type { Decision, PodView, PvcView } from './decide.js';
 import { NodeMounter } from './node-mounter.js';
 import type { CgroupOutcome, ReconcileReport } from './node-mounter.js';
-import type { ReconcileAction } from './checkpoint.js';
+import { loadAllCheckpoints, type ReconcileAction } from './checkpoint.js';
 import { assertUid, VolumeMode } from './paths.js';
 import { CgroupState, mounterStageActors, mounterStageMachine } from './stage-machine.js';
 import type { MounterEffects } from './stage-machine.js';
@@ -186,14 +186,37 @@ function cgroupLocator(config: NodeMounterConfig, log: Logger) {
 }
 
 /**
- * What the specs want on this node now. Only VMIs on this node (or not yet placed, which
- * {@link wantedVolumes} places by their launcher) are copied out of the cache: the periodic look
- * would otherwise copy every VMI of the cluster every time.
+ * What the specs want on this node now, by VMI uid. Only VMIs on this node (or not yet placed,
+ * which {@link wantedVolumes} places by their launcher) are copied out of the cache: the periodic
+ * look would otherwise copy every VMI of the cluster every time. The cache holds only the VMIs
+ * labelled for this node, so a VMI with checkpointed volumes that it lacks is read from the API
+ * server before those volumes count as unwanted: one not labelled yet, or placed only by its
+ * launcher, keeps them; one gone or moved away does not.
  */
-function wantedNow(truth: Truth, node: string): Map<string, Set<string>> {
+async function wantedNow(
+  truth: Truth,
+  node: string,
+  stateDir: string,
+): Promise<Map<string, Set<string>>> {
   const mayBeHere = (vmi: VirtualMachineInstance): boolean =>
     (vmi.status?.nodeName ?? '') === '' || vmi.status?.nodeName === node;
-  return wantedVolumes(truth.vmis.list(mayBeHere), node, truth.pods.list());
+  const pods = truth.pods.list();
+  const wanted = wantedVolumes(truth.vmis.list(mayBeHere), node, pods);
+  const unseen = new Map<string, Set<string>>();
+  for (const { vmiUID, entries } of await loadAllCheckpoints(stateDir)) {
+    if (wanted.has(vmiUID)) continue;
+    for (const { namespace } of entries) {
+      if (namespace === undefined) continue;
+      const uids = unseen.get(namespace) ?? new Set<string>();
+      unseen.set(namespace, uids.add(vmiUID));
+    }
+  }
+  for (const [namespace, uids] of unseen) {
+    const listed = await truth.client.listVmis(namespace);
+    const checkpointed = listed.filter((vmi) => uids.has(vmi.metadata.uid ?? ''));
+    for (const [uid, volumes] of wantedVolumes(checkpointed, node, pods)) wanted.set(uid, volumes);
+  }
+  return wanted;
 }
 
 /** Logs each undo of a reconcile: `undone` for one that worked, `failed` for one that did not. */
@@ -213,10 +236,10 @@ function logOutcomes(
 async function reconcileAtStart(
   mounter: NodeMounter,
   truth: Truth,
-  node: string,
+  { node, stateDir }: { node: string; stateDir: string },
   log: Logger,
 ): Promise<ReconcileReport> {
-  const wanted = wantedNow(truth, node);
+  const wanted = await wantedNow(truth, node, stateDir);
   const report = await mounter.reconcile(wanted);
   logOutcomes(report, log, {
     undone: 'reconciled a checkpointed volume no spec wants',
@@ -242,12 +265,17 @@ function actionKey(action: ReconcileAction): string {
  * one, so a cache a moment behind a plug in flight (checkpointed, not yet in the informer, or not
  * yet mounted) never undoes it.
  */
-function periodicReconciler(mounter: NodeMounter, truth: Truth, node: string, log: Logger) {
+function periodicReconciler(
+  mounter: NodeMounter,
+  truth: Truth,
+  { node, stateDir }: { node: string; stateDir: string },
+  log: Logger,
+) {
   let previous = new Set<string>();
   let running: Promise<ReconcileReport> | undefined;
   const once = async (): Promise<ReconcileReport> => {
     const seen = new Set<string>();
-    const report = await mounter.reconcile(wantedNow(truth, node), {
+    const report = await mounter.reconcile(await wantedNow(truth, node, stateDir), {
       confirm: (action) => {
         const key = actionKey(action);
         seen.add(key);
@@ -316,7 +344,8 @@ export async function startNodeMounter(
       stateDir: config.stateDir,
       ...(cgroupDirFor === undefined ? {} : { cgroupDirFor }),
     });
-    const reconciled = await reconcileAtStart(mounter, truth, node, log);
+    const where = { node, stateDir: config.stateDir };
+    const reconciled = await reconcileAtStart(mounter, truth, where, log);
     const stage = await runStage({
       bus,
       stage: Stage.NodeMounter,
@@ -331,7 +360,7 @@ export async function startNodeMounter(
       metrics,
       ...(deps.workerId === undefined ? {} : { workerId: deps.workerId }),
     });
-    const reconciler = periodicReconciler(mounter, truth, node, log);
+    const reconciler = periodicReconciler(mounter, truth, where, log);
     const reconcileTimer = setInterval(() => {
       reconciler.run().catch((err: unknown) => log.warn({ err }, 'periodic reconcile failed'));
     }, deps.reconcileIntervalMs ?? DEFAULT_RECONCILE_INTERVAL_MS);

@@ -457,6 +457,26 @@ describe('node-mounter stage (real NATS, kube-sim kubelet, mounts, loop devices,
     });
   });
 
+  it('keeps, at a restart, the volumes of a VMI its cache lacks (not labelled with a node yet) that the API server places here by its launcher', async () => {
+    dumpLogsOnFailure();
+    const plugged = await launcherView();
+    expect(plugged.mounts).toEqual([`${FS_VOL}.img`]);
+    await stopService();
+    // Its informer selects VMIs by the kubevirt.io/nodeName label; this one has neither the
+    // label nor a status.nodeName, and its launcher runs on this node.
+    const unplaced = structuredClone(currentVmi());
+    delete unplaced.metadata.labels;
+    sim.store.update(Types.virtualmachineinstances, vmiName, unplaced as unknown as KubeObject, {
+      namespace: ns,
+    });
+    setStatus({ phase: 'Running' });
+    const restarted = await startService();
+    expect(restarted.reconciled.outcomes).toEqual([]);
+    expect(await launcherView()).toEqual(plugged);
+    // Placed again (kube-sim labels it from its status) for the tests that follow.
+    setStatus({ phase: 'Running', nodeName: NODE });
+  });
+
   it('does not unmount while the domain may still hold the disk', async () => {
     dumpLogsOnFailure();
     setSpecVolumes([]);
