@@ -186,9 +186,8 @@ function cgroupLocator(config: NodeMounterConfig, log: Logger) {
 }
 
 /**
- * What the specs want on this node now, by VMI uid. Only VMIs on this node (or not yet placed,
- * which {@link wantedVolumes} places by their launcher) are copied out of the cache: the periodic
- * look would otherwise copy every VMI of the cluster every time. The cache holds only the VMIs
+ * What the specs want on this node now, by VMI uid: those of the VMIs on this node (or not yet
+ * placed, which {@link wantedVolumes} places by their launcher). The cache holds only the VMIs
  * labelled for this node, so a VMI with checkpointed volumes that it lacks is read from the API
  * server before those volumes count as unwanted: one not labelled yet, or placed only by its
  * launcher, keeps them; one gone or moved away does not.
