@@ -7,6 +7,7 @@ import type { VolumeStatus } from '@plugline/contracts';
 import { run, startStack, type Stack, type StackOptions } from '@plugline/cli';
 import { KubeClient } from '@plugline/kube';
 import { tempDir, type TempDir } from '@plugline/testkit';
+import { afterAll, beforeAll, expect } from 'vitest';
 
 export const PLUGCTL_BIN = fileURLToPath(
   new URL('../../packages/cli/bin/plugctl.mjs', import.meta.url),
@@ -58,6 +59,38 @@ export async function startChain(options: Partial<StackOptions> = {}): Promise<C
     stop: async () => {
       await stack.stop();
       await dir.remove();
+    },
+  };
+}
+
+/**
+ * The file's stack: started before its tests, stopped after them, and then checked to have left
+ * no loop device and no mount under its folder. Its `stack` and `client` are read in tests.
+ */
+export function useChain(
+  options: Partial<StackOptions> = {},
+): Pick<ChainFixture, 'stack' | 'client'> {
+  let started: ChainFixture | undefined;
+  beforeAll(async () => {
+    started = await startChain(options);
+  }, 180_000);
+  afterAll(async () => {
+    if (started === undefined) return;
+    const dir = started.stack.dir;
+    await started.stop();
+    expect(loopDevicesUnder(dir)).toEqual([]);
+    expect(mountsUnder(dir)).toEqual([]);
+  }, 60_000);
+  const current = (): ChainFixture => {
+    if (started === undefined) throw new Error('the chain starts before the tests: use it in one');
+    return started;
+  };
+  return {
+    get stack() {
+      return current().stack;
+    },
+    get client() {
+      return current().client;
     },
   };
 }

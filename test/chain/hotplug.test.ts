@@ -12,37 +12,20 @@ import {
   removeVolume,
   type SeededVmi,
 } from '@plugline/cli';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { readSimulatedDomains } from '@plugline/hypervisor';
 import {
   hotplugDir,
   isRoot,
   kubeEvents,
-  loopDevicesUnder,
   mountsUnder,
   plugctlIn,
-  startChain,
+  useChain,
   volumeStatus,
-  type ChainFixture,
 } from './helpers.js';
 
 const WAIT = { timeout: 60_000, interval: 100 };
-let f: ChainFixture;
-let stackDir = '';
-
-beforeAll(async () => {
-  f = await startChain();
-  stackDir = f.stack.dir;
-}, 180_000);
-
-afterAll(async () => {
-  await f?.stop();
-  if (stackDir !== '') {
-    // Nothing may outlive the stack: no loop device, no mount under its folder.
-    expect(loopDevicesUnder(stackDir)).toEqual([]);
-    expect(mountsUnder(stackDir)).toEqual([]);
-  }
-}, 60_000);
+const f = useChain();
 
 async function scenario(namespace: string, vmi = 'vm'): Promise<SeededVmi> {
   await ensureNamespace(f.stack.kc, namespace);

@@ -5,34 +5,11 @@
 import { join } from 'node:path';
 import { createPvc, ensureNamespace } from '@plugline/cli';
 import { readSimulatedDomains } from '@plugline/hypervisor';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  hotplugDir,
-  isRoot,
-  loopDevicesUnder,
-  mountsUnder,
-  plugctlIn,
-  startChain,
-  volumeStatus,
-  type ChainFixture,
-} from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import { hotplugDir, isRoot, mountsUnder, plugctlIn, useChain, volumeStatus } from './helpers.js';
 
 const NODES = ['node-1', 'node-2'] as const;
-let f: ChainFixture;
-let stackDir = '';
-
-beforeAll(async () => {
-  f = await startChain({ nodes: NODES });
-  stackDir = f.stack.dir;
-}, 180_000);
-
-afterAll(async () => {
-  await f?.stop();
-  if (stackDir !== '') {
-    expect(loopDevicesUnder(stackDir)).toEqual([]);
-    expect(mountsUnder(stackDir)).toEqual([]);
-  }
-}, 60_000);
+const f = useChain({ nodes: NODES });
 
 /** The domains, by name, that the simulated hypervisor of `node` holds, with their disks' sources. */
 function domainsOn(node: string): Record<string, (string | undefined)[]> {

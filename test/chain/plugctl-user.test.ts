@@ -5,27 +5,10 @@
 import { execFileSync } from 'node:child_process';
 import { createPvc, DEMO } from '@plugline/cli';
 import type { VirtualMachineInstance } from '@plugline/contracts';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  isRoot,
-  loopDevicesUnder,
-  plugctlProcess,
-  startChain,
-  type ChainFixture,
-} from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import { isRoot, loopDevicesUnder, plugctlProcess, useChain } from './helpers.js';
 
-let f: ChainFixture;
-let stackDir = '';
-
-beforeAll(async () => {
-  f = await startChain({ demo: true });
-  stackDir = f.stack.dir;
-}, 180_000);
-
-afterAll(async () => {
-  await f?.stop();
-  if (stackDir !== '') expect(loopDevicesUnder(stackDir)).toEqual([]);
-}, 60_000);
+const f = useChain({ demo: true });
 
 function kubectlVmi(): VirtualMachineInstance {
   const text = execFileSync(
@@ -157,8 +140,8 @@ describe.skipIf(!isRoot)('plugctl against the embedded default (a real process)'
     );
     expect(dv.code).toBe(0);
     expect(dv.out).toMatch(new RegExp(`^Volume ${DEMO.dataVolume} is Ready as sd[a-z] after`, 'm'));
-    // afterAll: stopping the stack with these plugged leaves no loop device behind
-    expect(loopDevicesUnder(stackDir).length).toBeGreaterThan(0);
+    // useChain's afterAll: stopping the stack with these plugged leaves no loop device behind
+    expect(loopDevicesUnder(f.stack.dir).length).toBeGreaterThan(0);
   }, 120_000);
 
   it('a KubeVirt rejection exits 1 with its message', async () => {
