@@ -454,36 +454,34 @@ async function throughputRound(
   // The bench's own share of the two cores (its requests, watches and event decoding): what the
   // stack did not get.
   const measured = (): ProcRef[] => [...h.procs(), { id: BENCH_PROCESS, pid: process.pid }];
-  const cpu0 = cpuOf(measured());
-  const handled0 = await scrapeMetrics(stack.services);
-  const api0 = await scrapeApiServer(stack.apiUrl);
-  const nats0 = await scrapeNats(stack.natsMonitorUrl);
+  // The counters read at the start, between plug and unplug, and at the end.
+  const counters = async () => ({
+    cpu: cpuOf(measured()),
+    handled: await scrapeMetrics(stack.services),
+    api: await scrapeApiServer(stack.apiUrl),
+    nats: await scrapeNats(stack.natsMonitorUrl),
+  });
+  const c0 = await counters();
   const p0 = performance.now();
   const plugs = await bounded(items.length, cfg.concurrency, (j) =>
     plug(client, obs, items[j]!, 300_000),
   );
   const plugWall = (performance.now() - p0) / 1000;
   const rssLoaded = rssOf(h.procs());
-  const cpu1 = cpuOf(measured());
-  const handled1 = await scrapeMetrics(stack.services);
-  const api1 = await scrapeApiServer(stack.apiUrl);
-  const nats1 = await scrapeNats(stack.natsMonitorUrl);
+  const c1 = await counters();
   const u0 = performance.now();
   const unplugs = await bounded(items.length, cfg.concurrency, (j) =>
     unplug(client, obs, items[j]!, 300_000),
   );
   const unplugWall = (performance.now() - u0) / 1000;
-  const cpu2 = cpuOf(measured());
-  const handled2 = await scrapeMetrics(stack.services);
-  const api2 = await scrapeApiServer(stack.apiUrl);
-  const nats2 = await scrapeNats(stack.natsMonitorUrl);
+  const c2 = await counters();
   const ops = items.length;
   const cpuPerOp = Object.fromEntries(
-    Object.keys(cpu0).map((id) => [
+    Object.keys(c0.cpu).map((id) => [
       id,
       {
-        plugMs: round((((cpu1[id] ?? 0) - (cpu0[id] ?? 0)) / ops) * 1000),
-        unplugMs: round((((cpu2[id] ?? 0) - (cpu1[id] ?? 0)) / ops) * 1000),
+        plugMs: round((((c1.cpu[id] ?? 0) - (c0.cpu[id] ?? 0)) / ops) * 1000),
+        unplugMs: round((((c2.cpu[id] ?? 0) - (c1.cpu[id] ?? 0)) / ops) * 1000),
       },
     ]),
   );
@@ -513,9 +511,9 @@ async function throughputRound(
       slowest: slowest(unplugs),
     },
     cpuMsPerOperation: cpuPerOp,
-    handlingsPerOperation: handlingsPerOp([handled0, handled1, handled2], ops),
-    apiPerOperation: apiPerOperation([api0, api1, api2], ops),
-    natsPerOperation: natsPerOperation([nats0, nats1, nats2], ops),
+    handlingsPerOperation: handlingsPerOp([c0.handled, c1.handled, c2.handled], ops),
+    apiPerOperation: apiPerOperation([c0.api, c1.api, c2.api], ops),
+    natsPerOperation: natsPerOperation([c0.nats, c1.nats, c2.nats], ops),
     rssWhileTrackingMiB: { volumes: ops, ...rssLoaded },
     correctness: {
       allReady: plugs.length === ops,

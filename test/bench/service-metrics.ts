@@ -96,7 +96,6 @@ export function stepsPerOperation(
   );
 }
 
-/** kube-sim's `/metrics` text (kube-apiserver's request and watch-event counters). */
 /** The NATS server's message and byte counters (`/varz`), or undefined without a monitor. */
 export async function scrapeNats(
   monitorUrl: string | undefined,
@@ -125,15 +124,28 @@ export function natsPerOperation(
 ): Record<string, { plug: number; unplug: number }> | undefined {
   const [n0, n1, n2] = scrapes;
   if (n0 === undefined || n1 === undefined || n2 === undefined) return undefined;
-  const keys = Object.keys(n0) as (keyof NatsCounters)[];
+  const between = (before: NatsCounters, after: NatsCounters) =>
+    new Map(
+      (Object.keys(after) as (keyof NatsCounters)[]).map((k) => [
+        k,
+        round((after[k] - before[k]) / Math.max(1, ops)),
+      ]),
+    );
+  return plugUnplugRows(between(n0, n1), between(n1, n2));
+}
+
+/** Rows of per-operation figures of a plug interval and an unplug interval, by name, sorted. */
+function plugUnplugRows(
+  plug: ReadonlyMap<string, number>,
+  unplug: ReadonlyMap<string, number>,
+): Record<string, { plug: number; unplug: number }> {
+  const rows = [...new Set([...plug.keys(), ...unplug.keys()])].sort();
   return Object.fromEntries(
-    keys.map((k) => [
-      k,
-      { plug: round((n1[k] - n0[k]) / ops), unplug: round((n2[k] - n1[k]) / ops) },
-    ]),
+    rows.map((k) => [k, { plug: plug.get(k) ?? 0, unplug: unplug.get(k) ?? 0 }]),
   );
 }
 
+/** kube-sim's `/metrics` text (kube-apiserver's request and watch-event counters). */
 export async function scrapeApiServer(apiUrl: string): Promise<string> {
   const res = await fetch(`${apiUrl}/metrics`, { signal: AbortSignal.timeout(10_000) });
   return res.text();
@@ -220,12 +232,9 @@ export function apiPerOperation(
   ops: number,
 ): Record<string, { plug: number; unplug: number }> {
   const [t0, t1, t2] = scrapes;
-  const plug = perOperation(trafficOver([[t0, t1]]), ops);
-  const unplug = perOperation(trafficOver([[t1, t2]]), ops);
-  const rows = [...new Set([...plug.keys(), ...unplug.keys()])].sort();
-  return Object.fromEntries(
-    rows
-      .map((k) => [k, { plug: plug.get(k) ?? 0, unplug: unplug.get(k) ?? 0 }] as const)
-      .filter(([, v]) => v.plug > 0 || v.unplug > 0),
+  const rows = plugUnplugRows(
+    perOperation(trafficOver([[t0, t1]]), ops),
+    perOperation(trafficOver([[t1, t2]]), ops),
   );
+  return Object.fromEntries(Object.entries(rows).filter(([, v]) => v.plug > 0 || v.unplug > 0));
 }

@@ -160,8 +160,8 @@ export async function saveCheckpoint(
   }
 }
 
-/** Loads every checkpoint in the state dir (skipping temp files and names that are no VMI UID). */
-export async function loadAllCheckpoints(stateDir: string): Promise<LoadedCheckpoint[]> {
+/** The VMI UIDs with a checkpoint in the state dir (not temp files or names that are no UID). */
+export async function checkpointedVmiUids(stateDir: string): Promise<string[]> {
   let names: string[];
   try {
     names = await readdir(stateDir);
@@ -169,7 +169,7 @@ export async function loadAllCheckpoints(stateDir: string): Promise<LoadedCheckp
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw err;
   }
-  const loaded: LoadedCheckpoint[] = [];
+  const uids: string[] = [];
   for (const name of names.sort()) {
     if (!name.endsWith(SUFFIX)) continue;
     const vmiUID = name.slice(0, -SUFFIX.length);
@@ -178,6 +178,15 @@ export async function loadAllCheckpoints(stateDir: string): Promise<LoadedCheckp
     } catch {
       continue;
     }
+    uids.push(vmiUID);
+  }
+  return uids;
+}
+
+/** Loads every checkpoint in the state dir (see {@link checkpointedVmiUids}). */
+export async function loadAllCheckpoints(stateDir: string): Promise<LoadedCheckpoint[]> {
+  const loaded: LoadedCheckpoint[] = [];
+  for (const vmiUID of await checkpointedVmiUids(stateDir)) {
     loaded.push(await loadCheckpoint(stateDir, vmiUID));
   }
   return loaded;

@@ -6,7 +6,7 @@ import { EventType, NotFoundError, PathEscapeError } from '@plugline/contracts';
 import { ForeignVolumeError, SourceNotFoundError } from './errors.js';
 
 import {
-  loadAllCheckpoints,
+  checkpointedVmiUids,
   loadCheckpoint,
   parseCheckpointEntry,
   reconcileAtStart,
@@ -526,7 +526,7 @@ export class NodeMounter {
     const facts: UnmountedFact[] = [];
     const problems: { vmiUID: string; problem: string }[] = [];
     let deferred = 0;
-    for (const { vmiUID } of await loadAllCheckpoints(this.options.stateDir)) {
+    for (const vmiUID of await checkpointedVmiUids(this.options.stateDir)) {
       const loaded = await loadCheckpoint(this.options.stateDir, vmiUID);
       if (loaded.problem !== undefined) problems.push({ vmiUID, problem: loaded.problem });
       const actions = reconcileAtStart({

@@ -20,7 +20,7 @@ import { decide, vmiKeyOfPod, vmiPodsKey, wantedVolumes } from './decide.js';
 import type { Decision, PodView, PvcView } from './decide.js';
 import { NodeMounter } from './node-mounter.js';
 import type { CgroupOutcome, ReconcileReport } from './node-mounter.js';
-import { loadAllCheckpoints, type ReconcileAction } from './checkpoint.js';
+import { checkpointedVmiUids, loadCheckpoint, type ReconcileAction } from './checkpoint.js';
 import { assertUid, VolumeMode } from './paths.js';
 import { CgroupState, mounterStageActors, mounterStageMachine } from './stage-machine.js';
 import type { MounterEffects } from './stage-machine.js';
@@ -202,9 +202,10 @@ async function wantedNow(
   const pods = truth.pods.list();
   const wanted = wantedVolumes(truth.vmis.list(mayBeHere), node, pods);
   const unseen = new Map<string, Set<string>>();
-  for (const { vmiUID, entries } of await loadAllCheckpoints(stateDir)) {
+  // Only the checkpoints of VMIs the cache does not account for are read (rarely any).
+  for (const vmiUID of await checkpointedVmiUids(stateDir)) {
     if (wanted.has(vmiUID)) continue;
-    for (const { namespace } of entries) {
+    for (const { namespace } of (await loadCheckpoint(stateDir, vmiUID)).entries) {
       if (namespace === undefined) continue;
       const uids = unseen.get(namespace) ?? new Set<string>();
       unseen.set(namespace, uids.add(vmiUID));
