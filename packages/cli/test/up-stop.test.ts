@@ -9,7 +9,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { waitFor } from '@plugline/testkit';
+import { childEnv, waitFor } from '@plugline/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
 
 const BIN = fileURLToPath(new URL('../bin/plugctl.mjs', import.meta.url));
@@ -41,7 +41,7 @@ async function startUp(): Promise<Up> {
   leftovers.push(left);
   const proc = spawn(process.execPath, [BIN, 'up', '--dir', dir, '--no-demo'], {
     // Not inside the test run's private mount namespace: `up` makes its own, as it does for a user.
-    env: { ...process.env, PLUGLINE_PRIVATE_MOUNTS: '', TMPDIR: tmp },
+    env: childEnv({ PLUGLINE_PRIVATE_MOUNTS: '', TMPDIR: tmp }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let text = '';
@@ -51,10 +51,13 @@ async function startUp(): Promise<Up> {
     proc.once('exit', (code) => resolve(code)),
   );
   left.processes.push(proc.pid!);
+  // The description is made once, before any output: on a timeout, say what `up` printed by then.
   await waitFor(() => text.includes('Ctrl-C stops everything'), {
     timeout: 120_000,
     interval: 100,
-    description: `plugctl up ready (output so far: ${text.slice(-500)})`,
+    description: 'plugctl up ready',
+  }).catch((err: unknown) => {
+    throw new Error(`plugctl up was not ready; its output:\n${text.slice(-2000)}`, { cause: err });
   });
   left.processes.push(...(await descendants(proc.pid!)));
   return { proc, output: () => text, exited, tmp, dir };

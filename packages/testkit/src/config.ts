@@ -20,3 +20,20 @@ export function testkitEnv(): TestkitEnv {
   });
   return cached;
 }
+
+/**
+ * What a shell session may point at a running stack (what `.plugline/env` exports): a user who
+ * ran `source .plugline/env` and then `pnpm test` would otherwise hand every process a test starts
+ * the NATS and API server of their own stack, or of one they stopped since. Tests name these.
+ */
+const SESSION_VARIABLES = ['NATS_URL', 'KUBECONFIG'] as const;
+
+/**
+ * The environment for a child process a test starts: this process's without the session's
+ * {@link SESSION_VARIABLES}, with `extra` over it.
+ */
+export function childEnv(extra: Readonly<Record<string, string>> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const name of SESSION_VARIABLES) delete env[name];
+  return { ...env, ...extra };
+}

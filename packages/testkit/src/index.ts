@@ -9,6 +9,7 @@ export {
 export type { NatsServer, NatsCluster, NatsEngine, StartNatsOptions } from './nats-server.js';
 
 export { dockerReachable, dockerSocketPath } from './docker.js';
+export { childEnv } from './config.js';
 export { placedVmi } from './kube.js';
 export { waitFor } from './wait.js';
 export type { WaitForOptions } from './wait.js';

@@ -1,13 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { trackPid } from './cleanup.js';
+import { childEnv } from './config.js';
 import { StartupError } from './errors.js';
 import { waitFor } from './wait.js';
 
 export interface SpawnServiceOptions {
   args?: readonly string[];
   cwd?: string;
-  /** Extra environment, merged over the parent's. */
+  /** Extra environment, merged over the parent's (see {@link childEnv}). */
   env?: Readonly<Record<string, string>>;
   /** Resolve `spawnService` only once the output matches (default: right after spawn). */
   readyPattern?: RegExp;
@@ -45,7 +46,7 @@ export async function spawnService(
 ): Promise<ServiceProcess> {
   const child = spawn(command, options.args ?? [], {
     cwd: options.cwd,
-    env: { ...process.env, ...options.env },
+    env: childEnv(options.env),
     stdio: ['ignore', 'pipe', 'pipe'],
     // its own process group, so a signal reaches wrappers' children too (tsx, sh -c, npx)
     detached: true,

@@ -26,8 +26,3 @@ export function guestEnv(): GuestEnv {
   });
   return cached;
 }
-
-/** The environment for a child process: this process's, with `extra` over it. */
-export function childEnv(extra: Readonly<Record<string, string>>): NodeJS.ProcessEnv {
-  return { ...process.env, ...extra };
-}

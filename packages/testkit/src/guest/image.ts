@@ -1,6 +1,7 @@
 import { fileURLToPath } from 'node:url';
 import { exec } from './exec.js';
-import { childEnv, guestEnv } from './config.js';
+import { childEnv } from '../config.js';
+import { guestEnv } from './config.js';
 import { GuestHarnessError } from './errors.js';
 
 /** The tiny test guest: Debian's kernel and our busybox initramfs (`test/guest/build-guest.sh`). */
