@@ -226,9 +226,9 @@ class ProcessNatsServer implements NatsServer {
     }
   }
 
-  async waitHealthy(): Promise<void> {
+  async waitHealthy(timeoutMs = this.startTimeout): Promise<void> {
     await waitFor(() => natsHealthy(this.monitorUrl), {
-      timeout: this.startTimeout,
+      timeout: timeoutMs,
       interval: 10,
       description: `nats-server ${this.name} /healthz`,
     });
@@ -349,6 +349,13 @@ export async function startNats(options: StartNatsOptions = {}): Promise<NatsSer
   return server;
 }
 
+/**
+ * How long a cluster node may take to report healthy: one that rejoins after a kill waits for its
+ * routes and for contact with the meta leader, which once took over 10 s while the whole test
+ * suite ran beside it (the chaos cluster test's restarted node).
+ */
+const CLUSTER_NODE_HEALTHY_MS = 30_000;
+
 /** A JetStream cluster of process-engine servers on loopback. Dispose with `await using`. */
 export interface NatsCluster extends AsyncDisposable {
   readonly servers: readonly NatsServer[];
@@ -356,7 +363,10 @@ export interface NatsCluster extends AsyncDisposable {
   readonly urls: readonly string[];
   /** Stops node `i` (SIGKILL by default), keeping its store. */
   stopNode(i: number, signal?: NodeJS.Signals): Promise<void>;
-  /** Starts a stopped node `i` again on its ports and store. */
+  /**
+   * Starts a stopped node `i` again on its ports and store, without waiting for it to be healthy
+   * (it is once it has rejoined the cluster: call {@link waitHealthy}).
+   */
   startNode(i: number): Promise<void>;
   /** Waits until every running node reports JetStream healthy (a meta leader is known). */
   waitHealthy(): Promise<void>;
@@ -414,7 +424,9 @@ export async function startNatsCluster(
     return undefined;
   };
   const waitHealthy = async (): Promise<void> => {
-    await Promise.all(servers.filter((s) => s.running()).map((s) => s.waitHealthy()));
+    await Promise.all(
+      servers.filter((s) => s.running()).map((s) => s.waitHealthy(CLUSTER_NODE_HEALTHY_MS)),
+    );
     await waitFor(metaLeader, { timeout: 15_000, description: 'a JetStream meta leader' });
   };
   try {
@@ -433,7 +445,8 @@ export async function startNatsCluster(
     urls: servers.map((s) => s.url),
     stopNode: (i, signal = 'SIGKILL') => node(i).halt(signal),
     startNode: async (i) => {
-      await node(i).start();
+      // As at the cluster's first start: a node is healthy only once it has found the others.
+      await node(i).start({ waitHealthy: false });
     },
     waitHealthy,
     metaLeader,
