@@ -39,9 +39,10 @@ function isPermissionViolation(err: unknown): boolean {
  * else (one consumer per filter on a work queue); when it holds more, the extra ones are
  * acknowledged leftovers, all at or below the ack floor (or the delivered sequence when nothing
  * is outstanding). They are deleted once two checks in a row saw them: two reads a moment apart
- * can count an item acknowledged in between. Looked up by sequence (the subject lookups are what
- * 2.9 loses), and deleted one by one (a filtered purge on 2.9 moves every consumer past the
- * purged sequence).
+ * can count an item acknowledged in between. So is the stream's first item when it is the
+ * consumer's and at or below that sequence, whatever the count says (it can miss it, see #reap).
+ * Looked up by sequence (the subject lookups are what 2.9 loses), and deleted one by one (a
+ * filtered purge on 2.9 moves every consumer past the purged sequence).
  *
  * A stage's runtime checks its own consumer; the cleanup identity checks every consumer
  * ({@link startWorkJanitor}). Once the server refuses the by-sequence calls the reaper throws
@@ -85,7 +86,7 @@ export class WorkLeftovers {
   }
 
   async #reap(consumer: string): Promise<number> {
-    const { jsm, nc } = this.#bus;
+    const { jsm } = this.#bus;
     const info = await jsm.consumers.info(StreamName.Work, consumer);
     const filter = info.config.filter_subject;
     if (filter === undefined || filter === '') return 0;
@@ -93,23 +94,35 @@ export class WorkLeftovers {
     const upTo = doneUpTo(info);
     const stream = await jsm.streams.info(StreamName.Work, { subjects_filter: filter });
     const held = Object.values(stream.state.subjects ?? {}).reduce((a, n) => a + n, 0);
+    const first = Math.max(1, stream.state.first_seq);
     const leftovers = held - outstanding;
+    // The stream's first item, when it is this consumer's and at or below what it is done with,
+    // is a leftover the count can miss: after a crash 2.9 can also keep an item pending whose
+    // message it removed (it forgets that item only once the stream's first sequence passes it,
+    // which this leftover prevents), and the two cancel out in `held - outstanding`.
+    const headMayBeLeftover = held > 0 && first <= upTo;
     const suspected = this.#suspected.has(consumer);
-    if (leftovers > 0) this.#suspected.add(consumer);
+    if (leftovers > 0 || headMayBeLeftover) this.#suspected.add(consumer);
     else this.#suspected.delete(consumer);
-    if (leftovers <= 0 || !suspected || upTo < stream.state.first_seq) return 0;
-    let reaped = 0;
-    for (let seq = Math.max(1, stream.state.first_seq); seq <= upTo && reaped < leftovers; seq++) {
-      const reply = await nc.request(
-        `$JS.API.STREAM.MSG.GET.${StreamName.Work}`,
-        JSON.stringify({ seq }),
-        { timeout: 5000 },
-      );
-      const subject = reply.json<{ message?: { subject: string } }>().message?.subject;
-      if (subject === undefined || !subjectMatches(filter, subject)) continue;
-      if (await this.#delete(seq)) reaped++;
+    if (!suspected || upTo < first) return 0;
+    let reaped = headMayBeLeftover && (await this.#reapIfOurs(filter, first)) ? 1 : 0;
+    const from = headMayBeLeftover ? first + 1 : first;
+    for (let seq = from; seq <= upTo && reaped < leftovers; seq++) {
+      if (await this.#reapIfOurs(filter, seq)) reaped++;
     }
     return reaped;
+  }
+
+  /** Deletes the item at `seq` if it is on `filter`; false when it is not, or is gone already. */
+  async #reapIfOurs(filter: string, seq: number): Promise<boolean> {
+    const reply = await this.#bus.nc.request(
+      `$JS.API.STREAM.MSG.GET.${StreamName.Work}`,
+      JSON.stringify({ seq }),
+      { timeout: 5000 },
+    );
+    const subject = reply.json<{ message?: { subject: string } }>().message?.subject;
+    if (subject === undefined || !subjectMatches(filter, subject)) return false;
+    return this.#delete(seq);
   }
 
   /** Deletes one item; false when it is gone already (another reaper was first). */

@@ -153,7 +153,8 @@ describe('provision by several services at once', () => {
       await Promise.all(services.map((service) => service.close()));
       await fresh.stop();
     }
-  });
+    // 60 rounds take 2-3 s alone, more beside other tests: a correctness test, not a timing one.
+  }, 30_000);
 });
 
 describe('Publisher', () => {
