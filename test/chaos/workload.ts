@@ -17,7 +17,7 @@ import {
   type Stack,
   type StackOptions,
 } from '@plugline/cli';
-import { connectBus, kvKey } from '@plugline/bus';
+import { connectBus, kvKey, StreamName, subjectMatches } from '@plugline/bus';
 import { eventTypeOf, TransientError } from '@plugline/contracts';
 import { KubeClient } from '@plugline/kube';
 import { startNats, tempDir, waitFor, type NatsServer, type TempDir } from '@plugline/testkit';
@@ -425,10 +425,15 @@ export async function settle(
   try {
     return await waitForInvariants(f.stack, { ...check, timeoutMs: options.timeoutMs });
   } catch (err) {
-    await explainVolumes(f, err instanceof Error ? err.message : String(err)).catch(
-      (why: unknown) =>
-        console.log(`[chaos] could not read the volumes' histories: ${String(why)}`),
+    const violations = err instanceof Error ? err.message : String(err);
+    await explainVolumes(f, violations).catch((why: unknown) =>
+      console.log(`[chaos] could not read the volumes' histories: ${String(why)}`),
     );
+    if (violations.includes('unacknowledged') || violations.includes('work stream holds')) {
+      await explainBacklog(f).catch((why: unknown) =>
+        console.log(`[chaos] could not read the work backlog: ${String(why)}`),
+      );
+    }
     throw err;
   } finally {
     tracing = false;
@@ -543,6 +548,61 @@ async function explainVolumes(f: ChaosFixture, violations: string): Promise<void
       }
       console.log(lines.join('\n'));
     }
+  } finally {
+    await bus.close();
+  }
+}
+
+/**
+ * Prints, for each work consumer with outstanding items, the consumer's and the stream's state,
+ * every item between its ack floor and what it delivered (or that the stream no longer holds it),
+ * and what each service says it is working on: enough to tell an item a handler still holds
+ * (its `working` keeps it) from one the server keeps pending for a message it removed.
+ */
+async function explainBacklog(f: ChaosFixture): Promise<void> {
+  const bus = await connectBus({ servers: f.stack.natsUrl.split(','), apiTimeoutMs: 10_000 });
+  try {
+    const stream = await bus.jsm.streams.info(StreamName.Work);
+    const { first_seq: first, last_seq: last, messages } = stream.state;
+    const lines = [`[chaos] work stream: ${messages} message(s), first ${first}, last ${last}`];
+    // The first few (a long run of removed sequences between them is not walked to its end).
+    for (let seq = first, shown = 0; seq <= Math.min(last, first + 200) && shown < 10; seq++) {
+      const held = await bus.jsm.streams.getMessage(StreamName.Work, { seq }).catch(() => null);
+      if (held === null) continue;
+      lines.push(`    seq ${seq} ${held.subject}`);
+      shown++;
+    }
+    for await (const c of bus.jsm.consumers.list(StreamName.Work)) {
+      if (c.num_pending + c.num_ack_pending === 0) continue;
+      lines.push(
+        `    consumer ${c.name}: pending ${c.num_pending}, unacknowledged ${c.num_ack_pending}, ` +
+          `redelivered ${c.num_redelivered}, waiting pulls ${c.num_waiting}, ` +
+          `delivered ${c.delivered.stream_seq}, ack floor ${c.ack_floor.stream_seq}`,
+      );
+      const from = c.ack_floor.stream_seq + 1;
+      let shown = 0;
+      for (let seq = from; seq <= c.delivered.stream_seq && seq < from + 50; seq++) {
+        const held = await bus.jsm.streams.getMessage(StreamName.Work, { seq }).catch(() => null);
+        if (held === null) continue;
+        if (!subjectMatches(c.config.filter_subject ?? '>', held.subject)) continue;
+        lines.push(`      seq ${seq} ${held.subject} ${held.string().slice(0, 400)}`);
+        shown++;
+      }
+      if (shown < c.num_ack_pending) {
+        lines.push(
+          `      ${c.num_ack_pending - shown} unacknowledged item(s) the stream no longer holds`,
+        );
+      }
+    }
+    for (const s of f.stack.services) {
+      const metrics = await fetch(`${s.healthUrl}/metrics`, { signal: AbortSignal.timeout(2000) })
+        .then((r) => r.text())
+        .catch(() => '');
+      lines.push(
+        `    ${s.id}: ${counterSum(metrics, 'plugline_units_in_flight')} unit(s) in flight`,
+      );
+    }
+    console.log(lines.join('\n'));
   } finally {
     await bus.close();
   }
