@@ -33,7 +33,8 @@ export interface StallWatchOptions {
  * an idle puller within milliseconds, so one still pending a moment later (`confirmMs`), with
  * nothing delivered meanwhile, is a stall: the consumer's leader is asked to step down (the new
  * leader delivers it); where that is not possible (a single server, a user without the right)
- * the consumption is opened again.
+ * the consumption is opened again. So are unacknowledged items while the server holds no pull
+ * of the idle stage: a pull lost in a server restart, which the client did not notice.
  */
 export class StallWatch {
   readonly #o: StallWatchOptions;
@@ -54,15 +55,22 @@ export class StallWatch {
    */
   async check(idle: () => boolean): Promise<StallAction> {
     const { bus, stream, consumer, log } = this.#o;
-    const pending = async () =>
-      idle() ? (await bus.jsm.consumers.info(stream, consumer)).num_pending : 0;
-    if ((await pending()) === 0) return StallAction.None;
+    const held = async (): Promise<number> => {
+      if (!idle()) return 0;
+      const info = await bus.jsm.consumers.info(stream, consumer);
+      if (info.num_pending > 0) return info.num_pending;
+      // Unacknowledged items come back only to an open pull, and the server holds none: the
+      // stage's pull was lost (seen after a nats-server restart), and with nothing new to
+      // deliver (that would show as pending) they would wait for ever.
+      return info.num_waiting === 0 ? info.num_ack_pending : 0;
+    };
+    if ((await held()) === 0) return StallAction.None;
     const lookedAt = Date.now();
     await abortableDelay(this.#o.confirmMs ?? 1000);
-    const still = await pending();
+    const still = await held();
     if (still === 0 || this.#lastDelivery >= lookedAt) return StallAction.None;
     log.warn(
-      { consumer, pending: still },
+      { consumer, held: still },
       'the consumer holds items it does not deliver; asking for a new consumer leader',
     );
     try {

@@ -54,6 +54,56 @@ describe('StallWatch', () => {
     }
   });
 
+  it('on one server: an unacknowledged item and no pull open is a stall; an open pull is not', async () => {
+    await using nats = await startNats();
+    const bus = await connectBus({ servers: nats.url, name: 'stall-lost-pull' });
+    try {
+      // A long ack wait: the item is not redelivered while the test runs.
+      await provision(bus, {
+        consumers: [{ stage: STAGE, ackWaitMs: 60_000, maxAckPending: 100 }],
+      });
+      await sendWork(bus, workItem('taken'));
+      const consumer = await bus.js.consumers.get(StreamName.Work, CONSUMER);
+      // Delivered and left unacknowledged (a waiting unit's item, or one a crash left).
+      expect(await consumer.next({ expires: 5000 })).not.toBeNull();
+      const info = () => bus.jsm.consumers.info(StreamName.Work, CONSUMER);
+      let reopened = 0;
+      const watch = new StallWatch({
+        bus,
+        stream: StreamName.Work,
+        consumer: CONSUMER,
+        log: silentLogger(),
+        confirmMs: 300,
+        reopen: () => {
+          reopened += 1;
+          return Promise.resolve();
+        },
+      });
+      const idle = () => true;
+
+      // The stage's pull is open: the item comes back to it after its ack wait.
+      const pulling = await consumer.consume({ max_messages: 10, expires: 2000 });
+      const drained = (async () => {
+        for await (const _ of pulling) throw new Error('nothing is due for redelivery');
+      })();
+      await waitFor(async () => (await info()).num_waiting > 0, { description: 'an open pull' });
+      expect(await watch.check(idle)).toBe(StallAction.None);
+
+      // The pull is gone (a server restart the client missed): nothing would ever come back.
+      await pulling.close();
+      await drained;
+      await waitFor(async () => (await info()).num_waiting === 0, {
+        timeout: 10_000,
+        description: 'no pull open',
+      });
+      expect((await info()).num_ack_pending).toBe(1);
+      expect(await watch.check(idle)).toBe(StallAction.Reopened);
+      expect(reopened).toBe(1);
+    } finally {
+      await bus.close();
+    }
+  }, 30_000);
+
   it('on a cluster: asks the consumer for a new leader', async () => {
     await using cluster = await startNatsCluster(3);
     const bus = await connectBus({ servers: cluster.urls, name: 'stall-cluster' });
