@@ -14,11 +14,29 @@ import {
   StallAction,
   StallWatch,
   StreamName,
+  type Bus,
 } from '../src/index.js';
 import { sendWork, STAGE } from './helpers.js';
 import { workItem } from './support.js';
 
 const CONSUMER = durableName(STAGE);
+
+/** A watch on the stage's consumer of a single server, counting the consumptions it reopens. */
+function singleServerWatch(bus: Bus): { watch: StallWatch; reopened: () => number } {
+  let reopened = 0;
+  const watch = new StallWatch({
+    bus,
+    stream: StreamName.Work,
+    consumer: CONSUMER,
+    log: silentLogger(),
+    confirmMs: 300,
+    reopen: () => {
+      reopened += 1;
+      return Promise.resolve();
+    },
+  });
+  return { watch, reopened: () => reopened };
+}
 
 describe('StallWatch', () => {
   it('on one server: no stall while the stage is busy or items arrive; then opens a consumption again', async () => {
@@ -27,28 +45,17 @@ describe('StallWatch', () => {
     try {
       await provision(bus, { consumers: [{ stage: STAGE, ackWaitMs: 1500, maxAckPending: 100 }] });
       await sendWork(bus, workItem('held'));
-      let reopened = 0;
-      const watch = new StallWatch({
-        bus,
-        stream: StreamName.Work,
-        consumer: CONSUMER,
-        log: silentLogger(),
-        confirmMs: 300,
-        reopen: () => {
-          reopened += 1;
-          return Promise.resolve();
-        },
-      });
+      const { watch, reopened } = singleServerWatch(bus);
       const idle = () => true;
       // Busy: pending items are the stage's own backlog, not a stall.
       expect(await watch.check(() => false)).toBe(StallAction.None);
       // An item delivered while the check waits: the consumer is delivering.
       setTimeout(() => watch.delivered(), 100);
       expect(await watch.check(idle)).toBe(StallAction.None);
-      expect(reopened).toBe(0);
+      expect(reopened()).toBe(0);
       // Nothing delivered to an idle stage while items wait: no cluster, so a new consumption.
       expect(await watch.check(idle)).toBe(StallAction.Reopened);
-      expect(reopened).toBe(1);
+      expect(reopened()).toBe(1);
     } finally {
       await bus.close();
     }
@@ -67,18 +74,7 @@ describe('StallWatch', () => {
       // Delivered and left unacknowledged (a waiting unit's item, or one a crash left).
       expect(await consumer.next({ expires: 5000 })).not.toBeNull();
       const info = () => bus.jsm.consumers.info(StreamName.Work, CONSUMER);
-      let reopened = 0;
-      const watch = new StallWatch({
-        bus,
-        stream: StreamName.Work,
-        consumer: CONSUMER,
-        log: silentLogger(),
-        confirmMs: 300,
-        reopen: () => {
-          reopened += 1;
-          return Promise.resolve();
-        },
-      });
+      const { watch, reopened } = singleServerWatch(bus);
       const idle = () => true;
 
       // The stage's pull is open: the item comes back to it after its ack wait.
@@ -98,7 +94,7 @@ describe('StallWatch', () => {
       });
       expect((await info()).num_ack_pending).toBe(1);
       expect(await watch.check(idle)).toBe(StallAction.Reopened);
-      expect(reopened).toBe(1);
+      expect(reopened()).toBe(1);
     } finally {
       await bus.close();
     }
