@@ -368,18 +368,22 @@ export interface Tallied {
   deadLetters: number;
 }
 
-async function scrape(healthUrl: string): Promise<Tallied> {
+/** A service's Prometheus exposition; empty when it does not answer (it has nothing to add). */
+async function metricsOf(healthUrl: string): Promise<string> {
   try {
     const res = await fetch(`${healthUrl}/metrics`, { signal: AbortSignal.timeout(2000) });
-    const text = await res.text();
-    return {
-      redeliveries: counterSum(text, 'plugline_redeliveries_total'),
-      deadLetters: counterSum(text, 'plugline_dead_letters_total'),
-    };
+    return await res.text();
   } catch {
-    // a service that does not answer has nothing to add
-    return { redeliveries: 0, deadLetters: 0 };
+    return '';
   }
+}
+
+async function scrape(healthUrl: string): Promise<Tallied> {
+  const text = await metricsOf(healthUrl);
+  return {
+    redeliveries: counterSum(text, 'plugline_redeliveries_total'),
+    deadLetters: counterSum(text, 'plugline_dead_letters_total'),
+  };
 }
 
 /**
@@ -565,9 +569,19 @@ async function explainBacklog(f: ChaosFixture): Promise<void> {
     const stream = await bus.jsm.streams.info(StreamName.Work);
     const { first_seq: first, last_seq: last, messages } = stream.state;
     const lines = [`[chaos] work stream: ${messages} message(s), first ${first}, last ${last}`];
+    // Each sequence is read once: the consumers' items are among the stream's first ones.
+    const reads = new Map<number, ReturnType<typeof bus.jsm.streams.getMessage>>();
+    const messageAt = (seq: number) => {
+      let read = reads.get(seq);
+      if (read === undefined) {
+        read = bus.jsm.streams.getMessage(StreamName.Work, { seq }).catch(() => null);
+        reads.set(seq, read);
+      }
+      return read;
+    };
     // The first few (a long run of removed sequences between them is not walked to its end).
     for (let seq = first, shown = 0; seq <= Math.min(last, first + 200) && shown < 10; seq++) {
-      const held = await bus.jsm.streams.getMessage(StreamName.Work, { seq }).catch(() => null);
+      const held = await messageAt(seq);
       if (held === null) continue;
       lines.push(`    seq ${seq} ${held.subject}`);
       shown++;
@@ -582,7 +596,7 @@ async function explainBacklog(f: ChaosFixture): Promise<void> {
       const from = c.ack_floor.stream_seq + 1;
       let shown = 0;
       for (let seq = from; seq <= c.delivered.stream_seq && seq < from + 50; seq++) {
-        const held = await bus.jsm.streams.getMessage(StreamName.Work, { seq }).catch(() => null);
+        const held = await messageAt(seq);
         if (held === null) continue;
         if (!subjectMatches(c.config.filter_subject ?? '>', held.subject)) continue;
         lines.push(`      seq ${seq} ${held.subject} ${held.string().slice(0, 400)}`);
@@ -595,12 +609,8 @@ async function explainBacklog(f: ChaosFixture): Promise<void> {
       }
     }
     for (const s of f.stack.services) {
-      const metrics = await fetch(`${s.healthUrl}/metrics`, { signal: AbortSignal.timeout(2000) })
-        .then((r) => r.text())
-        .catch(() => '');
-      lines.push(
-        `    ${s.id}: ${counterSum(metrics, 'plugline_units_in_flight')} unit(s) in flight`,
-      );
+      const inFlight = counterSum(await metricsOf(s.healthUrl), 'plugline_units_in_flight');
+      lines.push(`    ${s.id}: ${inFlight} unit(s) in flight`);
     }
     console.log(lines.join('\n'));
   } finally {

@@ -4,20 +4,10 @@
  * The store's message blocks are put back as they were before the acknowledgement (the consumer
  * keeps its state), with the server stopped in between, as a crash that lost the removal would.
  */
-import { cp, readdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { cp, rm } from 'node:fs/promises';
 import { connectBus, ensureConsumer, ensureStreams, StreamName, type Bus } from '@plugline/bus';
 import { Stage, workSubject } from '@plugline/contracts';
-import type { NatsServer } from '@plugline/testkit';
-
-/** The work stream's message blocks (`<account>/streams/PLUGLINE_WORK/msgs`) in the store. */
-async function workMessagesDir(nats: NatsServer): Promise<string> {
-  const entries = await readdir(nats.storeDir, { recursive: true });
-  const suffix = join('streams', StreamName.Work, 'msgs');
-  const found = entries.find((e) => e.endsWith(suffix));
-  if (found === undefined) throw new Error(`no ${suffix} in the store ${nats.storeDir}`);
-  return join(nats.storeDir, found);
-}
+import { streamStoreFolder, type NatsServer } from '@plugline/testkit';
 
 /**
  * Leaves one acknowledged item on spec-watcher's subjects (its consumer made if missing), as the
@@ -51,7 +41,7 @@ export async function leaveSpecWatcherLeftover(
     await bus.close();
   }
   await nats.halt('SIGTERM');
-  const msgs = await workMessagesDir(nats);
+  const msgs = await streamStoreFolder(nats, StreamName.Work, 'msgs');
   const before = `${msgs}.before-ack`;
   await cp(msgs, before, { recursive: true });
   await nats.start();

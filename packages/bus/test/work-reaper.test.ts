@@ -7,9 +7,9 @@
  * NATS restarts). Made here by putting the store's folders back as they were at earlier moments,
  * with the server stopped in between, as a crash would leave them.
  */
-import { cp, readdir, rm } from 'node:fs/promises';
+import { cp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startNats, waitFor, type NatsServer } from '@plugline/testkit';
+import { startNats, streamStoreFolder, waitFor } from '@plugline/testkit';
 import { describe, expect, it } from 'vitest';
 import {
   connectBus,
@@ -23,15 +23,6 @@ import { sendWork, STAGE } from './helpers.js';
 import { workItem } from './support.js';
 
 const CONSUMER = durableName(STAGE);
-
-/** The work stream's folder `suffix` in the store (`msgs`, `obs/<consumer>`). */
-async function storeFolder(nats: NatsServer, suffix: string): Promise<string> {
-  const entries = await readdir(nats.storeDir, { recursive: true });
-  const wanted = join('streams', StreamName.Work, suffix);
-  const found = entries.find((e) => e.endsWith(wanted));
-  if (found === undefined) throw new Error(`no ${wanted} in the store ${nats.storeDir}`);
-  return join(nats.storeDir, found);
-}
 
 /** Copies of store folders, put back later (each once). */
 class StoreCopies {
@@ -73,8 +64,8 @@ describe('WorkLeftovers', () => {
       await sendWork(bus, workItem('left-over'));
       await sendWork(bus, workItem('vanishing'));
     });
-    const messages = await storeFolder(nats, 'msgs');
-    const consumerState = await storeFolder(nats, join('obs', CONSUMER));
+    const messages = await streamStoreFolder(nats, StreamName.Work, 'msgs');
+    const consumerState = await streamStoreFolder(nats, StreamName.Work, join('obs', CONSUMER));
     await copies.take(messages, 'both-held');
     await copies.take(consumerState, 'none-delivered');
 

@@ -5,6 +5,7 @@ export {
   chooseEngine,
   freePort,
   natsHealthy,
+  streamStoreFolder,
 } from './nats-server.js';
 export type { NatsServer, NatsCluster, NatsEngine, StartNatsOptions } from './nats-server.js';
 

@@ -136,6 +136,23 @@ export async function natsHealthy(monitorUrl: string): Promise<boolean> {
 }
 
 /** What one node of a process-engine server needs to (re)start. */
+/**
+ * A stream's folder `suffix` in a stopped or running server's store
+ * (`<account>/streams/<stream>/<suffix>`: `msgs`, `obs/<consumer>`), for tests that put a store
+ * back as a crash would leave it.
+ */
+export async function streamStoreFolder(
+  nats: Pick<NatsServer, 'storeDir'>,
+  stream: string,
+  suffix: string,
+): Promise<string> {
+  const entries = await readdir(nats.storeDir, { recursive: true });
+  const wanted = join('streams', stream, suffix);
+  const found = entries.find((e) => e.endsWith(wanted));
+  if (found === undefined) throw new Error(`no ${wanted} in the store ${nats.storeDir}`);
+  return join(nats.storeDir, found);
+}
+
 export interface NodeSpec {
   name: string;
   /** Extra arguments such as cluster routes. */
