@@ -8,13 +8,15 @@
 import { AckPolicy } from '@nats-io/jetstream';
 import {
   durableName,
+  ensureConsumer,
+  ensureStreams,
   ReapRefusedError,
   startWorkJanitor,
   StreamName,
   WorkLeftovers,
   type Bus,
 } from '@plugline/bus';
-import { eventFilter, Stage, workSubject } from '@plugline/contracts';
+import { eventFilter, eventSubject, EventType, Stage, workSubject } from '@plugline/contracts';
 import { serviceMain, ServiceName } from '@plugline/cli';
 import { startKubeSim, type KubeSim } from '@plugline/kube-sim';
 import {
@@ -155,17 +157,49 @@ describe('finished work items the server kept (deploy/nats/plugline.conf)', () =
     expect(code).toBe(0);
   }, 150_000);
 
-  it('the cleanup identity may do nothing else: no work, no pulls, no deleting', async () => {
-    const janitorBus = await as('plugline-janitor');
-    const work = workSubject({
+  it('the cleanup identity requeues an item a consumer holds and the server does not deliver, with no violation', async () => {
+    // The orchestrator's consumer with a long ack wait holds an item, unacknowledged, while a
+    // pull of it waits: from outside, what the server's failure after a crash looks like.
+    const orchestrator = await as('attachment-orchestrator');
+    await ensureStreams(orchestrator);
+    const consumerName = await ensureConsumer(orchestrator, {
+      stage: Stage.AttachmentOrchestrator,
+      ackWaitMs: 600_000,
+    });
+    const subject = workSubject({
       stage: Stage.AttachmentOrchestrator,
       namespace: 'cleanup',
       vmi: 'vm',
-      volume: 'intruder',
+      volume: 'held',
     });
+    const specWatcher = await as('spec-watcher');
+    await specWatcher.js.publish(subject, '{"held":true}');
+    const consumer = await orchestrator.js.consumers.get(StreamName.Work, consumerName);
+    const original = await consumer.next({ expires: 5000 });
+    expect(original?.subject).toBe(subject);
+    const next = consumer.next({ expires: 15_000 });
+
+    const janitorBus = await as('plugline-janitor');
+    const janitor = startWorkJanitor(janitorBus, { intervalMs: 200, stuckAfterMs: 0 });
+    try {
+      const copy = await next;
+      expect(copy?.subject).toBe(subject);
+      expect(copy?.seq).toBeGreaterThan(original!.seq);
+      expect(copy?.json()).toEqual({ held: true });
+      await copy!.ackAck();
+    } finally {
+      await janitor.stop();
+    }
+    expect(await held(janitorBus, subject)).toBe(0);
+    expect(violations('plugline-janitor')).toEqual([]);
+  }, 30_000);
+
+  it('the cleanup identity may do nothing else: no facts, no pulls, no acks, no deleting', async () => {
+    const janitorBus = await as('plugline-janitor');
     const attempts = [
-      work,
+      eventSubject({ namespace: 'cleanup', vmi: 'vm', volume: 'intruder' }, EventType.Ready),
       `$JS.API.CONSUMER.MSG.NEXT.${StreamName.Work}.${SPEC_WATCHER}`,
+      `$JS.ACK.${StreamName.Work}.${SPEC_WATCHER}.1.1.1.1.0`,
       `$JS.API.CONSUMER.DELETE.${StreamName.Work}.${SPEC_WATCHER}`,
       `$JS.API.STREAM.PURGE.${StreamName.Work}`,
       `$JS.API.STREAM.DELETE.${StreamName.Work}`,

@@ -70,14 +70,11 @@ export {
   StageTag,
   waitsOnNothing,
 } from './runtime.js';
-export {
-  WorkLeftovers,
-  ReapRefusedError,
-  startWorkJanitor,
-  subjectMatches,
-  doneUpTo,
-} from './work-reaper.js';
-export type { WorkJanitor, WorkJanitorOptions } from './work-reaper.js';
+export { WorkLeftovers, ReapRefusedError, subjectMatches, doneUpTo } from './work-reaper.js';
+export { startWorkJanitor } from './work-janitor.js';
+export type { WorkJanitor, WorkJanitorOptions } from './work-janitor.js';
+export { MAX_REQUEUES, REQUEUES_HEADER, StuckWork, STUCK_AFTER_ACK_WAITS } from './stuck-work.js';
+export type { RequeuedItem, StuckWorkOptions } from './stuck-work.js';
 export type {
   StageOptions,
   StageRunner,

@@ -38,10 +38,12 @@ import { durableName, kvKey, StreamName } from './names.js';
 import { ServerFeature, supportsFeature } from './version.js';
 import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
 import { ensureStageBuckets } from './provision.js';
+import { HeldItems } from './held.js';
 import { ParkedItems } from './parked.js';
 import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
 import { ackWaitMsOf, KeptConsumption } from './consume.js';
+import { StuckWork } from './stuck-work.js';
 import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
 import { StepTimer } from './step-timer.js';
 
@@ -361,6 +363,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   #reaper: NodeJS.Timeout | undefined;
   /** Finds and removes this consumer's finished items the server kept (made at the first check). */
   #leftovers: WorkLeftovers | undefined;
+  /** Requeues the items the server holds for this consumer and never delivers. */
+  #stuck: StuckWork | undefined;
+  /** What this process holds, which {@link StuckWork} leaves alone (grace: one ack wait). */
+  #held = new HeldItems(30_000);
+  /** The items held here that the last stuck-work check found keeping the floor (logged once). */
+  #lastKeeping = '';
 
   constructor(options: StageOptions<TMachine>) {
     this.#o = options;
@@ -388,6 +396,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const info = await bus.jsm.consumers.info(StreamName.Work, this.consumer);
     const ackWaitMs = ackWaitMsOf(info.config);
     this.#workingMs = this.#o.workingIntervalMs ?? Math.max(50, Math.floor(ackWaitMs / 3));
+    this.#held = new HeldItems(ackWaitMs);
     this.#consumption = await KeptConsumption.open({
       bus,
       stream: StreamName.Work,
@@ -406,12 +415,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       await Promise.allSettled([...this.#running]);
       this.#resolveDone();
     });
-    await this.#reapAcknowledged().catch((err: unknown) =>
+    await this.#repairWorkQueue().catch((err: unknown) =>
       this.#log.warn({ err }, 'could not check the work queue for acknowledged leftovers'),
     );
     this.#reaper = setInterval(
       () => {
-        this.#reapAcknowledged().catch((err: unknown) =>
+        this.#repairWorkQueue().catch((err: unknown) =>
           this.#log.debug({ err }, 'checking the work queue for acknowledged leftovers'),
         );
       },
@@ -421,17 +430,36 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   }
 
   /**
-   * nats-server 2.9 can keep work items its consumer is done with; see {@link WorkLeftovers}.
-   * Checked at start, then every ack wait. Under least-privilege users (deploy/nats/plugline.conf)
-   * the by-sequence calls are refused: said once, then the timer stops (no refusal per check),
-   * and the cleanup identity (`plugline-janitor`, running `startWorkJanitor`) removes them instead.
+   * nats-server 2.9 can keep work items its consumer is done with ({@link WorkLeftovers}), and
+   * hold items it never delivers ({@link StuckWork}). Checked at start, then every ack wait.
+   * Under least-privilege users (deploy/nats/plugline.conf) the by-sequence calls are refused:
+   * said once, then the timer stops (no refusal per check), and the cleanup identity
+   * (`plugline-janitor`, running `startWorkJanitor`) repairs the queue instead.
    */
-  async #reapAcknowledged(): Promise<number> {
+  async #repairWorkQueue(): Promise<void> {
     this.#leftovers ??= new WorkLeftovers(this.#o.bus);
+    this.#stuck ??= new StuckWork(this.#o.bus);
     try {
       const reaped = await this.#leftovers.reap(this.consumer);
       if (reaped > 0) this.#log.warn({ reaped }, 'removed finished work items the server kept');
-      return reaped;
+      const heldHere: string[] = [];
+      const requeued = await this.#stuck.requeue(this.consumer, (seq) => {
+        const holds = this.#held.holds(seq);
+        if (holds) heldHere.push(`${seq}: ${this.#held.describe(seq)}`);
+        return holds;
+      });
+      const keeping = heldHere.join(', ');
+      if (keeping !== this.#lastKeeping && keeping !== '') {
+        this.#log.warn(
+          { heldHere },
+          "items this process holds keep its consumer's ack floor where it is",
+        );
+      }
+      this.#lastKeeping = keeping;
+      if (requeued.length > 0) {
+        this.#metrics.workRequeued.inc({ stage: this.stage }, requeued.length);
+        this.#log.warn({ requeued }, 'requeued work items the server held and did not deliver');
+      }
     } catch (err) {
       if (!(err instanceof ReapRefusedError)) throw err;
       clearInterval(this.#reaper);
@@ -439,7 +467,6 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         { err },
         'not allowed to remove finished work items the server kept: left to the cleanup identity (plugline-janitor)',
       );
-      return 0;
     }
   }
 
@@ -464,6 +491,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
           msg.nak();
           continue;
         }
+        this.#held.inHand(msg.seq);
         // Its `queued` step starts now: the wait for a slot is part of it.
         const steps = new StepTimer(this.#metrics, this.stage);
         const keepAlive = setInterval(() => msg.working(), this.#workingMs);
@@ -533,12 +561,28 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const reply = (msg as { reply?: unknown }).reply;
     const settler: Settler = {
       attempt: msg.info.deliveryCount,
-      ack: () => msg.ack(),
-      nak: (delayMs) => msg.nak(delayMs),
-      term: (reason) => this.#term(msg, reason),
+      ack: () => {
+        this.#held.done(msg.seq);
+        msg.ack();
+      },
+      nak: (delayMs) => {
+        this.#held.sentBack(msg.seq, delayMs ?? 0);
+        msg.nak(delayMs);
+      },
+      term: (reason) => {
+        this.#held.done(msg.seq);
+        this.#term(msg, reason);
+      },
       working: () => msg.working(),
       seq: msg.seq,
-      ...(typeof reply === 'string' && reply !== '' ? { lateAck: () => this.#lateAck(reply) } : {}),
+      ...(typeof reply === 'string' && reply !== ''
+        ? {
+            lateAck: () => {
+              this.#held.done(msg.seq);
+              this.#lateAck(reply);
+            },
+          }
+        : {}),
     };
     await this.#handleItem(settler, decoded.value, steps, extractTrace(msg.headers));
   }
@@ -670,11 +714,13 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         'dead-letter',
         this.#shutdown.signal,
       );
+      this.#held.done(msg.seq);
       this.#term(msg, `${error.malformed}: ${error.message}`);
       this.#metrics.deadLetters.inc({ stage: this.stage, reason: error.malformed });
       this.#metrics.messagesHandled.inc({ stage: this.stage, outcome: Outcome.DeadLetter });
     } catch (err) {
       log.error({ err }, 'could not dead-letter; will retry');
+      this.#held.sentBack(msg.seq, 1000);
       msg.nak(1000);
     }
   }

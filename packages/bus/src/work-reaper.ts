@@ -1,7 +1,6 @@
 import { PermissionViolationError } from '@nats-io/nats-core';
 import type { ConsumerInfo } from '@nats-io/jetstream';
 import { PluglineError } from '@plugline/contracts';
-import { silentLogger, type Logger } from '@plugline/telemetry';
 import type { Bus } from './connection.js';
 import { StreamName } from './names.js';
 
@@ -30,6 +29,31 @@ function isPermissionViolation(err: unknown): boolean {
 }
 
 /**
+ * Runs by-sequence repairs until the server refuses one: that refusal becomes one
+ * {@link ReapRefusedError}, and every later run does nothing (asking again would only be refused
+ * again, and logged by the server, every check).
+ */
+export class RefusalLatch {
+  #refused = false;
+
+  get refused(): boolean {
+    return this.#refused;
+  }
+
+  /** Resolves with what `repair` does, or `none` once refused. */
+  async run<T>(repair: () => Promise<T>, none: T): Promise<T> {
+    if (this.#refused) return none;
+    try {
+      return await repair();
+    } catch (err) {
+      if (!isPermissionViolation(err)) throw err;
+      this.#refused = true;
+      throw new ReapRefusedError({ cause: err });
+    }
+  }
+}
+
+/**
  * Finds and removes the work items nats-server 2.9 keeps after their consumer is done with them
  * (after a crash its store still holds items whose removal was lost; after a cluster node comes
  * back, a new stream leader may never have seen the acknowledgement remove them). Such an item
@@ -45,7 +69,7 @@ function isPermissionViolation(err: unknown): boolean {
  * filtered purge on 2.9 moves every consumer past the purged sequence).
  *
  * A stage's runtime checks its own consumer; the cleanup identity checks every consumer
- * ({@link startWorkJanitor}). Once the server refuses the by-sequence calls the reaper throws
+ * (`startWorkJanitor`). Once the server refuses the by-sequence calls the reaper throws
  * {@link ReapRefusedError} one time and then does nothing: asking again would only be refused
  * again (and logged by the server) every check.
  */
@@ -53,7 +77,7 @@ export class WorkLeftovers {
   readonly #bus: Bus;
   /** Consumers whose last check saw leftovers. */
   readonly #suspected = new Set<string>();
-  #refused = false;
+  readonly #latch = new RefusalLatch();
 
   constructor(bus: Bus) {
     this.#bus = bus;
@@ -61,28 +85,12 @@ export class WorkLeftovers {
 
   /** The server refused the by-sequence calls: this reaper no longer checks. */
   get refused(): boolean {
-    return this.#refused;
+    return this.#latch.refused;
   }
 
   /** One check of `consumer`'s items; resolves with how many leftovers it removed. */
-  async reap(consumer: string): Promise<number> {
-    if (this.#refused) return 0;
-    try {
-      return await this.#reap(consumer);
-    } catch (err) {
-      if (!isPermissionViolation(err)) throw err;
-      this.#refused = true;
-      throw new ReapRefusedError({ cause: err });
-    }
-  }
-
-  /** One check of every consumer of the work stream; resolves with the leftovers removed. */
-  async reapAll(): Promise<number> {
-    let reaped = 0;
-    for await (const info of this.#bus.jsm.consumers.list(StreamName.Work)) {
-      reaped += await this.reap(info.name);
-    }
-    return reaped;
+  reap(consumer: string): Promise<number> {
+    return this.#latch.run(() => this.#reap(consumer), 0);
   }
 
   async #reap(consumer: string): Promise<number> {
@@ -122,17 +130,17 @@ export class WorkLeftovers {
     );
     const subject = reply.json<{ message?: { subject: string } }>().message?.subject;
     if (subject === undefined || !subjectMatches(filter, subject)) return false;
-    return this.#delete(seq);
+    return deleteWorkItem(this.#bus, seq);
   }
+}
 
-  /** Deletes one item; false when it is gone already (another reaper was first). */
-  async #delete(seq: number): Promise<boolean> {
-    try {
-      return await this.#bus.jsm.streams.deleteMessage(StreamName.Work, seq, false);
-    } catch (err) {
-      if (isPermissionViolation(err)) throw err;
-      return false;
-    }
+/** Deletes one work item; false when it is gone already (another reaper was first). */
+export async function deleteWorkItem(bus: Bus, seq: number): Promise<boolean> {
+  try {
+    return await bus.jsm.streams.deleteMessage(StreamName.Work, seq, false);
+  } catch (err) {
+    if (isPermissionViolation(err)) throw err;
+    return false;
   }
 }
 
@@ -155,49 +163,4 @@ export function subjectMatches(filter: string, subject: string): boolean {
     if (i >= t.length || (f[i] !== '*' && f[i] !== t[i])) return false;
   }
   return f.length === t.length;
-}
-
-export interface WorkJanitorOptions {
-  /** Between checks of every consumer (default 5000; a leftover goes within two). */
-  intervalMs?: number;
-  logger?: Logger;
-}
-
-/** A running {@link startWorkJanitor}. */
-export interface WorkJanitor extends AsyncDisposable {
-  /** Resolves after the check in progress, if any; no check starts after. Idempotent. */
-  stop(): Promise<void>;
-}
-
-/**
- * The cleanup identity's loop: checks every consumer of the work stream every `intervalMs` and
- * removes leftovers ({@link WorkLeftovers}). Run it on a connection as `plugline-janitor`
- * (`deploy/nats/plugline.conf`), the one user that may read and delete work items by sequence,
- * so that no service needs that right. Its checks run more often than a stage's own (every ack
- * wait), so it removes a leftover before a stage's reaper would try and be refused.
- */
-export function startWorkJanitor(bus: Bus, options: WorkJanitorOptions = {}): WorkJanitor {
-  const log = options.logger ?? silentLogger();
-  const leftovers = new WorkLeftovers(bus);
-  let checking: Promise<void> | undefined;
-  const check = async (): Promise<void> => {
-    try {
-      const reaped = await leftovers.reapAll();
-      if (reaped > 0) log.warn({ reaped }, 'removed finished work items the server kept');
-    } catch (err) {
-      // Refused: the loop is inert from now on, say so once; else (no stream yet) try again.
-      if (err instanceof ReapRefusedError) log.error({ err }, 'the work janitor is refused');
-      else log.debug({ err }, 'checking the work queue for leftovers');
-    }
-  };
-  const timer = setInterval(() => {
-    // A slow check (a long scan) is not overlapped by the next one.
-    checking ??= check().finally(() => (checking = undefined));
-  }, options.intervalMs ?? 5000);
-  timer.unref();
-  const stop = async (): Promise<void> => {
-    clearInterval(timer);
-    await checking;
-  };
-  return { stop, [Symbol.asyncDispose]: stop };
 }

@@ -1,4 +1,5 @@
 // Test helpers around a real nats-server: a provisioned bus and readers of streams and buckets.
+import { cp, rm } from 'node:fs/promises';
 import { expect } from 'vitest';
 import { headers as natsHeaders } from '@nats-io/nats-core';
 import {
@@ -122,7 +123,13 @@ export async function backlog(bus: Bus): Promise<number> {
 
 export function metricValue(
   metrics: PluglineMetrics,
-  name: 'messagesHandled' | 'deadLetters' | 'published' | 'consumeRestarts',
+  name:
+    | 'messagesHandled'
+    | 'deadLetters'
+    | 'published'
+    | 'consumeRestarts'
+    | 'redeliveries'
+    | 'workRequeued',
   labels: Record<string, string>,
 ): Promise<number> {
   return metrics[name].get().then((m) => {
@@ -135,3 +142,23 @@ export function metricValue(
 
 export const newMetrics = (): PluglineMetrics =>
   createMetrics(undefined, { processMetrics: false });
+
+/**
+ * Copies of a stopped nats-server's store folders, put back later (each once): the store as a
+ * crash leaves it, some of its files older than others.
+ */
+export class StoreCopies {
+  readonly #taken = new Map<string, string>();
+  async take(folder: string, as: string): Promise<void> {
+    const copy = `${folder}.${as}`;
+    await cp(folder, copy, { recursive: true });
+    this.#taken.set(as, copy);
+  }
+  async putBack(folder: string, as: string): Promise<void> {
+    const copy = this.#taken.get(as);
+    if (copy === undefined) throw new Error(`no copy ${as}`);
+    await rm(folder, { recursive: true });
+    await cp(copy, folder, { recursive: true });
+    await rm(copy, { recursive: true });
+  }
+}

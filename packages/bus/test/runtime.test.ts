@@ -11,6 +11,7 @@ import { fromPromise } from 'xstate';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   connectBus,
+  defaultDisposition,
   ensureStageBuckets,
   provision,
   kvKey,
@@ -392,6 +393,41 @@ describe('runStage', () => {
     });
     await waitFor(async () => (await backlog(bus)) === 0);
   });
+
+  it('lets a failing item wait out its delay past the stuck-work watch: redelivered, not requeued', async () => {
+    let calls = 0;
+    const machine = unitMachine.provide({
+      actors: {
+        apply: fromPromise(() =>
+          ++calls === 1 ? Promise.reject(new Error('flaky')) : Promise.resolve('ok'),
+        ),
+      },
+    });
+    const metrics = newMetrics();
+    // The consumer's ack wait is 1.5 s, so its floor counts as stuck after 6 s: a retry 9 s
+    // later keeps it put longer, with pulls waiting.
+    await using _stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine,
+      keyOf: unitKey,
+      metrics,
+      disposition: (snapshot, now) =>
+        snapshot.hasTag('retry')
+          ? { kind: 'retry', delayMs: 9000 }
+          : defaultDisposition(snapshot, now),
+    });
+    const item = workItem('vol-slow-retry');
+    await sendWork(bus, item);
+    await waitFor(async () => (await persistedState(bus, unitKey(item)))?.value === 'applied', {
+      timeout: 20_000,
+    });
+    expect(calls).toBe(2);
+    // The second handling was the server's redelivery of the item (its second attempt), not a
+    // requeued copy starting its attempts again.
+    expect(await metricValue(metrics, 'redeliveries', { stage: 'spec-watcher' })).toBe(1);
+    expect(await metricValue(metrics, 'workRequeued', { stage: 'spec-watcher' })).toBe(0);
+  }, 30_000);
 
   it('keeps a long effect alive with working() past the ack wait, without redelivery', async () => {
     let calls = 0;

@@ -7,7 +7,6 @@
  * NATS restarts). Made here by putting the store's folders back as they were at earlier moments,
  * with the server stopped in between, as a crash would leave them.
  */
-import { cp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startNats, streamStoreFolder, waitFor } from '@plugline/testkit';
 import { describe, expect, it } from 'vitest';
@@ -19,27 +18,10 @@ import {
   WorkLeftovers,
   type Bus,
 } from '../src/index.js';
-import { sendWork, STAGE } from './helpers.js';
+import { sendWork, STAGE, StoreCopies } from './helpers.js';
 import { workItem } from './support.js';
 
 const CONSUMER = durableName(STAGE);
-
-/** Copies of store folders, put back later (each once). */
-class StoreCopies {
-  readonly #taken = new Map<string, string>();
-  async take(folder: string, as: string): Promise<void> {
-    const copy = `${folder}.${as}`;
-    await cp(folder, copy, { recursive: true });
-    this.#taken.set(as, copy);
-  }
-  async putBack(folder: string, as: string): Promise<void> {
-    const copy = this.#taken.get(as);
-    if (copy === undefined) throw new Error(`no copy ${as}`);
-    await rm(folder, { recursive: true });
-    await cp(copy, folder, { recursive: true });
-    await rm(copy, { recursive: true });
-  }
-}
 
 describe('WorkLeftovers', () => {
   it('removes a leftover that an item pending without its message hides; the server then forgets that item', async () => {

@@ -52,6 +52,8 @@ export interface PluglineMetrics {
   readonly consumeRestarts: Counter<'stage'>;
   /** `plugline_consumer_stalls_total{stage}`: a consumer found holding items it did not deliver. */
   readonly consumerStalls: Counter<'stage'>;
+  /** `plugline_work_requeued_total{stage}`: items the server held and did not deliver, requeued. */
+  readonly workRequeued: Counter<'stage'>;
 }
 
 export interface MetricsOptions {
@@ -128,6 +130,12 @@ export function createMetrics(
     consumerStalls: new Counter({
       name: 'plugline_consumer_stalls_total',
       help: 'Times a consumer held items it did not deliver to an idle stage (a new leader was asked for), by stage.',
+      labelNames: ['stage'] as const,
+      registers,
+    }),
+    workRequeued: new Counter({
+      name: 'plugline_work_requeued_total',
+      help: 'Work items the server held for a consumer and did not deliver, published again as copies, by stage.',
       labelNames: ['stage'] as const,
       registers,
     }),

@@ -1,0 +1,187 @@
+import { headers as natsHeaders, type MsgHdrs } from '@nats-io/nats-core';
+import type { ConsumerInfo, StoredMsg } from '@nats-io/jetstream';
+import type { Bus } from './connection.js';
+import { ackWaitMsOf } from './consume.js';
+import { StreamName } from './names.js';
+import { deleteWorkItem, RefusalLatch, subjectMatches } from './work-reaper.js';
+
+/** By default a consumer is stuck once its ack floor stayed put this many of its ack waits. */
+export const STUCK_AFTER_ACK_WAITS = 4;
+
+/** Stream sequences read in one check at most (a longer run is read on by the next checks). */
+const MAX_READS_PER_CHECK = 2000;
+
+/** The header counting how often an item's copies were requeued. */
+export const REQUEUES_HEADER = 'Plugline-Requeues';
+
+/**
+ * Copies of one item requeued at most: a handler that keeps an item past the watch without its
+ * process saying so (another replica's, under the janitor) gets that many early passes, and a
+ * failing one that many fresh starts of its attempts, not one every watch for ever.
+ */
+export const MAX_REQUEUES = 3;
+
+export interface StuckWorkOptions {
+  /**
+   * How long a consumer's ack floor stays put, with items held and pulls waiting, before the
+   * items it held all that time are requeued (default {@link STUCK_AFTER_ACK_WAITS} ack waits).
+   */
+  stuckAfterMs?: number;
+}
+
+/** An item requeued: its sequence and subject, and its copy's sequence. */
+export interface RequeuedItem {
+  readonly seq: number;
+  readonly subject: string;
+  readonly copy: number;
+}
+
+/** A consumer's ack floor, first seen (with pulls waiting) at `since`. */
+interface FloorWatch {
+  readonly floor: number;
+  readonly since: number;
+}
+
+/**
+ * Requeues the work items nats-server 2.9 holds for a consumer and never delivers. After a
+ * `SIGKILL` restart it can keep an item unacknowledged that it does not redeliver once the ack
+ * wait passes, or pending items that no pull receives, even from a fresh connection; and above
+ * the floor such an item keeps, items it counts as acknowledged whose removal the crash lost
+ * (seen in the chaos tests; later releases check a consumer against its stream at start, 2.9
+ * does not). A nak does not free them.
+ *
+ * Seen from outside: the consumer holds items, pulls wait, and its ack floor does not move for
+ * `stuckAfterMs`. Each item above the floor that has been in the stream all that time is
+ * published again as a copy (a new sequence, which the server delivers) and then deleted (on a
+ * work queue that also ends its pending entry). A consumer with no pull waiting is left alone:
+ * its service is down or busy, and its items wait for it. Copies carry the original's
+ * `Nats-Msg-Id` with the sequence they replace, so two checkers (replicas, the janitor) publish
+ * one copy.
+ *
+ * An item a handler still holds, or sent back with a long delay, also keeps the floor put. A
+ * stage's runtime names those it holds, and they are left alone. The janitor cannot know them:
+ * work items are nudges to idempotent handlers, so such a copy costs one more pass (and a
+ * failing item a fresh start of its attempts), and an item's copies are requeued at most
+ * {@link MAX_REQUEUES} times.
+ *
+ * It reads and deletes by sequence, so under least-privilege users only the cleanup identity
+ * may ({@link RefusalLatch}).
+ */
+export class StuckWork {
+  readonly #bus: Bus;
+  readonly #stuckAfterMs: number | undefined;
+  readonly #watches = new Map<string, FloorWatch>();
+  readonly #latch = new RefusalLatch();
+
+  constructor(bus: Bus, options: StuckWorkOptions = {}) {
+    this.#bus = bus;
+    this.#stuckAfterMs = options.stuckAfterMs;
+  }
+
+  /** The server refused the by-sequence calls: this no longer checks. */
+  get refused(): boolean {
+    return this.#latch.refused;
+  }
+
+  /**
+   * One check of `consumer`; resolves with the items it requeued. `heldHere` names the items
+   * the caller holds (being handled, or sent back with a delay not yet run out), which are left
+   * alone.
+   */
+  requeue(
+    consumer: string,
+    heldHere: (seq: number) => boolean = () => false,
+  ): Promise<readonly RequeuedItem[]> {
+    return this.#latch.run(() => this.#requeue(consumer, heldHere), []);
+  }
+
+  async #requeue(
+    consumer: string,
+    heldHere: (seq: number) => boolean,
+  ): Promise<readonly RequeuedItem[]> {
+    const { jsm } = this.#bus;
+    const info = await jsm.consumers.info(StreamName.Work, consumer);
+    const filter = info.config.filter_subject;
+    const since = this.#floorSince(consumer, info);
+    const stuckAfterMs = this.#stuckAfterMs ?? STUCK_AFTER_ACK_WAITS * ackWaitMsOf(info.config);
+    const now = Date.now();
+    if (filter === undefined || since === undefined || now - since < stuckAfterMs) return [];
+    if (info.num_waiting === 0) return [];
+    // What the stream holds on the filter, not what the consumer counts: above a floor the
+    // server keeps down, it can also keep items it counts as acknowledged (their removal lost
+    // in the crash), which are never delivered again either.
+    const stream = await jsm.streams.info(StreamName.Work, { subjects_filter: filter });
+    let held = Object.values(stream.state.subjects ?? {}).reduce((a, n) => a + n, 0);
+    const from = info.ack_floor.stream_seq + 1;
+    const last = Math.min(stream.state.last_seq, from + MAX_READS_PER_CHECK - 1);
+    // Items are in the stream in the order they came, so the first one younger than the watch
+    // ends the search: every later one is younger still.
+    const heldSince = now - stuckAfterMs;
+    const requeued: RequeuedItem[] = [];
+    for (let seq = from; seq <= last && held > 0; seq++) {
+      const item = await jsm.streams.getMessage(StreamName.Work, { seq });
+      if (item === null) continue;
+      if (item.time.getTime() > heldSince) break;
+      if (!subjectMatches(filter, item.subject)) continue;
+      held--;
+      if (heldHere(seq) || requeuesOf(item) >= MAX_REQUEUES) continue;
+      const copy = await this.#requeueItem(item);
+      if (copy !== undefined) requeued.push({ seq, subject: item.subject, copy });
+    }
+    // After copies, the next checks watch the floor afresh: the copies have their time to be
+    // delivered. Without, what held the floor is still held: the next check looks again.
+    if (requeued.length > 0) this.#watches.delete(consumer);
+    return requeued;
+  }
+
+  /**
+   * Since when `consumer` has held items with its ack floor where it is now; undefined when it
+   * holds none. A watch starts only while a pull waits: after its service was down, the floor
+   * it left is not counted as stuck before the service pulls again.
+   */
+  #floorSince(consumer: string, info: ConsumerInfo): number | undefined {
+    const floor = info.ack_floor.stream_seq;
+    const watch = this.#watches.get(consumer);
+    if (info.num_pending + info.num_ack_pending === 0) {
+      this.#watches.delete(consumer);
+      return undefined;
+    }
+    if (watch?.floor === floor) return watch.since;
+    if (info.num_waiting > 0) this.#watches.set(consumer, { floor, since: Date.now() });
+    else this.#watches.delete(consumer);
+    return undefined;
+  }
+
+  /**
+   * Publishes a copy of `item`, then deletes it; resolves with the copy's sequence, or undefined
+   * when another checker deleted it first (the copy is then that checker's, deduplicated).
+   */
+  async #requeueItem(item: StoredMsg): Promise<number | undefined> {
+    const headers = copiedHeaders(item.header);
+    headers.set(REQUEUES_HEADER, String(requeuesOf(item) + 1));
+    const original = item.header.get('Nats-Msg-Id');
+    const ack = await this.#bus.js.publish(item.subject, item.data, {
+      headers,
+      msgID: `${original === '' ? 'work' : original}~requeued@${item.seq}`,
+    });
+    return (await deleteWorkItem(this.#bus, item.seq)) ? ack.seq : undefined;
+  }
+}
+
+/** How often `item`'s copies were requeued before (0 for an original). */
+function requeuesOf(item: StoredMsg): number {
+  const count = Number.parseInt(item.header.get(REQUEUES_HEADER), 10);
+  return Number.isSafeInteger(count) && count > 0 ? count : 0;
+}
+
+/** An item's headers for its copy: all but its message id, publish expectations and count. */
+function copiedHeaders(original: MsgHdrs): MsgHdrs {
+  const copy = natsHeaders();
+  for (const key of original.keys()) {
+    if (key === 'Nats-Msg-Id' || key === REQUEUES_HEADER || key.startsWith('Nats-Expected-')) {
+      continue;
+    }
+    for (const value of original.values(key)) copy.append(key, value);
+  }
+  return copy;
+}
