@@ -73,6 +73,7 @@ export {
 export { WorkLeftovers, ReapRefusedError, subjectMatches, doneUpTo } from './work-reaper.js';
 export { startWorkJanitor } from './work-janitor.js';
 export type { WorkJanitor, WorkJanitorOptions } from './work-janitor.js';
+export type { WorkConsumer } from './work-reaper.js';
 export { MAX_REQUEUES, REQUEUES_HEADER, StuckWork, STUCK_AFTER_ACK_WAITS } from './stuck-work.js';
 export type { RequeuedItem, StuckWorkOptions } from './stuck-work.js';
 export type {

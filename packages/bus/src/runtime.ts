@@ -366,7 +366,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   /** Requeues the items the server holds for this consumer and never delivers. */
   #stuck: StuckWork | undefined;
   /** What this process holds, which {@link StuckWork} leaves alone (grace: one ack wait). */
-  #held = new HeldItems(30_000);
+  #held!: HeldItems;
   /** The items held here that the last stuck-work check found keeping the floor (logged once). */
   #lastKeeping = '';
 
@@ -440,10 +440,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     this.#leftovers ??= new WorkLeftovers(this.#o.bus);
     this.#stuck ??= new StuckWork(this.#o.bus);
     try {
-      const reaped = await this.#leftovers.reap(this.consumer);
+      // One read of the consumer for both repairs.
+      const info = await this.#o.bus.jsm.consumers.info(StreamName.Work, this.consumer);
+      const reaped = await this.#leftovers.reap(info);
       if (reaped > 0) this.#log.warn({ reaped }, 'removed finished work items the server kept');
       const heldHere: string[] = [];
-      const requeued = await this.#stuck.requeue(this.consumer, (seq) => {
+      const requeued = await this.#stuck.requeue(info, (seq) => {
         const holds = this.#held.holds(seq);
         if (holds) heldHere.push(`${seq}: ${this.#held.describe(seq)}`);
         return holds;

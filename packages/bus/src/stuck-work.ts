@@ -3,7 +3,14 @@ import type { ConsumerInfo, StoredMsg } from '@nats-io/jetstream';
 import type { Bus } from './connection.js';
 import { ackWaitMsOf } from './consume.js';
 import { StreamName } from './names.js';
-import { deleteWorkItem, RefusalLatch, subjectMatches } from './work-reaper.js';
+import {
+  consumerInfo,
+  deleteWorkItem,
+  heldOnFilter,
+  RefusalLatch,
+  subjectMatches,
+  type WorkConsumer,
+} from './work-reaper.js';
 
 /** By default a consumer is stuck once its ack floor stayed put this many of its ack waits. */
 export const STUCK_AFTER_ACK_WAITS = 4;
@@ -89,20 +96,20 @@ export class StuckWork {
    * alone.
    */
   requeue(
-    consumer: string,
+    consumer: WorkConsumer,
     heldHere: (seq: number) => boolean = () => false,
   ): Promise<readonly RequeuedItem[]> {
     return this.#latch.run(() => this.#requeue(consumer, heldHere), []);
   }
 
   async #requeue(
-    consumer: string,
+    consumer: WorkConsumer,
     heldHere: (seq: number) => boolean,
   ): Promise<readonly RequeuedItem[]> {
     const { jsm } = this.#bus;
-    const info = await jsm.consumers.info(StreamName.Work, consumer);
+    const info = await consumerInfo(this.#bus, consumer);
     const filter = info.config.filter_subject;
-    const since = this.#floorSince(consumer, info);
+    const since = this.#floorSince(info);
     const stuckAfterMs = this.#stuckAfterMs ?? STUCK_AFTER_ACK_WAITS * ackWaitMsOf(info.config);
     const now = Date.now();
     if (filter === undefined || since === undefined || now - since < stuckAfterMs) return [];
@@ -110,10 +117,10 @@ export class StuckWork {
     // What the stream holds on the filter, not what the consumer counts: above a floor the
     // server keeps down, it can also keep items it counts as acknowledged (their removal lost
     // in the crash), which are never delivered again either.
-    const stream = await jsm.streams.info(StreamName.Work, { subjects_filter: filter });
-    let held = Object.values(stream.state.subjects ?? {}).reduce((a, n) => a + n, 0);
+    const stream = await heldOnFilter(this.#bus, filter);
+    let held = stream.held;
     const from = info.ack_floor.stream_seq + 1;
-    const last = Math.min(stream.state.last_seq, from + MAX_READS_PER_CHECK - 1);
+    const last = Math.min(stream.last, from + MAX_READS_PER_CHECK - 1);
     // Items are in the stream in the order they came, so the first one younger than the watch
     // ends the search: every later one is younger still.
     const heldSince = now - stuckAfterMs;
@@ -130,16 +137,17 @@ export class StuckWork {
     }
     // After copies, the next checks watch the floor afresh: the copies have their time to be
     // delivered. Without, what held the floor is still held: the next check looks again.
-    if (requeued.length > 0) this.#watches.delete(consumer);
+    if (requeued.length > 0) this.#watches.delete(info.name);
     return requeued;
   }
 
   /**
-   * Since when `consumer` has held items with its ack floor where it is now; undefined when it
+   * Since when the consumer has held items with its ack floor where it is now; undefined when it
    * holds none. A watch starts only while a pull waits: after its service was down, the floor
    * it left is not counted as stuck before the service pulls again.
    */
-  #floorSince(consumer: string, info: ConsumerInfo): number | undefined {
+  #floorSince(info: ConsumerInfo): number | undefined {
+    const consumer = info.name;
     const floor = info.ack_floor.stream_seq;
     const watch = this.#watches.get(consumer);
     if (info.num_pending + info.num_ack_pending === 0) {

@@ -34,9 +34,10 @@ export function startWorkJanitor(bus: Bus, options: WorkJanitorOptions = {}): Wo
     try {
       let reaped = 0;
       const requeued: RequeuedItem[] = [];
-      for await (const { name } of bus.jsm.consumers.list(StreamName.Work)) {
-        reaped += await leftovers.reap(name);
-        requeued.push(...(await stuck.requeue(name)));
+      // The listing is each consumer's info: both repairs read it, not the server again.
+      for await (const info of bus.jsm.consumers.list(StreamName.Work)) {
+        reaped += await leftovers.reap(info);
+        requeued.push(...(await stuck.requeue(info)));
       }
       if (reaped > 0) log.warn({ reaped }, 'removed finished work items the server kept');
       if (requeued.length > 0) {

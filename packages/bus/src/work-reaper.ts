@@ -89,29 +89,27 @@ export class WorkLeftovers {
   }
 
   /** One check of `consumer`'s items; resolves with how many leftovers it removed. */
-  reap(consumer: string): Promise<number> {
+  reap(consumer: WorkConsumer): Promise<number> {
     return this.#latch.run(() => this.#reap(consumer), 0);
   }
 
-  async #reap(consumer: string): Promise<number> {
-    const { jsm } = this.#bus;
-    const info = await jsm.consumers.info(StreamName.Work, consumer);
+  async #reap(consumer: WorkConsumer): Promise<number> {
+    const info = await consumerInfo(this.#bus, consumer);
     const filter = info.config.filter_subject;
     if (filter === undefined || filter === '') return 0;
     const outstanding = info.num_pending + info.num_ack_pending;
     const upTo = doneUpTo(info);
-    const stream = await jsm.streams.info(StreamName.Work, { subjects_filter: filter });
-    const held = Object.values(stream.state.subjects ?? {}).reduce((a, n) => a + n, 0);
-    const first = Math.max(1, stream.state.first_seq);
+    const { held, first: firstSeq } = await heldOnFilter(this.#bus, filter);
+    const first = Math.max(1, firstSeq);
     const leftovers = held - outstanding;
     // The stream's first item, when it is this consumer's and at or below what it is done with,
     // is a leftover the count can miss: after a crash 2.9 can also keep an item pending whose
     // message it removed (it forgets that item only once the stream's first sequence passes it,
     // which this leftover prevents), and the two cancel out in `held - outstanding`.
     const headMayBeLeftover = held > 0 && first <= upTo;
-    const suspected = this.#suspected.has(consumer);
-    if (leftovers > 0 || headMayBeLeftover) this.#suspected.add(consumer);
-    else this.#suspected.delete(consumer);
+    const suspected = this.#suspected.has(info.name);
+    if (leftovers > 0 || headMayBeLeftover) this.#suspected.add(info.name);
+    else this.#suspected.delete(info.name);
     if (!suspected || upTo < first) return 0;
     let reaped = headMayBeLeftover && (await this.#reapIfOurs(filter, first)) ? 1 : 0;
     const from = headMayBeLeftover ? first + 1 : first;
@@ -132,6 +130,26 @@ export class WorkLeftovers {
     if (subject === undefined || !subjectMatches(filter, subject)) return false;
     return deleteWorkItem(this.#bus, seq);
   }
+}
+
+/** A work consumer by name, or its info when the caller has read it already (one read a check). */
+export type WorkConsumer = string | ConsumerInfo;
+
+/** The info of a work consumer, read unless the caller has it. */
+export async function consumerInfo(bus: Bus, consumer: WorkConsumer): Promise<ConsumerInfo> {
+  return typeof consumer === 'string'
+    ? bus.jsm.consumers.info(StreamName.Work, consumer)
+    : consumer;
+}
+
+/** How many items the work stream holds on `filter`, and its first and last sequence. */
+export async function heldOnFilter(
+  bus: Bus,
+  filter: string,
+): Promise<{ held: number; first: number; last: number }> {
+  const { state } = await bus.jsm.streams.info(StreamName.Work, { subjects_filter: filter });
+  const held = Object.values(state.subjects ?? {}).reduce((a, n) => a + n, 0);
+  return { held, first: state.first_seq, last: state.last_seq };
 }
 
 /** Deletes one work item; false when it is gone already (another reaper was first). */
