@@ -520,6 +520,14 @@ async function explainVolumes(f: ChaosFixture, violations: string): Promise<void
   if (volumes.length === 0) return;
   const bus = await connectBus({ servers: f.stack.natsUrl.split(','), apiTimeoutMs: 10_000 });
   try {
+    // Whether the status projector has had the events below (their sequences are printed).
+    const events = (await bus.jsm.streams.info(StreamName.Events)).state;
+    const p = await bus.jsm.consumers.info(StreamName.Events, 'spec-watcher-projector');
+    console.log(
+      `[chaos] event stream last ${events.last_seq}; projector consumer: pending ${p.num_pending}, ` +
+        `unacknowledged ${p.num_ack_pending}, redelivered ${p.num_redelivered}, ` +
+        `delivered ${p.delivered.stream_seq}, ack floor ${p.ack_floor.stream_seq}`,
+    );
     for (const key of volumes) {
       const [namespace = '', vmi = '', volume = ''] = key.split('/');
       const live = await f.client.getVmi(namespace, vmi).catch(() => undefined);
@@ -530,10 +538,10 @@ async function explainVolumes(f: ChaosFixture, violations: string): Promise<void
       ];
       const stream = await openEventStream(bus.js, { namespace, vmi, volume }, 'all');
       const deadline = setTimeout(() => stream.stop(), 5000);
-      for await (const { event, pending } of stream) {
+      for await (const { event, pending, seq } of stream) {
         const d = event.data;
         lines.push(
-          `    ${event.time.slice(11, 23)} ${eventTypeOf(event)} op=${d.operationId} (${d.operation}) ` +
+          `    ${event.time.slice(11, 23)} seq ${seq} ${eventTypeOf(event)} op=${d.operationId} (${d.operation}) ` +
             `uid=${d.vmiUID.slice(0, 8)} stage=${d.stage} phase=${d.phase ?? '-'} target=${d.target ?? '-'}` +
             `${d.reason === undefined ? '' : ` reason=${d.reason}`}`,
         );

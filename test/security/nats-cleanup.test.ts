@@ -11,15 +11,24 @@ import {
   ensureConsumer,
   ensureStreams,
   ReapRefusedError,
+  SequenceGap,
   startWorkJanitor,
   StreamName,
   WorkLeftovers,
   type Bus,
 } from '@plugline/bus';
-import { eventFilter, eventSubject, EventType, Stage, workSubject } from '@plugline/contracts';
+import {
+  eventFilter,
+  EVENTS_PLACEHOLDER_SUBJECT,
+  eventSubject,
+  EventType,
+  Stage,
+  workSubject,
+} from '@plugline/contracts';
 import { serviceMain, ServiceName } from '@plugline/cli';
 import { startKubeSim, type KubeSim } from '@plugline/kube-sim';
 import {
+  rollBackStreamAround,
   spawnService,
   startNats,
   tempDir,
@@ -33,6 +42,7 @@ import { leaveSpecWatcherLeftover } from './work-leftover.js';
 
 const SPEC_WATCHER = durableName(Stage.SpecWatcher);
 const PROJECTOR = 'spec-watcher-projector';
+const NOTHING_REAPED = { requeued: [], removed: 0 };
 
 let dir: TempDir;
 let nats: NatsServer;
@@ -115,15 +125,15 @@ describe('finished work items the server kept (deploy/nats/plugline.conf)', () =
     const reaper = new WorkLeftovers(specWatcher);
 
     // The first check only notes the leftover (a second one must confirm it).
-    await expect(reaper.reap(SPEC_WATCHER)).resolves.toBe(0);
+    await expect(reaper.reap(SPEC_WATCHER)).resolves.toEqual(NOTHING_REAPED);
     await expect(reaper.reap(SPEC_WATCHER)).rejects.toBeInstanceOf(ReapRefusedError);
     await refused('spec-watcher', `STREAM.MSG.GET.${StreamName.Work}`);
     expect(reaper.refused).toBe(true);
 
     // From now on it sends nothing: no refusal per check.
     const sent = specWatcher.nc.stats().outMsgs;
-    await expect(reaper.reap(SPEC_WATCHER)).resolves.toBe(0);
-    await expect(reaper.reap(SPEC_WATCHER)).resolves.toBe(0);
+    await expect(reaper.reap(SPEC_WATCHER)).resolves.toEqual(NOTHING_REAPED);
+    await expect(reaper.reap(SPEC_WATCHER)).resolves.toEqual(NOTHING_REAPED);
     expect(specWatcher.nc.stats().outMsgs).toBe(sent);
     expect(violations('spec-watcher')).toHaveLength(1);
     expect(await held(specWatcher, subject)).toBe(1);
@@ -134,7 +144,7 @@ describe('finished work items the server kept (deploy/nats/plugline.conf)', () =
     const specWatcher = await startSpecWatcher();
     await specWatcher.waitForOutput(/"msg":"ready"/, 90_000);
     // Its reaper checks at start and every ack wait (1 s here): the second check is refused.
-    await specWatcher.waitForOutput(/not allowed to remove finished work items/, 30_000);
+    await specWatcher.waitForOutput(/not allowed to repair work items/, 30_000);
 
     const janitorBus = await as('plugline-janitor');
     const janitor = startWorkJanitor(janitorBus, { intervalMs: 1000 });
@@ -149,9 +159,7 @@ describe('finished work items the server kept (deploy/nats/plugline.conf)', () =
     // Two janitor checks later (more than one ack wait), still the one refusal and one line.
     expect(violations('plugline-janitor')).toEqual([]);
     expect(violations('spec-watcher')).toHaveLength(before + 1);
-    expect(specWatcher.output().match(/not allowed to remove finished work items/g)).toHaveLength(
-      1,
-    );
+    expect(specWatcher.output().match(/not allowed to repair work items/g)).toHaveLength(1);
     expect(specWatcher.output()).not.toMatch(/"level":(50|60)/); // no error, no fatal
     const { code } = await specWatcher.stop().then(() => specWatcher.exited);
     expect(code).toBe(0);
@@ -194,6 +202,63 @@ describe('finished work items the server kept (deploy/nats/plugline.conf)', () =
     expect(violations('plugline-janitor')).toEqual([]);
   }, 30_000);
 
+  it("a crash left the event stream behind the projector's consumer: a service is refused before it stores a placeholder; the cleanup identity moves the stream past it", async () => {
+    const specWatcher = await as('spec-watcher');
+    await specWatcher.jsm.consumers.add(StreamName.Events, {
+      durable_name: PROJECTOR,
+      ack_policy: AckPolicy.Explicit,
+    });
+    const fact = (volume: string): string =>
+      eventSubject({ namespace: 'gap', vmi: 'vm', volume }, EventType.Requested);
+    await specWatcher.js.publish(fact('kept'), '{}');
+    await rollBackStreamAround(nats, StreamName.Events, async () => {
+      const reader = await connectAs(nats.url, 'spec-watcher', passwords.get('spec-watcher')!);
+      try {
+        await reader.js.publish(fact('lost-a'), '{}');
+        await reader.js.publish(fact('lost-b'), '{}');
+        const projector = await reader.js.consumers.get(StreamName.Events, PROJECTOR);
+        for (let m = await projector.next({ expires: 1000 }); m !== null;) {
+          await m.ackAck();
+          m = await projector.next({ expires: 1000 });
+        }
+      } finally {
+        await reader.close();
+      }
+    });
+    const janitorBus = await as('plugline-janitor');
+    const stream = async (): Promise<{ last: number; placeholders: number }> => {
+      const { state } = await janitorBus.jsm.streams.info(StreamName.Events, {
+        subjects_filter: EVENTS_PLACEHOLDER_SUBJECT,
+      });
+      return {
+        last: state.last_seq,
+        placeholders: state.subjects?.[EVENTS_PLACEHOLDER_SUBJECT] ?? 0,
+      };
+    };
+    const { delivered } = await (
+      await as('spec-watcher')
+    ).jsm.consumers.info(StreamName.Events, PROJECTOR);
+    const before = await stream();
+    expect(before.last).toBeLessThan(delivered.stream_seq);
+
+    // spec-watcher's own check (the projector's) may publish events, but not read by sequence.
+    const refusedGap = new SequenceGap(await as('spec-watcher'), StreamName.Events);
+    await expect(refusedGap.close(PROJECTOR)).rejects.toBeInstanceOf(ReapRefusedError);
+    expect(await stream()).toEqual(before);
+
+    const janitor = startWorkJanitor(janitorBus, { intervalMs: 200 });
+    try {
+      await vi.waitFor(
+        async () => expect((await stream()).last).toBeGreaterThanOrEqual(delivered.stream_seq),
+        { timeout: 10_000, interval: 50 },
+      );
+    } finally {
+      await janitor.stop();
+    }
+    expect((await stream()).placeholders).toBe(0);
+    expect(violations('plugline-janitor')).toEqual([]);
+  }, 60_000);
+
   it('the cleanup identity may do nothing else: no facts, no pulls, no acks, no deleting', async () => {
     const janitorBus = await as('plugline-janitor');
     const attempts = [
@@ -203,7 +268,7 @@ describe('finished work items the server kept (deploy/nats/plugline.conf)', () =
       `$JS.API.CONSUMER.DELETE.${StreamName.Work}.${SPEC_WATCHER}`,
       `$JS.API.STREAM.PURGE.${StreamName.Work}`,
       `$JS.API.STREAM.DELETE.${StreamName.Work}`,
-      `$JS.API.STREAM.MSG.DELETE.${StreamName.Events}`,
+      `$JS.API.STREAM.PURGE.${StreamName.Events}`,
       `$KV.plugline-${Stage.SpecWatcher}.probe`,
     ];
     for (const attempt of attempts) {

@@ -206,10 +206,10 @@ describe.skipIf(!isRoot)('each service on NATS as its own user (deploy/nats/plug
       return info.state.subjects?.[leftover] ?? 0;
     };
     await vi.waitFor(async () => expect(await held()).toBe(0), WAIT);
-    // spec-watcher saw it at start; the janitor removed it before its reaper would have asked.
+    // spec-watcher saw it at start; the janitor removed it before its own check would have asked.
     expect(violations()).toEqual([]);
     const specWatcher = f!.stack.services.find((s) => s.id === 'spec-watcher')!;
-    expect(specWatcher.output()).not.toMatch(/not allowed to remove/);
+    expect(specWatcher.output()).not.toMatch(/not allowed to repair/);
   }, 90_000);
 
   it("refuses a node-mounter started with domain-updater's credentials: it does not start", async () => {

@@ -70,12 +70,24 @@ export {
   StageTag,
   waitsOnNothing,
 } from './runtime.js';
-export { WorkLeftovers, ReapRefusedError, subjectMatches, doneUpTo } from './work-reaper.js';
+export { WorkLeftovers } from './work-reaper.js';
+export type { ReapedItems } from './work-reaper.js';
+export { SequenceGap } from './sequence-gap.js';
+export { WorkQueueRepair } from './work-repair.js';
+export type { WorkRepairs } from './work-repair.js';
+export type { ConsumedStream } from './sequence-gap.js';
+export {
+  ReapRefusedError,
+  subjectMatches,
+  doneUpTo,
+  MAX_REQUEUES,
+  REQUEUES_HEADER,
+} from './work-items.js';
+export type { WorkConsumer, RequeuedItem } from './work-items.js';
 export { startWorkJanitor } from './work-janitor.js';
 export type { WorkJanitor, WorkJanitorOptions } from './work-janitor.js';
-export type { WorkConsumer } from './work-reaper.js';
-export { MAX_REQUEUES, REQUEUES_HEADER, StuckWork, STUCK_AFTER_ACK_WAITS } from './stuck-work.js';
-export type { RequeuedItem, StuckWorkOptions } from './stuck-work.js';
+export { StuckWork, STUCK_AFTER_ACK_WAITS } from './stuck-work.js';
+export type { StuckWorkOptions } from './stuck-work.js';
 export type {
   StageOptions,
   StageRunner,

@@ -43,8 +43,8 @@ import { ParkedItems } from './parked.js';
 import { Slots } from './slots.js';
 import { eventMessage, Publisher, workMessage } from './publish.js';
 import { ackWaitMsOf, KeptConsumption } from './consume.js';
-import { StuckWork } from './stuck-work.js';
-import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
+import { ReapRefusedError } from './work-items.js';
+import { logWorkRepairs, requeuedCount, WorkQueueRepair } from './work-repair.js';
 import { StepTimer } from './step-timer.js';
 
 /**
@@ -361,11 +361,9 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   #inFlight = 0;
   #stopping: Promise<void> | undefined;
   #reaper: NodeJS.Timeout | undefined;
-  /** Finds and removes this consumer's finished items the server kept (made at the first check). */
-  #leftovers: WorkLeftovers | undefined;
-  /** Requeues the items the server holds for this consumer and never delivers. */
-  #stuck: StuckWork | undefined;
-  /** What this process holds, which {@link StuckWork} leaves alone (grace: one ack wait). */
+  /** Repairs what the server gets wrong about this consumer's items (made at the first check). */
+  #repair: WorkQueueRepair | undefined;
+  /** What this process holds, which the stuck-work repair leaves alone (grace: one ack wait). */
   #held!: HeldItems;
   /** The items held here that the last stuck-work check found keeping the floor (logged once). */
   #lastKeeping = '';
@@ -416,12 +414,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       this.#resolveDone();
     });
     await this.#repairWorkQueue().catch((err: unknown) =>
-      this.#log.warn({ err }, 'could not check the work queue for acknowledged leftovers'),
+      this.#log.warn({ err }, 'could not check the work queue for items the server mishandled'),
     );
     this.#reaper = setInterval(
       () => {
         this.#repairWorkQueue().catch((err: unknown) =>
-          this.#log.debug({ err }, 'checking the work queue for acknowledged leftovers'),
+          this.#log.debug({ err }, 'checking the work queue for items the server mishandled'),
         );
       },
       Math.max(1000, ackWaitMs),
@@ -430,22 +428,20 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   }
 
   /**
-   * nats-server 2.9 can keep work items its consumer is done with ({@link WorkLeftovers}), and
-   * hold items it never delivers ({@link StuckWork}). Checked at start, then every ack wait.
+   * nats-server 2.9 can come back from a crash behind its consumer, keep work items its consumer
+   * is done with, and hold items it never delivers ({@link WorkQueueRepair}). Checked at start,
+   * then every ack wait.
    * Under least-privilege users (deploy/nats/plugline.conf) the by-sequence calls are refused:
    * said once, then the timer stops (no refusal per check), and the cleanup identity
    * (`plugline-janitor`, running `startWorkJanitor`) repairs the queue instead.
    */
   async #repairWorkQueue(): Promise<void> {
-    this.#leftovers ??= new WorkLeftovers(this.#o.bus);
-    this.#stuck ??= new StuckWork(this.#o.bus);
+    this.#repair ??= new WorkQueueRepair(this.#o.bus);
     try {
-      // One read of the consumer for both repairs.
+      // One read of the consumer for all repairs.
       const info = await this.#o.bus.jsm.consumers.info(StreamName.Work, this.consumer);
-      const reaped = await this.#leftovers.reap(info);
-      if (reaped > 0) this.#log.warn({ reaped }, 'removed finished work items the server kept');
       const heldHere: string[] = [];
-      const requeued = await this.#stuck.requeue(info, (seq) => {
+      const repairs = await this.#repair.check(info, (seq) => {
         const holds = this.#held.holds(seq);
         if (holds) heldHere.push(`${seq}: ${this.#held.describe(seq)}`);
         return holds;
@@ -458,16 +454,15 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         );
       }
       this.#lastKeeping = keeping;
-      if (requeued.length > 0) {
-        this.#metrics.workRequeued.inc({ stage: this.stage }, requeued.length);
-        this.#log.warn({ requeued }, 'requeued work items the server held and did not deliver');
-      }
+      logWorkRepairs(this.#log, this.consumer, repairs);
+      const requeued = requeuedCount(repairs);
+      if (requeued > 0) this.#metrics.workRequeued.inc({ stage: this.stage }, requeued);
     } catch (err) {
       if (!(err instanceof ReapRefusedError)) throw err;
       clearInterval(this.#reaper);
       this.#log.warn(
         { err },
-        'not allowed to remove finished work items the server kept: left to the cleanup identity (plugline-janitor)',
+        'not allowed to repair work items by sequence: left to the cleanup identity (plugline-janitor)',
       );
     }
   }

@@ -1,16 +1,18 @@
-import { headers as natsHeaders, type MsgHdrs } from '@nats-io/nats-core';
-import type { ConsumerInfo, StoredMsg } from '@nats-io/jetstream';
+import type { ConsumerInfo } from '@nats-io/jetstream';
 import type { Bus } from './connection.js';
 import { ackWaitMsOf } from './consume.js';
 import { StreamName } from './names.js';
 import {
   consumerInfo,
-  deleteWorkItem,
   heldOnFilter,
+  MAX_REQUEUES,
   RefusalLatch,
+  requeuesOf,
+  requeueWorkItem,
   subjectMatches,
+  type RequeuedItem,
   type WorkConsumer,
-} from './work-reaper.js';
+} from './work-items.js';
 
 /** By default a consumer is stuck once its ack floor stayed put this many of its ack waits. */
 export const STUCK_AFTER_ACK_WAITS = 4;
@@ -18,29 +20,12 @@ export const STUCK_AFTER_ACK_WAITS = 4;
 /** Stream sequences read in one check at most (a longer run is read on by the next checks). */
 const MAX_READS_PER_CHECK = 2000;
 
-/** The header counting how often an item's copies were requeued. */
-export const REQUEUES_HEADER = 'Plugline-Requeues';
-
-/**
- * Copies of one item requeued at most: a handler that keeps an item past the watch without its
- * process saying so (another replica's, under the janitor) gets that many early passes, and a
- * failing one that many fresh starts of its attempts, not one every watch for ever.
- */
-export const MAX_REQUEUES = 3;
-
 export interface StuckWorkOptions {
   /**
    * How long a consumer's ack floor stays put, with items held and pulls waiting, before the
    * items it held all that time are requeued (default {@link STUCK_AFTER_ACK_WAITS} ack waits).
    */
   stuckAfterMs?: number;
-}
-
-/** An item requeued: its sequence and subject, and its copy's sequence. */
-export interface RequeuedItem {
-  readonly seq: number;
-  readonly subject: string;
-  readonly copy: number;
 }
 
 /** A consumer's ack floor, first seen (with pulls waiting) at `since`. */
@@ -132,7 +117,7 @@ export class StuckWork {
       if (!subjectMatches(filter, item.subject)) continue;
       held--;
       if (heldHere(seq) || requeuesOf(item) >= MAX_REQUEUES) continue;
-      const copy = await this.#requeueItem(item);
+      const copy = await requeueWorkItem(this.#bus, item);
       if (copy !== undefined) requeued.push({ seq, subject: item.subject, copy });
     }
     // After copies, the next checks watch the floor afresh: the copies have their time to be
@@ -159,37 +144,4 @@ export class StuckWork {
     else this.#watches.delete(consumer);
     return undefined;
   }
-
-  /**
-   * Publishes a copy of `item`, then deletes it; resolves with the copy's sequence, or undefined
-   * when another checker deleted it first (the copy is then that checker's, deduplicated).
-   */
-  async #requeueItem(item: StoredMsg): Promise<number | undefined> {
-    const headers = copiedHeaders(item.header);
-    headers.set(REQUEUES_HEADER, String(requeuesOf(item) + 1));
-    const original = item.header.get('Nats-Msg-Id');
-    const ack = await this.#bus.js.publish(item.subject, item.data, {
-      headers,
-      msgID: `${original === '' ? 'work' : original}~requeued@${item.seq}`,
-    });
-    return (await deleteWorkItem(this.#bus, item.seq)) ? ack.seq : undefined;
-  }
-}
-
-/** How often `item`'s copies were requeued before (0 for an original). */
-function requeuesOf(item: StoredMsg): number {
-  const count = Number.parseInt(item.header.get(REQUEUES_HEADER), 10);
-  return Number.isSafeInteger(count) && count > 0 ? count : 0;
-}
-
-/** An item's headers for its copy: all but its message id, publish expectations and count. */
-function copiedHeaders(original: MsgHdrs): MsgHdrs {
-  const copy = natsHeaders();
-  for (const key of original.keys()) {
-    if (key === 'Nats-Msg-Id' || key === REQUEUES_HEADER || key.startsWith('Nats-Expected-')) {
-      continue;
-    }
-    for (const value of original.values(key)) copy.append(key, value);
-  }
-  return copy;
 }

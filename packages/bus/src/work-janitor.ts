@@ -1,8 +1,10 @@
 import { silentLogger, type Logger } from '@plugline/telemetry';
 import type { Bus } from './connection.js';
 import { StreamName } from './names.js';
-import { StuckWork, type RequeuedItem, type StuckWorkOptions } from './stuck-work.js';
-import { ReapRefusedError, WorkLeftovers } from './work-reaper.js';
+import type { StuckWorkOptions } from './stuck-work.js';
+import { ReapRefusedError, RefusalLatch } from './work-items.js';
+import { SequenceGap } from './sequence-gap.js';
+import { logSequenceGapClosed, logWorkRepairs, WorkQueueRepair } from './work-repair.js';
 
 /** With `stuckAfterMs` for every consumer ({@link StuckWorkOptions}). */
 export interface WorkJanitorOptions extends StuckWorkOptions {
@@ -18,33 +20,37 @@ export interface WorkJanitor extends AsyncDisposable {
 }
 
 /**
- * The cleanup identity's loop: checks every consumer of the work stream every `intervalMs`,
- * removes leftovers ({@link WorkLeftovers}) and requeues what the server holds and does not
- * deliver ({@link StuckWork}). Run it on a connection as `plugline-janitor`
- * (`deploy/nats/plugline.conf`), the one user that may read, delete and requeue work items by
- * sequence, so that no service needs that right. Its checks run more often than a stage's own (every ack
- * wait), so it removes a leftover before a stage's reaper would try and be refused.
+ * The cleanup identity's loop: repairs every consumer of the work stream every `intervalMs`
+ * ({@link WorkQueueRepair}: the stream's sequence moved past a consumer a crash left it behind,
+ * the items the server counts done and keeps, and those it holds and does not deliver,
+ * requeued), and moves the event stream's sequence past its durable consumers the same way
+ * ({@link SequenceGap}). Run it on a connection as `plugline-janitor` (`deploy/nats/plugline.conf`), the one
+ * user that may read, delete and requeue work items by sequence, so that no service needs that
+ * right. Its checks run more often than a stage's own (every ack wait), so it repairs before a
+ * stage's own check would try and be refused.
  */
 export function startWorkJanitor(bus: Bus, options: WorkJanitorOptions = {}): WorkJanitor {
   const log = options.logger ?? silentLogger();
-  const leftovers = new WorkLeftovers(bus);
-  const stuck = new StuckWork(bus, options);
+  const repair = new WorkQueueRepair(bus, options);
+  const eventsGap = new SequenceGap(bus, StreamName.Events);
+  const eventsRefusal = new RefusalLatch();
   let checking: Promise<void> | undefined;
   const check = async (): Promise<void> => {
     try {
-      let reaped = 0;
-      const requeued: RequeuedItem[] = [];
-      // The listing is each consumer's info: both repairs read it, not the server again.
+      // The listing is each consumer's info: the repairs read it, not the server again.
       for await (const info of bus.jsm.consumers.list(StreamName.Work)) {
-        reaped += await leftovers.reap(info);
-        requeued.push(...(await stuck.requeue(info)));
+        logWorkRepairs(log, info.name, await repair.check(info));
       }
-      if (reaped > 0) log.warn({ reaped }, 'removed finished work items the server kept');
-      if (requeued.length > 0) {
-        log.warn({ requeued }, 'requeued work items the server held and did not deliver');
-      }
+      // The event stream's durable consumer (the status projector) can be left ahead too. A
+      // server whose configuration predates it refuses the listing: said once, then not asked.
+      await eventsRefusal.run(async () => {
+        for await (const info of bus.jsm.consumers.list(StreamName.Events)) {
+          if (info.config.durable_name === undefined) continue;
+          logSequenceGapClosed(log, StreamName.Events, info.name, await eventsGap.close(info));
+        }
+      }, undefined);
     } catch (err) {
-      // Refused: the loop is inert from now on, say so once; else (no stream yet) try again.
+      // Refused: that repair is not asked again, said once; else (no stream yet) try again.
       if (err instanceof ReapRefusedError) log.error({ err }, 'the work janitor is refused');
       else log.debug({ err }, 'checking the work queue for leftovers');
     }

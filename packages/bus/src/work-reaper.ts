@@ -1,72 +1,51 @@
-import { PermissionViolationError } from '@nats-io/nats-core';
-import type { ConsumerInfo } from '@nats-io/jetstream';
-import { PluglineError } from '@plugline/contracts';
 import type { Bus } from './connection.js';
 import { StreamName } from './names.js';
+import {
+  consumerInfo,
+  deleteWorkItem,
+  doneUpTo,
+  heldOnFilter,
+  MAX_REQUEUES,
+  RefusalLatch,
+  requeuesOf,
+  requeueWorkItem,
+  subjectMatches,
+  type RequeuedItem,
+  type WorkConsumer,
+} from './work-items.js';
 
-/**
- * The NATS user may not read or delete work items by sequence. Such a get or delete cannot be
- * scoped to one stage's subjects, so `deploy/nats/plugline.conf` grants it only to the cleanup
- * identity (`plugline-janitor`), not to the services.
- */
-export class ReapRefusedError extends PluglineError {
-  override name = 'ReapRefusedError';
-  constructor(options?: ErrorOptions) {
-    super(
-      'ReapRefused',
-      `this NATS user may not read or delete ${StreamName.Work} items by sequence`,
-      options,
-    );
-  }
+/** What one check of {@link WorkLeftovers} did. */
+export interface ReapedItems {
+  /** Leftovers in a sequence gap, published again under a new sequence (originals deleted). */
+  readonly requeued: readonly RequeuedItem[];
+  /** Leftovers deleted: acknowledged items whose removal was lost. */
+  readonly removed: number;
 }
 
-/** True when `err` (or one of its causes) is the server refusing a publish or subscribe. */
-function isPermissionViolation(err: unknown): boolean {
-  for (let e: unknown = err; e instanceof Error; e = e.cause) {
-    if (e instanceof PermissionViolationError) return true;
-  }
-  return false;
-}
+const NOTHING_REAPED: ReapedItems = { requeued: [], removed: 0 };
 
 /**
- * Runs by-sequence repairs until the server refuses one: that refusal becomes one
- * {@link ReapRefusedError}, and every later run does nothing (asking again would only be refused
- * again, and logged by the server, every check).
- */
-export class RefusalLatch {
-  #refused = false;
-
-  get refused(): boolean {
-    return this.#refused;
-  }
-
-  /** Resolves with what `repair` does, or `none` once refused. */
-  async run<T>(repair: () => Promise<T>, none: T): Promise<T> {
-    if (this.#refused) return none;
-    try {
-      return await repair();
-    } catch (err) {
-      if (!isPermissionViolation(err)) throw err;
-      this.#refused = true;
-      throw new ReapRefusedError({ cause: err });
-    }
-  }
-}
-
-/**
- * Finds and removes the work items nats-server 2.9 keeps after their consumer is done with them
+ * Finds and removes the work items nats-server 2.9 keeps while their consumer counts them done
  * (after a crash its store still holds items whose removal was lost; after a cluster node comes
  * back, a new stream leader may never have seen the acknowledgement remove them). Such an item
  * is never delivered again and would sit in the work queue for ever.
  *
  * The stream holds, for a consumer's filter, its pending and unacknowledged items and nothing
  * else (one consumer per filter on a work queue); when it holds more, the extra ones are
- * acknowledged leftovers, all at or below the ack floor (or the delivered sequence when nothing
- * is outstanding). They are deleted once two checks in a row saw them: two reads a moment apart
+ * leftovers, all at or below the ack floor (or the delivered sequence when nothing is
+ * outstanding). They are deleted once two checks in a row saw them: two reads a moment apart
  * can count an item acknowledged in between. So is the stream's first item when it is the
  * consumer's and at or below that sequence, whatever the count says (it can miss it, see #reap).
  * Looked up by sequence (the subject lookups are what 2.9 loses), and deleted one by one (a
  * filtered purge on 2.9 moves every consumer past the purged sequence).
+ *
+ * An item published while a crash had left the stream behind its consumer ({@link SequenceGap})
+ * looks the same, and was never handled: at or below the sequence up to which the caller closed
+ * such a gap (`requeueUpTo`), leftovers are published again as copies (a new sequence, which the
+ * server delivers) and then deleted, not just deleted. An acknowledged one among them costs one
+ * more pass of an idempotent handler. Elsewhere they are deleted: every extra pass of an old item
+ * is one more interleaving for the stages to get right, and acknowledged leftovers follow most
+ * crashes. A copy left over again after {@link MAX_REQUEUES} requeues is deleted.
  *
  * A stage's runtime checks its own consumer; the cleanup identity checks every consumer
  * (`startWorkJanitor`). Once the server refuses the by-sequence calls the reaper throws
@@ -88,15 +67,18 @@ export class WorkLeftovers {
     return this.#latch.refused;
   }
 
-  /** One check of `consumer`'s items; resolves with how many leftovers it removed. */
-  reap(consumer: WorkConsumer): Promise<number> {
-    return this.#latch.run(() => this.#reap(consumer), 0);
+  /**
+   * One check of `consumer`'s items; resolves with what it requeued and removed. Leftovers at or
+   * below `requeueUpTo` (a sequence gap the caller closed) are requeued, the others deleted.
+   */
+  reap(consumer: WorkConsumer, requeueUpTo = 0): Promise<ReapedItems> {
+    return this.#latch.run(() => this.#reap(consumer, requeueUpTo), NOTHING_REAPED);
   }
 
-  async #reap(consumer: WorkConsumer): Promise<number> {
+  async #reap(consumer: WorkConsumer, requeueUpTo: number): Promise<ReapedItems> {
     const info = await consumerInfo(this.#bus, consumer);
     const filter = info.config.filter_subject;
-    if (filter === undefined || filter === '') return 0;
+    if (filter === undefined || filter === '') return NOTHING_REAPED;
     const outstanding = info.num_pending + info.num_ack_pending;
     const upTo = doneUpTo(info);
     const { held, first: firstSeq } = await heldOnFilter(this.#bus, filter);
@@ -110,75 +92,25 @@ export class WorkLeftovers {
     const suspected = this.#suspected.has(info.name);
     if (leftovers > 0 || headMayBeLeftover) this.#suspected.add(info.name);
     else this.#suspected.delete(info.name);
-    if (!suspected || upTo < first) return 0;
-    let reaped = headMayBeLeftover && (await this.#reapIfOurs(filter, first)) ? 1 : 0;
+    if (!suspected || upTo < first) return NOTHING_REAPED;
+    const requeued: RequeuedItem[] = [];
+    let removed = 0;
+    const handBack = async (seq: number): Promise<boolean> => {
+      const item = await this.#bus.jsm.streams.getMessage(StreamName.Work, { seq });
+      if (item === null || !subjectMatches(filter, item.subject)) return false;
+      if (seq > requeueUpTo || requeuesOf(item) >= MAX_REQUEUES) {
+        if (await deleteWorkItem(this.#bus, seq)) removed++;
+        return true;
+      }
+      const copy = await requeueWorkItem(this.#bus, item);
+      if (copy !== undefined) requeued.push({ seq, subject: item.subject, copy });
+      return true;
+    };
+    let found = headMayBeLeftover && (await handBack(first)) ? 1 : 0;
     const from = headMayBeLeftover ? first + 1 : first;
-    for (let seq = from; seq <= upTo && reaped < leftovers; seq++) {
-      if (await this.#reapIfOurs(filter, seq)) reaped++;
+    for (let seq = from; seq <= upTo && found < leftovers; seq++) {
+      if (await handBack(seq)) found++;
     }
-    return reaped;
+    return { requeued, removed };
   }
-
-  /** Deletes the item at `seq` if it is on `filter`; false when it is not, or is gone already. */
-  async #reapIfOurs(filter: string, seq: number): Promise<boolean> {
-    const reply = await this.#bus.nc.request(
-      `$JS.API.STREAM.MSG.GET.${StreamName.Work}`,
-      JSON.stringify({ seq }),
-      { timeout: 5000 },
-    );
-    const subject = reply.json<{ message?: { subject: string } }>().message?.subject;
-    if (subject === undefined || !subjectMatches(filter, subject)) return false;
-    return deleteWorkItem(this.#bus, seq);
-  }
-}
-
-/** A work consumer by name, or its info when the caller has read it already (one read a check). */
-export type WorkConsumer = string | ConsumerInfo;
-
-/** The info of a work consumer, read unless the caller has it. */
-export async function consumerInfo(bus: Bus, consumer: WorkConsumer): Promise<ConsumerInfo> {
-  return typeof consumer === 'string'
-    ? bus.jsm.consumers.info(StreamName.Work, consumer)
-    : consumer;
-}
-
-/** How many items the work stream holds on `filter`, and its first and last sequence. */
-export async function heldOnFilter(
-  bus: Bus,
-  filter: string,
-): Promise<{ held: number; first: number; last: number }> {
-  const { state } = await bus.jsm.streams.info(StreamName.Work, { subjects_filter: filter });
-  const held = Object.values(state.subjects ?? {}).reduce((a, n) => a + n, 0);
-  return { held, first: state.first_seq, last: state.last_seq };
-}
-
-/** Deletes one work item; false when it is gone already (another reaper was first). */
-export async function deleteWorkItem(bus: Bus, seq: number): Promise<boolean> {
-  try {
-    return await bus.jsm.streams.deleteMessage(StreamName.Work, seq, false);
-  } catch (err) {
-    if (isPermissionViolation(err)) throw err;
-    return false;
-  }
-}
-
-/**
- * The stream sequence up to which a work consumer is done with every item its filter takes: its
- * ack floor, or what it delivered when nothing is outstanding (the floor stays behind while the
- * next items are other consumers').
- */
-export function doneUpTo(info: ConsumerInfo): number {
-  const outstanding = info.num_pending + info.num_ack_pending;
-  return outstanding === 0 ? info.delivered.stream_seq : info.ack_floor.stream_seq;
-}
-
-/** Whether a NATS subject matches a filter with `*` and `>` wildcards. */
-export function subjectMatches(filter: string, subject: string): boolean {
-  const f = filter.split('.');
-  const t = subject.split('.');
-  for (let i = 0; i < f.length; i++) {
-    if (f[i] === '>') return t.length > i;
-    if (i >= t.length || (f[i] !== '*' && f[i] !== t[i])) return false;
-  }
-  return f.length === t.length;
 }

@@ -1,6 +1,7 @@
 // Test helpers around a real nats-server: a provisioned bus and readers of streams and buckets.
 import { cp, rm } from 'node:fs/promises';
 import { expect } from 'vitest';
+import { rollBackStreamAround, type NatsServer } from '@plugline/testkit';
 import { headers as natsHeaders } from '@nats-io/nats-core';
 import {
   deadLetterSubject,
@@ -11,6 +12,7 @@ import {
   type WorkItem,
 } from '@plugline/contracts';
 import { createMetrics, type PluglineMetrics } from '@plugline/telemetry';
+import { workItem } from './support.js';
 import {
   connectBus,
   durableName,
@@ -161,4 +163,68 @@ export class StoreCopies {
     await cp(copy, folder, { recursive: true });
     await rm(copy, { recursive: true });
   }
+}
+
+const connectOnce = (server: NatsServer): Promise<Bus> =>
+  connectBus({ servers: server.url, name: 'crash-state-maker', maxReconnectAttempts: 0 });
+
+/** Takes the next item on the stage's consumer, acknowledged; its volume (undefined: none came). */
+export function takeWork(on: Bus): Promise<string | undefined> {
+  return takeNext(on, StreamName.Work, durableName(STAGE));
+}
+
+/** Takes the next message of a durable consumer, acknowledged; its `volume` (undefined: none). */
+export async function takeNext(
+  on: Bus,
+  stream: string,
+  consumerName: string,
+): Promise<string | undefined> {
+  const consumer = await on.js.consumers.get(stream, consumerName);
+  const msg = await consumer.next({ expires: 3000 });
+  await msg?.ackAck();
+  return msg?.json<{ volume: string }>().volume;
+}
+
+/** A stream and its durable consumer, for {@link streamBehindItsConsumer}. */
+export interface ConsumedStream {
+  stream: string;
+  consumer: string;
+  /** Provisions the stream and the consumer. */
+  setUp(bus: Bus): Promise<void>;
+  /** Publishes a message carrying `volume`. */
+  send(bus: Bus, volume: string): Promise<void>;
+}
+
+/** The work stream and the stage's consumer (ack wait 1 s). */
+export const WORK_CONSUMED: ConsumedStream = {
+  stream: StreamName.Work,
+  consumer: durableName(STAGE),
+  setUp: (bus) => provision(bus, { consumers: [{ stage: STAGE, ackWaitMs: 1000 }] }),
+  send: (bus, volume) => sendWork(bus, workItem(volume)),
+};
+
+/**
+ * Leaves `server` (running, its store on disk) as a crash that lost a stream's last two messages
+ * leaves it: the consumer delivered and acknowledged up to sequence 3, while the stream's last
+ * sequence is 1 and holds `kept` there (on a work queue, its removal lost too).
+ */
+export async function streamBehindItsConsumer(
+  server: NatsServer,
+  consumed: ConsumedStream = WORK_CONSUMED,
+): Promise<void> {
+  const first = await connectOnce(server);
+  await consumed.setUp(first);
+  await consumed.send(first, 'kept');
+  await first.close();
+  await rollBackStreamAround(server, consumed.stream, async () => {
+    const second = await connectOnce(server);
+    await consumed.send(second, 'lost-a');
+    await consumed.send(second, 'lost-b');
+    const taken: unknown[] = [];
+    for (let i = 0; i < 3; i++) {
+      taken.push(await takeNext(second, consumed.stream, consumed.consumer));
+    }
+    expect(taken).toEqual(['kept', 'lost-a', 'lost-b']);
+    await second.close();
+  });
 }

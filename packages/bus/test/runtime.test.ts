@@ -18,6 +18,7 @@ import {
   LeaseManager,
   runStage,
   snapshotBucket,
+  StreamName,
   waitsOnNothing,
   type Bus,
   type StageOptions,
@@ -32,6 +33,7 @@ import {
   readDeadLetters,
   readEvents,
   sendWork,
+  streamBehindItsConsumer,
 } from './helpers.js';
 import { effectTakes, eventType, unitKey, unitMachine, workItem } from './support.js';
 
@@ -428,6 +430,48 @@ describe('runStage', () => {
     expect(await metricValue(metrics, 'redeliveries', { stage: 'spec-watcher' })).toBe(1);
     expect(await metricValue(metrics, 'workRequeued', { stage: 'spec-watcher' })).toBe(0);
   }, 30_000);
+
+  it('handles an item published while a crash left the stream behind its consumer, which the server never delivers', async () => {
+    const own = await startNats();
+    try {
+      await streamBehindItsConsumer(own);
+      const ownBus = await connectBus({ servers: own.url, name: 'behind' });
+      try {
+        // Published before the stage is back, it takes a sequence its consumer is past.
+        const item = workItem('published-into-the-gap');
+        await sendWork(ownBus, item);
+        expect((await ownBus.jsm.consumers.info(StreamName.Work, 'spec-watcher')).num_pending).toBe(
+          0,
+        );
+        const metrics = newMetrics();
+        await using _stage = await runStage({
+          bus: ownBus,
+          stage: 'spec-watcher',
+          machine: unitMachine,
+          keyOf: unitKey,
+          metrics,
+        });
+        await waitFor(
+          async () => (await persistedState(ownBus, unitKey(item)))?.value === 'applied',
+          { timeout: 20_000, description: 'the item published into the gap to be handled' },
+        );
+        // It and `kept` (acknowledged before the crash, its removal lost) were requeued.
+        expect(await metricValue(metrics, 'workRequeued', { stage: 'spec-watcher' })).toBe(2);
+        // One published now is delivered at once: the stream's sequence is past the consumer.
+        const later = workItem('published-after');
+        await sendWork(ownBus, later);
+        await waitFor(
+          async () => (await persistedState(ownBus, unitKey(later)))?.value === 'applied',
+          { timeout: 20_000, description: 'a later item to be handled' },
+        );
+        expect(await metricValue(metrics, 'workRequeued', { stage: 'spec-watcher' })).toBe(2);
+      } finally {
+        await ownBus.close();
+      }
+    } finally {
+      await own.stop();
+    }
+  }, 60_000);
 
   it('keeps a long effect alive with working() past the ack wait, without redelivery', async () => {
     let calls = 0;

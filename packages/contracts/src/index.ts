@@ -33,6 +33,8 @@ export {
   EVENTS_PREFIX,
   DEAD_LETTER_PREFIX,
   NO_NODE,
+  WORK_PLACEHOLDER_SUBJECT,
+  EVENTS_PLACEHOLDER_SUBJECT,
   encodeToken,
   decodeToken,
   workSubject,

@@ -19,6 +19,15 @@ export const WORK_PREFIX = `${SUBJECT_ROOT}.work`;
 export const EVENTS_PREFIX = `${SUBJECT_ROOT}.events`;
 export const DEAD_LETTER_PREFIX = `${SUBJECT_ROOT}.dlq`;
 
+/**
+ * The subjects of the placeholders that move a stream's sequence past a consumer a crash left it
+ * behind (the bus package's `SequenceGap`): in their stream, never a work item or an event (one
+ * token after the prefix, never the encoding of a name), taken by no stage, skipped by the status
+ * projector and event followers.
+ */
+export const WORK_PLACEHOLDER_SUBJECT = `${WORK_PREFIX}._gap`;
+export const EVENTS_PLACEHOLDER_SUBJECT = `${EVENTS_PREFIX}._gap`;
+
 /** The token standing for "no node" (cluster-wide stages); never the encoding of a name. */
 export const NO_NODE = '_';
 

@@ -6,6 +6,7 @@ export {
   freePort,
   natsHealthy,
   streamStoreFolder,
+  rollBackStreamAround,
 } from './nats-server.js';
 export type { NatsServer, NatsCluster, NatsEngine, StartNatsOptions } from './nats-server.js';
 

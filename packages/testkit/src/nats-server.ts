@@ -1,5 +1,5 @@
 import { accessSync, constants } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -151,6 +151,30 @@ export async function streamStoreFolder(
   const found = entries.find((e) => e.endsWith(wanted));
   if (found === undefined) throw new Error(`no ${wanted} in the store ${nats.storeDir}`);
   return join(nats.storeDir, found);
+}
+
+/**
+ * Runs `meanwhile` on `nats`, then puts the stream's messages back as they were before it, with
+ * the server stopped in between: what a crash that lost the stream's last writes leaves, while
+ * its consumers keep their later state. `meanwhile` closes its connections; resolves with the
+ * server running again.
+ */
+export async function rollBackStreamAround(
+  nats: Pick<NatsServer, 'storeDir' | 'halt' | 'start'>,
+  stream: string,
+  meanwhile: () => Promise<void>,
+): Promise<void> {
+  await nats.halt('SIGTERM');
+  const messages = await streamStoreFolder(nats, stream, 'msgs');
+  const before = `${messages}.before`;
+  await cp(messages, before, { recursive: true });
+  await nats.start();
+  await meanwhile();
+  await nats.halt('SIGTERM');
+  await rm(messages, { recursive: true });
+  await cp(before, messages, { recursive: true });
+  await rm(before, { recursive: true });
+  await nats.start();
 }
 
 export interface NodeSpec {

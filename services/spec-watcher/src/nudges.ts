@@ -35,6 +35,11 @@ export class NudgeLedger {
     return before === undefined ? [...diff] : diff.filter((t) => !before.has(keyOf(t)));
   }
 
+  /** Whether `target` was in the VMI's diff the last time. */
+  holds(vmiUID: string, target: NudgeTarget): boolean {
+    return this.#byVmi.get(vmiUID)?.has(keyOf(target)) === true;
+  }
+
   /** The nudge of `target` was lost (publish failed): the VMI's next update nudges it again. */
   unsent(vmiUID: string, target: NudgeTarget): void {
     this.#byVmi.get(vmiUID)?.delete(keyOf(target));

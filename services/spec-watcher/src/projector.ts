@@ -7,6 +7,8 @@ import {
   ackWaitMsOf,
   checkConsumerConfig,
   KeptConsumption,
+  ReapRefusedError,
+  SequenceGap,
   Slots,
   StreamName,
 } from '@plugline/bus';
@@ -14,6 +16,7 @@ import {
   buildEvent,
   deadLetterSubject,
   decodeEvent,
+  EVENTS_PLACEHOLDER_SUBJECT,
   EVENTS_PREFIX,
   EventType,
   eventTypeOf,
@@ -211,6 +214,8 @@ class StatusProjector implements Projector {
   /** VMIs being written. */
   readonly #writers: Slots;
   #consumption: KeptConsumption | undefined;
+  /** Checks, every ack wait, that the event stream is not behind the consumer after a crash. */
+  #gapCheck: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
 
   constructor(options: ProjectorOptions) {
@@ -262,6 +267,47 @@ class StatusProjector implements Projector {
       log: this.#log,
       what: 'the event stream',
     });
+    this.#watchSequenceGap(ackWaitMsOf(info.config));
+  }
+
+  /**
+   * Moves the event stream's sequence past this consumer when a crash left the stream behind it
+   * ({@link SequenceGap}): events published meanwhile would never be delivered. Checked at start,
+   * then every ack wait. Under least-privilege users it is refused: said once, then left to the
+   * cleanup identity (`plugline-janitor`).
+   */
+  #watchSequenceGap(everyMs: number): void {
+    const gap = new SequenceGap(this.#o.bus, StreamName.Events);
+    let checking = false;
+    const check = async (): Promise<void> => {
+      // A slow check (a wide gap) is not overlapped by the next one.
+      if (checking) return;
+      checking = true;
+      try {
+        const placeholders = await gap.close(PROJECTOR_CONSUMER);
+        if (placeholders > 0) {
+          this.#log.warn(
+            { stream: StreamName.Events, consumer: PROJECTOR_CONSUMER, placeholders },
+            "moved a stream's sequence past a consumer a crash left it behind",
+          );
+        }
+      } catch (err) {
+        if (!(err instanceof ReapRefusedError)) {
+          this.#log.debug({ err }, 'checking the event stream against its consumer');
+          return;
+        }
+        clearInterval(this.#gapCheck);
+        this.#log.warn(
+          { err },
+          'not allowed to move the event stream past its consumer: left to the cleanup identity (plugline-janitor)',
+        );
+      } finally {
+        checking = false;
+      }
+    };
+    void check();
+    this.#gapCheck = setInterval(() => void check(), Math.max(1000, everyMs));
+    this.#gapCheck.unref();
   }
 
   bound(): boolean {
@@ -281,6 +327,7 @@ class StatusProjector implements Projector {
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       this.#shutdown.abort(new Error('projector stopping'));
+      clearInterval(this.#gapCheck);
       await this.#consumption?.stop();
       while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
     })();
@@ -293,6 +340,11 @@ class StatusProjector implements Projector {
         this.#consumption?.delivered();
         if (this.#shutdown.signal.aborted) {
           msg.nak();
+          continue;
+        }
+        // A placeholder that moved the stream's sequence on (SequenceGap): nothing to apply.
+        if (msg.subject === EVENTS_PLACEHOLDER_SUBJECT) {
+          msg.ack();
           continue;
         }
         await this.#held.acquire();

@@ -5,10 +5,16 @@ import {
   Publisher,
   readUnitContext,
   runStage,
+  Slots,
 } from '@plugline/bus';
 import type { Bus, StageRunner } from '@plugline/bus';
 import { newOperationId, NotFoundError, Stage } from '@plugline/contracts';
-import type { VirtualMachine, VirtualMachineInstance, WorkItem } from '@plugline/contracts';
+import type {
+  OperationKind,
+  VirtualMachine,
+  VirtualMachineInstance,
+  WorkItem,
+} from '@plugline/contracts';
 import {
   createInformer,
   EventRecorder,
@@ -33,7 +39,7 @@ import {
   viewOf,
   type VolumeView,
 } from './decision.js';
-import { diffVolumes } from './diff.js';
+import { diffVolumes, hotplugVolumesOf } from './diff.js';
 import { NudgeLedger, type NudgeTarget } from './nudges.js';
 import { desiredDirections } from './plan.js';
 import { ensureProjectorConsumer, startProjector, type Projector } from './projector.js';
@@ -106,6 +112,15 @@ interface Wiring {
    * stream (see StageRunner.handleHere); before that, and for a resync, they are published.
    */
   stage?: StageRunner;
+  /**
+   * The direction of the operation the decision of a volume last issued (its book), once the
+   * decision stage runs: a `Ready` entry of a volume in the spec whose book unplugs it is not at
+   * its end.
+   */
+  bookedDirection?: (
+    vmi: VirtualMachineInstance,
+    volume: string,
+  ) => Promise<OperationKind | undefined>;
   log: Logger;
   signal: AbortSignal;
 }
@@ -127,13 +142,25 @@ function publishNudges(
   );
 }
 
-/** The VMI's diff as (operation, volume) pairs. */
-function diffTargets(vmi: VirtualMachineInstance): NudgeTarget[] {
+/**
+ * The VMI's diff as (operation, volume) pairs; and a volume back in the spec whose removal the
+ * last diff held: its entry may not have moved yet (still `Ready`), so the diff alone misses the
+ * re-add, and the decision, which holds the unplug, must hear of it.
+ */
+function diffTargets(vmi: VirtualMachineInstance, nudged: NudgeLedger): NudgeTarget[] {
   const diff = diffVolumes(vmi);
-  return [
+  const targets = [
     ...diff.plug.map((v): NudgeTarget => ({ operation: 'plug', volume: v.name })),
     ...diff.unplug.map((s): NudgeTarget => ({ operation: 'unplug', volume: s.name })),
   ];
+  const uid = vmi.metadata.uid ?? '';
+  for (const { name: volume } of hotplugVolumesOf(vmi)) {
+    const inDiff = targets.some((t) => t.volume === volume);
+    if (!inDiff && nudged.holds(uid, { operation: 'unplug', volume })) {
+      targets.push({ operation: 'plug', volume });
+    }
+  }
+  return targets;
 }
 
 /**
@@ -149,7 +176,7 @@ function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
     w.nudged.forget(uid);
     return;
   }
-  const fresh = w.nudged.fresh(uid, diffTargets(vmi));
+  const fresh = w.nudged.fresh(uid, diffTargets(vmi, w.nudged));
   if (fresh.length > 0) {
     const id = `rv-${vmi.metadata.resourceVersion ?? '0'}`;
     const items = fresh.map(({ volume, operation }) =>
@@ -165,22 +192,49 @@ function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
   if (w.vms.get(namespace, name) !== undefined) w.templateSync.nudge(namespace, name);
 }
 
+/** Books read at once by a resync (one KV read per `Ready` volume in a spec). */
+const BOOK_READS_AT_ONCE = 16;
+
 /**
  * Resync: a decision nudge (cause `resync`) for every hotplug volume not at its desired end,
- * so the decision re-sends the current operation's work to the stage that moves it next.
+ * so the decision re-sends the current operation's work to the stage that moves it next. A
+ * `Ready` volume in the spec is at its end unless its book unplugs it.
  */
 async function resyncAll(w: Wiring, now: Date = new Date()): Promise<number> {
   const round = `resync-${now.getTime().toString(36)}`;
   const items: WorkItem[] = [];
   const live = new Set<string>();
+  const readyButUnplugged: Promise<void>[] = [];
+  const bookReads = new Slots(BOOK_READS_AT_ONCE);
   for (const vmi of w.vmis.list()) {
     if (vmi.metadata.uid === undefined || vmi.metadata.deletionTimestamp !== undefined) continue;
     live.add(vmi.metadata.uid);
     for (const [volume, { operation, status }] of desiredDirections(vmi)) {
-      if (operation === 'plug' && routingPhaseOf(status) === 'Ready') continue;
-      items.push(decisionNudge(vmi, { volume, operation, cause: RESYNC_CAUSE, id: round, now }));
+      const nudge = (): number =>
+        items.push(decisionNudge(vmi, { volume, operation, cause: RESYNC_CAUSE, id: round, now }));
+      if (operation !== 'plug' || routingPhaseOf(status) !== 'Ready') {
+        nudge();
+        continue;
+      }
+      // Ready, unless the book unplugs it: it came back into the spec before any stage moved
+      // its entry, and its nudge was lost (or made while this watcher was down).
+      const booked = w.bookedDirection;
+      if (booked === undefined) continue;
+      readyButUnplugged.push(
+        (async () => {
+          await bookReads.acquire();
+          try {
+            if ((await booked(vmi, volume)) === 'unplug') nudge();
+          } catch (err) {
+            w.log.debug({ err, volume }, 'reading the book of a Ready volume');
+          } finally {
+            bookReads.release();
+          }
+        })(),
+      );
     }
   }
+  await Promise.all(readyButUnplugged);
   w.nudged.retainOnly(live);
   for (const vm of w.vms.list()) {
     const { namespace = 'default', name = '' } = vm.metadata;
@@ -283,6 +337,14 @@ export async function startSpecWatcher(
       logger: log,
     });
     const { snapshots: decisions } = await ensureStageBuckets(bus, Stage.SpecWatcher);
+    w.bookedDirection = async (vmi, volume) => {
+      const { namespace = 'default', name = '', uid = '' } = vmi.metadata;
+      const context = await readUnitContext(
+        decisions,
+        decisionUnit({ namespace, vmi: name, volume }),
+      );
+      return bookedOperation(context, uid)?.operation;
+    };
     projector = await startProjector({
       bus,
       client,

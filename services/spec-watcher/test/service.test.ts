@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectBus, StreamName } from '@plugline/bus';
 import type { Bus } from '@plugline/bus';
 import {
+  EVENTS_PLACEHOLDER_SUBJECT,
   buildEvent,
   encodeMessage,
   encodeToken,
@@ -22,7 +23,7 @@ import { startKubeSim, Types } from '@plugline/kube-sim';
 import type { KubeObject, KubeSim } from '@plugline/kube-sim';
 import { createLogger, createMetrics, memoryDestination } from '@plugline/telemetry';
 import type { PluglineMetrics } from '@plugline/telemetry';
-import { startNats, waitFor } from '@plugline/testkit';
+import { rollBackStreamAround, startNats, waitFor } from '@plugline/testkit';
 import type { NatsServer } from '@plugline/testkit';
 import { parseConfig, PROJECTOR_CONSUMER, startSpecWatcher } from '../src/index.js';
 import type { SpecWatcherService } from '../src/index.js';
@@ -588,6 +589,20 @@ describe('spec-watcher (stage)', { timeout: 30_000 }, () => {
     });
     await waitFor(() => kubeEvents(main).some((e) => e.message === 'after the malformed one'));
   });
+
+  it('a placeholder that moved the event stream past its consumer is skipped: acknowledged, not dead-lettered', async () => {
+    const placeholder = await bus.js.publish(EVENTS_PLACEHOLDER_SUBJECT);
+    await waitFor(
+      async () => {
+        const info = await bus.jsm.consumers.info(StreamName.Events, PROJECTOR_CONSUMER);
+        return info.ack_floor.stream_seq >= placeholder.seq;
+      },
+      { timeout: 5000, description: 'the projector to acknowledge the placeholder' },
+    );
+    const dead = await streamMessages(StreamName.DeadLetters, 'plugline.v1.dlq.spec-watcher');
+    const subjects = dead.map((m) => m.header?.get('Plugline-Subject'));
+    expect(subjects).not.toContain(EVENTS_PLACEHOLDER_SUBJECT);
+  });
 });
 
 describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
@@ -697,6 +712,56 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     } finally {
       recorded.stop();
     }
+  });
+
+  it('a volume back in the spec before any stage moved its Ready entry is nudged, and plugs again', async () => {
+    const name = `quick-${randomBytes(3).toString('hex')}`;
+    const { vmi, op: plugOp } = await attachedVolume(name, 'back');
+    await publishFact(vmi, 'back', EventType.Ready, { operationId: plugOp, target: 'sda' });
+    await waitForPhase(name, 'back', 'Ready');
+    removeVolume(name, 'back');
+    const unplug = await waitForEvent(name, 'back', EventType.UnplugRequested);
+    addVolume(name, 'back');
+    const readd = await waitFor(
+      async () =>
+        (await eventsOf(name, 'back')).find(
+          (e) =>
+            e.type.endsWith('.requested') &&
+            e.data.operationId !== plugOp &&
+            e.data.operationId !== unplug.data.operationId,
+        ),
+      { timeout: 5000, description: 'a new plug operation for the volume back in the spec' },
+    );
+    expect(readd.data.operation).toBe('plug');
+  });
+
+  it('a volume back in the spec while its status is still Ready and its book an unplug is plugged again by the resync', async () => {
+    const name = `missed-${randomBytes(3).toString('hex')}`;
+    const { vmi, op: plugOp } = await attachedVolume(name, 'back');
+    await publishFact(vmi, 'back', EventType.Ready, { operationId: plugOp, target: 'sda' });
+    await waitForPhase(name, 'back', 'Ready');
+    removeVolume(name, 'back');
+    const unplug = await waitForEvent(name, 'back', EventType.UnplugRequested);
+    // The volume comes back while the watcher is down (its spec nudge never happens), before
+    // any stage moved the entry: the spec and the status agree, only the book says unplug.
+    await stopService();
+    try {
+      addVolume(name, 'back');
+    } finally {
+      await startService('worker-a');
+    }
+    expect(statusOf(name, 'back')?.phase).toBe('Ready');
+    const readd = await waitFor(
+      async () =>
+        (await eventsOf(name, 'back')).find(
+          (e) =>
+            e.type.endsWith('.requested') &&
+            e.data.operationId !== plugOp &&
+            e.data.operationId !== unplug.data.operationId,
+        ),
+      { timeout: 10_000, description: 'a new plug operation for the volume back in the spec' },
+    );
+    expect(readd.data.operation).toBe('plug');
   });
 
   it('a volume re-added while it is being unplugged is nudged again, and plugs', async () => {
@@ -909,3 +974,48 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     }
   });
 });
+
+describe(
+  'spec-watcher after a crash left the event stream behind its projector',
+  { timeout: 90_000 },
+  () => {
+    it("moves the stream's sequence past the projector's consumer, whose events then arrive again", async () => {
+      const name = `vm-${randomBytes(3).toString('hex')}`;
+      const vmi = createRunningVmi(name);
+      const fact = (operationId: string): Promise<number> =>
+        publishFact(vmi, 'data', EventType.Failed, {
+          operationId,
+          reason: 'Probe',
+          message: operationId,
+        });
+      await stopService();
+      // The projector reads two facts that the crash then takes from the stream.
+      await rollBackStreamAround(nats, StreamName.Events, async () => {
+        await waitFor(() => bus.connected(), { timeout: 10_000, description: 'reconnection' });
+        await startService('worker-a');
+        await fact('op-lost-a');
+        await projected(await fact('op-lost-b'));
+        await stopService();
+      });
+      // The shared connection comes back a moment after the server (a request sent before is lost).
+      await waitFor(() => bus.connected(), { timeout: 10_000, description: 'reconnection' });
+      const behind = await bus.jsm.consumers.info(StreamName.Events, PROJECTOR_CONSUMER);
+      const { state } = await bus.jsm.streams.info(StreamName.Events);
+      expect(state.last_seq).toBeLessThan(behind.delivered.stream_seq);
+
+      await startService('worker-a');
+      await waitFor(
+        async () =>
+          (await bus.jsm.streams.info(StreamName.Events)).state.last_seq >=
+          behind.delivered.stream_seq,
+        {
+          timeout: 10_000,
+          description: "the event stream's sequence to pass the projector's consumer",
+        },
+      );
+      // A fact published now reaches the projector.
+      await projected(await fact('op-after'));
+      await waitFor(() => kubeEvents(name).some((e) => e.message === 'op-after'));
+    });
+  },
+);
