@@ -256,6 +256,25 @@ class Run {
     this.vmi = vmi;
     this.statusOf = new Map((vmi.status?.volumeStatus ?? []).map((s) => [s.name, s]));
     this.#reReport = reReport;
+    for (const [volume, status] of this.statusOf) {
+      // An in-use entry of an older plug: the volume was removed and put back before any stage
+      // moved its entry. Its phase is not the current plug's, which goes down the whole chain
+      // (node-mounter and domain-updater confirm the disk and its target under it); a pod
+      // replaced under the same plug keeps its phase (#10165).
+      if (IN_USE_PHASES.has(status.phase ?? '') && this.#announcedUnderOlderPlug(volume)) {
+        const { phase: _older, ...rest } = status;
+        this.statusOf.set(volume, rest);
+      }
+    }
+  }
+
+  /** Whether this unit announced the volume attached under a plug older than its current one. */
+  #announcedUnderOlderPlug(volume: string): boolean {
+    const announced = this.state.published[volume]?.[EventType.AttachedToNode];
+    const plug = this.op(volume, 'plug');
+    return (
+      announced !== undefined && plug !== undefined && !announced.startsWith(`${plug.operationId}|`)
+    );
   }
 
   phaseOf(volume: string): string | undefined {
@@ -687,7 +706,7 @@ export function decide(
         launcherPod: obs.launcher,
         desiredReady: desired,
         pods: obs.pods,
-        volumeStatus: vmi.status?.volumeStatus ?? [],
+        volumeStatus: [...run.statusOf.values()],
         inUse,
       });
   const effects: Effect[] = [];

@@ -193,6 +193,44 @@ describe('decide', () => {
     expect(work).toEqual(['b']);
   });
 
+  it('sends a re-add down the chain although its entry still shows the old plug Ready', () => {
+    // Announced under its plug; removed and put back so fast that the entry never left the
+    // old plug's `Ready`: the new plug's node work goes out (node-mounter and domain-updater
+    // confirm the disk and its target under it), not only its announcement.
+    const v = vmi(withHotplugPVC('a'));
+    const pod = attachmentPod(v, [fsVolume('a')], 'Running');
+    const first = decide(
+      state(item('a', { operationId: 'op-1' })),
+      observed(v, ['a'], { pods: [pod] }),
+      T0,
+      OPTIONS,
+    );
+    const ready = vmi(
+      withHotplugPVC('a'),
+      withVolumeStatus({
+        name: 'a',
+        target: 'sda',
+        phase: 'Ready',
+        hotplugVolume: { attachPodName: pod.metadata.name!, attachPodUID: pod.metadata.uid! },
+      }),
+    );
+    const readded = [
+      item('a', { operationId: 'op-2', operation: 'unplug', cause: EventType.UnplugRequested }),
+      item('a', { operationId: 'op-3' }),
+    ].reduce(recordWork, first.state);
+    const d = decide(readded, observed(ready, ['a'], { pods: [pod] }), T0 + 1, OPTIONS);
+    // The new plug's steps from the start: bound, then attached with its node work.
+    expect(factTypes(d)).toEqual(['a:bound', 'a:attached-to-node']);
+    expect(d.emit.at(-1)).toMatchObject({
+      type: 'plugline.work',
+      work: { stage: 'node-mounter', operationId: 'op-3', volume: 'a' },
+    });
+    // Once sent, a nudge adds nothing.
+    expect(decide(d.state, observed(ready, ['a'], { pods: [pod] }), T0 + 2, OPTIONS).emit).toEqual(
+      [],
+    );
+  });
+
   it('keeps a removed volume on its pod until node-mounter unmounted it', () => {
     const v = vmi(
       withHotplugPVC('a'),
