@@ -510,6 +510,23 @@ async function unitSnapshot(
   return `rev ${entry.revision} ${shown.slice(0, 1500)}`;
 }
 
+/** The fields of a work item that name its stage's unit. */
+interface RoutedItem {
+  stage?: string;
+  namespace?: string;
+  vmi?: string;
+  volume?: string;
+}
+
+/** A work item's routing fields, or nothing when it is not JSON. */
+function parsedItem(text: string): RoutedItem {
+  try {
+    return JSON.parse(text) as RoutedItem;
+  } catch {
+    return {};
+  }
+}
+
 /**
  * Prints, for the volumes a failed convergence names, the VMI's spec and status entry and every
  * event the stages published for them (type, operation, stage, phase): what a reader of a red
@@ -603,12 +620,26 @@ async function explainBacklog(f: ChaosFixture): Promise<void> {
       );
       const from = c.ack_floor.stream_seq + 1;
       let shown = 0;
+      const units = new Set<string>();
       for (let seq = from; seq <= c.delivered.stream_seq && seq < from + 50; seq++) {
         const held = await messageAt(seq);
         if (held === null) continue;
         if (!subjectMatches(c.config.filter_subject ?? '>', held.subject)) continue;
         lines.push(`      seq ${seq} ${held.subject} ${held.string().slice(0, 400)}`);
         shown++;
+        const item = parsedItem(held.string());
+        // The stage's persisted unit: what it is waiting on when it keeps sending an item back.
+        const unit =
+          item.stage === 'attachment-orchestrator'
+            ? `${item.namespace}/${item.vmi}`
+            : `${item.namespace}/${item.vmi}/${item.volume}`;
+        if (item.stage !== undefined && !units.has(`${item.stage} ${unit}`)) {
+          units.add(`${item.stage} ${unit}`);
+          const snapshot = await unitSnapshot(bus, item.stage, unit).catch((e: unknown) =>
+            String(e),
+          );
+          lines.push(`      ${item.stage} snapshot of ${unit}: ${snapshot}`);
+        }
       }
       if (shown < c.num_ack_pending) {
         lines.push(

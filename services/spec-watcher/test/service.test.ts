@@ -714,36 +714,42 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     }
   });
 
+  /**
+   * A volume plugged to `Ready` and then removed from the spec, before any stage moved its entry
+   * (it still shows `Ready`); the ids of its plug and its unplug.
+   */
+  async function readyThenRemoved(name: string, volume: string): Promise<string[]> {
+    const { vmi, op: plugOp } = await attachedVolume(name, volume);
+    await publishFact(vmi, volume, EventType.Ready, { operationId: plugOp, target: 'sda' });
+    await waitForPhase(name, volume, 'Ready');
+    removeVolume(name, volume);
+    const unplug = await waitForEvent(name, volume, EventType.UnplugRequested);
+    return [plugOp, unplug.data.operationId];
+  }
+
+  /** The request of an operation other than `known` for the volume, once published. */
+  function newRequest(name: string, volume: string, known: string[]): Promise<VolumeEvent> {
+    return waitFor(
+      async () =>
+        (await eventsOf(name, volume)).find(
+          (e) => e.type.endsWith('.requested') && !known.includes(e.data.operationId),
+        ),
+      { timeout: 10_000, description: `a new plug operation for ${volume}` },
+    );
+  }
+
   it('a volume back in the spec before any stage moved its Ready entry is nudged, and plugs again', async () => {
     const name = `quick-${randomBytes(3).toString('hex')}`;
-    const { vmi, op: plugOp } = await attachedVolume(name, 'back');
-    await publishFact(vmi, 'back', EventType.Ready, { operationId: plugOp, target: 'sda' });
-    await waitForPhase(name, 'back', 'Ready');
-    removeVolume(name, 'back');
-    const unplug = await waitForEvent(name, 'back', EventType.UnplugRequested);
+    const known = await readyThenRemoved(name, 'back');
     addVolume(name, 'back');
-    const readd = await waitFor(
-      async () =>
-        (await eventsOf(name, 'back')).find(
-          (e) =>
-            e.type.endsWith('.requested') &&
-            e.data.operationId !== plugOp &&
-            e.data.operationId !== unplug.data.operationId,
-        ),
-      { timeout: 5000, description: 'a new plug operation for the volume back in the spec' },
-    );
-    expect(readd.data.operation).toBe('plug');
+    expect((await newRequest(name, 'back', known)).data.operation).toBe('plug');
   });
 
   it('a volume back in the spec while its status is still Ready and its book an unplug is plugged again by the resync', async () => {
     const name = `missed-${randomBytes(3).toString('hex')}`;
-    const { vmi, op: plugOp } = await attachedVolume(name, 'back');
-    await publishFact(vmi, 'back', EventType.Ready, { operationId: plugOp, target: 'sda' });
-    await waitForPhase(name, 'back', 'Ready');
-    removeVolume(name, 'back');
-    const unplug = await waitForEvent(name, 'back', EventType.UnplugRequested);
-    // The volume comes back while the watcher is down (its spec nudge never happens), before
-    // any stage moved the entry: the spec and the status agree, only the book says unplug.
+    const known = await readyThenRemoved(name, 'back');
+    // The volume comes back while the watcher is down (its spec nudge never happens): the spec
+    // and the status agree, only the book says unplug.
     await stopService();
     try {
       addVolume(name, 'back');
@@ -751,17 +757,7 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
       await startService('worker-a');
     }
     expect(statusOf(name, 'back')?.phase).toBe('Ready');
-    const readd = await waitFor(
-      async () =>
-        (await eventsOf(name, 'back')).find(
-          (e) =>
-            e.type.endsWith('.requested') &&
-            e.data.operationId !== plugOp &&
-            e.data.operationId !== unplug.data.operationId,
-        ),
-      { timeout: 10_000, description: 'a new plug operation for the volume back in the spec' },
-    );
-    expect(readd.data.operation).toBe('plug');
+    expect((await newRequest(name, 'back', known)).data.operation).toBe('plug');
   });
 
   it('a volume re-added while it is being unplugged is nudged again, and plugs', async () => {
