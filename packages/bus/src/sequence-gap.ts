@@ -29,10 +29,11 @@ const MAX_PLACEHOLDERS_PER_CHECK = 20_000;
  * Placeholders on the stream's placeholder subject (`WORK_PLACEHOLDER_SUBJECT`,
  * `EVENTS_PLACEHOLDER_SUBJECT`) fill the gap and are deleted as soon as they are stored; no stage
  * takes a work one, and the status projector skips an event one that a concurrent publisher
- * pushed past the consumer. What took a sequence in the gap before is not lost: a work item is
- * then the consumer's leftover, which {@link WorkLeftovers} requeues; an event's volume is nudged
- * again by the spec-watcher's resync, whose facts the projector then receives. A placeholder a
- * check left behind (its process ended) is deleted by the next one.
+ * pushed past the consumer. What took a sequence in the gap before the check: a work item is
+ * then the consumer's leftover, which `WorkQueueRepair` has {@link WorkLeftovers} requeue (not
+ * delete); an event is not delivered to the projector, and only the spec-watcher's resync
+ * repairs what it carried (a volume not at its end is nudged again). A placeholder a check left
+ * behind (its process ended) is deleted by the next one.
  *
  * It reads, publishes and deletes by sequence, which under least-privilege users only the cleanup
  * identity may: the read (for placeholders left behind) comes first, so that a service (which
