@@ -45,7 +45,9 @@ interface FloorWatch {
  * Seen from outside: the consumer holds items, pulls wait, and its ack floor does not move for
  * `stuckAfterMs`. Each item above the floor that has been in the stream all that time is
  * published again as a copy (a new sequence, which the server delivers) and then deleted (on a
- * work queue that also ends its pending entry). A consumer with no pull waiting is left alone:
+ * work queue that also ends its pending entry). A consumer that counts nothing outstanding but
+ * whose subjects still hold items above what it delivered (2.9 in a cluster after a leader
+ * change) is watched the same way, from its delivered sequence. A consumer with no pull waiting is left alone:
  * its service is down or busy, and its items wait for it. Copies carry the original's
  * `Nats-Msg-Id` with the sequence they replace, so two checkers (replicas, the janitor) publish
  * one copy.
@@ -94,17 +96,22 @@ export class StuckWork {
     const { jsm } = this.#bus;
     const info = await consumerInfo(this.#bus, consumer);
     const filter = info.config.filter_subject;
-    const since = this.#floorSince(info);
-    const stuckAfterMs = this.#stuckAfterMs ?? STUCK_AFTER_ACK_WAITS * ackWaitMsOf(info.config);
-    const now = Date.now();
-    if (filter === undefined || since === undefined || now - since < stuckAfterMs) return [];
-    if (info.num_waiting === 0) return [];
+    if (filter === undefined) return [];
     // What the stream holds on the filter, not what the consumer counts: above a floor the
     // server keeps down, it can also keep items it counts as acknowledged (their removal lost
-    // in the crash), which are never delivered again either.
-    const stream = await heldOnFilter(this.#bus, filter);
+    // in the crash), which are never delivered again either. And a consumer that counts nothing
+    // outstanding can still have items above what it delivered, which 2.9 in a cluster did not
+    // deliver (a leader change): read for an idle consumer only when its filter holds any.
+    const idle = info.num_pending + info.num_ack_pending === 0;
+    let stream = idle ? await heldOnFilter(this.#bus, filter) : undefined;
+    const since = this.#floorSince(info, !idle || (stream?.held ?? 0) > 0);
+    const stuckAfterMs = this.#stuckAfterMs ?? STUCK_AFTER_ACK_WAITS * ackWaitMsOf(info.config);
+    const now = Date.now();
+    if (since === undefined || now - since < stuckAfterMs) return [];
+    if (info.num_waiting === 0) return [];
+    stream ??= await heldOnFilter(this.#bus, filter);
     let held = stream.held;
-    const from = info.ack_floor.stream_seq + 1;
+    const from = markOf(info) + 1;
     const last = Math.min(stream.last, from + MAX_READS_PER_CHECK - 1);
     // Items are in the stream in the order they came, so the first one younger than the watch
     // ends the search: every later one is younger still.
@@ -127,15 +134,15 @@ export class StuckWork {
   }
 
   /**
-   * Since when the consumer has held items with its ack floor where it is now; undefined when it
-   * holds none. A watch starts only while a pull waits: after its service was down, the floor
-   * it left is not counted as stuck before the service pulls again.
+   * Since when the consumer has held items with its mark ({@link markOf}) where it is now;
+   * undefined when it holds none. A watch starts only while a pull waits: after its service was
+   * down, the floor it left is not counted as stuck before the service pulls again.
    */
-  #floorSince(info: ConsumerInfo): number | undefined {
+  #floorSince(info: ConsumerInfo, holds: boolean): number | undefined {
     const consumer = info.name;
-    const floor = info.ack_floor.stream_seq;
+    const floor = markOf(info);
     const watch = this.#watches.get(consumer);
-    if (info.num_pending + info.num_ack_pending === 0) {
+    if (!holds) {
       this.#watches.delete(consumer);
       return undefined;
     }
@@ -144,4 +151,13 @@ export class StuckWork {
     else this.#watches.delete(consumer);
     return undefined;
   }
+}
+
+/**
+ * Where a consumer's held items start: above its ack floor, or, when it counts nothing
+ * outstanding, above what it delivered (what lies below is done: leftovers, the reaper's).
+ */
+function markOf(info: ConsumerInfo): number {
+  const idle = info.num_pending + info.num_ack_pending === 0;
+  return idle ? info.delivered.stream_seq : info.ack_floor.stream_seq;
 }

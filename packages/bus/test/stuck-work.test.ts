@@ -209,6 +209,38 @@ describe('StuckWork', () => {
     expect([after.num_ack_pending, after.num_pending]).toEqual([0, 0]);
   }, 60_000);
 
+  it('requeues an item above what a consumer counting nothing outstanding delivered (the report of 2.9 in a cluster)', async () => {
+    // Seen in the 3-node chaos run after a leader change: an item on the consumer's subjects
+    // above its delivered sequence, the consumer counting nothing pending, and pulls waiting that
+    // never got it. A single server cannot be made to report that, so the report is built from
+    // the real one; the item, the copy and the pull are real.
+    await sendWork(bus, workItem('unseen'));
+    const real = await bus.jsm.consumers.info(StreamName.Work, CONSUMER);
+    const [unseen] = await streamSequences();
+    const reported = {
+      ...real,
+      num_pending: 0,
+      num_ack_pending: 0,
+      num_waiting: 1,
+      delivered: { ...real.delivered, stream_seq: unseen! - 1 },
+      ack_floor: { ...real.ack_floor, stream_seq: unseen! - 1 },
+    };
+    const stuck = new StuckWork(bus, { stuckAfterMs: 0 });
+    expect(await stuck.requeue(reported)).toEqual([]);
+    const requeued = await stuck.requeue(reported);
+    expect(requeued.map((r) => r.seq)).toEqual([unseen]);
+    const copy = await consumer.next({ expires: 5000 });
+    expect([copy?.seq, copy?.json<{ volume: string }>().volume]).toEqual([
+      requeued[0]!.copy,
+      'unseen',
+    ]);
+    await copy!.ackAck();
+    // Counting nothing outstanding and holding nothing: nothing to watch.
+    const done = await bus.jsm.consumers.info(StreamName.Work, CONSUMER);
+    expect(await stuck.requeue({ ...done, num_waiting: 1 })).toEqual([]);
+    expect(await stuck.requeue({ ...done, num_waiting: 1 })).toEqual([]);
+  }, 30_000);
+
   it('two checkers publish one copy', async () => {
     await sendWork(bus, workItem('contended'));
     await hold();
