@@ -10,6 +10,7 @@ import {
   requeuesOf,
   requeueWorkItem,
   subjectMatches,
+  type HeldOnFilter,
   type RequeuedItem,
   type WorkConsumer,
 } from './work-items.js';
@@ -80,18 +81,21 @@ export class StuckWork {
   /**
    * One check of `consumer`; resolves with the items it requeued. `heldHere` names the items
    * the caller holds (being handled, or sent back with a delay not yet run out), which are left
-   * alone.
+   * alone; `onFilter` is what the stream holds on the consumer's filter, when the caller has
+   * read it.
    */
   requeue(
     consumer: WorkConsumer,
     heldHere: (seq: number) => boolean = () => false,
+    onFilter?: HeldOnFilter,
   ): Promise<readonly RequeuedItem[]> {
-    return this.#latch.run(() => this.#requeue(consumer, heldHere), []);
+    return this.#latch.run(() => this.#requeue(consumer, heldHere, onFilter), []);
   }
 
   async #requeue(
     consumer: WorkConsumer,
     heldHere: (seq: number) => boolean,
+    onFilter: HeldOnFilter | undefined,
   ): Promise<readonly RequeuedItem[]> {
     const { jsm } = this.#bus;
     const info = await consumerInfo(this.#bus, consumer);
@@ -103,7 +107,7 @@ export class StuckWork {
     // outstanding can still have items above what it delivered, which 2.9 in a cluster did not
     // deliver (a leader change): read for an idle consumer only when its filter holds any.
     const idle = info.num_pending + info.num_ack_pending === 0;
-    let stream = idle ? await heldOnFilter(this.#bus, filter) : undefined;
+    let stream = await this.#heldBeforeWatch(idle, filter, onFilter);
     const since = this.#floorSince(info, !idle || (stream?.held ?? 0) > 0);
     const stuckAfterMs = this.#stuckAfterMs ?? STUCK_AFTER_ACK_WAITS * ackWaitMsOf(info.config);
     const now = Date.now();
@@ -131,6 +135,16 @@ export class StuckWork {
     // delivered. Without, what held the floor is still held: the next check looks again.
     if (requeued.length > 0) this.#watches.delete(info.name);
     return requeued;
+  }
+
+  /** What the stream holds on the filter before the watch: given, or read for an idle consumer. */
+  async #heldBeforeWatch(
+    idle: boolean,
+    filter: string,
+    onFilter: HeldOnFilter | undefined,
+  ): Promise<HeldOnFilter | undefined> {
+    if (onFilter !== undefined || !idle) return onFilter;
+    return heldOnFilter(this.#bus, filter);
   }
 
   /**

@@ -63,11 +63,15 @@ export async function consumerInfo(bus: Bus, consumer: WorkConsumer): Promise<Co
     : consumer;
 }
 
-/** How many items the work stream holds on `filter`, and its first and last sequence. */
-export async function heldOnFilter(
-  bus: Bus,
-  filter: string,
-): Promise<{ held: number; first: number; last: number }> {
+/** How many items the work stream holds on a filter, and its first and last sequence. */
+export interface HeldOnFilter {
+  held: number;
+  first: number;
+  last: number;
+}
+
+/** What the work stream holds on `filter` ({@link HeldOnFilter}). */
+export async function heldOnFilter(bus: Bus, filter: string): Promise<HeldOnFilter> {
   const { state } = await bus.jsm.streams.info(StreamName.Work, { subjects_filter: filter });
   const held = Object.values(state.subjects ?? {}).reduce((a, n) => a + n, 0);
   return { held, first: state.first_seq, last: state.last_seq };

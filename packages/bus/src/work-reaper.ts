@@ -10,6 +10,7 @@ import {
   requeuesOf,
   requeueWorkItem,
   subjectMatches,
+  type HeldOnFilter,
   type RequeuedItem,
   type WorkConsumer,
 } from './work-items.js';
@@ -70,18 +71,23 @@ export class WorkLeftovers {
   /**
    * One check of `consumer`'s items; resolves with what it requeued and removed. Leftovers at or
    * below `requeueUpTo` (a sequence gap the caller closed) are requeued, the others deleted.
+   * `onFilter` is what the stream holds on the consumer's filter, when the caller has read it.
    */
-  reap(consumer: WorkConsumer, requeueUpTo = 0): Promise<ReapedItems> {
-    return this.#latch.run(() => this.#reap(consumer, requeueUpTo), NOTHING_REAPED);
+  reap(consumer: WorkConsumer, requeueUpTo = 0, onFilter?: HeldOnFilter): Promise<ReapedItems> {
+    return this.#latch.run(() => this.#reap(consumer, requeueUpTo, onFilter), NOTHING_REAPED);
   }
 
-  async #reap(consumer: WorkConsumer, requeueUpTo: number): Promise<ReapedItems> {
+  async #reap(
+    consumer: WorkConsumer,
+    requeueUpTo: number,
+    onFilter: HeldOnFilter | undefined,
+  ): Promise<ReapedItems> {
     const info = await consumerInfo(this.#bus, consumer);
     const filter = info.config.filter_subject;
     if (filter === undefined || filter === '') return NOTHING_REAPED;
     const outstanding = info.num_pending + info.num_ack_pending;
     const upTo = doneUpTo(info);
-    const { held, first: firstSeq } = await heldOnFilter(this.#bus, filter);
+    const { held, first: firstSeq } = onFilter ?? (await heldOnFilter(this.#bus, filter));
     const first = Math.max(1, firstSeq);
     const leftovers = held - outstanding;
     // The stream's first item, when it is this consumer's and at or below what it is done with,

@@ -4,7 +4,7 @@ import type { Bus } from './connection.js';
 import { StreamName } from './names.js';
 import { SequenceGap } from './sequence-gap.js';
 import { StuckWork, type StuckWorkOptions } from './stuck-work.js';
-import type { RequeuedItem } from './work-items.js';
+import { heldOnFilter, type RequeuedItem } from './work-items.js';
 import { WorkLeftovers } from './work-reaper.js';
 
 /** What one check of a consumer repaired. */
@@ -33,10 +33,12 @@ export class WorkQueueRepair {
   readonly #gap: SequenceGap;
   readonly #leftovers: WorkLeftovers;
   readonly #stuck: StuckWork;
+  readonly #bus: Bus;
   /** Per consumer: the sequence up to which a check closed a gap (its leftovers are requeued). */
   readonly #gapUpTo = new Map<string, number>();
 
   constructor(bus: Bus, options: StuckWorkOptions = {}) {
+    this.#bus = bus;
     this.#gap = new SequenceGap(bus);
     this.#leftovers = new WorkLeftovers(bus);
     this.#stuck = new StuckWork(bus, options);
@@ -49,11 +51,18 @@ export class WorkQueueRepair {
   async check(info: ConsumerInfo, heldHere?: (seq: number) => boolean): Promise<WorkRepairs> {
     const placeholders = await this.#gap.close(info);
     if (placeholders > 0) this.#gapUpTo.set(info.name, info.delivered.stream_seq);
+    // One read of what the stream holds on the filter for both repairs that count it (the
+    // placeholders are on a subject no filter takes), read again only if the reaper changed it.
+    const filter = info.config.filter_subject;
+    const onFilter =
+      filter === undefined || filter === '' ? undefined : await heldOnFilter(this.#bus, filter);
     const { requeued: leftovers, removed } = await this.#leftovers.reap(
       info,
       this.#gapUpTo.get(info.name),
+      onFilter,
     );
-    const stuck = await this.#stuck.requeue(info, heldHere);
+    const unchanged = leftovers.length === 0 && removed === 0;
+    const stuck = await this.#stuck.requeue(info, heldHere, unchanged ? onFilter : undefined);
     return { placeholders, leftovers, removed, stuck };
   }
 }
