@@ -5,6 +5,7 @@ export {
   RESYNC_CAUSE,
   DETACHED_CAUSE,
   DETACH_TIMEOUT_REASON,
+  REPLUG_GRACE_MS,
   retryDelay,
   isRejection,
   problemOf,

@@ -27,7 +27,9 @@ import { asObservation, type Observation, type Problem } from './observation.js'
  * Every work item carries a fresh observation (`load`); `deciding` routes on it, so the direction
  * comes from the spec, never from the message. Resting states only: a snapshot is persisted when
  * no effect runs. A requested detach is recorded (`detachRequestedAt`) before the machine rests,
- * so it is never sent again while in flight, across restarts too. Deadlines live in context.
+ * so it is never sent again while in flight, across restarts too; a volume added back meanwhile
+ * waits for the guest up to {@link REPLUG_GRACE_MS}, then the disk still in the domain is its.
+ * Deadlines live in context.
  */
 
 /** Causes of work items that are only nudges from this stage (device events, start reconcile). */
@@ -47,6 +49,16 @@ export const DETACHED_CAUSE = EventType.DetachedFromDomain;
 
 export const DETACH_TIMEOUT_REASON = 'DetachTimeout';
 
+/**
+ * A volume added back while its detach is in flight waits this long from the detach request for
+ * the guest to let go (then attaches it afresh); past it, the disk the domain still has is the
+ * volume's. The guest may never let go (KubeVirt, too, takes a disk in the domain and in the spec
+ * as attached), or the record of the detach may be older than the domain: a crash between an
+ * attach and the snapshot write that would have cleared it leaves the unit a snapshot from before
+ * the re-add, which no observation would ever correct. Guests let go in milliseconds to a second.
+ */
+export const REPLUG_GRACE_MS = 5_000;
+
 export interface DomainUpdaterInput {
   readonly key: VolumeKey;
   readonly node: string;
@@ -54,6 +66,11 @@ export interface DomainUpdaterInput {
   readonly detachTimeoutMs: number;
   /** How often a stuck removal is looked at again. */
   readonly stuckRecheckMs?: number;
+  /**
+   * How long a volume added back waits for a detach in flight before the disk the domain still
+   * has is taken as attached (default {@link REPLUG_GRACE_MS}, never past `detachTimeoutMs`).
+   */
+  readonly replugGraceMs?: number;
 }
 
 export interface DomainUpdaterContext {
@@ -61,6 +78,8 @@ export interface DomainUpdaterContext {
   readonly node: string;
   readonly detachTimeoutMs: number;
   readonly stuckRecheckMs: number;
+  /** Absent in snapshots written before it was kept: {@link REPLUG_GRACE_MS} then. */
+  readonly replugGraceMs?: number;
   readonly vmiUID: string;
   /** The operation of the last work item from the chain (nudges keep it). */
   readonly operationId: string;
@@ -161,6 +180,11 @@ function observed(context: DomainUpdaterContext): Extract<Observation, { kind: '
 
 const isObserved = (c: DomainUpdaterContext): boolean => c.obs?.kind === 'observed';
 const detachInFlight = (c: DomainUpdaterContext): boolean => c.detachRequestedAt !== null;
+/** The unit's operation is a plug (a re-add took it over) and the spec wants the volume. */
+const replugging = (c: DomainUpdaterContext): boolean =>
+  c.operation === 'plug' && desired(c) === 'plug';
+const replugGrace = (c: DomainUpdaterContext): number =>
+  Math.min(c.replugGraceMs ?? REPLUG_GRACE_MS, c.detachTimeoutMs);
 const present = (c: DomainUpdaterContext): boolean => isObserved(c) && observed(c).present !== null;
 const desired = (c: DomainUpdaterContext): 'plug' | 'unplug' | undefined =>
   isObserved(c) ? observed(c).desired : undefined;
@@ -256,6 +280,20 @@ export const domainUpdaterMachine = setup({
   guards: {
     gone: ({ context }) => context.obs?.kind === 'gone',
     unavailable: ({ context }) => context.obs?.kind === 'unavailable',
+    /**
+     * Added back, with a detach recorded and the disk still in the domain past the grace: the
+     * disk is the volume's. Only for the re-add's own items (and nudges after it took the unit):
+     * a nudge or late item read from a lagging copy keeps an unplug waiting (see `staleWant`).
+     */
+    keptByGuest: ({ context }) => {
+      const requestedAt = context.detachRequestedAt;
+      return (
+        requestedAt !== null &&
+        present(context) &&
+        replugging(context) &&
+        context.now >= requestedAt + replugGrace(context)
+      );
+    },
     /** A detach was sent and the guest still has the disk. */
     removalPending: ({ context }) => detachInFlight(context) && present(context),
     removalOverdue: ({ context }) =>
@@ -318,7 +356,9 @@ export const domainUpdaterMachine = setup({
       return { attempt, failure, wakeAt: context.now + retryDelay(attempt) };
     }),
     awaitRemoval: assign(({ context }) => ({
-      wakeAt: (context.detachRequestedAt ?? context.now) + context.detachTimeoutMs,
+      wakeAt:
+        (context.detachRequestedAt ?? context.now) +
+        (replugging(context) ? replugGrace(context) : context.detachTimeoutMs),
       target: present(context) ? observed(context).present!.target : context.target,
     })),
     /** The guest has held the disk past the bound: report it once per detach request. */
@@ -364,7 +404,7 @@ export const domainUpdaterMachine = setup({
         enqueue.emit(readyFact(context, target));
         enqueue.assign({ reported: markReported(context, EventType.Ready) });
       }
-      enqueue.assign({ target, attempt: 0, failure: undefined });
+      enqueue.assign({ target, attempt: 0, failure: undefined, detachRequestedAt: null });
     }),
     rejectPlan: enqueueActions(({ context, enqueue }) => {
       const problem = observed(context).planError!;
@@ -384,6 +424,7 @@ export const domainUpdaterMachine = setup({
     node: input.node,
     detachTimeoutMs: input.detachTimeoutMs,
     stuckRecheckMs: input.stuckRecheckMs ?? input.detachTimeoutMs,
+    ...(input.replugGraceMs === undefined ? {} : { replugGraceMs: input.replugGraceMs }),
     vmiUID: '',
     operationId: '',
     cause: '',
@@ -406,6 +447,7 @@ export const domainUpdaterMachine = setup({
       always: [
         { guard: 'gone', target: 'detached', actions: 'forget' },
         { guard: 'unavailable', target: 'retrying', actions: 'scheduleRetry' },
+        { guard: 'keptByGuest', target: 'attached', actions: 'reportAttached' },
         // A detach is in flight: never send it again; wait, or report the guest stuck.
         { guard: 'removalPending', target: 'checkingDeadline' },
         { guard: 'unplugDone', target: 'detached', actions: 'reportDetached' },

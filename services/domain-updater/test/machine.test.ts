@@ -21,6 +21,7 @@ import {
   DETACH_TIMEOUT_REASON,
   domainUpdaterMachine,
   NudgeCause,
+  REPLUG_GRACE_MS,
   UpdaterState,
   type DomainUpdaterSnapshot,
   type Observation,
@@ -134,6 +135,7 @@ function eventsFor(snapshot: DomainUpdaterSnapshot, nudges = true): ModelEvent[]
   return [
     ...Object.keys(OBSERVATIONS).map((o) => work(o)),
     work('unplugPresent', LATE),
+    work('plugPresent', LATE),
     ...(nudges
       ? [work('unplugAbsent', T0, 'device-removed'), work('plugPresent', T0, 'device-added')]
       : []),
@@ -470,6 +472,58 @@ describe('domainUpdaterMachine rules', () => {
     h.actor.send(work('plan', T0 + 4, 'mounted-to-pod', replugOp));
     expect(h.actor.getSnapshot().value).toBe('attaching');
     h.actor.stop();
+  });
+
+  it('a volume added back while the guest holds its detached disk waits the grace, then the disk is its own: ready under the re-add, no second attach', async () => {
+    const unplug = work('unplugPresent', T0 + 1, 'unplug-requested', 'op-2');
+    const h = await attached();
+    h.actor.send({ ...unplug, item: { ...unplug.item, operation: 'unplug' } });
+    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+    h.emitted.length = 0;
+    // The re-add's item while the guest may still let go: it waits for the guest, and comes back
+    // at the grace, not at the detach's minute.
+    h.actor.send(work('plugPresent', T0 + 2, 'mounted-to-pod', 'op-3'));
+    expect(h.actor.getSnapshot().value).toBe('awaitingRemoval');
+    expect(h.actor.getSnapshot().context.wakeAt).toBe(T0 + 1 + REPLUG_GRACE_MS);
+    h.actor.send(work('plugPresent', T0 + REPLUG_GRACE_MS, 'mounted-to-pod', 'op-3'));
+    expect(h.actor.getSnapshot().value).toBe('awaitingRemoval');
+    expect(h.emitted).toEqual([]);
+    // Any look at the grace ends it, a nudge too once the re-add took the unit.
+    h.actor.send(work('plugPresent', T0 + 1 + REPLUG_GRACE_MS, 'device-added', 'device-added-1'));
+    expect(h.actor.getSnapshot().value).toBe('attached');
+    const facts = h.emitted.flatMap((e) => (e.type === 'plugline.fact' ? [e.fact] : []));
+    expect(facts.map((f) => [f.type, f.data.operationId, f.data.target])).toEqual([
+      ['ready', 'op-3', 'sda'],
+    ]);
+    expect(h.fx.calls).toEqual(['attach', 'confirm', 'detach']);
+    // The detach is over: the next unplug sends its own.
+    const next = work('unplugPresent', T0 + 2 * REPLUG_GRACE_MS, 'unplug-requested', 'op-4');
+    h.actor.send({ ...next, item: { ...next.item, operation: 'unplug' } });
+    expect(h.actor.getSnapshot().value).toBe('detaching');
+    h.actor.stop();
+  });
+
+  it('a snapshot from before a re-add the crash kept from it (detach recorded, disk attached again) ends ready, not stuck waiting for the guest', async () => {
+    // The repeated NATS-restart chaos: unplugged, then added back and attached, and the snapshot
+    // writes after the detach lost; every look found the disk and waited on the old detach.
+    const unplug = work('unplugPresent', T0 + 1, 'unplug-requested', 'op-2');
+    const h = await attached();
+    h.actor.send({ ...unplug, item: { ...unplug.item, operation: 'unplug' } });
+    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+    const beforeReAdd = h.actor.getPersistedSnapshot();
+    h.actor.stop();
+
+    const r = harness(beforeReAdd);
+    // A nudge is no re-add: it may read a copy from before the unplug (see staleWant).
+    r.actor.send(work('plugPresent', T0 + 1 + REPLUG_GRACE_MS, 'device-added', 'device-added-1'));
+    expect(r.actor.getSnapshot().value).toBe('awaitingRemoval');
+    expect(r.emitted).toEqual([]);
+    r.actor.send(work('plugPresent', LATE, 'mounted-to-pod', 'op-3'));
+    expect(r.actor.getSnapshot().value).toBe('attached');
+    const facts = r.emitted.flatMap((e) => (e.type === 'plugline.fact' ? [e.fact] : []));
+    expect(facts.map((f) => [f.type, f.data.operationId])).toEqual([['ready', 'op-3']]);
+    expect(r.fx.calls).toEqual([]);
+    r.actor.stop();
   });
 
   it("a late wake-up of an older operation does not take over: the unplug's facts stay its own", async () => {

@@ -7,6 +7,7 @@ import {
   decodeEvent,
   decodeWorkItem,
   encodeMessage,
+  newOperationId,
   Stage,
   workSubject,
   type Disk,
@@ -174,6 +175,11 @@ async function plugVolume(vmi: TestVmi, volume: string, bus_ = 'scsi'): Promise<
     },
     { namespace: ns },
   );
+  await addBack(vmi, volume, bus_);
+}
+
+/** Puts a volume (its PVC still there) back into the spec, and its source file. */
+async function addBack(vmi: TestVmi, volume: string, bus_ = 'scsi'): Promise<void> {
   const current = structuredClone(vmiOf(vmi.name));
   current.spec.volumes = [
     ...(current.spec.volumes ?? []),
@@ -465,6 +471,39 @@ describe('domain-updater on the simulated hypervisor', () => {
     expect(eventsOf('sticky', 'detached-from-domain')).toHaveLength(1);
     expect(eventsOf('sticky', 'failed')).toHaveLength(1);
     expect(calls.detach.filter((c) => c.startsWith(vm2.domain))).toHaveLength(1);
+  });
+
+  it('a volume added back while the guest holds its detached disk is Ready with that disk past the grace, and attached afresh once the guest lets go', async () => {
+    const vm7 = await createVmi('vm7');
+    const attachesOf = () => calls.attach.filter((c) => c.startsWith(vm7.domain));
+    await plugVolume(vm7, 'clung');
+    await publish(workFor(vm7, 'clung', 'plug'));
+    await until('ready of clung', () => eventsOf('clung', 'ready')[0]);
+    await hypervisor.setStuck(`${vm7.domain}/ua-clung`, true);
+    unplugVolume(vm7, 'clung');
+    const unplugId = newOperationId(new Date());
+    await publish({ ...workFor(vm7, 'clung', 'unplug'), operationId: unplugId });
+    await until('the detach call', () => calls.detach.some((c) => c.startsWith(vm7.domain)));
+
+    await addBack(vm7, 'clung');
+    const reAddId = newOperationId(new Date(Date.now() + 1));
+    await publish({ ...workFor(vm7, 'clung', 'plug'), operationId: reAddId });
+    const ready = await until('ready of the re-add', () =>
+      eventsOf('clung', 'ready').find((e) => e.data.operationId === reAddId),
+    );
+    expect(ready.data.target).toBe('sda');
+    expect(attachesOf()).toHaveLength(1);
+    expect(eventsOf('clung', 'detached-from-domain')).toEqual([]);
+    expect(nodeMounterWork.filter((w) => w.volume === 'clung')).toEqual([]);
+
+    // The guest lets go of the detach it was asked for: the disk comes back, the volume mounted.
+    await hypervisor.setStuck(`${vm7.domain}/ua-clung`, false);
+    await until(
+      'the disk attached again',
+      async () => attachesOf().length === 2 && liveDisk(vm7, 'clung'),
+    );
+    expect(nodeMounterWork.filter((w) => w.volume === 'clung')).toEqual([]);
+    expect(existsSync(`${vm7.hotplugDir}/clung.img`)).toBe(true);
   });
 
   it('never sends a detach again after a restart mid-detach', async () => {
