@@ -98,10 +98,17 @@ export interface LogBindings {
   [extra: string]: unknown;
 }
 
-/** A child logger bound to a stage and/or a unit (`logger.child`, with undefined fields dropped). */
+/**
+ * A child logger bound to a stage and/or a unit (`logger.child`, with undefined fields dropped, and
+ * those the parent already binds to the same value: pino writes a binding once per level, so a
+ * stage runtime under a service's stage logger wrote `"stage"` twice on every line).
+ */
 export function childLogger(logger: Logger, bindings: LogBindings): Logger {
-  const defined = Object.fromEntries(Object.entries(bindings).filter(([, v]) => v !== undefined));
-  return logger.child(defined);
+  const bound = logger.bindings();
+  const added = Object.fromEntries(
+    Object.entries(bindings).filter(([k, v]) => v !== undefined && bound[k] !== v),
+  );
+  return Object.keys(added).length === 0 ? logger : logger.child(added);
 }
 
 /** A logger that writes nothing; for components whose caller gave none. */

@@ -52,6 +52,27 @@ describe('createLogger', () => {
   });
 });
 
+describe('childLogger', () => {
+  it('writes each binding once when a child binds what its parent already does', () => {
+    const raw: string[] = [];
+    const logger = createLogger(
+      { name: 'spec-watcher' },
+      { write: (line: string) => raw.push(line) },
+    );
+    const stage = childLogger(logger, { stage: 'spec-watcher' });
+    const runtime = childLogger(stage, { stage: 'spec-watcher', node: undefined });
+    const unit = childLogger(runtime, { stage: 'spec-watcher', vmi: 'vm1' });
+    unit.warn({ consumer: 'spec-watcher' }, 'removed finished work items the server kept');
+    expect(raw).toHaveLength(1);
+    expect(raw[0]!.match(/"stage":/g)).toHaveLength(1);
+    expect(JSON.parse(raw[0]!)).toMatchObject({ stage: 'spec-watcher', vmi: 'vm1' });
+    // A different value is still bound: the child's own.
+    const other = childLogger(stage, { stage: 'projector' });
+    other.info('x');
+    expect(JSON.parse(raw[1]!)).toMatchObject({ stage: 'projector' });
+  });
+});
+
 describe('createMetrics and the health server', () => {
   it('serves /healthz, /readyz (503 until ready) and /metrics', async () => {
     const metrics = createMetrics();
