@@ -5,7 +5,8 @@
  * The services run as `plugctl up` runs them: the `pnpm build` bundles with plain node (built
  * first when missing or stale); `--from-source` runs them through tsx instead.
  *
- *   pnpm bench [-- --ops 200 --repeat 3 --vmis 50 --concurrency 16 --sections 1,2,3,4,5,6,7]
+ *   pnpm bench [-- --ops 200 --repeat 3 --vmis 50 --concurrency 16 --sweep-concurrency 32,64
+ *                  --sections 1,2,3,4,5,6,7]
  *   (--repeat: rounds of sections 1-2, 3 and 5, whose figures are medians over them)
  *              [--from-source] [--profile <service> --profile-stack main|burst]
  *              [--node-args=<node flags for every service, space-separated, e.g. --optimize-for-size>]
@@ -41,6 +42,20 @@ function guestBus(value: string | undefined): GuestConfig['bus'] {
   throw new Error('--guest-bus must be scsi or virtio');
 }
 
+/** `--sweep-concurrency 32,64` (empty: no sweep). */
+function concurrencies(value: string | undefined): number[] {
+  const list = (value ?? '')
+    .split(',')
+    .map((v) => v.trim())
+    .filter((v) => v !== '');
+  return list.map((v) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1)
+      throw new Error('--sweep-concurrency takes whole numbers ≥ 1, comma-separated');
+    return n;
+  });
+}
+
 function profileStack(value: string | undefined): BenchConfig['profileStack'] {
   if (value === 'main' || value === 'burst') return value;
   throw new Error('--profile-stack must be main (sections 1-3) or burst (section 4)');
@@ -58,6 +73,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
       vmis: { type: 'string', default: '50' },
       'volumes-per-vmi': { type: 'string', default: '2' },
       concurrency: { type: 'string', default: '16' },
+      'sweep-concurrency': { type: 'string', default: '32,64' },
       burst: { type: 'string', default: '75' },
       'burst-pod-start-ms': { type: 'string', default: '1000' },
       profile: { type: 'string', default: ServiceName.SpecWatcher },
@@ -91,6 +107,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
     vmis: int('vmis'),
     volumesPerVmi: Math.max(1, int('volumes-per-vmi')),
     concurrency: Math.max(1, int('concurrency')),
+    sweepConcurrency: concurrencies(values['sweep-concurrency']),
     burst: int('burst'),
     burstPodStartMs: int('burst-pod-start-ms'),
     profile: (values.profile ?? '') as ServiceName | '',

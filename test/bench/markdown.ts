@@ -165,6 +165,7 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       `- unplug: **${tp.unplug.opsPerSecond} ops/s** over ${tp.unplug.wallS} s, latency ${pct(tp.unplug.latency)}`,
       ...throughputRoundLines(tp),
       `- correctness: ${JSON.stringify(tp.correctness)}`,
+      ...sweepLines(tp),
       ...slowestLines('plug', tp.plug.slowest),
       ...slowestLines('unplug', tp.unplug.slowest),
       '',
@@ -273,6 +274,30 @@ function throughputRoundLines(tp: NonNullable<Results['throughput']>): string[] 
       : [
           `  - Event writes per plug, each round: ${r.eventWritesPerPlug.runs.join(', ')}. The spec-watcher's recorder gives each VMI a burst of 25 Events, then one per 5 minutes, as client-go's does for KubeVirt's components; rounds on the same VMIs spend it, and a round that writes fewer Events costs less CPU per plug`,
         ]),
+  ];
+}
+
+const roundsEach = (n: number): string => `${n} round${n === 1 ? '' : 's'} each`;
+
+/** Throughput against client concurrency, and the most within the p99 bound. */
+function sweepLines(tp: NonNullable<Results['throughput']>): string[] {
+  const sw = tp.sweep;
+  if (sw === undefined || sw.points.length < 2) return [];
+  const best = sw.points.find((p) => p.concurrency === sw.bestWithinBound);
+  const headline =
+    best === undefined
+      ? `no concurrency kept plug p99 within ${sw.p99BoundMs} ms (target ≥ 100 ops/s with p99 ≤ ${sw.p99BoundMs}: **not met**)`
+      : `**${best.plugOpsPerSecond.median} plug ops/s** at concurrency ${best.concurrency}, p99 ${best.plugP99Ms.median} ms (target ≥ 100 ops/s with p99 ≤ ${sw.p99BoundMs}: ${ok(best.plugOpsPerSecond.median >= 100)})`;
+  return [
+    `- throughput against the client's concurrency (${roundsEach(tp.rounds?.count ?? 1)}, medians with min–max); the most within p99 ≤ ${sw.p99BoundMs} ms: ${headline}`,
+    '',
+    '| concurrency | plug ops/s | plug p99 ms | unplug ops/s | unplug p99 ms | CPU ms per plug | correct |',
+    '|---:|---:|---:|---:|---:|---:|---|',
+    ...sw.points.map(
+      (p) =>
+        `| ${p.concurrency} | ${rep(p.plugOpsPerSecond)} | ${rep(p.plugP99Ms)} | ${rep(p.unplugOpsPerSecond)} | ${rep(p.unplugP99Ms)} | ${rep(p.stackCpuMsPerPlug)} | ${p.correct ? 'yes' : '**no**'} |`,
+    ),
+    '',
   ];
 }
 

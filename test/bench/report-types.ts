@@ -49,6 +49,24 @@ interface ThroughputFigures {
     /** Event writes (POST or PATCH) per plug: they stop as each VMI's Event budget runs out. */
     eventWritesPerPlug?: Repeated;
   };
+  /**
+   * The same rounds at more client concurrencies (the first point is the section's own): plug
+   * throughput against p99, and the concurrency with the most plug ops/s within the p99 bound
+   * (absent in older results).
+   */
+  sweep?: {
+    p99BoundMs: number;
+    points: {
+      concurrency: number;
+      plugOpsPerSecond: Repeated;
+      plugP99Ms: Repeated;
+      unplugOpsPerSecond: Repeated;
+      unplugP99Ms: Repeated;
+      stackCpuMsPerPlug: Repeated;
+      correct: boolean;
+    }[];
+    bestWithinBound?: number;
+  };
 }
 
 /** Section 4: one burst of volumes on one VMI. */

@@ -46,6 +46,7 @@ import {
   percentiles,
   repeated,
   round,
+  sweepFigures,
   type Percentiles,
   type Repeated,
 } from './stats.js';
@@ -57,6 +58,11 @@ export interface BenchConfig {
   vmis: number;
   volumesPerVmi: number;
   concurrency: number;
+  /**
+   * More client concurrencies the throughput section runs `repeat` rounds at each, after its
+   * own (`--sweep-concurrency`): throughput against p99 latency, for the most that keeps p99 ≤ 1 s.
+   */
+  sweepConcurrency: readonly number[];
   burst: number;
   burstPodStartMs: number;
   profile: ServiceName | '';
@@ -367,7 +373,7 @@ function slowest(ops: readonly OpResult[], count = 5) {
  * are the median round's (by plug ops/s), with every round's headline figures beside them: the
  * two cores are shared, and one round can read far from the next.
  */
-async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
+async function throughput(h: Harness, cfg: BenchConfig, log: Log, sweep = false) {
   const { stack } = h;
   const ns = 'bench-tp';
   const t = performance.now();
@@ -383,19 +389,42 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log) {
     const k = j % cfg.volumesPerVmi;
     return { ns, vmi: `vm-${i}`, volume: `d${k}`, claim: `vm-${i}-d${k}` };
   });
-  const rounds: ThroughputRound[] = [];
-  for (let r = 0; r < cfg.repeat; r++) {
-    // Neither the setup's tail nor the previous round's (its last work items) may slow this
-    // round's start, or be billed to its operations.
-    if (r > 0) await workDrained(stack.natsUrl, BURST_DRAIN_TIMEOUT_MS, log);
-    await cpuQuiet(h.procs(), log);
-    const round = await throughputRound(h, cfg, items);
-    log(
-      `throughput round ${r + 1}/${cfg.repeat}: plug ${round.plug.opsPerSecond}/s p99 ${round.plug.latency.p99} ms; unplug ${round.unplug.opsPerSecond}/s p99 ${round.unplug.latency.p99} ms; failed ${round.correctness.failedEvents}`,
-    );
-    rounds.push(round);
+  const roundsAt = async (concurrency: number): Promise<ThroughputRound[]> => {
+    const rounds: ThroughputRound[] = [];
+    for (let r = 0; r < cfg.repeat; r++) {
+      // Neither the setup's tail nor the previous round's (its last work items) may slow this
+      // round's start, or be billed to its operations.
+      await workDrained(stack.natsUrl, BURST_DRAIN_TIMEOUT_MS, log);
+      await cpuQuiet(h.procs(), log);
+      const round = await throughputRound(h, { ...cfg, concurrency }, items);
+      log(
+        `throughput at concurrency ${concurrency}, round ${r + 1}/${cfg.repeat}: plug ${round.plug.opsPerSecond}/s p99 ${round.plug.latency.p99} ms; unplug ${round.unplug.opsPerSecond}/s p99 ${round.unplug.latency.p99} ms; failed ${round.correctness.failedEvents}`,
+      );
+      rounds.push(round);
+    }
+    return rounds;
+  };
+  const main = acrossThroughputRounds(await roundsAt(cfg.concurrency));
+  if (!sweep) return main;
+  const points = [sweepPoint(cfg.concurrency, main)];
+  for (const concurrency of cfg.sweepConcurrency.filter((c) => c !== cfg.concurrency)) {
+    points.push(sweepPoint(concurrency, acrossThroughputRounds(await roundsAt(concurrency))));
   }
-  return acrossThroughputRounds(rounds);
+  return { ...main, sweep: sweepFigures(points) };
+}
+
+/** One client concurrency of the sweep: its rounds' medians, min and max. */
+function sweepPoint(concurrency: number, figures: ReturnType<typeof acrossThroughputRounds>) {
+  const { rounds: r, correctness } = figures;
+  return {
+    concurrency,
+    plugOpsPerSecond: r.plugOpsPerSecond,
+    plugP99Ms: r.plugP99Ms,
+    unplugOpsPerSecond: r.unplugOpsPerSecond,
+    unplugP99Ms: r.unplugP99Ms,
+    stackCpuMsPerPlug: r.stackCpuMsPerPlug,
+    correct: correctness.allReady && correctness.allRemoved && correctness.failedEvents === 0,
+  };
 }
 
 type ThroughputRound = Awaited<ReturnType<typeof throughputRound>>;
@@ -606,7 +635,7 @@ export async function runMainStack(cfg: BenchConfig, log: Log) {
     if (cfg.sections.has('1') || cfg.sections.has('2')) {
       Object.assign(result, await sequential(h, cfg, log));
     }
-    if (cfg.sections.has('3')) result.throughput = await throughput(h, cfg, log);
+    if (cfg.sections.has('3')) result.throughput = await throughput(h, cfg, log, true);
     return result;
   });
   return { ...result, profile: await profiler.summary() };

@@ -70,3 +70,34 @@ export function round(v: number, digits = 2): number {
   const f = 10 ** digits;
   return Math.round(v * f) / f;
 }
+
+/** The p99 bound of the throughput target. */
+export const THROUGHPUT_P99_BOUND_MS = 1000;
+
+/** One client concurrency of the throughput sweep. */
+export interface SweepPoint {
+  concurrency: number;
+  plugOpsPerSecond: Repeated;
+  plugP99Ms: Repeated;
+  correct: boolean;
+}
+
+/**
+ * The sweep, and of its concurrencies the one with the most plug ops/s whose rounds were correct
+ * and kept plug p99 within the bound (medians over rounds): the throughput the target asks for.
+ */
+export function sweepFigures<P extends SweepPoint>(
+  points: readonly P[],
+  p99BoundMs = THROUGHPUT_P99_BOUND_MS,
+): { p99BoundMs: number; points: P[]; bestWithinBound?: number } {
+  let best: P | undefined;
+  for (const p of points) {
+    if (!p.correct || p.plugP99Ms.median > p99BoundMs) continue;
+    if (best === undefined || p.plugOpsPerSecond.median > best.plugOpsPerSecond.median) best = p;
+  }
+  return {
+    p99BoundMs,
+    points: [...points],
+    ...(best === undefined ? {} : { bestWithinBound: best.concurrency }),
+  };
+}
