@@ -195,9 +195,12 @@ function shouldReport(c: DomainUpdaterContext, type: string): boolean {
 }
 
 function markReported(c: DomainUpdaterContext, type: string): readonly string[] {
-  const key = `${type}:${c.operationId}`;
-  // Only the last few matter (one operation at a time per volume).
-  return [...c.reported.filter((k) => k !== key), key].slice(-8);
+  return markedOnce(c.reported, `${type}:${c.operationId}`);
+}
+
+/** `key` added last, once: only the last few matter (one operation at a time per volume). */
+function markedOnce(reported: readonly string[], key: string): readonly string[] {
+  return [...reported.filter((k) => k !== key), key].slice(-8);
 }
 
 function common(c: DomainUpdaterContext, operation: OperationKind) {
@@ -342,6 +345,15 @@ export const domainUpdaterMachine = setup({
         ...(newIncarnation ? { detachRequestedAt: null, target: null, reported: [] } : {}),
       };
     }),
+    /**
+     * The disk is gone while the unit's operation is an unplug it will not report here: a detach
+     * it sent is over. Kept, the record outlived the disk: a crash after the re-add attached the
+     * disk again (its snapshot write lost) left the next unplug waiting a minute for a detach
+     * never sent, then stuck (the repeated NATS-restart chaos).
+     */
+    detachOverIfGone: assign(({ context }) =>
+      present(context) ? {} : { detachRequestedAt: null, target: null },
+    ),
     /** The VMI left this node: nothing of it is ours any more. */
     forget: assign({ detachRequestedAt: null, target: null, attempt: 0, failure: undefined }),
     scheduleRetry: assign(({ context, event }) => {
@@ -372,7 +384,7 @@ export const domainUpdaterMachine = setup({
       });
       if (!context.reported.includes(key) || context.cause === RESYNC_CAUSE) {
         enqueue.emit(failedFact(context, 'unplug', problem));
-        enqueue.assign({ reported: [...context.reported, key].slice(-8) });
+        enqueue.assign({ reported: markedOnce(context.reported, key) });
       }
     }),
     /** The disk is gone: report it, and for an unplug hand the volume to node-mounter. */
@@ -452,7 +464,7 @@ export const domainUpdaterMachine = setup({
         { guard: 'removalPending', target: 'checkingDeadline' },
         { guard: 'unplugDone', target: 'detached', actions: 'reportDetached' },
         { guard: 'wantsDetach', target: 'detaching' },
-        { guard: 'staleWant', target: 'detached' },
+        { guard: 'staleWant', target: 'detached', actions: 'detachOverIfGone' },
         { guard: 'alreadyAttached', target: 'attached', actions: 'reportAttached' },
         // Wanted and absent. A completed earlier unplug is reported first.
         { target: 'planning', actions: 'reportDetached' },

@@ -415,6 +415,13 @@ describe('domainUpdaterMachine rules', () => {
     expect(failed[0]!.data.message).toContain(key.volume);
     expect(failed[0]!.data.message).toContain(DOMAIN);
     expect(r.emitted.some((e) => e.type === 'plugline.work')).toBe(false);
+    // Resyncs repeat the report (a lost fact is repaired) but record it once.
+    r.actor.send(work('unplugPresent', LATE + 2, 'resync'));
+    r.actor.send(work('unplugPresent', LATE + 3, 'resync'));
+    const stuckKeys = r.actor
+      .getSnapshot()
+      .context.reported.filter((k) => k.startsWith('DetachTimeout'));
+    expect(stuckKeys).toHaveLength(1);
 
     r.emitted.length = 0;
     r.actor.send(work('unplugAbsent', LATE + 5, 'device-removed'));
@@ -523,6 +530,31 @@ describe('domainUpdaterMachine rules', () => {
     const facts = r.emitted.flatMap((e) => (e.type === 'plugline.fact' ? [e.fact] : []));
     expect(facts.map((f) => [f.type, f.data.operationId])).toEqual([['ready', 'op-3']]);
     expect(r.fx.calls).toEqual([]);
+    r.actor.stop();
+  });
+
+  it('a detach seen done by a nudge that reads the volume wanted again leaves no detach in flight: the next unplug sends its own, even from that snapshot', async () => {
+    // The repeated NATS-restart chaos: unplugged (op-2) and added back (op-3) at once; the
+    // device-removed nudge read the re-add and changed nothing (staleWant) but kept the detach
+    // as in flight; op-3 attached the disk again and its snapshot write was lost; the next
+    // unplug (op-4) found the disk and waited for the old detach, then reported it stuck.
+    const asUnplug = (w: WorkEvent): WorkEvent => ({
+      ...w,
+      item: { ...w.item, operation: 'unplug' },
+    });
+    const h = await attached();
+    h.actor.send(asUnplug(work('unplugPresent', T0 + 1, 'unplug-requested', 'op-2')));
+    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+    h.actor.send(work('plan', T0 + 2, NudgeCause.DeviceRemoved, 'device-removed-1'));
+    expect(h.actor.getSnapshot().value).toBe('detached');
+    expect(h.actor.getSnapshot().context.detachRequestedAt).toBeNull();
+    const beforeReAttach = h.actor.getPersistedSnapshot();
+    h.actor.stop();
+
+    const r = harness(beforeReAttach);
+    r.actor.send(asUnplug(work('unplugPresent', T0 + 3, 'unplug-requested', 'op-4')));
+    expect(r.actor.getSnapshot().value).toBe('detaching');
+    expect(r.fx.calls).toEqual(['detach']);
     r.actor.stop();
   });
 
