@@ -74,6 +74,11 @@ export class DeviceEventLog {
     };
   }
 
+  /** When (epoch ms) this process last saw an event of `kind` for `domain/alias`, if it did. */
+  lastSeen(kind: DeviceKind, domain: string, alias: string): number | undefined {
+    return this.#seen.get(DeviceEventLog.key(kind, domain, alias));
+  }
+
   /** Whether an event of `kind` for `domain/alias` arrived at or after `since` (epoch ms). */
   seenSince(kind: DeviceKind, domain: string, alias: string, since: number): boolean {
     return (this.#seen.get(DeviceEventLog.key(kind, domain, alias)) ?? -Infinity) >= since;

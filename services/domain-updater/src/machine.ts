@@ -179,7 +179,15 @@ function observed(context: DomainUpdaterContext): Extract<Observation, { kind: '
 }
 
 const isObserved = (c: DomainUpdaterContext): boolean => c.obs?.kind === 'observed';
-const detachInFlight = (c: DomainUpdaterContext): boolean => c.detachRequestedAt !== null;
+/**
+ * A detach was sent and its disk not seen removed since. The record alone can be older than the
+ * domain (a snapshot write lost to a crash, or a store rolled back after one, while the disk was
+ * removed and attached again): the removal this process saw after the request ends it.
+ */
+const detachInFlight = (c: DomainUpdaterContext): boolean =>
+  c.detachRequestedAt !== null && !(removedAtOf(c) >= c.detachRequestedAt);
+const removedAtOf = (c: DomainUpdaterContext): number =>
+  (isObserved(c) ? observed(c).removedAt : undefined) ?? Number.NEGATIVE_INFINITY;
 /** The unit's operation is a plug (a re-add took it over) and the spec wants the volume. */
 const replugging = (c: DomainUpdaterContext): boolean =>
   c.operation === 'plug' && desired(c) === 'plug';
@@ -292,6 +300,7 @@ export const domainUpdaterMachine = setup({
       const requestedAt = context.detachRequestedAt;
       return (
         requestedAt !== null &&
+        detachInFlight(context) &&
         present(context) &&
         replugging(context) &&
         context.now >= requestedAt + replugGrace(context)

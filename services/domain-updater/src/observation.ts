@@ -31,6 +31,11 @@ export type Observation =
       readonly desired: 'plug' | 'unplug';
       /** The live domain's disk with alias `ua-<volume>`, if any. */
       readonly present: { readonly target: string } | null;
+      /**
+       * When (epoch ms) this process last saw the disk's `device-removed`, read before the domain
+       * was: a detach requested before it is over, whatever the unit's snapshot says.
+       */
+      readonly removedAt?: number;
       /** Whether the volume's source exists in the launcher's hotplug folder (node-mounter's work). */
       readonly sourceReady: boolean;
       /** The disk to attach (plug, not present, source ready, converted). */

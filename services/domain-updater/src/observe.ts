@@ -13,6 +13,7 @@ import {
 import {
   aliasOf,
   allocateTargets,
+  DeviceEventType,
   domainNameOf,
   hotplugSourcePath,
   isHotplugBus,
@@ -24,6 +25,7 @@ import {
   type DomainDriver,
 } from '@plugline/hypervisor';
 import { currentVmi, type Informer, type KubeClient } from '@plugline/kube';
+import type { DeviceEventLog } from './adapters.js';
 import { DiskSourceDir } from './config.js';
 import type { Observation, Problem } from './observation.js';
 import { checkedHotplugSource, hotplugHostDir } from './paths.js';
@@ -197,6 +199,8 @@ export interface ObserverDeps {
   ensureDomain?: (domain: string) => Promise<void>;
   probe?: DirectIOProbe;
   reservations?: TargetReservations;
+  /** The device events this process saw (when each disk was last removed). */
+  deviceEvents?: Pick<DeviceEventLog, 'lastSeen'>;
 }
 
 /**
@@ -221,6 +225,9 @@ export function createObserver(deps: ObserverDeps) {
     if (!runsOn(vmi, deps.node))
       return { kind: 'gone', why: `the VMI is not running on ${deps.node}` };
     const domain = domainNameOf(item.namespace, item.vmi);
+    const alias = aliasOf(item.volume);
+    // Before the listing: a removal seen now happened before the disks were read.
+    const removedAt = deps.deviceEvents?.lastSeen(DeviceEventType.Removed, domain, alias);
     let disks: DomainDisk[];
     try {
       await deps.ensureDomain?.(domain);
@@ -228,7 +235,6 @@ export function createObserver(deps: ObserverDeps) {
     } catch (err) {
       return { kind: 'unavailable', ...problem(err) };
     }
-    const alias = aliasOf(item.volume);
     const live = disks.find((d) => d.alias === alias);
     const disk = specDiskOf(vmi, item.volume);
     const base = {
@@ -237,6 +243,7 @@ export function createObserver(deps: ObserverDeps) {
       vmiUID: vmi.metadata.uid,
       desired: disk === undefined ? ('unplug' as const) : ('plug' as const),
       present: live === undefined ? null : { target: live.target },
+      ...(removedAt === undefined ? {} : { removedAt }),
       sourceReady: live !== undefined,
       plan: null,
       planError: null,

@@ -244,6 +244,7 @@ export async function startDomainUpdater(
     pvcs,
     driver,
     ensureDomain,
+    deviceEvents: events,
   });
 
   /**

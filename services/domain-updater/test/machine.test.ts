@@ -278,7 +278,11 @@ function brokenRule(
   const works = emitted.flatMap((e) => (e.type === 'plugline.work' ? [e.work] : []));
   const obs = (event as Partial<WorkEvent>).observed as Observation | undefined;
   const present = obs?.kind === 'observed' && obs.present !== null;
-  if (to === 'detaching' && before.context.detachRequestedAt !== null)
+  const removedSince =
+    obs?.kind === 'observed' &&
+    before.context.detachRequestedAt !== null &&
+    (obs.removedAt ?? -Infinity) >= before.context.detachRequestedAt;
+  if (to === 'detaching' && before.context.detachRequestedAt !== null && !removedSince)
     return 'a detach was sent again while one is in flight';
   for (const f of facts) {
     if (f.type === 'ready' && (to !== 'attached' || !f.data.target))
@@ -555,6 +559,31 @@ describe('domainUpdaterMachine rules', () => {
     r.actor.send(asUnplug(work('unplugPresent', T0 + 3, 'unplug-requested', 'op-4')));
     expect(r.actor.getSnapshot().value).toBe('detaching');
     expect(r.fx.calls).toEqual(['detach']);
+    r.actor.stop();
+  });
+
+  it('a detach recorded in flight whose disk this process saw removed since is over: a re-add finds the disk attached again and reports ready at once', async () => {
+    const asUnplug = (w: WorkEvent): WorkEvent => ({
+      ...w,
+      item: { ...w.item, operation: 'unplug' },
+    });
+    const h = await attached();
+    h.actor.send(asUnplug(work('unplugPresent', T0 + 1, 'unplug-requested', 'op-2')));
+    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+    const inFlight = h.actor.getPersistedSnapshot();
+    h.actor.stop();
+
+    // The snapshot came back from before the removal (T0 + 2) and the re-add's attach.
+    const r = harness(inFlight);
+    const plugPresent = OBSERVATIONS.plugPresent as Extract<Observation, { kind: 'observed' }>;
+    r.actor.send({
+      ...work('plugPresent', T0 + 3, 'mounted-to-pod', 'op-3'),
+      observed: { ...plugPresent, removedAt: T0 + 2 },
+    });
+    expect(r.actor.getSnapshot().value).toBe('attached');
+    const facts = r.emitted.flatMap((e) => (e.type === 'plugline.fact' ? [e.fact] : []));
+    expect(facts.map((f) => [f.type, f.data.operationId])).toEqual([['ready', 'op-3']]);
+    expect(r.actor.getSnapshot().context.detachRequestedAt).toBeNull();
     r.actor.stop();
   });
 

@@ -2,7 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectBus, type Bus } from '@plugline/bus';
+import { connectBus, ensureStageBuckets, kvKey, type Bus } from '@plugline/bus';
 import {
   decodeEvent,
   decodeWorkItem,
@@ -504,6 +504,48 @@ describe('domain-updater on the simulated hypervisor', () => {
     );
     expect(nodeMounterWork.filter((w) => w.volume === 'clung')).toEqual([]);
     expect(existsSync(`${vm7.hotplugDir}/clung.img`)).toBe(true);
+  });
+
+  it("a unit's snapshot put back to a detach in flight, after the disk was removed and attached again, does not hold the next unplug: its detach goes out", async () => {
+    // A NATS store rolled back after a SIGKILL can hand the unit a snapshot older than the domain.
+    const vm8 = await createVmi('vm8');
+    const { snapshots } = await ensureStageBuckets(bus, Stage.DomainUpdater);
+    const key = kvKey(`${ns}/vm8/rolled`);
+    const detachesOf = () => calls.detach.filter((c) => c.startsWith(vm8.domain));
+    await plugVolume(vm8, 'rolled');
+    await publish(workFor(vm8, 'rolled', 'plug'));
+    await until('ready of rolled', () => eventsOf('rolled', 'ready')[0]);
+    // The guest holds the first detach long enough to read the snapshot that records it.
+    await hypervisor.setStuck(`${vm8.domain}/ua-rolled`, true);
+    unplugVolume(vm8, 'rolled');
+    await publish({ ...workFor(vm8, 'rolled', 'unplug'), operationId: newOperationId(new Date()) });
+    const inFlight = await until('the snapshot with the detach in flight', async () => {
+      const entry = await snapshots.get(key);
+      const text = entry === null ? '' : new TextDecoder().decode(entry.value);
+      return text.includes('"detachRequestedAt":1') && entry!.value;
+    });
+    await hypervisor.setStuck(`${vm8.domain}/ua-rolled`, false);
+    await until('node-mounter work for rolled', () =>
+      nodeMounterWork.find((w) => w.volume === 'rolled'),
+    );
+
+    await addBack(vm8, 'rolled');
+    const reAdd = newOperationId(new Date(Date.now() + 1));
+    await publish({ ...workFor(vm8, 'rolled', 'plug'), operationId: reAdd });
+    await until('ready of the re-add', () =>
+      eventsOf('rolled', 'ready').find((e) => e.data.operationId === reAdd),
+    );
+    await snapshots.put(key, inFlight);
+
+    unplugVolume(vm8, 'rolled');
+    const unplug = newOperationId(new Date(Date.now() + 2));
+    await publish({ ...workFor(vm8, 'rolled', 'unplug'), operationId: unplug });
+    await until('node-mounter work for the second unplug', () =>
+      nodeMounterWork.find((w) => w.volume === 'rolled' && w.operationId === unplug),
+    );
+    expect(detachesOf()).toHaveLength(2);
+    expect(await liveDisk(vm8, 'rolled')).toBeUndefined();
+    expect(eventsOf('rolled', 'failed')).toEqual([]);
   });
 
   it('never sends a detach again after a restart mid-detach', async () => {
