@@ -66,11 +66,6 @@ export interface DomainUpdaterInput {
   readonly detachTimeoutMs: number;
   /** How often a stuck removal is looked at again. */
   readonly stuckRecheckMs?: number;
-  /**
-   * How long a volume added back waits for a detach in flight before the disk the domain still
-   * has is taken as attached (default {@link REPLUG_GRACE_MS}, never past `detachTimeoutMs`).
-   */
-  readonly replugGraceMs?: number;
 }
 
 export interface DomainUpdaterContext {
@@ -78,8 +73,6 @@ export interface DomainUpdaterContext {
   readonly node: string;
   readonly detachTimeoutMs: number;
   readonly stuckRecheckMs: number;
-  /** Absent in snapshots written before it was kept: {@link REPLUG_GRACE_MS} then. */
-  readonly replugGraceMs?: number;
   readonly vmiUID: string;
   /** The operation of the last work item from the chain (nudges keep it). */
   readonly operationId: string;
@@ -191,8 +184,9 @@ const removedAtOf = (c: DomainUpdaterContext): number =>
 /** The unit's operation is a plug (a re-add took it over) and the spec wants the volume. */
 const replugging = (c: DomainUpdaterContext): boolean =>
   c.operation === 'plug' && desired(c) === 'plug';
+/** The re-add's wait, never past the detach's own bound. */
 const replugGrace = (c: DomainUpdaterContext): number =>
-  Math.min(c.replugGraceMs ?? REPLUG_GRACE_MS, c.detachTimeoutMs);
+  Math.min(REPLUG_GRACE_MS, c.detachTimeoutMs);
 const present = (c: DomainUpdaterContext): boolean => isObserved(c) && observed(c).present !== null;
 const desired = (c: DomainUpdaterContext): 'plug' | 'unplug' | undefined =>
   isObserved(c) ? observed(c).desired : undefined;
@@ -445,7 +439,6 @@ export const domainUpdaterMachine = setup({
     node: input.node,
     detachTimeoutMs: input.detachTimeoutMs,
     stuckRecheckMs: input.stuckRecheckMs ?? input.detachTimeoutMs,
-    ...(input.replugGraceMs === undefined ? {} : { replugGraceMs: input.replugGraceMs }),
     vmiUID: '',
     operationId: '',
     cause: '',
