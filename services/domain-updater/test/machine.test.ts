@@ -367,6 +367,17 @@ async function attached(first: WorkEvent = work('plan')): Promise<Harness> {
   return h;
 }
 
+/** A work event of an unplug operation. */
+const asUnplug = (w: WorkEvent): WorkEvent => ({ ...w, item: { ...w.item, operation: 'unplug' } });
+
+/** Plugged under op-1, then unplugged under op-2, its detach sent at T0 + 1 and not done yet. */
+async function detachSent(): Promise<Harness> {
+  const h = await attached();
+  h.actor.send(asUnplug(work('unplugPresent', T0 + 1, 'unplug-requested', 'op-2')));
+  await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+  return h;
+}
+
 describe('domainUpdaterMachine rules', () => {
   it('plug: attach, confirm, then ready with the target and the time it took', async () => {
     const h = await attached();
@@ -486,10 +497,7 @@ describe('domainUpdaterMachine rules', () => {
   });
 
   it('a volume added back while the guest holds its detached disk waits the grace, then the disk is its own: ready under the re-add, no second attach', async () => {
-    const unplug = work('unplugPresent', T0 + 1, 'unplug-requested', 'op-2');
-    const h = await attached();
-    h.actor.send({ ...unplug, item: { ...unplug.item, operation: 'unplug' } });
-    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+    const h = await detachSent();
     h.emitted.length = 0;
     // The re-add's item while the guest may still let go: it waits for the guest, and comes back
     // at the grace, not at the detach's minute.
@@ -517,10 +525,7 @@ describe('domainUpdaterMachine rules', () => {
   it('a snapshot from before a re-add the crash kept from it (detach recorded, disk attached again) ends ready, not stuck waiting for the guest', async () => {
     // The repeated NATS-restart chaos: unplugged, then added back and attached, and the snapshot
     // writes after the detach lost; every look found the disk and waited on the old detach.
-    const unplug = work('unplugPresent', T0 + 1, 'unplug-requested', 'op-2');
-    const h = await attached();
-    h.actor.send({ ...unplug, item: { ...unplug.item, operation: 'unplug' } });
-    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+    const h = await detachSent();
     const beforeReAdd = h.actor.getPersistedSnapshot();
     h.actor.stop();
 
@@ -542,13 +547,7 @@ describe('domainUpdaterMachine rules', () => {
     // device-removed nudge read the re-add and changed nothing (staleWant) but kept the detach
     // as in flight; op-3 attached the disk again and its snapshot write was lost; the next
     // unplug (op-4) found the disk and waited for the old detach, then reported it stuck.
-    const asUnplug = (w: WorkEvent): WorkEvent => ({
-      ...w,
-      item: { ...w.item, operation: 'unplug' },
-    });
-    const h = await attached();
-    h.actor.send(asUnplug(work('unplugPresent', T0 + 1, 'unplug-requested', 'op-2')));
-    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+    const h = await detachSent();
     h.actor.send(work('plan', T0 + 2, NudgeCause.DeviceRemoved, 'device-removed-1'));
     expect(h.actor.getSnapshot().value).toBe('detached');
     expect(h.actor.getSnapshot().context.detachRequestedAt).toBeNull();
@@ -563,13 +562,7 @@ describe('domainUpdaterMachine rules', () => {
   });
 
   it('a detach recorded in flight whose disk this process saw removed since is over: a re-add finds the disk attached again and reports ready at once', async () => {
-    const asUnplug = (w: WorkEvent): WorkEvent => ({
-      ...w,
-      item: { ...w.item, operation: 'unplug' },
-    });
-    const h = await attached();
-    h.actor.send(asUnplug(work('unplugPresent', T0 + 1, 'unplug-requested', 'op-2')));
-    await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 + 1 } });
+    const h = await detachSent();
     const inFlight = h.actor.getPersistedSnapshot();
     h.actor.stop();
 
