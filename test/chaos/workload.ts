@@ -18,7 +18,7 @@ import {
   type StackOptions,
 } from '@plugline/cli';
 import { connectBus, kvKey, StreamName, subjectMatches } from '@plugline/bus';
-import { eventTypeOf, TransientError } from '@plugline/contracts';
+import { decodeWorkItem, eventTypeOf, Stage, TransientError } from '@plugline/contracts';
 import { KubeClient } from '@plugline/kube';
 import { startNats, tempDir, waitFor, type NatsServer, type TempDir } from '@plugline/testkit';
 import { removeVolume } from '@plugline/cli';
@@ -510,23 +510,6 @@ async function unitSnapshot(
   return `rev ${entry.revision} ${shown.slice(0, 1500)}`;
 }
 
-/** The fields of a work item that name its stage's unit. */
-interface RoutedItem {
-  stage?: string;
-  namespace?: string;
-  vmi?: string;
-  volume?: string;
-}
-
-/** A work item's routing fields, or nothing when it is not JSON. */
-function parsedItem(text: string): RoutedItem {
-  try {
-    return JSON.parse(text) as RoutedItem;
-  } catch {
-    return {};
-  }
-}
-
 /**
  * Prints, for the volumes a failed convergence names, the VMI's spec and status entry and every
  * event the stages published for them (type, operation, stage, phase): what a reader of a red
@@ -627,13 +610,15 @@ async function explainBacklog(f: ChaosFixture): Promise<void> {
         if (!subjectMatches(c.config.filter_subject ?? '>', held.subject)) continue;
         lines.push(`      seq ${seq} ${held.subject} ${held.string().slice(0, 400)}`);
         shown++;
-        const item = parsedItem(held.string());
+        const decoded = decodeWorkItem(held.data);
+        if (!decoded.ok) continue;
+        const item = decoded.value;
         // The stage's persisted unit: what it is waiting on when it keeps sending an item back.
         const unit =
-          item.stage === 'attachment-orchestrator'
+          item.stage === Stage.AttachmentOrchestrator
             ? `${item.namespace}/${item.vmi}`
             : `${item.namespace}/${item.vmi}/${item.volume}`;
-        if (item.stage !== undefined && !units.has(`${item.stage} ${unit}`)) {
+        if (!units.has(`${item.stage} ${unit}`)) {
           units.add(`${item.stage} ${unit}`);
           const snapshot = await unitSnapshot(bus, item.stage, unit).catch((e: unknown) =>
             String(e),

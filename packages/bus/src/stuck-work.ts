@@ -106,7 +106,7 @@ export class StuckWork {
     // in the crash), which are never delivered again either. And a consumer that counts nothing
     // outstanding can still have items above what it delivered, which 2.9 in a cluster did not
     // deliver (a leader change): read for an idle consumer only when its filter holds any.
-    const idle = info.num_pending + info.num_ack_pending === 0;
+    const idle = countsNothing(info);
     let stream = await this.#heldBeforeWatch(idle, filter, onFilter);
     const since = this.#floorSince(info, !idle || (stream?.held ?? 0) > 0);
     const stuckAfterMs = this.#stuckAfterMs ?? STUCK_AFTER_ACK_WAITS * ackWaitMsOf(info.config);
@@ -172,6 +172,10 @@ export class StuckWork {
  * outstanding, above what it delivered (what lies below is done: leftovers, the reaper's).
  */
 function markOf(info: ConsumerInfo): number {
-  const idle = info.num_pending + info.num_ack_pending === 0;
-  return idle ? info.delivered.stream_seq : info.ack_floor.stream_seq;
+  return countsNothing(info) ? info.delivered.stream_seq : info.ack_floor.stream_seq;
+}
+
+/** The consumer counts nothing outstanding: no item pending, none unacknowledged. */
+function countsNothing(info: ConsumerInfo): boolean {
+  return info.num_pending + info.num_ack_pending === 0;
 }

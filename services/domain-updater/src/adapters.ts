@@ -81,7 +81,7 @@ export class DeviceEventLog {
 
   /** Whether an event of `kind` for `domain/alias` arrived at or after `since` (epoch ms). */
   seenSince(kind: DeviceKind, domain: string, alias: string, since: number): boolean {
-    return (this.#seen.get(DeviceEventLog.key(kind, domain, alias)) ?? -Infinity) >= since;
+    return (this.lastSeen(kind, domain, alias) ?? -Infinity) >= since;
   }
 
   /** Resolves true once such an event is seen (or was), false after `timeoutMs` or an abort. */
