@@ -20,16 +20,21 @@ import { asObservation, type Observation, type Problem } from './observation.js'
  * The domain-updater's machine, one per volume on a node (unit `ns/vmi/volume`):
  *
  * `detached → attaching → confirming → attached → detaching → awaitingRemoval → detached`, with
- * `removalStuck` when the guest never lets go (a visible `failed` fact; the volume stays mounted),
+ * `removalStuck` when the guest has not let go within the detach timeout (a visible `failed`
+ * fact; the volume stays mounted; the detach is asked again once per timeout),
  * `awaitingSource` (wanted, not mounted yet), `retrying` (transient failures) and `failed`
  * (a disk the hypervisor refuses).
  *
  * Every work item carries a fresh observation (`load`); `deciding` routes on it, so the direction
  * comes from the spec, never from the message. Resting states only: a snapshot is persisted when
  * no effect runs. A requested detach is recorded (`detachRequestedAt`) before the machine rests,
- * so it is never sent again while in flight, across restarts too; a volume added back meanwhile
- * waits for the guest up to {@link REPLUG_GRACE_MS}, then the disk still in the domain is its.
- * Deadlines live in context.
+ * so it is never sent again while in flight, across restarts too, until the detach timeout has
+ * passed: then it is sent again, once per timeout, as virt-launcher's sync asks on every pass for
+ * a disk the spec no longer has. A guest that missed the request (an ACPI unplug it was not ready
+ * for), or a record older than the domain (a snapshot write lost to a crash, after which no
+ * device event this process saw can end it), would otherwise hold the volume for good. A volume
+ * added back meanwhile waits for the guest up to {@link REPLUG_GRACE_MS}, then the disk still in
+ * the domain is its. Deadlines live in context.
  */
 
 /** Causes of work items that are only nudges from this stage (device events, start reconcile). */
@@ -62,17 +67,17 @@ export const REPLUG_GRACE_MS = 5_000;
 export interface DomainUpdaterInput {
   readonly key: VolumeKey;
   readonly node: string;
-  /** How long the guest may take to release a disk before the unplug is reported failed. */
+  /**
+   * How long the guest may take to release a disk before the unplug is reported failed; the
+   * detach is then asked again once per this period.
+   */
   readonly detachTimeoutMs: number;
-  /** How often a stuck removal is looked at again. */
-  readonly stuckRecheckMs?: number;
 }
 
 export interface DomainUpdaterContext {
   readonly key: VolumeKey;
   readonly node: string;
   readonly detachTimeoutMs: number;
-  readonly stuckRecheckMs: number;
   readonly vmiUID: string;
   /** The operation of the last work item from the chain (nudges keep it). */
   readonly operationId: string;
@@ -88,7 +93,10 @@ export interface DomainUpdaterContext {
   /** The disk's target while attached (or being detached). */
   readonly target: string | null;
   readonly attachRequestedAt: number | null;
-  /** Set when a detach was sent; cleared once the disk is gone. Never re-sent while set. */
+  /**
+   * When the last detach was sent; cleared once the disk is gone. Not sent again while set, until
+   * the detach timeout has passed since.
+   */
   readonly detachRequestedAt: number | null;
   /** Failures since the last success. */
   readonly attempt: number;
@@ -266,7 +274,8 @@ function detachTimeoutProblem(c: DomainUpdaterContext): Problem {
     message:
       `the guest of domain ${c.domain ?? '?'} did not release volume ${c.key.volume}` +
       `${c.target === null ? '' : ` (target ${c.target})`} within ${seconds} s of the detach ` +
-      'request; the volume stays mounted, and the unplug goes on once the guest lets go',
+      `request; it is asked again every ${seconds} s, the volume stays mounted, and the unplug ` +
+      'goes on once the guest lets go',
   };
 }
 
@@ -305,6 +314,8 @@ export const domainUpdaterMachine = setup({
     removalOverdue: ({ context }) =>
       context.detachRequestedAt !== null &&
       context.now >= context.detachRequestedAt + context.detachTimeoutMs,
+    /** This unplug's detach has timed out before (reported; the request asked again since). */
+    removalStuck: ({ context }) => context.failure?.reason === DETACH_TIMEOUT_REASON,
     unplugDone: ({ context }) => desired(context) === 'unplug' && !present(context),
     wantsDetach: ({ context }) => desired(context) === 'unplug' && present(context),
     alreadyAttached: ({ context }) => desired(context) === 'plug' && present(context),
@@ -376,18 +387,19 @@ export const domainUpdaterMachine = setup({
         (replugging(context) ? replugGrace(context) : context.detachTimeoutMs),
       target: present(context) ? observed(context).present!.target : context.target,
     })),
-    /** The guest has held the disk past the bound: report it once per detach request. */
+    /**
+     * The guest has held the disk past the bound: report it once per unplug (a resync repeats
+     * it), however often the detach is asked again.
+     */
     reportStuck: enqueueActions(({ context, enqueue }) => {
-      const key = `${DETACH_TIMEOUT_REASON}@${context.detachRequestedAt ?? 0}`;
       const problem = detachTimeoutProblem(context);
       enqueue.assign({
-        wakeAt: context.now + context.stuckRecheckMs,
         failure: problem,
         target: present(context) ? observed(context).present!.target : context.target,
       });
-      if (!context.reported.includes(key) || context.cause === RESYNC_CAUSE) {
+      if (shouldReport(context, DETACH_TIMEOUT_REASON)) {
         enqueue.emit(failedFact(context, 'unplug', problem));
-        enqueue.assign({ reported: markedOnce(context.reported, key) });
+        enqueue.assign({ reported: markReported(context, DETACH_TIMEOUT_REASON) });
       }
     }),
     /** The disk is gone: report it, and for an unplug hand the volume to node-mounter. */
@@ -438,7 +450,6 @@ export const domainUpdaterMachine = setup({
     key: input.key,
     node: input.node,
     detachTimeoutMs: input.detachTimeoutMs,
-    stuckRecheckMs: input.stuckRecheckMs ?? input.detachTimeoutMs,
     vmiUID: '',
     operationId: '',
     cause: '',
@@ -474,7 +485,9 @@ export const domainUpdaterMachine = setup({
     },
     checkingDeadline: {
       always: [
-        { guard: 'removalOverdue', target: 'removalStuck', actions: 'reportStuck' },
+        // Past the bound: report the guest stuck and ask again (once per timeout).
+        { guard: 'removalOverdue', target: 'detaching', actions: 'reportStuck' },
+        { guard: 'removalStuck', target: 'removalStuck', actions: ['reportStuck', 'awaitRemoval'] },
         { target: 'awaitingRemoval', actions: 'awaitRemoval' },
       ],
     },
@@ -548,17 +561,27 @@ export const domainUpdaterMachine = setup({
           domain: observed(context).domain,
           target: observed(context).present!.target,
         }),
-        onDone: {
-          target: 'awaitingRemoval',
-          actions: [
-            assign({
-              detachRequestedAt: ({ event }) => event.output.requestedAt,
-              attempt: 0,
-              failure: undefined,
-            }),
-            'awaitRemoval',
-          ],
-        },
+        onDone: [
+          {
+            guard: 'removalStuck',
+            target: 'removalStuck',
+            actions: [
+              assign({ detachRequestedAt: ({ event }) => event.output.requestedAt }),
+              'awaitRemoval',
+            ],
+          },
+          {
+            target: 'awaitingRemoval',
+            actions: [
+              assign({
+                detachRequestedAt: ({ event }) => event.output.requestedAt,
+                attempt: 0,
+                failure: undefined,
+              }),
+              'awaitRemoval',
+            ],
+          },
+        ],
         onError: [
           { guard: 'deviceGone', target: 'detached', actions: 'reportDetached' },
           { target: 'retrying', actions: 'scheduleRetry' },

@@ -77,8 +77,6 @@ export interface DomainUpdaterDeps {
   driver?: DomainDriver;
   defineDomain?: (domain: string) => Promise<void>;
   listDomains?: () => Promise<string[]>;
-  /** How often a stuck removal is looked at again (default: the detach timeout). */
-  stuckRecheckMs?: number;
   /** How often domains and specs are compared again after the start (default 30 s). */
   reconcileIntervalMs?: number;
 }
@@ -337,7 +335,6 @@ export async function startDomainUpdater(
         key: { namespace: item.namespace, vmi: item.vmi, volume: item.volume },
         node,
         detachTimeoutMs: settings.detachTimeoutMs,
-        ...(deps.stuckRecheckMs === undefined ? {} : { stuckRecheckMs: deps.stuckRecheckMs }),
       }),
       load: (item, delivery) => observer.observe(item, delivery.signal),
     });

@@ -278,12 +278,14 @@ function brokenRule(
   const works = emitted.flatMap((e) => (e.type === 'plugline.work' ? [e.work] : []));
   const obs = (event as Partial<WorkEvent>).observed as Observation | undefined;
   const present = obs?.kind === 'observed' && obs.present !== null;
+  const requestedAt = before.context.detachRequestedAt;
   const removedSince =
-    obs?.kind === 'observed' &&
-    before.context.detachRequestedAt !== null &&
-    (obs.removedAt ?? -Infinity) >= before.context.detachRequestedAt;
-  if (to === 'detaching' && before.context.detachRequestedAt !== null && !removedSince)
-    return 'a detach was sent again while one is in flight';
+    obs?.kind === 'observed' && requestedAt !== null && (obs.removedAt ?? -Infinity) >= requestedAt;
+  const receivedAt = (event as Partial<WorkEvent>).receivedAt;
+  const overdue =
+    requestedAt !== null && receivedAt !== undefined && receivedAt >= requestedAt + TIMEOUT;
+  if (to === 'detaching' && requestedAt !== null && !removedSince && !overdue)
+    return 'a detach was sent again within the timeout of the one in flight';
   for (const f of facts) {
     if (f.type === 'ready' && (to !== 'attached' || !f.data.target))
       return 'ready without attached';
@@ -297,8 +299,10 @@ function brokenRule(
       return 'node-mounter work without detached-from-domain';
   }
   const stuckReports = facts.filter((f) => f.data.reason === DETACH_TIMEOUT_REASON);
-  if (stuckReports.length > 0 && (to !== 'removalStuck' || before.value === 'removalStuck'))
-    return 'DetachTimeout reported other than on entering removalStuck';
+  if (stuckReports.length > 0 && !(to === 'detaching' && overdue))
+    return 'DetachTimeout reported other than when the detach timed out';
+  if (stuckReports.length > 0 && before.context.failure?.reason === DETACH_TIMEOUT_REASON)
+    return 'DetachTimeout reported twice for one unplug';
   if (to === 'removalStuck' && works.length > 0) return 'a stuck removal unmounted';
   return undefined;
 }
@@ -405,7 +409,7 @@ describe('domainUpdaterMachine rules', () => {
     h.actor.stop();
   });
 
-  it('a restored awaitingRemoval never detaches again; overdue → one DetachTimeout; release → unmount', async () => {
+  it('a restored awaitingRemoval never detaches again within the timeout; overdue → one DetachTimeout and the detach asked again, once per timeout; release → unmount', async () => {
     const h = await attached();
     h.actor.send(work('unplugPresent'));
     await deliver(h, { type: 'xstate.done.actor.detach', output: { requestedAt: T0 } });
@@ -417,10 +421,18 @@ describe('domainUpdaterMachine rules', () => {
     const r = harness(persisted);
     r.actor.send(work('unplugPresent', T0 + 10));
     expect(r.actor.getSnapshot().value).toBe('awaitingRemoval');
-    r.actor.send(work('unplugPresent', LATE));
-    r.actor.send(work('unplugPresent', LATE + 1, 'device-removed'));
-    expect(r.actor.getSnapshot().value).toBe('removalStuck');
     expect(r.fx.calls).toEqual([]);
+    r.actor.send(work('unplugPresent', LATE));
+    expect(r.actor.getSnapshot().value).toBe('detaching');
+    expect(r.fx.calls).toEqual(['detach']);
+    await deliver(r, { type: 'xstate.done.actor.detach', output: { requestedAt: LATE } });
+    expect(r.actor.getSnapshot().value).toBe('removalStuck');
+    expect(r.actor.getSnapshot().context.wakeAt).toBe(LATE + TIMEOUT);
+    // Within the new request's timeout nothing is sent again, whatever wakes the unit.
+    r.actor.send(work('unplugPresent', LATE + 1, 'device-removed'));
+    r.actor.send(work('unplugPresent', LATE + TIMEOUT - 1));
+    expect(r.actor.getSnapshot().value).toBe('removalStuck');
+    expect(r.fx.calls).toEqual(['detach']);
     const failed = r.emitted.flatMap((e) => (e.type === 'plugline.fact' ? [e.fact] : []));
     expect(failed).toHaveLength(1);
     expect(failed[0]).toMatchObject({
@@ -431,15 +443,29 @@ describe('domainUpdaterMachine rules', () => {
     expect(failed[0]!.data.message).toContain(DOMAIN);
     expect(r.emitted.some((e) => e.type === 'plugline.work')).toBe(false);
     // Resyncs repeat the report (a lost fact is repaired) but record it once.
+    r.emitted.length = 0;
     r.actor.send(work('unplugPresent', LATE + 2, 'resync'));
     r.actor.send(work('unplugPresent', LATE + 3, 'resync'));
+    expect(r.emitted.map((e) => e.type === 'plugline.fact' && e.fact.data.reason)).toEqual([
+      'DetachTimeout',
+      'DetachTimeout',
+    ]);
     const stuckKeys = r.actor
       .getSnapshot()
       .context.reported.filter((k) => k.startsWith('DetachTimeout'));
     expect(stuckKeys).toHaveLength(1);
-
+    // The next timeout asks again, and reports nothing new.
     r.emitted.length = 0;
-    r.actor.send(work('unplugAbsent', LATE + 5, 'device-removed'));
+    r.actor.send(work('unplugPresent', LATE + TIMEOUT));
+    expect(r.fx.calls).toEqual(['detach', 'detach']);
+    await deliver(r, {
+      type: 'xstate.done.actor.detach',
+      output: { requestedAt: LATE + TIMEOUT },
+    });
+    expect(r.actor.getSnapshot().value).toBe('removalStuck');
+    expect(r.emitted).toEqual([]);
+
+    r.actor.send(work('unplugAbsent', LATE + TIMEOUT + 5, 'device-removed'));
     expect(r.actor.getSnapshot().value).toBe('detached');
     expect(r.emitted.map((e) => (e.type === 'plugline.fact' ? e.fact.type : e.work.stage))).toEqual(
       ['detached-from-domain', 'node-mounter'],
