@@ -1,0 +1,211 @@
+/**
+ * `pnpm soak`: the chaos workload in rounds until a deadline, to find what a single bounded run
+ * does not. Each round sends random plug/unplug requests across the same VMIs while a disturbance
+ * fires at random moments (nats-server SIGKILLed and started again on its store, a service
+ * SIGKILLed and restarted, or every watch connection dropped), then waits for Plugline's
+ * invariants (test/support/invariants.ts). It stops at the first round that does not settle,
+ * printing what the chaos scenarios print (the volumes' histories, the held work), and exits 1.
+ *
+ *   pnpm soak -- --minutes 30 --disturb nats --busy 2
+ *
+ * `--busy N` runs N busy loops beside the stack, as other jobs on a shared machine would.
+ * `PLUGLINE_CHAOS_KEEP_LOGS=<dir>` keeps the stack's logs; `--seed` replays a run's choices.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { parseArgs } from 'node:util';
+import {
+  counterSum,
+  disturbUntil,
+  dropConnections,
+  randomOperations,
+  seedVmis,
+  seeded,
+  ServiceTally,
+  settle,
+  startChaosStack,
+  type ChaosFixture,
+  type RunCounts,
+} from '../chaos/workload.js';
+
+const Disturbance = { Nats: 'nats', Kill: 'kill', Watch: 'watch' } as const;
+type Disturbance = (typeof Disturbance)[keyof typeof Disturbance];
+
+interface SoakConfig {
+  minutes: number;
+  rounds: number;
+  operations: number;
+  vmis: number;
+  parallel: number;
+  disturb: Disturbance;
+  perRound: number;
+  settleS: number;
+  busy: number;
+  seed: number;
+}
+
+function config(): SoakConfig {
+  // `pnpm soak -- --minutes 5` passes the `--` on: drop it, or every flag would be a positional.
+  const argv = process.argv.slice(2);
+  const { values } = parseArgs({
+    args: argv[0] === '--' ? argv.slice(1) : argv,
+    options: {
+      minutes: { type: 'string', default: '10' },
+      rounds: { type: 'string', default: '0' },
+      ops: { type: 'string', default: '50' },
+      vmis: { type: 'string', default: '7' },
+      parallel: { type: 'string', default: '3' },
+      disturb: { type: 'string', default: Disturbance.Nats },
+      'per-round': { type: 'string', default: '3' },
+      'settle-s': { type: 'string', default: '120' },
+      busy: { type: 'string', default: '0' },
+      seed: { type: 'string', default: String(Date.now() % 100_000) },
+    },
+  });
+  const int = (name: keyof typeof values, min: number): number => {
+    const n = Number(values[name]);
+    if (!Number.isInteger(n) || n < min)
+      throw new Error(`--${name} must be a whole number ≥ ${min}`);
+    return n;
+  };
+  const disturb = values.disturb as Disturbance;
+  if (!Object.values(Disturbance).includes(disturb)) {
+    throw new Error(`--disturb must be one of ${Object.values(Disturbance).join(', ')}`);
+  }
+  return {
+    minutes: int('minutes', 1),
+    rounds: int('rounds', 0),
+    operations: int('ops', 1),
+    vmis: int('vmis', 1),
+    parallel: int('parallel', 1),
+    disturb,
+    perRound: int('per-round', 0),
+    settleS: int('settle-s', 1),
+    busy: int('busy', 0),
+    seed: int('seed', 0),
+  };
+}
+
+/** One disturbance of the chosen kind, at a moment `disturbUntil` picks. */
+function disturber(f: ChaosFixture, c: SoakConfig, random: () => number, tally: ServiceTally) {
+  const port = Number(new URL(f.stack.apiUrl).port);
+  return async (): Promise<void> => {
+    if (c.disturb === Disturbance.Nats) {
+      await f.nats!.restart('SIGKILL');
+    } else if (c.disturb === Disturbance.Watch) {
+      await dropConnections(port);
+    } else {
+      const services = f.stack.services;
+      const victim = services[Math.floor(random() * services.length)]!;
+      await tally.bank(victim.healthUrl);
+      victim.kill('SIGKILL');
+      await f.stack.restartService(victim.id);
+    }
+  };
+}
+
+/** CPU hogs beside the stack (each a process spinning for ever), stopped with the run. */
+function busyLoops(count: number): ChildProcess[] {
+  return Array.from({ length: count }, () =>
+    spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }),
+  );
+}
+
+/** Counters summed over the live services' `/metrics` (a killed service's are lost with it). */
+async function liveCounters(f: ChaosFixture, names: readonly string[]) {
+  const sums: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
+  for (const s of f.stack.services) {
+    const text = await fetch(`${s.healthUrl}/metrics`, { signal: AbortSignal.timeout(2000) })
+      .then((r) => r.text())
+      .catch(() => '');
+    for (const n of names) sums[n]! += counterSum(text, n);
+  }
+  return sums;
+}
+
+function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+const seconds = (ms: number): string => (ms / 1000).toFixed(1);
+
+async function main(): Promise<number> {
+  const c = config();
+  const log = (msg: string) => console.log(`[soak ${new Date().toISOString()}] ${msg}`);
+  log(`config ${JSON.stringify(c)}`);
+  const random = seeded(c.seed);
+  const tally = new ServiceTally();
+  const hogs = busyLoops(c.busy);
+  const f = await startChaosStack();
+  const settleTimes: number[] = [];
+  let failed = false;
+  try {
+    const vms = await seedVmis(f, 'soak', c.vmis);
+    let deadline = Date.now() + c.minutes * 60_000;
+    // Ctrl-C ends the run after the round in flight, which still settles and cleans up.
+    process.once('SIGINT', () => {
+      log('stopping after this round');
+      deadline = 0;
+    });
+    const disturb = disturber(f, c, random, tally);
+    for (let round = 1; Date.now() < deadline && (c.rounds === 0 || round <= c.rounds); round++) {
+      const ops = randomOperations(f, vms, c.operations, c.parallel, random);
+      const pace = { minMs: 500, maxMs: 2500, random, minimum: c.perRound };
+      let done = 0;
+      await disturbUntil(ops, pace, async () => {
+        if (done >= c.perRound) return;
+        await disturb();
+        done++;
+      });
+      const counts: RunCounts = await ops;
+      const sent = Date.now();
+      try {
+        await settle(f, { timeoutMs: c.settleS * 1000 });
+      } catch (err) {
+        log(`round ${round} did not settle within ${c.settleS} s: ${String(err)}`);
+        failed = true;
+        break;
+      }
+      settleTimes.push(Date.now() - sent);
+      log(
+        `round ${round}: ${counts.operations} requests (${counts.plugs} plugs, ${counts.unplugs} unplugs, ` +
+          `${counts.rejected} refused), ${done} × ${c.disturb}, settled in ${seconds(Date.now() - sent)} s`,
+      );
+    }
+  } finally {
+    const sorted = [...settleTimes].sort((a, b) => a - b);
+    const banked = await tally.total(f.stack.services).catch(() => undefined);
+    const counters = await liveCounters(f, [
+      'plugline_work_requeued_total',
+      'plugline_consume_restarts_total',
+      'plugline_consumer_stalls_total',
+    ]);
+    log(
+      `summary ${JSON.stringify({
+        seed: c.seed,
+        disturb: c.disturb,
+        busy: c.busy,
+        roundsSettled: settleTimes.length,
+        failed,
+        settleS: {
+          median: Number(seconds(percentile(sorted, 50))),
+          p90: Number(seconds(percentile(sorted, 90))),
+          max: Number(seconds(sorted.at(-1) ?? 0)),
+        },
+        ...banked,
+        ...counters,
+      })}`,
+    );
+    await f.stop();
+    for (const hog of hogs) hog.kill('SIGKILL');
+  }
+  return failed ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
