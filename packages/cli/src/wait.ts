@@ -1,8 +1,16 @@
 /**
  * `--wait`: follows one operation on one volume through the event stream until it reaches its
- * end (`ready` for a plug, `removed` for an unplug), fails, or the timeout passes.
+ * end (`ready` for a plug, `removed` for an unplug), fails, or the timeout passes. A failure the
+ * operation goes on after (a guest holding a detached disk past the timeout) is shown and
+ * followed past.
  */
-import { EventType, eventTypeOf, type OperationKind, type VolumeEvent } from '@plugline/contracts';
+import {
+  EventType,
+  eventTypeOf,
+  failureEndsOperation,
+  type OperationKind,
+  type VolumeEvent,
+} from '@plugline/contracts';
 import type { EventStream } from './event-stream.js';
 
 export const WaitResult = {
@@ -76,8 +84,9 @@ export async function waitForOperation(
       const at = Math.max(Number.isNaN(stamped) ? now() : stamped, previous);
       options.onEvent?.(event, at - previous, at - options.startedAt);
       previous = at;
-      if (type === LAST[options.operation] || type === EventType.Failed) {
-        const result = type === EventType.Failed ? WaitResult.Failed : WaitResult.Done;
+      const failed = type === EventType.Failed && failureEndsOperation(event.data.reason);
+      if (type === LAST[options.operation] || failed) {
+        const result = failed ? WaitResult.Failed : WaitResult.Done;
         return { result, last, elapsedMs: now() - options.startedAt, operationId };
       }
     }

@@ -182,6 +182,35 @@ describe('waitForOperation', () => {
     });
     expect(silent.result).toBe(WaitResult.Timeout);
   });
+
+  it('shows a guest holding the disk past the detach timeout and follows the unplug on to removed', async () => {
+    const unplug = (type: EventType, extra: Partial<VolumeEvent['data']> = {}) =>
+      event(type, 'u1', { operation: 'unplug', ...extra });
+    const seen: string[] = [];
+    const outcome = await waitForOperation(
+      scripted([
+        unplug('unplug-requested'),
+        unplug('failed', { reason: 'DetachTimeout', message: 'the guest did not let go' }),
+        unplug('detached-from-domain'),
+        unplug('released'),
+        unplug('removed'),
+      ]),
+      {
+        operation: 'unplug',
+        timeoutMs: 10_000,
+        startedAt: Date.now(),
+        onEvent: (e) => seen.push(e.type.split('.').pop()!),
+      },
+    );
+    expect(outcome.result).toBe(WaitResult.Done);
+    expect(seen).toEqual([
+      'unplug-requested',
+      'failed',
+      'detached-from-domain',
+      'released',
+      'removed',
+    ]);
+  });
 });
 
 describe('nextSteps (what plugctl up says to type next)', () => {

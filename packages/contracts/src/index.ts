@@ -147,6 +147,7 @@ export {
   phaseOfEvent,
   pendingReasonFor,
   renderMessage,
+  failureEndsOperation,
 } from './phases.js';
 export type { PhaseOfEvent } from './phases.js';
 

@@ -50,8 +50,19 @@ export const Reason = {
   PVCNotReady: 'PVCNotReady',
   HotplugFailed: 'HotplugFailed',
   VolumeUnplugged: 'VolumeUnplugged',
+  /** Plugline's own: the guest has not let go of a detached disk within the detach timeout. */
+  DetachTimeout: 'DetachTimeout',
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
+
+/**
+ * Whether a `failed` fact with this reason ends its operation. A guest that holds a detached disk
+ * past the timeout is reported, but the unplug goes on (the detach is asked again, and the unplug
+ * finishes once the guest lets go), so a follower keeps following it.
+ */
+export function failureEndsOperation(reason: string | undefined): boolean {
+  return reason !== Reason.DetachTimeout;
+}
 
 /** Kubernetes Event types. */
 export const KubeEventType = { Normal: 'Normal', Warning: 'Warning' } as const;

@@ -52,7 +52,7 @@ export { RESYNC_CAUSE };
 /** The cause of the node-mounter work item sent once the domain let go of the disk. */
 export const DETACHED_CAUSE = EventType.DetachedFromDomain;
 
-export const DETACH_TIMEOUT_REASON = 'DetachTimeout';
+export const DETACH_TIMEOUT_REASON = Reason.DetachTimeout;
 
 /**
  * A volume added back while its detach is in flight waits this long from the detach request for

@@ -15,7 +15,8 @@ Flags:
       --volume-name string   name of the volume to remove (required)
       --dry-run              validate the request without changing anything
       --persist              deprecated, no effect
-      --wait                 follow the operation until the volume is gone
+      --wait                 follow the operation until the volume is gone (a guest that
+                             holds the disk past the detach timeout is shown, and followed past)
       --timeout duration     how long --wait waits (default 5m)
   -n, --namespace string     namespace (default: the kubeconfig context's)
       --kubeconfig string    kubeconfig file (default: $KUBECONFIG, ~/.kube/config)
