@@ -203,7 +203,14 @@ export function recordWork(state: UnitState, item: WorkItem): UnitState {
   if (known === undefined || known.issuedAt <= item.issuedAt) {
     ops[item.operation] = { operationId: item.operationId, issuedAt: item.issuedAt };
   }
-  if (item.operation === 'unplug' && item.cause === EventType.UnmountedFromPod) {
+  // Never back to an older operation: node-mounter also reports an unmount under the plug it was
+  // asked to mount for when the volume had left the spec meanwhile, and a redelivery can bring
+  // that report after the unplug's own (the kill soak: the pod then held the volume for good).
+  if (
+    item.operation === 'unplug' &&
+    item.cause === EventType.UnmountedFromPod &&
+    (ops.unmounted === undefined || compareOperationIds(item.operationId, ops.unmounted) >= 0)
+  ) {
     ops.unmounted = item.operationId;
   }
   next = { ...next, ops: { ...next.ops, [item.volume]: ops } };

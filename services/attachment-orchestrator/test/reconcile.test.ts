@@ -258,6 +258,34 @@ describe('decide', () => {
     expect(factTypes(go)).toEqual(['b:detaching']);
   });
 
+  it("lets a removed volume's pod go when an older operation's unmount report arrives after the unplug's own", () => {
+    // The kill soak: removed before its mount, node-mounter reported the unmount under the plug's
+    // id too, and a redelivery brought that report after the unplug's.
+    const v = vmi(withHotplugPVC('a'));
+    const both = attachmentPod(v, [fsVolume('a'), fsVolume('b')], 'Running', 'uid-ab');
+    const onlyA = attachmentPod(v, [fsVolume('a')], 'Running', 'uid-a');
+    const obs = observed(v, ['a'], { pods: [both, onlyA] });
+    const plug = item('b', { operationId: '00mx0000a1-plug' });
+    const unmountedAs = (operationId: string, at: number) =>
+      item('b', {
+        operation: 'unplug',
+        operationId,
+        cause: EventType.UnmountedFromPod,
+        issuedAt: new Date(at).toISOString(),
+      });
+    const unplug = unmountedAs('00mx0000b2-unplug', T0 + 2);
+    const underThePlug = unmountedAs('00mx0000a1-plug', T0 + 1);
+    for (const order of [
+      [unplug, underThePlug],
+      [underThePlug, unplug],
+    ]) {
+      const s = [plug, ...order].reduce(recordWork, state(item('a')));
+      expect(s.ops.b?.unmounted).toBe('00mx0000b2-unplug');
+      const go = decide(s, obs, T0 + 3, OPTIONS);
+      expect(go.effects).toMatchObject([{ kind: 'deletePod', uid: 'uid-ab' }]);
+    }
+  });
+
   it('keeps the request of a volume added again before the VMI cache shows it back in the spec', () => {
     // Seen in the guest chain test: removevolume ends (pod gone, entry dropped), addvolume at once.
     const gone = vmi();
