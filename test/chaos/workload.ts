@@ -152,6 +152,13 @@ export interface RunCounts {
   interrupted: number;
 }
 
+/**
+ * Tries of one request whose connection broke. Every pooled keep-alive connection dropped at once
+ * fails its next request, one after the other, before a new one is opened: a client of a few
+ * requests in flight can meet several in a row (the soak's watch rounds met five).
+ */
+const MAX_SEND_ATTEMPTS = 20;
+
 /** The API server could not be reached, or the connection broke: a user would try again. */
 function interrupted(err: unknown): boolean {
   for (let e: unknown = err; e instanceof Error; e = e.cause) {
@@ -198,7 +205,7 @@ async function oneOperation(
         counts.rejected++;
         return;
       }
-      if (!interrupted(err) || attempt >= 5) throw err;
+      if (!interrupted(err) || attempt >= MAX_SEND_ATTEMPTS) throw err;
       counts.interrupted++;
     }
   }
