@@ -376,7 +376,7 @@ export interface Tallied {
 }
 
 /** A service's Prometheus exposition; empty when it does not answer (it has nothing to add). */
-async function metricsOf(healthUrl: string): Promise<string> {
+export async function metricsOf(healthUrl: string): Promise<string> {
   try {
     const res = await fetch(`${healthUrl}/metrics`, { signal: AbortSignal.timeout(2000) });
     return await res.text();

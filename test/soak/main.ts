@@ -17,6 +17,7 @@ import {
   counterSum,
   disturbUntil,
   dropConnections,
+  metricsOf,
   randomOperations,
   seedVmis,
   seeded,
@@ -26,6 +27,7 @@ import {
   type ChaosFixture,
   type RunCounts,
 } from '../chaos/workload.js';
+import { percentiles } from '../bench/stats.js';
 
 const Disturbance = { Nats: 'nats', Kill: 'kill', Watch: 'watch' } as const;
 type Disturbance = (typeof Disturbance)[keyof typeof Disturbance];
@@ -114,17 +116,10 @@ function busyLoops(count: number): ChildProcess[] {
 async function liveCounters(f: ChaosFixture, names: readonly string[]) {
   const sums: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
   for (const s of f.stack.services) {
-    const text = await fetch(`${s.healthUrl}/metrics`, { signal: AbortSignal.timeout(2000) })
-      .then((r) => r.text())
-      .catch(() => '');
+    const text = await metricsOf(s.healthUrl);
     for (const n of names) sums[n]! += counterSum(text, n);
   }
   return sums;
-}
-
-function percentile(sorted: readonly number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
 const seconds = (ms: number): string => (ms / 1000).toFixed(1);
@@ -173,7 +168,7 @@ async function main(): Promise<number> {
       );
     }
   } finally {
-    const sorted = [...settleTimes].sort((a, b) => a - b);
+    const settled = percentiles(settleTimes);
     const banked = await tally.total(f.stack.services).catch(() => undefined);
     const counters = await liveCounters(f, [
       'plugline_work_requeued_total',
@@ -188,9 +183,9 @@ async function main(): Promise<number> {
         roundsSettled: settleTimes.length,
         failed,
         settleS: {
-          median: Number(seconds(percentile(sorted, 50))),
-          p90: Number(seconds(percentile(sorted, 90))),
-          max: Number(seconds(sorted.at(-1) ?? 0)),
+          median: Number(seconds(settled.p50)),
+          p90: Number(seconds(settled.p90)),
+          max: Number(seconds(settled.max)),
         },
         ...banked,
         ...counters,
