@@ -164,6 +164,7 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       `- plug: **${tp.plug.opsPerSecond} ops/s** over ${tp.plug.wallS} s, latency p50/p90/p99 ${pct(tp.plug.latency)} (target ≥ 100 ops/s with p99 ≤ 1000: ${ok(tp.plug.opsPerSecond >= 100 && tp.plug.latency.p99 <= 1000)})`,
       `- unplug: **${tp.unplug.opsPerSecond} ops/s** over ${tp.unplug.wallS} s, latency ${pct(tp.unplug.latency)}`,
       ...throughputRoundLines(tp),
+      ...warmupLines(tp),
       `- correctness: ${JSON.stringify(tp.correctness)}`,
       ...sweepLines(tp),
       ...slowestLines('plug', tp.plug.slowest),
@@ -268,12 +269,21 @@ function throughputRoundLines(tp: NonNullable<Results['throughput']>): string[] 
   const r = tp.rounds;
   if (r === undefined || r.count < 2) return [];
   return [
-    `- over ${r.count} rounds on the same VMIs, median (min–max): plug ${rep(r.plugOpsPerSecond)} ops/s, p99 ${rep(r.plugP99Ms)} ms; unplug ${rep(r.unplugOpsPerSecond)} ops/s, p99 ${rep(r.unplugP99Ms)} ms; CPU per plug over the stack's processes ${rep(r.stackCpuMsPerPlug)} ms. The figures and tables here are round ${r.medianRound}'s, the median by plug ops/s; each round: ${r.plugOpsPerSecond.runs.join(', ')} plug ops/s`,
+    `- over ${r.count} rounds, each set of VMIs serving two, median (min–max): plug ${rep(r.plugOpsPerSecond)} ops/s, p99 ${rep(r.plugP99Ms)} ms; unplug ${rep(r.unplugOpsPerSecond)} ops/s, p99 ${rep(r.unplugP99Ms)} ms; CPU per plug over the stack's processes ${rep(r.stackCpuMsPerPlug)} ms. The figures and tables here are round ${r.medianRound}'s, the median by plug ops/s; each round: ${r.plugOpsPerSecond.runs.join(', ')} plug ops/s`,
     ...(r.eventWritesPerPlug === undefined
       ? []
       : [
-          `  - Event writes per plug, each round: ${r.eventWritesPerPlug.runs.join(', ')}. The spec-watcher's recorder gives each VMI a burst of 25 Events, then one per 5 minutes, as client-go's does for KubeVirt's components; rounds on the same VMIs spend it, and a round that writes fewer Events costs less CPU per plug`,
+          `  - Event writes per plug, each round: ${r.eventWritesPerPlug.runs.join(', ')}. The spec-watcher's recorder gives each VMI a burst of 25 Events, then one per 5 minutes, as client-go's does for KubeVirt's components; so a set of VMIs serves two rounds, each with its Events: a third would write almost none and cost less CPU per plug`,
         ]),
+  ];
+}
+
+/** The warm-up round, left out of the figures (absent in older results). */
+function warmupLines(tp: NonNullable<Results['throughput']>): string[] {
+  const w = tp.warmup;
+  if (w === undefined) return [];
+  return [
+    `- warm-up round first, on VMIs of its own and left out of the figures (a fresh stack's code runs cold): plug ${w.plugOpsPerSecond} ops/s at concurrency ${w.concurrency}, p99 ${w.plugP99Ms} ms, CPU per plug over the stack's processes ${w.stackCpuMsPerPlug} ms${w.correct ? '' : ', **not correct**'}`,
   ];
 }
 
@@ -291,11 +301,11 @@ function sweepLines(tp: NonNullable<Results['throughput']>): string[] {
   return [
     `- throughput against the client's concurrency (${roundsEach(tp.rounds?.count ?? 1)}, medians with min–max); the most within p99 ≤ ${sw.p99BoundMs} ms: ${headline}`,
     '',
-    '| concurrency | plug ops/s | plug p99 ms | unplug ops/s | unplug p99 ms | CPU ms per plug | correct |',
-    '|---:|---:|---:|---:|---:|---:|---|',
+    '| concurrency | plug ops/s | plug p99 ms | unplug ops/s | unplug p99 ms | CPU ms per plug | Event writes per plug | correct |',
+    '|---:|---:|---:|---:|---:|---:|---:|---|',
     ...sw.points.map(
       (p) =>
-        `| ${p.concurrency} | ${rep(p.plugOpsPerSecond)} | ${rep(p.plugP99Ms)} | ${rep(p.unplugOpsPerSecond)} | ${rep(p.unplugP99Ms)} | ${rep(p.stackCpuMsPerPlug)} | ${p.correct ? 'yes' : '**no**'} |`,
+        `| ${p.concurrency} | ${rep(p.plugOpsPerSecond)} | ${rep(p.plugP99Ms)} | ${rep(p.unplugOpsPerSecond)} | ${rep(p.unplugP99Ms)} | ${rep(p.stackCpuMsPerPlug)} | ${p.eventWritesPerPlug === undefined ? '—' : rep(p.eventWritesPerPlug)} | ${p.correct ? 'yes' : '**no**'} |`,
     ),
     '',
   ];
