@@ -127,7 +127,7 @@ export class Floor {
     await removed;
     marks.push(performance.now());
     const dest = join(this.hotplugDir(), `${volume}.img`);
-    unmount(dest);
+    await unmount(dest);
     await rm(dest, { force: true });
     marks.push(performance.now());
     await this.client.deletePod(t.ns, podName);

@@ -184,7 +184,7 @@ export async function unmountFilesystem(target: string): Promise<UnmountFilesyst
       if (unmounted >= MAX_STACKED_MOUNTS) {
         throw new MountError('umount', '', `${target} still mounted after ${unmounted} unmounts`);
       }
-      unmount(target);
+      await unmount(target);
       unmounted += 1;
     }
   }

@@ -81,11 +81,13 @@ describe('mount, umount and mknod through libc', () => {
     bindMount(source, target);
     expect(await seen()).toEqual(yes);
     bindMount(source, target);
-    unmount(target);
+    await unmount(target);
     // The first mount is still there under the second.
     expect(await seen()).toEqual(yes);
-    unmount(target);
+    await unmount(target);
     expect(await seen()).toEqual(no);
+    // Unmounting what is not mounted names the errno of the call that failed.
+    await expect(unmount(target)).rejects.toThrow(`umount ${target}: EINVAL: Invalid argument`);
     // The folder is a mount of its own, the file in it is not mounted on.
     const folder = join(dir, 'probe-folder');
     await mkdir(folder);
@@ -96,7 +98,7 @@ describe('mount, umount and mknod through libc', () => {
       expect(await isMountRoot(join(folder, 'inner.img'))).toBe(false);
       expect(await isMountedOn(join(folder, 'inner.img'))).toBe(false);
     } finally {
-      unmount(folder);
+      await unmount(folder);
     }
   });
 
