@@ -31,8 +31,9 @@ const MAX_PLACEHOLDERS_PER_CHECK = 20_000;
  * takes a work one, and the status projector skips an event one that a concurrent publisher
  * pushed past the consumer. What took a sequence in the gap before the check: a work item is
  * then the consumer's leftover, which `WorkQueueRepair` has {@link WorkLeftovers} requeue (not
- * delete); an event is not delivered to the projector, and only the spec-watcher's resync
- * repairs what it carried (a volume not at its end is nudged again). A placeholder a check left
+ * delete); an event is not delivered to the projector, and the spec-watcher's resync repairs
+ * what it carried (a volume not at its end is nudged again): at once when its projector's check
+ * closed the gap, at the resync's period when another process's did. A placeholder a check left
  * behind (its process ended) is deleted by the next one.
  *
  * It reads, publishes and deletes by sequence, which under least-privilege users only the cleanup

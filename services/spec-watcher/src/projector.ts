@@ -112,6 +112,13 @@ export interface ProjectorOptions {
    */
   statusLingerMs?: number;
   /**
+   * Called once a check moved the event stream's sequence past the projector's consumer
+   * ({@link SequenceGap}): the events stored in the gap before it never reach the projector, so
+   * the caller's resync re-asks the stages for what they carried, at once instead of at its next
+   * period.
+   */
+  onEventsSkipped?: () => void;
+  /**
    * The operation the decision unit of a volume last issued (its book), read when the projector
    * has no memory of the volume: after a restart, or once the VMI fell out of the memory. Without
    * it a late fact of an older operation (an unplug's `released` after a re-add) would be applied
@@ -288,8 +295,9 @@ class StatusProjector implements Projector {
         if (placeholders > 0) {
           this.#log.warn(
             { stream: StreamName.Events, consumer: PROJECTOR_CONSUMER, placeholders },
-            "moved a stream's sequence past a consumer a crash left it behind",
+            "moved a stream's sequence past a consumer a crash left it behind; resyncing what its events carried",
           );
+          this.#o.onEventsSkipped?.();
         }
       } catch (err) {
         if (!(err instanceof ReapRefusedError)) {

@@ -364,6 +364,9 @@ export async function startSpecWatcher(
       metrics,
       concurrency: config.concurrency,
       statusLingerMs: config.statusLingerMs,
+      onEventsSkipped: () => {
+        resyncAll(w).catch((err: unknown) => log.warn({ err }, 'resync failed'));
+      },
     });
     const projectorOf = projector;
     vmis.onDelete((vmi) => {

@@ -1013,5 +1013,37 @@ describe(
       await projected(await fact('op-after'));
       await waitFor(() => kubeEvents(name).some((e) => e.message === 'op-after'));
     });
+
+    it('resyncs at once when it had to move the stream past the projector, so the stages report again what the lost events carried', async () => {
+      await stopService();
+      const name = `vm-${randomBytes(3).toString('hex')}`;
+      const vmi = createRunningVmi(name);
+      // Its resyncs come at start and every 10 minutes (PLUGLINE_RESYNC_PERIOD_MS).
+      await startService('worker-a');
+      addVolume(name, 'gap1');
+      const op = (await waitForEvent(name, 'gap1', EventType.Requested)).data.operationId;
+      const resyncNudges = async () =>
+        (await workFor(Stage.AttachmentOrchestrator, name)).filter(
+          (w) => w.volume === 'gap1' && w.cause === 'resync',
+        );
+      expect(await resyncNudges()).toEqual([]);
+      // Running all along, the projector reads a fact that the crash then takes from the stream.
+      await rollBackStreamAround(nats, StreamName.Events, async () => {
+        await waitFor(() => bus.connected(), { timeout: 10_000, description: 'reconnection' });
+        await projected(await publishFact(vmi, 'gap1', EventType.Bound, { operationId: op }));
+      });
+      await waitFor(() => bus.connected(), { timeout: 10_000, description: 'reconnection' });
+      const behind = await bus.jsm.consumers.info(StreamName.Events, PROJECTOR_CONSUMER);
+      expect((await bus.jsm.streams.info(StreamName.Events)).state.last_seq).toBeLessThan(
+        behind.delivered.stream_seq,
+      );
+      // Its next check (every ack wait: 5 s here) moves the stream on and resyncs: the volume,
+      // not at its end, is asked of the stage that moves it next, under the same operation.
+      const resent = await waitFor(async () => (await resyncNudges())[0], {
+        timeout: 30_000,
+        description: 'a resync nudge of the orchestrator after the check',
+      });
+      expect(resent.operationId).toBe(op);
+    });
   },
 );
