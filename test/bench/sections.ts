@@ -381,8 +381,9 @@ type ThroughputItem = { ns: string; vmi: string; volume: string; claim: string }
  * Section 3 (and 5): M VMIs × K volumes plugged, then unplugged, with bounded concurrency, in
  * `cfg.repeat` rounds, each set of VMIs serving {@link ROUNDS_PER_VMI_SET} (a round re-adds what
  * the one before removed). A warm-up round on VMIs of its own comes first and is reported apart:
- * a fresh stack's first plugs run the services' code cold (~25 % more CPU per plug), which a
- * service that runs for days pays once. The figures are the median round's (by plug ops/s), with
+ * a fresh stack's first plugs run the services' code cold (24-29 ms of CPU per plug against 16-18
+ * after, with this section alone; less after section 1), which a service that runs for days pays
+ * once. The figures are the median round's (by plug ops/s), with
  * every round's headline figures beside them: the two cores are shared, and one round can read
  * far from the next.
  */
