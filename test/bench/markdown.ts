@@ -269,11 +269,11 @@ function throughputRoundLines(tp: NonNullable<Results['throughput']>): string[] 
   const r = tp.rounds;
   if (r === undefined || r.count < 2) return [];
   return [
-    `- over ${r.count} rounds, each set of VMIs serving two, median (min–max): plug ${rep(r.plugOpsPerSecond)} ops/s, p99 ${rep(r.plugP99Ms)} ms; unplug ${rep(r.unplugOpsPerSecond)} ops/s, p99 ${rep(r.unplugP99Ms)} ms; CPU per plug over the stack's processes ${rep(r.stackCpuMsPerPlug)} ms. The figures and tables here are round ${r.medianRound}'s, the median by plug ops/s; each round: ${r.plugOpsPerSecond.runs.join(', ')} plug ops/s`,
+    `- over ${r.count} rounds, ${r.perVmiSet === undefined ? 'on the same VMIs' : `each set of VMIs serving ${r.perVmiSet}`}, median (min–max): plug ${rep(r.plugOpsPerSecond)} ops/s, p99 ${rep(r.plugP99Ms)} ms; unplug ${rep(r.unplugOpsPerSecond)} ops/s, p99 ${rep(r.unplugP99Ms)} ms; CPU per plug over the stack's processes ${rep(r.stackCpuMsPerPlug)} ms. The figures and tables here are round ${r.medianRound}'s, the median by plug ops/s; each round: ${r.plugOpsPerSecond.runs.join(', ')} plug ops/s`,
     ...(r.eventWritesPerPlug === undefined
       ? []
       : [
-          `  - Event writes per plug, each round: ${r.eventWritesPerPlug.runs.join(', ')}. The spec-watcher's recorder gives each VMI a burst of 25 Events, then one per 5 minutes, as client-go's does for KubeVirt's components; so a set of VMIs serves two rounds, each with its Events: a third would write almost none and cost less CPU per plug`,
+          `  - Event writes per plug, each round: ${r.eventWritesPerPlug.runs.join(', ')}. The spec-watcher's recorder gives each VMI a burst of 25 Events, then one per 5 minutes, as client-go's does for KubeVirt's components; rounds on the same VMIs spend it, and a round that writes fewer Events costs less CPU per plug`,
         ]),
   ];
 }

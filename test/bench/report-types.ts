@@ -39,6 +39,8 @@ interface ThroughputFigures {
    */
   rounds?: {
     count: number;
+    /** Rounds each set of VMIs served (absent in older results: all on the same VMIs). */
+    perVmiSet?: number;
     medianRound: number;
     plugOpsPerSecond: Repeated;
     plugP99Ms: Repeated;

@@ -391,8 +391,9 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log, sweep = false)
   const { stack } = h;
   const ns = 'bench-tp';
   let sets = 0;
-  let items: ThroughputItem[] = [];
-  let roundsOnSet = ROUNDS_PER_VMI_SET;
+  let items: readonly ThroughputItem[] = [];
+  /** Measured rounds so far: every ROUNDS_PER_VMI_SET-th starts on fresh VMIs. */
+  let measured = 0;
   const freshVmis = async (): Promise<ThroughputItem[]> => {
     const set = `s${sets++}`;
     const t = performance.now();
@@ -415,17 +416,16 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log, sweep = false)
       return { ns, vmi, volume: `d${k}`, claim: `${vmi}-d${k}` };
     });
   };
-  const runRound = async (concurrency: number, label: string): Promise<ThroughputRound> => {
-    if (roundsOnSet >= ROUNDS_PER_VMI_SET) {
-      items = await freshVmis();
-      roundsOnSet = 0;
-    }
-    roundsOnSet++;
+  const runRound = async (
+    concurrency: number,
+    label: string,
+    on: readonly ThroughputItem[],
+  ): Promise<ThroughputRound> => {
     // Neither the setup's tail nor the previous round's (its last work items) may slow this
     // round's start, or be billed to its operations.
     await workDrained(stack.natsUrl, BURST_DRAIN_TIMEOUT_MS, log);
     await cpuQuiet(h.procs(), log);
-    const round = await throughputRound(h, { ...cfg, concurrency }, items);
+    const round = await throughputRound(h, { ...cfg, concurrency }, on);
     log(
       `throughput at concurrency ${concurrency}, ${label}: plug ${round.plug.opsPerSecond}/s p99 ${round.plug.latency.p99} ms; unplug ${round.unplug.opsPerSecond}/s p99 ${round.unplug.latency.p99} ms; failed ${round.correctness.failedEvents}`,
     );
@@ -434,12 +434,12 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log, sweep = false)
   const roundsAt = async (concurrency: number): Promise<ThroughputRound[]> => {
     const rounds: ThroughputRound[] = [];
     for (let r = 0; r < cfg.repeat; r++) {
-      rounds.push(await runRound(concurrency, `round ${r + 1}/${cfg.repeat}`));
+      if (measured++ % ROUNDS_PER_VMI_SET === 0) items = await freshVmis();
+      rounds.push(await runRound(concurrency, `round ${r + 1}/${cfg.repeat}`, items));
     }
     return rounds;
   };
-  const warmup = warmupFigures(await runRound(cfg.concurrency, 'warm-up round'));
-  roundsOnSet = ROUNDS_PER_VMI_SET; // the warm-up's VMIs serve no measured round
+  const warmup = warmupFigures(await runRound(cfg.concurrency, 'warm-up round', await freshVmis()));
   const main = { ...acrossThroughputRounds(await roundsAt(cfg.concurrency)), warmup };
   if (!sweep) return main;
   const points = [sweepPoint(cfg.concurrency, main)];
@@ -449,6 +449,11 @@ async function throughput(h: Harness, cfg: BenchConfig, log: Log, sweep = false)
   return { ...main, sweep: sweepFigures(points) };
 }
 
+/** Every volume `Ready`, then every one removed, and no `failed` event. */
+function wasCorrect(c: { allReady: boolean; allRemoved: boolean; failedEvents: number }): boolean {
+  return c.allReady && c.allRemoved && c.failedEvents === 0;
+}
+
 /** The warm-up round's headline figures. */
 function warmupFigures(r: ThroughputRound) {
   return {
@@ -456,7 +461,7 @@ function warmupFigures(r: ThroughputRound) {
     plugOpsPerSecond: r.plug.opsPerSecond,
     plugP99Ms: r.plug.latency.p99,
     stackCpuMsPerPlug: round(stackCpuPerPlug(r)),
-    correct: r.correctness.allReady && r.correctness.allRemoved && r.correctness.failedEvents === 0,
+    correct: wasCorrect(r.correctness),
   };
 }
 
@@ -471,7 +476,7 @@ function sweepPoint(concurrency: number, figures: ReturnType<typeof acrossThroug
     unplugP99Ms: r.unplugP99Ms,
     stackCpuMsPerPlug: r.stackCpuMsPerPlug,
     eventWritesPerPlug: r.eventWritesPerPlug,
-    correct: correctness.allReady && correctness.allRemoved && correctness.failedEvents === 0,
+    correct: wasCorrect(correctness),
   };
 }
 
@@ -500,6 +505,7 @@ function acrossThroughputRounds(rounds: readonly ThroughputRound[]) {
     ...byPlugRate.round,
     rounds: {
       count: rounds.length,
+      perVmiSet: ROUNDS_PER_VMI_SET,
       medianRound: byPlugRate.number,
       plugOpsPerSecond: byPlugRate.figure,
       plugP99Ms: repeated(rounds.map((r) => r.plug.latency.p99)),
