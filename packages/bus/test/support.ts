@@ -142,7 +142,14 @@ export function eventType(e: VolumeEvent): string {
   return e.type.split('.').at(-1)!;
 }
 
-/** Models the time a real effect (a mount, a libvirt call) takes; not a wait for a condition. */
-export function effectTakes(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+/**
+ * Models the time a real effect (a mount, a libvirt call) takes; not a wait for a condition. At
+ * least `ms` by `performance.now()`: a timer counts from the event loop's cached time, so it can
+ * fire a fraction of a millisecond before `ms` have passed (a CI run timed 299.8 ms of 300).
+ */
+export async function effectTakes(ms: number): Promise<void> {
+  const until = performance.now() + ms;
+  for (let left = ms; left > 0; left = until - performance.now()) {
+    await new Promise((resolve) => setTimeout(resolve, Math.ceil(left)));
+  }
 }
