@@ -5,11 +5,17 @@
  * persistence and guest detach delay as domain-updater's), patch the VMI status; and back.
  * It mounts with the same mount(2)/umount2(2) calls node-mounter makes, so a cheaper mount in the
  * chain does not make the ratio look better than it is.
+ *
+ * It is timed between the chain's own end points: from a request patched onto the VMI, which the
+ * script learns of through its own watch as the spec-watcher does, to the status entry as the
+ * bench's watch sees it. The request is an annotation, not a spec volume, which the chain would
+ * act on too; it is one VMI patch and one watch event all the same. The four steps alone are
+ * reported as well (`stepsMs`).
  */
 import { writeFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import type { V1Pod } from '@kubernetes/client-node';
+import { Watch, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import { VolumePhase, type VirtualMachineInstance } from '@plugline/contracts';
 import {
   createSimulatedDriver,
@@ -19,15 +25,37 @@ import {
 } from '@plugline/hypervisor';
 import type { KubeClient } from '@plugline/kube';
 import { bindMount, unmount } from '@plugline/node-mounter';
-import type { Observer } from './observer.js';
+import type { Observer, VolumeView } from './observer.js';
 
-export const FLOOR_STAGES = ['pod running', 'mount', 'attach', 'status patch'] as const;
-export const FLOOR_UNPLUG_STAGES = ['detach', 'unmount', 'pod deleted', 'status patch'] as const;
+export const FLOOR_STAGES = [
+  'request seen',
+  'pod running',
+  'mount',
+  'attach',
+  'status patch',
+  'status seen',
+] as const;
+export const FLOOR_UNPLUG_STAGES = [
+  'request seen',
+  'detach',
+  'unmount',
+  'pod deleted',
+  'status patch',
+  'status seen',
+] as const;
+/** The stages that are the steps themselves, without the request and the status being seen. */
+const STEPS_BETWEEN_END_POINTS = 4;
 
 export interface FloorOp {
   latencyMs: number;
+  /** The steps alone: from the request seen to the status patch's response. */
+  stepsMs: number;
   stages: Record<string, number>;
 }
+
+/** The annotation that asks the floor's script to plug (its value: the volume) or unplug. */
+const REQUEST_ANNOTATION = 'bench.plugline.io/floor-volume';
+const REQUEST_POINTER = `/metadata/annotations/${REQUEST_ANNOTATION.replace('/', '~1')}`;
 
 export interface FloorTarget {
   ns: string;
@@ -40,29 +68,140 @@ export interface FloorTarget {
   pv: string;
 }
 
-export class Floor {
+/** The floor script's own watch of its VMI: what it has been asked for, and waiters on it. */
+class RequestWatch {
+  #requested: string | undefined;
+  #synced = false;
+  #stopped = false;
+  readonly #waiters = new Set<{ check: () => void; timer: NodeJS.Timeout }>();
+  #abort: AbortController | undefined;
+
   private constructor(
-    private readonly client: KubeClient,
-    private readonly obs: Observer,
-    private readonly driver: SimulatedDriver,
-    private readonly target: FloorTarget,
-    private readonly domain: string,
+    private readonly kc: KubeConfig,
+    private readonly ns: string,
+    private readonly vmi: string,
   ) {}
 
-  static async start(
-    client: KubeClient,
-    obs: Observer,
-    target: FloorTarget,
-    stateDir: string,
-    detachDelayMs: number,
-  ): Promise<Floor> {
-    const driver = createSimulatedDriver({
-      detachDelayMs,
-      stateDir: join(stateDir, 'floor-hypervisor'),
+  static async start(kc: KubeConfig, ns: string, vmi: string): Promise<RequestWatch> {
+    const w = new RequestWatch(kc, ns, vmi);
+    const synced = w.until(() => w.#synced, 30_000);
+    await w.#watch();
+    await synced;
+    return w;
+  }
+
+  /** Watches the namespace's VMIs; started again when the server ends the watch, as an informer is. */
+  async #watch(): Promise<void> {
+    if (this.#stopped) return;
+    this.#abort = await new Watch(this.kc).watch(
+      `/apis/kubevirt.io/v1/namespaces/${this.ns}/virtualmachineinstances`,
+      {},
+      (type, obj) => this.#onVmi(type, obj as VirtualMachineInstance),
+      () => {
+        if (!this.#stopped) setTimeout(() => void this.#watch().catch(() => undefined), 100);
+      },
+    );
+  }
+
+  #onVmi(type: string, vmi: VirtualMachineInstance): void {
+    if (vmi.metadata.name !== this.vmi) return;
+    this.#synced = true;
+    this.#requested =
+      type === 'DELETED' ? undefined : vmi.metadata.annotations?.[REQUEST_ANNOTATION];
+    for (const w of this.#waiters) w.check();
+  }
+
+  /** Resolves with the time the request is seen to satisfy `test`. */
+  until(test: (requested: string | undefined) => boolean, timeoutMs: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        check: () => {
+          if (!test(this.#requested)) return;
+          clearTimeout(waiter.timer);
+          this.#waiters.delete(waiter);
+          resolve(performance.now());
+        },
+        timer: setTimeout(() => {
+          this.#waiters.delete(waiter);
+          reject(new Error(`timed out after ${timeoutMs} ms waiting on the floor's request`));
+        }, timeoutMs),
+      };
+      this.#waiters.add(waiter);
+      waiter.check();
     });
-    const domain = `${target.ns}_${target.vmi}`;
-    await driver.defineDomain(domain);
-    return new Floor(client, obs, driver, target, domain);
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#abort?.abort();
+    for (const w of this.#waiters) clearTimeout(w.timer);
+    this.#waiters.clear();
+  }
+}
+
+export interface FloorOptions {
+  kc: KubeConfig;
+  client: KubeClient;
+  /** The bench's watch, which times the status entry (as it does the chain's). */
+  obs: Observer;
+  target: FloorTarget;
+  stateDir: string;
+  detachDelayMs: number;
+}
+
+export class Floor {
+  private readonly client: KubeClient;
+  private readonly obs: Observer;
+  private readonly target: FloorTarget;
+  private readonly domain: string;
+
+  private constructor(
+    options: FloorOptions,
+    private readonly requests: RequestWatch,
+    private readonly driver: SimulatedDriver,
+  ) {
+    this.client = options.client;
+    this.obs = options.obs;
+    this.target = options.target;
+    this.domain = `${options.target.ns}_${options.target.vmi}`;
+  }
+
+  static async start(options: FloorOptions): Promise<Floor> {
+    const { kc, client, target } = options;
+    const vmi = await client.getVmi(target.ns, target.vmi);
+    if (vmi.metadata.annotations === undefined) {
+      await client.patchVmi(target.ns, target.vmi, [
+        { op: 'add', path: '/metadata/annotations', value: {} },
+      ]);
+    }
+    const requests = await RequestWatch.start(kc, target.ns, target.vmi);
+    const driver = createSimulatedDriver({
+      detachDelayMs: options.detachDelayMs,
+      stateDir: join(options.stateDir, 'floor-hypervisor'),
+    });
+    const floor = new Floor(options, requests, driver);
+    await driver.defineDomain(floor.domain);
+    return floor;
+  }
+
+  /** Patches the request onto the VMI (the user's step) and waits until the script's watch sees it. */
+  private async request(volume: string | undefined): Promise<number> {
+    const t = this.target;
+    const seen = this.requests.until((requested) => requested === volume, 30_000);
+    await this.client.patchVmi(
+      t.ns,
+      t.vmi,
+      volume === undefined
+        ? [{ op: 'remove', path: REQUEST_POINTER }]
+        : [{ op: 'add', path: REQUEST_POINTER, value: volume }],
+    );
+    return seen;
+  }
+
+  /** When the bench's watch saw the volume's status entry satisfy `test`. */
+  private statusSeen(volume: string, test: (v: VolumeView | undefined) => boolean) {
+    const t = this.target;
+    return this.obs.volumeObservedAt(`${t.ns}/${t.vmi}/${volume}`, test, 30_000);
   }
 
   private hotplugDir(): string {
@@ -73,6 +212,7 @@ export class Floor {
   async plug(volume: string, podName: string): Promise<FloorOp & { podUid: string }> {
     const t = this.target;
     const marks: number[] = [performance.now()];
+    marks.push(await this.request(volume));
     const pod: V1Pod = {
       metadata: { name: podName, namespace: t.ns },
       spec: {
@@ -116,12 +256,14 @@ export class Floor {
       },
     ]);
     marks.push(performance.now());
+    marks.push(await this.statusSeen(volume, (v) => v?.phase === VolumePhase.Ready));
     return { ...summarize(marks, FLOOR_STAGES), podUid };
   }
 
   async unplug(volume: string, podName: string): Promise<FloorOp> {
     const t = this.target;
     const marks: number[] = [performance.now()];
+    marks.push(await this.request(undefined));
     const removed = this.deviceEvent(DeviceEventType.Removed, volume);
     await this.driver.detachDisk(this.domain, 'sda');
     await removed;
@@ -139,6 +281,7 @@ export class Floor {
       { op: 'remove', path: `/status/volumeStatus/${index}` },
     ]);
     marks.push(performance.now());
+    marks.push(await this.statusSeen(volume, (v) => v?.present === false));
     return summarize(marks, FLOOR_UNPLUG_STAGES);
   }
 
@@ -154,6 +297,7 @@ export class Floor {
   }
 
   async close(): Promise<void> {
+    this.requests.stop();
     await this.driver.close();
   }
 }
@@ -161,7 +305,13 @@ export class Floor {
 function summarize(marks: number[], names: readonly string[]): FloorOp {
   const stages: Record<string, number> = {};
   names.forEach((name, i) => {
-    stages[name] = (marks[i + 1] as number) - (marks[i] as number);
+    // The status can be seen before the patch's response arrives: that stage is then 0.
+    stages[name] = Math.max(0, (marks[i + 1] as number) - (marks[i] as number));
   });
-  return { latencyMs: (marks.at(-1) as number) - (marks[0] as number), stages };
+  const stepsEnd = marks[1 + STEPS_BETWEEN_END_POINTS] as number;
+  return {
+    latencyMs: (marks.at(-1) as number) - (marks[0] as number),
+    stepsMs: stepsEnd - (marks[1] as number),
+    stages,
+  };
 }

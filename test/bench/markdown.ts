@@ -100,6 +100,27 @@ function speedProbeLine(probe: Results['machine']['speedProbe']): string[] {
   ];
 }
 
+type StepsAlone = NonNullable<Results['floor']>['stepsAlone'];
+
+/** The floor's steps alone, in the one-volume table (results from before 2026-12-06 have none). */
+function stepsAloneRows(steps: StepsAlone): string[] {
+  if (steps === undefined) return [];
+  const a = steps.acrossRounds;
+  return [
+    `| floor plug, its steps alone | ${rep(a.plug.p50)} | ${rep(a.plug.p90)} | ${rep(a.plug.p99)} | |`,
+    `| floor unplug, its steps alone | ${rep(a.unplug.p50)} | ${rep(a.unplug.p90)} | ${rep(a.unplug.p99)} | |`,
+  ];
+}
+
+function stepsAloneRatio(steps: StepsAlone): string[] {
+  if (steps === undefined) return [];
+  return [
+    '',
+    "The floor is timed between the chain's end points: from its request (one VMI patch, seen through the floor script's own watch, as the spec-watcher sees the spec patch) to the status entry as the bench's watch sees it. " +
+      `Against the floor's steps alone (pod, mount, attach, status patch: the floor of results before 2026-12-06), the ratio is ${rep(steps.overheadRatio)} for plug and ${rep(steps.unplugOverheadRatio)} for unplug.`,
+  ];
+}
+
 export function renderMarkdown(r: Results, chartFile: string): string {
   const lines: string[] = [
     `# Plugline benchmark, ${r.date}`,
@@ -126,8 +147,10 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       `| chain unplug | ${rep(a.unplug.p50)} | ${rep(a.unplug.p90)} | ${rep(a.unplug.p99)} | |`,
       `| floor plug | ${rep(floor.acrossRounds.plug.p50)} | ${rep(floor.acrossRounds.plug.p90)} | ${rep(floor.acrossRounds.plug.p99)} | |`,
       `| floor unplug | ${rep(floor.acrossRounds.unplug.p50)} | ${rep(floor.acrossRounds.unplug.p90)} | ${rep(floor.acrossRounds.unplug.p99)} | |`,
+      ...stepsAloneRows(floor.stepsAlone),
       '',
       `Overhead ratio (chain p50 / floor p50), plug: **${rep(floor.overheadRatio)}** (target ≤ 1.5: ${ok(floor.overheadRatio.median <= 1.5)}); unplug: ${rep(floor.unplugOverheadRatio)}.`,
+      ...stepsAloneRatio(floor.stepsAlone),
       '',
       '### Chain plug, per stage (each from the previous fact)',
       '',

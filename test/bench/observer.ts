@@ -188,6 +188,17 @@ export class Observer {
     return this.volumeWaits.until(key, test, timeoutMs);
   }
 
+  /**
+   * As {@link untilVolume}, but an entry that satisfies `test` already resolves with the time it
+   * was observed, not now: for a caller that learns of the change another way first (the floor's
+   * status patch, whose watch event can arrive before the response).
+   */
+  volumeObservedAt(key: string, test: (v: VolumeView | undefined) => boolean, timeoutMs: number) {
+    const view = this.volumes.get(key);
+    if (view !== undefined && test(view)) return Promise.resolve(view.t);
+    return this.volumeWaits.until(key, test, timeoutMs);
+  }
+
   untilPod(key: string, test: (v: PodView | undefined) => boolean, timeoutMs: number) {
     return this.podWaits.until(key, test, timeoutMs);
   }

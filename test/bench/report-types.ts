@@ -165,6 +165,15 @@ export interface Results {
     unplugStages: Record<string, Percentiles>;
     overheadRatio: Repeated;
     unplugOverheadRatio: Repeated;
+    /**
+     * The floor's steps alone, without its request and its status being seen (what `acrossRounds`
+     * measured before 2026-12-06), and the chain against them; absent in older results.
+     */
+    stepsAlone?: {
+      acrossRounds: Directional<{ p50: Repeated; p90: Repeated; p99: Repeated }>;
+      overheadRatio: Repeated;
+      unplugOverheadRatio: Repeated;
+    };
   };
   throughput?: ThroughputFigures;
   /** Section 4, issued through `addvolume`; `others`: the same burst issued otherwise. */

@@ -221,10 +221,11 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
   const floorVmi = await stack.createVmi({ namespace: 'bench-floor', name: 'vm' });
   await createPvc(stack.kc, { namespace: 'bench-floor', name: 'disk', mode: 'Filesystem' });
   const pv = await boundPv(client, 'bench-floor', 'disk');
-  const floor = await Floor.start(
+  const floor = await Floor.start({
+    kc: stack.kc,
     client,
     obs,
-    {
+    target: {
       ns: 'bench-floor',
       vmi: 'vm',
       node: stack.nodes[0] ?? 'node-1',
@@ -233,9 +234,9 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
       claim: 'disk',
       pv,
     },
-    stack.dir,
-    DETACH_DELAY_MS,
-  );
+    stateDir: stack.dir,
+    detachDelayMs: DETACH_DELAY_MS,
+  });
   void seq;
   const where = { ns: 'bench-seq', vmi: 'vm', volume: 'disk', claim: 'disk' };
   const stuck: { op: number; error: string; statusPhase: string | null }[] = [];
@@ -273,6 +274,7 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
   const floorUnplugs: FloorOp[] = [];
   const chainRounds: RoundFigures[] = [];
   const floorRounds: RoundFigures[] = [];
+  const floorStepRounds: RoundFigures[] = [];
   const ratioRounds: number[] = [];
   /** The services' metrics around each round's chain operations (not the floor's). */
   const chainIntervals: [Record<string, string>, Record<string, string>][] = [];
@@ -308,6 +310,10 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
     };
     chainRounds.push(c);
     floorRounds.push(f);
+    floorStepRounds.push({
+      plug: percentiles(fp.map((o) => o.stepsMs)),
+      unplug: percentiles(fu.map((o) => o.stepsMs)),
+    });
     ratioRounds.push(c.plug.p50 / f.plug.p50);
     log(
       `round ${r + 1}/${cfg.repeat}: chain plug p50 ${c.plug.p50} p99 ${c.plug.p99}, unplug p50 ${c.unplug.p50}; floor plug p50 ${f.plug.p50}, unplug p50 ${f.unplug.p50}`,
@@ -351,6 +357,15 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
       unplugOverheadRatio: repeated(
         chainRounds.map((c, i) => c.unplug.p50 / (floorRounds[i]?.unplug.p50 ?? Number.NaN)),
       ),
+      stepsAlone: {
+        acrossRounds: acrossRounds(floorStepRounds),
+        overheadRatio: repeated(
+          chainRounds.map((c, i) => c.plug.p50 / (floorStepRounds[i]?.plug.p50 ?? Number.NaN)),
+        ),
+        unplugOverheadRatio: repeated(
+          chainRounds.map((c, i) => c.unplug.p50 / (floorStepRounds[i]?.unplug.p50 ?? Number.NaN)),
+        ),
+      },
     },
   };
 }
