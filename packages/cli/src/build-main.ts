@@ -1,4 +1,4 @@
-// `pnpm build`: bundles the services into dist/ (or `--outdir <dir>`); see bundle.ts.
+// `pnpm build`: bundles the services and plugctl into dist/ (or `--outdir <dir>`); see bundle.ts.
 import { parseArgs } from 'node:util';
 import { relative } from 'node:path';
 import { buildBundles, DEFAULT_BUNDLE_DIR } from './bundle.js';

@@ -68,6 +68,7 @@ export {
   ensureBundles,
   staleReason,
   bundlePath,
+  cliBundleDir,
   BUNDLE_ENTRIES,
   DEFAULT_BUNDLE_DIR,
 } from './bundle.js';

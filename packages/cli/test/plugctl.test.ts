@@ -26,12 +26,21 @@ let kc: KubeConfig;
 let client: KubeClient;
 
 function plugctl(...args: string[]): Promise<Result> {
+  return plugctlWith({}, ...args);
+}
+
+function plugctlWith(env: NodeJS.ProcessEnv, ...args: string[]): Promise<Result> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       [BIN, ...args],
       {
-        env: { ...process.env, KUBECONFIG: sim.kubeconfigPath, NATS_URL: 'nats://127.0.0.1:1' },
+        env: {
+          ...process.env,
+          KUBECONFIG: sim.kubeconfigPath,
+          NATS_URL: 'nats://127.0.0.1:1',
+          ...env,
+        },
         timeout: 30_000,
       },
       (err, stdout, stderr) => {
@@ -326,6 +335,14 @@ describe('plugctl status', () => {
       code: 1,
       stderr: 'virtualmachineinstances.kubevirt.io "nope" not found\n',
     });
+  }, 30_000);
+
+  it('answers the same from the sources as from its bundle (dist/plugctl, when built)', async () => {
+    const args = ['status', 'vm-running', '-n', NS, '-o', 'json'];
+    const bundled = await plugctl(...args);
+    const fromSource = await plugctlWith({ PLUGLINE_CLI_FROM_SOURCE: '1' }, ...args);
+    expect(bundled.code, bundled.stderr).toBe(0);
+    expect(fromSource).toEqual(bundled);
   }, 30_000);
 
   it('fails clearly when NATS is unreachable for events', async () => {

@@ -83,7 +83,9 @@ async function serviceRuntime(
   const build = await ensureBundles();
   if (build.built) {
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
-    io.out(`Built the services into dist/ (${build.reason ?? 'stale'}; ${seconds} s).\n`);
+    io.out(
+      `Built the services and plugctl into dist/ (${build.reason ?? 'stale'}; ${seconds} s).\n`,
+    );
   }
   for (const warning of build.warnings) io.err(`warning: build: ${warning}\n`);
   return ServiceRuntime.Bundled;

@@ -1,0 +1,2 @@
+/** See cli-bundle.mjs. */
+export function cliBundleStaleReason(dir: string, repoRoot: string): string | undefined;
