@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { assertUid, VolumeMode } from './paths.js';
@@ -141,9 +141,8 @@ export async function saveCheckpoint(
     }
     return;
   }
-  await mkdir(stateDir, { recursive: true, mode: 0o700 });
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const handle = await open(tmp, 'wx', 0o600);
+  const handle = await openCreating(stateDir, tmp);
   try {
     await handle.writeFile(
       `${JSON.stringify({ version: CHECKPOINT_VERSION, vmiUID, entries }, null, 2)}\n`,
@@ -158,6 +157,20 @@ export async function saveCheckpoint(
     await unlink(tmp).catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * Creates `file` in `dir`, making `dir` first only when it is missing: the folder exists for every
+ * write but a node's first, and a `mkdir` on each would be one more trip through the thread pool.
+ */
+async function openCreating(dir: string, file: string): Promise<FileHandle> {
+  try {
+    return await open(file, 'wx', 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  return open(file, 'wx', 0o600);
 }
 
 /** The VMI UIDs with a checkpoint in the state dir (not temp files or names that are no UID). */

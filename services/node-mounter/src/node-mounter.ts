@@ -34,7 +34,9 @@ import {
   assertRealPathInsideRoot,
   assertUid,
   attachmentBlockSource,
+  attachmentBlockSourcePath,
   attachmentFilesystemSource,
+  attachmentFilesystemSourcePath,
   isLexicallyInside,
   launcherHotplugDir,
   launcherHotplugDirPath,
@@ -309,10 +311,15 @@ export class NodeMounter {
     assertUid(root, 'vmiUID', request.vmiUID);
     assertLabelSegment(root, 'volume', request.volume);
     // The checks are independent reads, each a trip through libuv's thread pool: made together,
-    // they cost a third of the time made one after another (5–8 ms a plug on a busy node).
-    // Their errors are still reported in this order.
+    // they cost a fraction of the time made one after another (5–8 ms a plug on a busy node).
+    // Their errors are still reported in this order: a path that leaves its pod before one that
+    // is missing.
     const hotplugDirPath = launcherHotplugDirPath(root, request.launcherUID);
-    const [hotplugDir, source, target] = await inOrder([
+    const sourcePath =
+      request.mode === VolumeMode.Filesystem
+        ? attachmentFilesystemSourcePath(root, request.attachPodUID, request.pvName)
+        : attachmentBlockSourcePath(root, request.attachPodUID, request.pvName);
+    const [hotplugDir, source, target, isDir, sourceExists] = await inOrder([
       launcherHotplugDir(root, request.launcherUID),
       request.mode === VolumeMode.Filesystem
         ? attachmentFilesystemSource(root, request.attachPodUID, request.pvName)
@@ -323,21 +330,22 @@ export class NodeMounter {
         request.launcherUID,
         targetPathIn(hotplugDirPath, request.volume, request.mode),
       ),
+      isDirectory(hotplugDirPath),
+      pathExists(sourcePath),
     ]);
-    const [isDir, sourceExists] = await Promise.all([isDirectory(hotplugDir), pathExists(source)]);
     if (!isDir) throw new NotFoundError(`launcher hotplug folder ${hotplugDir} does not exist`);
     if (!sourceExists) throw new SourceNotFoundError(source);
     return { source, target };
   }
 
-  /** Exposes a located volume in the launcher; records it in the checkpoint first. */
+  /**
+   * Exposes a volume `locate` found earlier in the launcher; checks its paths again under the
+   * volume's lock (the layout may have changed since), records it in the checkpoint first.
+   */
   async mountLocated(request: PlugRequest, located: LocatedVolume): Promise<MountedFact> {
-    const cgroupDir =
-      request.mode === VolumeMode.Block ? await this.cgroupDir(request.launcherUID) : undefined;
     return this.volumeLock(request.vmiUID, request.volume, async () => {
       const root = await this.realRoot();
-      // Re-check under the lock: the layout may have changed since `locate`.
-      const [, , loaded] = await inOrder([
+      const [, , loaded, cgroupDir] = await inOrder([
         assertRealPathInsidePod(
           root,
           request.attachPodUID,
@@ -346,54 +354,79 @@ export class NodeMounter {
         ),
         assertRealPathInsidePod(root, request.launcherUID, located.target),
         this.checkpoints.read(request.vmiUID),
+        this.blockCgroupDir(request),
       ]);
-      const previous = loaded.entries.find((e) => e.volume === request.volume);
-      // Before anything is undone or replaced: a request of another namespace touches nothing.
-      if (previous !== undefined) this.assertSameNamespace(request, previous);
-      if (
-        previous !== undefined &&
-        (previous.target !== located.target || previous.mode !== request.mode)
-      ) {
-        await this.undo(previous);
-      }
-      const intent: CheckpointEntry = {
-        ...(request.namespace === undefined ? {} : { namespace: request.namespace }),
-        volume: request.volume,
-        mode: request.mode,
-        target: located.target,
-        source: located.source,
-        ...(cgroupDir === undefined ? {} : { cgroupDir }),
-      };
-      await this.checkpoints.update(request.vmiUID, (entries) => withEntry(entries, intent));
-      const base = {
-        type: EventType.MountedToPod,
-        vmiUID: request.vmiUID,
-        volume: request.volume,
-        mode: request.mode,
-        source: located.source,
-        target: located.target,
-      } as const;
-      if (request.mode === VolumeMode.Filesystem) {
-        const result = await mountFilesystem(located.source, located.target);
-        await applyOwnership(located.target, this.ownership);
-        return { ...base, changed: result.changed, sourceMismatch: result.sourceMismatch };
-      }
-      const node = await createBlockNode(located.source, located.target, this.ownership);
-      const device = { major: node.major, minor: node.minor };
-      await this.checkpoints.update(request.vmiUID, (entries) =>
-        withEntry(entries, { ...intent, rdev: device }),
-      );
-      const cgroup: CgroupOutcome =
-        cgroupDir === undefined
-          ? { kind: 'skipped', reason: 'no device cgroup known for the launcher' }
-          : await allowDevice(cgroupDir, device.major, device.minor);
-      return { ...base, changed: node.changed, sourceMismatch: false, device, cgroup };
+      return this.mountChecked(request, located, loaded, cgroupDir);
     });
   }
 
-  /** Plug: locate, then mount (filesystem) or mknod + cgroup allow (block). Idempotent. */
+  /**
+   * Plug: locate, then mount (filesystem) or mknod + cgroup allow (block). Idempotent. The paths
+   * are checked once, under the volume's lock, right before they are used.
+   */
   async plug(request: PlugRequest): Promise<MountedFact> {
-    return this.mountLocated(request, await this.locate(request));
+    return this.volumeLock(request.vmiUID, request.volume, async () => {
+      const [located, loaded, cgroupDir] = await inOrder([
+        this.locate(request),
+        this.checkpoints.read(request.vmiUID),
+        this.blockCgroupDir(request),
+      ]);
+      return this.mountChecked(request, located, loaded, cgroupDir);
+    });
+  }
+
+  private async blockCgroupDir(request: PlugRequest): Promise<string | undefined> {
+    return request.mode === VolumeMode.Block ? this.cgroupDir(request.launcherUID) : undefined;
+  }
+
+  /** Mounts a volume whose paths were just checked, under its lock; the checkpoint first. */
+  private async mountChecked(
+    request: PlugRequest,
+    located: LocatedVolume,
+    loaded: LoadedCheckpoint,
+    cgroupDir: string | undefined,
+  ): Promise<MountedFact> {
+    const previous = loaded.entries.find((e) => e.volume === request.volume);
+    // Before anything is undone or replaced: a request of another namespace touches nothing.
+    if (previous !== undefined) this.assertSameNamespace(request, previous);
+    if (
+      previous !== undefined &&
+      (previous.target !== located.target || previous.mode !== request.mode)
+    ) {
+      await this.undo(previous);
+    }
+    const intent: CheckpointEntry = {
+      ...(request.namespace === undefined ? {} : { namespace: request.namespace }),
+      volume: request.volume,
+      mode: request.mode,
+      target: located.target,
+      source: located.source,
+      ...(cgroupDir === undefined ? {} : { cgroupDir }),
+    };
+    await this.checkpoints.update(request.vmiUID, (entries) => withEntry(entries, intent));
+    const base = {
+      type: EventType.MountedToPod,
+      vmiUID: request.vmiUID,
+      volume: request.volume,
+      mode: request.mode,
+      source: located.source,
+      target: located.target,
+    } as const;
+    if (request.mode === VolumeMode.Filesystem) {
+      const result = await mountFilesystem(located.source, located.target);
+      await applyOwnership(located.target, this.ownership);
+      return { ...base, changed: result.changed, sourceMismatch: result.sourceMismatch };
+    }
+    const node = await createBlockNode(located.source, located.target, this.ownership);
+    const device = { major: node.major, minor: node.minor };
+    await this.checkpoints.update(request.vmiUID, (entries) =>
+      withEntry(entries, { ...intent, rdev: device }),
+    );
+    const cgroup: CgroupOutcome =
+      cgroupDir === undefined
+        ? { kind: 'skipped', reason: 'no device cgroup known for the launcher' }
+        : await allowDevice(cgroupDir, device.major, device.minor);
+    return { ...base, changed: node.changed, sourceMismatch: false, device, cgroup };
   }
 
   /**
