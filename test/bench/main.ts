@@ -6,12 +6,13 @@
  * first when missing or stale); `--from-source` runs them through tsx instead.
  *
  *   pnpm bench [-- --ops 200 --repeat 3 --vmis 50 --concurrency 16 --sweep-concurrency 32,64
- *                  --sections 1,2,3,4,5,6,7]
+ *                  --sections 1,2,3,4,5,6,7,8]
  *   (--repeat: rounds of sections 1-2, 3 and 5, whose figures are medians over them)
  *              [--from-source] [--profile <service> --profile-stack main|burst]
  *              [--node-args=<node flags for every service, space-separated, e.g. --optimize-for-size>]
  *   section 6: [--memory-vmis 100 --memory-volumes-per-vmi 10 --memory-concurrency 8 --memory-checkpoints 4]
  *   section 7: [--guest-runs 20 --guest-warmup 2 --guest-bus scsi --guest-pod-start-ms 0]
+ *   section 8: [--cli-runs 10]
  */
 import { readlinkSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -78,7 +79,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
       'burst-pod-start-ms': { type: 'string', default: '1000' },
       profile: { type: 'string', default: ServiceName.SpecWatcher },
       'profile-stack': { type: 'string', default: 'main' },
-      sections: { type: 'string', default: '1,2,3,4,5,6,7' },
+      sections: { type: 'string', default: '1,2,3,4,5,6,7,8' },
       'memory-vmis': { type: 'string', default: '100' },
       'memory-volumes-per-vmi': { type: 'string', default: '10' },
       'memory-concurrency': { type: 'string', default: '8' },
@@ -87,6 +88,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
       'guest-warmup': { type: 'string', default: '2' },
       'guest-bus': { type: 'string', default: 'scsi' },
       'guest-pod-start-ms': { type: 'string', default: '0' },
+      'cli-runs': { type: 'string', default: '10' },
       'log-level': { type: 'string', default: 'info' },
       'from-source': { type: 'boolean', default: false },
       'node-args': { type: 'string', default: '' },
@@ -110,6 +112,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
     sweepConcurrency: concurrencies(values['sweep-concurrency']),
     burst: int('burst'),
     burstPodStartMs: int('burst-pod-start-ms'),
+    cliRuns: Math.max(1, int('cli-runs')),
     profile: (values.profile ?? '') as ServiceName | '',
     profileStack: profileStack(values['profile-stack']),
     sections: new Set((values.sections ?? '').split(',').map((s) => s.trim())),
@@ -164,9 +167,9 @@ async function main(): Promise<void> {
   const machine = await machineInfo();
   const probeAtStart = await speedProbe();
   log(`speed probe ${JSON.stringify(probeAtStart)} (lower is faster)`);
-  // Sections 1–3 run on the main stack, which also gives the idle figure; without them, section 6
+  // Sections 1–3 and 8 run on the main stack, which also gives the idle figure; without them, section 6
   // (its own stack, idle first) gives it, or nothing does (e.g. `--sections 7`).
-  const needsMain = ['1', '2', '3'].some((s) => cfg.sections.has(s));
+  const needsMain = ['1', '2', '3', '8'].some((s) => cfg.sections.has(s));
   const main = needsMain ? await runMainStack(cfg, log) : undefined;
   const burst = cfg.sections.has('4') ? await runBurstStack(cfg, log) : undefined;
   const scaleOut = cfg.sections.has('5') ? await runScaleOutStack(cfg, log) : undefined;

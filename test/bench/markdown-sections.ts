@@ -1,4 +1,8 @@
-/** The Markdown of sections 6 (memory while tracking many volumes) and 7 (a real guest). */
+/**
+ * The Markdown of sections 6 (memory while tracking many volumes), 7 (a real guest) and 8 (plugctl
+ * as a process).
+ */
+import { CLI_COMMANDS, type CliFigures } from './cli.js';
 import type { GuestFigures } from './guest.js';
 import type { MemoryFigures } from './memory.js';
 import type { Percentiles } from './stats.js';
@@ -59,6 +63,27 @@ export function guestLines(g: GuestFigures): string[] {
     `| status Ready (watch) | ${g.addvolumeToStatusReady.p50} | ${g.addvolumeToStatusReady.p90} | ${g.addvolumeToStatusReady.p99} | ${g.addvolumeToStatusReady.max} |`,
     `| the guest kernel announces the disk (uevent) | ${g.addvolumeToGuestKernel.p50} | ${g.addvolumeToGuestKernel.p90} | ${g.addvolumeToGuestKernel.p99} | ${g.addvolumeToGuestKernel.max} |`,
     `| the guest reports the disk | ${g.addvolumeToGuest.p50} | ${g.addvolumeToGuest.p90} | ${g.addvolumeToGuest.p99} | ${g.addvolumeToGuest.max} |`,
+    '',
+  ];
+}
+
+export function cliLines(c: CliFigures): string[] {
+  const row = (command: (typeof CLI_COMMANDS)[number]): string => {
+    const b = c.wallMs.bundle[command];
+    const s = c.wallMs.source[command];
+    return `| \`plugctl ${command}\` | ${b.p50} (${b.min}–${b.max}) | ${s.p50} (${s.min}–${s.max}) |`;
+  };
+  return [
+    `Each command a process (\`packages/cli/bin/plugctl.mjs\`), timed from its spawn to its exit, ${c.runs} runs each way, alternating: from the bundle in \`dist/plugctl\` (what the launcher runs while it is current) and from the sources through tsx (\`PLUGLINE_CLI_FROM_SOURCE=1\`). One Filesystem PVC on an idle stack, pod start 0 ms.` +
+      (c.bundleStale === undefined
+        ? ''
+        : ` **The bundle was not current (${c.bundleStale}): both ways ran from the sources.**`),
+    '',
+    '| ms, p50 (min–max) | from the bundle | from the sources |',
+    '|---|---:|---:|',
+    ...CLI_COMMANDS.map(row),
+    '',
+    `What \`--wait\` printed as the operation's own time (request to \`Ready\`, or to the entry's removal), p50/p90/p99: addvolume ${pct(c.printedMs['addvolume --wait'])}; removevolume ${pct(c.printedMs['removevolume --wait'])}.`,
     '',
   ];
 }

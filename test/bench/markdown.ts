@@ -2,7 +2,7 @@
 import type { SpeedProbe } from './speed.js';
 import type { BurstFigures, Results } from './report-types.js';
 import type { Percentiles, Repeated } from './stats.js';
-import { guestLines, memoryLines } from './markdown-sections.js';
+import { cliLines, guestLines, memoryLines } from './markdown-sections.js';
 
 const rep = (r: Repeated): string => `${r.median} (${r.min}–${r.max})`;
 const pct = (p: Percentiles): string => `${p.p50} / ${p.p90} / ${p.p99} (max ${p.max}, n=${p.n})`;
@@ -284,6 +284,7 @@ export function renderMarkdown(r: Results, chartFile: string): string {
     );
   }
   lines.push('## 7. Real guest', '', ...guestLines(r.guest));
+  if (r.cli !== undefined) lines.push('## 8. plugctl as a process', '', ...cliLines(r.cli));
   return `${lines.join('\n')}\n`;
 }
 

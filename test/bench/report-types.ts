@@ -1,5 +1,6 @@
 /** The parts of a results document the Markdown summary and the chart read. */
 import type { Percentiles, Repeated } from './stats.js';
+import type { CliFigures } from './cli.js';
 import type { GuestFigures } from './guest.js';
 import type { MemoryFigures } from './memory.js';
 import type { SpeedProbe } from './speed.js';
@@ -195,4 +196,6 @@ export interface Results {
   };
   memory?: MemoryFigures;
   guest: GuestFigures;
+  /** Section 8 (absent in older results). */
+  cli?: CliFigures;
 }

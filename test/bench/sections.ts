@@ -25,6 +25,7 @@ import {
   type BurstIssue,
   type OpResult,
 } from './chain.js';
+import { cliSection, type CliFigures } from './cli.js';
 import { Floor, type FloorOp } from './floor.js';
 import { Observer } from './observer.js';
 import type { BurstFigures } from './report-types.js';
@@ -65,6 +66,8 @@ export interface BenchConfig {
   sweepConcurrency: readonly number[];
   burst: number;
   burstPodStartMs: number;
+  /** Section 8: rounds of plugctl's commands as processes, each way (bundle, sources). */
+  cliRuns: number;
   profile: ServiceName | '';
   /** Which stack runs the profiled service: the main one (sections 1-3) or the burst's (4). */
   profileStack: 'main' | 'burst';
@@ -698,12 +701,14 @@ export async function runMainStack(cfg: BenchConfig, log: Log) {
       oneVolume?: Awaited<ReturnType<typeof sequential>>['oneVolume'];
       floor?: Awaited<ReturnType<typeof sequential>>['floor'];
       throughput?: Awaited<ReturnType<typeof throughput>>;
+      cli?: CliFigures;
     } = { rssIdleMiB: rssOf(h.procs()) };
     log(`idle RSS ${JSON.stringify(result.rssIdleMiB)}`);
     if (cfg.sections.has('1') || cfg.sections.has('2')) {
       Object.assign(result, await sequential(h, cfg, log));
     }
     if (cfg.sections.has('3')) result.throughput = await throughput(h, cfg, log, true);
+    if (cfg.sections.has('8')) result.cli = await cliSection(h.stack, cfg.cliRuns, log);
     return result;
   });
   return { ...result, profile: await profiler.summary() };

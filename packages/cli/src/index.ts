@@ -73,3 +73,4 @@ export {
   DEFAULT_BUNDLE_DIR,
 } from './bundle.js';
 export type { BundleEntry, BuildResult } from './bundle.js';
+export { cliBundleStaleReason } from '../bin/cli-bundle.mjs';
