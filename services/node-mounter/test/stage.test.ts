@@ -65,6 +65,7 @@ const ns = `nm-${randomBytes(4).toString('hex')}`;
 const vmiName = `vm-${randomBytes(4).toString('hex')}`;
 let vmiUID: string;
 let launcherUID: string;
+let attachmentName: string;
 let hotplugDir: string;
 let blockDevice: { major: number; minor: number };
 
@@ -81,11 +82,29 @@ function config() {
   });
 }
 
-async function startService(): Promise<NodeMounterService> {
+async function startService(
+  options: { podCacheCatchUpMs?: number } = {},
+): Promise<NodeMounterService> {
   logs = memoryDestination();
   const logger = createLogger({ level: 'debug' }, logs);
-  service = await startNodeMounter(config(), { logger, bus });
+  service = await startNodeMounter(config(), { logger, bus, ...options });
   return service;
+}
+
+/** Sets the attachment pod's container readiness (it stays Running, so the kubelet leaves it). */
+function setAttachmentReady(ready: boolean): void {
+  const pod = structuredClone(sim.store.get(Types.pods, ns, attachmentName));
+  const status = pod.status as { containerStatuses?: { ready?: boolean }[] };
+  status.containerStatuses = (status.containerStatuses ?? [{}]).map((s) => ({ ...s, ready }));
+  sim.store.update(Types.pods, attachmentName, pod, { namespace: ns, subresource: 'status' });
+}
+
+/** How many of the running service's work items ended resting as `waiting`. */
+async function restedWaiting(): Promise<number> {
+  const m = await service!.metrics.messagesHandled.get();
+  return m.values
+    .filter((v) => v.labels.outcome === 'waiting')
+    .reduce((sum, v) => sum + v.value, 0);
 }
 
 async function stopService(): Promise<void> {
@@ -319,6 +338,7 @@ beforeAll(async () => {
   const launcher = sim.store.create(Types.pods, launcherPod(vmiUID), { namespace: ns });
   launcherUID = launcher.metadata!.uid!;
   const attachment = sim.store.create(Types.pods, attachmentPod(vmiUID), { namespace: ns });
+  attachmentName = attachment.metadata!.name!;
   await podRunning(launcher.metadata!.name!);
   await podRunning(attachment.metadata!.name!);
   hotplugDir = LAYOUT.hotplugDir(kubeletRoot, launcherUID);
@@ -441,6 +461,39 @@ describe('node-mounter stage (real NATS, kube-sim kubelet, mounts, loop devices,
     });
     expect(fact!.data.details).toMatchObject({ changed: false });
     expect((await launcherView()).mounts).toEqual([`${FS_VOL}.img`]);
+  });
+
+  it('waits in its handling for its pod cache to show the attachment pod ready, not resting the unit', async () => {
+    dumpLogsOnFailure();
+    // Started with the pod not ready in its cache (the informers sync before the stage runs),
+    // and a bound far above what the test needs, so only the change below ends the wait.
+    await stopService();
+    setAttachmentReady(false);
+    await startService({ podCacheCatchUpMs: 30_000 });
+    try {
+      const op = `op-catch-up-${randomUUID()}`;
+      await publishWork(workItem({ volume: FS_VOL, operationId: op }));
+      await waitFor(
+        () =>
+          logs.lines.some(
+            (l) =>
+              l.msg === 'waiting for the pod cache to show the attachment pod ready' &&
+              l.volume === FS_VOL,
+          ),
+        { interval: 5, description: 'the handling waiting on the pod cache' },
+      );
+      setAttachmentReady(true);
+      const [fact] = await waitFor(async () => {
+        const found = await events(EventType.MountedToPod, op);
+        return found.length === 1 ? found : undefined;
+      });
+      expect(fact!.data.details).toMatchObject({ changed: false });
+      expect(await restedWaiting()).toBe(0);
+    } finally {
+      setAttachmentReady(true);
+      await stopService();
+      await startService();
+    }
   });
 
   it('survives a restart between plug and unplug: reconcile keeps what the spec wants', async () => {
