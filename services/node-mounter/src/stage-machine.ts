@@ -77,9 +77,12 @@ export type MounterWorkEvent = WorkEvent & { observed?: Decision };
 /**
  * The first wait is short: the usual one is this node's pod cache a few milliseconds behind the
  * orchestrator's, which announced `attached-to-node` from its own (`AttachmentPodNotRunning`).
- * With a busy loop beside the bench, a 250 ms first wait made the one-volume plug's p99 282 ms in
- * one run of two; at 50 ms, 76-82 ms (issue 10). The waits double from there, as virt-handler's
- * rate-limited requeues do, so a long wait costs a few more handlings, no more.
+ * The service's `load` waits out that lag in the handling first (up to 100 ms, on the cache's
+ * next change: `POD_CACHE_CATCH_UP_MS`); a unit rests only when the pod is still not ready. With
+ * a busy loop beside the bench, a 250 ms first wait made the one-volume plug's p99 282 ms in one
+ * run of two, 50 ms made it 76-85 ms, and the wait in the handling 37 ms (issue 10). The waits
+ * double from there, as virt-handler's rate-limited requeues do, so a long wait costs a few more
+ * handlings, no more.
  */
 const WAIT_BASE_MS = 50;
 const WAIT_MAX_MS = 5000;
