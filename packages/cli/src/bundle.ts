@@ -230,8 +230,8 @@ async function buildServices(dir: string): Promise<Omit<BuildResult, 'outDir'>> 
 
 /**
  * plugctl's client commands: `main.mjs` with a chunk per command (each loaded on demand, as from
- * source), then `meta.json`, which `bin/plugctl.mjs` reads to tell a current bundle. Chunks of
- * earlier builds are removed once the new entry is in place.
+ * source), then `meta.json`, which `bin/plugctl.mjs` reads to tell a current bundle. Files of
+ * earlier builds are removed once the new ones are in place and they are a minute old.
  */
 async function buildCli(dir: string): Promise<Omit<BuildResult, 'outDir'>> {
   const out = cliBundleDir(dir);
