@@ -17,7 +17,19 @@ export interface Kube {
   readonly namespace: string;
 }
 
+/**
+ * The Kubernetes client. With no kubeconfig anywhere and outside a pod, client-node would fall
+ * back to `http://localhost:8080` and fail each request with a TLS complaint: a user who forgot
+ * to source the embedded default's env is told so instead.
+ */
 export function kubeFrom(config: CliConfig): Kube {
+  if (config.kubeconfig === undefined && !config.inCluster) {
+    throw new CliError(
+      'no kubeconfig found: set KUBECONFIG or pass --kubeconfig (the embedded default started by `plugctl up` writes .plugline/kubeconfig; `source .plugline/env` sets it)',
+      1,
+      'NoKubeconfig',
+    );
+  }
   const kc = loadKubeConfig(
     config.kubeconfig === undefined ? {} : { kubeconfig: config.kubeconfig },
   );

@@ -18,6 +18,8 @@ export interface GlobalFlags {
 export interface CliConfig {
   /** Kubeconfig path (`--kubeconfig`, `$KUBECONFIG`'s first file, `~/.kube/config`), if any. */
   readonly kubeconfig: string | undefined;
+  /** Inside a pod (`KUBERNETES_SERVICE_HOST` set): the service account serves without a kubeconfig. */
+  readonly inCluster: boolean;
   /** NATS servers (`--nats`, `$NATS_URL`, default `nats://127.0.0.1:4222`). */
   readonly natsUrls: readonly string[];
   /** NATS was named by `--nats` or `NATS_URL` (so `up` uses it instead of starting a server). */
@@ -44,6 +46,7 @@ export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
 export function defaults(): Omit<CliConfig, 'kubeconfig'> & { kubeconfig: undefined } {
   return {
     kubeconfig: undefined,
+    inCluster: false,
     natsUrls: [DEFAULT_NATS_URL],
     natsGiven: false,
     natsAuth: undefined,
@@ -92,6 +95,7 @@ export function parseCliConfig(flags: GlobalFlags, env: NodeJS.ProcessEnv): Read
   const natsEnv = env.NATS_URL !== undefined && env.NATS_URL !== '';
   const config: CliConfig = {
     kubeconfig: kubeconfigPath(flags, env),
+    inCluster: env.KUBERNETES_SERVICE_HOST !== undefined && env.KUBERNETES_SERVICE_HOST !== '',
     natsUrls: natsFlag
       ? natsUrls(flags.nats as string, '--nats')
       : natsEnv

@@ -1,5 +1,7 @@
 import { buildEvent, type EventType, type VolumeEvent } from '@plugline/contracts';
 import { join, resolve } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { tmpdir } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { nextSteps } from '../src/commands/up.js';
 import {
@@ -100,6 +102,15 @@ describe('run', () => {
     const c = io();
     expect(await run(['addvolume', '--help'], c.io)).toBe(0);
     expect(c.out.join('')).toContain('--volume-name');
+  });
+
+  it('says where a kubeconfig comes from when there is none (not a TLS complaint about localhost)', async () => {
+    const none = io();
+    none.io.env = { HOME: join(tmpdir(), `plugctl-no-home-${randomUUID()}`) };
+    expect(await run(['status', 'vm'], none.io)).toBe(1);
+    expect(none.err.join('')).toBe(
+      'no kubeconfig found: set KUBECONFIG or pass --kubeconfig (the embedded default started by `plugctl up` writes .plugline/kubeconfig; `source .plugline/env` sets it)\n',
+    );
   });
 });
 
