@@ -83,21 +83,24 @@ export async function cliSection(
   await createPvc(stack.kc, { namespace: NS, name: CLAIM, mode: 'Filesystem' });
   const bundleStale = cliBundleStaleReason(cliBundleDir(), ROOT);
   const ways = { bundle: {}, source: { PLUGLINE_CLI_FROM_SOURCE: '1' } } as const;
-  const wall = { bundle: new Map<CliCommand, number[]>(), source: new Map<CliCommand, number[]>() };
-  const printed = new Map<CliCommand, number[]>();
+  const samples = () =>
+    Object.fromEntries(CLI_COMMANDS.map((c) => [c, [] as number[]])) as Record<
+      CliCommand,
+      number[]
+    >;
+  const wall = { bundle: samples(), source: samples() };
+  const printed = samples();
   for (let i = 0; i < runs; i++) {
     for (const way of ['bundle', 'source'] as const) {
       for (const command of CLI_COMMANDS) {
         const ran = await plugctl(stack, ways[way], ARGS[command]);
-        wall[way].set(command, [...(wall[way].get(command) ?? []), ran.wallMs]);
-        if (command !== 'status') {
-          printed.set(command, [...(printed.get(command) ?? []), printedMs(ran.stdout)]);
-        }
+        wall[way][command].push(ran.wallMs);
+        if (command !== 'status') printed[command].push(printedMs(ran.stdout));
       }
     }
   }
   const summary = (way: 'bundle' | 'source') =>
-    Object.fromEntries(CLI_COMMANDS.map((c) => [c, percentiles(wall[way].get(c) ?? [])])) as Record<
+    Object.fromEntries(CLI_COMMANDS.map((c) => [c, percentiles(wall[way][c])])) as Record<
       CliCommand,
       Percentiles
     >;
@@ -106,8 +109,8 @@ export async function cliSection(
     ...(bundleStale === undefined ? {} : { bundleStale }),
     wallMs: { bundle: summary('bundle'), source: summary('source') },
     printedMs: {
-      'addvolume --wait': percentiles(printed.get('addvolume --wait') ?? []),
-      'removevolume --wait': percentiles(printed.get('removevolume --wait') ?? []),
+      'addvolume --wait': percentiles(printed['addvolume --wait']),
+      'removevolume --wait': percentiles(printed['removevolume --wait']),
     },
   };
   log(

@@ -15,7 +15,7 @@
 import { writeFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Watch, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
+import type { KubeConfig, V1Pod } from '@kubernetes/client-node';
 import { VolumePhase, type VirtualMachineInstance } from '@plugline/contracts';
 import {
   createSimulatedDriver,
@@ -25,7 +25,7 @@ import {
 } from '@plugline/hypervisor';
 import type { KubeClient } from '@plugline/kube';
 import { bindMount, unmount } from '@plugline/node-mounter';
-import type { Observer, VolumeView } from './observer.js';
+import { restartingWatch, WaitSet, type Observer, type VolumeView } from './observer.js';
 
 export const FLOOR_STAGES = [
   'request seen',
@@ -68,74 +68,50 @@ export interface FloorTarget {
   pv: string;
 }
 
-/** The floor script's own watch of its VMI: what it has been asked for, and waiters on it. */
+/** What the floor script's watch last saw of its VMI: the volume it is asked to plug, if any. */
+interface RequestView {
+  requested: string | undefined;
+}
+
+/** The floor script's own watch of its VMI (a connection of its own, as a controller has). */
 class RequestWatch {
-  #requested: string | undefined;
-  #synced = false;
+  #view: RequestView | undefined;
   #stopped = false;
-  readonly #waiters = new Set<{ check: () => void; timer: NodeJS.Timeout }>();
+  readonly #waits = new WaitSet<RequestView>(() => this.#view);
   #abort: AbortController | undefined;
 
-  private constructor(
-    private readonly kc: KubeConfig,
-    private readonly ns: string,
-    private readonly vmi: string,
-  ) {}
+  private constructor(private readonly vmi: string) {}
 
   static async start(kc: KubeConfig, ns: string, vmi: string): Promise<RequestWatch> {
-    const w = new RequestWatch(kc, ns, vmi);
-    const synced = w.until(() => w.#synced, 30_000);
-    await w.#watch();
+    const w = new RequestWatch(vmi);
+    const synced = w.until((v) => v !== undefined, 30_000);
+    await restartingWatch(
+      kc,
+      `/apis/kubevirt.io/v1/namespaces/${ns}/virtualmachineinstances`,
+      (type, obj) => w.#onVmi(type, obj as VirtualMachineInstance),
+      { stopped: () => w.#stopped, started: (ac) => (w.#abort = ac) },
+    );
     await synced;
     return w;
   }
 
-  /** Watches the namespace's VMIs; started again when the server ends the watch, as an informer is. */
-  async #watch(): Promise<void> {
-    if (this.#stopped) return;
-    this.#abort = await new Watch(this.kc).watch(
-      `/apis/kubevirt.io/v1/namespaces/${this.ns}/virtualmachineinstances`,
-      {},
-      (type, obj) => this.#onVmi(type, obj as VirtualMachineInstance),
-      () => {
-        if (!this.#stopped) setTimeout(() => void this.#watch().catch(() => undefined), 100);
-      },
-    );
-  }
-
   #onVmi(type: string, vmi: VirtualMachineInstance): void {
     if (vmi.metadata.name !== this.vmi) return;
-    this.#synced = true;
-    this.#requested =
+    const requested =
       type === 'DELETED' ? undefined : vmi.metadata.annotations?.[REQUEST_ANNOTATION];
-    for (const w of this.#waiters) w.check();
+    this.#view = { requested };
+    this.#waits.changed(this.vmi, this.#view, performance.now());
   }
 
-  /** Resolves with the time the request is seen to satisfy `test`. */
-  until(test: (requested: string | undefined) => boolean, timeoutMs: number): Promise<number> {
-    return new Promise((resolve, reject) => {
-      const waiter = {
-        check: () => {
-          if (!test(this.#requested)) return;
-          clearTimeout(waiter.timer);
-          this.#waiters.delete(waiter);
-          resolve(performance.now());
-        },
-        timer: setTimeout(() => {
-          this.#waiters.delete(waiter);
-          reject(new Error(`timed out after ${timeoutMs} ms waiting on the floor's request`));
-        }, timeoutMs),
-      };
-      this.#waiters.add(waiter);
-      waiter.check();
-    });
+  /** Resolves with the time the watch sees its VMI satisfy `test`. */
+  until(test: (view: RequestView | undefined) => boolean, timeoutMs: number): Promise<number> {
+    return this.#waits.until(this.vmi, test, timeoutMs);
   }
 
   stop(): void {
     this.#stopped = true;
     this.#abort?.abort();
-    for (const w of this.#waiters) clearTimeout(w.timer);
-    this.#waiters.clear();
+    this.#waits.cancelAll();
   }
 }
 
@@ -187,7 +163,7 @@ export class Floor {
   /** Patches the request onto the VMI (the user's step) and waits until the script's watch sees it. */
   private async request(volume: string | undefined): Promise<number> {
     const t = this.target;
-    const seen = this.requests.until((requested) => requested === volume, 30_000);
+    const seen = this.requests.until((v) => v !== undefined && v.requested === volume, 30_000);
     await this.client.patchVmi(
       t.ns,
       t.vmi,

@@ -43,7 +43,8 @@ interface Waiter<V> {
 
 const EVENT_PREFIX = 'io.plugline.volume.';
 
-class WaitSet<V> {
+/** Waiters on keyed views, each resolved with the time its view first satisfies its test. */
+export class WaitSet<V> {
   private readonly waiters = new Set<Waiter<V>>();
   constructor(private readonly current: (key: string) => V | undefined) {}
 
@@ -81,6 +82,26 @@ class WaitSet<V> {
     }
     this.waiters.clear();
   }
+}
+
+/**
+ * A Kubernetes watch started again 100 ms after the server ends it, as an informer's is, until
+ * `stopped()`; `started` gets each connection's controller (to abort it on stop).
+ */
+export async function restartingWatch(
+  kc: KubeConfig,
+  path: string,
+  onEvent: (type: string, obj: unknown) => void,
+  control: { stopped: () => boolean; started: (ac: AbortController) => void },
+): Promise<void> {
+  const start = async (): Promise<void> => {
+    if (control.stopped()) return;
+    const ac = await new Watch(kc).watch(path, {}, onEvent, () => {
+      if (!control.stopped()) setTimeout(() => void start().catch(() => undefined), 100);
+    });
+    control.started(ac);
+  };
+  await start();
 }
 
 export class Observer {
@@ -132,14 +153,10 @@ export class Observer {
   }
 
   private async watch(path: string, onEvent: (type: string, obj: unknown) => void): Promise<void> {
-    const start = async (): Promise<void> => {
-      if (this.stopped) return;
-      const ac = await new Watch(this.kc).watch(path, {}, onEvent, () => {
-        if (!this.stopped) setTimeout(() => void start().catch(() => undefined), 100);
-      });
-      this.aborts.push(ac);
-    };
-    await start();
+    await restartingWatch(this.kc, path, onEvent, {
+      stopped: () => this.stopped,
+      started: (ac) => this.aborts.push(ac),
+    });
   }
 
   private onVmi(type: string, vmi: VirtualMachineInstance): void {

@@ -12,6 +12,19 @@ function mtimeMs(path) {
 }
 
 /**
+ * The first of `inputs` (paths under `repoRoot`) that is gone or changed after `builtMs`, as a
+ * reason; undefined when none is. Shared with bundle.ts's check of the services' bundles.
+ */
+export function changedInputReason(inputs, repoRoot, builtMs) {
+  for (const input of inputs) {
+    const changed = mtimeMs(join(repoRoot, String(input)));
+    if (changed === undefined) return `${input} is gone`;
+    if (changed > builtMs) return `${input} changed`;
+  }
+  return undefined;
+}
+
+/**
  * Why the bundle in `dir` must not run, or undefined when it may: its `meta.json` or `main.mjs` is
  * missing, or a file it was built from (under `repoRoot`) is gone or newer than `main.mjs`.
  * Synchronous, as the launcher needs it before anything else: a few hundred stats, a few ms.
@@ -26,10 +39,5 @@ export function cliBundleStaleReason(dir, repoRoot) {
   const built = mtimeMs(join(dir, 'main.mjs'));
   if (built === undefined) return `plugctl is not built in ${dir}`;
   if (!Array.isArray(inputs)) return `${join(dir, 'meta.json')} lists no inputs`;
-  for (const input of inputs) {
-    const changed = mtimeMs(join(repoRoot, String(input)));
-    if (changed === undefined) return `${input} is gone`;
-    if (changed > built) return `${input} changed`;
-  }
-  return undefined;
+  return changedInputReason(inputs, repoRoot, built);
 }

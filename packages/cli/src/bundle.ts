@@ -15,7 +15,7 @@ import { createRequire } from 'node:module';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { BuildOptions, Message, Metafile, OutputFile, PluginBuild } from 'esbuild';
-import { cliBundleStaleReason } from '../bin/cli-bundle.mjs';
+import { changedInputReason, cliBundleStaleReason } from '../bin/cli-bundle.mjs';
 import { StackError } from './errors.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -306,11 +306,8 @@ export async function staleReason(
     oldest = Math.min(oldest, built);
   }
   const inputs = [...meta.inputs, relative(REPO_ROOT, fileURLToPath(import.meta.url))];
-  for (const input of inputs) {
-    const changed = await mtimeMs(join(REPO_ROOT, input));
-    if (changed === undefined) return `${input} is gone`;
-    if (changed > oldest) return `${input} changed`;
-  }
+  const changed = changedInputReason(inputs, REPO_ROOT, oldest);
+  if (changed !== undefined) return changed;
   const cli = cliBundleStaleReason(cliBundleDir(dir), REPO_ROOT);
   return cli === undefined ? undefined : `plugctl: ${cli}`;
 }
