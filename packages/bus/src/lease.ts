@@ -20,6 +20,12 @@ export interface Lease {
    * published: a fact that stays true.
    */
   readonly handover: number | undefined;
+  /**
+   * Won by one compare-and-set against this manager's own release of the key (or on a key no one
+   * has written): no one else has held the unit since this process last did, so what this
+   * process read of the unit after that release is still current.
+   */
+  readonly uncontested: boolean;
   /** Extends the expiry; false when the lease was lost (taken over after expiry). */
   renew(): Promise<boolean>;
   /**
@@ -89,7 +95,7 @@ export class LeaseManager {
       const revision = await this.kv.put(key, this.#value(undefined, handover), {
         previousSeq: released?.revision ?? 0,
       });
-      return this.#held(key, revision, handover);
+      return this.#held(key, revision, handover, true);
     } catch (err) {
       if (!isCasFailure(err)) throw err;
     }
@@ -103,19 +109,25 @@ export class LeaseManager {
     const handover = typeof current.handover === 'number' ? current.handover : undefined;
     try {
       const revision = await this.kv.update(key, this.#value(undefined, handover), entry.revision);
-      return this.#held(key, revision, handover);
+      return this.#held(key, revision, handover, false);
     } catch (err) {
       if (!isCasFailure(err)) throw err;
       return { ok: false, retryInMs: 0 };
     }
   }
 
-  #held(key: string, firstRevision: number, handover?: number): LeaseResult {
+  #held(
+    key: string,
+    firstRevision: number,
+    handover: number | undefined,
+    uncontested: boolean,
+  ): LeaseResult {
     let revision = firstRevision;
     let lost = false;
     const lease: Lease = {
       key,
       handover,
+      uncontested,
       renew: async () => {
         if (lost) return false;
         try {

@@ -293,6 +293,13 @@ interface LoadedUnit {
   revision: number;
 }
 
+/** A unit's snapshot and truth being read for one handling (see #read in StageRuntime). */
+interface UnitReading {
+  readonly loading: Promise<LoadedUnit>;
+  readonly observing: Promise<unknown> | undefined;
+  discard(): Promise<void>;
+}
+
 type Settled = {
   disposition: Disposition;
   outcome: Outcome;
@@ -753,22 +760,31 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     let outcome: Outcome = Outcome.Retry;
     this.#parked.delivered(unit, settler.seq);
     steps.lap(WorkStep.Queued);
+    const lost = new AbortController();
+    const signal = AbortSignal.any([lost.signal, this.#forceStop.signal]);
+    const delivery: Delivery = { attempt: settler.attempt, receivedAt: Date.now(), signal };
+    // Read beside the lease's write, for a lease won uncontested (see Lease.uncontested); any
+    // other outcome reads again once the lease is ours.
+    let reading = this.#read(unit, item, delivery);
     try {
       const acquired = await this.#leases.acquire(unit);
       steps.lap(WorkStep.Lease);
       if (!acquired.ok) {
+        await reading.discard();
         const busy = this.#o.busyDelayMs ?? 250;
         settler.nak(Math.max(10, Math.min(busy, acquired.retryInMs)));
         outcome = Outcome.Busy;
         return;
       }
       const { lease } = acquired;
-      // The snapshot is read only once the lease is ours: read before, it could predate the
-      // previous holder's last write, and the effect would run again before the compare-and-set
-      // caught it (seen as a double effect in the race test under load).
-      const loading = this.#load(unit);
-      loading.catch(() => undefined);
-      const lost = new AbortController();
+      // Read before the lease was ours, the snapshot could predate another holder's last write,
+      // and the effect would run again before the compare-and-set caught it (seen as a double
+      // effect in the race test under load): only a lease no one else held since this process
+      // released it keeps what was read beside it.
+      if (!lease.uncontested) {
+        await reading.discard();
+        reading = this.#read(unit, item, delivery);
+      }
       const renewer = setInterval(
         () => {
           lease.renew().then(
@@ -784,8 +800,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         const result = await this.#run(
           settler,
           item,
-          { unit, loading, published: lease.handover, steps },
-          lost.signal,
+          { unit, reading, delivery, published: lease.handover, steps },
           log,
         );
         outcome = this.#settleMessage(settler, result, log);
@@ -799,6 +814,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         steps.lap(WorkStep.Release);
       }
     } catch (err) {
+      await reading.discard();
       log.warn({ err }, 'work item failed; retrying with backoff');
       settler.nak(this.#retryDelay(settler.attempt));
       outcome = Outcome.Retry;
@@ -861,6 +877,28 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     this.#parked.park(unit, settler.seq, item, settler.lateAck);
   }
 
+  /**
+   * Starts reading the unit's snapshot and the stage's truth (`load`) for `item`; neither needs
+   * the other. `discard` abandons them (a lease lost or not won uncontested) and resolves once
+   * they no longer run: nothing is left reading beside the next holder.
+   */
+  #read(unit: string, item: WorkItem, delivery: Delivery): UnitReading {
+    const abandoned = new AbortController();
+    const loading = this.#load(unit);
+    loading.catch(() => undefined);
+    const signal = AbortSignal.any([delivery.signal, abandoned.signal]);
+    const observing = this.#o.load?.(item, { ...delivery, signal });
+    observing?.catch(() => undefined);
+    return {
+      loading,
+      observing,
+      discard: async () => {
+        abandoned.abort();
+        await Promise.allSettled([loading, observing]);
+      },
+    };
+  }
+
   async #load(unit: string): Promise<LoadedUnit> {
     const entry = await this.#snapshots.get(kvKey(unit));
     if (entry === null || entry.operation !== 'PUT') return { record: undefined, revision: 0 };
@@ -896,21 +934,17 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   }
 
   /**
-   * The unit's record (its unpublished outbox published first) and what `load` observed. The
-   * truth is read while the snapshot is: both only after the lease is ours (an observation made
-   * before could miss the previous holder's effect), and neither needs the other. Saves a
-   * snapshot read's round trip per item, 1-5 ms when the chain is busy (issue 10).
+   * The unit's record (its unpublished outbox published first) and what `load` observed, both read
+   * beside the lease or after it (see #handleUnit): an observation made before the lease was ours
+   * could miss another holder's effect. Saves a snapshot read's round trip per item, 1-5 ms when
+   * the chain is busy (issue 10).
    */
   async #loadAndObserve(
-    item: WorkItem,
-    delivery: Delivery,
-    loading: Promise<LoadedUnit>,
+    reading: UnitReading,
     published: number | undefined,
   ): Promise<{ current: LoadedUnit; observed: unknown }> {
-    const observing = this.#o.load?.(item, delivery);
-    observing?.catch(() => undefined);
     try {
-      const current = await loading;
+      const current = await reading.loading;
       const { record, revision } = current;
       // A published outbox is not cleared from the record (that would be a second write per
       // item): the lease's previous holder hands over the revision whose outbox it published.
@@ -920,10 +954,10 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       if (record && record.outbox.length > 0 && revision !== published) {
         await this.#flush(record.outbox);
       }
-      return { current, observed: await observing };
+      return { current, observed: await reading.observing };
     } catch (err) {
       // Not left reading after the lease is released.
-      await observing?.catch(() => undefined);
+      await reading.discard();
       throw err;
     }
   }
@@ -933,23 +967,21 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     item: WorkItem,
     {
       unit,
-      loading,
+      reading,
+      delivery,
       published,
       steps,
     }: {
       unit: string;
-      loading: Promise<LoadedUnit>;
+      reading: UnitReading;
+      delivery: Delivery;
       published: number | undefined;
       steps: StepTimer;
     },
-    leaseLost: AbortSignal,
     log: Logger,
   ): Promise<RunResult> {
-    const receivedAt = Date.now();
-    const attempt = settler.attempt;
-    const signal = AbortSignal.any([leaseLost, this.#forceStop.signal]);
-    const delivery = { attempt, receivedAt, signal };
-    const { current, observed } = await this.#loadAndObserve(item, delivery, loading, published);
+    const { attempt, receivedAt, signal } = delivery;
+    const { current, observed } = await this.#loadAndObserve(reading, published);
     steps.lap(WorkStep.Read);
     const { record, revision } = current;
     const loaded = record === undefined ? undefined : revision;
@@ -1019,8 +1051,14 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       outbox.length === 0 &&
       JSON.stringify(record.snapshot) === JSON.stringify(persisted);
     if (unchanged) return revision;
-    const written = await this.#write(unit, { v: 1, snapshot: persisted, outbox }, revision);
-    if (written !== undefined && outbox.length > 0) await this.#flush(outbox);
+    // The outbox goes out while the snapshot is written, not after: the next stage's item is not
+    // held back by a round trip. A fact published from a run whose write then fails tells of
+    // effects that ran (the next run of the unit finds them done and tells them again, dropped
+    // as duplicates); a run whose write succeeds and whose publish fails hands no revision over,
+    // so the next holder publishes the stored outbox.
+    const writing = this.#write(unit, { v: 1, snapshot: persisted, outbox }, revision);
+    const flushing = outbox.length > 0 ? this.#flush(outbox) : undefined;
+    const [written] = await Promise.all([writing, flushing]);
     return written;
   }
 

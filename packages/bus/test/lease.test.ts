@@ -62,6 +62,26 @@ describe('LeaseManager', () => {
     expect((await holder(b, 'ns/vm/vol-1')).handover).toBe(42);
   });
 
+  it('says a lease is uncontested only when no one else held the unit since this worker released it', async () => {
+    const a = new LeaseManager(leases, 'worker-a', 30_000);
+    const b = new LeaseManager(leases, 'worker-b', 30_000);
+    const fresh = await holder(a, 'ns/vm/vol-5');
+    expect(fresh.uncontested).toBe(true); // a key no one has written
+    await fresh.release(1);
+    const again = await holder(a, 'ns/vm/vol-5');
+    expect(again.uncontested).toBe(true); // its own release is the key's last write
+    await again.release(2);
+
+    const other = await holder(b, 'ns/vm/vol-5');
+    expect(other.uncontested).toBe(false); // b never released it: a's release stands between
+    await other.release(3);
+    const back = await holder(a, 'ns/vm/vol-5');
+    expect(back.uncontested).toBe(false); // b held it since a's release
+    expect(back.handover).toBe(3);
+    await back.release();
+    expect((await holder(a, 'ns/vm/vol-5')).uncontested).toBe(true);
+  });
+
   it('hands over past a holder that crashed, once its lease expired', async () => {
     const first = new LeaseManager(leases, 'worker-first', 30_000);
     const crashed = new LeaseManager(leases, 'worker-crashed', 100);

@@ -538,7 +538,7 @@ describe('runStage', () => {
     const others = ['queued', 'lease', 'read', 'persist', 'release'];
     expect(others.reduce((n, step) => n + done[step]!.sum, 0)).toBeLessThan(done.run!.sum);
 
-    // Another worker holds the next unit: its item ends at the lease, and reads nothing.
+    // Another worker holds the next unit: its item ends at the lease, its run never starts.
     const { leases } = await ensureStageBuckets(bus, 'spec-watcher');
     const busy = workItem('vol-steps-busy');
     const holder = await new LeaseManager(leases, 'worker-elsewhere', 30_000).acquire(
@@ -555,6 +555,52 @@ describe('runStage', () => {
     expect(after.read!.count).toBe(1);
     await holder.lease.release();
     await waitFor(async () => (await steps()).release?.count === 2);
+  });
+
+  it('reads the truth beside the lease, and again after it when another worker held the unit since', async () => {
+    const loads: AbortSignal[] = [];
+    const observed: unknown[] = [];
+    const metrics = newMetrics();
+    await using _stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine: unitMachine,
+      keyOf: unitKey,
+      metrics,
+      load: (_item, delivery) => {
+        loads.push(delivery.signal);
+        return Promise.resolve(loads.length);
+      },
+      toEvent: (item, delivery) => {
+        observed.push(delivery.observed);
+        const { attempt, receivedAt } = delivery;
+        return { type: 'work' as const, item, attempt, receivedAt, observed: delivery.observed };
+      },
+    });
+    const item = workItem('vol-read-beside-lease');
+    const handled = (n: number) =>
+      waitFor(
+        async () => (await metricValue(metrics, 'messagesHandled', { outcome: 'done' })) === n,
+      );
+    await sendWork(bus, item);
+    await handled(1);
+    // Another worker takes the unit and lets it go: what was read beside this worker's next
+    // lease may predate that worker's writes, and is read again once the lease is held.
+    const { leases } = await ensureStageBuckets(bus, 'spec-watcher');
+    const elsewhere = await new LeaseManager(leases, 'worker-elsewhere', 30_000).acquire(
+      unitKey(item),
+    );
+    if (!elsewhere.ok) throw new Error('the other worker could not take the unit');
+    await elsewhere.lease.release();
+    await sendWork(bus, { ...item, cause: 'resync' });
+    await handled(2);
+    await sendWork(bus, { ...item, cause: 'informer' });
+    await handled(3);
+
+    // First handling: a new unit, one read. Second: the read beside the lease abandoned, and the
+    // run given the one made after it. Third: no one else held it, one read.
+    expect(observed).toEqual([1, 3, 4]);
+    expect(loads.map((signal) => signal.aborted)).toEqual([false, true, false, false]);
   });
 
   it('acknowledges a nudge unrun when a handling of its unit (same VMI) is queued, and runs it otherwise', async () => {
