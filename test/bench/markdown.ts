@@ -165,7 +165,7 @@ export function renderMarkdown(r: Results, chartFile: string): string {
         : [
             '### Where the stage runtimes spent each plug + unplug (ms, summed over work items)',
             '',
-            "queued: waiting for a slot or behind the unit's running item; lease: with the snapshot and truth read beside it; read: what is left of those reads once the lease is held (all of them after a contested lease); run: the machine and its effects; persist: snapshot write and outbox publish, at once; release: the lease, after the ack.",
+            "queued: waiting for a slot or behind the unit's running item; lease: with the snapshot and truth read beside it; read: what is left of those reads once the lease is held (all of them after a contested lease); run: the machine and its effects; persist: snapshot write and outbox publish; release: the lease, after the ack.",
             '',
             ...mapTable('service', one.stepsPerOperation),
             '',

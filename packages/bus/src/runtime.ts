@@ -1051,14 +1051,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       outbox.length === 0 &&
       JSON.stringify(record.snapshot) === JSON.stringify(persisted);
     if (unchanged) return revision;
-    // The outbox goes out while the snapshot is written, not after: the next stage's item is not
-    // held back by a round trip. A fact published from a run whose write then fails tells of
-    // effects that ran (the next run of the unit finds them done and tells them again, dropped
-    // as duplicates); a run whose write succeeds and whose publish fails hands no revision over,
-    // so the next holder publishes the stored outbox.
-    const writing = this.#write(unit, { v: 1, snapshot: persisted, outbox }, revision);
-    const flushing = outbox.length > 0 ? this.#flush(outbox) : undefined;
-    const [written] = await Promise.all([writing, flushing]);
+    const written = await this.#write(unit, { v: 1, snapshot: persisted, outbox }, revision);
+    if (written !== undefined && outbox.length > 0) await this.#flush(outbox);
     return written;
   }
 
