@@ -6,6 +6,8 @@
  * still shows after that is printed with the figures (nats-server 2.9.10 can leave a restarted
  * node's replica holding items its leader removed).
  */
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import {
   connectBus,
   doneUpTo,
@@ -103,7 +105,8 @@ async function describeLeaderItems(bus: Bus): Promise<string> {
       name: c.name,
       filter: c.config.filter_subject ?? '',
       doneTo: doneUpTo(c),
-      position: `floor ${c.ack_floor.stream_seq} delivered ${c.delivered.stream_seq} outstanding ${c.num_pending + c.num_ack_pending}`,
+      // Pulls waiting and the leader: the stuck-work watch acts only while a pull waits.
+      position: `floor ${c.ack_floor.stream_seq} delivered ${c.delivered.stream_seq} outstanding ${c.num_pending + c.num_ack_pending} pulls waiting ${c.num_waiting} leader ${c.cluster?.leader ?? '?'}`,
     });
   }
   const items: string[] = [];
@@ -122,6 +125,27 @@ async function describeLeaderItems(bus: Bus): Promise<string> {
   // The per-subject counts are what the consumers and the reaper go by.
   const bySubject = await bus.jsm.streams.info(StreamName.Work, { subjects_filter: '>' });
   return `items ${items.join(', ')}; consumers ${positions.join(', ')}; subject counts ${JSON.stringify(bySubject.state.subjects ?? {})}`;
+}
+
+/**
+ * The services' `warn` and `error` lines about their consumers and the work queue (repairs,
+ * stalls, items held here), the last `max` of them: with the leaders' view, what the stages made
+ * of it.
+ */
+async function workQueueWarnings(logDir: string, max = 15): Promise<string[]> {
+  const lines: string[] = [];
+  for (const file of (await readdir(logDir)).filter((f) => f.endsWith('.log')).sort()) {
+    for (const line of (await readFile(join(logDir, file), 'utf8')).split('\n')) {
+      if (!/work queue|work items|ack floor|consumer/i.test(line)) continue;
+      try {
+        const entry = JSON.parse(line) as { level?: number; msg?: string; time?: string };
+        if ((entry.level ?? 0) >= 40) lines.push(`${file} ${entry.time ?? ''} ${entry.msg ?? ''}`);
+      } catch {
+        // not a JSON line (a process's own output)
+      }
+    }
+  }
+  return lines.slice(-max);
 }
 
 /** Per node whose replica of the work stream still holds items after 30 s: what it shows. */
@@ -218,9 +242,13 @@ describe.skipIf(!isRoot)('chaos on a NATS cluster', () => {
         { timeout: 180_000, interval: 250, description: 'an empty work stream (leaders)' },
       ).catch(async (err: unknown) => {
         const held = await describeLeaderItems(bus).catch((e: unknown) => String(e));
-        throw new Error(`the work stream's leaders still report: ${backlog.join('; ')}; ${held}`, {
-          cause: err,
-        });
+        const warnings = await workQueueWarnings(join(dir, 'logs')).catch((e: unknown) => [
+          String(e),
+        ]);
+        throw new Error(
+          `the work stream's leaders still report: ${backlog.join('; ')}; ${held}; the services said: ${warnings.join(' | ') || 'nothing at warn about it'}`,
+          { cause: err },
+        );
       });
       // Each node's replica, as its monitoring endpoint shows it. A node that was stopped can
       // keep, on nats-server 2.9.10, work items its leader removed (seen: the restarted node's

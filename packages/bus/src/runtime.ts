@@ -374,6 +374,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   #held!: HeldItems;
   /** The items held here that the last stuck-work check found keeping the floor (logged once). */
   #lastKeeping = '';
+  /** The message of the last periodic repair check's failure; empty after a check that worked. */
+  #lastRepairFailure = '';
 
   constructor(options: StageOptions<TMachine>) {
     this.#o = options;
@@ -420,13 +422,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       await Promise.allSettled([...this.#running]);
       this.#resolveDone();
     });
-    await this.#repairWorkQueue().catch((err: unknown) =>
-      this.#log.warn({ err }, 'could not check the work queue for items the server mishandled'),
-    );
+    await this.#repairWorkQueue().catch((err: unknown) => this.#repairFailed(err));
     this.#reaper = setInterval(
       () => {
-        this.#repairWorkQueue().catch((err: unknown) =>
-          this.#log.debug({ err }, 'checking the work queue for items the server mishandled'),
+        this.#repairWorkQueue().then(
+          () => (this.#lastRepairFailure = ''),
+          (err: unknown) => this.#repairFailed(err),
         );
       },
       Math.max(1000, ackWaitMs),
@@ -472,6 +473,20 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         'not allowed to repair work items by sequence: left to the cleanup identity (plugline-janitor)',
       );
     }
+  }
+
+  /**
+   * A periodic check that failed: said at `warn` when its reason is new (the repairs are what
+   * frees items the server holds, so an operator looking for a stuck item needs to know they
+   * stopped), at `debug` while it repeats (a NATS outage fails every check).
+   */
+  #repairFailed(err: unknown): void {
+    const reason = err instanceof Error ? err.message : String(err);
+    const repeated = reason === this.#lastRepairFailure;
+    this.#lastRepairFailure = reason;
+    const message = 'could not check the work queue for items the server mishandled';
+    if (repeated) this.#log.debug({ err }, message);
+    else this.#log.warn({ err }, message);
   }
 
   bound(): boolean {

@@ -6,7 +6,7 @@ import {
   type WorkItem,
 } from '@plugline/contracts';
 import { startNats, waitFor, type NatsServer } from '@plugline/testkit';
-import type { PluglineMetrics } from '@plugline/telemetry';
+import { createLogger, type PluglineMetrics } from '@plugline/telemetry';
 import { fromPromise } from 'xstate';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -39,6 +39,10 @@ import { effectTakes, eventType, unitKey, unitMachine, workItem } from './suppor
 
 let nats: NatsServer;
 let bus: Bus;
+
+/** pino's numeric levels, as its JSON lines carry them. */
+const PINO_WARN = 40;
+const PINO_DEBUG = 20;
 
 /** The unit machine whose `apply` effect takes `ms` (and calls `onCall` as it starts). */
 function applyTaking(ms: number, onCall?: () => void) {
@@ -602,6 +606,39 @@ describe('runStage', () => {
     expect(observed).toEqual([1, 3, 4]);
     expect(loads.map((signal) => signal.aborted)).toEqual([false, true, false, false]);
   });
+
+  it('says at warn that its work-queue checks fail, once while the reason stays the same', async () => {
+    const own = await startNats();
+    const ownBus = await connectBus({ servers: own.url, name: 'repair-checks-failing' });
+    let logged = '';
+    const logger = createLogger({ level: 'debug' }, { write: (line: string) => (logged += line) });
+    const failures = (): number[] =>
+      logged
+        .split('\n')
+        .filter((line) => line.includes('could not check the work queue'))
+        .map((line) => (JSON.parse(line) as { level: number }).level);
+    try {
+      await provision(ownBus, { consumers: [{ stage: 'spec-watcher', ackWaitMs: 1000 }] });
+      await using stage = await runStage({
+        bus: ownBus,
+        stage: 'spec-watcher',
+        machine: unitMachine,
+        keyOf: unitKey,
+        metrics: newMetrics(),
+        logger,
+      });
+      expect(failures()).toEqual([]);
+      // Without its consumer every check fails the same way.
+      await ownBus.jsm.consumers.delete(StreamName.Work, stage.consumer);
+      await waitFor(() => failures().length >= 3, { timeout: 10_000 });
+      const [first, ...repeats] = failures();
+      expect(first).toBe(PINO_WARN);
+      expect(repeats.every((level) => level === PINO_DEBUG)).toBe(true);
+    } finally {
+      await ownBus.close();
+      await own.stop();
+    }
+  }, 20_000);
 
   it('acknowledges a nudge unrun when a handling of its unit (same VMI) is queued, and runs it otherwise', async () => {
     const metrics = newMetrics();
