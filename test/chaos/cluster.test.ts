@@ -148,6 +148,52 @@ async function workQueueWarnings(logDir: string, max = 15): Promise<string[]> {
   return lines.slice(-max);
 }
 
+/**
+ * Each node's own replica of the work stream and its consumers, as its monitoring endpoint shows
+ * it (a consumer delivers from its leader's replica of the stream): the last sequence it holds,
+ * and per consumer what it delivered and counts pending, and who leads it.
+ */
+async function nodeViews(c: NatsCluster): Promise<string[]> {
+  interface Jsz {
+    account_details?: {
+      stream_detail?: {
+        name: string;
+        cluster?: { leader?: string };
+        state: { messages: number; last_seq: number };
+        consumer_detail?: {
+          name: string;
+          cluster?: { leader?: string };
+          delivered: { stream_seq: number };
+          num_pending: number;
+          num_ack_pending: number;
+          num_waiting: number;
+        }[];
+      }[];
+    }[];
+  }
+  return Promise.all(
+    c.servers.map(async (server, i) => {
+      try {
+        const res = await fetch(`${server.monitorUrl}/jsz?streams=true&consumers=true`, {
+          signal: AbortSignal.timeout(3000),
+        });
+        const jsz = (await res.json()) as Jsz;
+        const work = jsz.account_details
+          ?.flatMap((a) => a.stream_detail ?? [])
+          .find((st) => st.name === StreamName.Work);
+        if (work === undefined) return `node ${i} (${server.name}): no replica of the work stream`;
+        const consumers = (work.consumer_detail ?? []).map(
+          (k) =>
+            `${k.name} delivered ${k.delivered.stream_seq} pending ${k.num_pending} unacknowledged ${k.num_ack_pending} waiting ${k.num_waiting} leader ${k.cluster?.leader ?? '?'}`,
+        );
+        return `node ${i} (${server.name}): stream last ${work.state.last_seq}, ${work.state.messages} message(s), leader ${work.cluster?.leader ?? '?'}; ${consumers.join(', ')}`;
+      } catch (err) {
+        return `node ${i} (${server.name}): ${String(err)}`;
+      }
+    }),
+  );
+}
+
 /** Per node whose replica of the work stream still holds items after 30 s: what it shows. */
 async function replicaLeftovers(c: NatsCluster): Promise<Record<string, string[]>> {
   const out: Record<string, string[]> = {};
@@ -245,8 +291,9 @@ describe.skipIf(!isRoot)('chaos on a NATS cluster', () => {
         const warnings = await workQueueWarnings(join(dir, 'logs')).catch((e: unknown) => [
           String(e),
         ]);
+        const nodes = await nodeViews(c);
         throw new Error(
-          `the work stream's leaders still report: ${backlog.join('; ')}; ${held}; the services said: ${warnings.join(' | ') || 'nothing at warn about it'}`,
+          `the work stream's leaders still report: ${backlog.join('; ')}; ${held}; the nodes show: ${nodes.join(' | ')}; the services said: ${warnings.join(' | ') || 'nothing at warn about it'}`,
           { cause: err },
         );
       });

@@ -87,7 +87,7 @@ export type { WorkConsumer, RequeuedItem } from './work-items.js';
 export { startWorkJanitor } from './work-janitor.js';
 export type { WorkJanitor, WorkJanitorOptions } from './work-janitor.js';
 export { StuckWork, STUCK_AFTER_ACK_WAITS } from './stuck-work.js';
-export type { StuckWorkOptions } from './stuck-work.js';
+export type { StuckWorkOptions, StuckWorkRepair } from './stuck-work.js';
 export type {
   StageOptions,
   StageRunner,

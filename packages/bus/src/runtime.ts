@@ -465,6 +465,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       logWorkRepairs(this.#log, this.consumer, repairs);
       const requeued = requeuedCount(repairs);
       if (requeued > 0) this.#metrics.workRequeued.inc({ stage: this.stage }, requeued);
+      if (repairs.leaderSteppedDown) this.#metrics.consumerStalls.inc({ stage: this.stage });
     } catch (err) {
       if (!(err instanceof ReapRefusedError)) throw err;
       clearInterval(this.#reaper);

@@ -1,7 +1,8 @@
-import type { ConsumerInfo } from '@nats-io/jetstream';
+import type { ConsumerInfo, StoredMsg } from '@nats-io/jetstream';
 import type { Bus } from './connection.js';
 import { ackWaitMsOf } from './consume.js';
 import { StreamName } from './names.js';
+import { stepDownConsumerLeader } from './stall.js';
 import {
   consumerInfo,
   heldOnFilter,
@@ -29,6 +30,19 @@ export interface StuckWorkOptions {
   stuckAfterMs?: number;
 }
 
+/** What one check of a consumer did. */
+export interface StuckWorkRepair {
+  /** Items published again as copies (the originals deleted). */
+  readonly requeued: readonly RequeuedItem[];
+  /**
+   * The consumer's leader was asked to step down instead: a clustered consumer that counted
+   * nothing outstanding while its subjects held items above what it delivered.
+   */
+  readonly leaderSteppedDown: boolean;
+}
+
+const NOTHING_DONE: StuckWorkRepair = { requeued: [], leaderSteppedDown: false };
+
 /** A consumer's ack floor, first seen (with pulls waiting) at `since`. */
 interface FloorWatch {
   readonly floor: number;
@@ -48,8 +62,12 @@ interface FloorWatch {
  * published again as a copy (a new sequence, which the server delivers) and then deleted (on a
  * work queue that also ends its pending entry). A consumer that counts nothing outstanding but
  * whose subjects still hold items above what it delivered (2.9 in a cluster after a leader
- * change) is watched the same way, from its delivered sequence. A consumer with no pull waiting is left alone:
- * its service is down or busy, and its items wait for it. Copies carry the original's
+ * change) is watched the same way, from its delivered sequence; when it is clustered, its leader
+ * is first asked to step down, and its items are requeued only if they are still held a watch
+ * later. Copies do not help there: in the chaos run (a 3-node cluster, its work stream's leader
+ * killed), each copy made the item before it visible to the consumer and stayed unseen itself,
+ * until the item's requeues ran out. A consumer with no pull waiting is left alone: its service
+ * is down or busy, and its items wait for it. Copies carry the original's
  * `Nats-Msg-Id` with the sequence they replace, so two checkers (replicas, the janitor) publish
  * one copy.
  *
@@ -66,6 +84,8 @@ export class StuckWork {
   readonly #bus: Bus;
   readonly #stuckAfterMs: number | undefined;
   readonly #watches = new Map<string, FloorWatch>();
+  /** Per consumer: the mark at which its leader was last asked to step down. */
+  readonly #steppedDownAt = new Map<string, number>();
   readonly #latch = new RefusalLatch();
 
   constructor(bus: Bus, options: StuckWorkOptions = {}) {
@@ -79,28 +99,26 @@ export class StuckWork {
   }
 
   /**
-   * One check of `consumer`; resolves with the items it requeued. `heldHere` names the items
-   * the caller holds (being handled, or sent back with a delay not yet run out), which are left
-   * alone; `onFilter` is what the stream holds on the consumer's filter, when the caller has
-   * read it.
+   * One check of `consumer`; resolves with what it did. `heldHere` names the items the caller
+   * holds (being handled, or sent back with a delay not yet run out), which are left alone;
+   * `onFilter` is what the stream holds on the consumer's filter, when the caller has read it.
    */
   requeue(
     consumer: WorkConsumer,
     heldHere: (seq: number) => boolean = () => false,
     onFilter?: HeldOnFilter,
-  ): Promise<readonly RequeuedItem[]> {
-    return this.#latch.run(() => this.#requeue(consumer, heldHere, onFilter), []);
+  ): Promise<StuckWorkRepair> {
+    return this.#latch.run(() => this.#requeue(consumer, heldHere, onFilter), NOTHING_DONE);
   }
 
   async #requeue(
     consumer: WorkConsumer,
     heldHere: (seq: number) => boolean,
     onFilter: HeldOnFilter | undefined,
-  ): Promise<readonly RequeuedItem[]> {
-    const { jsm } = this.#bus;
+  ): Promise<StuckWorkRepair> {
     const info = await consumerInfo(this.#bus, consumer);
     const filter = info.config.filter_subject;
-    if (filter === undefined) return [];
+    if (filter === undefined) return NOTHING_DONE;
     // What the stream holds on the filter, not what the consumer counts: above a floor the
     // server keeps down, it can also keep items it counts as acknowledged (their removal lost
     // in the crash), which are never delivered again either. And a consumer that counts nothing
@@ -111,30 +129,70 @@ export class StuckWork {
     const since = this.#floorSince(info, !idle || (stream?.held ?? 0) > 0);
     const stuckAfterMs = this.#stuckAfterMs ?? STUCK_AFTER_ACK_WAITS * ackWaitMsOf(info.config);
     const now = Date.now();
-    if (since === undefined || now - since < stuckAfterMs) return [];
-    if (info.num_waiting === 0) return [];
+    if (since === undefined || now - since < stuckAfterMs) return NOTHING_DONE;
+    if (info.num_waiting === 0) return NOTHING_DONE;
     stream ??= await heldOnFilter(this.#bus, filter);
+    const mark = markOf(info);
+    const stuck = await this.#heldAllAlong(filter, stream, mark, now - stuckAfterMs, heldHere);
+    if (stuck.length === 0) return NOTHING_DONE;
+    // After a step-down or copies, the next checks watch the mark afresh: the new leader or the
+    // copies have their time to deliver. Without, what held it is still held: the next check
+    // looks again.
+    this.#watches.delete(info.name);
+    return this.#free(info, idle, mark, stuck);
+  }
+
+  /**
+   * The items on `filter` above `mark` that were in the stream before `heldSince`, but those the
+   * caller holds and those requeued too often already.
+   */
+  async #heldAllAlong(
+    filter: string,
+    stream: HeldOnFilter,
+    mark: number,
+    heldSince: number,
+    heldHere: (seq: number) => boolean,
+  ): Promise<StoredMsg[]> {
+    const { jsm } = this.#bus;
     let held = stream.held;
-    const from = markOf(info) + 1;
+    const from = mark + 1;
     const last = Math.min(stream.last, from + MAX_READS_PER_CHECK - 1);
-    // Items are in the stream in the order they came, so the first one younger than the watch
-    // ends the search: every later one is younger still.
-    const heldSince = now - stuckAfterMs;
-    const requeued: RequeuedItem[] = [];
+    const stuck: StoredMsg[] = [];
     for (let seq = from; seq <= last && held > 0; seq++) {
       const item = await jsm.streams.getMessage(StreamName.Work, { seq });
       if (item === null) continue;
+      // Items are in the stream in the order they came, so the first one younger than the
+      // watch ends the search: every later one is younger still.
       if (item.time.getTime() > heldSince) break;
       if (!subjectMatches(filter, item.subject)) continue;
       held--;
       if (heldHere(seq) || requeuesOf(item) >= MAX_REQUEUES) continue;
-      const copy = await requeueWorkItem(this.#bus, item);
-      if (copy !== undefined) requeued.push({ seq, subject: item.subject, copy });
+      stuck.push(item);
     }
-    // After copies, the next checks watch the floor afresh: the copies have their time to be
-    // delivered. Without, what held the floor is still held: the next check looks again.
-    if (requeued.length > 0) this.#watches.delete(info.name);
-    return requeued;
+    return stuck;
+  }
+
+  /** Asks for a new leader of an idle clustered consumer once per mark; else copies `stuck`. */
+  async #free(
+    info: ConsumerInfo,
+    idle: boolean,
+    mark: number,
+    stuck: readonly StoredMsg[],
+  ): Promise<StuckWorkRepair> {
+    if (idle && isClustered(info) && this.#steppedDownAt.get(info.name) !== mark) {
+      this.#steppedDownAt.set(info.name, mark);
+      const steppedDown = await stepDownConsumerLeader(this.#bus, StreamName.Work, info.name).then(
+        () => true,
+        () => false, // refused or unanswered: the copies below instead
+      );
+      if (steppedDown) return { requeued: [], leaderSteppedDown: true };
+    }
+    const requeued: RequeuedItem[] = [];
+    for (const item of stuck) {
+      const copy = await requeueWorkItem(this.#bus, item);
+      if (copy !== undefined) requeued.push({ seq: item.seq, subject: item.subject, copy });
+    }
+    return { requeued, leaderSteppedDown: false };
   }
 
   /** What the stream holds on the filter before the watch: given, or read for an idle consumer. */
@@ -173,6 +231,11 @@ export class StuckWork {
  */
 function markOf(info: ConsumerInfo): number {
   return countsNothing(info) ? info.delivered.stream_seq : info.ack_floor.stream_seq;
+}
+
+/** The consumer has replicas: its leader can step down for another. */
+function isClustered(info: ConsumerInfo): boolean {
+  return (info.cluster?.replicas?.length ?? 0) > 0;
 }
 
 /** The consumer counts nothing outstanding: no item pending, none unacknowledged. */

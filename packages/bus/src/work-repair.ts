@@ -17,6 +17,8 @@ export interface WorkRepairs {
   readonly removed: number;
   /** Items the server held and did not deliver, requeued ({@link StuckWork}). */
   readonly stuck: readonly RequeuedItem[];
+  /** The consumer's leader was asked to step down for such items instead ({@link StuckWork}). */
+  readonly leaderSteppedDown: boolean;
 }
 
 /**
@@ -62,8 +64,12 @@ export class WorkQueueRepair {
       onFilter,
     );
     const unchanged = leftovers.length === 0 && removed === 0;
-    const stuck = await this.#stuck.requeue(info, heldHere, unchanged ? onFilter : undefined);
-    return { placeholders, leftovers, removed, stuck };
+    const { requeued: stuck, leaderSteppedDown } = await this.#stuck.requeue(
+      info,
+      heldHere,
+      unchanged ? onFilter : undefined,
+    );
+    return { placeholders, leftovers, removed, stuck, leaderSteppedDown };
   }
 }
 
@@ -74,7 +80,7 @@ export function requeuedCount(repairs: WorkRepairs): number {
 
 /** Logs what a check of `consumer` repaired, one `warn` line per kind (operators search them). */
 export function logWorkRepairs(log: Logger, consumer: string, repairs: WorkRepairs): void {
-  const { placeholders, leftovers, removed, stuck } = repairs;
+  const { placeholders, leftovers, removed, stuck, leaderSteppedDown } = repairs;
   logSequenceGapClosed(log, StreamName.Work, consumer, placeholders);
   if (leftovers.length > 0) {
     log.warn(
@@ -89,6 +95,12 @@ export function logWorkRepairs(log: Logger, consumer: string, repairs: WorkRepai
     log.warn(
       { consumer, requeued: stuck },
       'requeued work items the server held and did not deliver',
+    );
+  }
+  if (leaderSteppedDown) {
+    log.warn(
+      { consumer },
+      'the consumer did not deliver items above what it delivered; asked for a new consumer leader',
     );
   }
 }

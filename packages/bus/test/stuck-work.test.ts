@@ -83,14 +83,14 @@ describe('StuckWork', () => {
 
     // Not before its time: held for less than a minute is not stuck.
     const patient = new StuckWork(bus, { stuckAfterMs: 60_000 });
-    expect(await patient.requeue(CONSUMER)).toEqual([]);
-    expect(await patient.requeue(CONSUMER)).toEqual([]);
+    expect((await patient.requeue(CONSUMER)).requeued).toEqual([]);
+    expect((await patient.requeue(CONSUMER)).requeued).toEqual([]);
     expect(await streamSequences()).toEqual([original.seq]);
 
     const stuck = new StuckWork(bus, { stuckAfterMs: 200 });
     const requeued = await waitFor(
       async () => {
-        const items = await stuck.requeue(CONSUMER);
+        const items = (await stuck.requeue(CONSUMER)).requeued;
         return items.length > 0 ? items : undefined;
       },
       { timeout: 10_000, interval: 50, description: 'the held item to be requeued' },
@@ -110,7 +110,7 @@ describe('StuckWork', () => {
     const info = await bus.jsm.consumers.info(StreamName.Work, CONSUMER);
     expect([info.num_ack_pending, info.num_pending]).toEqual([0, 0]);
     expect(await streamSequences()).toEqual([]);
-    expect(await stuck.requeue(CONSUMER)).toEqual([]);
+    expect((await stuck.requeue(CONSUMER)).requeued).toEqual([]);
   }, 30_000);
 
   it('leaves items alone while the ack floor moves, and while no pull waits', async () => {
@@ -120,19 +120,19 @@ describe('StuckWork', () => {
     const stuck = new StuckWork(bus, { stuckAfterMs: 0 });
 
     // No pull waits (its service is down or busy): the items wait for it.
-    for (let i = 0; i < 3; i++) expect(await stuck.requeue(CONSUMER)).toEqual([]);
+    for (let i = 0; i < 3; i++) expect((await stuck.requeue(CONSUMER)).requeued).toEqual([]);
     expect(await streamSequences()).toEqual([1, 2]);
 
     const first = await hold();
     await hold();
     const { next } = await waitingPull();
-    expect(await stuck.requeue(CONSUMER)).toEqual([]);
+    expect((await stuck.requeue(CONSUMER)).requeued).toEqual([]);
     // The floor moves between two checks: not stuck.
     await first.ackAck();
-    expect(await stuck.requeue(CONSUMER)).toEqual([]);
+    expect((await stuck.requeue(CONSUMER)).requeued).toEqual([]);
     expect(await streamSequences()).toEqual([2]);
     // It stays put for the next one: the item above it is requeued.
-    expect(await stuck.requeue(CONSUMER)).toHaveLength(1);
+    expect((await stuck.requeue(CONSUMER)).requeued).toHaveLength(1);
     expect((await next)?.json()).toMatchObject({ volume: 'second' });
   }, 30_000);
 
@@ -141,23 +141,23 @@ describe('StuckWork', () => {
     await hold();
     let { next } = await waitingPull();
     const stuck = new StuckWork(bus, { stuckAfterMs: 0 });
-    expect(await stuck.requeue(CONSUMER)).toEqual([]);
+    expect((await stuck.requeue(CONSUMER)).requeued).toEqual([]);
     // Held here (being handled, or sent back with a delay not yet run out): not stuck.
-    expect(await stuck.requeue(CONSUMER, () => true)).toEqual([]);
+    expect((await stuck.requeue(CONSUMER, () => true)).requeued).toEqual([]);
 
     const counts: (string | undefined)[] = [];
     for (let copies = 1; copies <= MAX_REQUEUES; copies++) {
-      expect(await stuck.requeue(CONSUMER)).toHaveLength(1);
+      expect((await stuck.requeue(CONSUMER)).requeued).toHaveLength(1);
       // The waiting pull takes the copy and holds it, as a stuck delivery would.
       const copy = await next;
       counts.push(copy?.headers?.get(REQUEUES_HEADER));
       ({ next } = await waitingPull());
-      expect(await stuck.requeue(CONSUMER)).toEqual([]);
+      expect((await stuck.requeue(CONSUMER)).requeued).toEqual([]);
     }
     expect(counts).toEqual(['1', '2', '3']);
     // The third copy stays where it is.
     const [last] = await streamSequences();
-    expect(await stuck.requeue(CONSUMER)).toEqual([]);
+    expect((await stuck.requeue(CONSUMER)).requeued).toEqual([]);
     expect(await streamSequences()).toEqual([last]);
   }, 30_000);
 
@@ -195,8 +195,8 @@ describe('StuckWork', () => {
     // The consumer counts one item outstanding; both are requeued.
     const { next } = await waitingPull();
     const stuck = new StuckWork(bus, { stuckAfterMs: 0 });
-    expect(await stuck.requeue(CONSUMER)).toEqual([]);
-    expect((await stuck.requeue(CONSUMER)).map((r) => r.seq)).toEqual([1, 2]);
+    expect((await stuck.requeue(CONSUMER)).requeued).toEqual([]);
+    expect((await stuck.requeue(CONSUMER)).requeued.map((r) => r.seq)).toEqual([1, 2]);
     // The waiting pull takes the first copy; the second waits in the stream for the next pull.
     const volumes: unknown[] = [];
     for (const copy of [await next, await consumer.next({ expires: 5000 })]) {
@@ -226,8 +226,8 @@ describe('StuckWork', () => {
       ack_floor: { ...real.ack_floor, stream_seq: unseen! - 1 },
     };
     const stuck = new StuckWork(bus, { stuckAfterMs: 0 });
-    expect(await stuck.requeue(reported)).toEqual([]);
-    const requeued = await stuck.requeue(reported);
+    expect((await stuck.requeue(reported)).requeued).toEqual([]);
+    const requeued = (await stuck.requeue(reported)).requeued;
     expect(requeued.map((r) => r.seq)).toEqual([unseen]);
     const copy = await consumer.next({ expires: 5000 });
     expect([copy?.seq, copy?.json<{ volume: string }>().volume]).toEqual([
@@ -237,8 +237,8 @@ describe('StuckWork', () => {
     await copy!.ackAck();
     // Counting nothing outstanding and holding nothing: nothing to watch.
     const done = await bus.jsm.consumers.info(StreamName.Work, CONSUMER);
-    expect(await stuck.requeue({ ...done, num_waiting: 1 })).toEqual([]);
-    expect(await stuck.requeue({ ...done, num_waiting: 1 })).toEqual([]);
+    expect((await stuck.requeue({ ...done, num_waiting: 1 })).requeued).toEqual([]);
+    expect((await stuck.requeue({ ...done, num_waiting: 1 })).requeued).toEqual([]);
   }, 30_000);
 
   it('two checkers publish one copy', async () => {
@@ -249,10 +249,10 @@ describe('StuckWork', () => {
       new StuckWork(bus, { stuckAfterMs: 0 }),
       new StuckWork(bus, { stuckAfterMs: 0 }),
     ];
-    for (const checker of checkers) expect(await checker.requeue(CONSUMER)).toEqual([]);
+    for (const checker of checkers) expect((await checker.requeue(CONSUMER)).requeued).toEqual([]);
 
-    const requeued = await Promise.all(checkers.map((c) => c.requeue(CONSUMER)));
-    expect(requeued.flat()).toHaveLength(1);
+    const repairs = await Promise.all(checkers.map((c) => c.requeue(CONSUMER)));
+    expect(repairs.flatMap((r) => r.requeued)).toHaveLength(1);
     const copy = await next;
     expect(copy?.json()).toMatchObject({ volume: 'contended' });
     expect(await streamSequences()).toEqual([copy!.seq]);
