@@ -64,9 +64,9 @@ interface FloorWatch {
  * whose subjects still hold items above what it delivered (2.9 in a cluster after a leader
  * change) is watched the same way, from its delivered sequence; when it is clustered, its leader
  * is first asked to step down, and its items are requeued only if they are still held a watch
- * later. Copies do not help there: in the chaos run (a 3-node cluster, its work stream's leader
- * killed), each copy made the item before it visible to the consumer and stayed unseen itself,
- * until the item's requeues ran out. A consumer with no pull waiting is left alone: its service
+ * later. Copies alone did not help there: in a chaos run (a 3-node cluster, its work stream's
+ * leader killed), three copies in a row each left an item held above what the consumer
+ * delivered, until the item's requeues ran out. A consumer with no pull waiting is left alone: its service
  * is down or busy, and its items wait for it. Copies carry the original's
  * `Nats-Msg-Id` with the sequence they replace, so two checkers (replicas, the janitor) publish
  * one copy.
