@@ -30,15 +30,23 @@ export interface StallWatchOptions {
  * cluster can leave a consumer in that state after its leader changed (fixed in later servers,
  * nats-server #6387 and #6469): the stage has an open pull and nothing to do, newer items may
  * still arrive, but one stays in the stream for ever. A healthy consumer hands a pending item to
- * an idle puller within milliseconds, so one still pending a moment later (`confirmMs`), with
- * nothing delivered meanwhile, is a stall: the consumer's leader is asked to step down (the new
- * leader delivers it); where that is not possible (a single server, a user without the right)
- * the consumption is opened again. So are unacknowledged items while the server holds no pull
- * of the idle stage: a pull lost in a server restart, which the client did not notice.
+ * an idle puller within milliseconds, so one still pending a moment later (`confirmMs`), with a
+ * pull waiting and nothing delivered meanwhile, is a stall: the consumer's leader is asked to
+ * step down (the new leader delivers it); where that is not possible (a single server, a user
+ * without the right) the consumption is opened again.
+ *
+ * Items pending or unacknowledged while the server holds no pull of the idle stage wait for a
+ * pull, not a leader: the stage's pull was lost (a server restart the client did not notice, or
+ * a leader change, whose new leader never got the old one's pulls), and the consumption is
+ * opened again. A leader is not judged at the first look after it took over: stepping down a
+ * leader the client has not pulled from yet moved a consumer back onto a node whose replica of
+ * the stream had stopped (the 3-node chaos run).
  */
 export class StallWatch {
   readonly #o: StallWatchOptions;
   #lastDelivery = 0;
+  /** The consumer's leader at the last look (undefined on a single server). */
+  #leader: string | undefined;
 
   constructor(options: StallWatchOptions) {
     this.#o = options;
@@ -55,22 +63,21 @@ export class StallWatch {
    */
   async check(idle: () => boolean): Promise<StallAction> {
     const { bus, stream, consumer, log } = this.#o;
-    const held = async (): Promise<number> => {
-      if (!idle()) return 0;
-      const info = await bus.jsm.consumers.info(stream, consumer);
-      if (info.num_pending > 0) return info.num_pending;
-      // Unacknowledged items come back only to an open pull, and the server holds none: the
-      // stage's pull was lost (seen after a nats-server restart), and with nothing new to
-      // deliver (that would show as pending) they would wait for ever.
-      return info.num_waiting === 0 ? info.num_ack_pending : 0;
-    };
-    if ((await held()) === 0) return StallAction.None;
+    if ((await this.#look(idle)) === undefined) return StallAction.None;
     const lookedAt = Date.now();
     await abortableDelay(this.#o.confirmMs ?? 1000);
-    const still = await held();
-    if (still === 0 || this.#lastDelivery >= lookedAt) return StallAction.None;
+    const still = await this.#look(idle);
+    if (still === undefined || this.#lastDelivery >= lookedAt) return StallAction.None;
+    if (still.remedy === 'pull') {
+      log.warn(
+        { consumer, held: still.held },
+        'the consumer holds items and no pull of this idle stage is open at its leader; consuming again',
+      );
+      await this.#o.reopen();
+      return StallAction.Reopened;
+    }
     log.warn(
-      { consumer, held: still },
+      { consumer, held: still.held },
       'the consumer holds items it does not deliver; asking for a new consumer leader',
     );
     try {
@@ -81,6 +88,24 @@ export class StallWatch {
       await this.#o.reopen();
       return StallAction.Reopened;
     }
+  }
+
+  /** What the idle stage's consumer holds and what would free it; undefined for nothing. */
+  async #look(
+    idle: () => boolean,
+  ): Promise<{ held: number; remedy: 'pull' | 'leader' } | undefined> {
+    if (!idle()) return undefined;
+    const info = await this.#o.bus.jsm.consumers.info(this.#o.stream, this.#o.consumer);
+    const leader = info.cluster?.leader;
+    const newLeader = leader !== this.#leader;
+    this.#leader = leader;
+    if (newLeader) return undefined;
+    if (info.num_waiting === 0) {
+      // Unacknowledged items come back only to an open pull, and pending ones go only to one.
+      const held = info.num_pending + info.num_ack_pending;
+      return held > 0 ? { held, remedy: 'pull' } : undefined;
+    }
+    return info.num_pending > 0 ? { held: info.num_pending, remedy: 'leader' } : undefined;
   }
 }
 

@@ -100,33 +100,62 @@ describe('StallWatch', () => {
     }
   }, 30_000);
 
-  it('on a cluster: asks the consumer for a new leader', async () => {
+  it('on a cluster: asks for a new leader once the same one kept an item from a waiting pull, and lets the new one be', async () => {
     await using cluster = await startNatsCluster(3);
     const bus = await connectBus({ servers: cluster.urls, name: 'stall-cluster' });
     try {
+      // At most one item unacknowledged: with one taken, the next stays pending while a pull
+      // waits, as the server's failure looks from outside.
       await provision(bus, {
         replicas: 3,
-        consumers: [{ stage: STAGE, ackWaitMs: 1500, maxAckPending: 100 }],
+        consumers: [{ stage: STAGE, ackWaitMs: 60_000, maxAckPending: 1 }],
       });
+      await sendWork(bus, workItem('taken'));
       await sendWork(bus, workItem('held'));
-      const leaderOf = async () =>
-        (await bus.jsm.consumers.info(StreamName.Work, CONSUMER)).cluster?.leader;
-      const before = await waitFor(leaderOf, { timeout: 30_000, description: 'a consumer leader' });
+      const consumer = await bus.js.consumers.get(StreamName.Work, CONSUMER);
+      expect(await consumer.next({ expires: 5000 })).not.toBeNull();
+      const info = () => bus.jsm.consumers.info(StreamName.Work, CONSUMER);
+      const before = await waitFor(async () => (await info()).cluster?.leader, {
+        timeout: 30_000,
+        description: 'a consumer leader',
+      });
+      const waiting = consumer.next({ expires: 60_000 }).catch(() => null);
+      await waitFor(async () => (await info()).num_waiting > 0, { description: 'a waiting pull' });
+      let reopened = 0;
       const watch = new StallWatch({
         bus,
         stream: StreamName.Work,
         consumer: CONSUMER,
         log: silentLogger(),
-        reopen: () => Promise.reject(new Error('a cluster gets a new leader, not a reopen')),
+        confirmMs: 200,
+        reopen: () => {
+          reopened += 1;
+          return Promise.resolve();
+        },
       });
-      expect(await watch.check(() => true)).toBe(StallAction.SteppedDown);
-      await waitFor(
+      const idle = () => true;
+      // The first look at a leader judges nothing.
+      expect(await watch.check(idle)).toBe(StallAction.None);
+      expect(await watch.check(idle)).toBe(StallAction.SteppedDown);
+      const after = await waitFor(
         async () => {
-          const now = await leaderOf();
-          return now !== undefined && now !== before;
+          const now = (await info()).cluster?.leader;
+          return now !== undefined && now !== before ? now : undefined;
         },
         { timeout: 30_000, description: 'another consumer leader' },
       );
+      expect(after).not.toBe(before);
+      // The new leader has not had the stage's pull: it is not judged at once, and then the
+      // remedy is a pull, not another leader.
+      expect(await watch.check(idle)).toBe(StallAction.None);
+      await waitFor(async () => (await info()).num_waiting === 0, {
+        timeout: 10_000,
+        description: 'no pull at the new leader',
+      });
+      expect(await watch.check(idle)).toBe(StallAction.Reopened);
+      expect(reopened).toBe(1);
+      expect((await info()).cluster?.leader).toBe(after);
+      await waiting;
     } finally {
       await bus.close();
     }
