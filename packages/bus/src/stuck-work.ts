@@ -66,8 +66,8 @@ interface FloorWatch {
  * is first asked to step down, and its items are requeued only if they are still held a watch
  * later. Copies alone did not help there: in a chaos run (a 3-node cluster, its work stream's
  * leader killed), three copies in a row each left an item held above what the consumer
- * delivered, until the item's requeues ran out. A consumer with no pull waiting is left alone: its service
- * is down or busy, and its items wait for it. Copies carry the original's
+ * delivered, until the item's requeues ran out. A consumer with no pull waiting is left alone:
+ * its service is down or busy, and its items wait for it. Copies carry the original's
  * `Nats-Msg-Id` with the sequence they replace, so two checkers (replicas, the janitor) publish
  * one copy.
  *
