@@ -616,6 +616,11 @@ describe('node-mounter stage (real NATS, kube-sim kubelet, mounts, loop devices,
     setSpecVolumes([FS_VOL, BLK_VOL]);
     setStatus({ phase: 'Running', nodeName: NODE });
     const back = `op-back-${randomUUID()}`;
+    // As the chain's items do, the nudge carries the generation its sender saw: a cache that has
+    // not caught up with the spec yet is then read past (the nudge names an unplug, and a cache
+    // still without the volume would agree with it).
+    const observedGeneration = currentVmi().metadata.generation;
+    expect(observedGeneration).toBeGreaterThan(1);
     for (const volume of [FS_VOL, BLK_VOL]) {
       await publishWork(
         workItem({
@@ -623,6 +628,7 @@ describe('node-mounter stage (real NATS, kube-sim kubelet, mounts, loop devices,
           operationId: back,
           operation: 'unplug',
           cause: EventType.DetachedFromDomain,
+          observedGeneration,
         }),
       );
     }
