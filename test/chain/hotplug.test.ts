@@ -98,17 +98,21 @@ describe.skipIf(!isRoot)('the chain', () => {
     expect(await volumeStatus(f.client, ns, 'vm', 'data')).toBeUndefined();
     expect(mountsUnder(f.stack.dir)).not.toContain(img);
     expect(existsSync(img)).toBe(false);
-    const reasons = (await kubeEvents(f.stack, ns, 'vm')).map((e) => e.reason);
-    expect(reasons).toEqual(
-      expect.arrayContaining([
-        'SuccessfulCreate',
-        'VolumeMountedToPod',
-        'VolumeReady',
-        'VolumeUnMountedFromPod',
-        'SuccessfulDelete',
-        'VolumeUnplugged',
-      ]),
-    );
+    // Events are written apart from the status, each by the service that acted: the last ones
+    // may land just after the entry is gone.
+    await vi.waitFor(async () => {
+      const reasons = (await kubeEvents(f.stack, ns, 'vm')).map((e) => e.reason);
+      expect(reasons).toEqual(
+        expect.arrayContaining([
+          'SuccessfulCreate',
+          'VolumeMountedToPod',
+          'VolumeReady',
+          'VolumeUnMountedFromPod',
+          'SuccessfulDelete',
+          'VolumeUnplugged',
+        ]),
+      );
+    }, WAIT);
   }, 120_000);
 
   it('plugs a block volume on virtio (a device node with the loop device numbers) and unplugs it', async () => {
