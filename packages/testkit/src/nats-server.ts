@@ -416,6 +416,59 @@ export interface NatsCluster extends AsyncDisposable {
   stop(): Promise<void>;
 }
 
+/** Attempts at starting a cluster's nodes when a route port was taken before a node bound it. */
+const CLUSTER_PORT_ATTEMPTS = 3;
+
+/**
+ * Starts `n` nodes routed to each other. Their route ports are chosen free before any node
+ * starts (each node is told the others'), so another process can take one first (seen once in
+ * 72 runs of the cluster chaos test): the nodes are then stopped and started on new ports.
+ */
+async function startClusterNodes(
+  n: number,
+  options: Omit<StartNatsOptions, 'engine' | 'image'>,
+  clusterName: string,
+): Promise<ProcessNatsServer[]> {
+  for (let attempt = 1; ; attempt++) {
+    const clusterPorts = await Promise.all(Array.from({ length: n }, () => freePort()));
+    const servers: ProcessNatsServer[] = [];
+    for (let i = 0; i < n; i++) {
+      const routes = clusterPorts
+        .filter((_, j) => j !== i)
+        .map((p) => `nats://127.0.0.1:${p}`)
+        .join(',');
+      servers.push(
+        await newProcessServer(options, `${clusterName}-n${i}`, [
+          '--cluster_name',
+          clusterName,
+          '--cluster',
+          `nats://127.0.0.1:${clusterPorts[i]}`,
+          '--routes',
+          routes,
+        ]),
+      );
+    }
+    try {
+      await Promise.all(servers.map((s) => s.start({ waitHealthy: false })));
+      return servers;
+    } catch (err) {
+      await Promise.all(servers.map((s) => s.stop()));
+      const portTaken = /address already in use/.test(errorChain(err));
+      if (!portTaken || attempt >= CLUSTER_PORT_ATTEMPTS) throw err;
+    }
+  }
+}
+
+/** The messages of an error and its causes, for matching. */
+function errorChain(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err; e !== undefined && parts.length < 10;) {
+    parts.push(e instanceof Error ? e.message : typeof e === 'string' ? e : '');
+    e = e instanceof Error ? e.cause : undefined;
+  }
+  return parts.join('\n');
+}
+
 /**
  * Starts an `n`-node JetStream cluster (default 3) on loopback and resolves once every node is
  * healthy and a JetStream meta leader is elected.
@@ -424,34 +477,11 @@ export async function startNatsCluster(
   n = 3,
   options: Omit<StartNatsOptions, 'engine' | 'image'> = {},
 ): Promise<NatsCluster> {
-  const clusterPorts = await Promise.all(Array.from({ length: n }, () => freePort()));
   const clusterName = `plugline-${process.pid}-${Date.now()}`;
-  const servers: ProcessNatsServer[] = [];
-  for (let i = 0; i < n; i++) {
-    const routes = clusterPorts
-      .filter((_, j) => j !== i)
-      .map((p) => `nats://127.0.0.1:${p}`)
-      .join(',');
-    servers.push(
-      await newProcessServer(options, `${clusterName}-n${i}`, [
-        '--cluster_name',
-        clusterName,
-        '--cluster',
-        `nats://127.0.0.1:${clusterPorts[i]}`,
-        '--routes',
-        routes,
-      ]),
-    );
-  }
+  const servers = await startClusterNodes(n, options, clusterName);
   const stopAll = async (): Promise<void> => {
     await Promise.all(servers.map((s) => s.stop()));
   };
-  try {
-    await Promise.all(servers.map((s) => s.start({ waitHealthy: false })));
-  } catch (err) {
-    await stopAll();
-    throw err;
-  }
   const metaLeader = async (): Promise<string | undefined> => {
     for (const s of servers.filter((x) => x.running())) {
       try {
