@@ -453,20 +453,17 @@ async function startClusterNodes(
       return servers;
     } catch (err) {
       await Promise.all(servers.map((s) => s.stop()));
-      const portTaken = /address already in use/.test(errorChain(err));
-      if (!portTaken || attempt >= CLUSTER_PORT_ATTEMPTS) throw err;
+      if (!portTaken(err) || attempt >= CLUSTER_PORT_ATTEMPTS) throw err;
     }
   }
 }
 
-/** The messages of an error and its causes, for matching. */
-function errorChain(err: unknown): string {
-  const parts: string[] = [];
-  for (let e: unknown = err; e !== undefined && parts.length < 10;) {
-    parts.push(e instanceof Error ? e.message : typeof e === 'string' ? e : '');
-    e = e instanceof Error ? e.cause : undefined;
+/** True when `err`, or one of its causes, is a node that could not bind its port. */
+function portTaken(err: unknown): boolean {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (e.message.includes('address already in use')) return true;
   }
-  return parts.join('\n');
+  return false;
 }
 
 /**
