@@ -6,13 +6,15 @@
  * first when missing or stale); `--from-source` runs them through tsx instead.
  *
  *   pnpm bench [-- --ops 200 --repeat 3 --vmis 50 --concurrency 16 --sweep-concurrency 32,64
- *                  --sections 1,2,3,4,5,6,7,8]
+ *                  --sections 1,2,3,4,5,6,7,8,9]
  *   (--repeat: rounds of sections 1-2, 3 and 5, whose figures are medians over them)
  *              [--from-source] [--profile <service> --profile-stack main|burst]
  *              [--node-args=<node flags for every service, space-separated, e.g. --optimize-for-size>]
  *   section 6: [--memory-vmis 100 --memory-volumes-per-vmi 10 --memory-concurrency 8 --memory-checkpoints 4]
  *   section 7: [--guest-runs 20 --guest-warmup 2 --guest-bus scsi --guest-pod-start-ms 0]
  *   section 8: [--cli-runs 10]
+ *   section 9: [--hop-ways core,jetstream,exchanges,runtime] (four hops alone, --ops items one
+ *              at a time, --repeat rounds: hops.ts)
  */
 import { readlinkSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -27,6 +29,8 @@ import { renderChart } from './chart.js';
 import { runMainStack, runBurstStack, runScaleOutStack, type BenchConfig } from './sections.js';
 import { runMemoryStack, type MemoryConfig } from './memory.js';
 import { runGuestSection, type GuestConfig } from './guest.js';
+import type { HopVariant } from './hop-names.js';
+import { hopWays, runHopsSection } from './hops.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -62,7 +66,11 @@ function profileStack(value: string | undefined): BenchConfig['profileStack'] {
   throw new Error('--profile-stack must be main (sections 1-3) or burst (section 4)');
 }
 
-function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
+function config(): BenchConfig & {
+  memory: MemoryConfig;
+  guest: GuestConfig;
+  hopWays: HopVariant[];
+} {
   // `pnpm bench -- --sections 6` passes the `--` on: drop it, or every flag would be a positional.
   const argv = process.argv.slice(2);
   const { values } = parseArgs({
@@ -79,7 +87,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
       'burst-pod-start-ms': { type: 'string', default: '1000' },
       profile: { type: 'string', default: ServiceName.SpecWatcher },
       'profile-stack': { type: 'string', default: 'main' },
-      sections: { type: 'string', default: '1,2,3,4,5,6,7,8' },
+      sections: { type: 'string', default: '1,2,3,4,5,6,7,8,9' },
       'memory-vmis': { type: 'string', default: '100' },
       'memory-volumes-per-vmi': { type: 'string', default: '10' },
       'memory-concurrency': { type: 'string', default: '8' },
@@ -89,6 +97,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
       'guest-bus': { type: 'string', default: 'scsi' },
       'guest-pod-start-ms': { type: 'string', default: '0' },
       'cli-runs': { type: 'string', default: '10' },
+      'hop-ways': { type: 'string', default: '' },
       'log-level': { type: 'string', default: 'info' },
       'from-source': { type: 'boolean', default: false },
       'node-args': { type: 'string', default: '' },
@@ -113,6 +122,7 @@ function config(): BenchConfig & { memory: MemoryConfig; guest: GuestConfig } {
     burst: int('burst'),
     burstPodStartMs: int('burst-pod-start-ms'),
     cliRuns: Math.max(1, int('cli-runs')),
+    hopWays: hopWays(values['hop-ways']),
     profile: (values.profile ?? '') as ServiceName | '',
     profileStack: profileStack(values['profile-stack']),
     sections: new Set((values.sections ?? '').split(',').map((s) => s.trim())),
@@ -171,6 +181,10 @@ async function main(): Promise<void> {
   // (its own stack, idle first) gives it, or nothing does (e.g. `--sections 7`).
   const needsMain = ['1', '2', '3', '8'].some((s) => cfg.sections.has(s));
   const main = needsMain ? await runMainStack(cfg, log) : undefined;
+  // Next to sections 1–2 in time, which it splits (see hops.ts).
+  const hops = cfg.sections.has('9')
+    ? await runHopsSection({ ops: cfg.ops, repeat: cfg.repeat, ways: cfg.hopWays }, log)
+    : undefined;
   const burst = cfg.sections.has('4') ? await runBurstStack(cfg, log) : undefined;
   const scaleOut = cfg.sections.has('5') ? await runScaleOutStack(cfg, log) : undefined;
   const memory = cfg.sections.has('6') ? await runMemoryStack(cfg, cfg.memory, log) : undefined;
@@ -208,6 +222,7 @@ async function main(): Promise<void> {
           },
     memory,
     guest,
+    hops,
   };
   await mkdir(cfg.out, { recursive: true });
   const stamp = started.toISOString().replace(/[:]/g, '-').replace(/\..*$/, '');

@@ -1,11 +1,13 @@
 /**
- * The Markdown of sections 6 (memory while tracking many volumes), 7 (a real guest) and 8 (plugctl
- * as a process).
+ * The Markdown of sections 6 (memory while tracking many volumes), 7 (a real guest), 8 (plugctl
+ * as a process) and 9 (four hops alone).
  */
 import { CLI_COMMANDS, type CliFigures } from './cli.js';
 import type { GuestFigures } from './guest.js';
+import { HopVariant } from './hop-names.js';
+import type { HopsFigures } from './hops.js';
 import type { MemoryFigures } from './memory.js';
-import type { Percentiles } from './stats.js';
+import { round, type Percentiles } from './stats.js';
 
 const pct = (p: Percentiles): string => `${p.p50} / ${p.p90} / ${p.p99} (max ${p.max}, n=${p.n})`;
 const ok = (cond: boolean): string => (cond ? 'met' : '**not met**');
@@ -85,5 +87,51 @@ export function cliLines(c: CliFigures): string[] {
     '',
     `What \`--wait\` printed as the operation's own time (request to \`Ready\`, or to the entry's removal), p50/p90/p99: addvolume ${pct(c.printedMs['addvolume --wait'])}; removevolume ${pct(c.printedMs['removevolume --wait'])}.`,
     '',
+  ];
+}
+
+const HOP_WAYS: Record<HopVariant, string> = {
+  [HopVariant.Core]: 'core NATS (subscribe, publish on; nothing kept)',
+  [HopVariant.JetStream]: 'bare JetStream (consume, publish on and wait for the PubAck, ack)',
+  [HopVariant.Exchanges]:
+    "bare JetStream with the stage runtime's other trips to NATS (lease beside the snapshot's read, snapshot write, a fact, release), no machine",
+  [HopVariant.Runtime]:
+    'the stage runtime (lease, snapshot, a fact and the next work item, ack, release)',
+};
+
+export function hopsLines(
+  h: HopsFigures,
+  chain: { chainPlugP50: number | undefined; floorPlugP50: number | undefined },
+): string[] {
+  const rep = (r: { median: number; min: number; max: number }): string =>
+    `${r.median} (${r.min}–${r.max})`;
+  const row = (variant: HopVariant): string[] => {
+    const v = h.variants[variant];
+    if (v === undefined) return [];
+    const c = v.medianRound.cpuMs;
+    return [
+      `| ${HOP_WAYS[variant]} | ${rep(v.p50)} | ${rep(v.p99)} | ${c.perHop} | ${c.natsServer} |`,
+    ];
+  };
+  const { chainPlugP50: chainP50, floorPlugP50: floorP50 } = chain;
+  const runtime = h.variants[HopVariant.Runtime]?.p50.median;
+  const bare = h.variants[HopVariant.JetStream]?.p50.median;
+  const split =
+    chainP50 === undefined || floorP50 === undefined || runtime === undefined || bare === undefined
+      ? []
+      : [
+          `The chain's plug p50 (${chainP50} ms, sections 1–2) is its floor's (${floorP50}) plus ${round(chainP50 - floorP50)} ms. Four hand-overs through the stage runtime take ${runtime} ms, four bare JetStream hops ${bare}: were the chain's four stages handed over as bare hops, and nothing else changed, it would be at about ${round((chainP50 - runtime + bare) / floorP50)}× its floor.`,
+          '',
+        ];
+  return [
+    `## 9. Four hops alone (${h.ops} items one at a time, ${h.rounds.length} rounds)`,
+    '',
+    `Four processes in a row hand an item on, with no Kubernetes and no effect; timed from this process's send to the last hand-over reaching it. A fresh nats-server per way and round; CPU from /proc, per item sent (a hop process's is the mean of the four).`,
+    '',
+    '| way | p50 ms | p99 ms | CPU ms per item, a hop | nats-server CPU ms per item |',
+    '|---|---:|---:|---:|---:|',
+    ...Object.values(HopVariant).flatMap(row),
+    '',
+    ...split,
   ];
 }

@@ -2,7 +2,7 @@
 import type { SpeedProbe } from './speed.js';
 import type { BurstFigures, Results } from './report-types.js';
 import type { Percentiles, Repeated } from './stats.js';
-import { cliLines, guestLines, memoryLines } from './markdown-sections.js';
+import { cliLines, hopsLines, guestLines, memoryLines } from './markdown-sections.js';
 
 const rep = (r: Repeated): string => `${r.median} (${r.min}–${r.max})`;
 const pct = (p: Percentiles): string => `${p.p50} / ${p.p90} / ${p.p99} (max ${p.max}, n=${p.n})`;
@@ -285,6 +285,13 @@ export function renderMarkdown(r: Results, chartFile: string): string {
   }
   lines.push('## 7. Real guest', '', ...guestLines(r.guest));
   if (r.cli !== undefined) lines.push('## 8. plugctl as a process', '', ...cliLines(r.cli));
+  if (r.hops !== undefined)
+    lines.push(
+      ...hopsLines(r.hops, {
+        chainPlugP50: r.oneVolume?.acrossRounds.plug.p50.median,
+        floorPlugP50: r.floor?.acrossRounds.plug.p50.median,
+      }),
+    );
   return `${lines.join('\n')}\n`;
 }
 

@@ -1,6 +1,7 @@
 /** The parts of a results document the Markdown summary and the chart read. */
 import type { Percentiles, Repeated } from './stats.js';
 import type { CliFigures } from './cli.js';
+import type { HopsFigures } from './hops.js';
 import type { GuestFigures } from './guest.js';
 import type { MemoryFigures } from './memory.js';
 import type { SpeedProbe } from './speed.js';
@@ -198,4 +199,6 @@ export interface Results {
   guest: GuestFigures;
   /** Section 8 (absent in older results). */
   cli?: CliFigures;
+  /** Section 9 (absent in older results). */
+  hops?: HopsFigures;
 }
