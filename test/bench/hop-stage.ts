@@ -1,6 +1,6 @@
 /**
  * One hop of `pnpm bench`'s section 9 (hops.ts), as its own process: it takes what reaches hop
- * `--hop` and hands it to the next, with no effect in between. Three ways, from the least a hop
+ * `--hop` and hands it to the next, with no effect in between. Four ways, from the least a hop
  * can cost to what a Plugline stage pays:
  *
  *   core       a core NATS subscription that publishes on (no durability);

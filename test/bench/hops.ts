@@ -8,9 +8,8 @@
  * consumes as the status projector does.
  */
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -295,14 +294,12 @@ interface CpuReading {
 
 function cpuPerItem(from: CpuReading, to: CpuReading, ops: number): HopsCpu {
   const perOp = (seconds: number): number => round((seconds * 1000) / ops);
+  const hopSeconds = to.hops.reduce((sum, t, i) => sum + t - (from.hops[i] ?? t), 0);
   const driver = process.cpuUsage(from.driver);
   return {
-    perHop: round(
-      ((to.hops.reduce((sum, t, i) => sum + t - (from.hops[i] ?? t), 0) / to.hops.length) * 1000) /
-        ops,
-    ),
+    perHop: perOp(hopSeconds / to.hops.length),
     natsServer: perOp(to.nats - from.nats),
-    driver: round((driver.user + driver.system) / 1000 / ops),
+    driver: perOp((driver.user + driver.system) / 1e6),
   };
 }
 
@@ -321,6 +318,8 @@ async function measure(variant: HopVariant, ops: number): Promise<HopsRound> {
       for (let op = 0; op < WARMUP + ops; op++) {
         if (op === WARMUP) from = cpuNow(hops, natsPid);
         const arrived = arrivals.expect(arrivalKey(variant, op));
+        // Awaited below; a send that fails must not leave it to reject unheard.
+        arrived.catch(() => undefined);
         const t0 = performance.now();
         await route.send(op);
         await arrived;

@@ -126,7 +126,7 @@ export function hopsLines(
   return [
     `## 9. Four hops alone (${h.ops} items one at a time, ${h.rounds.length} rounds)`,
     '',
-    `Four processes in a row hand an item on, with no Kubernetes and no effect; timed from this process's send to the last hand-over reaching it. A fresh nats-server per way and round; CPU from /proc, per item sent (a hop process's is the mean of the four).`,
+    `Four processes in a row hand an item on, with no Kubernetes and no effect; timed from this process's send to the last hand-over reaching it. A fresh nats-server per way and round; the hop processes run from the sources through tsx (the services of sections 1–8 run from their bundles). CPU from /proc, per item sent (a hop process's is the mean of the four).`,
     '',
     '| way | p50 ms | p99 ms | CPU ms per item, a hop | nats-server CPU ms per item |',
     '|---|---:|---:|---:|---:|',
