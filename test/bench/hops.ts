@@ -178,6 +178,11 @@ async function jetStreamRoute(
 /** The one unit every item of the runtime variant is about, as a plug's volume is in section 1. */
 const HOPS_VOLUME = { namespace: 'bench-hops', vmi: 'vm-hops', volume: 'data' } as const;
 
+/** The operation the runtime variant's item `op` is, which its last fact names. */
+function operationIdOf(op: number): string {
+  return `op-${String(op).padStart(8, '0')}`;
+}
+
 function workItem(op: number): WorkItem {
   const stage = STAGES[0]!;
   return {
@@ -186,7 +191,7 @@ function workItem(op: number): WorkItem {
     ...nodeOf(stage),
     ...HOPS_VOLUME,
     vmiUID: '00000000-0000-4000-8000-000000000009',
-    operationId: `op-${String(op).padStart(8, '0')}`,
+    operationId: operationIdOf(op),
     operation: 'plug',
     cause: 'requested',
     issuedAt: new Date().toISOString(),
@@ -231,7 +236,7 @@ const ROUTES: Record<HopVariant, (bus: Bus, arrivals: Arrivals) => Promise<Route
 
 /** The key an item's arrival is heard by (see each route). */
 function arrivalKey(variant: HopVariant, op: number): string {
-  return variant === HopVariant.Runtime ? workItem(op).operationId : String(op);
+  return variant === HopVariant.Runtime ? operationIdOf(op) : String(op);
 }
 
 async function startHops(variant: HopVariant, servers: string): Promise<ServiceProcess[]> {
