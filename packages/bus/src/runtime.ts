@@ -33,7 +33,7 @@ import {
 } from 'xstate';
 import type { Bus } from './connection.js';
 import { LeaseLostError, SettleTimeoutError } from './errors.js';
-import { isCasFailure, LeaseManager } from './lease.js';
+import { isCasFailure, LeaseManager, type LeaseResult } from './lease.js';
 import { durableName, kvKey, StreamName } from './names.js';
 import { ServerFeature, supportsFeature } from './version.js';
 import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
@@ -300,6 +300,17 @@ interface UnitReading {
   discard(): Promise<void>;
 }
 
+/** What #begin started for a handling. */
+interface Begun {
+  /** When its turn came (the end of its `queued` step). */
+  readonly startedAt: number;
+  /** Aborts its effects: the lease lost, or the stage stopping too slowly. */
+  readonly aborter: AbortController;
+  readonly delivery: Delivery;
+  readonly reading: UnitReading;
+  readonly acquiring: Promise<LeaseResult>;
+}
+
 type Settled = {
   disposition: Disposition;
   outcome: Outcome;
@@ -540,7 +551,10 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       }
       this.#deferred.clear();
       const timeout = this.#o.shutdownTimeoutMs ?? 10_000;
-      const timer = setTimeout(() => this.#forceStop.abort(), timeout);
+      const timer = setTimeout(() => {
+        this.#forcedStop = new Error(`stage stopping: units still running after ${timeout} ms`);
+        for (const aborter of this.#aborters) aborter.abort(this.#forcedStop);
+      }, timeout);
       await this.#consumption?.stop();
       await this.done;
       clearTimeout(timer);
@@ -548,8 +562,10 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     return this.#stopping;
   }
 
-  /** Aborted when graceful shutdown took too long: running settles give up. */
-  readonly #forceStop = new AbortController();
+  /** Set when graceful shutdown took too long: running handlings are aborted with it. */
+  #forcedStop: Error | undefined;
+  /** Each running handling's abort (see #begin). */
+  readonly #aborters = new Set<AbortController>();
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
@@ -679,15 +695,48 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
     const keepAlive = setInterval(() => settler.working(), this.#workingMs);
     try {
-      await this.#serially(unit, queued, () =>
-        withSpan(`${this.stage} work`, () => this.#handleUnit(settler, item, unit, steps), {
-          parent,
-          attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit },
-        }),
-      );
+      await this.#serially(unit, queued, async () => {
+        const begun = this.#begin(settler, item, unit);
+        try {
+          // Lets nats.js write the requests #begin made (it writes once the running code yields)
+          // before this handling sets up its span, logger and metrics beside their round trips.
+          await Promise.resolve();
+          await withSpan(
+            `${this.stage} work`,
+            () => this.#handleUnit(settler, item, unit, steps, begun),
+            { parent, attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit } },
+          );
+        } finally {
+          this.#aborters.delete(begun.aborter);
+        }
+      });
     } finally {
       clearInterval(keepAlive);
     }
+  }
+
+  /**
+   * Starts a handling's trips to NATS that need nothing else of it: the lease's write, and beside
+   * it the reads (see #handleUnit). Each is a round trip, so they go first, before what the
+   * handling sets up for itself.
+   */
+  #begin(settler: Settler, item: WorkItem, unit: string): Begun {
+    const startedAt = performance.now();
+    const aborter = new AbortController();
+    this.#aborters.add(aborter);
+    if (this.#forcedStop !== undefined) aborter.abort(this.#forcedStop);
+    const delivery: Delivery = {
+      attempt: settler.attempt,
+      receivedAt: Date.now(),
+      signal: aborter.signal,
+    };
+    // Read beside the lease's write, for a lease won uncontested (see Lease.uncontested); any
+    // other outcome reads again once the lease is ours.
+    const reading = this.#read(unit, item, delivery);
+    const acquiring = this.#leases.acquire(unit);
+    // Awaited in #handleUnit; not a rejection left unheard meanwhile.
+    acquiring.catch(() => undefined);
+    return { startedAt, aborter, delivery, reading, acquiring };
   }
 
   async #serially(unit: string, queued: string, fn: () => Promise<void>): Promise<void> {
@@ -763,6 +812,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     item: WorkItem,
     unit: string,
     steps: StepTimer,
+    { startedAt, aborter, delivery, reading: firstReading, acquiring }: Begun,
   ): Promise<void> {
     const log = childLogger(this.#log, {
       namespace: item.namespace,
@@ -775,15 +825,10 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     this.#metrics.inFlight.inc({ stage: this.stage });
     let outcome: Outcome = Outcome.Retry;
     this.#parked.delivered(unit, settler.seq);
-    steps.lap(WorkStep.Queued);
-    const lost = new AbortController();
-    const signal = AbortSignal.any([lost.signal, this.#forceStop.signal]);
-    const delivery: Delivery = { attempt: settler.attempt, receivedAt: Date.now(), signal };
-    // Read beside the lease's write, for a lease won uncontested (see Lease.uncontested); any
-    // other outcome reads again once the lease is ours.
-    let reading = this.#read(unit, item, delivery);
+    steps.lap(WorkStep.Queued, startedAt);
+    let reading = firstReading;
     try {
-      const acquired = await this.#leases.acquire(unit);
+      const acquired = await acquiring;
       steps.lap(WorkStep.Lease);
       if (!acquired.ok) {
         await reading.discard();
@@ -804,7 +849,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       const renewer = setInterval(
         () => {
           lease.renew().then(
-            (ok) => ok || lost.abort(new LeaseLostError(unit)),
+            (ok) => ok || aborter.abort(new LeaseLostError(unit)),
             (err: unknown) => log.warn({ err }, 'could not renew the lease'),
           );
         },
@@ -902,9 +947,16 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const abandoned = new AbortController();
     const loading = this.#load(unit);
     loading.catch(() => undefined);
-    const signal = AbortSignal.any([delivery.signal, abandoned.signal]);
-    const observing = this.#o.load?.(item, { ...delivery, signal });
-    observing?.catch(() => undefined);
+    let observing: Promise<unknown> | undefined;
+    if (this.#o.load !== undefined) {
+      // Follows the delivery's signal by hand: `AbortSignal.any` costs more on every item, and
+      // the delivery's signal, and with it this listener, lives only as long as its handling.
+      const follow = (): void => abandoned.abort(delivery.signal.reason);
+      if (delivery.signal.aborted) follow();
+      else delivery.signal.addEventListener('abort', follow, { once: true });
+      observing = this.#o.load(item, { ...delivery, signal: abandoned.signal });
+      observing.catch(() => undefined);
+    }
     return {
       loading,
       observing,

@@ -510,6 +510,51 @@ describe('runStage', () => {
     expect(count?.value).toBe(1);
   }, 15_000);
 
+  it('abandons a unit still running shutdownTimeoutMs into stop(), and its item comes back', async () => {
+    let started = 0;
+    let finishEffect!: () => void;
+    const effectHeld = new Promise<void>((resolve) => (finishEffect = resolve));
+    const stuck = unitMachine.provide({
+      actors: {
+        apply: fromPromise(async () => {
+          started++;
+          await effectHeld;
+          return 'ok';
+        }),
+      },
+    });
+    const stopping = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine: stuck,
+      keyOf: unitKey,
+      metrics: newMetrics(),
+      shutdownTimeoutMs: 200,
+      retryBackoff: { initialMs: 100 },
+    });
+    const item = workItem('vol-stuck-at-stop');
+    try {
+      await sendWork(bus, item);
+      await waitFor(() => started === 1, { timeout: 5000 });
+      // Resolves only once the running unit was aborted: its effect never ends by itself.
+      await stopping.stop();
+      expect(await persistedState(bus, unitKey(item))).toBeUndefined();
+      await using _next = await runStage({
+        bus,
+        stage: 'spec-watcher',
+        machine: unitMachine,
+        keyOf: unitKey,
+        metrics: newMetrics(),
+      });
+      await waitFor(async () => (await persistedState(bus, unitKey(item)))?.value === 'applied', {
+        timeout: 10_000,
+      });
+      expect(started).toBe(1);
+    } finally {
+      finishEffect();
+      await stopping.stop();
+    }
+  }, 20_000);
   it('times each step of a handling: the effect in run, a busy unit only to its lease', async () => {
     const machine = applyTaking(300);
     const metrics = newMetrics();
