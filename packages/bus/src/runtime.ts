@@ -33,7 +33,7 @@ import {
 } from 'xstate';
 import type { Bus } from './connection.js';
 import { LeaseLostError, SettleTimeoutError } from './errors.js';
-import { isCasFailure, LeaseManager, type LeaseResult } from './lease.js';
+import { isCasFailure, LeaseManager } from './lease.js';
 import { durableName, kvKey, StreamName } from './names.js';
 import { ServerFeature, supportsFeature } from './version.js';
 import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
@@ -300,17 +300,6 @@ interface UnitReading {
   discard(): Promise<void>;
 }
 
-/** What #begin started for a handling. */
-interface Begun {
-  /** When its turn came (the end of its `queued` step). */
-  readonly startedAt: number;
-  /** Aborts its effects: the lease lost, or the stage stopping too slowly. */
-  readonly aborter: AbortController;
-  readonly delivery: Delivery;
-  readonly reading: UnitReading;
-  readonly acquiring: Promise<LeaseResult>;
-}
-
 type Settled = {
   disposition: Disposition;
   outcome: Outcome;
@@ -564,7 +553,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
 
   /** Set when graceful shutdown took too long: running handlings are aborted with it. */
   #forcedStop: Error | undefined;
-  /** Each running handling's abort (see #begin). */
+  /** Each running handling's abort: its lease lost, or the stage stopping too slowly. */
   readonly #aborters = new Set<AbortController>();
 
   [Symbol.asyncDispose](): Promise<void> {
@@ -695,48 +684,15 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
     const keepAlive = setInterval(() => settler.working(), this.#workingMs);
     try {
-      await this.#serially(unit, queued, async () => {
-        const begun = this.#begin(settler, item, unit);
-        try {
-          // Lets nats.js write the requests #begin made (it writes once the running code yields)
-          // before this handling sets up its span, logger and metrics beside their round trips.
-          await Promise.resolve();
-          await withSpan(
-            `${this.stage} work`,
-            () => this.#handleUnit(settler, item, unit, steps, begun),
-            { parent, attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit } },
-          );
-        } finally {
-          this.#aborters.delete(begun.aborter);
-        }
-      });
+      await this.#serially(unit, queued, () =>
+        withSpan(`${this.stage} work`, () => this.#handleUnit(settler, item, unit, steps), {
+          parent,
+          attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit },
+        }),
+      );
     } finally {
       clearInterval(keepAlive);
     }
-  }
-
-  /**
-   * Starts a handling's trips to NATS that need nothing else of it: the lease's write, and beside
-   * it the reads (see #handleUnit). Each is a round trip, so they go first, before what the
-   * handling sets up for itself.
-   */
-  #begin(settler: Settler, item: WorkItem, unit: string): Begun {
-    const startedAt = performance.now();
-    const aborter = new AbortController();
-    this.#aborters.add(aborter);
-    if (this.#forcedStop !== undefined) aborter.abort(this.#forcedStop);
-    const delivery: Delivery = {
-      attempt: settler.attempt,
-      receivedAt: Date.now(),
-      signal: aborter.signal,
-    };
-    // Read beside the lease's write, for a lease won uncontested (see Lease.uncontested); any
-    // other outcome reads again once the lease is ours.
-    const reading = this.#read(unit, item, delivery);
-    const acquiring = this.#leases.acquire(unit);
-    // Awaited in #handleUnit; not a rejection left unheard meanwhile.
-    acquiring.catch(() => undefined);
-    return { startedAt, aborter, delivery, reading, acquiring };
   }
 
   async #serially(unit: string, queued: string, fn: () => Promise<void>): Promise<void> {
@@ -812,7 +768,6 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     item: WorkItem,
     unit: string,
     steps: StepTimer,
-    { startedAt, aborter, delivery, reading: firstReading, acquiring }: Begun,
   ): Promise<void> {
     const log = childLogger(this.#log, {
       namespace: item.namespace,
@@ -825,10 +780,22 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     this.#metrics.inFlight.inc({ stage: this.stage });
     let outcome: Outcome = Outcome.Retry;
     this.#parked.delivered(unit, settler.seq);
-    steps.lap(WorkStep.Queued, startedAt);
-    let reading = firstReading;
+    steps.lap(WorkStep.Queued);
+    // One controller, which a forced stop reaches through #aborters: `AbortSignal.any` of it and
+    // a stage-wide signal cost more on every item.
+    const aborter = new AbortController();
+    this.#aborters.add(aborter);
+    if (this.#forcedStop !== undefined) aborter.abort(this.#forcedStop);
+    const delivery: Delivery = {
+      attempt: settler.attempt,
+      receivedAt: Date.now(),
+      signal: aborter.signal,
+    };
+    // Read beside the lease's write, for a lease won uncontested (see Lease.uncontested); any
+    // other outcome reads again once the lease is ours.
+    let reading = this.#read(unit, item, delivery);
     try {
-      const acquired = await acquiring;
+      const acquired = await this.#leases.acquire(unit);
       steps.lap(WorkStep.Lease);
       if (!acquired.ok) {
         await reading.discard();
@@ -880,6 +847,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       settler.nak(this.#retryDelay(settler.attempt));
       outcome = Outcome.Retry;
     } finally {
+      this.#aborters.delete(aborter);
       this.#inFlight--;
       this.#metrics.inFlight.dec({ stage: this.stage });
       this.#metrics.messagesHandled.inc({ stage: this.stage, outcome });

@@ -17,8 +17,8 @@ export class StepTimer {
     this.#since = performance.now();
   }
 
-  /** Ends `step` now, or at `now` (a `performance.now()` taken earlier). */
-  lap(step: WorkStep, now = performance.now()): void {
+  lap(step: WorkStep): void {
+    const now = performance.now();
     this.metrics.workStep.observe({ stage: this.stage, step }, (now - this.#since) / 1000);
     this.#since = now;
   }
