@@ -7,7 +7,6 @@
  * the runtime's other trips to NATS, and the stage runtime, whose last hop's fact this process
  * consumes as the status projector does.
  */
-import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
@@ -264,22 +263,6 @@ async function startHops(variant: HopVariant, servers: string): Promise<ServiceP
   }
 }
 
-/** This process's nats-server child that keeps its store in `storeDir` (its ports are chosen by it). */
-function natsServerPid(storeDir: string): number {
-  const pid = childrenOf(process.pid).find((child) => {
-    try {
-      const argv = readFileSync(`/proc/${child}/cmdline`, 'utf8').split('\0');
-      return (
-        argv.some((a) => a.endsWith('nats-server')) && argv.some((a) => a.startsWith(storeDir))
-      );
-    } catch {
-      return false;
-    }
-  });
-  if (pid === undefined) throw new Error(`section 9: no nats-server child stores in ${storeDir}`);
-  return pid;
-}
-
 /** CPU seconds so far: each hop process (with any child), nats-server, and this process. */
 function cpuNow(hops: readonly ServiceProcess[], natsPid: number): CpuReading {
   const ofTree = (pid: number): number =>
@@ -317,7 +300,8 @@ async function measure(variant: HopVariant, ops: number): Promise<HopsRound> {
     const route = await ROUTES[variant](bus, arrivals);
     const hops = await startHops(variant, nats.url);
     try {
-      const natsPid = natsServerPid(nats.storeDir);
+      const natsPid = nats.pid;
+      if (natsPid === undefined) throw new Error('section 9 needs a nats-server process here');
       const latencies: number[] = [];
       let from = cpuNow(hops, natsPid);
       for (let op = 0; op < WARMUP + ops; op++) {

@@ -27,7 +27,7 @@ import { encodeMessage, Stage, workSubject, type WorkItem } from '@plugline/cont
 import { createMetrics, type PluglineMetrics } from '@plugline/telemetry';
 import { startNats, waitFor } from '@plugline/testkit';
 import { assign, emit, fromPromise, setup } from 'xstate';
-import { childrenOf, cpuSeconds } from './procs.js';
+import { cpuSeconds } from './procs.js';
 
 const { values } = parseArgs({
   args: process.argv.slice(2).filter((a) => a !== '--'),
@@ -146,7 +146,7 @@ const show = (label: string, itemsPerS: number, c: Cpu): string =>
 
 async function main(): Promise<void> {
   await using nats = await startNats();
-  const natsPid = childrenOf(process.pid).find((pid) => !Number.isNaN(cpuSeconds(pid)));
+  const natsPid = nats.pid;
   if (natsPid === undefined) throw new Error('cannot find the nats-server process');
   const bus = await connectBus({ servers: nats.url, name: 'bench-runtime' });
   try {

@@ -29,6 +29,7 @@ export async function startNatsContainer(image: string): Promise<NatsServer> {
     monitorUrl: `http://${host}:${container.getMappedPort(8222)}`,
     storeDir: '/data',
     name: container.getName(),
+    pid: undefined,
     output: () => '',
     running: () => !stopped,
     restart: async () => {

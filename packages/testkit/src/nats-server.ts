@@ -42,6 +42,11 @@ export interface NatsServer extends AsyncDisposable {
   readonly storeDir: string;
   /** Server name (`-n`). */
   readonly name: string;
+  /**
+   * The server's process id on this machine while it runs (process engine; undefined in a
+   * container), for reading its CPU time from /proc.
+   */
+  readonly pid: number | undefined;
   /** Everything the server printed (process engine). */
   output(): string;
   /** True while the server process runs. */
@@ -213,6 +218,9 @@ class ProcessNatsServer implements NatsServer {
   }
   get monitorUrl(): string {
     return `http://127.0.0.1:${this.#monitorPort}`;
+  }
+  get pid(): number | undefined {
+    return this.#proc?.pid;
   }
   output(): string {
     return this.#proc?.output() ?? this.#lastOutput;
