@@ -107,6 +107,7 @@ export {
   envLogLevel,
   envNatsUrls,
   envNatsAuth,
+  envTraceExport,
   Secret,
   absolutePath,
   serviceBaseDefaults,
@@ -115,7 +116,13 @@ export {
   DEFAULT_LEASE_TTL_MS,
   parseNodeConfig,
 } from './service-config.js';
-export type { Env, ServiceBaseConfig, NodeConfig, NatsAuth } from './service-config.js';
+export type {
+  Env,
+  ServiceBaseConfig,
+  NodeConfig,
+  NatsAuth,
+  TraceExport,
+} from './service-config.js';
 
 export { runServiceMain } from './service-main.js';
 export type { RunningService, ServiceMainOptions } from './service-main.js';

@@ -17,11 +17,15 @@ import {
   childLogger,
   createMetrics,
   extractTrace,
+  inTrace,
   Outcome,
+  SpanStatusCode,
   withSpan,
   WorkStep,
   type Logger,
   type PluglineMetrics,
+  type Span,
+  underSpan,
 } from '@plugline/telemetry';
 import {
   createActor,
@@ -33,6 +37,7 @@ import {
 } from 'xstate';
 import type { Bus } from './connection.js';
 import { LeaseLostError, SettleTimeoutError } from './errors.js';
+import { BoundedMap } from './bounded-map.js';
 import { isCasFailure, LeaseManager } from './lease.js';
 import { durableName, kvKey, StreamName } from './names.js';
 import { ServerFeature, supportsFeature } from './version.js';
@@ -319,6 +324,15 @@ const encoder = new TextEncoder();
 /** JetStream's ack, as sent to a delivery's reply subject. */
 const LATE_ACK = '+ACK';
 
+type TraceContext = ReturnType<typeof extractTrace>;
+/**
+ * How long a unit's traced handling is continued by the handlings no message starts: long enough
+ * for the attachment pod a plug waits for to start. The unit's next traced message starts afresh.
+ */
+const TRACE_CONTINUATION_MS = 120_000;
+/** Units whose last trace is remembered (a few minutes of a busy stage's units). */
+const TRACE_CONTINUATIONS = 10_000;
+
 /**
  * Runs one stage: pulls work items from the stage's durable consumer and, for each, takes the
  * unit's lease, restores the unit's actor from its KV snapshot (or creates it), sends the event,
@@ -356,6 +370,14 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   /** Handlings waiting in {@link #serially} that have not started, by {@link queuedKey}. */
   readonly #queued = new Map<string, number>();
   readonly #running = new Set<Promise<void>>();
+  /**
+   * Each unit's last handling that a traced message started. A handling no message starts (an
+   * informer's nudge, a reconcile: the pod a plug waits for runs) continues its trace for a while,
+   * so one operation stays one trace across its waits. Empty while no tracer is registered.
+   */
+  readonly #traces = new BoundedMap<string, { parent: TraceContext; at: number }>(
+    TRACE_CONTINUATIONS,
+  );
   /** Items handled here that go to the stream after their delay (see {@link handleHere}). */
   readonly #deferred = new Map<NodeJS.Timeout, WorkItem>();
   readonly #parked = new ParkedItems();
@@ -669,7 +691,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     settler: Settler,
     item: WorkItem,
     steps: StepTimer,
-    parent: ReturnType<typeof extractTrace>,
+    parent: TraceContext,
   ): Promise<void> {
     const unit = this.#o.keyOf(item);
     const queued = queuedKey(unit, item);
@@ -682,13 +704,31 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       );
       return;
     }
+    const traced = inTrace(parent);
+    const kept = traced ? undefined : this.#traces.peek(unit);
+    const continued =
+      kept !== undefined && Date.now() - kept.at <= TRACE_CONTINUATION_MS ? kept.parent : parent;
     const keepAlive = setInterval(() => settler.working(), this.#workingMs);
     try {
       await this.#serially(unit, queued, () =>
-        withSpan(`${this.stage} work`, () => this.#handleUnit(settler, item, unit, steps), {
-          parent,
-          attributes: { 'plugline.stage': this.stage, 'plugline.unit': unit },
-        }),
+        withSpan(
+          `${this.stage} work`,
+          (span) => {
+            if (traced) this.#traces.set(unit, { parent: underSpan(span), at: Date.now() });
+            return this.#handleUnit(settler, item, unit, steps, span);
+          },
+          {
+            parent: continued,
+            attributes: {
+              'plugline.stage': this.stage,
+              'plugline.unit': unit,
+              'plugline.operation': item.operation,
+              'plugline.operation_id': item.operationId,
+              'plugline.cause': item.cause,
+              'plugline.attempt': settler.attempt,
+            },
+          },
+        ),
       );
     } finally {
       clearInterval(keepAlive);
@@ -768,6 +808,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     item: WorkItem,
     unit: string,
     steps: StepTimer,
+    span: Span,
   ): Promise<void> {
     const log = childLogger(this.#log, {
       namespace: item.namespace,
@@ -846,7 +887,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       log.warn({ err }, 'work item failed; retrying with backoff');
       settler.nak(this.#retryDelay(settler.attempt));
       outcome = Outcome.Retry;
+      span.recordException(asError(err));
+      span.setStatus({ code: SpanStatusCode.ERROR, message: asError(err).message });
     } finally {
+      // What an operator looking at the trace asks first: did this look finish the step?
+      span.setAttribute('plugline.outcome', outcome);
+      if (outcome === Outcome.Terminal) span.setStatus({ code: SpanStatusCode.ERROR });
       this.#aborters.delete(aborter);
       this.#inFlight--;
       this.#metrics.inFlight.dec({ stage: this.stage });

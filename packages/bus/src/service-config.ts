@@ -183,6 +183,78 @@ export function envNatsAuth(env: Env): NatsAuth | undefined {
   return undefined;
 }
 
+/** Where a service sends its spans (see `envTraceExport`); `startTracing` takes it. */
+export interface TraceExport {
+  /** The OTLP/HTTP (JSON) traces endpoint. */
+  readonly tracesUrl: string;
+  /** `OTEL_SERVICE_NAME`; default the service's own name. */
+  readonly serviceName: string | undefined;
+  /** `OTEL_BSP_SCHEDULE_DELAY`: how long finished spans wait to go out in one batch. */
+  readonly exportDelayMs: number;
+}
+
+/** OpenTelemetry's default traces endpoint, used when `OTEL_TRACES_EXPORTER=otlp` names none. */
+const DEFAULT_TRACES_URL = 'http://localhost:4318/v1/traces';
+
+/**
+ * The trace export, from OpenTelemetry's standard variables; undefined (no export, and spans
+ * cost nearly nothing) unless an OTLP endpoint is set or `OTEL_TRACES_EXPORTER=otlp`.
+ * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is the URL itself; `OTEL_EXPORTER_OTLP_ENDPOINT` is a base
+ * that `/v1/traces` is appended to, as the OpenTelemetry specification says.
+ * `OTEL_TRACES_EXPORTER=none` or `OTEL_SDK_DISABLED=true` turn it off. Spans go as OTLP/HTTP
+ * with JSON bodies: `OTEL_EXPORTER_OTLP_PROTOCOL` may only say `http/json`.
+ */
+export function envTraceExport(env: Env): TraceExport | undefined {
+  if (envBoolean(env, 'OTEL_SDK_DISABLED', false)) return undefined;
+  const exporter =
+    envText(env, 'OTEL_TRACES_EXPORTER') === undefined
+      ? undefined
+      : envOneOf(env, 'OTEL_TRACES_EXPORTER', ['otlp', 'none'], 'otlp');
+  if (exporter === 'none') return undefined;
+  for (const name of ['OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL']) {
+    envOneOf(env, name, ['http/json'], 'http/json');
+  }
+  const signalUrl = envText(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT');
+  const baseUrl = envText(env, 'OTEL_EXPORTER_OTLP_ENDPOINT');
+  let tracesUrl: string;
+  if (signalUrl !== undefined) {
+    tracesUrl = otlpUrl('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', signalUrl);
+  } else if (baseUrl !== undefined) {
+    const base = otlpUrl('OTEL_EXPORTER_OTLP_ENDPOINT', baseUrl);
+    tracesUrl = `${base.endsWith('/') ? base : `${base}/`}v1/traces`;
+  } else if (exporter === 'otlp') {
+    tracesUrl = DEFAULT_TRACES_URL;
+  } else {
+    return undefined;
+  }
+  return {
+    tracesUrl,
+    serviceName: envText(env, 'OTEL_SERVICE_NAME'),
+    exportDelayMs: envInteger(env, 'OTEL_BSP_SCHEDULE_DELAY', 5000, 1, 600_000),
+  };
+}
+
+/** An `http(s)://` URL without credentials (they would reach the log; use OTLP headers). */
+function otlpUrl(name: string, raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch (err) {
+    throw new ConfigError(name, `not a URL: ${JSON.stringify(raw)}`, { cause: err });
+  }
+  // Checked before the URL is echoed: it would carry the password into the error.
+  if (url.username !== '' || url.password !== '') {
+    throw new ConfigError(
+      name,
+      'must not carry credentials: set them as OTEL_EXPORTER_OTLP_HEADERS (e.g. Authorization=...)',
+    );
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(name, `must be an http:// or https:// URL, got ${JSON.stringify(raw)}`);
+  }
+  return raw;
+}
+
 /** The variables every service reads. */
 export interface ServiceBaseConfig {
   /** `NATS_URL` (comma-separated, required). */
@@ -209,6 +281,8 @@ export interface ServiceBaseConfig {
   readonly streamReplicas: number;
   /** `PLUGLINE_ACK_WAIT_MS` (default 30 000, 1000..3 600 000). */
   readonly ackWaitMs: number;
+  /** The trace export, from the `OTEL_*` variables (default: none; see {@link envTraceExport}). */
+  readonly traces: TraceExport | undefined;
 }
 
 /** The defaults of the {@link ServiceBaseConfig} variables that have one. */
@@ -222,6 +296,7 @@ export function serviceBaseDefaults(): Omit<ServiceBaseConfig, 'natsUrls' | 'kub
     concurrency: 32,
     streamReplicas: 1,
     ackWaitMs: 30_000,
+    traces: undefined,
   };
 }
 
@@ -239,6 +314,7 @@ export function parseServiceBaseConfig(env: Env): ServiceBaseConfig {
     concurrency: envInteger(env, 'PLUGLINE_CONCURRENCY', d.concurrency, 1, 1024),
     streamReplicas: envInteger(env, 'PLUGLINE_STREAM_REPLICAS', d.streamReplicas, 1, 5),
     ackWaitMs: envInteger(env, 'PLUGLINE_ACK_WAIT_MS', d.ackWaitMs, 1000, 3_600_000),
+    traces: envTraceExport(env),
   };
 }
 

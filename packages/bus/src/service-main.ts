@@ -3,6 +3,7 @@ import {
   createLogger,
   createMetrics,
   startHealthServer,
+  startTracing,
   type HealthCheck,
   type Logger,
   type PluglineMetrics,
@@ -33,7 +34,8 @@ export interface ServiceMainOptions<C extends ServiceBaseConfig> {
 
 /**
  * The bootstrap of a service's `main.ts`: parses the config, creates the logger and metrics,
- * starts the service and its health server (`/healthz`, `/readyz`, `/metrics`), logs ONE
+ * starts the trace export when the `OTEL_*` variables ask for one, then the service and its
+ * health server (`/healthz`, `/readyz`, `/metrics`), logs ONE
  * `{"msg":"ready","healthUrl":...}` line, and on SIGTERM/SIGINT stops the service, closes the
  * health server and exits 0 (1 if the stop threw). A failure to start is logged as one JSON line
  * on stderr and exits 1.
@@ -58,6 +60,11 @@ async function bootstrap<C extends ServiceBaseConfig>(
     name: options.name,
   });
   const metrics = createMetrics();
+  const traces = config.traces;
+  const tracing =
+    traces === undefined
+      ? undefined
+      : await startTracing({ ...traces, serviceName: traces.serviceName ?? options.name }, logger);
   const service = await options.start(config, { logger, metrics });
   const health = await startHealthServer({
     port: config.healthPort,
@@ -73,14 +80,17 @@ async function bootstrap<C extends ServiceBaseConfig>(
     stopping = true;
     logger.info({ signal }, 'stopping');
     void (async () => {
+      let code = 0;
       try {
         await service.stop();
         await health.close();
-        process.exit(0);
       } catch (err) {
         logger.error({ err }, 'unclean stop');
-        process.exit(1);
+        code = 1;
       }
+      // After the stop: the spans of the handlings it waited for go out too.
+      await tracing?.shutdown();
+      process.exit(code);
     })();
   };
   // `on`, not `once`: a signal sent to the process group may arrive twice (directly and relayed

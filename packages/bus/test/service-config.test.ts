@@ -8,6 +8,7 @@ import {
   envInteger,
   envNatsAuth,
   envNatsUrls,
+  envTraceExport,
   parseNodeConfig,
   parseServiceBaseConfig,
   Secret,
@@ -37,6 +38,7 @@ describe('parseServiceBaseConfig', () => {
       concurrency: 32,
       streamReplicas: 1,
       ackWaitMs: 30_000,
+      traces: undefined,
     });
   });
 
@@ -53,6 +55,70 @@ describe('parseServiceBaseConfig', () => {
     ['PLUGLINE_ACK_WAIT_MS', { PLUGLINE_ACK_WAIT_MS: '3600001' }],
   ])('fails fast naming %s', (field, overrides) => {
     expect(fieldOf(() => parseServiceBaseConfig({ ...base, ...overrides }))).toBe(field);
+  });
+});
+
+describe("envTraceExport (OpenTelemetry's standard variables)", () => {
+  it('exports nothing unless an OTLP endpoint or exporter is asked for', () => {
+    expect(envTraceExport({})).toBeUndefined();
+    expect(envTraceExport({ OTEL_SERVICE_NAME: 'x', OTEL_BSP_SCHEDULE_DELAY: '100' })).toBe(
+      undefined,
+    );
+  });
+
+  it('appends /v1/traces to the base endpoint and takes the traces endpoint as it is', () => {
+    expect(envTraceExport({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318' })).toEqual({
+      tracesUrl: 'http://collector:4318/v1/traces',
+      serviceName: undefined,
+      exportDelayMs: 5000,
+    });
+    expect(
+      envTraceExport({ OTEL_EXPORTER_OTLP_ENDPOINT: 'https://otel.example/base/' })?.tracesUrl,
+    ).toBe('https://otel.example/base/v1/traces');
+    expect(
+      envTraceExport({
+        OTEL_EXPORTER_OTLP_ENDPOINT: 'http://ignored:4318',
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://tempo:4318/otlp/v1/traces',
+        OTEL_SERVICE_NAME: 'hotplug-spec-watcher',
+        OTEL_BSP_SCHEDULE_DELAY: '250',
+      }),
+    ).toEqual({
+      tracesUrl: 'http://tempo:4318/otlp/v1/traces',
+      serviceName: 'hotplug-spec-watcher',
+      exportDelayMs: 250,
+    });
+    expect(envTraceExport({ OTEL_TRACES_EXPORTER: 'otlp' })?.tracesUrl).toBe(
+      'http://localhost:4318/v1/traces',
+    );
+  });
+
+  it('is turned off by OTEL_TRACES_EXPORTER=none or OTEL_SDK_DISABLED=true', () => {
+    const endpoint = { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318' };
+    expect(envTraceExport({ ...endpoint, OTEL_TRACES_EXPORTER: 'none' })).toBeUndefined();
+    expect(envTraceExport({ ...endpoint, OTEL_SDK_DISABLED: 'true' })).toBeUndefined();
+    expect(parseServiceBaseConfig({ ...base, ...endpoint }).traces?.tracesUrl).toBe(
+      'http://collector:4318/v1/traces',
+    );
+  });
+
+  it.each([
+    ['OTEL_EXPORTER_OTLP_ENDPOINT', { OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318' }],
+    ['OTEL_EXPORTER_OTLP_ENDPOINT', { OTEL_EXPORTER_OTLP_ENDPOINT: 'grpc://collector:4317' }],
+    ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'not a url' }],
+    ['OTEL_TRACES_EXPORTER', { OTEL_TRACES_EXPORTER: 'jaeger' }],
+    ['OTEL_EXPORTER_OTLP_PROTOCOL', { OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }],
+    ['OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', { OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/protobuf' }],
+    ['OTEL_BSP_SCHEDULE_DELAY', { OTEL_BSP_SCHEDULE_DELAY: '0' }],
+    ['OTEL_SDK_DISABLED', { OTEL_SDK_DISABLED: 'maybe' }],
+  ])('fails fast naming %s', (field, env) => {
+    expect(fieldOf(() => envTraceExport({ OTEL_TRACES_EXPORTER: 'otlp', ...env }))).toBe(field);
+  });
+
+  it('never echoes credentials in an endpoint', () => {
+    const read = (): unknown =>
+      envTraceExport({ OTEL_EXPORTER_OTLP_ENDPOINT: 'https://user:s3cret@collector:4318' });
+    expect(read).toThrow(/OTEL_EXPORTER_OTLP_HEADERS/);
+    expect(read).not.toThrow(/s3cret/);
   });
 });
 

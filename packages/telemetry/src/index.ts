@@ -18,5 +18,17 @@ export { Registry } from 'prom-client';
 export { startHealthServer } from './health.js';
 export type { HealthCheck, HealthServer, HealthServerOptions } from './health.js';
 
-export { injectTrace, extractTrace, traceFields, withSpan } from './trace.js';
+export {
+  injectTrace,
+  extractTrace,
+  extractEventTrace,
+  inTrace,
+  underSpan,
+  traceFields,
+  withSpan,
+} from './trace.js';
 export type { HeaderCarrier, SpanOptions } from './trace.js';
+export { startTracing } from './tracing.js';
+export { SpanStatusCode } from '@opentelemetry/api';
+export type { Span } from '@opentelemetry/api';
+export type { Tracing, TracingConfig } from './tracing.js';

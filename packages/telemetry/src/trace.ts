@@ -1,6 +1,7 @@
 import {
   context,
   propagation,
+  ROOT_CONTEXT,
   SpanStatusCode,
   trace,
   type Attributes,
@@ -52,6 +53,24 @@ export function extractTrace(
 ): Context {
   if (headers === undefined) return ctx;
   return propagation.extract(ctx, headers, getter);
+}
+
+/** The trace context a CloudEvent's `traceparent` (and `tracestate`) carry, as `extractTrace`. */
+export function extractEventTrace(event: { traceparent?: string; tracestate?: string }): Context {
+  if (event.traceparent === undefined) return context.active();
+  const carrier = new Map([['traceparent', event.traceparent]]);
+  if (event.tracestate !== undefined) carrier.set('tracestate', event.tracestate);
+  return extractTrace(carrier);
+}
+
+/** True when `ctx` carries a span: one of this process's, or a remote parent from headers. */
+export function inTrace(ctx: Context): boolean {
+  return trace.getSpanContext(ctx) !== undefined;
+}
+
+/** A context with `span` as its parent, to start a later span under it. */
+export function underSpan(span: Span): Context {
+  return trace.setSpan(ROOT_CONTEXT, span);
 }
 
 /** The `traceparent` (and `tracestate`) of `ctx` as strings, for the CloudEvents extension. */

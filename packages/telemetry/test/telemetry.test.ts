@@ -1,18 +1,14 @@
-import { context, propagation, trace } from '@opentelemetry/api';
-import { AsyncLocalStorageContextManager } from './context-manager.js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   childLogger,
   createLogger,
   createMetrics,
-  extractTrace,
   injectTrace,
   memoryDestination,
   startHealthServer,
   traceFields,
   withSpan,
 } from '../src/index.js';
-import { startedSpans, testTracerProvider, w3cPropagator } from './w3c.js';
 
 function headerMap(): Map<string, string> {
   return new Map<string, string>();
@@ -111,36 +107,5 @@ describe('trace context', () => {
     await withSpan('noop', () => injectTrace(headers));
     expect(headers.size).toBe(0);
     expect(traceFields()).toEqual({});
-  });
-
-  describe('with a tracer configured', () => {
-    beforeAll(() => {
-      context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
-      propagation.setGlobalPropagator(w3cPropagator);
-      trace.setGlobalTracerProvider(testTracerProvider);
-    });
-    afterAll(() => {
-      trace.disable();
-      propagation.disable();
-      context.disable();
-    });
-
-    it('carries one trace across a publish and a consume', async () => {
-      const headers = headerMap();
-      const sent = await withSpan('publish', (span) => {
-        injectTrace(headers);
-        return { traceId: span.spanContext().traceId, fields: traceFields() };
-      });
-      expect(headers.get('traceparent')).toMatch(
-        new RegExp(`^00-${sent.traceId}-[0-9a-f]{16}-01$`),
-      );
-      expect(sent.fields.traceparent).toBe(headers.get('traceparent'));
-      const received = await withSpan('consume', (span) => span.spanContext(), {
-        parent: extractTrace(headers),
-      });
-      expect(received.traceId).toBe(sent.traceId);
-      expect(startedSpans).toEqual(['publish', 'consume']);
-      await expect(withSpan('fails', () => Promise.reject(new Error('x')))).rejects.toThrow('x');
-    });
   });
 });

@@ -15,6 +15,8 @@ export { childEnv } from './config.js';
 export { placedVmi } from './kube.js';
 export { waitFor } from './wait.js';
 export type { WaitForOptions } from './wait.js';
+export { startOtlpReceiver } from './otlp.js';
+export type { OtlpReceiver, ReceivedSpan } from './otlp.js';
 export { tempDir } from './temp.js';
 export type { TempDir } from './temp.js';
 export { spawnService } from './process.js';

@@ -31,7 +31,14 @@ import {
 } from '@plugline/contracts';
 import type { EventRecorder, StatusWriterOptions } from '@plugline/kube';
 import { StatusWriter } from '@plugline/kube';
-import { childLogger, Outcome, type Logger, type PluglineMetrics } from '@plugline/telemetry';
+import {
+  childLogger,
+  extractEventTrace,
+  Outcome,
+  withSpan,
+  type Logger,
+  type PluglineMetrics,
+} from '@plugline/telemetry';
 import type { NewestOperation, Projection, ProjectionContext } from './project.js';
 import { FreshestVmis, type VmiCache } from './freshest-vmis.js';
 import { decisionNudge, REVERSED_CAUSE, reversedNudgeId } from './decision.js';
@@ -462,11 +469,19 @@ class StatusProjector implements Projector {
     }, 5000);
     const handled = (outcome: Outcome) =>
       this.#o.metrics.messagesHandled.inc({ stage: Stage.SpecWatcher, outcome }, deliveries.length);
+    const events = deliveries.map((d) => d.event);
+    const last = events.at(-1)!;
     try {
-      const wrote = await this.#applyRetrying(
-        deliveries.map((d) => d.event),
-        log,
-      );
+      // A span in the trace of the batch's last event: the step that makes a plug `Ready`.
+      const wrote = await withSpan('spec-watcher project', () => this.#applyRetrying(events, log), {
+        parent: extractEventTrace(last),
+        attributes: {
+          'plugline.stage': Stage.SpecWatcher,
+          'plugline.unit': `${first.namespace}/${first.vmi}`,
+          'plugline.events': events.map((e) => e.type.split('.').pop()).join(','),
+          'plugline.operation_id': last.data.operationId,
+        },
+      });
       log.debug({ events: deliveries.length, wrote }, 'events projected');
       for (const d of deliveries) d.msg.ack();
       handled(Outcome.Done);
