@@ -105,6 +105,10 @@ describe.skipIf(!isRoot)('traces', () => {
     const plug = await traceEndingWith(receiver, plugId, 'ready');
 
     expect(new Set(plug.map((s) => s.serviceName))).toEqual(new Set(SERVICES));
+    // `--wait` names the trace, for the operator to look it up.
+    expect(plugged.out).toMatch(
+      new RegExp(`^Volume data is Ready as sda after \\S+ \\(trace ${plug[0]!.traceId}\\)$`, 'm'),
+    );
     // It starts where the spec change was seen, and each stage hangs off the one that nudged it:
     // the orchestrator's look once the pod runs continues the trace of the plug it waited for.
     expect(rootOf(plug)).toMatchObject({
@@ -144,6 +148,9 @@ describe.skipIf(!isRoot)('traces', () => {
       )?.attributes['plugline.operation_id'] as string | undefined;
     const unplug = await traceEndingWith(receiver, unplugId, 'released');
     expect(unplug[0]!.traceId).not.toBe(plug[0]!.traceId);
+    expect(unplugged.out).toMatch(
+      new RegExp(`^Volume data was removed after \\S+ \\(trace ${unplug[0]!.traceId}\\)$`, 'm'),
+    );
     expect(new Set(unplug.map((s) => s.serviceName))).toEqual(new Set(SERVICES));
     expect(rootOf(unplug)).toMatchObject({
       serviceName: 'spec-watcher',

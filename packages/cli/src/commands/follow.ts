@@ -1,5 +1,10 @@
 /** The `--wait` part shared by addvolume and removevolume. */
-import { eventTypeOf, type OperationKind, type VolumeStatus } from '@plugline/contracts';
+import {
+  eventTypeOf,
+  type OperationKind,
+  type VolumeEvent,
+  type VolumeStatus,
+} from '@plugline/contracts';
 import type { KubeClient } from '@plugline/kube';
 import type { CliConfig } from '../config.js';
 import { CliError, ExitCode } from '../errors.js';
@@ -43,6 +48,14 @@ async function confirmStatus(
     if (Date.now() > deadline) return false;
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+const TRACEPARENT = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/;
+
+/** ` (trace <id>)` when the services export traces (the event carries its `traceparent`). */
+function traceSuffix(event: VolumeEvent | undefined): string {
+  const id = TRACEPARENT.exec(event?.traceparent ?? '')?.[1];
+  return id === undefined ? '' : ` (trace ${id})`;
 }
 
 export interface FollowSpec {
@@ -90,12 +103,13 @@ export async function openFollower(config: CliConfig, io: Io, spec: FollowSpec):
       );
     }
     const total = formatDuration(outcome.elapsedMs);
+    const trace = traceSuffix(outcome.last);
     if (outcome.result === WaitResult.Done) {
       const target = outcome.last?.data.target;
       io.out(
         operation === 'plug'
-          ? `Volume ${volume} is Ready${target ? ` as ${target}` : ''} after ${total}\n`
-          : `Volume ${volume} was removed after ${total}\n`,
+          ? `Volume ${volume} is Ready${target ? ` as ${target}` : ''} after ${total}${trace}\n`
+          : `Volume ${volume} was removed after ${total}${trace}\n`,
       );
       return ExitCode.Ok;
     }
@@ -103,7 +117,7 @@ export async function openFollower(config: CliConfig, io: Io, spec: FollowSpec):
       const lastType = outcome.last === undefined ? 'no event yet' : eventTypeOf(outcome.last);
       throw new CliError(
         `timed out after ${formatDuration(timeoutMs)} waiting for volume ${volume} ` +
-          `(last: ${lastType})`,
+          `(last: ${lastType})${trace}`,
         ExitCode.Timeout,
         'Timeout',
       );
@@ -113,7 +127,8 @@ export async function openFollower(config: CliConfig, io: Io, spec: FollowSpec):
     throw new CliError(
       d === undefined
         ? `the event stream ended before volume ${volume} finished`
-        : `volume ${volume} failed at stage ${d.stage}: ${d.reason ?? 'Failed'}: ${d.message ?? ''}`.trimEnd(),
+        : `volume ${volume} failed at stage ${d.stage}: ${d.reason ?? 'Failed'}: ${d.message ?? ''}`.trimEnd() +
+            trace,
       ExitCode.Failed,
       d?.reason ?? 'Failed',
     );
