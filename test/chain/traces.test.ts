@@ -56,6 +56,10 @@ function spanOf(spans: readonly ReceivedSpan[], service: string, cause?: string)
   return found;
 }
 
+function parentOf(spans: readonly ReceivedSpan[], span: ReceivedSpan): ReceivedSpan | undefined {
+  return spans.find((s) => s.spanId === span.parentSpanId);
+}
+
 /** The trace's one root (every other span's parent is in the trace: see traceEndingWith). */
 function rootOf(spans: readonly ReceivedSpan[]): ReceivedSpan {
   const roots = spans.filter((s) => s.parentSpanId === undefined);
@@ -116,12 +120,14 @@ describe.skipIf(!isRoot)('traces', () => {
       attributes: { 'plugline.cause': 'spec', 'plugline.operation': 'plug' },
     });
     const requested = spanOf(plug, 'attachment-orchestrator', 'requested');
-    const podRunning = spanOf(plug, 'attachment-orchestrator', 'informer-pod');
     const mounter = spanOf(plug, 'node-mounter');
     const updater = spanOf(plug, 'domain-updater');
     expect(requested.attributes['plugline.outcome']).toBe('waiting');
-    expect(podRunning.parentSpanId).toBe(requested.spanId);
-    expect(mounter.parentSpanId).toBe(podRunning.spanId);
+    expect(parentOf(plug, mounter)).toMatchObject({
+      serviceName: 'attachment-orchestrator',
+      parentSpanId: requested.spanId,
+      attributes: { 'plugline.cause': 'informer-pod' },
+    });
     expect(updater.parentSpanId).toBe(mounter.spanId);
     for (const s of [requested, mounter, updater]) {
       expect(s.attributes['plugline.operation_id']).toBe(plugId());
@@ -160,19 +166,24 @@ describe.skipIf(!isRoot)('traces', () => {
     // the attachment pod to go.
     const root = rootOf(unplug);
     const requestedDetach = spanOf(unplug, 'domain-updater', 'unplug-requested');
-    const detached = spanOf(unplug, 'domain-updater', 'device-removed');
     const unmounted = spanOf(unplug, 'node-mounter');
     const release = spanOf(unplug, 'attachment-orchestrator', 'unmounted-from-pod');
     expect(requestedDetach).toMatchObject({
       parentSpanId: root.spanId,
       attributes: { 'plugline.outcome': 'waiting' },
     });
-    expect(detached.parentSpanId).toBe(requestedDetach.spanId);
-    expect(unmounted.parentSpanId).toBe(detached.spanId);
+    expect(parentOf(unplug, unmounted)).toMatchObject({
+      serviceName: 'domain-updater',
+      parentSpanId: requestedDetach.spanId,
+      attributes: { 'plugline.cause': 'device-removed' },
+    });
     expect(release.parentSpanId).toBe(unmounted.spanId);
-    expect(spanOf(unplug, 'attachment-orchestrator', 'informer-pod').parentSpanId).toBe(
-      release.spanId,
-    );
+    expect(
+      unplug.filter(
+        (s) =>
+          s.attributes['plugline.cause'] === 'informer-pod' && s.parentSpanId === release.spanId,
+      ),
+    ).not.toEqual([]);
     expect(unplug.filter((s) => s.statusCode === 2)).toEqual([]);
     expect(receiver.refused).toBe(0);
   }, 120_000);

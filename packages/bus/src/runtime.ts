@@ -19,6 +19,7 @@ import {
   extractTrace,
   inTrace,
   Outcome,
+  ROOT_CONTEXT,
   SpanStatusCode,
   withSpan,
   WorkStep,
@@ -631,7 +632,9 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
           }
         : {}),
     };
-    await this.#handleItem(settler, decoded.value, steps, extractTrace(msg.headers));
+    // Its trace is its headers' (none without them): not the consume loop's active context.
+    const parent = extractTrace(msg.headers, ROOT_CONTEXT);
+    await this.#handleItem(settler, decoded.value, steps, parent);
   }
 
   /** Acks a delivery after its nak; on a closed connection the item comes back at its delay. */
@@ -659,7 +662,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       term: () => undefined,
       working: () => undefined,
     };
-    const task = this.#handleItem(settler, item, steps, extractTrace(undefined)).finally(() => {
+    // No parent: an informer's change caused it, not the span active where its watch was opened.
+    const task = this.#handleItem(settler, item, steps, ROOT_CONTEXT).finally(() => {
       this.#slots.release();
       this.#running.delete(task);
     });

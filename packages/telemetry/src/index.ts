@@ -29,6 +29,6 @@ export {
 } from './trace.js';
 export type { HeaderCarrier, SpanOptions } from './trace.js';
 export { startTracing } from './tracing.js';
-export { SpanStatusCode } from '@opentelemetry/api';
+export { ROOT_CONTEXT, SpanStatusCode } from '@opentelemetry/api';
 export type { Span } from '@opentelemetry/api';
 export type { Tracing, TracingConfig } from './tracing.js';

@@ -55,12 +55,15 @@ export function extractTrace(
   return propagation.extract(ctx, headers, getter);
 }
 
-/** The trace context a CloudEvent's `traceparent` (and `tracestate`) carry, as `extractTrace`. */
+/**
+ * The trace context a CloudEvent's `traceparent` (and `tracestate`) carry; without one, a context
+ * with no trace (whatever span is active where the event arrived did not cause it).
+ */
 export function extractEventTrace(event: { traceparent?: string; tracestate?: string }): Context {
-  if (event.traceparent === undefined) return context.active();
+  if (event.traceparent === undefined) return ROOT_CONTEXT;
   const carrier = new Map([['traceparent', event.traceparent]]);
   if (event.tracestate !== undefined) carrier.set('tracestate', event.tracestate);
-  return extractTrace(carrier);
+  return extractTrace(carrier, ROOT_CONTEXT);
 }
 
 /** True when `ctx` carries a span: one of this process's, or a remote parent from headers. */
