@@ -13,6 +13,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isRoot, plugctlIn, startChain, type ChainFixture } from './helpers.js';
 
+const NS = 'traces';
 const SERVICES = ['spec-watcher', 'attachment-orchestrator', 'node-mounter', 'domain-updater'];
 
 /**
@@ -87,30 +88,38 @@ describe.skipIf(!isRoot)('traces', () => {
     await receiver?.close();
   }, 60_000);
 
-  it('one plug is one trace across the four services, and so is its unplug', async () => {
-    const ns = 'traces';
-    await ensureNamespace(chain.stack.kc, ns);
-    await chain.stack.createVmi({ namespace: ns, name: 'vm' });
-    await createPvc(chain.stack.kc, { namespace: ns, name: 'data', mode: 'Filesystem' });
-    const plugged = await plugctlIn(
-      chain.stack,
-      'addvolume',
-      'vm',
-      '-n',
-      ns,
-      '--volume-name=data',
-      '--wait',
-    );
-    expect(plugged.code).toBe(0);
-    const plugId = (): string | undefined =>
+  /**
+   * Runs `plugctl <command> --wait` on the test's volume and returns what it printed and the trace
+   * of its operation (named by node-mounter's span of that operation).
+   */
+  async function traced(
+    command: 'addvolume' | 'removevolume',
+    operation: 'plug' | 'unplug',
+    lastEvent: string,
+  ): Promise<{ out: string; spans: ReceivedSpan[]; operationId: string | undefined }> {
+    const r = await plugctlIn(chain.stack, command, 'vm', '-n', NS, '--volume-name=data', '--wait');
+    expect(r.code).toBe(0);
+    const operationId = (): string | undefined =>
       receiver.spans.find(
-        (s) => s.serviceName === 'node-mounter' && s.attributes['plugline.operation'] === 'plug',
+        (s) => s.serviceName === 'node-mounter' && s.attributes['plugline.operation'] === operation,
       )?.attributes['plugline.operation_id'] as string | undefined;
-    const plug = await traceEndingWith(receiver, plugId, 'ready');
+    const spans = await traceEndingWith(receiver, operationId, lastEvent);
+    return { out: r.out, spans, operationId: operationId() };
+  }
+
+  it('one plug is one trace across the four services, and so is its unplug', async () => {
+    await ensureNamespace(chain.stack.kc, NS);
+    await chain.stack.createVmi({ namespace: NS, name: 'vm' });
+    await createPvc(chain.stack.kc, { namespace: NS, name: 'data', mode: 'Filesystem' });
+    const {
+      out: plugged,
+      spans: plug,
+      operationId: plugId,
+    } = await traced('addvolume', 'plug', 'ready');
 
     expect(new Set(plug.map((s) => s.serviceName))).toEqual(new Set(SERVICES));
     // `--wait` names the trace, for the operator to look it up.
-    expect(plugged.out).toMatch(
+    expect(plugged).toMatch(
       new RegExp(`^Volume data is Ready as sda after \\S+ \\(trace ${plug[0]!.traceId}\\)$`, 'm'),
     );
     // It starts where the spec change was seen, and each stage hangs off the one that nudged it:
@@ -130,7 +139,7 @@ describe.skipIf(!isRoot)('traces', () => {
     });
     expect(updater.parentSpanId).toBe(mounter.spanId);
     for (const s of [requested, mounter, updater]) {
-      expect(s.attributes['plugline.operation_id']).toBe(plugId());
+      expect(s.attributes['plugline.operation_id']).toBe(plugId);
     }
     expect([mounter, updater].map((s) => s.attributes['plugline.outcome'])).toEqual([
       'done',
@@ -138,23 +147,9 @@ describe.skipIf(!isRoot)('traces', () => {
     ]);
     expect(plug.filter((s) => s.statusCode === 2)).toEqual([]);
 
-    const unplugged = await plugctlIn(
-      chain.stack,
-      'removevolume',
-      'vm',
-      '-n',
-      ns,
-      '--volume-name=data',
-      '--wait',
-    );
-    expect(unplugged.code).toBe(0);
-    const unplugId = (): string | undefined =>
-      receiver.spans.find(
-        (s) => s.serviceName === 'node-mounter' && s.attributes['plugline.operation'] === 'unplug',
-      )?.attributes['plugline.operation_id'] as string | undefined;
-    const unplug = await traceEndingWith(receiver, unplugId, 'released');
+    const { out: unplugged, spans: unplug } = await traced('removevolume', 'unplug', 'released');
     expect(unplug[0]!.traceId).not.toBe(plug[0]!.traceId);
-    expect(unplugged.out).toMatch(
+    expect(unplugged).toMatch(
       new RegExp(`^Volume data was removed after \\S+ \\(trace ${unplug[0]!.traceId}\\)$`, 'm'),
     );
     expect(new Set(unplug.map((s) => s.serviceName))).toEqual(new Set(SERVICES));
