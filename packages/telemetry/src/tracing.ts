@@ -8,7 +8,7 @@ import {
 } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 
-/** Where and how a service exports its spans (see the README's "Traces"). */
+/** Where and how a service exports its spans (the README's "Seeing where a volume is"). */
 export interface TracingConfig {
   /** The OTLP/HTTP traces endpoint, e.g. `http://collector:4318/v1/traces`. */
   readonly tracesUrl: string;
