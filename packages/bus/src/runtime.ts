@@ -19,6 +19,7 @@ import {
   extractTrace,
   inTrace,
   Outcome,
+  recordSpan,
   ROOT_CONTEXT,
   SpanStatusCode,
   withSpan,
@@ -873,7 +874,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         const result = await this.#run(
           settler,
           item,
-          { unit, reading, delivery, published: lease.handover, steps },
+          { unit, reading, delivery, published: lease.handover, steps, span },
           log,
         );
         outcome = this.#settleMessage(settler, result, log);
@@ -1057,12 +1058,14 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       delivery,
       published,
       steps,
+      span,
     }: {
       unit: string;
       reading: UnitReading;
       delivery: Delivery;
       published: number | undefined;
       steps: StepTimer;
+      span: Span;
     },
     log: Logger,
   ): Promise<RunResult> {
@@ -1088,7 +1091,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     });
     let snapshot: AnyMachineSnapshot;
     try {
-      snapshot = await this.#runUntilSettled(actor, event as EventFromLogic<TMachine>, signal);
+      const sent = event as EventFromLogic<TMachine>;
+      snapshot = await this.#runUntilSettled(actor, sent, signal, span);
     } catch (err) {
       actor.stop();
       throw err;
@@ -1166,6 +1170,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     actor: AnyActorRef & { getSnapshot(): AnyMachineSnapshot },
     event: EventFromLogic<TMachine>,
     signal: AbortSignal,
+    span: Span,
   ): Promise<AnyMachineSnapshot> {
     const timeoutMs = this.#o.settleTimeoutMs ?? 600_000;
     const started = new Map<string, { src: string; at: number }>();
@@ -1185,7 +1190,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       const check = (): void => {
         if (!sent) return; // the initial snapshot, before our event, is not the answer
         const snap = current();
-        this.#timeEffects(snap, started);
+        this.#timeEffects(snap, started, span);
         if (isSettled(snap)) finish(undefined);
       };
       const onAbort = (): void =>
@@ -1207,7 +1212,15 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     });
   }
 
-  #timeEffects(snap: AnyMachineSnapshot, started: Map<string, { src: string; at: number }>): void {
+  /**
+   * Times each effect actor from the snapshot it appears in to the one it is gone from, into
+   * `plugline_effect_duration_seconds` and, when traces are exported, a span under the handling's.
+   */
+  #timeEffects(
+    snap: AnyMachineSnapshot,
+    started: Map<string, { src: string; at: number }>,
+    span: Span,
+  ): void {
     const children = snap.children as Record<string, AnyActorRef | undefined>;
     const now = performance.now();
     for (const [id, child] of Object.entries(children)) {
@@ -1218,6 +1231,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     for (const [id, { src, at }] of started) {
       if (children[id] === undefined) {
         this.#metrics.effectDuration.observe({ stage: this.stage, effect: src }, (now - at) / 1000);
+        if (span.isRecording()) {
+          recordSpan(`${this.stage} ${src}`, at, now, underSpan(span), {
+            'plugline.stage': this.stage,
+            'plugline.effect': src,
+          });
+        }
         started.delete(id);
       }
     }

@@ -23,6 +23,7 @@ export {
   extractTrace,
   extractEventTrace,
   inTrace,
+  recordSpan,
   underSpan,
   traceFields,
   withSpan,

@@ -126,3 +126,18 @@ export async function withSpan<T>(
     },
   );
 }
+
+/**
+ * Records a span that already happened, from `startMs` to `endMs` (`performance.now()` times),
+ * under `parent`: an effect the handling's machine ran, timed from its snapshots.
+ */
+export function recordSpan(
+  name: string,
+  startMs: number,
+  endMs: number,
+  parent: Context,
+  attributes: Attributes = {},
+): void {
+  const span = trace.getTracer(TRACER).startSpan(name, { startTime: startMs, attributes }, parent);
+  span.end(endMs);
+}
