@@ -892,8 +892,9 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       log.warn({ err }, 'work item failed; retrying with backoff');
       settler.nak(this.#retryDelay(settler.attempt));
       outcome = Outcome.Retry;
-      span.recordException(asError(err));
-      span.setStatus({ code: SpanStatusCode.ERROR, message: asError(err).message });
+      const error = asError(err);
+      span.recordException(error);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
     } finally {
       // What an operator looking at the trace asks first: did this look finish the step?
       span.setAttribute('plugline.outcome', outcome);

@@ -53,6 +53,7 @@ export {
   EVENT_TYPES,
   CLOUDEVENT_TYPE_PREFIX,
   eventTypeOf,
+  traceIdOf,
   keyOfEvent,
   eventMsgId,
   workMsgId,

@@ -106,6 +106,14 @@ export function eventTypeOf(event: VolumeEvent): EventType {
   return event.type.slice(CLOUDEVENT_TYPE_PREFIX.length) as EventType;
 }
 
+/** W3C trace context's `traceparent`: version, trace id, parent span id, flags. */
+const TRACEPARENT = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/;
+
+/** The id of the trace an event was published in; undefined when no traces are exported. */
+export function traceIdOf(event: VolumeEvent): string | undefined {
+  return TRACEPARENT.exec(event.traceparent ?? '')?.[1];
+}
+
 export function keyOfEvent(event: VolumeEvent): VolumeKey {
   const [namespace = '', vmi = '', volume = ''] = event.subject.split('/');
   return { namespace, vmi, volume };
@@ -310,12 +318,7 @@ function envelopeProblems(o: Json): string[] {
   if (!isTimestamp(o.time)) problems.push('time is not a timestamp');
   if (o.datacontenttype !== 'application/json')
     problems.push('datacontenttype must be application/json');
-  if (
-    !isOptional(
-      o.traceparent,
-      (v) => isString(v) && /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/.test(v),
-    )
-  ) {
+  if (!isOptional(o.traceparent, (v) => isString(v) && TRACEPARENT.test(v))) {
     problems.push('traceparent is malformed');
   }
   const parts = isString(o.subject) ? o.subject.split('/') : [];

@@ -478,7 +478,7 @@ class StatusProjector implements Projector {
         attributes: {
           'plugline.stage': Stage.SpecWatcher,
           'plugline.unit': `${first.namespace}/${first.vmi}`,
-          'plugline.events': events.map((e) => e.type.split('.').pop()).join(','),
+          'plugline.events': events.map(eventTypeOf).join(','),
           'plugline.operation_id': last.data.operationId,
         },
       });

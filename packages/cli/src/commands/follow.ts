@@ -1,6 +1,7 @@
 /** The `--wait` part shared by addvolume and removevolume. */
 import {
   eventTypeOf,
+  traceIdOf,
   type OperationKind,
   type VolumeEvent,
   type VolumeStatus,
@@ -50,11 +51,9 @@ async function confirmStatus(
   }
 }
 
-const TRACEPARENT = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/;
-
 /** ` (trace <id>)` when the services export traces (the event carries its `traceparent`). */
 function traceSuffix(event: VolumeEvent | undefined): string {
-  const id = TRACEPARENT.exec(event?.traceparent ?? '')?.[1];
+  const id = event === undefined ? undefined : traceIdOf(event);
   return id === undefined ? '' : ` (trace ${id})`;
 }
 
