@@ -67,6 +67,7 @@ export {
   defaultDisposition,
   isSettled,
   readUnitContext,
+  readUnitState,
   StageTag,
   waitsOnNothing,
 } from './runtime.js';
@@ -95,6 +96,7 @@ export type {
   WorkEvent,
   Disposition,
   Delivery,
+  UnitState,
 } from './runtime.js';
 
 export {

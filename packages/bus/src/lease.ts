@@ -168,4 +168,15 @@ function leaseValue(entry: KvEntry): LeaseValue {
   }
 }
 
+/**
+ * The {@link Lease.handover} a unit's lease carries now (undefined when it has none, or no lease
+ * was ever written): for a reader beside the stage, which cannot take the lease.
+ */
+export async function leaseHandover(kv: KV, unitKey: string): Promise<number | undefined> {
+  const entry = await kv.get(kvKey(unitKey));
+  if (entry === null) return undefined;
+  const { handover } = leaseValue(entry);
+  return typeof handover === 'number' ? handover : undefined;
+}
+
 export { isCasFailure };

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
-import type { KV } from '@nats-io/kv';
+import type { KV, KvEntry } from '@nats-io/kv';
 import {
   asError,
   deadLetterSubject,
@@ -40,11 +40,11 @@ import {
 import type { Bus } from './connection.js';
 import { LeaseLostError, SettleTimeoutError } from './errors.js';
 import { BoundedMap } from './bounded-map.js';
-import { isCasFailure, LeaseManager } from './lease.js';
+import { isCasFailure, leaseHandover, LeaseManager } from './lease.js';
 import { durableName, kvKey, StreamName } from './names.js';
 import { ServerFeature, supportsFeature } from './version.js';
 import { failedEvent, toOutboxEntry, type OutboxEntry } from './outbox.js';
-import { ensureStageBuckets } from './provision.js';
+import { ensureStageBuckets, type StageBuckets } from './provision.js';
 import { HeldItems } from './held.js';
 import { ParkedItems } from './parked.js';
 import { Slots } from './slots.js';
@@ -267,11 +267,53 @@ interface UnitRecord {
  * the newest, after a restart. The shape is the stage machine's own; validate it.
  */
 export async function readUnitContext(snapshots: KV, unit: string): Promise<unknown> {
-  const entry = await snapshots.get(kvKey(unit));
+  return recordOf(await snapshots.get(kvKey(unit)))?.record.snapshot?.context;
+}
+
+/** What a reader beside a stage can tell of one of its units (see {@link readUnitState}). */
+export interface UnitState {
+  /** The context of the snapshot the stage last wrote (the machine's own shape). */
+  readonly context: unknown;
+  /**
+   * The facts and work that snapshot's handling emitted may never have gone out: its writer
+   * stopped between writing the snapshot and publishing them (a crash), so the unit's lease does
+   * not hand over its revision. The unit's next handling publishes them (see #loadAndObserve);
+   * a unit that nothing will handle again needs a nudge.
+   */
+  readonly outboxUnpublished: boolean;
+}
+
+/**
+ * The unit's snapshot context and whether its outbox may be unpublished (two reads, side by side;
+ * undefined when the unit has no snapshot), from the stage's buckets ({@link ensureStageBuckets}).
+ */
+export async function readUnitState(
+  buckets: StageBuckets,
+  unit: string,
+): Promise<UnitState | undefined> {
+  const [entry, handover] = await Promise.all([
+    buckets.snapshots.get(kvKey(unit)),
+    leaseHandover(buckets.leases, unit),
+  ]);
+  const read = recordOf(entry);
+  if (read === undefined) return undefined;
+  const outbox = read.record.outbox;
+  return {
+    context: read.record.snapshot?.context,
+    outboxUnpublished: Array.isArray(outbox) && outbox.length > 0 && handover !== read.revision,
+  };
+}
+
+/** A unit record as a reader beside the stage parses it: any field may be missing. */
+type LooseRecord = Partial<Omit<UnitRecord, 'snapshot'>> & { snapshot?: { context?: unknown } };
+
+/** A snapshot entry's record, parsed loosely (a reader beside the stage must not throw). */
+function recordOf(entry: KvEntry | null): { record: LooseRecord; revision: number } | undefined {
   if (entry === null || entry.operation !== 'PUT') return undefined;
   try {
-    const record = JSON.parse(decoder.decode(entry.value)) as Partial<UnitRecord>;
-    return (record.snapshot as { context?: unknown } | undefined)?.context;
+    const record = JSON.parse(decoder.decode(entry.value)) as LooseRecord | null;
+    if (typeof record !== 'object' || record === null) return undefined;
+    return { record, revision: entry.revision };
   } catch {
     return undefined;
   }

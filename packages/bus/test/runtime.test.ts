@@ -16,6 +16,7 @@ import {
   provision,
   kvKey,
   LeaseManager,
+  readUnitState,
   runStage,
   snapshotBucket,
   StreamName,
@@ -157,9 +158,12 @@ describe('runStage', () => {
     await sendWork(bus, item);
     await waitFor(async () => (await persistedState(bus, unitKey(item)))?.value === 'applied');
     await waitFor(async () => (await backlog(bus)) === 0);
+    const buckets = await ensureStageBuckets(bus, 'spec-watcher');
+    // What a reader beside the stage sees: the fact the handling emitted went out.
+    expect((await readUnitState(buckets, unitKey(item)))?.outboxUnpublished).toBe(false);
     // Another worker took the unit, wrote its next snapshot with a fact in its outbox, and
     // crashed; its lease runs out.
-    const { leases } = await ensureStageBuckets(bus, 'spec-watcher');
+    const { leases } = buckets;
     const crashed = await new LeaseManager(leases, 'worker-crashed', 300).acquire(unitKey(item));
     expect(crashed.ok).toBe(true);
     const left = buildEvent({
@@ -173,12 +177,18 @@ describe('runStage', () => {
     });
     const kv = await bus.kvm.open(snapshotBucket('spec-watcher'));
     const entry = (await kv.get(kvKey(unitKey(item))))!;
-    const record = entry.json<Record<string, unknown>>();
+    const record = entry.json<{ snapshot: { context: unknown } }>();
     const withOutbox = { ...record, outbox: [{ kind: 'event', event: left }] };
     await kv.update(kvKey(unitKey(item)), JSON.stringify(withOutbox), entry.revision);
+    expect(await readUnitState(buckets, unitKey(item))).toMatchObject({
+      context: record.snapshot.context,
+      outboxUnpublished: true,
+    });
 
     await sendWork(bus, { ...item, cause: 'resync' });
     await waitFor(async () => (await readEvents(bus)).some((e) => e.id === 'id-left-behind'));
+    await waitFor(async () => (await backlog(bus)) === 0);
+    expect((await readUnitState(buckets, unitKey(item)))?.outboxUnpublished).toBe(false);
     expect(stage.bound()).toBe(true);
   });
 

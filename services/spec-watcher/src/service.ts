@@ -4,6 +4,7 @@ import {
   provision,
   Publisher,
   readUnitContext,
+  readUnitState,
   runStage,
   Slots,
 } from '@plugline/bus';
@@ -56,6 +57,8 @@ export interface SpecWatcherDeps {
   readonly metrics?: PluglineMetrics;
   /** Identifies this worker in leases (default a random id). */
   readonly workerId?: string;
+  /** What publishes its events and work (default: one made on the bus). */
+  readonly publisher?: Publisher;
 }
 
 /** A running spec-watcher. */
@@ -100,6 +103,18 @@ async function currentVmi(
   }
 }
 
+/** A volume's book as a resync sees it. */
+interface BookView {
+  /** The direction of the operation the decision last issued; undefined with no book. */
+  direction: OperationKind | undefined;
+  /**
+   * The request the decision booked may never have been published: the watcher stopped between
+   * writing the book and publishing (a crash). Its decision handles nudges made here, which no
+   * stream keeps, so only a nudge gets the unit handled again, and with it the request out.
+   */
+  requestUnpublished: boolean;
+}
+
 interface Wiring {
   vmis: VmiInformer;
   vms: VmInformer;
@@ -113,14 +128,11 @@ interface Wiring {
    */
   stage?: StageRunner;
   /**
-   * The direction of the operation the decision of a volume last issued (its book), once the
-   * decision stage runs: a `Ready` entry of a volume in the spec whose book unplugs it is not at
-   * its end.
+   * What the decision of a volume last issued (its book), once the decision stage runs: a
+   * `Ready` entry of a volume in the spec is not at its end when its book unplugs it, or when the
+   * book's request may never have gone out (see {@link BookView}).
    */
-  bookedDirection?: (
-    vmi: VirtualMachineInstance,
-    volume: string,
-  ) => Promise<OperationKind | undefined>;
+  readBook?: (vmi: VirtualMachineInstance, volume: string) => Promise<BookView>;
   log: Logger;
   signal: AbortSignal;
 }
@@ -192,19 +204,20 @@ function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
   if (w.vms.get(namespace, name) !== undefined) w.templateSync.nudge(namespace, name);
 }
 
-/** Books read at once by a resync (one KV read per `Ready` volume in a spec). */
+/** Books read at once by a resync (two KV reads, side by side, per `Ready` volume in a spec). */
 const BOOK_READS_AT_ONCE = 16;
 
 /**
  * Resync: a decision nudge (cause `resync`) for every hotplug volume not at its desired end,
  * so the decision re-sends the current operation's work to the stage that moves it next. A
- * `Ready` volume in the spec is at its end unless its book unplugs it.
+ * `Ready` volume in the spec is at its end unless its book unplugs it or its book's request may
+ * not have gone out.
  */
 async function resyncAll(w: Wiring, now: Date = new Date()): Promise<number> {
   const round = `resync-${now.getTime().toString(36)}`;
   const items: WorkItem[] = [];
   const live = new Set<string>();
-  const readyButUnplugged: Promise<void>[] = [];
+  const readyButNotDone: Promise<void>[] = [];
   const bookReads = new Slots(BOOK_READS_AT_ONCE);
   for (const vmi of w.vmis.list()) {
     if (vmi.metadata.uid === undefined || vmi.metadata.deletionTimestamp !== undefined) continue;
@@ -216,15 +229,18 @@ async function resyncAll(w: Wiring, now: Date = new Date()): Promise<number> {
         nudge();
         continue;
       }
-      // Ready, unless the book unplugs it: it came back into the spec before any stage moved
-      // its entry, and its nudge was lost (or made while this watcher was down).
-      const booked = w.bookedDirection;
-      if (booked === undefined) continue;
-      readyButUnplugged.push(
+      // Ready, unless the book unplugs it (it came back into the spec before any stage moved its
+      // entry, and its nudge was lost or made while this watcher was down), or the book's newer
+      // request never went out (the watcher crashed between writing the book and publishing it,
+      // after the volume went out of the spec and back: the entry is the older plug's).
+      const readBook = w.readBook;
+      if (readBook === undefined) continue;
+      readyButNotDone.push(
         (async () => {
           await bookReads.acquire();
           try {
-            if ((await booked(vmi, volume)) === 'unplug') nudge();
+            const book = await readBook(vmi, volume);
+            if (book.direction === 'unplug' || book.requestUnpublished) nudge();
           } catch (err) {
             w.log.debug({ err, volume }, 'reading the book of a Ready volume');
           } finally {
@@ -234,7 +250,7 @@ async function resyncAll(w: Wiring, now: Date = new Date()): Promise<number> {
       );
     }
   }
-  await Promise.all(readyButUnplugged);
+  await Promise.all(readyButNotDone);
   w.nudged.retainOnly(live);
   for (const vm of w.vms.list()) {
     const { namespace = 'default', name = '' } = vm.metadata;
@@ -289,7 +305,7 @@ export async function startSpecWatcher(
     });
     await ensureProjectorConsumer(bus, { ackWaitMs: config.ackWaitMs });
     const client = new KubeClient({ kc, fieldManager: 'spec-watcher', logger: log });
-    const publisher = new Publisher(bus, { logger: log, metrics });
+    const publisher = deps.publisher ?? new Publisher(bus, { logger: log, metrics });
     const templateSync = new TemplateSync({ client, vms, vmis, logger: log });
     const w: Wiring = {
       vmis,
@@ -336,14 +352,18 @@ export async function startSpecWatcher(
       component: 'plugline-spec-watcher',
       logger: log,
     });
-    const { snapshots: decisions } = await ensureStageBuckets(bus, Stage.SpecWatcher);
-    w.bookedDirection = async (vmi, volume) => {
+    const decisionBuckets = await ensureStageBuckets(bus, Stage.SpecWatcher);
+    const decisions = decisionBuckets.snapshots;
+    w.readBook = async (vmi, volume) => {
       const { namespace = 'default', name = '', uid = '' } = vmi.metadata;
-      const context = await readUnitContext(
-        decisions,
+      const unit = await readUnitState(
+        decisionBuckets,
         decisionUnit({ namespace, vmi: name, volume }),
       );
-      return bookedOperation(context, uid)?.operation;
+      return {
+        direction: bookedOperation(unit?.context, uid)?.operation,
+        requestUnpublished: unit?.outboxUnpublished === true,
+      };
     };
     projector = await startProjector({
       bus,

@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectBus, StreamName } from '@plugline/bus';
-import type { Bus } from '@plugline/bus';
+import { connectBus, Publisher, StreamName } from '@plugline/bus';
+import type { Bus, PublishKind, RawPublish } from '@plugline/bus';
 import {
   EVENTS_PLACEHOLDER_SUBJECT,
   buildEvent,
@@ -46,6 +46,7 @@ let metrics: PluglineMetrics;
 async function startService(
   workerId: string,
   env: Record<string, string> = {},
+  publisher?: Publisher,
 ): Promise<SpecWatcherService> {
   const config = parseConfig({
     ...env,
@@ -58,13 +59,61 @@ async function startService(
   });
   metrics = createMetrics(undefined, { processMetrics: false });
   const logger = createLogger({ level: 'debug' }, memoryDestination());
-  service = await startSpecWatcher(config, { logger, bus, metrics, workerId });
+  service = await startSpecWatcher(config, {
+    logger,
+    bus,
+    metrics,
+    workerId,
+    ...(publisher === undefined ? {} : { publisher }),
+  });
   return service;
 }
 
 async function stopService(): Promise<void> {
   await service?.stop();
   service = undefined;
+}
+
+/**
+ * Fails every publish about one volume (by subject) once armed, as if the process had died
+ * before it: what a crash between a stage's snapshot write and its publish leaves behind.
+ */
+class LosingPublisher extends Publisher {
+  readonly lost: RawPublish[] = [];
+  armed = false;
+  readonly #tokens: string;
+
+  constructor(bus: Bus, vmiName: string, volume: string) {
+    super(bus);
+    this.#tokens = `.${encodeToken(ns)}.${encodeToken(vmiName)}.${encodeToken(volume)}`;
+  }
+
+  #loses(message: RawPublish): boolean {
+    if (!this.armed) return false;
+    // A work item's subject ends with the volume's token; an event's goes on with its type.
+    const { subject } = message;
+    return subject.endsWith(this.#tokens) || subject.includes(`${this.#tokens}.`);
+  }
+
+  override async publish(message: RawPublish, kind: PublishKind, signal?: AbortSignal) {
+    if (this.#loses(message)) {
+      this.lost.push(message);
+      throw new Error('lost in a crash');
+    }
+    return super.publish(message, kind, signal);
+  }
+
+  override async publishInOrder(
+    messages: readonly { message: RawPublish; kind: PublishKind }[],
+    signal?: AbortSignal,
+  ): Promise<void> {
+    const losing = messages.filter(({ message }) => this.#loses(message));
+    if (losing.length > 0) {
+      this.lost.push(...losing.map(({ message }) => message));
+      throw new Error('lost in a crash');
+    }
+    return super.publishInOrder(messages, signal);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -758,6 +807,29 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     }
     expect(statusOf(name, 'back')?.phase).toBe('Ready');
     expect((await newRequest(name, 'back', known)).data.operation).toBe('plug');
+  });
+
+  it('a crash between writing the book and publishing its request is repaired by the restarted watcher', async () => {
+    const name = `crash-${randomBytes(3).toString('hex')}`;
+    const torn = new LosingPublisher(bus, name, 'torn');
+    await stopService();
+    await startService('worker-crashing', {}, torn);
+    const known = await readyThenRemoved(name, 'torn');
+    // The volume comes back and the decision books a new plug, but the watcher "dies" before the
+    // request goes out: every publish about the volume fails from then on, the nudge behind it
+    // included (a real crash loses that too). The entry stays the older plug's `Ready` and the
+    // book is a plug: neither the spec nor the status shows anything left to do.
+    torn.armed = true;
+    addVolume(name, 'torn');
+    await waitFor(() => torn.lost.some((m) => m.subject.endsWith('.requested')) || undefined, {
+      description: 'the booked request, lost',
+    });
+    await stopService();
+    expect(statusOf(name, 'torn')?.phase).toBe('Ready');
+    const requests = (await eventsOf(name, 'torn')).filter((e) => e.type.endsWith('.requested'));
+    expect(requests.map((e) => e.data.operationId)).toEqual([known[0]]);
+    await startService('worker-a');
+    expect((await newRequest(name, 'torn', known)).data.operation).toBe('plug');
   });
 
   it('a volume re-added while it is being unplugged is nudged again, and plugs', async () => {
