@@ -12,6 +12,7 @@
  * `PLUGLINE_CHAOS_KEEP_LOGS=<dir>` keeps the stack's logs; `--seed` replays a run's choices.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { setTimeout as delay } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import {
   counterSum,
@@ -28,6 +29,7 @@ import {
   type RunCounts,
 } from '../chaos/workload.js';
 import { percentiles } from '../bench/stats.js';
+import { checkInvariants } from '../support/invariants.js';
 
 const Disturbance = { Nats: 'nats', Kill: 'kill', Watch: 'watch' } as const;
 type Disturbance = (typeof Disturbance)[keyof typeof Disturbance];
@@ -124,6 +126,21 @@ async function liveCounters(f: ChaosFixture, names: readonly string[]) {
 
 const seconds = (ms: number): string => (ms / 1000).toFixed(1);
 
+/**
+ * When every volume is where its spec wants it (the invariants without the work backlog), which
+ * is what a user sees; a settle also waits for the work streams to drain, which can take a retry's
+ * delay longer (an item a crash left behind comes back to find nothing to do). Polls until then,
+ * or until `signal` aborts (undefined).
+ */
+async function volumesConverged(f: ChaosFixture, signal: AbortSignal): Promise<number | undefined> {
+  while (!signal.aborted) {
+    const report = await checkInvariants(f.stack).catch(() => undefined);
+    if (report !== undefined && report.violations.length === 0) return Date.now();
+    await delay(200, undefined, { signal }).catch(() => undefined);
+  }
+  return undefined;
+}
+
 async function main(): Promise<number> {
   const c = config();
   const log = (msg: string) => console.log(`[soak ${new Date().toISOString()}] ${msg}`);
@@ -133,6 +150,7 @@ async function main(): Promise<number> {
   const hogs = busyLoops(c.busy);
   const f = await startChaosStack();
   const settleTimes: number[] = [];
+  const convergeTimes: number[] = [];
   let failed = false;
   try {
     const vms = await seedVmis(f, 'soak', c.vmis);
@@ -154,21 +172,30 @@ async function main(): Promise<number> {
       });
       const counts: RunCounts = await ops;
       const sent = Date.now();
+      const converging = new AbortController();
+      const converged = volumesConverged(f, converging.signal);
       try {
         await settle(f, { timeoutMs: c.settleS * 1000 });
       } catch (err) {
         log(`round ${round} did not settle within ${c.settleS} s: ${String(err)}`);
         failed = true;
         break;
+      } finally {
+        converging.abort();
       }
-      settleTimes.push(Date.now() - sent);
+      const drained = Date.now() - sent;
+      const volumes = ((await converged) ?? Date.now()) - sent;
+      settleTimes.push(drained);
+      convergeTimes.push(volumes);
       log(
         `round ${round}: ${counts.operations} requests (${counts.plugs} plugs, ${counts.unplugs} unplugs, ` +
-          `${counts.rejected} refused), ${done} × ${c.disturb}, settled in ${seconds(Date.now() - sent)} s`,
+          `${counts.rejected} refused), ${done} × ${c.disturb}, volumes at rest in ${seconds(volumes)} s, ` +
+          `work drained in ${seconds(drained)} s`,
       );
     }
   } finally {
     const settled = percentiles(settleTimes);
+    const atRest = percentiles(convergeTimes);
     const banked = await tally.total(f.stack.services).catch(() => undefined);
     const counters = await liveCounters(f, [
       'plugline_work_requeued_total',
@@ -182,6 +209,11 @@ async function main(): Promise<number> {
         busy: c.busy,
         roundsSettled: settleTimes.length,
         failed,
+        volumesAtRestS: {
+          median: Number(seconds(atRest.p50)),
+          p90: Number(seconds(atRest.p90)),
+          max: Number(seconds(atRest.max)),
+        },
         settleS: {
           median: Number(seconds(settled.p50)),
           p90: Number(seconds(settled.p90)),
