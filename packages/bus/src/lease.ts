@@ -4,6 +4,8 @@ import { kvKey } from './names.js';
 
 interface LeaseValue {
   owner: string;
+  /** The holder's instance (see {@link LeaseManager}), when it has one. */
+  instance?: string;
   /** Epoch milliseconds after which anyone may take the lease over. */
   expiresAt: number;
   /** Handed from holder to holder (see {@link Lease.handover}). */
@@ -52,8 +54,9 @@ function isCasFailure(err: unknown): boolean {
  * Leases in a KV bucket: the unit's lease key is created with `create()` (fails if it exists),
  * carrying the owner and an expiry time. A holder renews it with `update(…, revision)`; anyone
  * may take it over with `update(…, revision)` once it has expired (the holder crashed), and its
- * owner may take it back at once (a release lost in an outage). `owner` must be unique per
- * process, and a process must not acquire one key twice concurrently. Every
+ * owner may take it back at once (a release lost in an outage), as may a later process of the same
+ * instance (the holder crashed and this one replaced it). `owner` must be unique per process, and
+ * a process must not acquire one key twice concurrently. Every
  * write is compare-and-set on the key's revision, so exactly one contender wins. Expiry compares
  * wall clocks: keep the TTL well above the clock skew between nodes.
  *
@@ -70,18 +73,29 @@ export class LeaseManager {
     MAX_REMEMBERED_RELEASES,
   );
 
+  /**
+   * `instance`: the name this process shares with the earlier processes it replaced and with no
+   * running one (`PLUGLINE_INSTANCE`); a lease one of them left held is taken over at once, as
+   * its holder is gone. Without one, only this process's own leases are.
+   */
   constructor(
     private readonly kv: KV,
     readonly owner: string,
     readonly ttlMs: number,
+    readonly instance?: string,
   ) {}
 
   #value(expiresAt = Date.now() + this.ttlMs, handover?: number): Uint8Array {
-    const value: LeaseValue =
-      handover === undefined
-        ? { owner: this.owner, expiresAt }
-        : { owner: this.owner, expiresAt, handover };
+    const value: LeaseValue = { owner: this.owner, expiresAt };
+    if (this.instance !== undefined) value.instance = this.instance;
+    if (handover !== undefined) value.handover = handover;
     return encoder.encode(JSON.stringify(value));
+  }
+
+  /** Whether a lease `current` holds is ours to take back before it expires. */
+  #oursToTake(current: LeaseValue): boolean {
+    if (current.owner === this.owner) return true;
+    return this.instance !== undefined && current.instance === this.instance;
   }
 
   async acquire(unitKey: string): Promise<LeaseResult> {
@@ -104,8 +118,9 @@ export class LeaseManager {
     const current = leaseValue(entry);
     const remaining = current.expiresAt - Date.now();
     // Our own stale lease (its release was lost, e.g. in a NATS outage) is ours to take back: the
-    // caller runs one unit at a time per process, so it cannot be in use here.
-    if (remaining > 0 && current.owner !== this.owner) return { ok: false, retryInMs: remaining };
+    // caller runs one unit at a time per process, so it cannot be in use here. So is one an
+    // earlier process of this instance held: it crashed, or this one would not be running.
+    if (remaining > 0 && !this.#oursToTake(current)) return { ok: false, retryInMs: remaining };
     const handover = typeof current.handover === 'number' ? current.handover : undefined;
     try {
       const revision = await this.kv.update(key, this.#value(undefined, handover), entry.revision);

@@ -228,6 +228,11 @@ export interface StageOptions<TMachine extends AnyStateMachine> {
   publisher?: Publisher;
   /** Identifies this worker in leases (default a random id). */
   workerId?: string;
+  /**
+   * This process's instance (`PLUGLINE_INSTANCE`): the leases an earlier process of it left held
+   * are taken over at once (see {@link LeaseManager}).
+   */
+  instance?: string;
 }
 
 /** A running stage loop. */
@@ -465,7 +470,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     const buckets = await ensureStageBuckets(bus, this.stage);
     this.#snapshots = buckets.snapshots;
     const ttl = this.#o.leaseTtlMs ?? 30_000;
-    this.#leases = new LeaseManager(buckets.leases, this.#o.workerId ?? randomUUID(), ttl);
+    this.#leases = new LeaseManager(
+      buckets.leases,
+      this.#o.workerId ?? randomUUID(),
+      ttl,
+      this.#o.instance,
+    );
     const info = await bus.jsm.consumers.info(StreamName.Work, this.consumer);
     const ackWaitMs = ackWaitMsOf(info.config);
     this.#workingMs = this.#o.workingIntervalMs ?? Math.max(50, Math.floor(ackWaitMs / 3));

@@ -1,7 +1,7 @@
 import { isAbsolute } from 'node:path';
 import { inspect } from 'node:util';
 
-import { ConfigError, isName } from '@plugline/contracts';
+import { ConfigError, isName, nameProblem } from '@plugline/contracts';
 import { LogLevel } from '@plugline/telemetry';
 
 /**
@@ -281,6 +281,17 @@ export interface ServiceBaseConfig {
   readonly streamReplicas: number;
   /** `PLUGLINE_ACK_WAIT_MS` (default 30 000, 1000..3 600 000). */
   readonly ackWaitMs: number;
+  /** `PLUGLINE_LEASE_TTL_MS`: how long a stage's per-unit lease outlives its holder (default 30 000). */
+  readonly leaseTtlMs: number;
+  /**
+   * `PLUGLINE_INSTANCE`: this process's name among the running processes of its stage, kept by
+   * the process that replaces it after a crash (a Kubernetes pod's name: a container restart
+   * keeps it); a DNS-1123 subdomain. A process takes over at once the leases an earlier process
+   * of the same instance held, instead of waiting out their TTL, so the units a crash cut short
+   * move on as soon as the stage is back. Two running processes must never share one. Unset:
+   * every lease of another process is waited out.
+   */
+  readonly instance: string | undefined;
   /** The trace export, from the `OTEL_*` variables (default: none; see {@link envTraceExport}). */
   readonly traces: TraceExport | undefined;
 }
@@ -296,6 +307,8 @@ export function serviceBaseDefaults(): Omit<ServiceBaseConfig, 'natsUrls' | 'kub
     concurrency: 32,
     streamReplicas: 1,
     ackWaitMs: 30_000,
+    leaseTtlMs: DEFAULT_LEASE_TTL_MS,
+    instance: undefined,
     traces: undefined,
   };
 }
@@ -314,6 +327,8 @@ export function parseServiceBaseConfig(env: Env): ServiceBaseConfig {
     concurrency: envInteger(env, 'PLUGLINE_CONCURRENCY', d.concurrency, 1, 1024),
     streamReplicas: envInteger(env, 'PLUGLINE_STREAM_REPLICAS', d.streamReplicas, 1, 5),
     ackWaitMs: envInteger(env, 'PLUGLINE_ACK_WAIT_MS', d.ackWaitMs, 1000, 3_600_000),
+    leaseTtlMs: parseLeaseTtlMs(env, d.leaseTtlMs),
+    instance: envInstance(env),
     traces: envTraceExport(env),
   };
 }
@@ -324,6 +339,17 @@ export const DEFAULT_LEASE_TTL_MS = 30_000;
 /** `PLUGLINE_LEASE_TTL_MS`: a stage's per-unit lease (default 30 000, at least 500). */
 export function parseLeaseTtlMs(env: Env, fallback = DEFAULT_LEASE_TTL_MS): number {
   return envInteger(env, 'PLUGLINE_LEASE_TTL_MS', fallback, 500);
+}
+
+/** `PLUGLINE_INSTANCE` (see {@link ServiceBaseConfig.instance}), or undefined when unset. */
+export function envInstance(env: Env): string | undefined {
+  const instance = envText(env, 'PLUGLINE_INSTANCE');
+  if (instance === undefined) return undefined;
+  const problem = nameProblem(instance, 'subdomain');
+  if (problem !== undefined) {
+    throw new ConfigError('PLUGLINE_INSTANCE', `${JSON.stringify(instance)}: ${problem}`);
+  }
+  return instance;
 }
 
 /** The variables of a stage that runs on one node. */

@@ -93,6 +93,27 @@ describe('LeaseManager', () => {
     expect(taken.handover).toBe(5);
   });
 
+  it("lets a restarted process of the same instance take over its crashed predecessor's lease at once; no one else", async () => {
+    const crashed = new LeaseManager(leases, 'node-mounter-run-1', 30_000, 'node-mounter.node-1');
+    await (await holder(crashed, 'ns/vm/vol-restart')).release(7);
+    const dying = await holder(crashed, 'ns/vm/vol-restart'); // and dies holding it, 30 s to go
+    const otherNode = new LeaseManager(leases, 'node-mounter-run-9', 30_000, 'node-mounter.node-2');
+    const noInstance = new LeaseManager(leases, 'worker-plain', 30_000);
+    for (const other of [otherNode, noInstance]) {
+      const refused = await other.acquire('ns/vm/vol-restart');
+      expect(refused.ok).toBe(false);
+      expect(refused.ok ? 0 : refused.retryInMs).toBeGreaterThan(20_000);
+    }
+    const restarted = new LeaseManager(leases, 'node-mounter-run-2', 30_000, 'node-mounter.node-1');
+    const taken = await holder(restarted, 'ns/vm/vol-restart');
+    expect(taken.handover).toBe(7);
+    expect(taken.uncontested).toBe(false);
+    // The predecessor, were it alive after all, could no longer renew it.
+    expect(await dying.renew()).toBe(false);
+    await taken.release(8);
+    expect((await holder(noInstance, 'ns/vm/vol-restart')).handover).toBe(8);
+  });
+
   it('takes a unit whose lease an older version released by deleting it', async () => {
     const older = new LeaseManager(leases, 'worker-older', 30_000);
     await holder(older, 'ns/vm/vol-4');

@@ -38,8 +38,19 @@ describe('parseServiceBaseConfig', () => {
       concurrency: 32,
       streamReplicas: 1,
       ackWaitMs: 30_000,
+      leaseTtlMs: 30_000,
+      instance: undefined,
       traces: undefined,
     });
+  });
+
+  it('reads the lease TTL and the instance a restarted process keeps', () => {
+    const config = parseServiceBaseConfig({
+      ...base,
+      PLUGLINE_LEASE_TTL_MS: '3000',
+      PLUGLINE_INSTANCE: 'node-mounter.node-1',
+    });
+    expect(config).toMatchObject({ leaseTtlMs: 3000, instance: 'node-mounter.node-1' });
   });
 
   it.each([
@@ -53,6 +64,9 @@ describe('parseServiceBaseConfig', () => {
     ['PLUGLINE_CONCURRENCY', { PLUGLINE_CONCURRENCY: '0' }],
     ['PLUGLINE_STREAM_REPLICAS', { PLUGLINE_STREAM_REPLICAS: '1e0' }],
     ['PLUGLINE_ACK_WAIT_MS', { PLUGLINE_ACK_WAIT_MS: '3600001' }],
+    ['PLUGLINE_LEASE_TTL_MS', { PLUGLINE_LEASE_TTL_MS: '499' }],
+    ['PLUGLINE_INSTANCE', { PLUGLINE_INSTANCE: 'node-mounter@node-1' }],
+    ['PLUGLINE_INSTANCE', { PLUGLINE_INSTANCE: 'Spec-Watcher' }],
   ])('fails fast naming %s', (field, overrides) => {
     expect(fieldOf(() => parseServiceBaseConfig({ ...base, ...overrides }))).toBe(field);
   });

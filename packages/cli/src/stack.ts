@@ -426,6 +426,15 @@ async function setContextNamespace(path: string, namespace: string): Promise<voi
   await writeFile(path, stringify(doc), { mode: 0o600 });
 }
 
+/**
+ * A service's `PLUGLINE_INSTANCE`: its id as a DNS-1123 subdomain (`node-mounter@node-1` →
+ * `node-mounter.node-1`, `spec-watcher#2` → `spec-watcher-2`). A restarted service keeps it, and
+ * so takes over the leases its killed predecessor held at once.
+ */
+function instanceOf(id: string): string {
+  return id.replace('#', '-').replace('@', '.');
+}
+
 function serviceSpecs(
   options: StackOptions,
   base: Record<string, string>,
@@ -439,13 +448,19 @@ function serviceSpecs(
       const replicas = Math.max(1, options.replicas?.[name] ?? 1);
       for (let i = 1; i <= replicas; i++) {
         const id = i === 1 ? name : `${name}#${i}`;
-        specs.push({ id, name, node: undefined, env: { ...base } });
+        specs.push({
+          id,
+          name,
+          node: undefined,
+          env: { ...base, PLUGLINE_INSTANCE: instanceOf(id) },
+        });
       }
       continue;
     }
     for (const node of nodes) {
       const env: Record<string, string> = {
         ...base,
+        PLUGLINE_INSTANCE: instanceOf(`${name}@${node}`),
         NODE_NAME: node,
         PLUGLINE_STATE_DIR: join(dir, 'state', `${name}-${node}`),
       };

@@ -11,6 +11,11 @@ export const Outcome = {
   Busy: 'busy',
   /** Acknowledged unrun: a handling of its unit queued before it covers it (`coalesce`). */
   Coalesced: 'coalesced',
+  /**
+   * Acknowledged unapplied: a redelivered event older than one of its volume this process has
+   * applied already (the status projector).
+   */
+  Superseded: 'superseded',
 } as const;
 export type Outcome = (typeof Outcome)[keyof typeof Outcome];
 

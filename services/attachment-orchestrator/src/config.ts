@@ -1,10 +1,8 @@
 import {
   envInteger,
   envText,
-  parseLeaseTtlMs,
   parseServiceBaseConfig,
   serviceBaseDefaults,
-  DEFAULT_LEASE_TTL_MS,
   type ServiceBaseConfig,
 } from '@plugline/bus';
 
@@ -21,8 +19,6 @@ export interface OrchestratorConfig extends ServiceBaseConfig {
    * starting, and the volumes requested while one starts go into one next pod.
    */
   readonly coalesceMs: number;
-  /** `PLUGLINE_LEASE_TTL_MS`: the per-VMI lease (default 30 000; short in tests). */
-  readonly leaseTtlMs: number;
 }
 
 export function defaults(): Omit<OrchestratorConfig, 'natsUrls' | 'kubeconfig'> {
@@ -30,7 +26,6 @@ export function defaults(): Omit<OrchestratorConfig, 'natsUrls' | 'kubeconfig'> 
     ...serviceBaseDefaults(),
     attachImage: undefined,
     coalesceMs: 0,
-    leaseTtlMs: DEFAULT_LEASE_TTL_MS,
   };
 }
 
@@ -41,6 +36,5 @@ export function parseConfig(env: NodeJS.ProcessEnv): OrchestratorConfig {
     ...parseServiceBaseConfig(env),
     attachImage: envText(env, 'PLUGLINE_ATTACH_IMAGE') ?? d.attachImage,
     coalesceMs: envInteger(env, 'PLUGLINE_COALESCE_MS', d.coalesceMs, 0, 60_000),
-    leaseTtlMs: parseLeaseTtlMs(env, d.leaseTtlMs),
   });
 }

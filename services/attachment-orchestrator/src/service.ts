@@ -31,7 +31,8 @@ const OWN_NUDGES_KEPT = 4096;
 export type ServiceConfig = Pick<
   OrchestratorConfig,
   'concurrency' | 'attachImage' | 'coalesceMs' | 'leaseTtlMs'
->;
+> &
+  Partial<Pick<OrchestratorConfig, 'instance'>>;
 
 export interface OrchestratorDeps {
   bus: Bus;
@@ -193,6 +194,7 @@ export async function startAttachmentOrchestrator(
       servedWaiting: waitsOnNothing,
       concurrency: config.concurrency,
       leaseTtlMs: config.leaseTtlMs,
+      ...(config.instance === undefined ? {} : { instance: config.instance }),
       logger: log,
       publisher,
       ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }),

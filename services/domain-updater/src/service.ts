@@ -58,7 +58,7 @@ export type DomainUpdaterSettings = Pick<
   | 'confirmTimeoutMs'
   | 'concurrency'
 > &
-  Partial<Pick<DomainUpdaterConfig, 'streamReplicas' | 'ackWaitMs'>>;
+  Partial<Pick<DomainUpdaterConfig, 'streamReplicas' | 'ackWaitMs' | 'leaseTtlMs' | 'instance'>>;
 
 const DEFAULT_RECONCILE_INTERVAL_MS = 30_000;
 
@@ -324,6 +324,8 @@ export async function startDomainUpdater(
       ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }),
       publisher,
       concurrency: settings.concurrency,
+      ...(settings.leaseTtlMs === undefined ? {} : { leaseTtlMs: settings.leaseTtlMs }),
+      ...(settings.instance === undefined ? {} : { instance: settings.instance }),
       keyOf: (item) => `${item.namespace}/${item.vmi}/${item.volume}`,
       // A detach waits for the guest up to detachTimeoutMs (60 s); the device-removed event
       // finishes the unit through a nudge long before, and the waiting item is then acked at

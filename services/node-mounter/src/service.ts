@@ -433,6 +433,8 @@ export async function startNodeMounter(
           delivery.signal,
         ),
       concurrency: config.concurrency,
+      leaseTtlMs: config.leaseTtlMs,
+      ...(config.instance === undefined ? {} : { instance: config.instance }),
       logger: log,
       metrics,
       ...(deps.workerId === undefined ? {} : { workerId: deps.workerId }),

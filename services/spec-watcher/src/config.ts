@@ -1,9 +1,7 @@
 import {
   envInteger,
-  parseLeaseTtlMs,
   parseServiceBaseConfig,
   serviceBaseDefaults,
-  DEFAULT_LEASE_TTL_MS,
   type ServiceBaseConfig,
 } from '@plugline/bus';
 
@@ -15,8 +13,6 @@ import {
 export interface SpecWatcherConfig extends ServiceBaseConfig {
   /** `PLUGLINE_RESYNC_PERIOD_MS`: how often every volume not at its end is nudged again (default 300 000). */
   readonly resyncPeriodMs: number;
-  /** `PLUGLINE_LEASE_TTL_MS`: the per-volume lease of the decision stage (default 30 000). */
-  readonly leaseTtlMs: number;
   /**
    * `PLUGLINE_STATUS_LINGER_MS`: how long the phases between an operation's start and its end
    * may wait to be written together (default 100; 0 writes every phase at once). Under load a
@@ -30,7 +26,6 @@ export function defaults(): Omit<SpecWatcherConfig, 'natsUrls' | 'kubeconfig'> {
   return {
     ...serviceBaseDefaults(),
     resyncPeriodMs: 300_000,
-    leaseTtlMs: DEFAULT_LEASE_TTL_MS,
     statusLingerMs: 100,
   };
 }
@@ -41,7 +36,6 @@ export function parseConfig(env: NodeJS.ProcessEnv): SpecWatcherConfig {
   return Object.freeze({
     ...parseServiceBaseConfig(env),
     resyncPeriodMs: envInteger(env, 'PLUGLINE_RESYNC_PERIOD_MS', d.resyncPeriodMs, 100),
-    leaseTtlMs: parseLeaseTtlMs(env, d.leaseTtlMs),
     statusLingerMs: envInteger(env, 'PLUGLINE_STATUS_LINGER_MS', d.statusLingerMs, 0, 60_000),
   });
 }

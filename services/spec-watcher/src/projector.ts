@@ -201,6 +201,15 @@ const WRITTEN_AT_ONCE: ReadonlySet<string> = new Set([
   EventType.Failed,
 ]);
 
+/** How many volumes of each remembered VMI the projector remembers the last applied event of. */
+const VOLUMES_PER_VMI_REMEMBERED = 8;
+
+/** A volume's key: `ns/vmi/volume`. */
+function volumeKeyOf(event: VolumeEvent): string {
+  const { namespace, vmi, volume } = keyOfEvent(event);
+  return `${namespace}/${vmi}/${volume}`;
+}
+
 /** An event waiting to be applied, and whether it may wait for more (see {@link WRITTEN_AT_ONCE}). */
 interface Queued {
   msg: JsMsg;
@@ -221,6 +230,8 @@ class StatusProjector implements Projector {
   readonly #running = new Set<Promise<void>>();
   /** Per VMI (`ns/name`): the newest operation seen per volume (stale events are ignored). */
   readonly #operations: BoundedMap<string, ProjectionContext['operations']>;
+  /** Per volume (`ns/vmi/volume`): the stream sequence of the last event applied here. */
+  readonly #appliedUpTo: BoundedMap<string, number>;
   /** The VMI copies the status writer reads first (see FreshestVmis). */
   readonly #freshest: FreshestVmis | undefined;
   /** Events held (waiting or being applied). */
@@ -237,6 +248,9 @@ class StatusProjector implements Projector {
     this.#log = childLogger(options.logger, { component: 'projector' });
     // Bounded: the oldest VMI is forgotten first.
     this.#operations = new BoundedMap(options.maxRemembered ?? 10_000);
+    this.#appliedUpTo = new BoundedMap(
+      VOLUMES_PER_VMI_REMEMBERED * (options.maxRemembered ?? 10_000),
+    );
     const freshest =
       options.vmis === undefined
         ? undefined
@@ -462,6 +476,8 @@ class StatusProjector implements Projector {
       else await this.#deadLetter(queued.msg, decoded.error);
     }
     if (deliveries.length === 0) return;
+    this.#ackSuperseded(deliveries);
+    if (deliveries.length === 0) return;
     const first = keyOfEvent(deliveries[0]!.event);
     const log = childLogger(this.#log, { namespace: first.namespace, vmi: first.vmi });
     const keepAlive = setInterval(() => {
@@ -483,7 +499,12 @@ class StatusProjector implements Projector {
         },
       });
       log.debug({ events: deliveries.length, wrote }, 'events projected');
-      for (const d of deliveries) d.msg.ack();
+      for (const d of deliveries) {
+        const volume = volumeKeyOf(d.event);
+        const seq = d.msg.info.streamSequence;
+        if (seq > (this.#appliedUpTo.get(volume) ?? 0)) this.#appliedUpTo.set(volume, seq);
+        d.msg.ack();
+      }
       handled(Outcome.Done);
     } catch (err) {
       log.warn(
@@ -495,6 +516,32 @@ class StatusProjector implements Projector {
     } finally {
       clearInterval(keepAlive);
     }
+  }
+
+  /**
+   * Acknowledges, unapplied, and takes out of `deliveries` each event older in the stream than
+   * one of its volume already applied here: a redelivery of an event first delivered to a process
+   * that crashed before acknowledging it, which JetStream hands back after the newer ones. What it
+   * said is superseded, and applied now it would undo them (seen in the kill soak: a volume's
+   * `ready`, redelivered after its unplug's `released`, brought back its removed status entry).
+   */
+  #ackSuperseded(deliveries: Delivery[]): void {
+    const superseded = deliveries.filter(
+      (d) => d.msg.info.streamSequence <= (this.#appliedUpTo.get(volumeKeyOf(d.event)) ?? 0),
+    );
+    if (superseded.length === 0) return;
+    for (const d of superseded) {
+      this.#log.debug(
+        { seq: d.msg.info.streamSequence, event: eventTypeOf(d.event), subject: d.event.subject },
+        'a redelivered event older than one of its volume applied here: superseded',
+      );
+      d.msg.ack();
+      deliveries.splice(deliveries.indexOf(d), 1);
+    }
+    this.#o.metrics.messagesHandled.inc(
+      { stage: Stage.SpecWatcher, outcome: Outcome.Superseded },
+      superseded.length,
+    );
   }
 
   /** {@link #apply}, tried `attempts` times in place (the VMI's later events wait: order holds). */

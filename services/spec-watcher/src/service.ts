@@ -341,6 +341,7 @@ export async function startSpecWatcher(
         ),
       concurrency: config.concurrency,
       leaseTtlMs: config.leaseTtlMs,
+      ...(config.instance === undefined ? {} : { instance: config.instance }),
       logger: log,
       metrics,
       publisher,

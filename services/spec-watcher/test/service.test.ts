@@ -862,6 +862,51 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     }
   });
 
+  it("an event a crashed projector held comes back after its volume's newer ones and changes nothing", async () => {
+    const name = `held-${randomBytes(3).toString('hex')}`;
+    const { vmi, op: plugOp } = await attachedVolume(name, 'held');
+    await publishFact(vmi, 'held', EventType.Ready, { operationId: plugOp, target: 'sda' });
+    await waitForPhase(name, 'held', 'Ready');
+    removeVolume(name, 'held');
+    const unplugOp = (await waitForEvent(name, 'held', EventType.UnplugRequested)).data.operationId;
+    // The domain-updater reports the disk `ready` under the unplug's id (it looked while the
+    // spec still had the volume), and a projector takes that event and dies unacknowledged.
+    await stopService();
+    const heldSeq = await publishFact(vmi, 'held', EventType.Ready, {
+      operationId: unplugOp,
+      target: 'sda',
+    });
+    const consumer = await bus.js.consumers.get(StreamName.Events, PROJECTOR_CONSUMER);
+    const taken = await consumer.next({ expires: 5000 });
+    expect(taken?.seq).toBe(heldSeq);
+    // A new projector applies the unplug's facts, which come after it, up to the entry's removal.
+    await startService('worker-a');
+    await publishFact(vmi, 'held', EventType.Released, {
+      operationId: unplugOp,
+      operation: 'unplug',
+    });
+    await waitForEvent(name, 'held', EventType.Removed, unplugOp);
+    expect(statusOf(name, 'held')).toBeUndefined();
+    // Its ack wait over, JetStream hands the held `ready` back: acknowledged, not applied.
+    await waitFor(
+      async () => {
+        const info = await bus.jsm.consumers.info(StreamName.Events, PROJECTOR_CONSUMER);
+        return info.ack_floor.stream_seq >= heldSeq && info.num_ack_pending === 0
+          ? true
+          : undefined;
+      },
+      { timeout: 15_000, description: 'the held event redelivered and acknowledged' },
+    );
+    expect(statusOf(name, 'held')).toBeUndefined();
+    const handled = (await metrics.messagesHandled.get()).values;
+    expect(handled).toContainEqual(
+      expect.objectContaining({
+        labels: { stage: 'spec-watcher', outcome: 'superseded' },
+        value: 1,
+      }),
+    );
+  });
+
   it('restarted, it still knows which operation is newest: a late fact of the unplug before a re-add changes nothing', async () => {
     const name = `late-${randomBytes(3).toString('hex')}`;
     const { vmi, op: plugOp } = await attachedVolume(name, 'late');
