@@ -302,6 +302,16 @@ export function projectStatus(
   const operations = newest === known ? ctx.operations : { ...ctx.operations, [volume]: newest! };
   const index = current.findIndex((s) => s.name === volume);
   const before = index === -1 ? undefined : current[index];
+  if (
+    before === undefined &&
+    newest?.direction === 'unplug' &&
+    PLUG_FACT_PHASE[type] !== undefined
+  ) {
+    // No plug fact brings back the entry of a volume its newest operation unplugs: a stage that
+    // looked while the spec still held it reports under the unplug's id (the domain-updater's
+    // `ready`), and a late copy of that report would show a removed volume `Ready` for good.
+    return { next: [...current], changed: false, operations, stale: false };
+  }
   const result = applyEvent(before, volume, event);
   const next = [...current];
   if (result.entry === undefined) {

@@ -204,6 +204,26 @@ describe('projectStatus', () => {
     expect(buildStatusPatch(ready.next, p.next)).toEqual([]);
   });
 
+  it("a plug fact under the unplug's id does not bring back a removed entry", () => {
+    const plugged = projectAll([], plugFacts('d1', 'op-1'));
+    const removed = projectAll(plugged.next, unplugFacts('d1', 'op-2'), {
+      operations: plugged.operations,
+    });
+    expect(removed.next).toEqual([]);
+    // The domain-updater looked while the spec still held the volume: `ready` under the unplug.
+    const late = projectStatus(removed.next, event('ready', 'd1', 'op-2', { target: 'sda' }), {
+      operations: removed.operations,
+    });
+    expect(late).toMatchObject({ next: [], changed: false, stale: false });
+    // While the entry is still there it is a fact like any other (a Ready volume stays Ready).
+    const early = projectAll(
+      plugged.next,
+      [event('unplug-requested', 'd1', 'op-2'), event('ready', 'd1', 'op-2', { target: 'sda' })],
+      { operations: plugged.operations },
+    );
+    expect(early.next[0]).toMatchObject({ phase: 'Ready', target: 'sda' });
+  });
+
   it('import-progress and facts of unknown volumes change nothing', () => {
     expect(
       projectStatus([], event('import-progress', 'd1', 'op-1', { progress: '45%' }), {
