@@ -12,7 +12,6 @@
  * `PLUGLINE_CHAOS_KEEP_LOGS=<dir>` keeps the stack's logs; `--seed` replays a run's choices.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { setTimeout as delay } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import {
   counterSum,
@@ -30,6 +29,7 @@ import {
 } from '../chaos/workload.js';
 import { percentiles } from '../bench/stats.js';
 import { checkInvariants } from '../support/invariants.js';
+import { waitFor } from '@plugline/testkit';
 
 const Disturbance = { Nats: 'nats', Kill: 'kill', Watch: 'watch' } as const;
 type Disturbance = (typeof Disturbance)[keyof typeof Disturbance];
@@ -129,16 +129,15 @@ const seconds = (ms: number): string => (ms / 1000).toFixed(1);
 /**
  * When every volume is where its spec wants it (the invariants without the work backlog), which
  * is what a user sees; a settle also waits for the work streams to drain, which can take a retry's
- * delay longer (an item a crash left behind comes back to find nothing to do). Polls until then,
- * or until `signal` aborts (undefined).
+ * delay longer (an item a crash left behind comes back to find nothing to do). Undefined when
+ * they did not hold within `timeoutMs` (the settle then fails too).
  */
-async function volumesConverged(f: ChaosFixture, signal: AbortSignal): Promise<number | undefined> {
-  while (!signal.aborted) {
+async function volumesConverged(f: ChaosFixture, timeoutMs: number): Promise<number | undefined> {
+  const atRest = async () => {
     const report = await checkInvariants(f.stack).catch(() => undefined);
-    if (report !== undefined && report.violations.length === 0) return Date.now();
-    await delay(200, undefined, { signal }).catch(() => undefined);
-  }
-  return undefined;
+    return report !== undefined && report.violations.length === 0 ? Date.now() : undefined;
+  };
+  return waitFor(atRest, { timeout: timeoutMs, interval: 200 }).catch(() => undefined);
 }
 
 async function main(): Promise<number> {
@@ -172,16 +171,15 @@ async function main(): Promise<number> {
       });
       const counts: RunCounts = await ops;
       const sent = Date.now();
-      const converging = new AbortController();
-      const converged = volumesConverged(f, converging.signal);
+      // Settled means the volumes are at rest too, so this poll ends by the settle's end.
+      const converged = volumesConverged(f, c.settleS * 1000);
       try {
         await settle(f, { timeoutMs: c.settleS * 1000 });
       } catch (err) {
         log(`round ${round} did not settle within ${c.settleS} s: ${String(err)}`);
         failed = true;
+        await converged;
         break;
-      } finally {
-        converging.abort();
       }
       const drained = Date.now() - sent;
       const volumes = ((await converged) ?? Date.now()) - sent;

@@ -114,8 +114,6 @@ export {
   absolutePath,
   serviceBaseDefaults,
   parseServiceBaseConfig,
-  parseLeaseTtlMs,
-  DEFAULT_LEASE_TTL_MS,
   parseNodeConfig,
 } from './service-config.js';
 export type {

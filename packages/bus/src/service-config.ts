@@ -334,10 +334,10 @@ export function parseServiceBaseConfig(env: Env): ServiceBaseConfig {
 }
 
 /** The default of `PLUGLINE_LEASE_TTL_MS`. */
-export const DEFAULT_LEASE_TTL_MS = 30_000;
+const DEFAULT_LEASE_TTL_MS = 30_000;
 
 /** `PLUGLINE_LEASE_TTL_MS`: a stage's per-unit lease (default 30 000, at least 500). */
-export function parseLeaseTtlMs(env: Env, fallback = DEFAULT_LEASE_TTL_MS): number {
+function parseLeaseTtlMs(env: Env, fallback = DEFAULT_LEASE_TTL_MS): number {
   return envInteger(env, 'PLUGLINE_LEASE_TTL_MS', fallback, 500);
 }
 

@@ -469,14 +469,13 @@ class StatusProjector implements Projector {
 
   /** One VMI's events, in order: malformed ones dead-lettered, the others applied in one write. */
   async #handleBatch(batch: readonly Queued[]): Promise<void> {
-    const deliveries: Delivery[] = [];
+    const received: Delivery[] = [];
     for (const queued of batch) {
       const decoded = this.#decode(queued);
-      if (decoded.ok) deliveries.push({ msg: queued.msg, event: decoded.value });
+      if (decoded.ok) received.push({ msg: queued.msg, event: decoded.value });
       else await this.#deadLetter(queued.msg, decoded.error);
     }
-    if (deliveries.length === 0) return;
-    this.#ackSuperseded(deliveries);
+    const deliveries = this.#withoutSuperseded(received);
     if (deliveries.length === 0) return;
     const first = keyOfEvent(deliveries[0]!.event);
     const log = childLogger(this.#log, { namespace: first.namespace, vmi: first.vmi });
@@ -519,29 +518,31 @@ class StatusProjector implements Projector {
   }
 
   /**
-   * Acknowledges, unapplied, and takes out of `deliveries` each event older in the stream than
-   * one of its volume already applied here: a redelivery of an event first delivered to a process
+   * `deliveries` less each event older in the stream than one of its volume already applied
+   * here, which is acknowledged unapplied: a redelivery of an event first delivered to a process
    * that crashed before acknowledging it, which JetStream hands back after the newer ones. What it
    * said is superseded, and applied now it would undo them (seen in the kill soak: a volume's
    * `ready`, redelivered after its unplug's `released`, brought back its removed status entry).
    */
-  #ackSuperseded(deliveries: Delivery[]): void {
-    const superseded = deliveries.filter(
-      (d) => d.msg.info.streamSequence <= (this.#appliedUpTo.get(volumeKeyOf(d.event)) ?? 0),
-    );
-    if (superseded.length === 0) return;
-    for (const d of superseded) {
+  #withoutSuperseded(deliveries: readonly Delivery[]): Delivery[] {
+    const kept: Delivery[] = [];
+    for (const d of deliveries) {
+      const seq = d.msg.info.streamSequence;
+      if (seq > (this.#appliedUpTo.get(volumeKeyOf(d.event)) ?? 0)) {
+        kept.push(d);
+        continue;
+      }
       this.#log.debug(
-        { seq: d.msg.info.streamSequence, event: eventTypeOf(d.event), subject: d.event.subject },
+        { seq, event: eventTypeOf(d.event), subject: d.event.subject },
         'a redelivered event older than one of its volume applied here: superseded',
       );
       d.msg.ack();
-      deliveries.splice(deliveries.indexOf(d), 1);
+      this.#o.metrics.messagesHandled.inc({
+        stage: Stage.SpecWatcher,
+        outcome: Outcome.Superseded,
+      });
     }
-    this.#o.metrics.messagesHandled.inc(
-      { stage: Stage.SpecWatcher, outcome: Outcome.Superseded },
-      superseded.length,
-    );
+    return kept;
   }
 
   /** {@link #apply}, tried `attempts` times in place (the VMI's later events wait: order holds). */
