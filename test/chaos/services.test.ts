@@ -133,6 +133,62 @@ describe.skipIf(!isRoot)('chaos', () => {
     });
   }, 400_000);
 
+  it("a Ready volume's status entry removed by another writer is rebuilt, as it was", async () => {
+    await scenario('status-entry-removed', async (r, figures) => {
+      const ns = 'chaos-status-wiped';
+      await ensureNamespace(f.stack.kc, ns);
+      await f.stack.createVmi({ namespace: ns, name: 'vm' });
+      await createPvc(f.stack.kc, {
+        namespace: ns,
+        name: 'kept',
+        mode: 'Filesystem',
+        size: '16Mi',
+      });
+      await addVolume(f.client, { namespace: ns, vmi: 'vm', flags: { volumeName: 'kept' } });
+      const entry = async () =>
+        (await f.client.getVmi(ns, 'vm')).status?.volumeStatus?.find((v) => v.name === 'kept');
+      const ready = await vi.waitFor(
+        async () => {
+          const e = await entry();
+          expect(e?.phase).toBe('Ready');
+          return e!;
+        },
+        { timeout: 60_000, interval: 100 },
+      );
+      // Another writer of the status (a restore, a controller that knows nothing of hotplug)
+      // drops the entry. The stages stated every fact of the operation moments ago, so the
+      // event stream's duplicate window (2 minutes) would drop the same facts stated again.
+      const vmi = await f.client.getVmi(ns, 'vm');
+      const index = vmi.status!.volumeStatus!.findIndex((v) => v.name === 'kept');
+      const removedAt = Date.now();
+      await f.client.patchVmiStatus(ns, 'vm', [
+        { op: 'test', path: `/status/volumeStatus/${index}/name`, value: 'kept' },
+        { op: 'remove', path: `/status/volumeStatus/${index}` },
+      ]);
+      expect(await entry()).toBeUndefined();
+      r.sent();
+      // The watcher sees the entry dropped and asks the first stage again, as a resync would;
+      // each stage states its facts again in that round and nudges the next: the entry is back,
+      // as it was, well inside the duplicate window.
+      const back = await vi.waitFor(
+        async () => {
+          const e = await entry();
+          expect(e?.phase).toBe('Ready');
+          return e!;
+        },
+        { timeout: 60_000, interval: 100 },
+      );
+      figures.rebuiltMs = Date.now() - removedAt;
+      expect(back).toMatchObject({
+        target: ready.target,
+        reason: ready.reason,
+        hotplugVolume: ready.hotplugVolume,
+      });
+      const inv = await settle(f, { timeoutMs: 120_000 });
+      figures.readyVolumes = inv.readyVolumes;
+    });
+  }, 300_000);
+
   it('the attachment pod of a Ready volume is deleted 10 times: the volume stays attached and usable', async () => {
     await scenario('attachment-pod-deleted', async (r, figures) => {
       const ns = 'chaos-attach-pod';

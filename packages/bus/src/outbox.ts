@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import {
   buildEvent,
   EventType,
+  resyncRoundOf,
   type NewEvent,
   type Stage,
   type VolumeEvent,
@@ -35,19 +36,43 @@ export function nextWork(spec: WorkSpec): StageEmitted {
 /** A message built and stored with the snapshot (transactional outbox), published after it. */
 export type OutboxEntry = { kind: 'event'; event: VolumeEvent } | { kind: 'work'; item: WorkItem };
 
-/** Builds the outbox entry for an emitted event; undefined for events that are not ours. */
+/**
+ * What a fact or a nudge sent while handling `item` carries of its resync round (see
+ * `resyncRoundOf`): the round, so a restated fact passes the event stream's duplicate window and
+ * the next stage states again what it stated too.
+ */
+function inRoundOf(item: WorkItem): { resync?: string } {
+  const round = resyncRoundOf(item);
+  return round === undefined ? {} : { resync: round };
+}
+
+/**
+ * Builds the outbox entry for what the machine emitted while handling `item`; undefined for
+ * emitted events that are not ours.
+ */
 export function toOutboxEntry(
   stage: Stage,
   emitted: { type: string },
   now: Date,
+  item: WorkItem,
 ): OutboxEntry | undefined {
   const e = emitted as StageEmitted;
   if (e.type === 'plugline.fact') {
-    const event = buildEvent({ ...e.fact, stage, id: randomUUID(), time: now, ...traceFields() });
+    const { fact } = e;
+    const data = { ...fact.data, ...inRoundOf(item) };
+    const event = buildEvent({
+      ...fact,
+      data,
+      stage,
+      id: randomUUID(),
+      time: now,
+      ...traceFields(),
+    });
     return { kind: 'event', event };
   }
   if (e.type === 'plugline.work') {
-    return { kind: 'work', item: { v: 1, ...e.work, issuedAt: now.toISOString() } };
+    const work: WorkItem = { v: 1, ...e.work, issuedAt: now.toISOString(), ...inRoundOf(item) };
+    return { kind: 'work', item: work };
   }
   return undefined;
 }
@@ -75,6 +100,7 @@ export function failedEvent(
       message: failure.message.slice(0, 4096),
       attempt,
       ...(item.node === undefined ? {} : { node: item.node }),
+      ...inRoundOf(item),
     },
   });
   return { kind: 'event', event };

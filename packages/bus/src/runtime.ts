@@ -1139,7 +1139,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     });
     const outbox: OutboxEntry[] = [];
     actor.on('*', (emitted: { type: string }) => {
-      const entry = toOutboxEntry(this.stage, emitted, new Date());
+      const entry = toOutboxEntry(this.stage, emitted, new Date(), item);
       if (entry) outbox.push(entry);
     });
     let snapshot: AnyMachineSnapshot;

@@ -1,5 +1,6 @@
 import {
   buildEvent,
+  decodeWorkItem,
   MAX_MESSAGE_BYTES,
   TerminalError,
   workSubject,
@@ -16,6 +17,7 @@ import {
   provision,
   kvKey,
   LeaseManager,
+  Publisher,
   readUnitState,
   runStage,
   snapshotBucket,
@@ -36,7 +38,14 @@ import {
   sendWork,
   streamBehindItsConsumer,
 } from './helpers.js';
-import { effectTakes, eventType, unitKey, unitMachine, workItem } from './support.js';
+import {
+  effectTakes,
+  eventType,
+  statingMachine,
+  unitKey,
+  unitMachine,
+  workItem,
+} from './support.js';
 
 let nats: NatsServer;
 let bus: Bus;
@@ -141,6 +150,49 @@ describe('runStage', () => {
       phase: 'Ready',
     });
     expect(stage.bound()).toBe(true);
+  });
+
+  it('lets the facts of a resync round into the event stream inside its duplicate window, and carries the round on', async () => {
+    await using _stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine: statingMachine,
+      keyOf: unitKey,
+    });
+    const item = workItem('vol-restated');
+    const stated = async () =>
+      (await readEvents(bus)).filter((e) => e.subject.endsWith('/vol-restated'));
+    const sentOn: WorkItem[] = [];
+    const watch = bus.nc.subscribe(workSubject(item), {
+      callback: (_err, msg) => {
+        const decoded = decodeWorkItem(msg.data);
+        if (decoded.ok && decoded.value.cause === 'stated') sentOn.push(decoded.value);
+      },
+    });
+    await bus.nc.flush();
+    await sendWork(bus, item);
+    await waitFor(async () => (await stated()).length === 1);
+    // Stated again by another nudge of the operation: the same fact, dropped as a duplicate.
+    await sendWork(bus, { ...item, cause: 'spec' });
+    await waitFor(async () => (await backlog(bus)) === 0);
+    // A status that lost the fact to a crash would wait out the window (2 minutes) for it.
+    const resync = { ...item, cause: 'resync', issuedAt: new Date().toISOString() };
+    await sendWork(bus, resync);
+    const [first, again] = await waitFor(async () => {
+      const events = await stated();
+      return events.length === 2 && events;
+    });
+    expect(first!.data.resync).toBeUndefined();
+    expect(again!.data).toMatchObject({ operationId: item.operationId, resync: resync.issuedAt });
+    // The nudge sent on carries the round; what it states there is that round's fact again.
+    await waitFor(() => sentOn.length === 1);
+    expect(sentOn[0]).toMatchObject({ operationId: item.operationId, resync: resync.issuedAt });
+    // The restatement published again (an outbox its writer may not have published) is one message.
+    await new Publisher(bus).publishEvent({ ...again!, id: 'a-retried-publish' });
+    await sendWork(bus, { ...item, cause: 'spec-again' });
+    await waitFor(async () => (await backlog(bus)) === 0);
+    expect((await stated()).map((e) => e.data.resync)).toEqual([undefined, resync.issuedAt]);
+    watch.unsubscribe();
   });
 
   it('publishes an outbox its writer left unpublished before running the unit again', async () => {

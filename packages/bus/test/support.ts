@@ -1,9 +1,10 @@
 // Shared test fixtures: a tiny stage machine and work-item builders.
 import { randomUUID } from 'node:crypto';
 import { Stage, TerminalError, type VolumeEvent, type WorkItem } from '@plugline/contracts';
-import { assign, emit, fromPromise, setup } from 'xstate';
+import { assign, emit, enqueueActions, fromPromise, setup } from 'xstate';
 import {
   fact,
+  nextWork,
   type FactSpec,
   type StageContext,
   type StageEmitted,
@@ -153,3 +154,30 @@ export async function effectTakes(ms: number): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, Math.ceil(left)));
   }
 }
+
+/**
+ * A stage machine that states its fact (`ready`) on every work item it handles, as a stage does
+ * that reports again what it finds (the domain-updater in a resync round). Handling a resync's
+ * nudge, it also nudges its own stage once more (cause `stated`), as a stage nudges the next.
+ */
+export const statingMachine = setup({
+  types: {
+    context: {} satisfies StageContext,
+    events: {} as WorkEvent,
+    emitted: {} as StageEmitted,
+  },
+}).createMachine({
+  id: 'stating',
+  context: {},
+  on: {
+    work: {
+      actions: enqueueActions(({ event, enqueue }) => {
+        const { item } = event;
+        enqueue.emit(fact(readyFact(item)));
+        if (item.cause !== 'resync') return;
+        const { v: _v, issuedAt: _issuedAt, resync: _resync, ...next } = item;
+        enqueue.emit(nextWork({ ...next, cause: 'stated' }));
+      }),
+    },
+  },
+});

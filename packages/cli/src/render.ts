@@ -21,10 +21,14 @@ export function formatAge(ms: number): string {
   return `${Math.floor(h / 24)}d`;
 }
 
-/** The facts an event adds, in a few words: pod and node, target, progress, reason. */
+/**
+ * The facts an event adds, in a few words: pod and node, target, progress, reason, and whether a
+ * resync asked for them again.
+ */
 export function eventDetail(event: VolumeEvent): string {
   const d = event.data;
   const parts: string[] = [];
+  if (d.resync !== undefined) parts.push('again, on resync');
   if (d.attachPod !== undefined) parts.push(`pod ${d.attachPod.name}`);
   if (d.node !== undefined) parts.push(`on ${d.node}`);
   if (d.target !== undefined && d.target !== '') parts.push(`target ${d.target}`);

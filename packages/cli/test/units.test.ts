@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { nextSteps } from '../src/commands/up.js';
 import {
   findReadyLine,
+  formatEventLine,
   formatTable,
   parseCliConfig,
   parseDuration,
@@ -79,6 +80,21 @@ describe('formatTable', () => {
         ],
       ),
     ).toBe('VOLUME        PHASE\na             Ready\nlonger-name   Bound\n');
+  });
+});
+
+describe('formatEventLine', () => {
+  it('says when a fact is stated again because a resync asked for it', () => {
+    const first = event('ready', 'op1', { target: 'sda', phase: 'Ready' });
+    const again = event('ready', 'op1', {
+      target: 'sda',
+      phase: 'Ready',
+      resync: '2026-12-06T23:00:00.000Z',
+    });
+    expect(formatEventLine(first).endsWith('[spec-watcher]  target sda, phase Ready')).toBe(true);
+    expect(formatEventLine(again)).toContain(
+      '[spec-watcher]  again, on resync, target sda, phase Ready',
+    );
   });
 });
 

@@ -60,6 +60,7 @@ export {
   compareOperationIds,
   newOperationId,
   RESYNC_CAUSE,
+  resyncRoundOf,
   buildEvent,
   decodeWorkItem,
   decodeEvent,

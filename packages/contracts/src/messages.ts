@@ -53,6 +53,11 @@ export interface EventData {
   progress?: string;
   /** Extra facts a consumer may show (PVC info, volume mode); never trusted for decisions. */
   details?: Record<string, unknown>;
+  /**
+   * Set on a fact stated in a resync round (see {@link resyncRoundOf}): the round. It makes the
+   * restatement a message of its own (see {@link eventMsgId}).
+   */
+  resync?: string;
 }
 
 /** A CloudEvents 1.0 JSON envelope. */
@@ -91,16 +96,32 @@ export interface WorkItem {
   /** The VMI generation the sender saw, for logs and staleness checks. */
   observedGeneration?: number;
   issuedAt: string;
+  /**
+   * The resync round this nudge continues (see {@link resyncRoundOf}): set on the work a stage
+   * sends while handling a resync's nudge, so the stages after it state again what they stated.
+   */
+  resync?: string;
 }
 
 /**
  * The cause of a work item that asks its stage to report again what it already reported: the
  * spec-watcher's periodic resync of a volume not at its desired end. A stage that would stay
  * silent because it already published a fact of the operation publishes it again, so a status
- * that lost the fact (or never showed it) converges. A repeat inside the stream's duplicate
- * window is dropped there (see {@link eventMsgId}); a later resync gets through.
+ * that lost the fact (or never showed it) converges.
  */
 export const RESYNC_CAUSE = 'resync';
+
+/**
+ * The resync round a work item belongs to: the `issuedAt` of a resync's nudge (cause
+ * {@link RESYNC_CAUSE}), carried on (`resync`) by the work each stage sends while handling it.
+ * Undefined outside a round. Inside one, a stage states again what it already stated, and the
+ * runtime marks those facts with the round (`data.resync`), so the event stream's duplicate window
+ * does not drop them (see {@link eventMsgId}): a status that lost the facts to a crash, or had its
+ * entry removed, is rebuilt in one round, every stage of the chain in turn.
+ */
+export function resyncRoundOf(item: WorkItem): string | undefined {
+  return item.resync ?? (item.cause === RESYNC_CAUSE ? item.issuedAt : undefined);
+}
 
 export function eventTypeOf(event: VolumeEvent): EventType {
   return event.type.slice(CLOUDEVENT_TYPE_PREFIX.length) as EventType;
@@ -155,14 +176,16 @@ export function compareOperationIds(a: string, b: string): number {
  * `Nats-Msg-Id` of an event: a retried publish inside the duplicate window is dropped. The facts
  * a stage states again within one operation with something new are messages of their own: a
  * volume in use announced on the pod that replaced its first one (`attached-to-node`, which the
- * status must follow: dropped as a duplicate, it left the status naming a deleted pod), and each
- * new import progress.
+ * status must follow: dropped as a duplicate, it left the status naming a deleted pod), each new
+ * import progress, and a fact stated again in a resync round (`data.resync`: the status may have
+ * lost the first statement, and would wait out the window, 2 minutes, to be repaired).
  */
 export function eventMsgId(event: VolumeEvent): string {
   const { volume } = keyOfEvent(event);
   const base = `${event.data.vmiUID}:${volume}:${event.data.operationId}:${eventTypeOf(event)}`;
   const variant = event.data.attachPod?.uid ?? event.data.progress;
-  return variant === undefined ? base : `${base}:${variant}`;
+  const id = variant === undefined ? base : `${base}:${variant}`;
+  return event.data.resync === undefined ? id : `${id}@resync:${event.data.resync}`;
 }
 
 /**
@@ -246,6 +269,9 @@ const isOptional = (v: unknown, check: (x: unknown) => boolean): boolean =>
   v === undefined || check(v);
 const isTimestamp = (v: unknown): v is string =>
   isShortString(v, 64) && !Number.isNaN(Date.parse(v));
+/** RFC 3339 as `Date.toISOString` writes it (strict: the value becomes part of a message id). */
+const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
+const isRfc3339 = (v: unknown): v is string => isTimestamp(v) && RFC3339.test(v);
 const isNonNegativeInt = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
 const isOperation = (v: unknown): v is OperationKind => v === 'plug' || v === 'unplug';
 const isStage = (v: unknown): v is Stage => STAGES.includes(v as Stage);
@@ -271,6 +297,7 @@ export function decodeWorkItem(bytes: Uint8Array | string): ParseResult<WorkItem
   if (!isOptional(o.observedGeneration, isNonNegativeInt))
     problems.push('observedGeneration must be a non-negative integer');
   if (!isTimestamp(o.issuedAt)) problems.push('issuedAt is not a timestamp');
+  if (!isOptional(o.resync, isRfc3339)) problems.push('resync is not a timestamp');
   if (problems.length > 0) return fail('invalid-data', `invalid work item: ${problems.join('; ')}`);
   return { ok: true, value: o as unknown as WorkItem };
 }
@@ -294,6 +321,7 @@ function eventDataProblems(d: Json): string[] {
   }
   if (!isOptional(d.attempt, isNonNegativeInt))
     problems.push('data.attempt must be a non-negative integer');
+  if (!isOptional(d.resync, isRfc3339)) problems.push('data.resync is not a timestamp');
   const pod = d.attachPod as Json | undefined;
   if (
     pod !== undefined &&

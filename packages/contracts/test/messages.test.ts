@@ -17,6 +17,7 @@ import {
   eventSubject,
   parseEventSubject,
   parseWorkSubject,
+  resyncRoundOf,
   workFilter,
   workMsgId,
   workSubject,
@@ -230,6 +231,16 @@ describe('Nats-Msg-Id', () => {
     expect(progress('45.10%')).toBe(progress('45.10%'));
   });
 
+  it('tells apart a fact each resync asked for again, and keeps a retried restatement one message', () => {
+    const stated = (resync?: string, id = 'evt') =>
+      eventMsgId(buildEvent({ ...newEvent('ready', resync === undefined ? {} : { resync }), id }));
+    const first = '2026-12-06T23:00:00.000Z';
+    const next = '2026-12-06T23:05:00.000Z';
+    expect(stated(first)).toBe(`${stated()}@resync:${first}`);
+    expect(stated(first, 'a-retry')).toBe(stated(first));
+    expect(stated(next)).not.toBe(stated(first));
+  });
+
   it('distinguishes work nudges by stage, cause and issue time; a retried publish keeps its id', () => {
     const item = workItem();
     expect(workMsgId(item)).toBe(
@@ -293,6 +304,7 @@ describe('decodeEvent', () => {
     ['node with a space', { data: { ...valid.data, node: 'node 1' } }, 'invalid-data'],
     ['operation sideways', { data: { ...valid.data, operation: 'sideways' } }, 'invalid-data'],
     ['target too long', { data: { ...valid.data, target: 'x'.repeat(65) } }, 'invalid-data'],
+    ['resync not a time', { data: { ...valid.data, resync: 'round-7' } }, 'invalid-data'],
   ])('rejects an event with %s', (_title, patch, reason) => {
     expectMalformed(decodeEvent(encode({ ...valid, ...patch })), reason);
   });
@@ -342,12 +354,22 @@ describe('decodeWorkItem', () => {
     ['no cause', { cause: undefined }, 'cause is missing'],
     ['fractional generation', { observedGeneration: 1.5 }, 'observedGeneration'],
     ['bad timestamp', { issuedAt: 'soon' }, 'issuedAt is not a timestamp'],
+    ['resync round not a time', { resync: 'round-7' }, 'resync is not a timestamp'],
   ])('rejects %s', (_title, patch, problem) => {
     const message = expectMalformed(
       decodeWorkItem(encode({ ...workItem(), ...patch })),
       'invalid-data',
     );
     expect(message).toContain(problem);
+  });
+
+  it('belongs to a resync round: a resync nudge begins one, the work sent on in it carries it', () => {
+    const resync = workItem({ cause: 'resync', issuedAt: '2026-12-06T23:00:00.000Z' });
+    expect(resyncRoundOf(resync)).toBe(resync.issuedAt);
+    const sentOn = workItem({ cause: 'mounted-to-pod', resync: resync.issuedAt });
+    expect(decodeWorkItem(encode(sentOn))).toEqual({ ok: true, value: sentOn });
+    expect(resyncRoundOf(sentOn)).toBe(resync.issuedAt);
+    expect(resyncRoundOf(workItem({ cause: 'mounted-to-pod' }))).toBeUndefined();
   });
 
   it('accepts a volume name of exactly 63 characters', () => {

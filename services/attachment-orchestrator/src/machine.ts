@@ -6,7 +6,7 @@ import {
   type StageEmitted,
   type WorkEvent,
 } from '@plugline/bus';
-import { asError, RESYNC_CAUSE } from '@plugline/contracts';
+import { asError, resyncRoundOf } from '@plugline/contracts';
 import { assign, enqueueActions, fromPromise, setup, type AnyMachineSnapshot } from 'xstate';
 import {
   decide,
@@ -75,7 +75,7 @@ export function createOrchestratorMachine(options: DecideOptions) {
         cause: event.item.cause,
         now: event.receivedAt,
         reReport:
-          event.item.cause === RESYNC_CAUSE && event.item.operation === 'plug'
+          resyncRoundOf(event.item) !== undefined && event.item.operation === 'plug'
             ? event.item.volume
             : undefined,
         failure: undefined,

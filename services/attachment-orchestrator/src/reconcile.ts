@@ -691,9 +691,9 @@ export function decide(
   now: number,
   options: DecideOptions,
   /**
-   * The volume a spec-watcher resync names (work cause `resync`, a plug): its status is short of
-   * `AttachedToNode` (resync routes it here only then), so the facts this unit published for it
-   * are reported again, `attached-to-node` with its node-mount work included. A status that lost
+   * The volume a spec-watcher resync names (a plug in a resync round, `resyncRoundOf`): its
+   * status is short of `AttachedToNode` (resync routes it here only then), so the facts this unit
+   * published for it are reported again, `attached-to-node` with its node-mount work included. A status that lost
    * them (its entry dropped while the stages had moved on) converges instead of waiting forever.
    */
   reReport?: string,

@@ -6,6 +6,7 @@ import {
   PluglineError,
   Reason,
   RESYNC_CAUSE,
+  resyncRoundOf,
   Stage,
   VolumePhase,
   type OperationKind,
@@ -86,6 +87,11 @@ export interface DomainUpdaterContext {
   /** The item being handled is a nudge or an older operation's: it did not set `operationId`. */
   readonly kept?: boolean | undefined;
   readonly cause: string;
+  /**
+   * The item being handled is part of a resync round (`resyncRoundOf`): the facts already
+   * reported are reported again (absent in snapshots written before it was kept).
+   */
+  readonly restating?: boolean | undefined;
   /** `receivedAt` of the work item being handled (the machine's clock). */
   readonly now: number;
   readonly obs: Observation | null;
@@ -201,7 +207,7 @@ const desired = (c: DomainUpdaterContext): 'plug' | 'unplug' | undefined =>
 
 /** Whether a fact of this type for this operation should go out (again). */
 function shouldReport(c: DomainUpdaterContext, type: string): boolean {
-  return c.cause === RESYNC_CAUSE || !c.reported.includes(`${type}:${c.operationId}`);
+  return c.restating === true || !c.reported.includes(`${type}:${c.operationId}`);
 }
 
 function markReported(c: DomainUpdaterContext, type: string): readonly string[] {
@@ -353,6 +359,7 @@ export const domainUpdaterMachine = setup({
         obs,
         now: event.receivedAt,
         cause: event.item.cause,
+        restating: resyncRoundOf(event.item) !== undefined,
         vmiUID,
         operationId,
         domain: obs.kind === 'observed' ? obs.domain : context.domain,

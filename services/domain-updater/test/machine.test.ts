@@ -406,6 +406,13 @@ describe('domainUpdaterMachine rules', () => {
     h.actor.send(work('plugPresent', T0, 'resync'));
     expect(h.emitted.map((e) => e.type === 'plugline.fact' && e.fact.type)).toEqual(['ready']);
     expect(h.fx.calls).toEqual(['attach', 'confirm']);
+    // So does node-mounter's nudge sent on in the resync's round, and a nudge after it does not.
+    h.emitted.length = 0;
+    const inRound = work('plugPresent', T0 + 1);
+    h.actor.send({ ...inRound, item: { ...inRound.item, resync: new Date(T0).toISOString() } });
+    h.actor.send(work('plugPresent', T0 + 2));
+    expect(h.emitted.map((e) => e.type === 'plugline.fact' && e.fact.type)).toEqual(['ready']);
+    expect(h.fx.calls).toEqual(['attach', 'confirm']);
     h.actor.stop();
   });
 

@@ -71,6 +71,11 @@ export function viewOf(
 export { RESYNC_CAUSE };
 /** The cause of a nudge from a VMI change. */
 export const SPEC_CAUSE = 'spec';
+/**
+ * The cause of a nudge from a VMI change that dropped the plug entry of a volume the spec still
+ * wants (another writer of the status removed it): the stages state their facts again.
+ */
+export const ENTRY_REMOVED_CAUSE = 'entry-removed';
 /** The cause of the projector's nudge: a stage unplugged the volume while the spec wants it. */
 export const REVERSED_CAUSE = 'reversed';
 
@@ -81,7 +86,7 @@ export const reversedNudgeId = (operationId: string): string => `reversed-${oper
 export interface DecideEvent {
   type: 'decide';
   view: VolumeView;
-  /** What prompted the nudge: `spec` (a VMI change), `resync` or `reversed`. */
+  /** What prompted the nudge: `spec` (a VMI change), `entry-removed`, `resync` or `reversed`. */
   cause: string;
   /** The nudge's own id (its work item's `operationId`). */
   nudgeId: string;
@@ -256,13 +261,16 @@ export const decisionMachine = setup({
       !unpluggedSince(context.book, event.view) &&
       !reversedUnder(context.book, event),
     /**
-     * The nudge asks for the current operation's work again: a resync, or the projector's report
-     * of an unplug fact of another operation while the spec wants the volume (it may have taken
-     * the disk out of the domain under the current plug's feet).
+     * The nudge asks for the current operation's work again: a resync; the projector's report of
+     * an unplug fact of another operation while the spec wants the volume (it may have taken the
+     * disk out of the domain under the current plug's feet); or a VMI change that dropped the
+     * volume's plug entry. The work goes out as a resync's, so the stages state their facts again
+     * and the status is rebuilt now, not at the next periodic resync.
      */
     resends: ({ event }) =>
       event.cause === RESYNC_CAUSE ||
-      (event.cause === REVERSED_CAUSE && event.view.direction === 'plug'),
+      ((event.cause === REVERSED_CAUSE || event.cause === ENTRY_REMOVED_CAUSE) &&
+        event.view.direction === 'plug'),
     wantsPlug: ({ event }) => event.view.direction === 'plug',
     /**
      * The book holds an unplug of this VMI: the volume comes back while it may be on its way out,

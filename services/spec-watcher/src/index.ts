@@ -39,6 +39,7 @@ export {
   decisionNudge,
   viewOf,
   RESYNC_CAUSE,
+  ENTRY_REMOVED_CAUSE,
   REVERSED_CAUSE,
   reversedNudgeId,
   SPEC_CAUSE,

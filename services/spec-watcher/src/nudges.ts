@@ -19,6 +19,8 @@ const keyOf = (t: NudgeTarget): string => `${t.operation}/${t.volume}`;
  */
 export class NudgeLedger {
   readonly #byVmi = new Map<string, Set<string>>();
+  /** Per VMI uid, the volumes the spec wants whose plug the status showed an entry of. */
+  readonly #shown = new Map<string, Set<string>>();
 
   /**
    * Records `diff` as the VMI's diff now and returns its members that were not in it the last
@@ -35,6 +37,19 @@ export class NudgeLedger {
     return before === undefined ? [...diff] : diff.filter((t) => !before.has(keyOf(t)));
   }
 
+  /**
+   * Records the volumes the spec wants whose plug the status shows an entry of now (`shown`: in
+   * a plug phase), and returns those it showed the last time that now have no entry at all
+   * (`missing`): the entry was dropped by something other than an unplug, which only ends once the
+   * spec no longer wants the volume. A VMI that shows none holds nothing.
+   */
+  dropped(vmiUID: string, shown: readonly string[], missing: ReadonlySet<string>): string[] {
+    const before = this.#shown.get(vmiUID);
+    if (shown.length === 0) this.#shown.delete(vmiUID);
+    else this.#shown.set(vmiUID, new Set(shown));
+    return before === undefined ? [] : [...before].filter((volume) => missing.has(volume));
+  }
+
   /** Whether `target` was in the VMI's diff the last time. */
   holds(vmiUID: string, target: NudgeTarget): boolean {
     return this.#byVmi.get(vmiUID)?.has(keyOf(target)) === true;
@@ -48,11 +63,13 @@ export class NudgeLedger {
   /** The VMI is gone (deleted, or being deleted). */
   forget(vmiUID: string): void {
     this.#byVmi.delete(vmiUID);
+    this.#shown.delete(vmiUID);
   }
 
   /** Forgets every VMI not in `live` (a delete the informer never reported). */
   retainOnly(live: ReadonlySet<string>): void {
     for (const uid of this.#byVmi.keys()) if (!live.has(uid)) this.#byVmi.delete(uid);
+    for (const uid of this.#shown.keys()) if (!live.has(uid)) this.#shown.delete(uid);
   }
 
   /** How many VMIs have nudged pairs remembered. */

@@ -238,6 +238,25 @@ function isStale(event: VolumeEvent, newest: NewestOperation | undefined): boole
   return !(newest.direction === 'unplug' && isUnplugFact(event) && ofThisUnplug);
 }
 
+/** How far along the unplug facts take a volume, after every plug fact (see {@link progressOf}). */
+const UNPLUG_PROGRESS: Partial<Record<EventType, number>> = {
+  'detached-from-domain': phaseRank(Phase.UnMountedFromPod),
+  'unmounted-from-pod': phaseRank(Phase.UnMountedFromPod),
+  detaching: phaseRank(Phase.Detaching),
+  released: phaseRank(Phase.Detaching) + 1,
+  removed: phaseRank(Phase.Detaching) + 1,
+};
+
+/**
+ * How far along its operation an event takes a volume: a plug fact by its phase, an unplug fact
+ * after all of them, in their order; 0 for what moves nothing (a request, a failure, progress).
+ */
+export function progressOf(event: VolumeEvent): number {
+  const type = eventTypeOf(event);
+  const plugPhase = PLUG_FACT_PHASE[type];
+  return plugPhase === undefined ? (UNPLUG_PROGRESS[type] ?? 0) : phaseRank(plugPhase);
+}
+
 /** A stage's report that the volume went (part of the way) out: not a request, not `removed`. */
 export const isUnplugFact = (event: VolumeEvent): boolean => UNPLUG_FACTS.has(eventTypeOf(event));
 

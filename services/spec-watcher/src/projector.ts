@@ -14,6 +14,7 @@ import {
 } from '@plugline/bus';
 import {
   buildEvent,
+  compareOperationIds,
   deadLetterSubject,
   decodeEvent,
   EVENTS_PLACEHOLDER_SUBJECT,
@@ -43,7 +44,7 @@ import type { NewestOperation, Projection, ProjectionContext } from './project.j
 import { FreshestVmis, type VmiCache } from './freshest-vmis.js';
 import { decisionNudge, REVERSED_CAUSE, reversedNudgeId } from './decision.js';
 import { desiredDirections } from './plan.js';
-import { isUnplugFact, projectStatus } from './project.js';
+import { isUnplugFact, progressOf, projectStatus } from './project.js';
 
 /** The projector's durable consumer on `PLUGLINE_EVENTS`. */
 export const PROJECTOR_CONSUMER = 'spec-watcher-projector';
@@ -204,6 +205,20 @@ const WRITTEN_AT_ONCE: ReadonlySet<string> = new Set([
 /** How many volumes of each remembered VMI the projector remembers the last applied event of. */
 const VOLUMES_PER_VMI_REMEMBERED = 8;
 
+/** What the projector keeps of the event of a volume it applied latest in the stream. */
+interface AppliedEvent {
+  seq: number;
+  operationId: string;
+  /** How far along its operation it took the volume (`progressOf`). */
+  progress: number;
+}
+
+/** Whether `applied`, later in the stream, says all that `event` says of its volume, or more. */
+function supersedes(applied: AppliedEvent, event: VolumeEvent): boolean {
+  const order = compareOperationIds(event.data.operationId, applied.operationId);
+  return order < 0 || (order === 0 && progressOf(event) <= applied.progress);
+}
+
 /** A volume's key: `ns/vmi/volume`. */
 function volumeKeyOf(event: VolumeEvent): string {
   const { namespace, vmi, volume } = keyOfEvent(event);
@@ -230,8 +245,8 @@ class StatusProjector implements Projector {
   readonly #running = new Set<Promise<void>>();
   /** Per VMI (`ns/name`): the newest operation seen per volume (stale events are ignored). */
   readonly #operations: BoundedMap<string, ProjectionContext['operations']>;
-  /** Per volume (`ns/vmi/volume`): the stream sequence of the last event applied here. */
-  readonly #appliedUpTo: BoundedMap<string, number>;
+  /** Per volume (`ns/vmi/volume`): the event applied here latest in the stream. */
+  readonly #lastApplied: BoundedMap<string, AppliedEvent>;
   /** The VMI copies the status writer reads first (see FreshestVmis). */
   readonly #freshest: FreshestVmis | undefined;
   /** Events held (waiting or being applied). */
@@ -248,7 +263,7 @@ class StatusProjector implements Projector {
     this.#log = childLogger(options.logger, { component: 'projector' });
     // Bounded: the oldest VMI is forgotten first.
     this.#operations = new BoundedMap(options.maxRemembered ?? 10_000);
-    this.#appliedUpTo = new BoundedMap(
+    this.#lastApplied = new BoundedMap(
       VOLUMES_PER_VMI_REMEMBERED * (options.maxRemembered ?? 10_000),
     );
     const freshest =
@@ -501,7 +516,10 @@ class StatusProjector implements Projector {
       for (const d of deliveries) {
         const volume = volumeKeyOf(d.event);
         const seq = d.msg.info.streamSequence;
-        if (seq > (this.#appliedUpTo.get(volume) ?? 0)) this.#appliedUpTo.set(volume, seq);
+        if (seq > (this.#lastApplied.get(volume)?.seq ?? 0)) {
+          const { operationId } = d.event.data;
+          this.#lastApplied.set(volume, { seq, operationId, progress: progressOf(d.event) });
+        }
         d.msg.ack();
       }
       handled(Outcome.Done);
@@ -518,23 +536,27 @@ class StatusProjector implements Projector {
   }
 
   /**
-   * `deliveries` less each event older in the stream than one of its volume already applied
-   * here, which is acknowledged unapplied: a redelivery of an event first delivered to a process
-   * that crashed before acknowledging it, which JetStream hands back after the newer ones. What it
-   * said is superseded, and applied now it would undo them (seen in the kill soak: a volume's
-   * `ready`, redelivered after its unplug's `released`, brought back its removed status entry).
+   * `deliveries` less each event that one of its volume applied here, later in the stream,
+   * supersedes; those are acknowledged unapplied. They are redeliveries of events first delivered
+   * to a process that crashed before acknowledging them, which JetStream hands back after the
+   * newer ones; applied now, they could undo what the newer ones said (seen in the kill soak: a
+   * volume's `ready`, redelivered after its unplug's `released`, brought back its removed status
+   * entry). An event is superseded by one of a newer operation, or by one of its own operation at
+   * least as far along: a fact stated again (a resync round's `attached-to-node`) says less than
+   * the `ready` it follows, which must still be applied.
    */
   #withoutSuperseded(deliveries: readonly Delivery[]): Delivery[] {
     const kept: Delivery[] = [];
     for (const d of deliveries) {
       const seq = d.msg.info.streamSequence;
-      if (seq > (this.#appliedUpTo.get(volumeKeyOf(d.event)) ?? 0)) {
+      const last = this.#lastApplied.get(volumeKeyOf(d.event));
+      if (last === undefined || seq > last.seq || !supersedes(last, d.event)) {
         kept.push(d);
         continue;
       }
       this.#log.debug(
         { seq, event: eventTypeOf(d.event), subject: d.event.subject },
-        'a redelivered event older than one of its volume applied here: superseded',
+        'a redelivered event superseded by one of its volume applied here',
       );
       d.msg.ack();
       this.#o.metrics.messagesHandled.inc({

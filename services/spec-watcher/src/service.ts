@@ -34,13 +34,14 @@ import {
   decisionMachine,
   decisionUnit,
   decisionNudge,
+  ENTRY_REMOVED_CAUSE,
   RESYNC_CAUSE,
   routingPhaseOf,
   SPEC_CAUSE,
   viewOf,
   type VolumeView,
 } from './decision.js';
-import { diffVolumes, hotplugVolumesOf } from './diff.js';
+import { diffVolumes, hotplugVolumesOf, type VolumeDiff } from './diff.js';
 import { NudgeLedger, type NudgeTarget } from './nudges.js';
 import { desiredDirections } from './plan.js';
 import { ensureProjectorConsumer, startProjector, type Projector } from './projector.js';
@@ -159,8 +160,11 @@ function publishNudges(
  * last diff held: its entry may not have moved yet (still `Ready`), so the diff alone misses the
  * re-add, and the decision, which holds the unplug, must hear of it.
  */
-function diffTargets(vmi: VirtualMachineInstance, nudged: NudgeLedger): NudgeTarget[] {
-  const diff = diffVolumes(vmi);
+function diffTargets(
+  vmi: VirtualMachineInstance,
+  diff: VolumeDiff,
+  nudged: NudgeLedger,
+): NudgeTarget[] {
   const targets = [
     ...diff.plug.map((v): NudgeTarget => ({ operation: 'plug', volume: v.name })),
     ...diff.unplug.map((s): NudgeTarget => ({ operation: 'unplug', volume: s.name })),
@@ -176,10 +180,29 @@ function diffTargets(vmi: VirtualMachineInstance, nudged: NudgeLedger): NudgeTar
 }
 
 /**
+ * The hotplug volumes the spec wants whose plug the status shows an entry of (`shown`), and those
+ * with no entry at all (`missing`).
+ */
+function plugEntries(
+  vmi: VirtualMachineInstance,
+  diff: VolumeDiff,
+): { shown: string[]; missing: Set<string> } {
+  const entries = new Set((vmi.status?.volumeStatus ?? []).map((s) => s.name));
+  const inDiff = new Set(diff.plug.map((v) => v.name));
+  const wanted = hotplugVolumesOf(vmi).map((v) => v.name);
+  return {
+    shown: wanted.filter((volume) => !inDiff.has(volume)),
+    missing: new Set(wanted.filter((volume) => !entries.has(volume))),
+  };
+}
+
+/**
  * A VMI changed: nudge the decision of each volume that has newly entered the diff (its status
  * does not reflect its spec). Volumes nudged on an earlier update and still in the diff are not
  * nudged again: their decision already ran on a view at least as new as that update, and a
  * status write does not change what it decides (issue 10: re-nudging them made a burst O(n²)).
+ * A volume whose plug entry this change dropped is nudged as such (`entry-removed`): its decision
+ * has the stages state their facts again.
  */
 function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
   const uid = vmi.metadata.uid;
@@ -188,12 +211,21 @@ function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
     w.nudged.forget(uid);
     return;
   }
-  const fresh = w.nudged.fresh(uid, diffTargets(vmi, w.nudged));
+  const diff = diffVolumes(vmi);
+  const { shown, missing } = plugEntries(vmi, diff);
+  const dropped = new Set(w.nudged.dropped(uid, shown, missing));
+  const fresh = w.nudged.fresh(uid, diffTargets(vmi, diff, w.nudged));
   if (fresh.length > 0) {
     const id = `rv-${vmi.metadata.resourceVersion ?? '0'}`;
-    const items = fresh.map(({ volume, operation }) =>
-      decisionNudge(vmi, { volume, operation, cause: SPEC_CAUSE, id }),
-    );
+    const items = fresh.map(({ volume, operation }) => {
+      const removed = operation === 'plug' && dropped.has(volume);
+      return decisionNudge(vmi, {
+        volume,
+        operation,
+        cause: removed ? ENTRY_REMOVED_CAUSE : SPEC_CAUSE,
+        id,
+      });
+    });
     const lost = (item: WorkItem) =>
       w.nudged.unsent(uid, { operation: item.operation, volume: item.volume });
     const stage = w.stage;

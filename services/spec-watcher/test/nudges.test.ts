@@ -43,4 +43,19 @@ describe('NudgeLedger', () => {
     ledger.retainOnly(new Set(['uid']));
     expect(ledger.size).toBe(1);
   });
+
+  it('names the volumes whose plug entry was shown and is now gone while the spec wants them', () => {
+    const ledger = new NudgeLedger();
+    expect(ledger.dropped('uid', ['a', 'b', 'c'], new Set())).toEqual([]);
+    // b's entry went to an unplug phase (a re-add while unplugging): not dropped; c's is gone.
+    expect(ledger.dropped('uid', ['a'], new Set(['c']))).toEqual(['c']);
+    // Seen once: the next change does not name it again; a new entry shown and dropped is named.
+    expect(ledger.dropped('uid', ['a'], new Set(['c']))).toEqual([]);
+    expect(ledger.dropped('uid', [], new Set(['a']))).toEqual(['a']);
+    // A VMI first seen (a restarted watcher) names nothing: it cannot tell a drop from a new plug.
+    expect(ledger.dropped('new', [], new Set(['a']))).toEqual([]);
+    ledger.dropped('gone', ['x'], new Set());
+    ledger.forget('gone');
+    expect(ledger.dropped('gone', [], new Set(['x']))).toEqual([]);
+  });
 });

@@ -9,6 +9,7 @@ import {
   projectStatus,
   statusEqual,
 } from '../src/index.js';
+import { progressOf } from '../src/project.js';
 import { event, vmi, withHotplugPVC } from './fixtures.js';
 
 const POD = { name: 'hp-volume-0123456789', uid: 'pod-uid-1' };
@@ -377,6 +378,24 @@ describe('the newest operation known from the decision book (after a restart)', 
     });
     expect(repeat.changed).toBe(false);
     expect(repeat.next[0]?.phase).toBe('Bound');
+  });
+});
+
+describe('progressOf (what a redelivered event must say more of to be applied late)', () => {
+  it('orders the facts of a plug, then those of an unplug; requests and failures move nothing', () => {
+    const progress = (events: ReturnType<typeof event>[]) => events.map(progressOf);
+    const plug = progress(plugFacts('v', 'op-1').slice(1));
+    const unplug = progress(unplugFacts('v', 'op-2').slice(1));
+    expect(plug).toEqual([...plug].sort((a, b) => a - b));
+    expect(Math.min(...unplug)).toBeGreaterThan(Math.max(...plug));
+    expect(unplug).toEqual([...unplug].sort((a, b) => a - b));
+    for (const idle of [
+      event('requested', 'v', 'op-1'),
+      event('unplug-requested', 'v', 'op-2'),
+      event('failed', 'v', 'op-1', { reason: 'MountFailed', message: 'no' }),
+    ]) {
+      expect(progressOf(idle)).toBeLessThan(Math.min(...plug));
+    }
   });
 });
 

@@ -832,6 +832,35 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     expect((await newRequest(name, 'torn', known)).data.operation).toBe('plug');
   });
 
+  it('a Ready volume whose entry another writer dropped is asked of its stages again at once, under its operation', async () => {
+    const name = `dropped-${randomBytes(3).toString('hex')}`;
+    const { vmi, op } = await attachedVolume(name, 'kept');
+    await publishFact(vmi, 'kept', EventType.MountedToPod, { operationId: op, node: NODE });
+    await publishFact(vmi, 'kept', EventType.Ready, { operationId: op, target: 'sda' });
+    await waitForPhase(name, 'kept', 'Ready');
+    const askedAgain = async () =>
+      (await workFor(Stage.AttachmentOrchestrator, name)).filter(
+        (w) => w.volume === 'kept' && w.cause === 'resync',
+      );
+    expect(await askedAgain()).toEqual([]);
+    // A restore, or a controller that knows nothing of hotplug, writes the status without it.
+    const written = structuredClone(getVmi(name));
+    written.status!.volumeStatus = written.status!.volumeStatus!.filter((s) => s.name !== 'kept');
+    sim.store.update(Types.virtualmachineinstances, name, written as unknown as KubeObject, {
+      namespace: ns,
+      subresource: 'status',
+    });
+    // Not at the next periodic resync (10 minutes here): the first stage is asked at once, as a
+    // resync asks it, so each stage states its facts again.
+    const asked = await waitFor(async () => (await askedAgain())[0], {
+      timeout: 10_000,
+      description: 'the orchestrator asked again for the dropped entry',
+    });
+    expect(asked).toMatchObject({ operationId: op, operation: 'plug' });
+    const requests = (await eventsOf(name, 'kept')).filter((e) => e.type.endsWith('.requested'));
+    expect(requests.map((e) => e.data.operationId)).toEqual([op]);
+  });
+
   it('a volume re-added while it is being unplugged is nudged again, and plugs', async () => {
     const name = `readd-${randomBytes(3).toString('hex')}`;
     const recorded = recordNudges(name);
@@ -905,6 +934,34 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
         value: 1,
       }),
     );
+  });
+
+  it("a held event further along than its operation's fact applied since (a restatement) is still applied", async () => {
+    const name = `behind-${randomBytes(3).toString('hex')}`;
+    const { vmi, op } = await attachedVolume(name, 'behind');
+    await publishFact(vmi, 'behind', EventType.MountedToPod, { operationId: op, node: NODE });
+    await waitForPhase(name, 'behind', 'MountedToPod');
+    // The domain-updater's `ready` goes to a projector that dies before acknowledging it.
+    await stopService();
+    const heldSeq = await publishFact(vmi, 'behind', EventType.Ready, {
+      operationId: op,
+      target: 'sdc',
+    });
+    const consumer = await bus.js.consumers.get(StreamName.Events, PROJECTOR_CONSUMER);
+    const taken = await consumer.next({ expires: 5000 });
+    expect(taken?.seq).toBe(heldSeq);
+    // A resync round has the orchestrator state `attached-to-node` again; the new projector
+    // applies it first. It says less than the held `ready`, which must not be lost to it.
+    await startService('worker-a');
+    const restated = await publishFact(vmi, 'behind', EventType.AttachedToNode, {
+      operationId: op,
+      node: NODE,
+      attachPod: { name: 'hp-volume-behind', uid: 'pod-uid' },
+      resync: new Date().toISOString(),
+    });
+    // Both handled (the held one once its ack wait is over): the entry shows the `ready`.
+    await projected(restated);
+    expect(statusOf(name, 'behind')).toMatchObject({ phase: 'Ready', target: 'sdc' });
   });
 
   it('restarted, it still knows which operation is newest: a late fact of the unplug before a re-add changes nothing', async () => {
