@@ -6,7 +6,7 @@
  */
 import { openSync, readSync, closeSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { addVolume, createPvc, ensureNamespace } from '@plugline/cli';
+import { addVolume, createPvc, ensureNamespace, removeVolume } from '@plugline/cli';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { isRoot, loopDevicesUnder, mountsUnder } from '../chain/helpers.js';
@@ -184,6 +184,53 @@ describe.skipIf(!isRoot)('chaos', () => {
         reason: ready.reason,
         hotplugVolume: ready.hotplugVolume,
       });
+      const inv = await settle(f, { timeoutMs: 120_000 });
+      figures.readyVolumes = inv.readyVolumes;
+    });
+  }, 300_000);
+
+  it('an entry written back after its volume was unplugged is removed again by the next resync', async () => {
+    await scenario('status-entry-restored', async (r, figures) => {
+      const ns = 'chaos-status-restored';
+      await ensureNamespace(f.stack.kc, ns);
+      await f.stack.createVmi({ namespace: ns, name: 'vm' });
+      await createPvc(f.stack.kc, {
+        namespace: ns,
+        name: 'gone',
+        mode: 'Filesystem',
+        size: '16Mi',
+      });
+      await addVolume(f.client, { namespace: ns, vmi: 'vm', flags: { volumeName: 'gone' } });
+      const entry = async () =>
+        (await f.client.getVmi(ns, 'vm')).status?.volumeStatus?.find((v) => v.name === 'gone');
+      const ready = await vi.waitFor(
+        async () => {
+          const e = await entry();
+          expect(e?.phase).toBe('Ready');
+          return e!;
+        },
+        { timeout: 60_000, interval: 100 },
+      );
+      await removeVolume(f.client, { namespace: ns, vmi: 'vm', volumeName: 'gone' });
+      await vi.waitFor(async () => expect(await entry()).toBeUndefined(), {
+        timeout: 60_000,
+        interval: 100,
+      });
+      // A restore writes the status back as it was while the volume was Ready. Every stage is
+      // done with the unplug and said so moments ago (inside the duplicate window).
+      const restoredAt = Date.now();
+      await f.client.patchVmiStatus(ns, 'vm', [
+        { op: 'add', path: '/status/volumeStatus/-', value: ready },
+      ]);
+      r.sent();
+      // The next resync (every 8 s here) asks the domain-updater, as the entry says `Ready`; the
+      // round goes down the unplug's stages, and the orchestrator, with no pod carrying the
+      // volume, reports it released again: the entry goes. (Before, it stayed for good.)
+      await vi.waitFor(async () => expect(await entry()).toBeUndefined(), {
+        timeout: 60_000,
+        interval: 100,
+      });
+      figures.removedMs = Date.now() - restoredAt;
       const inv = await settle(f, { timeoutMs: 120_000 });
       figures.readyVolumes = inv.readyVolumes;
     });

@@ -74,10 +74,7 @@ export function createOrchestratorMachine(options: DecideOptions) {
         unit: recordWork(context.unit, event.item),
         cause: event.item.cause,
         now: event.receivedAt,
-        reReport:
-          resyncRoundOf(event.item) !== undefined && event.item.operation === 'plug'
-            ? event.item.volume
-            : undefined,
+        reReport: resyncRoundOf(event.item) === undefined ? undefined : event.item.volume,
         failure: undefined,
       })),
       decide: assign(({ context, event }) => ({

@@ -255,7 +255,7 @@ class Run {
   readonly statusOf: Map<string, VolumeStatus>;
   readonly vmi: VirtualMachineInstance;
 
-  /** The volume whose plug facts this run reports again even if published (a resync asked). */
+  /** The volume whose facts this run reports again even if published (a resync round asked). */
   readonly #reReport: string | undefined;
 
   constructor(state: UnitState, vmi: VirtualMachineInstance, reReport?: string) {
@@ -311,7 +311,8 @@ class Run {
 
   /**
    * Publishes a fact unless the same signature was the last of its type for the volume — or,
-   * for the plug facts of the volume a resync names, again: the status may have lost it.
+   * for the volume a resync round names, again: the status may have lost it (or had an entry
+   * written back that the unplug's `released` had removed).
    */
   fact(
     volume: string,
@@ -324,7 +325,7 @@ class Run {
     if (op === undefined) return undefined;
     const sig = `${op.operationId}|${signature}`;
     const published = (this.state.published[volume] ??= {});
-    const again = operation === 'plug' && volume === this.#reReport;
+    const again = volume === this.#reReport;
     if (published[type] === sig && !again) return undefined;
     published[type] = sig;
     this.emit.push(
@@ -691,10 +692,12 @@ export function decide(
   now: number,
   options: DecideOptions,
   /**
-   * The volume a spec-watcher resync names (a plug in a resync round, `resyncRoundOf`): its
-   * status is short of `AttachedToNode` (resync routes it here only then), so the facts this unit
-   * published for it are reported again, `attached-to-node` with its node-mount work included. A status that lost
-   * them (its entry dropped while the stages had moved on) converges instead of waiting forever.
+   * The volume a resync round names (`resyncRoundOf`): the facts this unit published for it are
+   * reported again. A plug's status is short of `AttachedToNode` (resync routes it here only
+   * then): `attached-to-node` goes out again with its node-mount work. An unplug's status still
+   * has an entry: `detaching` and `released` go out again once no pod carries the volume. A
+   * status that lost them (its entry dropped while the stages had moved on, or written back after
+   * the unplug removed it) converges instead of waiting forever.
    */
   reReport?: string,
 ): Decision {

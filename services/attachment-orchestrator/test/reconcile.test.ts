@@ -163,6 +163,38 @@ describe('decide', () => {
     expect(decide(again.state, steady, T0 + 3, OPTIONS, 'a').emit).toEqual([]);
   });
 
+  it('reports detaching and released again when a resync round finds the entry of a volume it released', () => {
+    const plugged = state(item('a', { operationId: '00mx0000a1-plug' }));
+    const unplug = item('a', {
+      operation: 'unplug',
+      operationId: '00mx0000b2-unplug',
+      cause: EventType.UnmountedFromPod,
+      issuedAt: new Date(T0 + 1).toISOString(),
+    });
+    // Its pod gone, the volume is released while the status still shows the entry going.
+    const leaving = vmi(
+      withVolumeStatus({ name: 'a', target: '', phase: 'Detaching', hotplugVolume: {} }),
+    );
+    const released = decide(recordWork(plugged, unplug), observed(leaving, ['a']), T0 + 1, OPTIONS);
+    expect(factTypes(released)).toEqual(['a:detaching', 'a:released']);
+    // The entry is written back (a restore): node-mounter's work in a resync round reaches here.
+    const restored = vmi(
+      withVolumeStatus({
+        name: 'a',
+        target: '',
+        phase: 'UnMountedFromPod',
+        hotplugVolume: { attachPodName: 'hp-gone', attachPodUID: 'uid-gone' },
+      }),
+    );
+    const obs = observed(restored, ['a']);
+    const inRound = { ...unplug, resync: new Date(T0 + 2).toISOString() };
+    // A plain repeat says nothing again; the round names the volume, and both facts go out.
+    expect(decide(recordWork(released.state, unplug), obs, T0 + 2, OPTIONS).emit).toEqual([]);
+    const again = decide(recordWork(released.state, inRound), obs, T0 + 2, OPTIONS, 'a');
+    expect(factTypes(again)).toEqual(['a:detaching', 'a:released']);
+    expect(again.emit[1]).toMatchObject({ fact: { data: { operationId: '00mx0000b2-unplug' } } });
+  });
+
   it('names the new pod for a volume in use whose pod was replaced: phase kept, no node-mounter work', () => {
     const v = vmi(
       withHotplugPVC('a'),
