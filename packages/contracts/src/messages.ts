@@ -120,7 +120,9 @@ export const RESYNC_CAUSE = 'resync';
  * entry removed, is rebuilt in one round, every stage of the chain in turn.
  */
 export function resyncRoundOf(item: WorkItem): string | undefined {
-  return item.resync ?? (item.cause === RESYNC_CAUSE ? item.issuedAt : undefined);
+  if (item.resync !== undefined) return item.resync;
+  // In `toISOString`'s form, whatever form the (validated) `issuedAt` came in: it goes into ids.
+  return item.cause === RESYNC_CAUSE ? new Date(item.issuedAt).toISOString() : undefined;
 }
 
 export function eventTypeOf(event: VolumeEvent): EventType {

@@ -370,6 +370,10 @@ describe('decodeWorkItem', () => {
     expect(decodeWorkItem(encode(sentOn))).toEqual({ ok: true, value: sentOn });
     expect(resyncRoundOf(sentOn)).toBe(resync.issuedAt);
     expect(resyncRoundOf(workItem({ cause: 'mounted-to-pod' }))).toBeUndefined();
+    // An issue time in another form than toISOString's still names the round in that form.
+    const other = workItem({ cause: 'resync', issuedAt: '2026-12-06T23:00:00Z' });
+    expect(decodeWorkItem(encode(other)).ok).toBe(true);
+    expect(resyncRoundOf(other)).toBe('2026-12-06T23:00:00.000Z');
   });
 
   it('accepts a volume name of exactly 63 characters', () => {
