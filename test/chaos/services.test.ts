@@ -8,6 +8,7 @@ import { openSync, readSync, closeSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { addVolume, createPvc, ensureNamespace, removeVolume } from '@plugline/cli';
 import { CoreV1Api } from '@kubernetes/client-node';
+import type { VolumeStatus } from '@plugline/contracts';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { isRoot, loopDevicesUnder, mountsUnder } from '../chain/helpers.js';
 import {
@@ -44,6 +45,40 @@ async function scenario(
   } finally {
     await r.print(figures, passed);
   }
+}
+
+/** A volume of a new VMI `vm` in `ns`, plugged and `Ready`; its status entry, read when asked. */
+async function readyVolume(
+  ns: string,
+  volume: string,
+): Promise<{ ready: VolumeStatus; entry: () => Promise<VolumeStatus | undefined> }> {
+  await ensureNamespace(f.stack.kc, ns);
+  await f.stack.createVmi({ namespace: ns, name: 'vm' });
+  await createPvc(f.stack.kc, { namespace: ns, name: volume, mode: 'Filesystem', size: '16Mi' });
+  await addVolume(f.client, { namespace: ns, vmi: 'vm', flags: { volumeName: volume } });
+  const entry = async () =>
+    (await f.client.getVmi(ns, 'vm')).status?.volumeStatus?.find((v) => v.name === volume);
+  return { ready: await readyEntry(entry), entry };
+}
+
+/** The entry once it is `Ready`. */
+function readyEntry(entry: () => Promise<VolumeStatus | undefined>): Promise<VolumeStatus> {
+  return vi.waitFor(
+    async () => {
+      const e = await entry();
+      expect(e?.phase).toBe('Ready');
+      return e!;
+    },
+    { timeout: 60_000, interval: 100 },
+  );
+}
+
+/** Until the entry is gone. */
+async function noEntry(entry: () => Promise<VolumeStatus | undefined>): Promise<void> {
+  await vi.waitFor(async () => expect(await entry()).toBeUndefined(), {
+    timeout: 60_000,
+    interval: 100,
+  });
 }
 
 beforeAll(async () => {
@@ -136,48 +171,23 @@ describe.skipIf(!isRoot)('chaos', () => {
   it("a Ready volume's status entry removed by another writer is rebuilt, as it was", async () => {
     await scenario('status-entry-removed', async (r, figures) => {
       const ns = 'chaos-status-wiped';
-      await ensureNamespace(f.stack.kc, ns);
-      await f.stack.createVmi({ namespace: ns, name: 'vm' });
-      await createPvc(f.stack.kc, {
-        namespace: ns,
-        name: 'kept',
-        mode: 'Filesystem',
-        size: '16Mi',
-      });
-      await addVolume(f.client, { namespace: ns, vmi: 'vm', flags: { volumeName: 'kept' } });
-      const entry = async () =>
-        (await f.client.getVmi(ns, 'vm')).status?.volumeStatus?.find((v) => v.name === 'kept');
-      const ready = await vi.waitFor(
-        async () => {
-          const e = await entry();
-          expect(e?.phase).toBe('Ready');
-          return e!;
-        },
-        { timeout: 60_000, interval: 100 },
-      );
+      const { ready, entry } = await readyVolume(ns, 'kept');
       // Another writer of the status (a restore, a controller that knows nothing of hotplug)
       // drops the entry. The stages stated every fact of the operation moments ago, so the
       // event stream's duplicate window (2 minutes) would drop the same facts stated again.
       const vmi = await f.client.getVmi(ns, 'vm');
       const index = vmi.status!.volumeStatus!.findIndex((v) => v.name === 'kept');
       const removedAt = Date.now();
-      await f.client.patchVmiStatus(ns, 'vm', [
+      const written = await f.client.patchVmiStatus(ns, 'vm', [
         { op: 'test', path: `/status/volumeStatus/${index}/name`, value: 'kept' },
         { op: 'remove', path: `/status/volumeStatus/${index}` },
       ]);
-      expect(await entry()).toBeUndefined();
+      expect(written.status?.volumeStatus?.map((v) => v.name)).not.toContain('kept');
       r.sent();
       // The watcher sees the entry dropped and asks the first stage again, as a resync would;
       // each stage states its facts again in that round and nudges the next: the entry is back,
       // as it was, well inside the duplicate window.
-      const back = await vi.waitFor(
-        async () => {
-          const e = await entry();
-          expect(e?.phase).toBe('Ready');
-          return e!;
-        },
-        { timeout: 60_000, interval: 100 },
-      );
+      const back = await readyEntry(entry);
       figures.rebuiltMs = Date.now() - removedAt;
       expect(back).toMatchObject({
         target: ready.target,
@@ -192,30 +202,9 @@ describe.skipIf(!isRoot)('chaos', () => {
   it('an entry written back after its volume was unplugged is removed again by the next resync', async () => {
     await scenario('status-entry-restored', async (r, figures) => {
       const ns = 'chaos-status-restored';
-      await ensureNamespace(f.stack.kc, ns);
-      await f.stack.createVmi({ namespace: ns, name: 'vm' });
-      await createPvc(f.stack.kc, {
-        namespace: ns,
-        name: 'gone',
-        mode: 'Filesystem',
-        size: '16Mi',
-      });
-      await addVolume(f.client, { namespace: ns, vmi: 'vm', flags: { volumeName: 'gone' } });
-      const entry = async () =>
-        (await f.client.getVmi(ns, 'vm')).status?.volumeStatus?.find((v) => v.name === 'gone');
-      const ready = await vi.waitFor(
-        async () => {
-          const e = await entry();
-          expect(e?.phase).toBe('Ready');
-          return e!;
-        },
-        { timeout: 60_000, interval: 100 },
-      );
+      const { ready, entry } = await readyVolume(ns, 'gone');
       await removeVolume(f.client, { namespace: ns, vmi: 'vm', volumeName: 'gone' });
-      await vi.waitFor(async () => expect(await entry()).toBeUndefined(), {
-        timeout: 60_000,
-        interval: 100,
-      });
+      await noEntry(entry);
       // A restore writes the status back as it was while the volume was Ready. Every stage is
       // done with the unplug and said so moments ago (inside the duplicate window).
       const restoredAt = Date.now();
@@ -226,10 +215,7 @@ describe.skipIf(!isRoot)('chaos', () => {
       // The next resync (every 8 s here) asks the domain-updater, as the entry says `Ready`; the
       // round goes down the unplug's stages, and the orchestrator, with no pod carrying the
       // volume, reports it released again: the entry goes. (Before, it stayed for good.)
-      await vi.waitFor(async () => expect(await entry()).toBeUndefined(), {
-        timeout: 60_000,
-        interval: 100,
-      });
+      await noEntry(entry);
       figures.removedMs = Date.now() - restoredAt;
       const inv = await settle(f, { timeoutMs: 120_000 });
       figures.readyVolumes = inv.readyVolumes;

@@ -68,6 +68,25 @@ const factTypes = (d: Decision) =>
   d.emit.flatMap((e) => (e.type === 'plugline.fact' ? [`${e.fact.volume}:${e.fact.type}`] : []));
 const effectKinds = (d: Decision) => d.effects.map((e) => `${e.kind}`);
 
+/**
+ * Volume `a` plugged (`00mx0000a1-plug`), then unplugged (`00mx0000b2-unplug`, node-mounter's
+ * work): released here, its pod gone, while the status still shows its entry going.
+ */
+function releasedWhileDetaching(): { unplug: WorkItem; released: Decision } {
+  const plugged = state(item('a', { operationId: '00mx0000a1-plug' }));
+  const unplug = item('a', {
+    operation: 'unplug',
+    operationId: '00mx0000b2-unplug',
+    cause: EventType.UnmountedFromPod,
+    issuedAt: new Date(T0 + 1).toISOString(),
+  });
+  const detaching = vmi(
+    withVolumeStatus({ name: 'a', target: '', phase: 'Detaching', hotplugVolume: {} }),
+  );
+  const released = decide(recordWork(plugged, unplug), observed(detaching, ['a']), T0 + 1, OPTIONS);
+  return { unplug, released };
+}
+
 describe('decide', () => {
   it('gathers changes for coalesceMs, then creates one pod for all of them', () => {
     const obs = observed(vmi(withHotplugPVC('a'), withHotplugPVC('b')), ['a', 'b']);
@@ -164,18 +183,7 @@ describe('decide', () => {
   });
 
   it('reports detaching and released again when a resync round finds the entry of a volume it released', () => {
-    const plugged = state(item('a', { operationId: '00mx0000a1-plug' }));
-    const unplug = item('a', {
-      operation: 'unplug',
-      operationId: '00mx0000b2-unplug',
-      cause: EventType.UnmountedFromPod,
-      issuedAt: new Date(T0 + 1).toISOString(),
-    });
-    // Its pod gone, the volume is released while the status still shows the entry going.
-    const leaving = vmi(
-      withVolumeStatus({ name: 'a', target: '', phase: 'Detaching', hotplugVolume: {} }),
-    );
-    const released = decide(recordWork(plugged, unplug), observed(leaving, ['a']), T0 + 1, OPTIONS);
+    const { unplug, released } = releasedWhileDetaching();
     expect(factTypes(released)).toEqual(['a:detaching', 'a:released']);
     // The entry is written back (a restore): node-mounter's work in a resync round reaches here.
     const restored = vmi(
@@ -322,23 +330,8 @@ describe('decide', () => {
     // Seen in the guest chain test: removevolume ends (pod gone, entry dropped), addvolume at once.
     const gone = vmi();
     const back = vmi(withHotplugPVC('a'));
-    const plugged = state(item('a', { operationId: '00mx0000a1-plug' }));
-    const unplug = item('a', {
-      operation: 'unplug',
-      operationId: '00mx0000b2-unplug',
-      cause: EventType.UnmountedFromPod,
-      issuedAt: new Date(T0 + 1).toISOString(),
-    });
     // Released while the status still shows its entry going: the unit keeps its operations.
-    const detaching = vmi(
-      withVolumeStatus({ name: 'a', target: '', phase: 'Detaching', hotplugVolume: {} }),
-    );
-    const released = decide(
-      recordWork(plugged, unplug),
-      observed(detaching, ['a']),
-      T0 + 1,
-      OPTIONS,
-    );
+    const { released } = releasedWhileDetaching();
     expect(released.state.ops.a?.unplug?.operationId).toBe('00mx0000b2-unplug');
     const again = item('a', {
       operationId: '00mx0000c3-plug',

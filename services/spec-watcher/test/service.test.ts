@@ -891,6 +891,19 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     }
   });
 
+  /**
+   * Stops the watcher, publishes an event and takes it on the projector's consumer as a projector
+   * that dies before acknowledging it would; JetStream hands it back after its ack wait. Its seq.
+   */
+  async function heldByCrashedProjector(publish: () => Promise<number>): Promise<number> {
+    await stopService();
+    const seq = await publish();
+    const consumer = await bus.js.consumers.get(StreamName.Events, PROJECTOR_CONSUMER);
+    const taken = await consumer.next({ expires: 5000 });
+    expect(taken?.seq).toBe(seq);
+    return seq;
+  }
+
   it("an event a crashed projector held comes back after its volume's newer ones and changes nothing", async () => {
     const name = `held-${randomBytes(3).toString('hex')}`;
     const { vmi, op: plugOp } = await attachedVolume(name, 'held');
@@ -900,14 +913,9 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     const unplugOp = (await waitForEvent(name, 'held', EventType.UnplugRequested)).data.operationId;
     // The domain-updater reports the disk `ready` under the unplug's id (it looked while the
     // spec still had the volume), and a projector takes that event and dies unacknowledged.
-    await stopService();
-    const heldSeq = await publishFact(vmi, 'held', EventType.Ready, {
-      operationId: unplugOp,
-      target: 'sda',
-    });
-    const consumer = await bus.js.consumers.get(StreamName.Events, PROJECTOR_CONSUMER);
-    const taken = await consumer.next({ expires: 5000 });
-    expect(taken?.seq).toBe(heldSeq);
+    const heldSeq = await heldByCrashedProjector(() =>
+      publishFact(vmi, 'held', EventType.Ready, { operationId: unplugOp, target: 'sda' }),
+    );
     // A new projector applies the unplug's facts, which come after it, up to the entry's removal.
     await startService('worker-a');
     await publishFact(vmi, 'held', EventType.Released, {
@@ -942,14 +950,9 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     await publishFact(vmi, 'behind', EventType.MountedToPod, { operationId: op, node: NODE });
     await waitForPhase(name, 'behind', 'MountedToPod');
     // The domain-updater's `ready` goes to a projector that dies before acknowledging it.
-    await stopService();
-    const heldSeq = await publishFact(vmi, 'behind', EventType.Ready, {
-      operationId: op,
-      target: 'sdc',
-    });
-    const consumer = await bus.js.consumers.get(StreamName.Events, PROJECTOR_CONSUMER);
-    const taken = await consumer.next({ expires: 5000 });
-    expect(taken?.seq).toBe(heldSeq);
+    await heldByCrashedProjector(() =>
+      publishFact(vmi, 'behind', EventType.Ready, { operationId: op, target: 'sdc' }),
+    );
     // A resync round has the orchestrator state `attached-to-node` again; the new projector
     // applies it first. It says less than the held `ready`, which must not be lost to it.
     await startService('worker-a');
