@@ -199,7 +199,7 @@ describe.skipIf(!isRoot)('chaos', () => {
     });
   }, 300_000);
 
-  it('an entry written back after its volume was unplugged is removed again by the next resync', async () => {
+  it('an entry written back after its volume was unplugged is removed again', async () => {
     await scenario('status-entry-restored', async (r, figures) => {
       const ns = 'chaos-status-restored';
       const { ready, entry } = await readyVolume(ns, 'gone');
@@ -212,9 +212,9 @@ describe.skipIf(!isRoot)('chaos', () => {
         { op: 'add', path: '/status/volumeStatus/-', value: ready },
       ]);
       r.sent();
-      // The next resync (every 8 s here) asks the domain-updater, as the entry says `Ready`; the
-      // round goes down the unplug's stages, and the orchestrator, with no pod carrying the
-      // volume, reports it released again: the entry goes. (Before, it stayed for good.)
+      // The watcher sees the entry back and asks the stage its `Ready` routes the unplug to, as
+      // a resync would: the round goes down the unplug's stages, and the orchestrator, with no
+      // pod carrying the volume, reports it released again: the entry goes (it stayed for good).
       await noEntry(entry);
       figures.removedMs = Date.now() - restoredAt;
       const inv = await settle(f, { timeoutMs: 120_000 });

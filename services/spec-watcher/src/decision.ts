@@ -76,6 +76,11 @@ export const SPEC_CAUSE = 'spec';
  * wants (another writer of the status removed it): the stages state their facts again.
  */
 export const ENTRY_REMOVED_CAUSE = 'entry-removed';
+/**
+ * The cause of a nudge from a VMI change that wrote back the entry of a volume its unplug had
+ * removed (a restore): the stages state their facts again, and the entry goes.
+ */
+export const ENTRY_RETURNED_CAUSE = 'entry-returned';
 /** The cause of the projector's nudge: a stage unplugged the volume while the spec wants it. */
 export const REVERSED_CAUSE = 'reversed';
 
@@ -86,7 +91,10 @@ export const reversedNudgeId = (operationId: string): string => `reversed-${oper
 export interface DecideEvent {
   type: 'decide';
   view: VolumeView;
-  /** What prompted the nudge: `spec` (a VMI change), `entry-removed`, `resync` or `reversed`. */
+  /**
+   * What prompted the nudge: `spec` (a VMI change), `entry-removed`, `entry-returned`, `resync`
+   * or `reversed`.
+   */
   cause: string;
   /** The nudge's own id (its work item's `operationId`). */
   nudgeId: string;
@@ -264,13 +272,15 @@ export const decisionMachine = setup({
      * The nudge asks for the current operation's work again: a resync; the projector's report of
      * an unplug fact of another operation while the spec wants the volume (it may have taken the
      * disk out of the domain under the current plug's feet); or a VMI change that dropped the
-     * volume's plug entry. The work goes out as a resync's, so the stages state their facts again
-     * and the status is rebuilt now, not at the next periodic resync.
+     * volume's plug entry, or wrote back the entry its unplug removed. The work goes out as a
+     * resync's, so the stages state their facts again and the status is rebuilt now, not at the
+     * next periodic resync.
      */
     resends: ({ event }) =>
       event.cause === RESYNC_CAUSE ||
       ((event.cause === REVERSED_CAUSE || event.cause === ENTRY_REMOVED_CAUSE) &&
-        event.view.direction === 'plug'),
+        event.view.direction === 'plug') ||
+      (event.cause === ENTRY_RETURNED_CAUSE && event.view.direction === 'unplug'),
     wantsPlug: ({ event }) => event.view.direction === 'plug',
     /**
      * The book holds an unplug of this VMI: the volume comes back while it may be on its way out,

@@ -40,6 +40,7 @@ export {
   viewOf,
   RESYNC_CAUSE,
   ENTRY_REMOVED_CAUSE,
+  ENTRY_RETURNED_CAUSE,
   REVERSED_CAUSE,
   reversedNudgeId,
   SPEC_CAUSE,

@@ -6,6 +6,34 @@ export interface NudgeTarget {
   volume: string;
 }
 
+/** A VMI's hotplug status entries as one change shows them (see {@link NudgeLedger.entryChanges}). */
+export interface EntriesSeen {
+  /** Volumes the spec wants whose plug the status shows an entry of (in a plug phase). */
+  shown: readonly string[];
+  /** Volumes the spec wants that have no entry at all. */
+  missing: ReadonlySet<string>;
+  /** Volumes with an entry, wanted or not. */
+  withEntry: readonly string[];
+  /** Volumes the spec no longer wants that have a hotplug entry. */
+  unwanted: readonly string[];
+}
+
+/** What happened to entries since the last change seen: neither an unplug nor a plug did it. */
+export interface EntryChanges {
+  /** Wanted volumes whose plug entry went (another writer of the status dropped it). */
+  dropped: ReadonlySet<string>;
+  /** Volumes no longer wanted whose entry came back after it had gone (written back). */
+  returned: ReadonlySet<string>;
+}
+
+/** What the ledger keeps of a VMI's entries between two changes. */
+interface EntriesKept {
+  shown: ReadonlySet<string>;
+  withEntry: ReadonlySet<string>;
+}
+
+const NO_CHANGES: EntryChanges = { dropped: new Set(), returned: new Set() };
+
 // Volume names are DNS labels: they never contain '/'.
 const keyOf = (t: NudgeTarget): string => `${t.operation}/${t.volume}`;
 
@@ -19,8 +47,8 @@ const keyOf = (t: NudgeTarget): string => `${t.operation}/${t.volume}`;
  */
 export class NudgeLedger {
   readonly #byVmi = new Map<string, Set<string>>();
-  /** Per VMI uid, the volumes the spec wants whose plug the status showed an entry of. */
-  readonly #shown = new Map<string, Set<string>>();
+  /** Per VMI uid, what the last change seen showed of its entries (once it had any). */
+  readonly #entries = new Map<string, EntriesKept>();
 
   /**
    * Records `diff` as the VMI's diff now and returns its members that were not in it the last
@@ -38,16 +66,22 @@ export class NudgeLedger {
   }
 
   /**
-   * Records the volumes the spec wants whose plug the status shows an entry of now (`shown`: in
-   * a plug phase), and returns those it showed the last time that now have no entry at all
-   * (`missing`): the entry was dropped by something other than an unplug, which only ends once the
-   * spec no longer wants the volume. A VMI that shows none holds nothing.
+   * Records the VMI's entries as this change shows them, and returns what happened to them since
+   * the last change: a wanted volume's plug entry gone (an unplug removes an entry only once the
+   * spec no longer wants the volume), or an entry back for a volume no longer wanted (its unplug
+   * removed it, and no plug brings it back). A VMI first seen (a restarted watcher) shows no
+   * changes; one that never had an entry is not kept.
    */
-  dropped(vmiUID: string, shown: readonly string[], missing: ReadonlySet<string>): string[] {
-    const before = this.#shown.get(vmiUID);
-    if (shown.length === 0) this.#shown.delete(vmiUID);
-    else this.#shown.set(vmiUID, new Set(shown));
-    return before === undefined ? [] : [...before].filter((volume) => missing.has(volume));
+  entryChanges(vmiUID: string, seen: EntriesSeen): EntryChanges {
+    const before = this.#entries.get(vmiUID);
+    if (before !== undefined || seen.withEntry.length > 0) {
+      this.#entries.set(vmiUID, { shown: new Set(seen.shown), withEntry: new Set(seen.withEntry) });
+    }
+    if (before === undefined) return NO_CHANGES;
+    return {
+      dropped: new Set([...before.shown].filter((volume) => seen.missing.has(volume))),
+      returned: new Set(seen.unwanted.filter((volume) => !before.withEntry.has(volume))),
+    };
   }
 
   /** Whether `target` was in the VMI's diff the last time. */
@@ -63,13 +97,13 @@ export class NudgeLedger {
   /** The VMI is gone (deleted, or being deleted). */
   forget(vmiUID: string): void {
     this.#byVmi.delete(vmiUID);
-    this.#shown.delete(vmiUID);
+    this.#entries.delete(vmiUID);
   }
 
   /** Forgets every VMI not in `live` (a delete the informer never reported). */
   retainOnly(live: ReadonlySet<string>): void {
     for (const uid of this.#byVmi.keys()) if (!live.has(uid)) this.#byVmi.delete(uid);
-    for (const uid of this.#shown.keys()) if (!live.has(uid)) this.#shown.delete(uid);
+    for (const uid of this.#entries.keys()) if (!live.has(uid)) this.#entries.delete(uid);
   }
 
   /** How many VMIs have nudged pairs remembered. */

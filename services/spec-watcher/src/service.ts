@@ -35,6 +35,7 @@ import {
   decisionUnit,
   decisionNudge,
   ENTRY_REMOVED_CAUSE,
+  ENTRY_RETURNED_CAUSE,
   RESYNC_CAUSE,
   routingPhaseOf,
   SPEC_CAUSE,
@@ -42,7 +43,7 @@ import {
   type VolumeView,
 } from './decision.js';
 import { diffVolumes, hotplugVolumesOf, type VolumeDiff } from './diff.js';
-import { NudgeLedger, type NudgeTarget } from './nudges.js';
+import { NudgeLedger, type EntriesSeen, type EntryChanges, type NudgeTarget } from './nudges.js';
 import { desiredDirections } from './plan.js';
 import { ensureProjectorConsumer, startProjector, type Projector } from './projector.js';
 
@@ -179,21 +180,26 @@ function diffTargets(
   return targets;
 }
 
-/**
- * The hotplug volumes the spec wants whose plug the status shows an entry of (`shown`), and those
- * with no entry at all (`missing`).
- */
-function plugEntries(
-  vmi: VirtualMachineInstance,
-  diff: VolumeDiff,
-): { shown: string[]; missing: Set<string> } {
-  const entries = new Set((vmi.status?.volumeStatus ?? []).map((s) => s.name));
+/** The VMI's hotplug entries, as the nudge ledger compares them between changes. */
+function entriesSeen(vmi: VirtualMachineInstance, diff: VolumeDiff): EntriesSeen {
+  const withEntry = (vmi.status?.volumeStatus ?? []).map((s) => s.name);
+  const entries = new Set(withEntry);
   const inDiff = new Set(diff.plug.map((v) => v.name));
   const wanted = hotplugVolumesOf(vmi).map((v) => v.name);
   return {
     shown: wanted.filter((volume) => !inDiff.has(volume)),
     missing: new Set(wanted.filter((volume) => !entries.has(volume))),
+    withEntry,
+    unwanted: diff.unplug.map((s) => s.name),
   };
+}
+
+/** The cause of a VMI change's nudge of a volume, from what happened to its entry. */
+function causeOf(target: NudgeTarget, changes: EntryChanges): string {
+  if (target.operation === 'plug' && changes.dropped.has(target.volume)) return ENTRY_REMOVED_CAUSE;
+  if (target.operation === 'unplug' && changes.returned.has(target.volume))
+    return ENTRY_RETURNED_CAUSE;
+  return SPEC_CAUSE;
 }
 
 /**
@@ -201,8 +207,9 @@ function plugEntries(
  * does not reflect its spec). Volumes nudged on an earlier update and still in the diff are not
  * nudged again: their decision already ran on a view at least as new as that update, and a
  * status write does not change what it decides (issue 10: re-nudging them made a burst O(n²)).
- * A volume whose plug entry this change dropped is nudged as such (`entry-removed`): its decision
- * has the stages state their facts again.
+ * A volume whose plug entry this change dropped (`entry-removed`), or whose entry it wrote back
+ * after the unplug had removed it (`entry-returned`), is nudged as such: its decision has the
+ * stages state their facts again.
  */
 function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
   const uid = vmi.metadata.uid;
@@ -212,20 +219,13 @@ function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
     return;
   }
   const diff = diffVolumes(vmi);
-  const { shown, missing } = plugEntries(vmi, diff);
-  const dropped = new Set(w.nudged.dropped(uid, shown, missing));
+  const changes = w.nudged.entryChanges(uid, entriesSeen(vmi, diff));
   const fresh = w.nudged.fresh(uid, diffTargets(vmi, diff, w.nudged));
   if (fresh.length > 0) {
     const id = `rv-${vmi.metadata.resourceVersion ?? '0'}`;
-    const items = fresh.map(({ volume, operation }) => {
-      const removed = operation === 'plug' && dropped.has(volume);
-      return decisionNudge(vmi, {
-        volume,
-        operation,
-        cause: removed ? ENTRY_REMOVED_CAUSE : SPEC_CAUSE,
-        id,
-      });
-    });
+    const items = fresh.map((target) =>
+      decisionNudge(vmi, { ...target, cause: causeOf(target, changes), id }),
+    );
     const lost = (item: WorkItem) =>
       w.nudged.unsent(uid, { operation: item.operation, volume: item.volume });
     const stage = w.stage;

@@ -7,6 +7,7 @@ import {
   bookedOperation,
   decisionMachine,
   ENTRY_REMOVED_CAUSE,
+  ENTRY_RETURNED_CAUSE,
   RESYNC_CAUSE,
   REVERSED_CAUSE,
   reversedNudgeId,
@@ -20,7 +21,7 @@ const DIRECTIONS: (OperationKind | undefined)[] = ['plug', 'unplug', undefined];
 const UIDS: (string | undefined)[] = ['uid-a', 'uid-b', undefined];
 const PHASES: (string | undefined)[] = [undefined, 'AttachedToNode', 'Ready'];
 const NODES: (string | undefined)[] = ['node-1', undefined];
-const CAUSES = [SPEC_CAUSE, RESYNC_CAUSE, ENTRY_REMOVED_CAUSE];
+const CAUSES = [SPEC_CAUSE, RESYNC_CAUSE, ENTRY_REMOVED_CAUSE, ENTRY_RETURNED_CAUSE];
 
 function view(
   direction: OperationKind | undefined,
@@ -82,9 +83,12 @@ function expected(before: DecisionContext['book'], e: DecideEvent): string[] {
   const { view: v } = e;
   if (v.direction === undefined || v.vmiUID === undefined) return [];
   const same = before?.operation === v.direction && before.vmiUID === v.vmiUID;
-  // The same operation's work goes out again on a resync, or when its volume's entry was dropped.
+  // The same operation's work goes out again on a resync, or when its volume's entry was dropped
+  // (a plug) or written back (an unplug).
   const resent =
-    e.cause === RESYNC_CAUSE || (e.cause === ENTRY_REMOVED_CAUSE && v.direction === 'plug');
+    e.cause === RESYNC_CAUSE ||
+    (e.cause === ENTRY_REMOVED_CAUSE && v.direction === 'plug') ||
+    (e.cause === ENTRY_RETURNED_CAUSE && v.direction === 'unplug');
   if (same && !resent) return [];
   const op = same ? before.operationId : e.newOperationId;
   const out: string[] = [];
@@ -131,7 +135,7 @@ describe('decisionMachine over every path (@xstate/graph)', () => {
     expect(cov.edges.length).toBeGreaterThan(500);
   });
 
-  it('on every edge: issues at most one operation, re-sends work only on resync or a dropped entry, routes by phase', () => {
+  it('on every edge: issues at most one operation, re-sends work only on resync or a dropped or returned entry, routes by phase', () => {
     for (const edge of cov.edges) {
       const actor = createActor(decisionMachine).start();
       for (const [i, step] of edge.steps.entries()) {

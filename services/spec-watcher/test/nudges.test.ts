@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { NudgeLedger, type NudgeTarget } from '../src/nudges.js';
+import {
+  NudgeLedger,
+  type EntriesSeen,
+  type EntryChanges,
+  type NudgeTarget,
+} from '../src/nudges.js';
 
 const plug = (volume: string): NudgeTarget => ({ operation: 'plug', volume });
 const unplug = (volume: string): NudgeTarget => ({ operation: 'unplug', volume });
@@ -44,18 +49,52 @@ describe('NudgeLedger', () => {
     expect(ledger.size).toBe(1);
   });
 
-  it('names the volumes whose plug entry was shown and is now gone while the spec wants them', () => {
+  it('names the wanted volumes whose plug entry went, and the unwanted ones whose entry came back', () => {
     const ledger = new NudgeLedger();
-    expect(ledger.dropped('uid', ['a', 'b', 'c'], new Set())).toEqual([]);
+    const seen = (
+      wanted: Record<string, string | undefined>,
+      unwanted: string[] = [],
+    ): EntriesSeen => {
+      const names = Object.keys(wanted);
+      return {
+        shown: names.filter((v) => wanted[v] === 'Ready'),
+        missing: new Set(names.filter((v) => wanted[v] === undefined)),
+        withEntry: [...names.filter((v) => wanted[v] !== undefined), ...unwanted],
+        unwanted,
+      };
+    };
+    const changes = (c: EntryChanges) => ({ dropped: [...c.dropped], returned: [...c.returned] });
+    expect(
+      changes(ledger.entryChanges('uid', seen({ a: 'Ready', b: 'Ready', c: 'Ready' }))),
+    ).toEqual({ dropped: [], returned: [] });
     // b's entry went to an unplug phase (a re-add while unplugging): not dropped; c's is gone.
-    expect(ledger.dropped('uid', ['a'], new Set(['c']))).toEqual(['c']);
-    // Seen once: the next change does not name it again; a new entry shown and dropped is named.
-    expect(ledger.dropped('uid', ['a'], new Set(['c']))).toEqual([]);
-    expect(ledger.dropped('uid', [], new Set(['a']))).toEqual(['a']);
-    // A VMI first seen (a restarted watcher) names nothing: it cannot tell a drop from a new plug.
-    expect(ledger.dropped('new', [], new Set(['a']))).toEqual([]);
-    ledger.dropped('gone', ['x'], new Set());
+    expect(
+      changes(ledger.entryChanges('uid', seen({ a: 'Ready', b: 'Detaching', c: undefined }))),
+    ).toEqual({ dropped: ['c'], returned: [] });
+    // Seen once: the next change does not name it again.
+    expect(
+      changes(ledger.entryChanges('uid', seen({ a: 'Ready', b: 'Detaching', c: undefined }))),
+    ).toEqual({ dropped: [], returned: [] });
+    // a leaves the spec (its entry stays while it is unplugged), then goes; then is written back.
+    expect(changes(ledger.entryChanges('uid', seen({}, ['a'])))).toEqual({
+      dropped: [],
+      returned: [],
+    });
+    ledger.entryChanges('uid', seen({}));
+    expect(changes(ledger.entryChanges('uid', seen({}, ['a'])))).toEqual({
+      dropped: [],
+      returned: ['a'],
+    });
+    // A VMI first seen (a restarted watcher) names nothing: it cannot tell what changed.
+    expect(changes(ledger.entryChanges('new', seen({ a: undefined }, ['b'])))).toEqual({
+      dropped: [],
+      returned: [],
+    });
+    ledger.entryChanges('gone', seen({ x: 'Ready' }));
     ledger.forget('gone');
-    expect(ledger.dropped('gone', [], new Set(['x']))).toEqual([]);
+    expect(changes(ledger.entryChanges('gone', seen({ x: undefined })))).toEqual({
+      dropped: [],
+      returned: [],
+    });
   });
 });

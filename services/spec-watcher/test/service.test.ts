@@ -861,6 +861,37 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     expect(requests.map((e) => e.data.operationId)).toEqual([op]);
   });
 
+  it('an entry written back after its unplug removed it has the stages asked again at once, under the unplug', async () => {
+    const name = `restored-${randomBytes(3).toString('hex')}`;
+    const [, unplugOp] = await readyThenRemoved(name, 'back');
+    const ready = statusOf(name, 'back')!;
+    const vmi = getVmi(name);
+    await publishFact(vmi, 'back', EventType.Released, {
+      operationId: unplugOp!,
+      operation: 'unplug',
+    });
+    await waitFor(() => statusOf(name, 'back') === undefined, { timeout: 10_000 });
+    const askedAgain = async () =>
+      (await workFor(Stage.DomainUpdater, name)).filter(
+        (w) => w.volume === 'back' && w.cause === 'resync',
+      );
+    expect(await askedAgain()).toEqual([]);
+    // A restore writes the status back as it was while the volume was `Ready`.
+    const written = structuredClone(getVmi(name));
+    written.status!.volumeStatus = [...(written.status!.volumeStatus ?? []), ready];
+    sim.store.update(Types.virtualmachineinstances, name, written as unknown as KubeObject, {
+      namespace: ns,
+      subresource: 'status',
+    });
+    // Not at the next periodic resync (10 minutes here): the stage its `Ready` entry routes the
+    // unplug to is asked at once, as a resync asks it, under the unplug's operation.
+    const asked = await waitFor(async () => (await askedAgain())[0], {
+      timeout: 10_000,
+      description: 'the domain-updater asked again for the written-back entry',
+    });
+    expect(asked).toMatchObject({ operationId: unplugOp, operation: 'unplug', node: NODE });
+  });
+
   it('a volume re-added while it is being unplugged is nudged again, and plugs', async () => {
     const name = `readd-${randomBytes(3).toString('hex')}`;
     const recorded = recordNudges(name);
