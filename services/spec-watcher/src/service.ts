@@ -42,7 +42,7 @@ import {
   viewOf,
   type VolumeView,
 } from './decision.js';
-import { diffVolumes, hotplugVolumesOf, type VolumeDiff } from './diff.js';
+import { diffVolumes, hotplugVolumesOf, isHotplugStatus, type VolumeDiff } from './diff.js';
 import { NudgeLedger, type EntriesSeen, type EntryChanges, type NudgeTarget } from './nudges.js';
 import { desiredDirections } from './plan.js';
 import { ensureProjectorConsumer, startProjector, type Projector } from './projector.js';
@@ -182,10 +182,14 @@ function diffTargets(
 
 /** The VMI's hotplug entries, as the nudge ledger compares them between changes. */
 function entriesSeen(vmi: VirtualMachineInstance, diff: VolumeDiff): EntriesSeen {
-  const withEntry = (vmi.status?.volumeStatus ?? []).map((s) => s.name);
+  const wanted = hotplugVolumesOf(vmi).map((v) => v.name);
+  const wantedSet = new Set(wanted);
+  // A permanent volume's entry (the root disk's) is none of the ledger's business.
+  const withEntry = (vmi.status?.volumeStatus ?? [])
+    .filter((s) => wantedSet.has(s.name) || isHotplugStatus(s))
+    .map((s) => s.name);
   const entries = new Set(withEntry);
   const inDiff = new Set(diff.plug.map((v) => v.name));
-  const wanted = hotplugVolumesOf(vmi).map((v) => v.name);
   return {
     shown: wanted.filter((volume) => !inDiff.has(volume)),
     missing: new Set(wanted.filter((volume) => !entries.has(volume))),
