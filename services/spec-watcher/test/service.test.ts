@@ -192,6 +192,19 @@ function removeVolume(vmiName: string, volume: string): void {
   });
 }
 
+/** Another writer of the VMI's status (a restore, say) writes its volume entries as `edit` says. */
+function writeVolumeStatus(
+  vmiName: string,
+  edit: (entries: VolumeStatus[]) => VolumeStatus[],
+): void {
+  const written = structuredClone(getVmi(vmiName));
+  written.status = { ...written.status, volumeStatus: edit(written.status?.volumeStatus ?? []) };
+  sim.store.update(Types.virtualmachineinstances, vmiName, written as unknown as KubeObject, {
+    namespace: ns,
+    subresource: 'status',
+  });
+}
+
 /** Counts the writes of a VMI (its MODIFIED watch events in the store) from now on. */
 function countWrites(vmiName: string): { readonly count: number; close: () => void } {
   let count = 0;
@@ -844,12 +857,7 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
       );
     expect(await askedAgain()).toEqual([]);
     // A restore, or a controller that knows nothing of hotplug, writes the status without it.
-    const written = structuredClone(getVmi(name));
-    written.status!.volumeStatus = written.status!.volumeStatus!.filter((s) => s.name !== 'kept');
-    sim.store.update(Types.virtualmachineinstances, name, written as unknown as KubeObject, {
-      namespace: ns,
-      subresource: 'status',
-    });
+    writeVolumeStatus(name, (entries) => entries.filter((s) => s.name !== 'kept'));
     // Not at the next periodic resync (10 minutes here): the first stage is asked at once, as a
     // resync asks it, so each stage states its facts again.
     const asked = await waitFor(async () => (await askedAgain())[0], {
@@ -877,12 +885,7 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
       );
     expect(await askedAgain()).toEqual([]);
     // A restore writes the status back as it was while the volume was `Ready`.
-    const written = structuredClone(getVmi(name));
-    written.status!.volumeStatus = [...(written.status!.volumeStatus ?? []), ready];
-    sim.store.update(Types.virtualmachineinstances, name, written as unknown as KubeObject, {
-      namespace: ns,
-      subresource: 'status',
-    });
+    writeVolumeStatus(name, (entries) => [...entries, ready]);
     // Not at the next periodic resync (10 minutes here): the stage its `Ready` entry routes the
     // unplug to is asked at once, as a resync asks it, under the unplug's operation.
     const asked = await waitFor(async () => (await askedAgain())[0], {
