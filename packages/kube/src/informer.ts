@@ -25,7 +25,10 @@ export interface InformerBackoff {
   factor?: number;
   /** Random spread, as a fraction of the delay: delay × (1 ± jitter) (default 0.2). */
   jitter?: number;
-  /** A watch that stayed up this long resets the failure count (default 30 000 ms). */
+  /**
+   * A watch that stayed up this long resets the failure count (default 30 000 ms); so does one
+   * that delivered a change.
+   */
   healthyAfterMs?: number;
 }
 
@@ -168,6 +171,8 @@ class RestartingInformer<T extends KubeObject> implements Informer<T> {
   #restarts = 0;
   #failures = 0;
   #upSince = 0;
+  /** The running attempt's watch delivered a change: it was healthy, whatever ended it. */
+  #delivered = false;
   #attempt = 0;
   #attemptFailed = false;
   #timer: NodeJS.Timeout | undefined;
@@ -210,6 +215,7 @@ class RestartingInformer<T extends KubeObject> implements Informer<T> {
     };
     for (const event of Object.values(InformerEvent)) {
       this.#lw.on(event, (obj) => {
+        if (this.#upSince > 0) this.#delivered = true;
         // The cache has changed already: the indexes follow before any handler looks.
         this.#reindex(event, obj as unknown as T);
         if (event !== InformerEvent.Delete) this.#dispatchVersion(obj);
@@ -306,6 +312,7 @@ class RestartingInformer<T extends KubeObject> implements Informer<T> {
     if (this.#stopped) return;
     const attempt = ++this.#attempt;
     this.#attemptFailed = false;
+    this.#delivered = false;
     try {
       await this.#lw.start();
     } catch (err) {
@@ -328,7 +335,13 @@ class RestartingInformer<T extends KubeObject> implements Informer<T> {
     this.#attemptFailed = true;
     if (this.#stopped || this.#timer) return;
     const b = this.#backoff;
-    if (this.#upSince > 0 && Date.now() - this.#upSince >= b.healthyAfterMs) this.#failures = 0;
+    // A watch that delivered changes, or stayed up, was healthy: whatever cut it (a dropped
+    // connection, a restarted API server) is one failure, not the next of a series. client-go's
+    // reflector likewise watches again at once after a watch that ran; counting every drop made
+    // drops a few seconds apart leave the informers blind for up to 30 s each.
+    const healthy =
+      this.#upSince > 0 && (this.#delivered || Date.now() - this.#upSince >= b.healthyAfterMs);
+    if (healthy) this.#failures = 0;
     this.#upSince = 0;
     this.#failures++;
     this.#restarts++;

@@ -132,6 +132,11 @@ export class CuttableProxy {
   /** Resets all connections and refuses new ones. */
   cut(): void {
     this.#cut = true;
+    this.reset();
+  }
+
+  /** Resets all connections (as `ss -K` does), accepting new ones. */
+  reset(): void {
     for (const s of this.#sockets) {
       try {
         s.resetAndDestroy();

@@ -236,6 +236,40 @@ describe('createInformer', () => {
     }
   });
 
+  it('after a connection reset of a watch that delivered changes, restarts after the first delay again', async () => {
+    const ns = await createNamespace(env.kc);
+    const { proxy, url } = await CuttableProxy.start(env.sim.url);
+    const { logger, lines } = memoryLogger();
+    // The default backoff: 250 ms first, doubling per failure in a row.
+    const informer = createInformer<V1Pod>({
+      kc: kubeConfigFor(url),
+      resource: Resources.pods,
+      namespace: ns,
+      logger,
+    });
+    try {
+      await informer.start();
+      for (let drop = 0; drop < 4; drop++) {
+        // Each reset cuts a watch that ran and delivered a change: four drops in a few seconds,
+        // as a rolling restart of API servers or a load balancer's resets make them.
+        proxy.reset();
+        await waitFor(() => informer.restarts > drop, { description: `restart ${drop}` });
+        const name = `after-reset-${drop}`;
+        await core.createNamespacedPod({ namespace: ns, body: podManifest(name) });
+        await waitFor(() => informer.get(ns, name), { description: name });
+      }
+      const delays = lines()
+        .filter((l) => l.msg === 'informer stopped on an error; restarting after backoff')
+        .map((l) => l.delayMs as number);
+      expect(delays).toHaveLength(4);
+      // Not 250, 500, 1000, 2000: each drop is one failure, not the next of a series.
+      expect(Math.max(...delays)).toBeLessThanOrEqual(250 * 1.2);
+    } finally {
+      await informer.stop();
+      await proxy.close();
+    }
+  });
+
   it('resumes after the server drops its watches', async () => {
     const ns = await createNamespace(env.kc);
     const { logger } = memoryLogger();
