@@ -164,6 +164,7 @@ function publishNudges(
 function diffTargets(
   vmi: VirtualMachineInstance,
   diff: VolumeDiff,
+  wanted: readonly string[],
   nudged: NudgeLedger,
 ): NudgeTarget[] {
   const targets = [
@@ -171,7 +172,7 @@ function diffTargets(
     ...diff.unplug.map((s): NudgeTarget => ({ operation: 'unplug', volume: s.name })),
   ];
   const uid = vmi.metadata.uid ?? '';
-  for (const { name: volume } of hotplugVolumesOf(vmi)) {
+  for (const volume of wanted) {
     const inDiff = targets.some((t) => t.volume === volume);
     if (!inDiff && nudged.holds(uid, { operation: 'unplug', volume })) {
       targets.push({ operation: 'plug', volume });
@@ -180,9 +181,15 @@ function diffTargets(
   return targets;
 }
 
-/** The VMI's hotplug entries, as the nudge ledger compares them between changes. */
-function entriesSeen(vmi: VirtualMachineInstance, diff: VolumeDiff): EntriesSeen {
-  const wanted = hotplugVolumesOf(vmi).map((v) => v.name);
+/**
+ * The VMI's hotplug entries, as the nudge ledger compares them between changes (`wanted`: the
+ * spec's hotplug volumes, read once per change).
+ */
+function entriesSeen(
+  vmi: VirtualMachineInstance,
+  diff: VolumeDiff,
+  wanted: readonly string[],
+): EntriesSeen {
   const wantedSet = new Set(wanted);
   // A permanent volume's entry (the root disk's) is none of the ledger's business.
   const withEntry = (vmi.status?.volumeStatus ?? [])
@@ -223,8 +230,9 @@ function onVmiChange(w: Wiring, vmi: VirtualMachineInstance): void {
     return;
   }
   const diff = diffVolumes(vmi);
-  const changes = w.nudged.entryChanges(uid, entriesSeen(vmi, diff));
-  const fresh = w.nudged.fresh(uid, diffTargets(vmi, diff, w.nudged));
+  const wanted = hotplugVolumesOf(vmi).map((v) => v.name);
+  const changes = w.nudged.entryChanges(uid, entriesSeen(vmi, diff, wanted));
+  const fresh = w.nudged.fresh(uid, diffTargets(vmi, diff, wanted, w.nudged));
   if (fresh.length > 0) {
     const id = `rv-${vmi.metadata.resourceVersion ?? '0'}`;
     const items = fresh.map((target) =>
