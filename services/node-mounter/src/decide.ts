@@ -52,7 +52,10 @@ export interface VolumeView {
 export const DecisionKind = {
   Plug: 'plug',
   Unplug: 'unplug',
-  /** A precondition is not met yet (launcher, attachment pod, PVC binding): retry later. */
+  /**
+   * A precondition is not met yet (launcher, attachment pod, PVC binding), or a plug's volume
+   * left the spec while the domain may hold its disk: look again later.
+   */
   Wait: 'wait',
   /** Nothing to do now (the domain may still hold the disk; not a hotplug volume). */
   Skip: 'skip',
@@ -335,7 +338,8 @@ function unplug(view: VolumeView, vmiUID: string, why: string): Decision {
  *   and its PVC is bound.
  * - Unplug only once the domain cannot hold the disk: the item's cause is `detached-from-domain`,
  *   the status entry has no target (or there is none), or the VMI is gone or on another node.
- *   Otherwise `skip`: the domain-updater nudges this stage when it lets go.
+ *   Otherwise an unplug's item is skipped (the domain-updater nudges this stage when it lets go),
+ *   and a plug's item waits: the volume may come back with no new operation to say so.
  * - The item's `vmiUID` becomes a path segment (checkpoint) only after validation: a name that
  *   could leave the state dir or kubelet root is refused.
  * - Only pods in the item's namespace count, and only an attachment pod carrying the spec's PVC:
@@ -379,6 +383,15 @@ export function decide(view: VolumeView): Decision {
   }
   if (item.cause === RELEASE_CAUSE || !domainHolds(vmi, item.volume)) {
     return unplug(view, item.vmiUID, DecisionReason.NotInSpec);
+  }
+  if (item.operation === 'plug') {
+    // The removal may be one the spec-watcher never saw (its watch dropped while the volume left
+    // and came back): no new operation would then nudge this stage when the volume returns. So
+    // the plug looks again until the spec wants the volume or the domain lets go of the disk.
+    return wait(
+      DecisionReason.DomainMayHoldDisk,
+      `${item.volume} left the spec after its plug was asked for, and the domain may still hold it; looking again`,
+    );
   }
   return {
     kind: DecisionKind.Skip,

@@ -181,7 +181,7 @@ describe('decide', () => {
   it('skips while the status entry is still Ready, even without a target', () => {
     const d = decide(
       view({
-        item: item({ cause: 'resync' }),
+        item: item({ operation: 'unplug', cause: 'resync' }),
         vmi: vmi([], { volumeStatus: [{ name: 'data', target: '', phase: 'Ready' }] }),
       }),
     );
@@ -193,11 +193,24 @@ describe('decide', () => {
     (phase) => {
       const d = decide(
         view({
-          item: item({ cause: 'resync' }),
+          item: item({ operation: 'unplug', cause: 'resync' }),
           vmi: vmi([], { volumeStatus: [{ name: 'data', target: '', phase }] }),
         }),
       );
       expect(d).toMatchObject({ kind: DecisionKind.Skip, reason: 'DomainMayHoldDisk' });
+    },
+  );
+
+  it.each([
+    ['a target', { name: 'data', target: 'sda', phase: 'Ready' }],
+    ['a MountedToPod entry', { name: 'data', target: '', phase: 'MountedToPod' }],
+  ])(
+    "waits on a plug's item whose volume left the spec while %s may be in the domain: it may come back with no new operation",
+    (_, entry) => {
+      const d = decide(
+        view({ item: item({ cause: 'resync' }), vmi: vmi([], { volumeStatus: [entry] }) }),
+      );
+      expect(d).toMatchObject({ kind: DecisionKind.Wait, reason: 'DomainMayHoldDisk' });
     },
   );
 

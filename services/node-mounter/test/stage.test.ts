@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
-import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFailed, onTestFinished } from 'vitest';
 
 import { connectBus, durableName, provision, StreamName } from '@plugline/bus';
 import type { Bus } from '@plugline/bus';
@@ -548,6 +548,38 @@ describe('node-mounter stage (real NATS, kube-sim kubelet, mounts, loop devices,
     await drained();
     expect(await events(EventType.UnmountedFromPod, early)).toEqual([]);
     expect((await launcherView()).mounts).toEqual([`${FS_VOL}.img`]);
+  });
+
+  it("keeps a plug's item whose volume left the spec while the domain may hold it, and plugs when the volume returns with no new nudge", async () => {
+    dumpLogsOnFailure();
+    const readd = `op-readd-${randomUUID()}`;
+    const looks = () =>
+      logs.lines.filter(
+        (l) =>
+          l.msg === 'decided from the truth' &&
+          l.volume === FS_VOL &&
+          (l.decision as { reason?: string } | undefined)?.reason === 'DomainMayHoldDisk',
+      ).length;
+    const before = looks();
+    await publishWork(workItem({ volume: FS_VOL, operationId: readd }));
+    await waitFor(() => looks() > before, {
+      description: 'the plug looked at while its volume is out of the spec',
+    });
+    expect(await events(EventType.MountedToPod, readd)).toEqual([]);
+
+    // Back in the spec, and no work item says so: the spec-watcher never saw it leave.
+    setSpecVolumes([FS_VOL, BLK_VOL]);
+    onTestFinished(() => setSpecVolumes([]));
+    await waitFor(async () => (await events(EventType.MountedToPod, readd)).length === 1, {
+      timeout: 15_000,
+      description: "the plug's mounted-to-pod",
+    });
+    const next = await waitFor(async () => {
+      const work = await workFor(Stage.DomainUpdater, readd);
+      return work.length === 1 ? work : undefined;
+    });
+    expect(next[0]).toMatchObject({ operation: 'plug', volume: FS_VOL, node: NODE });
+    await drained();
   });
 
   it('unplugs after detached-from-domain, following the restart: nothing left, facts and orchestrator work', async () => {
