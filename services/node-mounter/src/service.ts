@@ -87,14 +87,14 @@ interface Truth {
 }
 
 function startInformers(kc: KubeConfig, node: string, logger: Logger): Truth {
-  const log = childLogger(logger, { component: 'informer' });
+  // Each informer's logger names its component and resource.
   // The launcher and attachment pods on this node: the only pods it mounts between.
   const pods: PodInformer = createInformer({
     kc,
     resource: Resources.pods,
     fieldSelector: `spec.nodeName=${node}`,
     labelSelector: `${KubevirtLabel.App} in (${LAUNCHER_LABEL_VALUE},${HOTPLUG_DISK_LABEL_VALUE})`,
-    logger: log,
+    logger,
   });
   return {
     // This node's VMIs only, by the label virt-controller gives a scheduled VMI (as virt-handler
@@ -103,10 +103,10 @@ function startInformers(kc: KubeConfig, node: string, logger: Logger): Truth {
       kc,
       resource: Resources.virtualMachineInstances,
       labelSelector: `${KubevirtLabel.NodeName}=${node}`,
-      logger: log,
+      logger,
     }),
     pods,
-    pvcs: createInformer({ kc, resource: Resources.persistentVolumeClaims, logger: log }),
+    pvcs: createInformer({ kc, resource: Resources.persistentVolumeClaims, logger }),
     podsOfVmi: pods.index((pod) => {
       const key = vmiKeyOfPod(pod);
       return key === undefined ? [] : [key];

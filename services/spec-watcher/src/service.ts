@@ -327,17 +327,13 @@ export async function startSpecWatcher(
       logger: log,
     }));
   const ownsBus = deps.bus === undefined;
-  const informerLog = childLogger(log, { component: 'informer' });
+  // Each informer's logger names its component and resource.
   const vmis: VmiInformer = createInformer({
     kc,
     resource: Resources.virtualMachineInstances,
-    logger: informerLog,
+    logger: log,
   });
-  const vms: VmInformer = createInformer({
-    kc,
-    resource: Resources.virtualMachines,
-    logger: informerLog,
-  });
+  const vms: VmInformer = createInformer({ kc, resource: Resources.virtualMachines, logger: log });
   const informers = [vmis, vms];
   const shutdown = new AbortController();
   let stage: StageRunner | undefined;
