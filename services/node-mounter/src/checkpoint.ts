@@ -159,6 +159,47 @@ export async function saveCheckpoint(
   }
 }
 
+/** `<vmiUID>.json.tmp-<pid>-<hex>`: a checkpoint being written by the process `pid`. */
+const TEMP_FILE = /^[0-9a-f-]+\.json\.tmp-(\d+)-[0-9a-f]+$/;
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: alive, another user's.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the temp files of checkpoint writes that a killed process left (its write never
+ * reached the rename, so the checkpoint beside it is the last whole one). Each kill in the middle
+ * of a write left one behind for good. A temp file of a live process is its write in flight.
+ * Returns the names removed.
+ */
+export async function removeAbandonedTempFiles(stateDir: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(stateDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const pid = TEMP_FILE.exec(name)?.[1];
+    if (pid === undefined || processAlive(Number(pid))) continue;
+    try {
+      await unlink(join(stateDir, name));
+      removed.push(name);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
+  return removed;
+}
+
 /**
  * Creates `file` in `dir`, making `dir` first only when it is missing: the folder exists for every
  * write but a node's first, and a `mkdir` on each would be one more trip through the thread pool.

@@ -73,6 +73,7 @@ export {
   loadCheckpoint,
   saveCheckpoint,
   loadAllCheckpoints,
+  removeAbandonedTempFiles,
   withEntry,
   withoutVolume,
   reconcileAtStart,

@@ -27,7 +27,12 @@ import {
 import type { Decision, PodView, PvcView } from './decide.js';
 import { NodeMounter } from './node-mounter.js';
 import type { CgroupOutcome, ReconcileReport } from './node-mounter.js';
-import { checkpointedVmiUids, loadCheckpoint, type ReconcileAction } from './checkpoint.js';
+import {
+  checkpointedVmiUids,
+  loadCheckpoint,
+  removeAbandonedTempFiles,
+  type ReconcileAction,
+} from './checkpoint.js';
 import { assertUid, VolumeMode } from './paths.js';
 import { CgroupState, mounterStageActors, mounterStageMachine } from './stage-machine.js';
 import type { MounterEffects } from './stage-machine.js';
@@ -309,6 +314,10 @@ async function reconcileAtStart(
   { node, stateDir }: { node: string; stateDir: string },
   log: Logger,
 ): Promise<ReconcileReport> {
+  const abandoned = await removeAbandonedTempFiles(stateDir);
+  if (abandoned.length > 0) {
+    log.info({ files: abandoned }, 'removed checkpoint writes a killed process left unfinished');
+  }
   const wanted = await wantedNow(truth, node, stateDir);
   const report = await mounter.reconcile(wanted);
   logOutcomes(report, log, {

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +10,7 @@ import {
   loadAllCheckpoints,
   loadCheckpoint,
   reconcileAtStart,
+  removeAbandonedTempFiles,
   saveCheckpoint,
   withEntry,
   withoutVolume,
@@ -51,6 +53,21 @@ describe('checkpoint files', () => {
     await saveCheckpoint(join(dir, 'state'), VMI, []);
     expect(await readdir(join(dir, 'state'))).toEqual([]);
     expect(await loadCheckpoint(join(dir, 'state'), VMI)).toEqual({ vmiUID: VMI, entries: [] });
+  });
+
+  it('removes the temp files of writes a killed process left, not those of a live one', async () => {
+    const exited = spawnSync(process.execPath, ['-e', '']);
+    expect(exited.status).toBe(0);
+    const abandoned = `${VMI}.json.tmp-${exited.pid}-ab12cd34`;
+    const inFlight = `${OTHER}.json.tmp-${process.pid}-00ff00ff`;
+    await saveCheckpoint(dir, VMI, [fsEntry('a')]);
+    for (const name of [abandoned, inFlight, 'notes.tmp-1-aa']) {
+      await writeFile(join(dir, name), '{"version":1,');
+    }
+    expect(await removeAbandonedTempFiles(dir)).toEqual([abandoned]);
+    expect((await readdir(dir)).sort()).toEqual([`${VMI}.json`, inFlight, 'notes.tmp-1-aa'].sort());
+    expect(await loadCheckpoint(dir, VMI)).toEqual({ vmiUID: VMI, entries: [fsEntry('a')] });
+    expect(await removeAbandonedTempFiles(join(dir, 'missing'))).toEqual([]);
   });
 
   it('treats a corrupt file as empty and says so; drops malformed entries', async () => {
