@@ -522,7 +522,7 @@ async function unitSnapshot(
  * event the stages published for them (type, operation, stage, phase): what a reader of a red
  * CI run needs to tell a lost fact from a wrong decision.
  */
-async function explainVolumes(f: ChaosFixture, violations: string): Promise<void> {
+export async function explainVolumes(f: ChaosFixture, violations: string): Promise<void> {
   const volumes = volumesNamed(violations, 6);
   if (volumes.length === 0) return;
   const bus = await connectBus({ servers: f.stack.natsUrl.split(','), apiTimeoutMs: 10_000 });

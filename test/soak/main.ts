@@ -9,6 +9,8 @@
  *   pnpm soak -- --minutes 30 --disturb nats --busy 2
  *
  * `--busy N` runs N busy loops beside the stack, as other jobs on a shared machine would.
+ * `--explain-after-s S` (default 10): a round whose volumes are not at rest S seconds after its
+ * requests ended prints what is off and those volumes' histories, and goes on.
  * `PLUGLINE_CHAOS_KEEP_LOGS=<dir>` keeps the stack's logs; `--seed` replays a run's choices.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -17,6 +19,7 @@ import {
   counterSum,
   disturbUntil,
   dropConnections,
+  explainVolumes,
   metricsOf,
   randomOperations,
   seedVmis,
@@ -45,6 +48,7 @@ interface SoakConfig {
   settleS: number;
   busy: number;
   seed: number;
+  explainAfterS: number;
 }
 
 function config(): SoakConfig {
@@ -62,6 +66,7 @@ function config(): SoakConfig {
       'per-round': { type: 'string', default: '3' },
       'settle-s': { type: 'string', default: '120' },
       busy: { type: 'string', default: '0' },
+      'explain-after-s': { type: 'string', default: '10' },
       seed: { type: 'string', default: String(Date.now() % 100_000) },
     },
   });
@@ -86,6 +91,7 @@ function config(): SoakConfig {
     settleS: int('settle-s', 1),
     busy: int('busy', 0),
     seed: int('seed', 0),
+    explainAfterS: int('explain-after-s', 1),
   };
 }
 
@@ -130,12 +136,29 @@ const seconds = (ms: number): string => (ms / 1000).toFixed(1);
  * When every volume is where its spec wants it (the invariants without the work backlog), which
  * is what a user sees; a settle also waits for the work streams to drain, which can take a retry's
  * delay longer (an item a crash left behind comes back to find nothing to do). Undefined when
- * they did not hold within `timeoutMs` (the settle then fails too).
+ * they did not hold within `timeoutMs` (the settle then fails too). A round still not at rest
+ * after `explainAfterMs` prints what is off and the histories of the volumes it names, as a
+ * failed round does: a slow round that ends up settling is otherwise gone without a trace.
  */
-async function volumesConverged(f: ChaosFixture, timeoutMs: number): Promise<number | undefined> {
+async function volumesConverged(
+  f: ChaosFixture,
+  timeoutMs: number,
+  explain: { afterMs: number; log: (msg: string) => void },
+): Promise<number | undefined> {
+  const started = Date.now();
+  let explained = false;
   const atRest = async () => {
     const report = await checkInvariants(f.stack).catch(() => undefined);
-    return report !== undefined && report.violations.length === 0 ? Date.now() : undefined;
+    if (report !== undefined && report.violations.length === 0) return Date.now();
+    if (!explained && report !== undefined && Date.now() - started >= explain.afterMs) {
+      explained = true;
+      const violations = report.violations.join('\n');
+      explain.log(`not at rest after ${seconds(Date.now() - started)} s:\n${violations}`);
+      await explainVolumes(f, violations).catch((err: unknown) =>
+        explain.log(`could not read the volumes' histories: ${String(err)}`),
+      );
+    }
+    return undefined;
   };
   return waitFor(atRest, { timeout: timeoutMs, interval: 200 }).catch(() => undefined);
 }
@@ -172,7 +195,10 @@ async function main(): Promise<number> {
       const counts: RunCounts = await ops;
       const sent = Date.now();
       // Settled means the volumes are at rest too, so this poll ends by the settle's end.
-      const converged = volumesConverged(f, c.settleS * 1000);
+      const converged = volumesConverged(f, c.settleS * 1000, {
+        afterMs: c.explainAfterS * 1000,
+        log: (msg) => log(`round ${round}: ${msg}`),
+      });
       try {
         await settle(f, { timeoutMs: c.settleS * 1000 });
       } catch (err) {
