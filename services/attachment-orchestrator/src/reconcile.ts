@@ -199,13 +199,16 @@ export function recordWork(state: UnitState, item: WorkItem): UnitState {
       : initialState({ namespace: item.namespace, name: item.vmi, uid: item.vmiUID });
   if (isNudge(item.cause)) return next;
   const ops: VolumeOps = { ...next.ops[item.volume] };
+  // The newest operation of each direction, by its id (issue order), not by when the item was
+  // sent: node-mounter reports an unmount under the plug it was asked to mount for when the
+  // volume had left the spec meanwhile, and that report can be sent after the unplug's own; taken
+  // for the volume's unplug, it left the unplug's `unmounted` unmatched and the pod held for good.
   const known = ops[item.operation];
-  if (known === undefined || known.issuedAt <= item.issuedAt) {
+  if (known === undefined || compareOperationIds(item.operationId, known.operationId) >= 0) {
     ops[item.operation] = { operationId: item.operationId, issuedAt: item.issuedAt };
   }
-  // Never back to an older operation: node-mounter also reports an unmount under the plug it was
-  // asked to mount for when the volume had left the spec meanwhile, and a redelivery can bring
-  // that report after the unplug's own (the kill soak: the pod then held the volume for good).
+  // Never back to an older operation either (a redelivery can bring the plug's report after the
+  // unplug's own).
   if (
     item.operation === 'unplug' &&
     item.cause === EventType.UnmountedFromPod &&

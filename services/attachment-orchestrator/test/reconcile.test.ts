@@ -306,6 +306,15 @@ describe('decide', () => {
     const onlyA = attachmentPod(v, [fsVolume('a')], 'Running', 'uid-a');
     const obs = observed(v, ['a'], { pods: [both, onlyA] });
     const plug = item('b', { operationId: '00mx0000a1-plug' });
+    // The plug had announced the volume on its pod: an announcement holds a removed volume.
+    const withB = vmi(withHotplugPVC('a'), withHotplugPVC('b'));
+    const plugged = decide(
+      state(item('a'), plug),
+      observed(withB, ['a', 'b'], { pods: [both, onlyA] }),
+      T0,
+      OPTIONS,
+    ).state;
+    expect(plugged.published.b?.[EventType.AttachedToNode]).toContain('uid-ab');
     const unmountedAs = (operationId: string, at: number) =>
       item('b', {
         operation: 'unplug',
@@ -315,12 +324,17 @@ describe('decide', () => {
       });
     const unplug = unmountedAs('00mx0000b2-unplug', T0 + 2);
     const underThePlug = unmountedAs('00mx0000a1-plug', T0 + 1);
+    // The plug's own item handled after the unplug's (a kill soak, 2026-12-07): its report is the
+    // later one sent, and must not pass for the volume's unplug (the pod was held for good).
+    const underThePlugSentLater = unmountedAs('00mx0000a1-plug', T0 + 3);
     for (const order of [
       [unplug, underThePlug],
       [underThePlug, unplug],
+      [unplug, underThePlugSentLater],
     ]) {
-      const s = [plug, ...order].reduce(recordWork, state(item('a')));
+      const s = order.reduce(recordWork, plugged);
       expect(s.ops.b?.unmounted).toBe('00mx0000b2-unplug');
+      expect(s.ops.b?.unplug?.operationId).toBe('00mx0000b2-unplug');
       const go = decide(s, obs, T0 + 3, OPTIONS);
       expect(go.effects).toMatchObject([{ kind: 'deletePod', uid: 'uid-ab' }]);
     }
