@@ -30,8 +30,6 @@ export interface VolumeView {
   direction: OperationKind | undefined;
   /** Its `status.volumeStatus` phase, when it has an entry with one. */
   phase: string | undefined;
-  /** Its entry names an attachment pod (it was attached, and may still be). */
-  attached: boolean;
   /** `status.nodeName`. */
   node: string | undefined;
   generation: number | undefined;
@@ -61,7 +59,6 @@ export function viewOf(
     vmiUID: vmi?.metadata.uid,
     direction: wanted?.operation,
     phase: routingPhaseOf(wanted?.status),
-    attached: wanted?.status?.hotplugVolume?.attachPodName !== undefined,
     node: node === undefined || node === '' ? undefined : node,
     generation: vmi?.metadata.generation,
   };
@@ -199,7 +196,7 @@ function workFor(
   ref: { operationId: string; operation: OperationKind; vmiUID: string },
   cause: string,
 ): StageEmitted | undefined {
-  const route = routeFor(ref.operation, view.phase, view.node, view.attached);
+  const route = routeFor(ref.operation, view.phase, view.node);
   if (route === undefined) return undefined;
   return nextWork({
     stage: route.stage,

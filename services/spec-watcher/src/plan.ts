@@ -37,19 +37,18 @@ export interface SyncPlan {
 
 /**
  * The stage that moves a volume next, from its direction and current phase; undefined when the
- * volume is at its desired end (plugged and `Ready`). Unplug runs the chain backwards: a volume
- * that may be mounted or in the domain (`AttachedToNode`, `MountedToPod`, `Ready`) goes to
- * domain-updater first; one never attached or already unmounted goes to the orchestrator.
+ * volume is at its desired end (plugged and `Ready`). Unplug runs the chain backwards, from the
+ * domain-updater, unless the node stages already reported the volume out of the launcher (an
+ * unplug phase): then the orchestrator ends it. The status is not proof that the domain lacks
+ * the disk: the stages follow the spec, so a volume removed, added and removed again within a
+ * second can be in the domain under an operation the status took as stale, with an entry that
+ * shows no attachment (a `watch`/`kill` soak's round left such a disk for 29 s, until the
+ * domain-updater's own reconcile). Only the domain-updater looks at the domain; for a volume
+ * never attached, it and node-mounter find nothing to undo and hand on at once.
  */
 export function nextStageFor(
   operation: OperationKind,
   phase: string | undefined,
-  /**
-   * The entry names an attachment pod. An unplug of such a volume with no in-use phase (a re-add
-   * reset the entry, then the volume left again) goes down the whole chain: the launcher may
-   * still use it, and only the node stages can say it no longer does.
-   */
-  attached = false,
 ): Stage | undefined {
   if (operation === 'plug') {
     switch (phase) {
@@ -63,12 +62,9 @@ export function nextStageFor(
         return Stage.AttachmentOrchestrator;
     }
   }
-  const inUse =
-    phase === VolumePhase.Ready ||
-    phase === VolumePhase.MountedToPod ||
-    phase === VolumePhase.AttachedToNode;
-  const maybeInUse = attached && (phase === undefined || !UNPLUG_PHASE_SET.has(phase));
-  return inUse || maybeInUse ? Stage.DomainUpdater : Stage.AttachmentOrchestrator;
+  return phase !== undefined && UNPLUG_PHASE_SET.has(phase)
+    ? Stage.AttachmentOrchestrator
+    : Stage.DomainUpdater;
 }
 
 /** Where a nudge goes: a stage and, for node stages, the node. */
@@ -85,9 +81,8 @@ export function routeFor(
   operation: OperationKind,
   phase: string | undefined,
   node: string | undefined,
-  attached = false,
 ): Route | undefined {
-  const stage = nextStageFor(operation, phase, attached);
+  const stage = nextStageFor(operation, phase);
   if (stage === undefined) return undefined;
   if (stage === Stage.NodeMounter || stage === Stage.DomainUpdater) {
     return node === undefined || node === ''

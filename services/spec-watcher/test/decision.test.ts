@@ -19,7 +19,7 @@ import { coverage, type CoverageSnapshot as Snap } from '@plugline/testkit';
 
 const DIRECTIONS: (OperationKind | undefined)[] = ['plug', 'unplug', undefined];
 const UIDS: (string | undefined)[] = ['uid-a', 'uid-b', undefined];
-const PHASES: (string | undefined)[] = [undefined, 'AttachedToNode', 'Ready'];
+const PHASES: (string | undefined)[] = [undefined, 'AttachedToNode', 'Ready', 'UnMountedFromPod'];
 const NODES: (string | undefined)[] = ['node-1', undefined];
 const CAUSES = [SPEC_CAUSE, RESYNC_CAUSE, ENTRY_REMOVED_CAUSE, ENTRY_RETURNED_CAUSE];
 
@@ -36,7 +36,6 @@ function view(
     vmiUID,
     direction,
     phase,
-    attached: false,
     node,
     generation: 4,
   };
@@ -105,7 +104,9 @@ function expected(before: DecisionContext['book'], e: DecideEvent): string[] {
           ? 'node-mounter'
           : 'attachment-orchestrator';
   } else {
-    stage = v.phase === undefined ? 'attachment-orchestrator' : 'domain-updater';
+    // Backwards from the domain, unless the node stages already reported the volume out.
+    const leftLauncher = v.phase === 'UnMountedFromPod' || v.phase === 'Detaching';
+    stage = leftLauncher ? 'attachment-orchestrator' : 'domain-updater';
   }
   if (stage === 'node-mounter' || stage === 'domain-updater') {
     if (v.node === undefined) stage = 'attachment-orchestrator';
