@@ -42,7 +42,7 @@ export interface SyncPlan {
  * unplug phase): then the orchestrator ends it. The status is not proof that the domain lacks
  * the disk: the stages follow the spec, so a volume removed, added and removed again within a
  * second can be in the domain under an operation the status took as stale, with an entry that
- * shows no attachment (a `watch`/`kill` soak's round left such a disk for 29 s, until the
+ * shows no attachment (a `kill` soak's round left such a disk for 29 s, until the
  * domain-updater's own reconcile). Only the domain-updater looks at the domain; for a volume
  * never attached, it and node-mounter find nothing to undo and hand on at once.
  */
