@@ -159,6 +159,16 @@ export async function saveCheckpoint(
   }
 }
 
+/** The names in the state dir; none when it does not exist yet (a node's first start). */
+async function stateDirNames(stateDir: string): Promise<string[]> {
+  try {
+    return await readdir(stateDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
 /** `<vmiUID>.json.tmp-<pid>-<hex>`: a checkpoint being written by the process `pid`. */
 const TEMP_FILE = /^[0-9a-f-]+\.json\.tmp-(\d+)-[0-9a-f]+$/;
 
@@ -179,13 +189,7 @@ function processAlive(pid: number): boolean {
  * Returns the names removed.
  */
 export async function removeAbandonedTempFiles(stateDir: string): Promise<string[]> {
-  let names: string[];
-  try {
-    names = await readdir(stateDir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
-  }
+  const names = await stateDirNames(stateDir);
   const removed: string[] = [];
   for (const name of names) {
     const pid = TEMP_FILE.exec(name)?.[1];
@@ -216,13 +220,7 @@ async function openCreating(dir: string, file: string): Promise<FileHandle> {
 
 /** The VMI UIDs with a checkpoint in the state dir (not temp files or names that are no UID). */
 export async function checkpointedVmiUids(stateDir: string): Promise<string[]> {
-  let names: string[];
-  try {
-    names = await readdir(stateDir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
-  }
+  const names = await stateDirNames(stateDir);
   const uids: string[] = [];
   for (const name of names.sort()) {
     if (!name.endsWith(SUFFIX)) continue;
