@@ -50,7 +50,6 @@ export interface Observation {
 /** An operation a work item named for a volume. */
 export interface OperationRef {
   operationId: string;
-  issuedAt: string;
 }
 
 /** The operations this unit has heard of, per volume, by direction. */
@@ -204,8 +203,8 @@ export function recordWork(state: UnitState, item: WorkItem): UnitState {
   // volume had left the spec meanwhile, and that report can be sent after the unplug's own; taken
   // for the volume's unplug, it left the unplug's `unmounted` unmatched and the pod held for good.
   const known = ops[item.operation];
-  if (known === undefined || compareOperationIds(item.operationId, known.operationId) >= 0) {
-    ops[item.operation] = { operationId: item.operationId, issuedAt: item.issuedAt };
+  if (known === undefined || compareOperationIds(item.operationId, known.operationId) > 0) {
+    ops[item.operation] = { operationId: item.operationId };
   }
   // Never back to an older operation either (a redelivery can bring the plug's report after the
   // unplug's own).
