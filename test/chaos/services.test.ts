@@ -10,11 +10,11 @@ import { addVolume, createPvc, ensureNamespace, removeVolume } from '@plugline/c
 import { CoreV1Api } from '@kubernetes/client-node';
 import type { VolumeStatus } from '@plugline/contracts';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { dropConnections } from '@plugline/testkit';
 import { isRoot, loopDevicesUnder, mountsUnder } from '../chain/helpers.js';
 import {
   CHAOS,
   disturbUntil,
-  dropConnections,
   randomOperations,
   seedVmis,
   seeded,

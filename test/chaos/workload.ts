@@ -3,10 +3,8 @@
  * plug/unplug requests (as `plugctl addvolume` / `removevolume` send them, without waiting),
  * while a disturbance (a kill, a NATS restart, dropped watches) fires at random moments.
  */
-import { execFile } from 'node:child_process';
 import { cp } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import {
   addVolume,
   openEventStream,
@@ -24,8 +22,6 @@ import { startNats, tempDir, waitFor, type NatsServer, type TempDir } from '@plu
 import { removeVolume } from '@plugline/cli';
 import { inPrivateMountNamespace } from '../chain/helpers.js';
 import { checkInvariants, waitForInvariants, type InvariantReport } from '../support/invariants.js';
-
-const run = promisify(execFile);
 
 /**
  * Sizes of the runs: the issue's (200 operations across 20 VMIs for the kill scenario; the other
@@ -277,11 +273,6 @@ export async function disturbUntil(
   }
   await until;
   return count;
-}
-
-/** Closes every TCP connection to `port` on loopback (watch streams included), from outside. */
-export async function dropConnections(port: number): Promise<void> {
-  await run('ss', ['-K', 'dst', '127.0.0.1', 'dport', '=', String(port)]);
 }
 
 /** A small seeded PRNG (mulberry32) so a failing run can be replayed with its seed. */

@@ -18,7 +18,6 @@ import { parseArgs } from 'node:util';
 import {
   counterSum,
   disturbUntil,
-  dropConnections,
   explainVolumes,
   metricsOf,
   randomOperations,
@@ -32,7 +31,7 @@ import {
 } from '../chaos/workload.js';
 import { percentiles } from '../bench/stats.js';
 import { checkInvariants } from '../support/invariants.js';
-import { waitFor } from '@plugline/testkit';
+import { dropConnections, waitFor } from '@plugline/testkit';
 
 const Disturbance = { Nats: 'nats', Kill: 'kill', Watch: 'watch' } as const;
 type Disturbance = (typeof Disturbance)[keyof typeof Disturbance];

@@ -18,6 +18,7 @@ export type { WaitForOptions } from './wait.js';
 export { startOtlpReceiver } from './otlp.js';
 export type { OtlpReceiver, ReceivedSpan } from './otlp.js';
 export { tempDir } from './temp.js';
+export { dropConnections } from './network.js';
 export type { TempDir } from './temp.js';
 export { spawnService } from './process.js';
 export type { ServiceProcess, SpawnServiceOptions } from './process.js';
