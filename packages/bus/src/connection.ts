@@ -14,6 +14,7 @@ import {
 import { connect } from '@nats-io/transport-node';
 import { ConfigError } from '@plugline/contracts';
 import { silentLogger, type Logger } from '@plugline/telemetry';
+import { failRequestsOnReconnect } from './lost-replies.js';
 import type { NatsAuth } from './service-config.js';
 import {
   parseServerVersion,
@@ -52,6 +53,12 @@ export interface Bus extends AsyncDisposable {
   readonly logger: Logger;
   /** True while connected (not reconnecting, not closed). */
   connected(): boolean;
+  /**
+   * Runs `send` (a plain write: an ack, a nak) now, or once the connection is back if it is
+   * down: nats.js drops what is written while it is down when it reconnects, and a lost ack or
+   * nak leaves its item to come back only after the ack wait (30 s by default).
+   */
+  whenConnected(send: () => void): void;
   /** Throws `UnsupportedFeatureError` when the server lacks one of `features`. */
   requireFeatures(...features: readonly ServerFeature[]): void;
   /** Drains subscriptions and pending publishes, then closes. Idempotent. */
@@ -67,7 +74,7 @@ export interface Bus extends AsyncDisposable {
 export async function connectBus(options: BusOptions): Promise<Bus> {
   const logger = options.logger ?? silentLogger();
   const servers = typeof options.servers === 'string' ? [options.servers] : [...options.servers];
-  const nc = await connect({
+  const connection = await connect({
     servers,
     name: options.name,
     ...credentials(options),
@@ -81,15 +88,29 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
     // to carry the caller's stack, used only if it fails: a measurable share of a stage's CPU.
     noAsyncTraces: true,
   });
+  const nc = failRequestsOnReconnect(connection);
   const timeout = options.apiTimeoutMs ?? 5000;
   const js = jetstream(nc, { timeout });
   const jsm = await jetstreamManager(nc, { timeout });
   const serverVersion = parseServerVersion(nc.info?.version ?? '0.0.0');
   let connected = true;
+  /** What `whenConnected` was given while the connection was down, in order. */
+  let onReconnect: (() => void)[] = [];
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect' || s.type === 'reconnecting') connected = false;
-      if (s.type === 'reconnect') connected = true;
+      if (s.type === 'reconnect') {
+        connected = true;
+        const sends = onReconnect;
+        onReconnect = [];
+        for (const send of sends) {
+          try {
+            send();
+          } catch (err) {
+            logger.debug({ err }, 'a write held for the reconnect failed');
+          }
+        }
+      }
       logger.debug({ status: s.type }, 'nats connection status');
     }
   })().catch(() => undefined);
@@ -115,6 +136,10 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
     serverVersion,
     logger,
     connected: () => connected && !nc.isClosed() && !nc.isDraining(),
+    whenConnected: (send) => {
+      if (connected || nc.isClosed()) send();
+      else onReconnect.push(send);
+    },
     requireFeatures: (...features) => requireFeatures(serverVersion, ...features),
     drain: () => finish('drain'),
     close: () => finish('close'),

@@ -26,6 +26,20 @@ export class BusClosedError extends PluglineError {
   }
 }
 
+/**
+ * A request's reply was lost with the connection: it was still waiting when the connection to
+ * nats-server came back. Whether the request took effect is unknown; send it again.
+ */
+export class ReplyLostError extends PluglineError {
+  override name = 'ReplyLostError';
+  constructor(
+    readonly subject: string,
+    options?: ErrorOptions,
+  ) {
+    super('ReplyLost', `the connection to nats-server dropped before ${subject} replied`, options);
+  }
+}
+
 /** The unit's lease was taken over by another worker while this one still worked on it. */
 export class LeaseLostError extends PluglineError {
   override name = 'LeaseLostError';
@@ -55,4 +69,12 @@ export class StepDownError extends PluglineError {
   ) {
     super('StepDownFailed', `consumer ${consumer} did not step down: ${reason}`, options);
   }
+}
+
+/** Whether `error`, or an error it was caused by, is a {@link ReplyLostError}. */
+export function isReplyLost(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e instanceof ReplyLostError) return true;
+  }
+  return false;
 }

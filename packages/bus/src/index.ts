@@ -19,6 +19,8 @@ export {
   LeaseLostError,
   SettleTimeoutError,
   StepDownError,
+  ReplyLostError,
+  isReplyLost,
 } from './errors.js';
 
 export {

@@ -14,6 +14,7 @@ import { NoRespondersError, RequestError, TimeoutError } from '@nats-io/nats-cor
 import { ConfigError, PluglineError, workFilter, type Stage } from '@plugline/contracts';
 import type { Bus } from './connection.js';
 import { abortableDelay } from './publish.js';
+import { ReplyLostError } from './errors.js';
 import { durableName, leaseBucket, snapshotBucket, STREAM_SUBJECTS, StreamName } from './names.js';
 import { checkConsumerConfig, checkStreamConfig } from './version.js';
 
@@ -131,6 +132,7 @@ const TRANSIENT_API_CODES = new Set([10005, 10008, 10013, 10023, 10058, 10065, 1
 /** True for failures that go away by themselves on a cluster forming or failing over. */
 export function isTransientProvisionError(err: unknown): boolean {
   if (err instanceof TimeoutError || err instanceof NoRespondersError) return true;
+  if (err instanceof ReplyLostError) return true;
   // A request error is as transient as its cause (a permission violation is not).
   if (err instanceof RequestError) return isTransientProvisionError(err.cause);
   if (err instanceof JetStreamApiError) {

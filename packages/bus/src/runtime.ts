@@ -38,7 +38,7 @@ import {
   type InputFrom,
 } from 'xstate';
 import type { Bus } from './connection.js';
-import { LeaseLostError, SettleTimeoutError } from './errors.js';
+import { LeaseLostError, SettleTimeoutError, isReplyLost } from './errors.js';
 import { BoundedMap } from './bounded-map.js';
 import { isCasFailure, leaseHandover, LeaseManager } from './lease.js';
 import { durableName, kvKey, StreamName } from './names.js';
@@ -660,19 +660,22 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
     // The delivery's ack subject: JsMsg's implementation has it, its type does not say so.
     const reply = (msg as { reply?: unknown }).reply;
+    // Settled while the connection is down, the item is settled once it is back (see
+    // Bus.whenConnected): a lost nak would hold it for the ack wait instead of its delay.
+    const { bus } = this.#o;
     const settler: Settler = {
       attempt: msg.info.deliveryCount,
       ack: () => {
         this.#held.done(msg.seq);
-        msg.ack();
+        bus.whenConnected(() => msg.ack());
       },
       nak: (delayMs) => {
         this.#held.sentBack(msg.seq, delayMs ?? 0);
-        msg.nak(delayMs);
+        bus.whenConnected(() => msg.nak(delayMs));
       },
       term: (reason) => {
         this.#held.done(msg.seq);
-        this.#term(msg, reason);
+        bus.whenConnected(() => this.#term(msg, reason));
       },
       working: () => msg.working(),
       seq: msg.seq,
@@ -693,7 +696,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   /** Acks a delivery after its nak; on a closed connection the item comes back at its delay. */
   #lateAck(reply: string): void {
     try {
-      this.#o.bus.nc.publish(reply, LATE_ACK);
+      const { bus } = this.#o;
+      bus.whenConnected(() => bus.nc.publish(reply, LATE_ACK));
     } catch (err) {
       this.#log.debug({ err }, 'could not ack a waiting item early; it comes back at its delay');
     }
@@ -853,7 +857,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     else msg.term();
   }
 
-  #retryDelay(attempt: number): number {
+  /**
+   * The backoff before the next delivery, doubling per delivery; none when the failure was a
+   * reply lost with the connection (nothing is wrong with the item, and the connection is back).
+   */
+  #retryDelay(attempt: number, error?: unknown): number {
+    if (isReplyLost(error)) return 0;
     const initial = this.#o.retryBackoff?.initialMs ?? 1000;
     const max = this.#o.retryBackoff?.maxMs ?? 60_000;
     const base = Math.min(max, initial * 2 ** Math.min(30, Math.max(0, attempt - 1)));
@@ -941,8 +950,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       }
     } catch (err) {
       await reading.discard();
-      log.warn({ err }, 'work item failed; retrying with backoff');
-      settler.nak(this.#retryDelay(settler.attempt));
+      if (isReplyLost(err)) {
+        log.info({ err }, 'the connection dropped under the work item; retrying');
+      } else {
+        log.warn({ err }, 'work item failed; retrying with backoff');
+      }
+      settler.nak(this.#retryDelay(settler.attempt, err));
       outcome = Outcome.Retry;
       const error = asError(err);
       span.recordException(error);
@@ -976,7 +989,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         break;
       }
       case 'retry':
-        settler.nak(d.delayMs ?? this.#retryDelay(settler.attempt));
+        settler.nak(d.delayMs ?? this.#retryDelay(settler.attempt, d.error));
         break;
       case 'terminal':
         log.warn({ reason: d.reason, failure: d.message }, 'giving up the work item');

@@ -2,6 +2,7 @@ import { readFileSync, existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { WorkItem } from '@plugline/contracts';
 import {
+  dropConnections,
   spawnService,
   startNats,
   startNatsCluster,
@@ -11,7 +12,7 @@ import {
 } from '@plugline/testkit';
 import { fromPromise } from 'xstate';
 import { describe, expect, it } from 'vitest';
-import { Publisher, runStage, StreamName } from '../src/index.js';
+import { durableName, Publisher, ReplyLostError, runStage, StreamName } from '../src/index.js';
 import { backlog, persistedState, provisionedBus, readEvents, sendWork } from './helpers.js';
 import { eventType, unitKey, unitMachine, workItem } from './support.js';
 
@@ -26,6 +27,16 @@ function worker(nats: NatsServer, dir: string, id: string, block: boolean) {
     readyTimeout: 20_000,
   });
 }
+
+/** Far above any test's own timeout: a wait this long fails the test. */
+const FOREVER_MS = 600_000;
+
+/** What `request` came to: the error it failed with, or `'replied'`. */
+const outcomeOf = (request: Promise<unknown>): Promise<unknown> =>
+  request.then(
+    () => 'replied',
+    (err: unknown) => err,
+  );
 
 const countingMachine = (effects: Map<string, number>) =>
   unitMachine.provide({
@@ -97,6 +108,100 @@ describe('crash and outage', () => {
       for (const item of items) {
         expect((await persistedState(bus, unitKey(item)))?.value).toBe('applied');
       }
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it('a request whose reply died with the server fails when the connection is back, not at its timeout', async () => {
+    await using nats = await startNats();
+    const bus = await provisionedBus(nats.url, {}, { apiTimeoutMs: FOREVER_MS });
+    try {
+      // A stopped server takes the request and never answers it.
+      process.kill(nats.pid!, 'SIGSTOP');
+      const inFlight = outcomeOf(bus.jsm.streams.info(StreamName.Work));
+      await nats.halt('SIGKILL');
+      await waitFor(() => !bus.connected());
+      // nats.js drops what is written while the connection is down when it comes back.
+      const whileDown = outcomeOf(bus.jsm.streams.info(StreamName.Work));
+      await nats.start();
+      expect(await inFlight).toBeInstanceOf(ReplyLostError);
+      expect(await whileDown).toBeInstanceOf(ReplyLostError);
+      expect((await bus.jsm.streams.info(StreamName.Work)).config.name).toBe(StreamName.Work);
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it('a handling whose reply was lost with the connection runs again at once, not after its backoff', async () => {
+    await using nats = await startNats();
+    const bus = await provisionedBus(
+      nats.url,
+      { consumers: [{ stage: 'spec-watcher', ackWaitMs: FOREVER_MS }] },
+      { apiTimeoutMs: FOREVER_MS },
+    );
+    let openGate!: () => void;
+    const gate = new Promise<void>((resolve) => (openGate = resolve));
+    let runs = 0;
+    const machine = unitMachine.provide({
+      actors: {
+        apply: fromPromise(async () => {
+          runs++;
+          await gate;
+          return 'ok';
+        }),
+      },
+    });
+    try {
+      await using _stage = await runStage({
+        bus,
+        stage: 'spec-watcher',
+        machine,
+        keyOf: unitKey,
+        retryBackoff: { initialMs: FOREVER_MS },
+      });
+      const item = workItem('vol-reply-lost');
+      await sendWork(bus, item);
+      await waitFor(() => runs === 1);
+      // The handling goes on to write its snapshot to a server that takes it and does not answer;
+      // then the connection drops (the server keeps running, and its consumer's state). Whether
+      // the write lands is the server's; the item is handled again either way.
+      process.kill(nats.pid!, 'SIGSTOP');
+      openGate();
+      await dropConnections(nats.port);
+      process.kill(nats.pid!, 'SIGCONT');
+      await waitFor(
+        async () =>
+          (await persistedState(bus, unitKey(item)))?.value === 'applied' &&
+          (await backlog(bus)) === 0,
+        { timeout: 20_000, interval: 50 },
+      );
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
+
+  it('an ack written while the connection is down reaches the server once it is back', async () => {
+    await using nats = await startNats();
+    const bus = await provisionedBus(nats.url, {
+      consumers: [{ stage: 'spec-watcher', ackWaitMs: FOREVER_MS }],
+    });
+    try {
+      const durable = durableName('spec-watcher');
+      await sendWork(bus, workItem('vol-ack-held'));
+      const msg = await (await bus.js.consumers.get(StreamName.Work, durable)).next();
+      expect(msg?.subject).toMatch(/vol-ack-held/);
+      // A stopped server keeps the client reconnecting (the handshake never finishes), and its
+      // consumer's state as it was.
+      process.kill(nats.pid!, 'SIGSTOP');
+      await dropConnections(nats.port);
+      await waitFor(() => !bus.connected());
+      bus.whenConnected(() => msg!.ack());
+      process.kill(nats.pid!, 'SIGCONT');
+      await waitFor(async () => {
+        const info = await bus.jsm.consumers.info(StreamName.Work, durable);
+        return info.num_ack_pending === 0 && info.num_pending === 0;
+      });
     } finally {
       await bus.close();
     }
