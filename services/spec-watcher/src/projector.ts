@@ -520,7 +520,8 @@ class StatusProjector implements Projector {
           const { operationId } = d.event.data;
           this.#lastApplied.set(volume, { seq, operationId, progress: progressOf(d.event) });
         }
-        d.msg.ack();
+        // Once the connection is back if it is down: nats.js drops what it cannot send.
+        this.#o.bus.whenConnected(() => d.msg.ack());
       }
       handled(Outcome.Done);
     } catch (err) {
@@ -528,7 +529,9 @@ class StatusProjector implements Projector {
         { err, events: deliveries.length },
         'could not project the events; redelivering later',
       );
-      for (const { msg } of deliveries) msg.nak(redeliveryDelay(msg));
+      for (const { msg } of deliveries) {
+        this.#o.bus.whenConnected(() => msg.nak(redeliveryDelay(msg)));
+      }
       handled(Outcome.Retry);
     } finally {
       clearInterval(keepAlive);
@@ -558,7 +561,7 @@ class StatusProjector implements Projector {
         { seq, event: eventTypeOf(d.event), subject: d.event.subject },
         'a redelivered event superseded by one of its volume applied here',
       );
-      d.msg.ack();
+      this.#o.bus.whenConnected(() => d.msg.ack());
       this.#o.metrics.messagesHandled.inc({
         stage: Stage.SpecWatcher,
         outcome: Outcome.Superseded,
