@@ -7,7 +7,6 @@ import type {
 } from '@plugline/contracts';
 import { EventType, Stage, VolumePhase } from '@plugline/contracts';
 import { diffVolumes, hotplugVolumesOf, isHotplugStatus } from './diff.js';
-import { UNPLUG_PHASE_SET } from './phase-sets.js';
 
 /** The operation spec-watcher last issued for a volume. */
 export interface OperationRef {
@@ -37,34 +36,30 @@ export interface SyncPlan {
 
 /**
  * The stage that moves a volume next, from its direction and current phase; undefined when the
- * volume is at its desired end (plugged and `Ready`). Unplug runs the chain backwards, from the
- * domain-updater, unless the node stages already reported the volume out of the launcher (an
- * unplug phase): then the orchestrator ends it. The status is not proof that the domain lacks
- * the disk: the stages follow the spec, so a volume removed, added and removed again within a
- * second can be in the domain under an operation the status took as stale, with an entry that
- * shows no attachment (a `kill` soak's round left such a disk for 29 s, until the
- * domain-updater's own reconcile). Only the domain-updater looks at the domain; for a volume
- * never attached, it and node-mounter find nothing to undo and hand on at once.
+ * volume is at its desired end (plugged and `Ready`). Unplug runs the chain backwards, always
+ * from the domain-updater, whatever the phase: the status is not proof that the domain lacks
+ * the disk, nor the launcher the mount. The stages follow the spec, so a volume removed, added
+ * and removed again within a second can be in the domain, or mounted, under an operation the
+ * status took as stale, with an entry that shows no attachment or an unplug phase (`kill` and
+ * `nats` soaks left such a disk for 29 s and such a mount for 55 s, until the stage's own
+ * reconcile). Only the node stages look at the domain and the launcher; for a volume already
+ * out, they find nothing to undo and hand on at once.
  */
 export function nextStageFor(
   operation: OperationKind,
   phase: string | undefined,
 ): Stage | undefined {
-  if (operation === 'plug') {
-    switch (phase) {
-      case VolumePhase.Ready:
-        return undefined;
-      case VolumePhase.AttachedToNode:
-        return Stage.NodeMounter;
-      case VolumePhase.MountedToPod:
-        return Stage.DomainUpdater;
-      default:
-        return Stage.AttachmentOrchestrator;
-    }
+  if (operation === 'unplug') return Stage.DomainUpdater;
+  switch (phase) {
+    case VolumePhase.Ready:
+      return undefined;
+    case VolumePhase.AttachedToNode:
+      return Stage.NodeMounter;
+    case VolumePhase.MountedToPod:
+      return Stage.DomainUpdater;
+    default:
+      return Stage.AttachmentOrchestrator;
   }
-  return phase !== undefined && UNPLUG_PHASE_SET.has(phase)
-    ? Stage.AttachmentOrchestrator
-    : Stage.DomainUpdater;
 }
 
 /** Where a nudge goes: a stage and, for node stages, the node. */

@@ -104,9 +104,8 @@ function expected(before: DecisionContext['book'], e: DecideEvent): string[] {
           ? 'node-mounter'
           : 'attachment-orchestrator';
   } else {
-    // Backwards from the domain, unless the node stages already reported the volume out.
-    const leftLauncher = v.phase === 'UnMountedFromPod' || v.phase === 'Detaching';
-    stage = leftLauncher ? 'attachment-orchestrator' : 'domain-updater';
+    // Backwards from the domain, whatever the phase says.
+    stage = 'domain-updater';
   }
   if (stage === 'node-mounter' || stage === 'domain-updater') {
     if (v.node === undefined) stage = 'attachment-orchestrator';

@@ -83,7 +83,8 @@ describe('resyncWork', () => {
       ['bound', 'attachment-orchestrator', 'op-bound', 'resync'],
       ['attached', 'node-mounter', 'op-attached', 'resync'],
       ['mounted', 'domain-updater', 'op-mounted', 'resync'],
-      ['leaving', 'attachment-orchestrator', 'op-leaving', 'resync'],
+      // Backwards from the domain, whatever the phase: the node stages look.
+      ['leaving', 'domain-updater', 'op-leaving', 'resync'],
     ]);
   });
 
@@ -113,10 +114,10 @@ describe('operation ids and stages', () => {
     ['unplug', 'Ready', 'domain-updater'],
     ['unplug', 'MountedToPod', 'domain-updater'],
     ['unplug', 'AttachedToNode', 'domain-updater'],
-    ['unplug', 'Detaching', 'attachment-orchestrator'],
-    ['unplug', 'UnMountedFromPod', 'attachment-orchestrator'],
-    // The status cannot rule out a disk in the domain: a re-add reset the entry, or the disk was
-    // attached under an operation the status took as stale. The node stages look.
+    // The status cannot rule out a disk in the domain or a mount: a re-add reset the entry, or
+    // a stage acted under an operation the status took as stale. The node stages look.
+    ['unplug', 'Detaching', 'domain-updater'],
+    ['unplug', 'UnMountedFromPod', 'domain-updater'],
     ['unplug', undefined, 'domain-updater'],
     ['unplug', 'Pending', 'domain-updater'],
     ['unplug', 'Bound', 'domain-updater'],
