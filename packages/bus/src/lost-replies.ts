@@ -13,8 +13,10 @@ import { ReplyLostError } from './errors.js';
  * retries on a connection that works, as it would after the timeout. Whether the lost request
  * took effect is unknown either way; every request here is idempotent or conditional.
  *
- * Everything but `request` is the connection's own (JetStream and KV reach the server only
- * through `request`, subscriptions and plain publishes; the latter two nats.js restores itself).
+ * Everything but `request` is the connection's own. JetStream and KV reach the server only
+ * through `request`, subscriptions and plain publishes: nats.js restores the subscriptions at the
+ * reconnect, and drops plain publishes made while the connection is down (`Bus.whenConnected`
+ * holds the ones that matter, acks and naks, for the reconnect).
  */
 export function failRequestsOnReconnect(nc: NatsConnection): NatsConnection {
   /** The requests waiting for a reply, each with how to fail it. */
