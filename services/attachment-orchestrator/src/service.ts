@@ -61,15 +61,28 @@ export interface AttachmentOrchestrator extends AsyncDisposable {
 }
 
 /** The `applyEffects` adapter: creates (idempotently) and deletes (by UID, grace 0) pods. */
-export async function applyEffects(kube: KubeClient, effects: readonly Effect[]): Promise<void> {
+export async function applyEffects(
+  kube: KubeClient,
+  effects: readonly Effect[],
+  log: Logger,
+): Promise<void> {
   for (const e of effects) {
     if (e.kind === 'createPod') {
-      await kube.createPod(e.namespace, e.pod as unknown as V1Pod);
+      const { created } = await kube.createPod(e.namespace, e.pod as unknown as V1Pod);
+      // What a unit waiting for its pod to show in the cache waits for (`created` in its state).
+      log.debug(
+        { namespace: e.namespace, pod: e.pod.metadata.name, created },
+        'created the attachment pod',
+      );
     } else {
-      await kube.deletePod(e.namespace, e.name, {
+      const deleted = await kube.deletePod(e.namespace, e.name, {
         gracePeriodSeconds: 0,
         ...(e.uid === undefined ? {} : { uid: e.uid }),
       });
+      log.debug(
+        { namespace: e.namespace, pod: e.name, reason: e.reason, deleted },
+        'deleted the attachment pod',
+      );
     }
   }
 }
@@ -172,7 +185,7 @@ export async function startAttachmentOrchestrator(
         return Promise.resolve(cluster.observe(input.vmi));
       }),
       applyEffects: fromPromise<void, { effects: Effect[] }>(({ input }) =>
-        applyEffects(kube, input.effects),
+        applyEffects(kube, input.effects, log),
       ),
     },
   });
