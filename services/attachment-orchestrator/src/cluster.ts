@@ -178,6 +178,12 @@ export interface ClusterViewOptions {
   onNudge: (nudge: Nudge) => void;
 }
 
+/**
+ * How long a pod that left the cache is remembered: well past `CREATED_GRACE_MS`, the longest a
+ * unit waits for a pod it created to show.
+ */
+const PODS_GONE_KEPT_MS = 60_000;
+
 class InformerClusterView implements ClusterView {
   readonly #vmis: Informer<VirtualMachineInstance>;
   readonly #pods: Informer<CachedPod>;
@@ -191,6 +197,8 @@ class InformerClusterView implements ClusterView {
   readonly #podsOfVmi: (key: string) => CachedPod[];
   readonly #vmisByUid: (key: string) => VirtualMachineInstance[];
   readonly #vmisByClaim: (key: string) => VirtualMachineInstance[];
+  /** Attachment pods that left the cache lately, by owner VMI key, then name → when. */
+  readonly #podsGone = new Map<string, Map<string, number>>();
   #ready = false;
 
   constructor(o: ClusterViewOptions) {
@@ -229,6 +237,7 @@ class InformerClusterView implements ClusterView {
       (pod) => this.#vmisOfPod(pod),
       NudgeCause.Pod,
     );
+    this.#pods.onDelete((pod) => this.#podGone(pod));
     this.#wire(
       this.#pvcs,
       pvcDigest,
@@ -273,6 +282,29 @@ class InformerClusterView implements ClusterView {
     informer.onAdd((obj) => handle(obj, false));
     informer.onUpdate((obj) => handle(obj, false));
     informer.onDelete((obj) => handle(obj, true));
+  }
+
+  /** Remembers an attachment pod that left the cache, for `Observation.podsGone`. */
+  #podGone(pod: CachedPod): void {
+    const owner = pod.metadata.annotations?.[KubevirtLabel.OwnerVmiUid];
+    const name = pod.metadata.name;
+    if (owner === undefined || name === undefined) return;
+    const key = vmiKey(pod.metadata.namespace, owner);
+    const gone = this.#podsGone.get(key) ?? new Map<string, number>();
+    const now = Date.now();
+    for (const [old, at] of gone) if (now - at > PODS_GONE_KEPT_MS) gone.delete(old);
+    gone.set(name, now);
+    this.#podsGone.set(key, gone);
+  }
+
+  /** The VMI's attachment pods that left the cache within `PODS_GONE_KEPT_MS`. */
+  #podsGoneOf(key: string): Record<string, number> {
+    const gone = this.#podsGone.get(key);
+    if (gone === undefined) return {};
+    const now = Date.now();
+    for (const [name, at] of gone) if (now - at > PODS_GONE_KEPT_MS) gone.delete(name);
+    if (gone.size === 0) this.#podsGone.delete(key);
+    return Object.fromEntries(gone);
   }
 
   #onAttachmentPod(vmi: VmiSummary, volume: string): boolean {
@@ -327,6 +359,7 @@ class InformerClusterView implements ClusterView {
       pods: attachment,
       pvcs,
       dataVolumes,
+      podsGone: this.#podsGoneOf(vmiKey(ref.namespace, ref.uid)),
     };
   }
 

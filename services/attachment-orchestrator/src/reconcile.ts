@@ -45,6 +45,12 @@ export interface Observation {
   pvcs: Record<string, PersistentVolumeClaim>;
   /** DataVolumes by name (only those the spec references). */
   dataVolumes: Record<string, DataVolume>;
+  /**
+   * This VMI's attachment pods that left the cache lately, by name, with when (epoch ms). A pod
+   * this unit created may be gone before a handling sees it: deleted by a handling whose
+   * snapshot write was lost, so the next one reads the state from before it.
+   */
+  podsGone?: Record<string, number>;
 }
 
 /** An operation a work item named for a volume. */
@@ -618,10 +624,17 @@ function vmiGone(state: UnitState, obs: Observation): Decision {
   return { state: next, effects, emit: [], rest: Rest.Steady };
 }
 
+/**
+ * Whether the pod this unit created (`created`) has not shown in the cache yet, so that no other
+ * is planned meanwhile. That is over once the cache shows the pod, or shows it gone since it was
+ * created (deleted before a handling saw it), or after `CREATED_GRACE_MS`.
+ */
 function createdNotSeen(state: UnitState, obs: Observation, now: number): boolean {
   const c = state.created;
   if (c === undefined) return false;
-  if (obs.pods.some((p) => p.metadata.name === c.name) || now - c.at > CREATED_GRACE_MS) {
+  const shown = obs.pods.some((p) => p.metadata.name === c.name);
+  const goneSince = (obs.podsGone?.[c.name] ?? 0) >= c.at;
+  if (shown || goneSince || now - c.at > CREATED_GRACE_MS) {
     delete state.created;
     return false;
   }

@@ -137,6 +137,26 @@ describe('decide', () => {
     expect(pod.spec?.volumes?.map((x) => x.name)).toEqual(['hotplug-disks', 'a', 'b', 'c']);
   });
 
+  it('plans the next pod at once when the one it created left the cache before it saw it', () => {
+    const one = vmi(withHotplugPVC('a'));
+    const two = vmi(withHotplugPVC('a'), withHotplugPVC('b'));
+    const adaptive = { ...OPTIONS, coalesceMs: 0 };
+    const first = decide(state(item('a')), observed(one, ['a', 'b']), T0, adaptive);
+    const created = (first.effects[0] as Extract<Effect, { kind: 'createPod' }>).pod.metadata.name;
+    expect(created).toMatch(/^hp-volume-/);
+    const s = recordWork(first.state, item('b'));
+    const seen = (podsGone: Record<string, number>) => observed(two, ['a', 'b'], { podsGone });
+    // Not in the cache yet: no other pod meanwhile.
+    expect(decide(s, seen({}), T0 + 1, adaptive).effects).toEqual([]);
+    // Created and deleted before a handling saw it (the deleting handling's snapshot write was
+    // lost, so this one reads the state from before it): the next pod is planned at once.
+    expect(effectKinds(decide(s, seen({ [created!]: T0 + 1 }), T0 + 2, adaptive))).toEqual([
+      'createPod',
+    ]);
+    // A pod of that name gone before this one was created says nothing about it.
+    expect(decide(s, seen({ [created!]: T0 - 1 }), T0 + 2, adaptive).effects).toEqual([]);
+  });
+
   it('publishes attached-to-node and the node-mount work once the pod runs', () => {
     const v = vmi(withHotplugPVC('a'));
     const pod = attachmentPod(v, [fsVolume('a')], 'Running');
