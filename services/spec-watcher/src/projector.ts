@@ -520,8 +520,7 @@ class StatusProjector implements Projector {
           const { operationId } = d.event.data;
           this.#lastApplied.set(volume, { seq, operationId, progress: progressOf(d.event) });
         }
-        // Once the connection is back if it is down: nats.js drops what it cannot send.
-        this.#o.bus.whenConnected(() => d.msg.ack());
+        d.msg.ack();
       }
       handled(Outcome.Done);
     } catch (err) {
@@ -529,9 +528,7 @@ class StatusProjector implements Projector {
         { err, events: deliveries.length },
         'could not project the events; redelivering later',
       );
-      for (const { msg } of deliveries) {
-        this.#o.bus.whenConnected(() => msg.nak(redeliveryDelay(msg)));
-      }
+      for (const { msg } of deliveries) msg.nak(redeliveryDelay(msg));
       handled(Outcome.Retry);
     } finally {
       clearInterval(keepAlive);
@@ -561,7 +558,7 @@ class StatusProjector implements Projector {
         { seq, event: eventTypeOf(d.event), subject: d.event.subject },
         'a redelivered event superseded by one of its volume applied here',
       );
-      this.#o.bus.whenConnected(() => d.msg.ack());
+      d.msg.ack();
       this.#o.metrics.messagesHandled.inc({
         stage: Stage.SpecWatcher,
         outcome: Outcome.Superseded,
