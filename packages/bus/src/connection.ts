@@ -53,12 +53,6 @@ export interface Bus extends AsyncDisposable {
   readonly logger: Logger;
   /** True while connected (not reconnecting, not closed). */
   connected(): boolean;
-  /**
-   * Runs `send` (a plain write: an ack, a nak) now, or once the connection is back if it is
-   * down: nats.js drops what is written while it is down when it reconnects, and a lost ack or
-   * nak leaves its item to come back only after the ack wait (30 s by default).
-   */
-  whenConnected(send: () => void): void;
   /** Throws `UnsupportedFeatureError` when the server lacks one of `features`. */
   requireFeatures(...features: readonly ServerFeature[]): void;
   /** Drains subscriptions and pending publishes, then closes. Idempotent. */
@@ -94,23 +88,10 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
   const jsm = await jetstreamManager(nc, { timeout });
   const serverVersion = parseServerVersion(nc.info?.version ?? '0.0.0');
   let connected = true;
-  /** What `whenConnected` was given while the connection was down, in order. */
-  let onReconnect: (() => void)[] = [];
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect' || s.type === 'reconnecting') connected = false;
-      if (s.type === 'reconnect') {
-        connected = true;
-        const sends = onReconnect;
-        onReconnect = [];
-        for (const send of sends) {
-          try {
-            send();
-          } catch (err) {
-            logger.debug({ err }, 'a write held for the reconnect failed');
-          }
-        }
-      }
+      if (s.type === 'reconnect') connected = true;
       logger.debug({ status: s.type }, 'nats connection status');
     }
   })().catch(() => undefined);
@@ -136,10 +117,6 @@ export async function connectBus(options: BusOptions): Promise<Bus> {
     serverVersion,
     logger,
     connected: () => connected && !nc.isClosed() && !nc.isDraining(),
-    whenConnected: (send) => {
-      if (connected || nc.isClosed()) send();
-      else onReconnect.push(send);
-    },
     requireFeatures: (...features) => requireFeatures(serverVersion, ...features),
     drain: () => finish('drain'),
     close: () => finish('close'),

@@ -15,8 +15,8 @@ import { ReplyLostError } from './errors.js';
  *
  * Everything but `request` is the connection's own. JetStream and KV reach the server only
  * through `request`, subscriptions and plain publishes: nats.js restores the subscriptions at the
- * reconnect, and drops plain publishes made while the connection is down (`Bus.whenConnected`
- * holds the ones that matter, acks and naks, for the reconnect).
+ * reconnect, and drops plain publishes made while the connection is down (an ack so lost leaves
+ * its item to come back after the ack wait, and be handled again).
  */
 export function failRequestsOnReconnect(nc: NatsConnection): NatsConnection {
   /** The requests waiting for a reply, each with how to fail it. */

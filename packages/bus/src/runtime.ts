@@ -660,22 +660,19 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     }
     // The delivery's ack subject: JsMsg's implementation has it, its type does not say so.
     const reply = (msg as { reply?: unknown }).reply;
-    // Settled while the connection is down, the item is settled once it is back (see
-    // Bus.whenConnected): a lost nak would hold it for the ack wait instead of its delay.
-    const { bus } = this.#o;
     const settler: Settler = {
       attempt: msg.info.deliveryCount,
       ack: () => {
         this.#held.done(msg.seq);
-        bus.whenConnected(() => msg.ack());
+        msg.ack();
       },
       nak: (delayMs) => {
         this.#held.sentBack(msg.seq, delayMs ?? 0);
-        bus.whenConnected(() => msg.nak(delayMs));
+        msg.nak(delayMs);
       },
       term: (reason) => {
         this.#held.done(msg.seq);
-        bus.whenConnected(() => this.#term(msg, reason));
+        this.#term(msg, reason);
       },
       working: () => msg.working(),
       seq: msg.seq,
@@ -696,8 +693,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   /** Acks a delivery after its nak; on a closed connection the item comes back at its delay. */
   #lateAck(reply: string): void {
     try {
-      const { bus } = this.#o;
-      bus.whenConnected(() => bus.nc.publish(reply, LATE_ACK));
+      this.#o.bus.nc.publish(reply, LATE_ACK);
     } catch (err) {
       this.#log.debug({ err }, 'could not ack a waiting item early; it comes back at its delay');
     }

@@ -12,7 +12,7 @@ import {
 } from '@plugline/testkit';
 import { fromPromise } from 'xstate';
 import { describe, expect, it } from 'vitest';
-import { durableName, Publisher, ReplyLostError, runStage, StreamName } from '../src/index.js';
+import { Publisher, ReplyLostError, runStage, StreamName } from '../src/index.js';
 import { backlog, persistedState, provisionedBus, readEvents, sendWork } from './helpers.js';
 import { eventType, unitKey, unitMachine, workItem } from './support.js';
 
@@ -176,32 +176,6 @@ describe('crash and outage', () => {
           (await backlog(bus)) === 0,
         { timeout: 20_000, interval: 50 },
       );
-    } finally {
-      await bus.close();
-    }
-  }, 60_000);
-
-  it('an ack written while the connection is down reaches the server once it is back', async () => {
-    await using nats = await startNats();
-    const bus = await provisionedBus(nats.url, {
-      consumers: [{ stage: 'spec-watcher', ackWaitMs: FOREVER_MS }],
-    });
-    try {
-      const durable = durableName('spec-watcher');
-      await sendWork(bus, workItem('vol-ack-held'));
-      const msg = await (await bus.js.consumers.get(StreamName.Work, durable)).next();
-      expect(msg?.subject).toMatch(/vol-ack-held/);
-      // A stopped server keeps the client reconnecting (the handshake never finishes), and its
-      // consumer's state as it was.
-      process.kill(nats.pid!, 'SIGSTOP');
-      await dropConnections(nats.port);
-      await waitFor(() => !bus.connected());
-      bus.whenConnected(() => msg!.ack());
-      process.kill(nats.pid!, 'SIGCONT');
-      await waitFor(async () => {
-        const info = await bus.jsm.consumers.info(StreamName.Work, durable);
-        return info.num_ack_pending === 0 && info.num_pending === 0;
-      });
     } finally {
       await bus.close();
     }
