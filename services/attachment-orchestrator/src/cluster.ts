@@ -15,6 +15,7 @@ import {
   type VirtualMachineInstance,
   type VolumeStatus,
 } from '@plugline/contracts';
+import { BoundedMap } from '@plugline/bus';
 import { createInformer, Resources, type DataVolume, type Informer } from '@plugline/kube';
 import type { Logger } from '@plugline/telemetry';
 import { isPodRunningAndReady, volumesOfPod, type Pod } from './pod.js';
@@ -183,6 +184,8 @@ export interface ClusterViewOptions {
  * unit waits for a pod it created to show.
  */
 const PODS_GONE_KEPT_MS = 60_000;
+/** How many VMIs' gone pods are remembered (the ones whose pods left the cache last). */
+const PODS_GONE_VMIS_KEPT = 10_000;
 
 class InformerClusterView implements ClusterView {
   readonly #vmis: Informer<VirtualMachineInstance>;
@@ -197,8 +200,11 @@ class InformerClusterView implements ClusterView {
   readonly #podsOfVmi: (key: string) => CachedPod[];
   readonly #vmisByUid: (key: string) => VirtualMachineInstance[];
   readonly #vmisByClaim: (key: string) => VirtualMachineInstance[];
-  /** Attachment pods that left the cache lately, by owner VMI key, then name → when. */
-  readonly #podsGone = new Map<string, Map<string, number>>();
+  /**
+   * Attachment pods that left the cache lately, by owner VMI key, then name → when. Bounded: a
+   * VMI forgotten here costs at most one wait of `CREATED_GRACE_MS`.
+   */
+  readonly #podsGone = new BoundedMap<string, Map<string, number>>(PODS_GONE_VMIS_KEPT);
   #ready = false;
 
   constructor(o: ClusterViewOptions) {
