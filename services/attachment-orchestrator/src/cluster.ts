@@ -187,6 +187,11 @@ const PODS_GONE_KEPT_MS = 60_000;
 /** How many VMIs' gone pods are remembered (the ones whose pods left the cache last). */
 const PODS_GONE_VMIS_KEPT = 10_000;
 
+/** Drops from `gone` (name → when it left the cache) what is older than `PODS_GONE_KEPT_MS`. */
+function forgetOldGone(gone: Map<string, number>, now: number): void {
+  for (const [name, at] of gone) if (now - at > PODS_GONE_KEPT_MS) gone.delete(name);
+}
+
 class InformerClusterView implements ClusterView {
   readonly #vmis: Informer<VirtualMachineInstance>;
   readonly #pods: Informer<CachedPod>;
@@ -296,19 +301,18 @@ class InformerClusterView implements ClusterView {
     const name = pod.metadata.name;
     if (owner === undefined || name === undefined) return;
     const key = vmiKey(pod.metadata.namespace, owner);
-    const gone = this.#podsGone.get(key) ?? new Map<string, number>();
+    const gone = this.#podsGone.peek(key) ?? new Map<string, number>();
     const now = Date.now();
-    for (const [old, at] of gone) if (now - at > PODS_GONE_KEPT_MS) gone.delete(old);
+    forgetOldGone(gone, now);
     gone.set(name, now);
     this.#podsGone.set(key, gone);
   }
 
   /** The VMI's attachment pods that left the cache within `PODS_GONE_KEPT_MS`. */
   #podsGoneOf(key: string): Record<string, number> {
-    const gone = this.#podsGone.get(key);
+    const gone = this.#podsGone.peek(key);
     if (gone === undefined) return {};
-    const now = Date.now();
-    for (const [name, at] of gone) if (now - at > PODS_GONE_KEPT_MS) gone.delete(name);
+    forgetOldGone(gone, Date.now());
     if (gone.size === 0) this.#podsGone.delete(key);
     return Object.fromEntries(gone);
   }
