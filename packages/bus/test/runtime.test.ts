@@ -818,6 +818,48 @@ describe('runStage', () => {
     await waitFor(async () => (await backlog(bus)) === 0, { timeout: 10_000 });
   });
 
+  it("passes a unit's lease and what it stored to the unit's next handling queued here: no lease round trips, the newest snapshot, released after", async () => {
+    let applies = 0;
+    let started!: () => void;
+    const running = new Promise<void>((resolve) => (started = resolve));
+    let finish!: () => void;
+    const gate = new Promise<void>((resolve) => (finish = resolve));
+    const machine = unitMachine.provide({
+      actors: {
+        apply: fromPromise(async () => {
+          applies++;
+          started();
+          await gate;
+          return 'ok';
+        }),
+      },
+    });
+    await using stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine,
+      keyOf: unitKey,
+      concurrency: 4,
+    });
+    const { leases } = await ensureStageBuckets(bus, 'spec-watcher');
+    const leaseWrites = async () => (await leases.status()).streamInfo.state.last_seq;
+    const before = await leaseWrites();
+    const first = workItem('vol-passed');
+    const second = { ...first, operationId: `op-second-${first.operationId}` };
+    const handlings = [stage.handleHere(first)];
+    await running;
+    handlings.push(stage.handleHere(second));
+    finish();
+    await Promise.all(handlings);
+    // The second ran on the snapshot the first wrote (applied): a stale one would apply again.
+    expect(applies).toBe(1);
+    expect(await persistedState(bus, unitKey(first))).toMatchObject({ value: 'applied' });
+    // One lease for both handlings: taken once and released once, not twice each.
+    expect((await leaseWrites()) - before).toBe(2);
+    const other = new LeaseManager(leases, 'another-worker', 30_000);
+    expect((await other.acquire(unitKey(first))).ok).toBe(true);
+  });
+
   it('runs units concurrently but never two messages of one unit at once', async () => {
     const active = new Map<string, number>();
     let overlap = 0;
