@@ -33,7 +33,7 @@ export function nextWork(spec: WorkSpec): StageEmitted {
   return { type: 'plugline.work', work: spec };
 }
 
-/** A message built and stored with the snapshot (transactional outbox), published beside it. */
+/** A message built and stored with the snapshot (transactional outbox), published after it. */
 export type OutboxEntry = { kind: 'event'; event: VolumeEvent } | { kind: 'work'; item: WorkItem };
 
 /**

@@ -1252,8 +1252,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
   }
 
   /**
-   * Writes the snapshot and its outbox with compare-and-set (skipped when nothing changed), and
-   * publishes the outbox beside the write. Resolves with the snapshot's revision, its outbox published, or
+   * Writes the snapshot and its outbox with compare-and-set (skipped when nothing changed), then
+   * publishes the outbox. Resolves with the snapshot's revision, its outbox published, or
    * undefined on a CAS conflict (another worker wrote first). The record's outbox is published
    * already (see #run), so a record with one is left as it is when nothing else changed.
    */
@@ -1268,17 +1268,9 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       outbox.length === 0 &&
       JSON.stringify(record.snapshot) === JSON.stringify(persisted);
     if (unchanged) return revision;
-    const writing = this.#write(unit, { v: 1, snapshot: persisted, outbox }, revision);
-    if (outbox.length === 0) return writing;
-    // The outbox goes out beside the snapshot's write, not after it (one round trip less per
-    // item). A fact a crash or a lost compare-and-set leaves published without its snapshot
-    // reports an effect that did happen; the unit's next run repeats it from the older snapshot,
-    // its facts dropped as duplicates of their `Nats-Msg-Id` and its work items nudges.
-    // Both end before the lease is released, so the unit's next run publishes after them.
-    const [written, flushed] = await Promise.allSettled([writing, this.#flush(outbox)]);
-    if (written.status === 'rejected') throw written.reason;
-    if (flushed.status === 'rejected') throw flushed.reason;
-    return written.value;
+    const written = await this.#write(unit, { v: 1, snapshot: persisted, outbox }, revision);
+    if (written !== undefined && outbox.length > 0) await this.#flush(outbox);
+    return written;
   }
 
   async #onMachineError(

@@ -71,7 +71,7 @@ describe('crash and outage', () => {
       });
       expect(readFileSync(dir.join('effects.log'), 'utf8')).toBe('start A\nstart B\n');
       expect(readFileSync(dir.join('result-vol-killed'), 'utf8')).toBe('A\n');
-      // The fact goes out beside the snapshot write that shows `applied`: wait for it, then
+      // The fact is published after the snapshot write that shows `applied`: wait for it, then
       // check that it is there once.
       const factsOfUnit = async () =>
         (await readEvents(bus)).filter((e) => e.subject.endsWith('/vol-killed')).map(eventType);
