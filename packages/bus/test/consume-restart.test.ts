@@ -5,73 +5,35 @@
  * consumption for good. Once the permission is back the stage must pick up new work without a
  * restart — before, it never pulled again while looking healthy.
  */
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { startNats, tempDir, waitFor, type NatsServer, type TempDir } from '@plugline/testkit';
+import { waitFor } from '@plugline/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectBus, provision, runStage, type Bus } from '../src/index.js';
+import { runStage, type Bus } from '../src/index.js';
 import { metricValue, newMetrics, persistedState, sendWork, STAGE } from './helpers.js';
+import { startStageUserServer, type StageUserServer } from './stage-user.js';
 import { unitKey, unitMachine, workItem } from './support.js';
 
-const STAGE_USER = 'stage';
-const ADMIN_USER = 'admin';
-
-/**
- * The server's users; `inboxes: false` denies the stage user every inbox subscription. A reload
- * must keep what the command line set (`-n`, `-js -sd`): nats-server refuses another name and
- * turns JetStream off when the file does not have it.
- */
-function natsConf(inboxes: boolean, server?: NatsServer): string {
-  const stageSubscribe = inboxes ? '{ allow: [">"] }' : '{ allow: [">"], deny: ["_INBOX.>"] }';
-  const kept =
-    server === undefined
-      ? ''
-      : `server_name: ${server.name}\njetstream { store_dir: ${JSON.stringify(join(server.storeDir, 'js'))} }\n`;
-  return `${kept}authorization {
-  users = [
-    { user: ${STAGE_USER}, password: stage-pw, permissions: { publish: ">", subscribe: ${stageSubscribe} } }
-    { user: ${ADMIN_USER}, password: admin-pw }
-  ]
-}
-`;
+/** The stage user's permissions; without inboxes, every inbox subscription is denied. */
+function stagePermissions(inboxes: boolean): string {
+  const subscribe = inboxes ? '{ allow: [">"] }' : '{ allow: [">"], deny: ["_INBOX.>"] }';
+  return `{ publish: ">", subscribe: ${subscribe} }`;
 }
 
-let dir: TempDir;
-let confPath: string;
-let nats: NatsServer;
+let server: StageUserServer;
 let admin: Bus;
 let stageBus: Bus;
 
-async function setInboxes(allowed: boolean): Promise<void> {
-  await writeFile(confPath, natsConf(allowed, nats));
-  await nats.reload();
-}
+const setInboxes = (allowed: boolean): Promise<void> => server.permit(stagePermissions(allowed));
 
 beforeAll(async () => {
-  dir = await tempDir('plugline-consume-restart-');
-  confPath = join(dir.path, 'nats.conf');
-  await writeFile(confPath, natsConf(true));
-  nats = await startNats({ args: ['-c', confPath] });
-  admin = await connectBus({
-    servers: nats.url,
-    name: 'admin',
-    user: ADMIN_USER,
-    pass: 'admin-pw',
-  });
-  await provision(admin, { consumers: [{ stage: STAGE, ackWaitMs: 1500, maxAckPending: 1000 }] });
-  stageBus = await connectBus({
-    servers: nats.url,
-    name: 'stage',
-    user: STAGE_USER,
-    pass: 'stage-pw',
-    apiTimeoutMs: 1000,
-  });
+  server = await startStageUserServer(
+    { consumers: [{ stage: STAGE, ackWaitMs: 1500, maxAckPending: 1000 }] },
+    1000,
+  );
+  ({ admin, stage: stageBus } = server);
 }, 30_000);
 
 afterAll(async () => {
-  await Promise.allSettled([admin?.close(), stageBus?.close()]);
-  await nats?.stop();
-  await dir?.remove();
+  await server?.[Symbol.asyncDispose]();
 });
 
 describe('a work consumption that ends on its own', () => {
