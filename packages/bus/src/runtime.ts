@@ -384,10 +384,9 @@ type RunResult =
  * is the unit's latest: no one else can have written it while the lease stayed here.
  */
 interface PassedLease {
-  readonly ok: true;
   readonly lease: Lease;
+  /** Its revision's outbox is published: the handover the lease would have carried. */
   readonly stored: LoadedUnit;
-  readonly published: number | undefined;
 }
 
 const decoder = new TextDecoder();
@@ -850,7 +849,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         // No one is behind to take a lease passed on (it was queued when passed): release it.
         const orphan = this.#passed.get(unit);
         this.#passed.delete(unit);
-        await orphan?.lease.release(orphan.published);
+        await orphan?.lease.release(orphan.stored.revision);
       }
     }
   }
@@ -942,7 +941,8 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
     this.#passed.delete(unit);
     let reading = this.#read(unit, item, delivery, passed?.stored);
     try {
-      const acquired: LeaseResult = passed ?? (await this.#leases.acquire(unit));
+      const acquired: LeaseResult =
+        passed === undefined ? await this.#leases.acquire(unit) : { ok: true, lease: passed.lease };
       steps.lap(WorkStep.Lease);
       if (!acquired.ok) {
         await reading.discard();
@@ -980,7 +980,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
             unit,
             reading,
             delivery,
-            published: passed === undefined ? lease.handover : passed.published,
+            published: passed === undefined ? lease.handover : passed.stored.revision,
             steps,
             span,
           },
@@ -995,7 +995,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       } finally {
         clearInterval(renewer);
         if (stored !== undefined && queuedBehind() && !aborter.signal.aborted) {
-          this.#passed.set(unit, { ok: true, lease, stored, published });
+          this.#passed.set(unit, { lease, stored });
         } else {
           await lease.release(published);
         }
