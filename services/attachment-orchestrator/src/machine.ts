@@ -26,8 +26,8 @@ import {
  * The per-VMI orchestrator machine on the stage runtime. Each work item (a nudge from spec-watcher,
  * node-mounter or this service's own informers) runs one level-triggered reconcile:
  * `observing` (re-read the caches) → decide (pure) → `applying` (create / delete pods) → rest in
- * `steady`, `coalescing`, `awaitingVolumes`, `awaitingPods` (waiting: re-delivered at `wakeAt`)
- * or `awaitingUnmount` (the chain nudges it). Facts and work items are emitted only once the
+ * `steady`, `coalescing`, `awaitingVolumes`, `awaitingPods`, `awaitingNodeStages` (waiting:
+ * re-delivered at `wakeAt`) or `awaitingUnmount` (the chain nudges it). Facts and work items are emitted only once the
  * effects succeeded. Effects are the named actors `observe` and `applyEffects`.
  */
 export interface OrchestratorContext extends StageContext {
@@ -143,6 +143,10 @@ export function createOrchestratorMachine(options: DecideOptions) {
           { guard: { type: 'restsIn', params: Rest.AwaitingVolumes }, target: 'awaitingVolumes' },
           { guard: { type: 'restsIn', params: Rest.AwaitingPods }, target: 'awaitingPods' },
           { guard: { type: 'restsIn', params: Rest.AwaitingUnmount }, target: 'awaitingUnmount' },
+          {
+            guard: { type: 'restsIn', params: Rest.AwaitingNodeStages },
+            target: 'awaitingNodeStages',
+          },
           { target: 'steady' },
         ],
       },
@@ -151,6 +155,7 @@ export function createOrchestratorMachine(options: DecideOptions) {
       awaitingVolumes: { tags: [StageTag.Waiting] },
       awaitingPods: { tags: [StageTag.Waiting] },
       awaitingUnmount: {},
+      awaitingNodeStages: { tags: [StageTag.Waiting] },
       retrying: { tags: [StageTag.Retry] },
     },
   });
@@ -158,15 +163,24 @@ export function createOrchestratorMachine(options: DecideOptions) {
 
 export type OrchestratorMachine = ReturnType<typeof createOrchestratorMachine>;
 
+/** The rests whose deadline only the item being handled can bring back. */
+const NUDGE_KEPT_IN: ReadonlySet<Rest> = new Set([Rest.Coalescing, Rest.AwaitingNodeStages]);
+
 /**
  * The runtime's disposition for this stage: a nudge from the informers is acked once handled
- * (the durable work items and the next nudge carry the waiting), except while coalescing, when
- * it comes back at the deadline to create the pod; everything else as {@link defaultDisposition}.
+ * (the durable work items and the next nudge carry the waiting), except where nothing else would
+ * come back at the deadline: while coalescing (to create the pod) and while an unplug this unit
+ * sent down the node stages waits for its answer (to send it again). Everything else as
+ * {@link defaultDisposition}.
  */
 export function orchestratorDisposition(snapshot: AnyMachineSnapshot, now: number): Disposition {
   const context = snapshot.context as Partial<OrchestratorContext>;
   const d = defaultDisposition(snapshot, now);
-  if (d.kind === 'waiting' && isNudge(context.cause ?? '') && context.rest !== Rest.Coalescing)
+  if (
+    d.kind === 'waiting' &&
+    isNudge(context.cause ?? '') &&
+    !NUDGE_KEPT_IN.has(context.rest ?? Rest.Steady)
+  )
     return { kind: 'done' };
   return d;
 }

@@ -64,8 +64,10 @@ export interface VolumeOps {
   unplug?: OperationRef;
   /** The unplug operation whose `unmounted-from-pod` arrived: the volume's pod may go. */
   unmounted?: string;
-  /** The unplug operation this unit sent down the node stages itself (see `forwardUnplug`). */
+  /** The operation this unit last sent an unplug down the node stages under (`forwardUnplug`). */
   forwarded?: string;
+  /** When it was sent (epoch ms); absent in snapshots written before it was kept. */
+  forwardedAt?: number;
 }
 
 /** What the unit remembers between runs (persisted in its snapshot). */
@@ -92,6 +94,11 @@ export const Rest = {
   AwaitingVolumes: 'awaitingVolumes',
   AwaitingPods: 'awaitingPods',
   AwaitingUnmount: 'awaitingUnmount',
+  /**
+   * As `awaitingUnmount`, with an unplug this unit sent down the node stages itself: re-delivered
+   * at `wakeAt` to send it again should no answer come (see `forwardUnplug`).
+   */
+  AwaitingNodeStages: 'awaitingNodeStages',
 } as const;
 export type Rest = (typeof Rest)[keyof typeof Rest];
 
@@ -519,23 +526,47 @@ function detachingFact(run: Run, volume: string, pod: string | undefined): void 
 }
 
 /**
- * A removed volume that only our announcement holds: its status entry went before any phase
- * said the launcher uses it (the unplug was decided while the entry was still `Bound`, and our
- * `attached-to-node` reached the status after that, as a fact of the older operation), so the
- * spec-watcher sent the unplug here and not down the node stages. But node-mounter had the plug's
- * work and may have mounted the volume; only the node stages can say it is out of the launcher.
- * The unplug goes down them from here, once per operation, and their `unmounted-from-pod` frees
- * the pod. Without this the pod stayed forever, its volume out of the spec and the status.
+ * How long an unplug sent down the node stages may go unanswered before it is sent again. Their
+ * answer (`unmounted-from-pod`) can be lost to a transient re-add: the volume back in the spec for
+ * a moment turns the chain into a mount, and a restarted node-mounter may then undo the mount at
+ * start without telling anyone.
  */
-function forwardUnplug(run: Run, volume: string, obs: Observation): void {
+const REASK_MS = 15_000;
+
+/**
+ * A removed volume that only our announcement holds: its status entry went (or lost its phase)
+ * before any phase said the launcher uses it, so neither the status nor the spec-watcher's resync
+ * will ever speak for it. But node-mounter had the plug's work and may have mounted the volume;
+ * only the node stages can say it is out of the launcher. So the unplug goes down them from here,
+ * under the volume's newest operation this unit knows: its unplug, or the plug whose unplug never
+ * reached this unit (it went down the node stages, and a re-add turned their chain into a mount).
+ * It goes as a resync round, so a stage that already reported that operation detached or
+ * unmounted says so again, and again every `REASK_MS` while the pod is held: their
+ * `unmounted-from-pod` frees it. Returns when to ask again. Without this the pod stayed forever,
+ * its volume out of the spec and the status.
+ */
+function forwardUnplug(
+  run: Run,
+  volume: string,
+  obs: Observation,
+  now: number,
+): number | undefined {
   const ops = run.state.ops[volume];
-  const unplug = ops?.unplug;
-  if (ops === undefined || unplug === undefined || ops.forwarded === unplug.operationId) return;
+  const { plug, unplug } = ops ?? {};
+  const newest =
+    unplug === undefined ||
+    (plug !== undefined && compareOperationIds(plug.operationId, unplug.operationId) > 0)
+      ? plug
+      : unplug;
+  if (ops === undefined || newest === undefined) return undefined;
+  const askedAt = ops.forwarded === newest.operationId ? (ops.forwardedAt ?? 0) : undefined;
+  if (askedAt !== undefined && now < askedAt + REASK_MS) return askedAt + REASK_MS;
   const announced = run.state.published[volume]?.[EventType.AttachedToNode] ?? '';
   const pod = obs.pods.find((p) => p.metadata.uid === podUidOf(announced));
   const node = pod?.spec?.nodeName ?? obs.launcher?.spec?.nodeName;
-  if (node === undefined || node === '') return;
-  ops.forwarded = unplug.operationId;
+  if (node === undefined || node === '') return undefined;
+  ops.forwarded = newest.operationId;
+  ops.forwardedAt = now;
   run.emit.push(
     nextWork({
       stage: Stage.DomainUpdater,
@@ -544,25 +575,37 @@ function forwardUnplug(run: Run, volume: string, obs: Observation): void {
       vmi: run.state.vmi.name,
       vmiUID: run.state.vmi.uid,
       volume,
-      operationId: unplug.operationId,
+      operationId: newest.operationId,
       operation: 'unplug',
       cause: EventType.UnplugRequested,
+      resync: new Date(now).toISOString(),
     }),
   );
+  return now + REASK_MS;
 }
 
-/** The removed volumes that keep their pod; those only our announcement holds go down the node stages. */
-function removedButHeld(run: Run, obs: Observation): Set<string> {
+/**
+ * The removed volumes that keep their pod, and when to ask the node stages again about those only
+ * our announcement holds (see `forwardUnplug`).
+ */
+function removedButHeld(
+  run: Run,
+  obs: Observation,
+  now: number,
+): { held: Set<string>; askAgainAt: number | undefined } {
   const specNames = new Set(hotplugVolumes(run.vmi).map((v) => v.name));
   const podUIDs = new Set(obs.pods.map((p) => p.metadata.uid ?? ''));
   const held = new Set<string>();
+  let askAgainAt: number | undefined;
   for (const volume of new Set(obs.pods.flatMap(volumesOfPod))) {
     if (specNames.has(volume)) continue;
     const hold = run.holdOf(volume, podUIDs);
     if (hold !== undefined) held.add(volume);
-    if (hold === 'announced') forwardUnplug(run, volume, obs);
+    if (hold !== 'announced') continue;
+    const at = forwardUnplug(run, volume, obs, now);
+    if (at !== undefined) askAgainAt = Math.min(at, askAgainAt ?? at);
   }
-  return held;
+  return { held, askAgainAt };
 }
 
 function releasedFact(run: Run, volume: string): void {
@@ -681,11 +724,14 @@ function restOf(
   volumesPending: boolean,
   actions: readonly PlanAction[],
   fallbackAt: number,
+  askAgainAt: number | undefined,
 ): { rest: Rest; wakeAt?: number } {
   if (podsMoving) return { rest: Rest.AwaitingPods, wakeAt: fallbackAt };
   if (volumesPending) return { rest: Rest.AwaitingVolumes, wakeAt: fallbackAt };
   if (actions.some((a) => a.type === 'wait' && a.reason === 'volumeInUse'))
-    return { rest: Rest.AwaitingUnmount };
+    return askAgainAt === undefined
+      ? { rest: Rest.AwaitingUnmount }
+      : { rest: Rest.AwaitingNodeStages, wakeAt: askAgainAt };
   return { rest: Rest.Steady };
 }
 
@@ -723,7 +769,7 @@ export function decide(
   const live = obs.pods.filter((p) => !terminating(p));
   const { desired, pending, info } = volumeFacts(run, obs, live, options);
   const waitingForCache = createdNotSeen(state, obs, now);
-  const inUse = removedButHeld(run, obs);
+  const { held: inUse, askAgainAt } = removedButHeld(run, obs, now);
   const actions = waitingForCache
     ? []
     : planAttachment({
@@ -751,7 +797,7 @@ export function decide(
   const { rest, wakeAt } =
     gate.deadline !== undefined
       ? { rest: Rest.Coalescing, wakeAt: gate.deadline }
-      : restOf(podsMoving, pending.length > 0, actions, now + options.fallbackMs);
+      : restOf(podsMoving, pending.length > 0, actions, now + options.fallbackMs, askAgainAt);
   prune(state, vmi, obs.pods);
   return { state, effects, emit: run.emit, rest, ...(wakeAt === undefined ? {} : { wakeAt }) };
 }

@@ -93,6 +93,11 @@ const OBSERVATIONS: Record<string, Observation> = {
   podRunning: { vmi: inSpec, ...none, launcher: launcher(), pvcs: claims, pods: [running] },
   /** The volume left the spec, the launcher may still use it: awaiting the unmount (or delete). */
   leftSpec: { vmi: leftSpec, ...none, launcher: launcher(), pods: [running] },
+  /**
+   * The volume left the spec and the status lost its entry: only our announcement (if made)
+   * holds the pod, and the unplug goes down the node stages from here (awaiting their answer).
+   */
+  leftSpecUnlisted: { vmi: base, ...none, launcher: launcher(), pods: [running] },
 };
 
 function item(fields: Partial<WorkItem>): WorkItem {
@@ -137,6 +142,7 @@ const STATES = [
   'awaitingVolumes',
   'awaitingPods',
   'awaitingUnmount',
+  'awaitingNodeStages',
   'retrying',
 ];
 const RESTS: readonly string[] = Object.values(Rest);
@@ -212,6 +218,10 @@ function serializeFine(s: Snapshot): string {
       o.plug?.operationId,
       o.unplug?.operationId,
       o.unmounted,
+      // Asked again only after 15 s, past the model's times: when does not matter.
+      o.forwarded,
+      // What holds a removed volume's pod when no phase does.
+      u.published[v]?.[EventType.AttachedToNode] !== undefined,
     ]),
     when(u.changeSince),
     when(u.created?.at),
@@ -343,7 +353,9 @@ function brokenRule(
     if (c.rest !== to) return `rests in ${to} but decided ${c.rest}`;
     if (c.decision !== undefined) return 'an applied decision is kept';
   }
-  const waiting = ['coalescing', 'awaitingVolumes', 'awaitingPods'].includes(to);
+  const waiting = ['coalescing', 'awaitingVolumes', 'awaitingPods', 'awaitingNodeStages'].includes(
+    to,
+  );
   if (after.hasTag('waiting') !== waiting) return `waiting tag wrong in ${to}`;
   if (after.hasTag('retry') !== (to === 'retrying')) return `retry tag wrong in ${to}`;
   if (waiting && (c.wakeAt === undefined || c.wakeAt <= c.now - 1)) return `${to} without wakeAt`;
@@ -351,12 +363,14 @@ function brokenRule(
     return 'retrying without a failure and a deadline';
   if (event.type === 'work' && c.failure !== undefined) return 'new work keeps the failure';
   if (to === 'coalescing' && c.unit.changeSince === undefined) return 'coalescing without a start';
-  // The runtime acks a handled nudge unless coalescing (the deadline creates the pod).
+  // The runtime acks a handled nudge unless coalescing (the deadline creates the pod) or
+  // awaiting the node stages (the deadline asks them again).
   const d = orchestratorDisposition(after, c.now);
+  const nudgeKept = to === 'coalescing' || to === 'awaitingNodeStages';
   const want =
     to === 'retrying'
       ? 'retry'
-      : waiting && !(isNudgeWork(lastWork ?? event) && to !== 'coalescing')
+      : waiting && !(isNudgeWork(lastWork ?? event) && !nudgeKept)
         ? 'waiting'
         : 'done';
   if (RESTS.includes(to) || to === 'retrying') {

@@ -436,7 +436,7 @@ describe('decide', () => {
     announced = recordWork(announced, unmountedUnderPlug);
     const held = decide(recordWork(announced, unplug), obs, T0 + 1, OPTIONS);
     expect(held.effects).toEqual([]);
-    expect(held.rest).toBe(Rest.AwaitingUnmount);
+    expect(held).toMatchObject({ rest: Rest.AwaitingNodeStages, wakeAt: T0 + 1 + 15_000 });
     expect(held.emit).toHaveLength(1);
     expect(held.emit[0]).toMatchObject({
       type: 'plugline.work',
@@ -453,6 +453,56 @@ describe('decide', () => {
     expect(decide(unmounted, obs, T0 + 3, OPTIONS).effects).toEqual([
       { kind: 'deletePod', namespace: NS, name: pod.metadata.name, uid: 'uid-b', reason: 'unused' },
     ]);
+  });
+
+  it('asks the node stages under the plug when a removal of an announced volume never reached it, and again until they answer', () => {
+    // A kill soak (2026-12-07): the removal went down the node stages (its entry said the
+    // launcher used the volume), a transient re-add turned their chain into a mount, and a
+    // restarted node-mounter undid the mount at start, telling no one. The entry was gone: the
+    // unit, with no unplug for the volume, held both pods for good.
+    const plugged = vmi(withHotplugPVC('b'));
+    const pod = attachmentPod(plugged, [fsVolume('b')], 'Running', 'uid-b');
+    const [plugOp] = [1].map((s) => newOperationId(new Date(T0 + s)));
+    const announced = decide(
+      state(item('b', { operationId: plugOp! })),
+      observed(plugged, ['b'], { pods: [pod] }),
+      T0,
+      OPTIONS,
+    ).state;
+    const obs = observed(vmi(), [], { pods: [pod] });
+    const nudge = item('b', { cause: 'informer-vmi', operationId: 'nudge-1' });
+    const asked = decide(recordWork(announced, nudge), obs, T0 + 1, OPTIONS);
+    expect(asked.effects).toEqual([]);
+    expect(asked).toMatchObject({ rest: Rest.AwaitingNodeStages, wakeAt: T0 + 1 + 15_000 });
+    const unplugWork = {
+      type: 'plugline.work',
+      work: {
+        stage: 'domain-updater',
+        node: pod.spec!.nodeName,
+        volume: 'b',
+        operation: 'unplug',
+        operationId: plugOp,
+        cause: EventType.UnplugRequested,
+      },
+    };
+    // A resync round: a stage that reported this operation detached or unmounted says so again.
+    expect(asked.emit).toMatchObject([
+      { ...unplugWork, work: { ...unplugWork.work, resync: new Date(T0 + 1).toISOString() } },
+    ]);
+    // No answer: not again before the deadline, again at it.
+    expect(decide(asked.state, obs, T0 + 14_000, OPTIONS).emit).toEqual([]);
+    const again = decide(asked.state, obs, T0 + 1 + 15_000, OPTIONS);
+    expect(again.emit).toMatchObject([unplugWork]);
+    expect(again.wakeAt).toBe(T0 + 1 + 30_000);
+    // The answer, under the plug's id: the pod goes, and nothing is asked any more.
+    const answer = item('b', {
+      operation: 'unplug',
+      operationId: plugOp!,
+      cause: EventType.UnmountedFromPod,
+    });
+    const freed = decide(recordWork(again.state, answer), obs, T0 + 15_002, OPTIONS);
+    expect(freed.effects).toMatchObject([{ kind: 'deletePod', uid: 'uid-b' }]);
+    expect(freed.emit.filter((e) => e.type === 'plugline.work')).toEqual([]);
   });
 
   it('does not hold a pod for a volume announced only on a pod long gone (its entry dropped)', () => {
