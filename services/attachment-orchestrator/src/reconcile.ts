@@ -120,6 +120,11 @@ export interface DecideOptions {
   coalesceMs?: number;
   /** Re-delivery of a waiting unit when no informer nudge comes (default 5000). */
   fallbackMs: number;
+  /**
+   * How long an unplug this unit sent down the node stages itself may go unanswered before it is
+   * sent again (default 15 000; see `forwardUnplug`).
+   */
+  reaskMs?: number;
   /** The hotplug-disk image; default the launcher's. */
   attachImage?: string | undefined;
   /** Storage classes that bind on first consumer. */
@@ -526,12 +531,12 @@ function detachingFact(run: Run, volume: string, pod: string | undefined): void 
 }
 
 /**
- * How long an unplug sent down the node stages may go unanswered before it is sent again. Their
- * answer (`unmounted-from-pod`) can be lost to a transient re-add: the volume back in the spec for
- * a moment turns the chain into a mount, and a restarted node-mounter may then undo the mount at
- * start without telling anyone.
+ * How long an unplug sent down the node stages may go unanswered before it is sent again, unless
+ * set. Their answer (`unmounted-from-pod`) can be lost to a transient re-add: the volume back in
+ * the spec for a moment turns the chain into a mount, and a restarted node-mounter may then undo
+ * the mount at start without telling anyone.
  */
-const REASK_MS = 15_000;
+const DEFAULT_REASK_MS = 15_000;
 
 /**
  * A removed volume that only our announcement holds: its status entry went (or lost its phase)
@@ -541,7 +546,7 @@ const REASK_MS = 15_000;
  * under the volume's newest operation this unit knows: its unplug, or the plug whose unplug never
  * reached this unit (it went down the node stages, and a re-add turned their chain into a mount).
  * It goes as a resync round, so a stage that already reported that operation detached or
- * unmounted says so again, and again every `REASK_MS` while the pod is held: their
+ * unmounted says so again, and again every `reaskMs` while the pod is held: their
  * `unmounted-from-pod` frees it. Returns when to ask again. Without this the pod stayed forever,
  * its volume out of the spec and the status.
  */
@@ -550,6 +555,7 @@ function forwardUnplug(
   volume: string,
   obs: Observation,
   now: number,
+  reaskMs: number,
 ): number | undefined {
   const ops = run.state.ops[volume];
   const { plug, unplug } = ops ?? {};
@@ -560,7 +566,7 @@ function forwardUnplug(
       : unplug;
   if (ops === undefined || newest === undefined) return undefined;
   const askedAt = ops.forwarded === newest.operationId ? (ops.forwardedAt ?? 0) : undefined;
-  if (askedAt !== undefined && now < askedAt + REASK_MS) return askedAt + REASK_MS;
+  if (askedAt !== undefined && now < askedAt + reaskMs) return askedAt + reaskMs;
   const announced = run.state.published[volume]?.[EventType.AttachedToNode] ?? '';
   const pod = obs.pods.find((p) => p.metadata.uid === podUidOf(announced));
   const node = pod?.spec?.nodeName ?? obs.launcher?.spec?.nodeName;
@@ -581,7 +587,7 @@ function forwardUnplug(
       resync: new Date(now).toISOString(),
     }),
   );
-  return now + REASK_MS;
+  return now + reaskMs;
 }
 
 /**
@@ -592,6 +598,7 @@ function removedButHeld(
   run: Run,
   obs: Observation,
   now: number,
+  reaskMs: number,
 ): { held: Set<string>; askAgainAt: number | undefined } {
   const specNames = new Set(hotplugVolumes(run.vmi).map((v) => v.name));
   const podUIDs = new Set(obs.pods.map((p) => p.metadata.uid ?? ''));
@@ -602,7 +609,7 @@ function removedButHeld(
     const hold = run.holdOf(volume, podUIDs);
     if (hold !== undefined) held.add(volume);
     if (hold !== 'announced') continue;
-    const at = forwardUnplug(run, volume, obs, now);
+    const at = forwardUnplug(run, volume, obs, now, reaskMs);
     if (at !== undefined) askAgainAt = Math.min(at, askAgainAt ?? at);
   }
   return { held, askAgainAt };
@@ -769,7 +776,12 @@ export function decide(
   const live = obs.pods.filter((p) => !terminating(p));
   const { desired, pending, info } = volumeFacts(run, obs, live, options);
   const waitingForCache = createdNotSeen(state, obs, now);
-  const { held: inUse, askAgainAt } = removedButHeld(run, obs, now);
+  const { held: inUse, askAgainAt } = removedButHeld(
+    run,
+    obs,
+    now,
+    options.reaskMs ?? DEFAULT_REASK_MS,
+  );
   const actions = waitingForCache
     ? []
     : planAttachment({

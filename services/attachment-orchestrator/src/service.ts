@@ -43,6 +43,8 @@ export interface OrchestratorDeps {
   namespace?: string;
   /** Re-delivery of a waiting VMI when no informer nudge comes (default 5000 ms). */
   fallbackMs?: number;
+  /** Sending again an unplug this service sent down the node stages, unanswered (default 15 s). */
+  reaskMs?: number;
   /** Storage classes that bind on first consumer (default `['local-wffc']`). */
   waitForFirstConsumerClasses?: readonly string[];
   /**
@@ -175,6 +177,7 @@ export async function startAttachmentOrchestrator(
   const options: DecideOptions = {
     coalesceMs: config.coalesceMs,
     fallbackMs: deps.fallbackMs ?? 5000,
+    ...(deps.reaskMs === undefined ? {} : { reaskMs: deps.reaskMs }),
     attachImage: config.attachImage,
     waitForFirstConsumerClasses: deps.waitForFirstConsumerClasses ?? ['local-wffc'],
   };

@@ -45,6 +45,8 @@ export interface Harness {
   kc: ReturnType<typeof loadKubeConfig>;
   events: VolumeEvent[];
   nodeWork: WorkItem[];
+  /** Work the orchestrator sent the domain-updater (unplugs it sends down the node stages). */
+  domainWork: WorkItem[];
   podLog: PodRecord[];
   /** Volumes (`ns/vmi/volume`) whose node-mount work the fake node-mounter ignores. */
   holdMount: Set<string>;
@@ -160,6 +162,7 @@ export async function startHarness(): Promise<Harness> {
   const kc = loadKubeConfig({ kubeconfig: sim.kubeconfigPath });
   const events: VolumeEvent[] = [];
   const nodeWork: WorkItem[] = [];
+  const domainWork: WorkItem[] = [];
   const podLog: PodRecord[] = [];
   const holdMount = new Set<string>();
   const subs: ReturnType<Bus['nc']['subscribe']>[] = [
@@ -179,6 +182,11 @@ export async function startHarness(): Promise<Harness> {
           setPhase(sim, item.namespace, item.vmi, item.volume, 'Ready');
       },
     }),
+    bus.nc.subscribe(`plugline.v1.work.${Stage.DomainUpdater}.>`, {
+      callback: (_err, msg) => {
+        domainWork.push(JSON.parse(decoder.decode(msg.data)) as WorkItem);
+      },
+    }),
   ];
   const podWatch = recordPods(sim, podLog);
   return {
@@ -188,6 +196,7 @@ export async function startHarness(): Promise<Harness> {
     kc,
     events,
     nodeWork,
+    domainWork,
     podLog,
     holdMount,
     async stop() {

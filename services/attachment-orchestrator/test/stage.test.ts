@@ -1,5 +1,6 @@
 // Stage tests: the orchestrator in-process against a real nats-server and kube-sim (kubelet on).
-// The fallback re-delivery is set to a minute, so every step below is driven by informer nudges.
+// The fallback re-delivery is set to a minute, so every step below is driven by informer nudges;
+// an unplug the orchestrator sends down the node stages itself is sent again after a second.
 import { Pod as K8sPod } from 'kubernetes-models/v1';
 import { EventType, eventTypeOf, newOperationId, Stage } from '@plugline/contracts';
 import { Types } from '@plugline/kube-sim';
@@ -27,10 +28,12 @@ import {
   reportUnmounted,
   requestPlug,
   resetForReadd,
+  sendWork,
   setPhase,
   startHarness,
   statusOf,
   typesOf,
+  writeVolumeStatus,
   type Harness,
 } from './harness.js';
 
@@ -50,6 +53,7 @@ beforeAll(async () => {
       kc: h.kc,
       logger: createLogger({ level: 'debug' }, logs),
       fallbackMs: 60_000,
+      reaskMs: 1000,
     },
   );
 }, 30_000);
@@ -415,4 +419,38 @@ describe('remove then re-add (KubeVirt #16159)', () => {
       ),
     ).toHaveLength(0);
   });
+});
+
+describe('a removal no stage told the orchestrator of', () => {
+  it('sends the unplug down the node stages under the plug, again until they answer, then lets the pod go', async () => {
+    // The kill soak (2026-12-07): the removal went down the node stages, a transient re-add
+    // turned their chain into a mount, a restarted node-mounter undid it telling no one, and the
+    // status lost the entry. Here: the volume leaves the spec and its entry goes, no work item.
+    const { name, vmi } = await plugged(['lost']);
+    const [pod] = attachmentPods(h, ns, name);
+    removeVolume(h, ns, name, 'lost');
+    writeVolumeStatus(h.sim, ns, name, (entries) => entries.filter((e) => e.name !== 'lost'));
+    const asks = () =>
+      h.domainWork.filter((w) => w.vmi === name && w.volume === 'lost' && w.operation === 'unplug');
+    // Asked at once, from the informer's nudge, and again a second later with no answer.
+    await vi.waitFor(() => expect(asks().length).toBeGreaterThanOrEqual(2), WAIT);
+    for (const ask of asks()) {
+      expect(ask).toMatchObject({ node: NODE, operationId: 'op-lost', cause: 'unplug-requested' });
+      expect(ask.resync).toBeDefined();
+    }
+    expect(attachmentPods(h, ns, name).map((p) => p.metadata.uid)).toEqual([pod!.metadata.uid]);
+    // The node stages answer under the plug's id: the pod goes, and nothing more is asked.
+    await sendWork(h, vmi, 'lost', {
+      operationId: 'op-lost',
+      operation: 'unplug',
+      cause: EventType.UnmountedFromPod,
+    });
+    await vi.waitFor(() => expect(attachmentPods(h, ns, name)).toHaveLength(0), WAIT);
+    // The unit's last handling keeps nothing to ask again with (a nudge would be kept waiting).
+    await vi.waitFor(() => {
+      const settled = logs.lines.filter((l) => l.msg === 'work item settled' && l.vmi === name);
+      expect(settled.at(-1)?.disposition).toEqual({ kind: 'done' });
+      expect(service.stage.inFlight()).toBe(0);
+    }, WAIT);
+  }, 30_000);
 });
