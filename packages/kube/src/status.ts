@@ -76,15 +76,20 @@ export class StatusWriter {
     compute: VolumeStatusCompute,
   ): Promise<boolean> {
     return retryOnConflict(async (attempt) => {
-      // `vmi` is our own copy (the informer's `get` and a GET both make one): `compute` may
-      // have it. The patch is built from what was read, before `compute` could change it.
-      const vmi = await this.#read(namespace, name, attempt);
-      const read = vmi.status?.volumeStatus ?? [];
-      // Small copies of the list instead of a second copy of the whole VMI.
-      const current = cloneJson(read);
-      const patchFor = volumeStatusPatchFor(vmi);
-      const next = compute(cloneJson(read), vmi);
-      if (jsonEqual(current, next)) return false;
+      const cached = this.#cached(namespace, name, attempt);
+      let computed = computeOn(cached ?? (await this.#o.client.getVmi(namespace, name)), compute);
+      if (computed.next === undefined && cached !== undefined) {
+        // "Nothing to change" from the cache is not known to hold for the status as it is: a
+        // cache a moment behind this writer's own last write made the projector take a re-add's
+        // `requested` for applied, while the status kept the older unplug's entry for good (the
+        // kill soak, 2026-12-07). A write that changes something is guarded by the
+        // resourceVersion it read; this verdict is checked against the API server's copy.
+        const fresh = await this.#o.client.getVmi(namespace, name);
+        if (fresh.metadata.resourceVersion !== cached.metadata.resourceVersion)
+          computed = computeOn(fresh, compute);
+      }
+      const { next, patchFor } = computed;
+      if (next === undefined) return false;
       await this.#o.client.patchVmiStatus(namespace, name, patchFor(next));
       this.#log.debug(
         { ns: namespace, vmi: name, attempt, volumes: next.length },
@@ -94,12 +99,29 @@ export class StatusWriter {
     }, this.#o.retry);
   }
 
-  async #read(namespace: string, name: string, attempt: number): Promise<VirtualMachineInstance> {
+  /** The informer's copy, for a write's first attempt only (retries always GET). */
+  #cached(namespace: string, name: string, attempt: number): VirtualMachineInstance | undefined {
     const informer = this.#o.informer;
-    if (attempt === 1 && informer?.synced) {
-      const cached = informer.get(namespace, name);
-      if (cached) return cached;
-    }
-    return this.#o.client.getVmi(namespace, name);
+    return attempt === 1 && informer?.synced === true
+      ? (informer.get(namespace, name) ?? undefined)
+      : undefined;
   }
+}
+
+/**
+ * `compute` applied to what was read: the new list, undefined when it equals the current one,
+ * and the patch guarded by the resourceVersion read. `vmi` is our own copy (the informer's `get`
+ * and a GET both make one): `compute` may have it. The patch is built from what was read, before
+ * `compute` could change it.
+ */
+function computeOn(
+  vmi: VirtualMachineInstance,
+  compute: VolumeStatusCompute,
+): { next: VolumeStatus[] | undefined; patchFor: (next: VolumeStatus[]) => JsonPatchOp[] } {
+  const read = vmi.status?.volumeStatus ?? [];
+  // Small copies of the list instead of a second copy of the whole VMI.
+  const current = cloneJson(read);
+  const patchFor = volumeStatusPatchFor(vmi);
+  const next = compute(cloneJson(read), vmi);
+  return { next: jsonEqual(current, next) ? undefined : next, patchFor };
 }

@@ -115,6 +115,38 @@ describe('StatusWriter', () => {
     }
   });
 
+  it('checks "nothing to change" from a stale cache against the API server, and writes what the status needs', async () => {
+    await createVmi(env.kc, env.ns, 'behind-vmi');
+    const { logger } = memoryLogger();
+    const informer = createInformer<VirtualMachineInstance>({
+      kc: env.kc,
+      resource: Resources.virtualMachineInstances,
+      namespace: env.ns,
+      logger,
+    });
+    await informer.start();
+    try {
+      await waitFor(() => informer.get(env.ns, 'behind-vmi'), { description: 'cached' });
+      await informer.stop(); // frozen: it misses the entry written next
+      const writer = new StatusWriter({ client: env.client, informer, logger });
+      const addOld = (current: VolumeStatus[]) => [...current, pending('old')];
+      // Written through a writer without the cache: the cache never shows it.
+      const direct = new StatusWriter({ client: env.client, logger });
+      expect(await direct.writeVolumeStatus(env.ns, 'behind-vmi', addOld)).toBe(true);
+      // Against the cache (no entries) dropping `old` changes nothing; against the status it does.
+      const dropOld = (current: VolumeStatus[]) => current.filter((v) => v.name !== 'old');
+      expect(await writer.writeVolumeStatus(env.ns, 'behind-vmi', dropOld)).toBe(true);
+      const status = (await env.client.getVmi(env.ns, 'behind-vmi')).status?.volumeStatus;
+      expect(status ?? []).toEqual([]);
+      // A verdict the API server's copy confirms stays: no write.
+      const rv = await rvOf('behind-vmi');
+      expect(await writer.writeVolumeStatus(env.ns, 'behind-vmi', (c) => c)).toBe(false);
+      expect(await rvOf('behind-vmi')).toBe(rv);
+    } finally {
+      await informer.stop();
+    }
+  });
+
   it('throws NotFoundError for a missing VMI', async () => {
     const writer = new StatusWriter({ client: env.client, logger: memoryLogger().logger });
     await expect(writer.writeVolumeStatus(env.ns, 'missing-vmi', (c) => c)).rejects.toBeInstanceOf(
