@@ -27,8 +27,9 @@ import {
  * node-mounter or this service's own informers) runs one level-triggered reconcile:
  * `observing` (re-read the caches) → decide (pure) → `applying` (create / delete pods) → rest in
  * `steady`, `coalescing`, `awaitingVolumes`, `awaitingPods`, `awaitingNodeStages` (waiting:
- * re-delivered at `wakeAt`) or `awaitingUnmount` (the chain nudges it). Facts and work items are emitted only once the
- * effects succeeded. Effects are the named actors `observe` and `applyEffects`.
+ * re-delivered at `wakeAt`) or `awaitingUnmount` (the chain nudges it). Facts and work items are
+ * emitted only once the effects succeeded. Effects are the named actors `observe` and
+ * `applyEffects`.
  */
 export interface OrchestratorContext extends StageContext {
   unit: UnitState;
