@@ -20,6 +20,28 @@ async function rvOf(name: string): Promise<string | undefined> {
   return (await env.client.getVmi(env.ns, name)).metadata.resourceVersion;
 }
 
+/**
+ * A new VMI and an informer cache that holds it and then stops: it misses every change made
+ * after, so it goes stale.
+ */
+async function frozenCacheOf(name: string) {
+  await createVmi(env.kc, env.ns, name);
+  const { logger } = memoryLogger();
+  const informer = createInformer<VirtualMachineInstance>({
+    kc: env.kc,
+    resource: Resources.virtualMachineInstances,
+    namespace: env.ns,
+    logger,
+  });
+  await informer.start();
+  try {
+    await waitFor(() => informer.get(env.ns, name), { description: 'cached' });
+  } finally {
+    await informer.stop();
+  }
+  return { informer, logger };
+}
+
 describe('StatusWriter', () => {
   it('writes a change and skips a write that changes nothing', async () => {
     await createVmi(env.kc, env.ns, 'writer-vmi');
@@ -87,64 +109,36 @@ describe('StatusWriter', () => {
   });
 
   it('reads from a stale informer cache, conflicts, and recovers with a GET', async () => {
-    await createVmi(env.kc, env.ns, 'cached-vmi');
-    const { logger } = memoryLogger();
-    const informer = createInformer<VirtualMachineInstance>({
-      kc: env.kc,
-      resource: Resources.virtualMachineInstances,
-      namespace: env.ns,
-      logger,
+    const { informer, logger } = await frozenCacheOf('cached-vmi');
+    await env.client.patchVmi(env.ns, 'cached-vmi', [
+      { op: 'add', path: '/metadata/labels/bump', value: '1' },
+    ]);
+    const writer = new StatusWriter({ client: env.client, informer, logger });
+    const reads: (string | undefined)[] = [];
+    const wrote = await writer.writeVolumeStatus(env.ns, 'cached-vmi', (current, vmi) => {
+      reads.push(vmi.metadata.labels?.bump);
+      return [...current, pending('disk-c')];
     });
-    await informer.start();
-    try {
-      await waitFor(() => informer.get(env.ns, 'cached-vmi'), { description: 'cached' });
-      await informer.stop(); // the cache is now frozen, so it goes stale
-      await env.client.patchVmi(env.ns, 'cached-vmi', [
-        { op: 'add', path: '/metadata/labels/bump', value: '1' },
-      ]);
-      const writer = new StatusWriter({ client: env.client, informer, logger });
-      const reads: (string | undefined)[] = [];
-      const wrote = await writer.writeVolumeStatus(env.ns, 'cached-vmi', (current, vmi) => {
-        reads.push(vmi.metadata.labels?.bump);
-        return [...current, pending('disk-c')];
-      });
-      expect(wrote).toBe(true);
-      expect(reads).toEqual([undefined, '1']);
-    } finally {
-      await informer.stop();
-    }
+    expect(wrote).toBe(true);
+    expect(reads).toEqual([undefined, '1']);
   });
 
   it('checks "nothing to change" from a stale cache against the API server, and writes what the status needs', async () => {
-    await createVmi(env.kc, env.ns, 'behind-vmi');
-    const { logger } = memoryLogger();
-    const informer = createInformer<VirtualMachineInstance>({
-      kc: env.kc,
-      resource: Resources.virtualMachineInstances,
-      namespace: env.ns,
-      logger,
-    });
-    await informer.start();
-    try {
-      await waitFor(() => informer.get(env.ns, 'behind-vmi'), { description: 'cached' });
-      await informer.stop(); // frozen: it misses the entry written next
-      const writer = new StatusWriter({ client: env.client, informer, logger });
-      const addOld = (current: VolumeStatus[]) => [...current, pending('old')];
-      // Written through a writer without the cache: the cache never shows it.
-      const direct = new StatusWriter({ client: env.client, logger });
-      expect(await direct.writeVolumeStatus(env.ns, 'behind-vmi', addOld)).toBe(true);
-      // Against the cache (no entries) dropping `old` changes nothing; against the status it does.
-      const dropOld = (current: VolumeStatus[]) => current.filter((v) => v.name !== 'old');
-      expect(await writer.writeVolumeStatus(env.ns, 'behind-vmi', dropOld)).toBe(true);
-      const status = (await env.client.getVmi(env.ns, 'behind-vmi')).status?.volumeStatus;
-      expect(status ?? []).toEqual([]);
-      // A verdict the API server's copy confirms stays: no write.
-      const rv = await rvOf('behind-vmi');
-      expect(await writer.writeVolumeStatus(env.ns, 'behind-vmi', (c) => c)).toBe(false);
-      expect(await rvOf('behind-vmi')).toBe(rv);
-    } finally {
-      await informer.stop();
-    }
+    const { informer, logger } = await frozenCacheOf('behind-vmi');
+    const writer = new StatusWriter({ client: env.client, informer, logger });
+    const addOld = (current: VolumeStatus[]) => [...current, pending('old')];
+    // Written through a writer without the cache: the frozen cache never shows it.
+    const direct = new StatusWriter({ client: env.client, logger });
+    expect(await direct.writeVolumeStatus(env.ns, 'behind-vmi', addOld)).toBe(true);
+    // Against the cache (no entries) dropping `old` changes nothing; against the status it does.
+    const dropOld = (current: VolumeStatus[]) => current.filter((v) => v.name !== 'old');
+    expect(await writer.writeVolumeStatus(env.ns, 'behind-vmi', dropOld)).toBe(true);
+    const status = (await env.client.getVmi(env.ns, 'behind-vmi')).status?.volumeStatus;
+    expect(status ?? []).toEqual([]);
+    // A verdict the API server's copy confirms stays: no write.
+    const rv = await rvOf('behind-vmi');
+    expect(await writer.writeVolumeStatus(env.ns, 'behind-vmi', (c) => c)).toBe(false);
+    expect(await rvOf('behind-vmi')).toBe(rv);
   });
 
   it('throws NotFoundError for a missing VMI', async () => {
