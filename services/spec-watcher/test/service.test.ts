@@ -717,7 +717,13 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     const vmi = createRunningVmi(name);
     addVolume(name, volume);
     const op = (await waitForEvent(name, volume, EventType.Requested)).data.operationId;
-    await waitFor(() => statusOf(name, volume));
+    // Set-up, not what the tests assert; like `waitForPhase`, it allows for a redelivery after
+    // the projector's ack wait (5 s). Once, under the full suite's load, right after a test that
+    // stopped and restarted the projector, the entry took just over 5 s (2026-12-07).
+    await waitFor(() => statusOf(name, volume), {
+      timeout: 10_000,
+      description: `the entry of ${volume}`,
+    });
     await publishFact(vmi, volume, EventType.AttachedToNode, {
       operationId: op,
       node: NODE,
