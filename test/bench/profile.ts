@@ -62,8 +62,13 @@ function sourcePositions(): (frame: CallFrame) => { url: string; lineNumber: num
     const entry = bundle?.map.findEntry(frame.lineNumber, frame.columnNumber);
     // A mapping segment may name no source (code the bundler generated): such a frame stays as
     // it is.
-    if (bundle === undefined || entry === undefined || !('originalSource' in entry)) return frame;
-    if (typeof entry.originalSource !== 'string') return frame;
+    if (
+      bundle === undefined ||
+      entry === undefined ||
+      !('originalSource' in entry) ||
+      typeof entry.originalSource !== 'string'
+    )
+      return frame;
     return { url: resolve(bundle.dir, entry.originalSource), lineNumber: entry.originalLine };
   };
 }

@@ -79,11 +79,11 @@ export class StatusWriter {
       const cached = this.#cached(namespace, name, attempt);
       let computed = computeOn(cached ?? (await this.#o.client.getVmi(namespace, name)), compute);
       if (computed.next === undefined && cached !== undefined) {
-        // "Nothing to change" from the cache is not known to hold for the status as it is: a
-        // cache a moment behind this writer's own last write made the projector take a re-add's
-        // `requested` for applied, while the status kept the older unplug's entry for good (the
-        // kill soak, 2026-12-07). A write that changes something is guarded by the
-        // resourceVersion it read; this verdict is checked against the API server's copy.
+        // "Nothing to change" from the cache is not known to hold for the status as it is: with
+        // the cache a moment behind this writer's own last write, an event's effect could be
+        // acked unwritten while the caller (the projector) took it for applied. A write that
+        // changes something is guarded by the resourceVersion it read; this verdict is checked
+        // against the API server's copy.
         const fresh = await this.#o.client.getVmi(namespace, name);
         if (fresh.metadata.resourceVersion !== cached.metadata.resourceVersion)
           computed = computeOn(fresh, compute);
@@ -102,9 +102,7 @@ export class StatusWriter {
   /** The informer's copy, for a write's first attempt only (retries always GET). */
   #cached(namespace: string, name: string, attempt: number): VirtualMachineInstance | undefined {
     const informer = this.#o.informer;
-    return attempt === 1 && informer?.synced === true
-      ? (informer.get(namespace, name) ?? undefined)
-      : undefined;
+    return attempt === 1 && informer?.synced === true ? informer.get(namespace, name) : undefined;
   }
 }
 

@@ -558,13 +558,10 @@ function forwardUnplug(
   reaskMs: number,
 ): number | undefined {
   const ops = run.state.ops[volume];
-  const { plug, unplug } = ops ?? {};
-  const newest =
-    unplug === undefined ||
-    (plug !== undefined && compareOperationIds(plug.operationId, unplug.operationId) > 0)
-      ? plug
-      : unplug;
-  if (ops === undefined || newest === undefined) return undefined;
+  if (ops === undefined) return undefined;
+  const { plug, unplug } = ops;
+  const newest = unplug === undefined || pluggedAgain(plug, unplug) ? plug : unplug;
+  if (newest === undefined) return undefined;
   const askedAt = ops.forwarded === newest.operationId ? (ops.forwardedAt ?? 0) : undefined;
   if (askedAt !== undefined && now < askedAt + reaskMs) return askedAt + reaskMs;
   const announced = run.state.published[volume]?.[EventType.AttachedToNode] ?? '';
