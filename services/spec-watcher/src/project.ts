@@ -58,6 +58,13 @@ export interface Projection {
   operations: Readonly<Record<string, NewestOperation>>;
   /** True when the event belonged to an older operation and was ignored. */
   stale: boolean;
+  /**
+   * True for a plug fact that found the entry still in an unplug phase: it changed nothing and
+   * taught nothing (`operations` as given). Its operation's request, which resets the entry, may
+   * not have been projected yet: a projector that crashed holding it gets it back after the
+   * operation's later facts, and must still apply it then.
+   */
+  unapplied?: true;
 }
 
 type EntryResult = { entry: VolumeStatus | undefined; k8sEvent?: KubeEvent };
@@ -293,6 +300,19 @@ function newestAfter(
   return undoes === undefined ? { id, direction } : { id, direction, undoes };
 }
 
+/** A repeated request of the volume's current operation (a retried publish): it changes nothing. */
+function isRepeatedRequest(event: VolumeEvent, known: NewestOperation | undefined): boolean {
+  const type = eventTypeOf(event);
+  return (
+    known?.id === event.data.operationId &&
+    known.booked !== true &&
+    (type === 'requested' || type === 'unplug-requested')
+  );
+}
+
+const inUnplugPhase = (entry: VolumeStatus | undefined): boolean =>
+  entry?.phase !== undefined && UNPLUG_PHASE_SET.has(entry.phase);
+
 /**
  * The status reducer: the only way `status.volumeStatus` changes. Applies one event to the
  * current entries (KubeVirt's phase, reason, message, target, hotplugVolume and claim info),
@@ -308,15 +328,10 @@ export function projectStatus(
   if (isStale(event, known)) {
     return { next: [...current], changed: false, operations: ctx.operations, stale: true };
   }
-  const type = eventTypeOf(event);
-  if (
-    known?.id === event.data.operationId &&
-    known.booked !== true &&
-    (type === 'requested' || type === 'unplug-requested')
-  ) {
-    // A repeated request of the current operation (a retried publish) changes nothing.
+  if (isRepeatedRequest(event, known)) {
     return { next: [...current], changed: false, operations: ctx.operations, stale: false };
   }
+  const type = eventTypeOf(event);
   const newest = newestAfter(event, known);
   const operations = newest === known ? ctx.operations : { ...ctx.operations, [volume]: newest! };
   const index = current.findIndex((s) => s.name === volume);
@@ -330,6 +345,19 @@ export function projectStatus(
     // looked while the spec still held it reports under the unplug's id (the domain-updater's
     // `ready`), and a late copy of that report would show a removed volume `Ready` for good.
     return { next: [...current], changed: false, operations, stale: false };
+  }
+  if (PLUG_FACT_PHASE[type] !== undefined && inUnplugPhase(before)) {
+    // Only its operation's request resets an unplug's entry, and the fact teaches nothing
+    // either: its operation adopted as the newest, that request would pass for a repeat when it
+    // comes after it. It does when a projector died holding it (seen in the kill soak: a re-add's
+    // `requested`, redelivered after its `mounted-to-pod` and `ready`).
+    return {
+      next: [...current],
+      changed: false,
+      operations: ctx.operations,
+      stale: false,
+      unapplied: true,
+    };
   }
   const result = applyEvent(before, volume, event);
   const next = [...current];

@@ -219,6 +219,13 @@ function supersedes(applied: AppliedEvent, event: VolumeEvent): boolean {
   return order < 0 || (order === 0 && progressOf(event) <= applied.progress);
 }
 
+/** What one status write of a VMI's events did. */
+interface Applied {
+  wrote: boolean;
+  /** The events that changed nothing yet (see `Projection.unapplied`). */
+  unapplied: ReadonlySet<VolumeEvent>;
+}
+
 /** A volume's key: `ns/vmi/volume`. */
 function volumeKeyOf(event: VolumeEvent): string {
   const { namespace, vmi, volume } = keyOfEvent(event);
@@ -503,20 +510,26 @@ class StatusProjector implements Projector {
     const last = events.at(-1)!;
     try {
       // A span in the trace of the batch's last event: the step that makes a plug `Ready`.
-      const wrote = await withSpan('spec-watcher project', () => this.#applyRetrying(events, log), {
-        parent: extractEventTrace(last),
-        attributes: {
-          'plugline.stage': Stage.SpecWatcher,
-          'plugline.unit': `${first.namespace}/${first.vmi}`,
-          'plugline.events': events.map(eventTypeOf).join(','),
-          'plugline.operation_id': last.data.operationId,
+      const { wrote, unapplied } = await withSpan(
+        'spec-watcher project',
+        () => this.#applyRetrying(events, log),
+        {
+          parent: extractEventTrace(last),
+          attributes: {
+            'plugline.stage': Stage.SpecWatcher,
+            'plugline.unit': `${first.namespace}/${first.vmi}`,
+            'plugline.events': events.map(eventTypeOf).join(','),
+            'plugline.operation_id': last.data.operationId,
+          },
         },
-      });
+      );
       log.debug({ events: deliveries.length, wrote }, 'events projected');
       for (const d of deliveries) {
         const volume = volumeKeyOf(d.event);
         const seq = d.msg.info.streamSequence;
-        if (seq > (this.#lastApplied.get(volume)?.seq ?? 0)) {
+        // A fact that changed nothing yet (see `Projection.unapplied`) supersedes nothing: the
+        // request it waits for may be a redelivery still to come.
+        if (!unapplied.has(d.event) && seq > (this.#lastApplied.get(volume)?.seq ?? 0)) {
           const { operationId } = d.event.data;
           this.#lastApplied.set(volume, { seq, operationId, progress: progressOf(d.event) });
         }
@@ -568,7 +581,7 @@ class StatusProjector implements Projector {
   }
 
   /** {@link #apply}, tried `attempts` times in place (the VMI's later events wait: order holds). */
-  async #applyRetrying(events: readonly VolumeEvent[], log: Logger): Promise<boolean> {
+  async #applyRetrying(events: readonly VolumeEvent[], log: Logger): Promise<Applied> {
     const attempts = this.#o.attempts ?? 5;
     for (let attempt = 1; ; attempt++) {
       try {
@@ -583,10 +596,9 @@ class StatusProjector implements Projector {
 
   /**
    * Applies one VMI's events, in order, in one status write (none when nothing changed), then
-   * records their Kubernetes Events and publishes `removed` for each `released`. Resolves true
-   * when it wrote.
+   * records their Kubernetes Events and publishes `removed` for each `released`.
    */
-  async #apply(events: readonly VolumeEvent[], log: Logger): Promise<boolean> {
+  async #apply(events: readonly VolumeEvent[], log: Logger): Promise<Applied> {
     const { namespace, vmi: name } = keyOfEvent(events[0]!);
     const vmiKey = `${namespace}/${name}`;
     const { operations: known, seeded } = await this.#newestOperations(vmiKey, events);
@@ -639,7 +651,11 @@ class StatusProjector implements Projector {
     for (const event of released) effects.push(this.#removed(event, log));
     if (object !== undefined && !gone) effects.push(...this.#reportReversals(object, outcomes));
     await Promise.all(effects);
-    return wrote;
+    const unapplied = new Set<VolumeEvent>();
+    for (const { event, projection } of outcomes) {
+      if (projection?.unapplied === true) unapplied.add(event);
+    }
+    return { wrote, unapplied };
   }
 
   /**

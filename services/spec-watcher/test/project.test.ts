@@ -379,6 +379,54 @@ describe('the newest operation known from the decision book (after a restart)', 
     expect(repeat.changed).toBe(false);
     expect(repeat.next[0]?.phase).toBe('Bound');
   });
+
+  it("renders its request when it comes back after its own facts, which found an older unplug's entry", () => {
+    // The entry an older unplug left (op-2, undoing op-1); the re-add's request (op-3) went to a
+    // projector that crashed holding it, and the next one gets op-3's later facts first.
+    const ready = projectAll([], plugFacts('d1', 'op-1'));
+    const unplugging = projectAll(ready.next, unplugFacts('d1', 'op-2').slice(0, 3), {
+      operations: ready.operations,
+    });
+    expect(unplugging.next[0]?.phase).toBe('UnMountedFromPod');
+    const early = projectAll(
+      unplugging.next,
+      [event('mounted-to-pod', 'd1', 'op-3'), event('ready', 'd1', 'op-3', { target: 'sdb' })],
+      { operations: { d1: booked } },
+    );
+    // They cannot move an unplug's entry, and teach nothing: the request is still no repeat.
+    expect(early.next).toEqual(unplugging.next);
+    expect(early.operations.d1).toEqual(booked);
+    const redelivered = projectStatus(early.next, event('requested', 'd1', 'op-3'), {
+      operations: early.operations,
+    });
+    expect(redelivered.changed).toBe(true);
+    expect(redelivered.next[0]).toMatchObject({ name: 'd1', target: '' });
+    expect(redelivered.next[0]?.phase).toBeUndefined();
+    // The facts after it render again (a resync round states the missed ones again).
+    const attached = projectAll(
+      redelivered.next,
+      [event('attached-to-node', 'd1', 'op-3', { attachPod: NEW_POD, node: 'node-a' })],
+      { operations: redelivered.operations },
+    );
+    expect(attached.next[0]?.phase).toBe('AttachedToNode');
+  });
+
+  it('likewise when the projector still knew the older unplug as the newest operation', () => {
+    const ready = projectAll([], plugFacts('d1', 'op-1'));
+    const unplugging = projectAll(ready.next, unplugFacts('d1', 'op-2').slice(0, 3), {
+      operations: ready.operations,
+    });
+    const early = projectStatus(unplugging.next, event('ready', 'd1', 'op-3', { target: 'sdb' }), {
+      operations: unplugging.operations,
+    });
+    expect(early).toMatchObject({ changed: false, unapplied: true });
+    expect(early.operations).toBe(unplugging.operations);
+    const request = projectStatus(early.next, event('requested', 'd1', 'op-3'), {
+      operations: early.operations,
+    });
+    expect(request.next[0]?.phase).toBeUndefined();
+    expect(request.operations.d1).toEqual({ id: 'op-3', direction: 'plug' });
+  });
 });
 
 describe('progressOf (what a redelivered event must say more of to be applied late)', () => {

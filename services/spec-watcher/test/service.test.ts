@@ -10,6 +10,7 @@ import {
   eventMsgId,
   eventSubject,
   EventType,
+  newOperationId,
   Stage,
 } from '@plugline/contracts';
 import type {
@@ -1006,6 +1007,37 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     await projected(restated);
     expect(statusOf(name, 'behind')).toMatchObject({ phase: 'Ready', target: 'sdc' });
   });
+
+  it("a re-add's request a crashed projector held still resets the older unplug's entry when its later facts came first", async () => {
+    const name = `rereq-${randomBytes(3).toString('hex')}`;
+    const { vmi } = await attachedVolume(name, 'rereq');
+    removeVolume(name, 'rereq');
+    const unplugOp = (await waitForEvent(name, 'rereq', EventType.UnplugRequested)).data
+      .operationId;
+    await publishFact(vmi, 'rereq', EventType.UnmountedFromPod, {
+      operation: 'unplug',
+      operationId: unplugOp,
+    });
+    await waitForPhase(name, 'rereq', 'UnMountedFromPod');
+    // A re-add's request (as the decision publishes it) goes to a projector that dies holding it.
+    const readdOp = newOperationId(new Date());
+    await heldByCrashedProjector(() =>
+      publishFact(vmi, 'rereq', EventType.Requested, { operationId: readdOp }),
+    );
+    // The next projector gets the re-add's later facts first (the kill soak's case): the entry is
+    // the unplug's, so they change nothing, and nothing may take the request for a repeat.
+    await startService('worker-a');
+    await publishFact(vmi, 'rereq', EventType.MountedToPod, { operationId: readdOp, node: NODE });
+    const ready = await publishFact(vmi, 'rereq', EventType.Ready, {
+      operationId: readdOp,
+      target: 'sdd',
+    });
+    // `projected` waits for the held request too (redelivered after the ack wait).
+    await projected(ready);
+    const entry = statusOf(name, 'rereq');
+    expect(entry).toMatchObject({ name: 'rereq', target: '' });
+    expect(entry?.phase).toBeUndefined();
+  }, 30_000);
 
   it('restarted, it still knows which operation is newest: a late fact of the unplug before a re-add changes nothing', async () => {
     const name = `late-${randomBytes(3).toString('hex')}`;
