@@ -42,7 +42,7 @@ import {
 } from '@plugline/telemetry';
 import type { NewestOperation, Projection, ProjectionContext } from './project.js';
 import { FreshestVmis, type VmiCache } from './freshest-vmis.js';
-import { decisionNudge, REVERSED_CAUSE, reversedNudgeId } from './decision.js';
+import { decisionNudge, RESYNC_CAUSE, REVERSED_CAUSE, reversedNudgeId } from './decision.js';
 import { desiredDirections } from './plan.js';
 import { isUnplugFact, progressOf, projectStatus } from './project.js';
 
@@ -202,6 +202,9 @@ const WRITTEN_AT_ONCE: ReadonlySet<string> = new Set([
   EventType.Failed,
 ]);
 
+/** Volumes whose facts came before their request, remembered until it comes (a crash's few). */
+const FACTS_BEFORE_REQUEST_REMEMBERED = 1000;
+
 /** How many volumes of each remembered VMI the projector remembers the last applied event of. */
 const VOLUMES_PER_VMI_REMEMBERED = 8;
 
@@ -254,6 +257,11 @@ class StatusProjector implements Projector {
   readonly #operations: BoundedMap<string, ProjectionContext['operations']>;
   /** Per volume (`ns/vmi/volume`): the event applied here latest in the stream. */
   readonly #lastApplied: BoundedMap<string, AppliedEvent>;
+  /**
+   * Per volume (`ns/vmi/volume`): the operation of a plug fact that found the entry in an unplug
+   * phase (see `Projection.unapplied`), until its operation's request resets the entry.
+   */
+  readonly #factsBeforeRequest = new BoundedMap<string, string>(FACTS_BEFORE_REQUEST_REMEMBERED);
   /** The VMI copies the status writer reads first (see FreshestVmis). */
   readonly #freshest: FreshestVmis | undefined;
   /** Events held (waiting or being applied). */
@@ -649,7 +657,10 @@ class StatusProjector implements Projector {
           )
           .map(({ event }) => event);
     for (const event of released) effects.push(this.#removed(event, log));
-    if (object !== undefined && !gone) effects.push(...this.#reportReversals(object, outcomes));
+    if (object !== undefined && !gone) {
+      effects.push(...this.#reportReversals(object, outcomes));
+      effects.push(...this.#restateFactsBeforeRequest(object, outcomes));
+    }
     await Promise.all(effects);
     const unapplied = new Set<VolumeEvent>();
     for (const { event, projection } of outcomes) {
@@ -685,6 +696,38 @@ class StatusProjector implements Projector {
         operation: 'plug',
         cause: REVERSED_CAUSE,
         id: reversedNudgeId(operationId),
+      });
+      nudges.push(this.#o.publisher.publishWork(item, this.#shutdown.signal).then(() => undefined));
+    }
+    return nudges;
+  }
+
+  /**
+   * Nudges the decision of each volume whose entry a request just reset after facts of the same
+   * operation had come first and changed nothing (a request a crashed projector held, redelivered
+   * late): a resync of its operation, so the stages state those facts again now, not at the next
+   * periodic resync.
+   */
+  #restateFactsBeforeRequest(
+    vmi: VirtualMachineInstance,
+    outcomes: readonly EventOutcome[],
+  ): Promise<void>[] {
+    const nudges: Promise<void>[] = [];
+    for (const { event, projection } of outcomes) {
+      const key = volumeKeyOf(event);
+      const { operationId } = event.data;
+      if (projection?.unapplied === true) {
+        this.#factsBeforeRequest.set(key, operationId);
+        continue;
+      }
+      if (eventTypeOf(event) !== EventType.Requested || projection?.changed !== true) continue;
+      if (this.#factsBeforeRequest.get(key) !== operationId) continue;
+      this.#factsBeforeRequest.delete(key);
+      const item = decisionNudge(vmi, {
+        volume: keyOfEvent(event).volume,
+        operation: 'plug',
+        cause: RESYNC_CAUSE,
+        id: `restate-${operationId}`,
       });
       nudges.push(this.#o.publisher.publishWork(item, this.#shutdown.signal).then(() => undefined));
     }

@@ -1027,16 +1027,26 @@ describe('spec-watcher nudges (issue 10)', { timeout: 60_000 }, () => {
     // The next projector gets the re-add's later facts first (the kill soak's case): the entry is
     // the unplug's, so they change nothing, and nothing may take the request for a repeat.
     await startService('worker-a');
-    await publishFact(vmi, 'rereq', EventType.MountedToPod, { operationId: readdOp, node: NODE });
-    const ready = await publishFact(vmi, 'rereq', EventType.Ready, {
-      operationId: readdOp,
-      target: 'sdd',
-    });
-    // `projected` waits for the held request too (redelivered after the ack wait).
-    await projected(ready);
-    const entry = statusOf(name, 'rereq');
-    expect(entry).toMatchObject({ name: 'rereq', target: '' });
-    expect(entry?.phase).toBeUndefined();
+    const recorded = recordNudges(name);
+    try {
+      await publishFact(vmi, 'rereq', EventType.MountedToPod, { operationId: readdOp, node: NODE });
+      const ready = await publishFact(vmi, 'rereq', EventType.Ready, {
+        operationId: readdOp,
+        target: 'sdd',
+      });
+      // `projected` waits for the held request too (redelivered after the ack wait).
+      await projected(ready);
+      const entry = statusOf(name, 'rereq');
+      expect(entry).toMatchObject({ name: 'rereq', target: '' });
+      expect(entry?.phase).toBeUndefined();
+      // And the decision is asked to have the stages state the facts it skipped again.
+      const restate = await waitFor(() =>
+        recorded.items.find((i) => i.operationId === `restate-${readdOp}`),
+      );
+      expect(restate).toMatchObject({ volume: 'rereq', cause: 'resync', operation: 'plug' });
+    } finally {
+      recorded.stop();
+    }
   }, 30_000);
 
   it('restarted, it still knows which operation is newest: a late fact of the unplug before a re-add changes nothing', async () => {
