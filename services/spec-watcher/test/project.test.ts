@@ -29,6 +29,14 @@ const unplugFacts = (volume: string, op: string) => [
   event('released', volume, op),
 ];
 
+/** d1 `Ready` under op-1, then unplugged under op-2 as far as `UnMountedFromPod`. */
+const unmountedAfterReady = () => {
+  const ready = projectAll([], plugFacts('d1', 'op-1'));
+  return projectAll(ready.next, unplugFacts('d1', 'op-2').slice(0, 3), {
+    operations: ready.operations,
+  });
+};
+
 describe('projectStatus', () => {
   it('renders the plug chain with KubeVirt reasons, messages, target and hotplugVolume', () => {
     const seen: Array<VolumeStatus | undefined> = [];
@@ -155,10 +163,7 @@ describe('projectStatus', () => {
   });
 
   it('ignores events of an older operation', () => {
-    const ready = projectAll([], plugFacts('d1', 'op-1'));
-    const unplugging = projectAll(ready.next, unplugFacts('d1', 'op-2').slice(0, 3), {
-      operations: ready.operations,
-    });
+    const unplugging = unmountedAfterReady();
     const late = projectStatus(unplugging.next, event('ready', 'd1', 'op-1', { target: 'sdz' }), {
       operations: unplugging.operations,
     });
@@ -383,10 +388,7 @@ describe('the newest operation known from the decision book (after a restart)', 
   it("renders its request when it comes back after its own facts, which found an older unplug's entry", () => {
     // The entry an older unplug left (op-2, undoing op-1); the re-add's request (op-3) went to a
     // projector that crashed holding it, and the next one gets op-3's later facts first.
-    const ready = projectAll([], plugFacts('d1', 'op-1'));
-    const unplugging = projectAll(ready.next, unplugFacts('d1', 'op-2').slice(0, 3), {
-      operations: ready.operations,
-    });
+    const unplugging = unmountedAfterReady();
     expect(unplugging.next[0]?.phase).toBe('UnMountedFromPod');
     const early = projectAll(
       unplugging.next,
@@ -412,10 +414,7 @@ describe('the newest operation known from the decision book (after a restart)', 
   });
 
   it('likewise when the projector still knew the older unplug as the newest operation', () => {
-    const ready = projectAll([], plugFacts('d1', 'op-1'));
-    const unplugging = projectAll(ready.next, unplugFacts('d1', 'op-2').slice(0, 3), {
-      operations: ready.operations,
-    });
+    const unplugging = unmountedAfterReady();
     const early = projectStatus(unplugging.next, event('ready', 'd1', 'op-3', { target: 'sdb' }), {
       operations: unplugging.operations,
     });
