@@ -34,6 +34,11 @@ export class BoundedMap<K, V> {
     this.#entries.delete(key);
   }
 
+  /** The entries, oldest first, without making any the newest. */
+  entries(): IterableIterator<[K, V]> {
+    return this.#entries.entries();
+  }
+
   get size(): number {
     return this.#entries.size;
   }

@@ -28,11 +28,18 @@ export interface Lease {
    * process read of the unit after that release is still current.
    */
   readonly uncontested: boolean;
+  /**
+   * Taken back from this process's own keeping (see {@link LeaseManager.keeping}) without a round
+   * trip: no one else has held the unit since this process's last handling of it, so what that
+   * handling stored is the unit's latest.
+   */
+  readonly reused: boolean;
   /** Extends the expiry; false when the lease was lost (taken over after expiry). */
   renew(): Promise<boolean>;
   /**
    * Ends the lease if still ours (compare-and-set) and leaves `handover` (default: the one it
-   * got) to the next holder; never throws.
+   * got) to the next holder, or, while the manager is keeping, keeps it for this process's next
+   * handling of the unit; never throws.
    */
   release(handover?: number): Promise<void>;
 }
@@ -66,12 +73,22 @@ function isCasFailure(err: unknown): boolean {
  * three round trips (`create` refused by the delete marker, `get`, `update`) on every acquire but
  * the first. A delete marker and an expired value take the same room in the bucket. The released
  * value carries the {@link Lease.handover} to the next holder.
+ *
+ * While {@link keeping} (the stage runs no other replica on its consumer), a release keeps the
+ * lease instead: it writes an expiry {@link keptMs} ahead, with the handover, and this process's
+ * next handling of the unit within half that time takes it back with no round trip on its way
+ * ({@link takeKept}). No one else can take a lease before it expires, so none can have held it
+ * in between; the renewal the handling starts at once (not waited for: half the keeping time is
+ * left for it) makes it a lease like any acquired one. A kept lease costs nothing but the wait of
+ * another process that wants it before it expires: when keeping stops (another replica appeared)
+ * the kept leases are released, and so they are when the process stops. A crashed holder's are
+ * taken over at once by its instance's next process, and waited out (at most {@link keptMs}) by
+ * any other.
  */
 export class LeaseManager {
-  /** The expired values this manager's releases wrote, by key, oldest first (bounded). */
-  readonly #released = new BoundedMap<string, { revision: number; handover: number | undefined }>(
-    MAX_REMEMBERED_RELEASES,
-  );
+  /** The values this manager's releases wrote, by key, oldest first (bounded). */
+  readonly #released = new BoundedMap<string, Released>(MAX_REMEMBERED_RELEASES);
+  #keeping = false;
 
   /**
    * `instance`: the name this process shares with the earlier processes it replaced and with no
@@ -92,10 +109,68 @@ export class LeaseManager {
     return encoder.encode(JSON.stringify(value));
   }
 
+  /** How long a kept lease outlives this process: the TTL, at most 5 s. */
+  get keptMs(): number {
+    return Math.min(this.ttlMs, MAX_KEPT_MS);
+  }
+
+  /**
+   * Whether a release keeps the lease for this process's next handling of the unit (see the
+   * class). Off at first.
+   */
+  get keeping(): boolean {
+    return this.#keeping;
+  }
+
+  set keeping(on: boolean) {
+    this.#keeping = on;
+  }
+
+  /**
+   * Releases every lease this manager keeps (see {@link keeping}) and has not taken back; never
+   * throws. Turn keeping off first, or the next handlings keep theirs again.
+   */
+  async releaseKept(): Promise<void> {
+    const now = Date.now();
+    const kept = [...this.#released.entries()].filter(([, r]) => (r.keptUntil ?? 0) > now);
+    await Promise.all(
+      kept.map(async ([key, remembered]) => {
+        // An acquire that took it back since owns it now: its own release decides.
+        if (this.#released.peek(key) !== remembered) return;
+        this.#released.delete(key);
+        await this.#free(key, remembered.revision, remembered.handover);
+      }),
+    );
+  }
+
+  /** Writes `key` released (expired) with compare-and-set on `revision`; never throws. */
+  async #free(key: string, revision: number, handover: number | undefined): Promise<void> {
+    try {
+      const released = await this.kv.update(key, this.#value(0, handover), revision);
+      this.#released.set(key, { revision: released, handover });
+    } catch {
+      // taken over or unreachable: it expires anyway
+    }
+  }
+
   /** Whether a lease `current` holds is ours to take back before it expires. */
   #oursToTake(current: LeaseValue): boolean {
     if (current.owner === this.owner) return true;
     return this.instance !== undefined && current.instance === this.instance;
+  }
+
+  /**
+   * The unit's lease, taken back at once when this process keeps it (see {@link keeping}) with
+   * half its keeping time left; undefined otherwise (then {@link acquire} it). Renew it at once:
+   * a kept lease expires sooner than an acquired one.
+   */
+  takeKept(unitKey: string): Lease | undefined {
+    const key = kvKey(unitKey);
+    const kept = this.#released.peek(key);
+    if (!this.#keeping || kept?.keptUntil === undefined) return undefined;
+    if (kept.keptUntil - Date.now() < this.keptMs / 2) return undefined;
+    this.#released.delete(key);
+    return this.#held(key, kept.revision, kept.handover, { reused: true });
   }
 
   async acquire(unitKey: string): Promise<LeaseResult> {
@@ -109,7 +184,7 @@ export class LeaseManager {
       const revision = await this.kv.put(key, this.#value(undefined, handover), {
         previousSeq: released?.revision ?? 0,
       });
-      return this.#held(key, revision, handover, true);
+      return { ok: true, lease: this.#held(key, revision, handover, { uncontested: true }) };
     } catch (err) {
       if (!isCasFailure(err)) throw err;
     }
@@ -124,7 +199,7 @@ export class LeaseManager {
     const handover = typeof current.handover === 'number' ? current.handover : undefined;
     try {
       const revision = await this.kv.update(key, this.#value(undefined, handover), entry.revision);
-      return this.#held(key, revision, handover, false);
+      return { ok: true, lease: this.#held(key, revision, handover, {}) };
     } catch (err) {
       if (!isCasFailure(err)) throw err;
       return { ok: false, retryInMs: 0 };
@@ -135,42 +210,75 @@ export class LeaseManager {
     key: string,
     firstRevision: number,
     handover: number | undefined,
-    uncontested: boolean,
-  ): LeaseResult {
+    { uncontested = false, reused = false }: { uncontested?: boolean; reused?: boolean },
+  ): Lease {
     let revision = firstRevision;
     let lost = false;
+    // A release waits for the renewal under way: it writes against the revision that one gives.
+    let renewing: Promise<unknown> = Promise.resolve();
     const lease: Lease = {
       key,
       handover,
-      uncontested,
-      renew: async () => {
-        if (lost) return false;
-        try {
-          revision = await this.kv.update(key, this.#value(undefined, handover), revision);
-          return true;
-        } catch (err) {
-          if (!isCasFailure(err)) throw err;
-          lost = true;
-          return false;
-        }
+      uncontested: uncontested || reused,
+      reused,
+      renew: () => {
+        const renewal = (async () => {
+          if (lost) return false;
+          try {
+            revision = await this.kv.update(key, this.#value(undefined, handover), revision);
+            return true;
+          } catch (err) {
+            if (!isCasFailure(err)) throw err;
+            lost = true;
+            return false;
+          }
+        })();
+        renewing = renewal.catch(() => undefined);
+        return renewal;
       },
       release: async (next?: number) => {
         if (lost) return;
         lost = true;
+        const left = next ?? handover;
+        if (!this.#keeping) {
+          await renewing;
+          return this.#free(key, revision, left);
+        }
         try {
-          const left = next ?? handover;
-          const released = await this.kv.update(key, this.#value(0, left), revision);
-          this.#released.set(key, { revision: released, handover: left });
+          await renewing;
+          const keptUntil = Date.now() + this.keptMs;
+          const kept = await this.kv.update(key, this.#value(keptUntil, left), revision);
+          this.#released.set(key, { revision: kept, handover: left, keptUntil });
         } catch {
           // taken over or unreachable: it expires anyway
+          return;
         }
+        // Keeping stopped while the write was out: release it as the others were.
+        if (!this.#keeping) await this.releaseKept();
       },
     };
-    return { ok: true, lease };
+    return lease;
   }
 }
 
-/** Bounds the memory of released revisions; a forgotten key costs three round trips once. */
+/** What this manager's release of a key wrote. */
+interface Released {
+  revision: number;
+  handover: number | undefined;
+  /** Set when the release kept the lease (see {@link LeaseManager.keeping}): its expiry. */
+  keptUntil?: number;
+}
+
+/**
+ * The longest a kept lease outlives its holder (see {@link LeaseManager.keeping}): what a process
+ * that replaces a crashed one under another instance may wait for the units it kept.
+ */
+const MAX_KEPT_MS = 5000;
+
+/**
+ * Bounds the memory of released revisions; a forgotten key costs three round trips once (a kept
+ * one too: it is still ours to take back).
+ */
 const MAX_REMEMBERED_RELEASES = 10_000;
 
 /** The lease an entry holds; a delete marker (a release by an older version) is free. */

@@ -40,6 +40,7 @@ import {
 import type { Bus } from './connection.js';
 import { LeaseLostError, SettleTimeoutError, isReplyLost } from './errors.js';
 import { BoundedMap } from './bounded-map.js';
+import { StageReplicas } from './replicas.js';
 import {
   isCasFailure,
   leaseHandover,
@@ -239,6 +240,15 @@ export interface StageOptions<TMachine extends AnyStateMachine> {
    * are taken over at once (see {@link LeaseManager}).
    */
   instance?: string;
+  /**
+   * Keep a unit's lease between handlings while this process is the only one on its consumer
+   * (see {@link LeaseManager.keeping}, {@link StageReplicas}): the unit's next handling here then
+   * waits for no round trip to take the lease or read the snapshot. Default: on when `instance`
+   * is set (so a crashed holder's next process takes its leases over at once).
+   */
+  keepLeases?: boolean;
+  /** How often the replicas on the consumer are counted (default 2000 ms; see {@link StageReplicas}). */
+  replicaCheckMs?: number;
 }
 
 /** A running stage loop. */
@@ -400,6 +410,12 @@ type TraceContext = ReturnType<typeof extractTrace>;
  * for the attachment pod a plug waits for to start. The unit's next traced message starts afresh.
  */
 const TRACE_CONTINUATION_MS = 120_000;
+/**
+ * Records kept for the units whose leases this process keeps (see {@link StageRuntime}'s
+ * `#keptRecords`): the units a busy stage handles within a lease's keeping time. A unit left out
+ * reads its snapshot, beside nothing, when it takes its lease back.
+ */
+const KEPT_RECORDS = 1000;
 /** Units whose last trace is remembered (a few minutes of a busy stage's units). */
 const TRACE_CONTINUATIONS = 10_000;
 
@@ -444,6 +460,12 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
    * with what it stored (see {@link PassedLease}); taken at once, so at most a few.
    */
   readonly #passed = new Map<string, PassedLease>();
+  /**
+   * What each unit's last handling here stored, while this process keeps the unit's lease (see
+   * {@link LeaseManager.keeping}): the next handling that takes the lease back starts from it.
+   */
+  readonly #keptRecords = new BoundedMap<string, LoadedUnit>(KEPT_RECORDS);
+  #replicas: StageReplicas | undefined;
   readonly #running = new Set<Promise<void>>();
   /**
    * Each unit's last handling that a traced message started. A handling no message starts (an
@@ -502,6 +524,23 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       ttl,
       this.#o.instance,
     );
+    if (this.#o.keepLeases ?? this.#o.instance !== undefined) {
+      const leases = this.#leases;
+      this.#replicas = new StageReplicas({
+        kv: buckets.leases,
+        consumer: this.consumer,
+        owner: leases.owner,
+        instance: this.#o.instance,
+        intervalMs: this.#o.replicaCheckMs ?? 2000,
+        log: this.#log,
+        onChange: (alone) => {
+          leases.keeping = alone;
+          if (!alone) void leases.releaseKept();
+        },
+      });
+      // Before the first pull: a replica already running learns of this one within an interval.
+      await this.#replicas.join();
+    }
     const info = await bus.jsm.consumers.info(StreamName.Work, this.consumer);
     const ackWaitMs = ackWaitMsOf(info.config);
     this.#workingMs = this.#o.workingIntervalMs ?? Math.max(50, Math.floor(ackWaitMs / 3));
@@ -649,6 +688,14 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       await this.#consumption?.stop();
       await this.done;
       clearTimeout(timer);
+      // The next process (a replica, or this one's successor) need not wait for them. (No
+      // leases when the stage stopped before it started.)
+      const leases = this.#leases as LeaseManager | undefined;
+      if (leases !== undefined) {
+        leases.keeping = false;
+        await leases.releaseKept();
+      }
+      await this.#replicas?.leave();
     })();
     return this.#stopping;
   }
@@ -849,9 +896,21 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         // No one is behind to take a lease passed on (it was queued when passed): release it.
         const orphan = this.#passed.get(unit);
         this.#passed.delete(unit);
-        await orphan?.lease.release(orphan.stored.revision);
+        if (orphan !== undefined) {
+          this.#keepRecord(unit, orphan.stored);
+          await orphan.lease.release(orphan.stored.revision);
+        }
       }
     }
+  }
+
+  /**
+   * Remembers what a handling stored for the unit's next handling here, when its lease is about
+   * to be kept (see {@link #keptRecords}); forgets the unit otherwise.
+   */
+  #keepRecord(unit: string, stored: LoadedUnit | undefined): void {
+    if (stored !== undefined && this.#leases.keeping) this.#keptRecords.set(unit, stored);
+    else this.#keptRecords.delete(unit);
   }
 
   async #deadLetter(msg: JsMsg, error: MalformedMessageError): Promise<void> {
@@ -934,15 +993,15 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       receivedAt: Date.now(),
       signal: aborter.signal,
     };
-    // A lease the unit's previous handling here passed on comes with what it stored: no round
-    // trip for either. Else read beside the lease's write, for a lease won uncontested (see
-    // Lease.uncontested); any other outcome reads again once the lease is ours.
-    const passed = this.#passed.get(unit);
-    this.#passed.delete(unit);
-    let reading = this.#read(unit, item, delivery, passed?.stored);
+    // A lease at hand (passed on, or kept here) takes no round trip, and comes with the record
+    // its unit's last handling here stored when there is one. Else read beside the lease's
+    // write, for a lease won uncontested (see Lease.uncontested); any other outcome reads again
+    // once the lease is ours.
+    const atHand = this.#leaseAtHand(unit);
+    let reading = this.#read(unit, item, delivery, atHand?.stored);
     try {
       const acquired: LeaseResult =
-        passed === undefined ? await this.#leases.acquire(unit) : { ok: true, lease: passed.lease };
+        atHand === undefined ? await this.#leases.acquire(unit) : { ok: true, lease: atHand.lease };
       steps.lap(WorkStep.Lease);
       if (!acquired.ok) {
         await reading.discard();
@@ -956,19 +1015,19 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       // and the effect would run again before the compare-and-set caught it (seen as a double
       // effect in the race test under load): only a lease no one else held since this process
       // released it keeps what was read beside it.
-      if (passed === undefined && !lease.uncontested) {
+      if (atHand === undefined && !lease.uncontested) {
         await reading.discard();
         reading = this.#read(unit, item, delivery);
       }
-      const renewer = setInterval(
-        () => {
-          lease.renew().then(
-            (ok) => ok || aborter.abort(new LeaseLostError(unit)),
-            (err: unknown) => log.warn({ err }, 'could not renew the lease'),
-          );
-        },
-        Math.max(50, Math.floor(this.#leases.ttlMs / 3)),
-      );
+      const renew = (): void => {
+        lease.renew().then(
+          (ok) => ok || aborter.abort(new LeaseLostError(unit)),
+          (err: unknown) => log.warn({ err }, 'could not renew the lease'),
+        );
+      };
+      // A kept lease expires sooner than an acquired one: renewed at once, beside the handling.
+      if (lease.reused) renew();
+      const renewer = setInterval(renew, Math.max(50, Math.floor(this.#leases.ttlMs / 3)));
       // What this run leaves published, handed over with the lease (see #run).
       let published: number | undefined;
       let stored: LoadedUnit | undefined;
@@ -980,7 +1039,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
             unit,
             reading,
             delivery,
-            published: passed === undefined ? lease.handover : passed.stored.revision,
+            published: atHand === undefined ? lease.handover : atHand.published,
             steps,
             span,
           },
@@ -997,6 +1056,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         if (stored !== undefined && queuedBehind() && !aborter.signal.aborted) {
           this.#passed.set(unit, { lease, stored });
         } else {
+          this.#keepRecord(unit, aborter.signal.aborted ? undefined : stored);
           await lease.release(published);
         }
         steps.lap(WorkStep.Release);
@@ -1022,6 +1082,26 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
       this.#metrics.inFlight.dec({ stage: this.stage });
       this.#metrics.messagesHandled.inc({ stage: this.stage, outcome });
     }
+  }
+
+  /**
+   * The unit's lease when it needs no round trip: the one its previous handling here passed on,
+   * with what it stored; or one this process kept since the unit's last handling here, alone on
+   * the consumer, with what that handling stored when it is still in memory.
+   */
+  #leaseAtHand(
+    unit: string,
+  ): { lease: Lease; stored?: LoadedUnit; published: number | undefined } | undefined {
+    const passed = this.#passed.get(unit);
+    this.#passed.delete(unit);
+    const keptRecord = this.#keptRecords.peek(unit);
+    this.#keptRecords.delete(unit);
+    if (passed !== undefined) {
+      return { lease: passed.lease, stored: passed.stored, published: passed.stored.revision };
+    }
+    const kept = this.#leases.takeKept(unit);
+    if (kept === undefined) return undefined;
+    return { lease: kept, stored: keptRecord, published: kept.handover };
   }
 
   #settleMessage(settler: Settler, result: RunResult, log: Logger): Outcome {

@@ -134,4 +134,37 @@ describe('LeaseManager', () => {
     await taken.release(8);
     expect((await holder(slow, 'ns/vm/vol-3')).handover).toBe(8);
   });
+
+  it('keeps a released lease for its holder while keeping: taken back without a write, waited for by others, freed on demand', async () => {
+    const keeper = new LeaseManager(leases, 'worker-keeper', 30_000, 'stage-a');
+    const other = new LeaseManager(leases, 'worker-other', 30_000, 'stage-b');
+    keeper.keeping = true;
+    const unit = 'ns/vm/vol-kept';
+    await (await holder(keeper, unit)).release(21);
+    const refused = await other.acquire(unit);
+    expect(refused.ok).toBe(false);
+    // Waited out within the keeping time (5 s), not the TTL.
+    expect(refused.ok ? 0 : refused.retryInMs).toBeLessThanOrEqual(keeper.keptMs);
+
+    const revision = (await leases.get(kvKey(unit)))?.revision;
+    const back = keeper.takeKept(unit);
+    expect(back).toMatchObject({ reused: true, uncontested: true, handover: 21 });
+    expect((await leases.get(kvKey(unit)))?.revision).toBe(revision); // no write to take it
+    expect(keeper.takeKept(unit)).toBeUndefined(); // one holder at a time
+    expect(await back!.renew()).toBe(true);
+    await back!.release(22);
+
+    keeper.keeping = false;
+    expect(keeper.takeKept(unit)).toBeUndefined(); // not while not keeping
+    await keeper.releaseKept();
+    expect((await holder(other, unit)).handover).toBe(22);
+  });
+
+  it("lets a kept lease's crashed holder be replaced at once by its instance's next process", async () => {
+    const crashed = new LeaseManager(leases, 'worker-run-1', 30_000, 'stage-c');
+    crashed.keeping = true;
+    await (await holder(crashed, 'ns/vm/vol-kept-2')).release(31); // then it dies
+    const restarted = new LeaseManager(leases, 'worker-run-2', 30_000, 'stage-c');
+    expect((await holder(restarted, 'ns/vm/vol-kept-2')).handover).toBe(31);
+  });
 });
