@@ -137,10 +137,15 @@ function withPhase(entry: VolumeStatus, phase: VolumePhase, event: VolumeEvent):
   return next;
 }
 
-/** A plug fact: forward only, except that a volume not yet in use may fall back (pod or PVC lost). */
+const inUnplugPhase = (entry: VolumeStatus | undefined): boolean =>
+  entry?.phase !== undefined && UNPLUG_PHASE_SET.has(entry.phase);
+
+/**
+ * A plug fact: forward only, except that a volume not yet in use may fall back (pod or PVC lost).
+ * An entry in an unplug phase never gets here (see `projectStatus`).
+ */
 function applyPlugFact(entry: VolumeStatus, phase: VolumePhase, event: VolumeEvent): VolumeStatus {
   const current = entry.phase;
-  if (current !== undefined && UNPLUG_PHASE_SET.has(current)) return entry;
   if (
     current !== undefined &&
     IN_USE_PHASES.has(current) &&
@@ -179,7 +184,7 @@ const unplugged = (name: string): KubeEvent => ({
 
 function onRequested(entry: VolumeStatus | undefined, name: string): EntryResult {
   if (entry === undefined) return { entry: newEntry(name) };
-  if (entry.phase === undefined || !UNPLUG_PHASE_SET.has(entry.phase)) return { entry };
+  if (!inUnplugPhase(entry)) return { entry };
   // A re-add of a volume still being unplugged (KubeVirt #16159): reset; the PVC facts follow.
   const reset: VolumeStatus = { name, target: '', hotplugVolume: entry.hotplugVolume ?? {} };
   if (entry.persistentVolumeClaimInfo !== undefined)
@@ -309,9 +314,6 @@ function isRepeatedRequest(event: VolumeEvent, known: NewestOperation | undefine
     (type === 'requested' || type === 'unplug-requested')
   );
 }
-
-const inUnplugPhase = (entry: VolumeStatus | undefined): boolean =>
-  entry?.phase !== undefined && UNPLUG_PHASE_SET.has(entry.phase);
 
 /**
  * The status reducer: the only way `status.volumeStatus` changes. Applies one event to the
