@@ -8,8 +8,9 @@
  *              for its PubAck), then acks: a durable hand-over, nothing more;
  *   exchanges  the same, with the stage runtime's other trips to NATS around it (lease, snapshot
  *              read and write, a fact, release; see RuntimeExchanges) but no machine;
- *   runtime    the stage runtime (`runStage`): lease, snapshot, outbox (a fact and the next
- *              stage's work item, as the chain's stages emit them), ack, release.
+ *   runtime    the stage runtime (`runStage`) as the services run it: lease, snapshot, outbox (a
+ *              fact and the next stage's work item, as the chain's stages emit them), ack,
+ *              release; alone on its consumer, it keeps the unit's lease between handlings.
  *
  * Prints `ready` once it consumes, and stops on SIGTERM.
  *
@@ -189,6 +190,9 @@ async function forwardRuntime(
     ...nodeOf(stage),
     machine: forwardingMachine(hop, hops),
     keyOf: (w) => `${w.namespace}/${w.vmi}/${w.volume}`,
+    // As a service's stage does (it runs with an instance name): every item here is one unit's,
+    // and its lease comes back without a round trip, as a volume's does in sections 1-2.
+    keepLeases: true,
   });
   console.log('ready');
   await stopped;

@@ -96,7 +96,7 @@ const HOP_WAYS: Record<HopVariant, string> = {
   [HopVariant.Exchanges]:
     "bare JetStream with the stage runtime's other trips to NATS (lease beside the snapshot's read, snapshot write, a fact, release), no machine",
   [HopVariant.Runtime]:
-    'the stage runtime (lease, snapshot, a fact and the next work item, ack, release)',
+    'the stage runtime (lease kept between handlings, snapshot, a fact and the next work item, ack, release)',
 };
 
 export function hopsLines(

@@ -34,6 +34,11 @@ export interface Lease {
    * handling stored is the unit's latest.
    */
   readonly reused: boolean;
+  /**
+   * When a lease taken back from keeping expires unless renewed (ms since the epoch): sooner
+   * than an acquired one, at least half the keeping time ahead. Undefined for an acquired lease.
+   */
+  readonly keptUntil: number | undefined;
   /** Extends the expiry; false when the lease was lost (taken over after expiry). */
   renew(): Promise<boolean>;
   /**
@@ -161,8 +166,8 @@ export class LeaseManager {
 
   /**
    * The unit's lease, taken back at once when this process keeps it (see {@link keeping}) with
-   * half its keeping time left; undefined otherwise (then {@link acquire} it). Renew it at once:
-   * a kept lease expires sooner than an acquired one.
+   * half its keeping time left; undefined otherwise (then {@link acquire} it). A kept lease
+   * expires sooner than an acquired one: renew it before {@link Lease.keptUntil}.
    */
   takeKept(unitKey: string): Lease | undefined {
     const key = kvKey(unitKey);
@@ -170,7 +175,7 @@ export class LeaseManager {
     if (!this.#keeping || kept?.keptUntil === undefined) return undefined;
     if (kept.keptUntil - Date.now() < this.keptMs / 2) return undefined;
     this.#released.delete(key);
-    return this.#held(key, kept.revision, kept.handover, { reused: true });
+    return this.#held(key, kept.revision, kept.handover, { keptUntil: kept.keptUntil });
   }
 
   async acquire(unitKey: string): Promise<LeaseResult> {
@@ -210,8 +215,9 @@ export class LeaseManager {
     key: string,
     firstRevision: number,
     handover: number | undefined,
-    { uncontested = false, reused = false }: { uncontested?: boolean; reused?: boolean },
+    { uncontested = false, keptUntil }: { uncontested?: boolean; keptUntil?: number },
   ): Lease {
+    const reused = keptUntil !== undefined;
     let revision = firstRevision;
     let lost = false;
     // A release waits for the renewal under way: it writes against the revision that one gives.
@@ -221,6 +227,7 @@ export class LeaseManager {
       handover,
       uncontested: uncontested || reused,
       reused,
+      keptUntil,
       renew: () => {
         const renewal = (async () => {
           if (lost) return false;

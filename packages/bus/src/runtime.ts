@@ -1025,8 +1025,14 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
           (err: unknown) => log.warn({ err }, 'could not renew the lease'),
         );
       };
-      // A kept lease expires sooner than an acquired one: renewed at once, beside the handling.
-      if (lease.reused) renew();
+      // A kept lease expires sooner than an acquired one (at least half the keeping time ahead):
+      // renewed once half of what it has left is gone. Nearly every handling ends long before,
+      // and makes no renewal's write beside its work (one more NATS round trip per item,
+      // competing with the item's own for these two cores).
+      const firstRenewal =
+        lease.keptUntil === undefined
+          ? undefined
+          : setTimeout(renew, Math.max(0, Math.floor((lease.keptUntil - Date.now()) / 2)));
       const renewer = setInterval(renew, Math.max(50, Math.floor(this.#leases.ttlMs / 3)));
       // What this run leaves published, handed over with the lease (see #run).
       let published: number | undefined;
@@ -1052,6 +1058,7 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
           this.#settleParked(unit, item, settler, result, log);
         }
       } finally {
+        clearTimeout(firstRenewal);
         clearInterval(renewer);
         if (stored !== undefined && queuedBehind() && !aborter.signal.aborted) {
           this.#passed.set(unit, { lease, stored });

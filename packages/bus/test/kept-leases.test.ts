@@ -5,6 +5,7 @@ import type { KV } from '@nats-io/kv';
 import {
   ensureStageBuckets,
   kvKey,
+  leaseBucket,
   LeaseManager,
   runStage,
   snapshotBucket,
@@ -28,16 +29,24 @@ afterAll(async () => {
   await nats?.stop();
 });
 
-/** The example stage as one replica of an instance, counting its `apply` effects. */
-async function replica(instance: string, applied: string[]): Promise<StageRunner> {
+/**
+ * The example stage as one replica of an instance, counting its `apply` effects; `effect`, when
+ * given, is what each of them waits for.
+ */
+async function replica(
+  instance: string,
+  applied: string[],
+  effect?: () => Promise<unknown>,
+): Promise<StageRunner> {
   return runStage({
     bus,
     stage: 'spec-watcher',
     machine: unitMachine.provide({
       actors: {
-        apply: fromPromise(() => {
+        apply: fromPromise(async () => {
           applied.push(instance);
-          return Promise.resolve('ok');
+          await effect?.();
+          return 'ok';
         }),
       },
     }),
@@ -53,6 +62,24 @@ async function leaseOf(unit: string): Promise<{ owner: string; expiresInMs: numb
   const entry = await leases.get(kvKey(unit));
   const value = entry?.json<{ owner: string; expiresAt: number }>();
   return { owner: value?.owner ?? '', expiresInMs: (value?.expiresAt ?? 0) - Date.now() };
+}
+
+/** Counts the writes of a unit's lease from now on. */
+function leaseWrites(unit: string): { count: () => Promise<number>; stop: () => void } {
+  let count = 0;
+  const sub = bus.nc.subscribe(`$KV.${leaseBucket('spec-watcher')}.${kvKey(unit)}`, {
+    callback: () => {
+      count++;
+    },
+  });
+  return {
+    count: async () => {
+      // Every write this process made has reached the server, and its copy has come back.
+      await bus.nc.flush();
+      return count;
+    },
+    stop: () => sub.unsubscribe(),
+  };
 }
 
 /** Counts the reads of the stage's snapshot bucket (direct or stream gets) from now on. */
@@ -98,6 +125,46 @@ describe('kept leases', () => {
     expect((await leaseOf(unit)).expiresInMs).toBeLessThanOrEqual(0);
     expect((await other.acquire(unit)).ok).toBe(true);
   });
+
+  it('writes a kept lease once for a short handling on it: its release, with no renewal beside the work', async () => {
+    await using stage = await replica('keeper-short', []);
+    const first = workItem('vol-short');
+    await stage.handleHere(first);
+    const writes = leaseWrites(unitKey(first));
+    await stage.handleHere({ ...first, operationId: `op-next-${first.operationId}` });
+    expect(await writes.count()).toBe(1);
+    writes.stop();
+    const kept = await leaseOf(unitKey(first));
+    expect(kept.owner).toBe('keeper-short-worker');
+    expect(kept.expiresInMs).toBeGreaterThan(0);
+  });
+
+  it('renews a kept lease before it runs out when the handling on it lasts longer than half of what it had left', async () => {
+    const parked = workItem('vol-long', { cause: 'park' });
+    const unit = unitKey(parked);
+    // The effect ends only once the lease has been renewed (an acquired lease lasts 30 s, a kept
+    // one at most 5): until then, it checks the lease never lapsed.
+    let shortest = Number.POSITIVE_INFINITY;
+    const untilRenewed = () =>
+      waitFor(
+        async () => {
+          const { owner, expiresInMs } = await leaseOf(unit);
+          shortest = Math.min(shortest, expiresInMs);
+          return owner === 'keeper-long-worker' && expiresInMs > 5000;
+        },
+        { timeout: 15_000, interval: 50 },
+      );
+    const applied: string[] = [];
+    await using stage = await replica('keeper-long', applied, untilRenewed);
+    // Left waiting (parked), the unit's lease kept for its next handling here.
+    await stage.handleHere(parked);
+    expect((await leaseOf(unit)).expiresInMs).toBeLessThanOrEqual(5000);
+    await stage.handleHere({ ...parked, cause: 'proceed' });
+    expect(applied).toEqual(['keeper-long']);
+    expect(shortest).toBeGreaterThan(0);
+    // The handling was not cut short by a lost lease: it settled, its effect applied.
+    expect(await persistedState(bus, unit)).toMatchObject({ value: 'applied' });
+  }, 30_000);
 
   it('releases what it kept once another replica shares the consumer, and after each handling from then on', async () => {
     const applied: string[] = [];
