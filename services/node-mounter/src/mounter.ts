@@ -1,16 +1,13 @@
-import { constants as fsConstants, type BigIntStats, type Stats } from 'node:fs';
 import {
-  access,
-  chmod,
-  chown,
-  lstat,
-  open,
-  readFile,
-  realpath,
-  stat,
-  unlink,
-  writeFile,
-} from 'node:fs/promises';
+  accessSync,
+  closeSync,
+  constants as fsConstants,
+  openSync,
+  type BigIntStats,
+  type Stats,
+  writeFileSync,
+} from 'node:fs';
+import { chmod, chown, lstat, open, readFile, realpath, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
 import { CgroupError, MountError, SourceNotFoundError, WrongFileKindError } from './errors.js';
@@ -118,11 +115,16 @@ export interface MountFilesystemResult {
   readonly sourceMismatch: boolean;
 }
 
-/** Creates `target` as an empty file when absent; refuses a target that is not a regular file. */
+/**
+ * Creates `target` as an empty file when absent; refuses a target that is not a regular file. The
+ * create is made in this thread: the launcher's hotplug folder is on the node's own disk, and
+ * `O_EXCL` makes a file of ours or fails (a symlink there is not followed). Only a target that is
+ * there already is looked at on the thread pool, as something may be mounted on it.
+ */
 async function touchTarget(target: string): Promise<void> {
   try {
-    const handle = await open(target, 'wx', 0o660);
-    await handle.close();
+    closeSync(openSync(target, 'wx', 0o660));
+    return;
   } catch (err) {
     if (errnoOf(err) !== 'EEXIST') throw err;
   }
@@ -227,8 +229,8 @@ export interface BlockNodeResult extends DeviceNumber {
 
 /** Sets owner and mode (both idempotent). */
 export async function applyOwnership(path: string, ownership: Ownership): Promise<void> {
-  await chown(path, ownership.uid, ownership.gid);
-  await chmod(path, ownership.mode);
+  // Together: the mode has no set-id bits for chown to clear, so their order does not matter.
+  await Promise.all([chown(path, ownership.uid, ownership.gid), chmod(path, ownership.mode)]);
 }
 
 /**
@@ -293,25 +295,29 @@ export function deviceRule(major: number, minor: number): string {
   return `b ${major}:${minor} rwm`;
 }
 
-async function exists(path: string): Promise<boolean> {
+function exists(path: string): boolean {
   try {
-    await access(path);
+    accessSync(path);
     return true;
   } catch {
     return false;
   }
 }
 
-async function writeDeviceRule(
+/**
+ * Writes a rule into a v1 devices cgroup. The cgroup's files are the kernel's, answered at once,
+ * so they are written in this thread rather than on the thread pool.
+ */
+function writeDeviceRule(
   cgroupDir: string,
   file: 'devices.allow' | 'devices.deny',
   device: DeviceNumber,
-): Promise<CgroupResult> {
+): CgroupResult {
   const path = join(cgroupDir, file);
   const rule = deviceRule(device.major, device.minor);
-  if (await exists(path)) {
+  if (exists(path)) {
     try {
-      await writeFile(path, rule);
+      writeFileSync(path, rule);
     } catch (err) {
       throw new CgroupError(cgroupDir, `writing ${JSON.stringify(rule)} to ${file} failed`, {
         cause: err,
@@ -319,23 +325,19 @@ async function writeDeviceRule(
     }
     return { kind: 'applied', version: 'v1', file: path, rule };
   }
-  if (await exists(join(cgroupDir, 'cgroup.controllers'))) {
+  if (exists(join(cgroupDir, 'cgroup.controllers'))) {
     return { kind: 'unsupported', version: 'v2', reason: CGROUP_V2_UNSUPPORTED };
   }
   throw new CgroupError(cgroupDir, 'neither a cgroup v1 devices cgroup nor a cgroup v2 directory');
 }
 
 /** Allows `b maj:min rwm` in the launcher's device cgroup (v1 `devices.allow`; v2 → unsupported). */
-export function allowDevice(
-  cgroupDir: string,
-  major: number,
-  minor: number,
-): Promise<CgroupResult> {
+export function allowDevice(cgroupDir: string, major: number, minor: number): CgroupResult {
   return writeDeviceRule(cgroupDir, 'devices.allow', { major, minor });
 }
 
 /** Denies `b maj:min rwm` in the launcher's device cgroup (v1 `devices.deny`; v2 → unsupported). */
-export function denyDevice(cgroupDir: string, major: number, minor: number): Promise<CgroupResult> {
+export function denyDevice(cgroupDir: string, major: number, minor: number): CgroupResult {
   return writeDeviceRule(cgroupDir, 'devices.deny', { major, minor });
 }
 

@@ -18,6 +18,7 @@ import {
 import type { CheckpointEntry, LoadedCheckpoint, ReconcileAction } from './checkpoint.js';
 import {
   allowDevice,
+  blockDeviceNumber,
   applyOwnership,
   createBlockNode,
   denyDevice,
@@ -395,12 +396,17 @@ export class NodeMounter {
     ) {
       await this.undo(previous);
     }
+    // A block volume's record names its device number from the start: the one synced write
+    // before the node covers what its unplug denies in the cgroup.
+    const rdev =
+      request.mode === VolumeMode.Block ? await blockDeviceNumber(located.source) : undefined;
     const intent: CheckpointEntry = {
       ...(request.namespace === undefined ? {} : { namespace: request.namespace }),
       volume: request.volume,
       mode: request.mode,
       target: located.target,
       source: located.source,
+      ...(rdev === undefined ? {} : { rdev }),
       ...(cgroupDir === undefined ? {} : { cgroupDir }),
     };
     await this.checkpoints.update(request.vmiUID, (entries) => withEntry(entries, intent));
@@ -419,13 +425,16 @@ export class NodeMounter {
     }
     const node = await createBlockNode(located.source, located.target, this.ownership);
     const device = { major: node.major, minor: node.minor };
-    await this.checkpoints.update(request.vmiUID, (entries) =>
-      withEntry(entries, { ...intent, rdev: device }),
-    );
+    if (device.major !== rdev?.major || device.minor !== rdev.minor) {
+      // The source was replaced since it was looked at: record the number the node has.
+      await this.checkpoints.update(request.vmiUID, (entries) =>
+        withEntry(entries, { ...intent, rdev: device }),
+      );
+    }
     const cgroup: CgroupOutcome =
       cgroupDir === undefined
         ? { kind: 'skipped', reason: 'no device cgroup known for the launcher' }
-        : await allowDevice(cgroupDir, device.major, device.minor);
+        : allowDevice(cgroupDir, device.major, device.minor);
     return { ...base, changed: node.changed, sourceMismatch: false, device, cgroup };
   }
 
@@ -526,7 +535,7 @@ export class NodeMounter {
     const device = result.device ?? entry.rdev;
     let cgroup: CgroupOutcome | undefined;
     if (entry.cgroupDir !== undefined && device !== undefined) {
-      cgroup = await denyDevice(entry.cgroupDir, device.major, device.minor);
+      cgroup = denyDevice(entry.cgroupDir, device.major, device.minor);
     } else {
       cgroup = { kind: 'skipped', reason: 'no device cgroup or device number recorded' };
     }

@@ -1,7 +1,8 @@
-import { spawnSync } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { execFile, spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
@@ -16,6 +17,9 @@ import {
   withoutVolume,
 } from '../src/index.js';
 import type { CheckpointEntry } from '../src/index.js';
+import { assertPrivateMountNamespace } from './host.js';
+
+const run = promisify(execFile);
 
 const VMI = '0b7ad3c2-7c2d-4c57-9a39-5a0f6f1bb2a1';
 const OTHER = '1c8be4d3-8d3e-5d68-0b4a-6b107f2cc3b2';
@@ -68,6 +72,23 @@ describe('checkpoint files', () => {
     expect((await readdir(dir)).sort()).toEqual([`${VMI}.json`, inFlight, 'notes.tmp-1-aa'].sort());
     expect(await loadCheckpoint(dir, VMI)).toEqual({ vmiUID: VMI, entries: [fsEntry('a')] });
     expect(await removeAbandonedTempFiles(join(dir, 'missing'))).toEqual([]);
+  });
+
+  it('keeps the last whole checkpoint and no temp file when a write fails (disk full)', async () => {
+    // A 8 KiB tmpfs holds the first checkpoint, not the second: its write fails with ENOSPC.
+    await assertPrivateMountNamespace();
+    const full = join(dir, 'full');
+    await mkdir(full);
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=8k', 'plugline-ckpt-test', full]);
+    try {
+      await saveCheckpoint(full, VMI, [fsEntry('a')]);
+      const many = Array.from({ length: 200 }, (_, i) => fsEntry(`v${i}`));
+      await expect(saveCheckpoint(full, VMI, many)).rejects.toMatchObject({ code: 'ENOSPC' });
+      expect(await readdir(full)).toEqual([`${VMI}.json`]);
+      expect(await loadCheckpoint(full, VMI)).toEqual({ vmiUID: VMI, entries: [fsEntry('a')] });
+    } finally {
+      await run('umount', [full]);
+    }
   });
 
   it('treats a corrupt file as empty and says so; drops malformed entries', async () => {
