@@ -31,6 +31,9 @@ export interface Ownership {
 
 export const QEMU_OWNERSHIP: Ownership = Object.freeze({ uid: 107, gid: 107, mode: 0o660 });
 
+/** S_ISUID | S_ISGID: what chown(2) clears on an executable file. */
+const SET_ID_BITS = 0o6000;
+
 function errnoOf(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
 }
@@ -229,7 +232,13 @@ export interface BlockNodeResult extends DeviceNumber {
 
 /** Sets owner and mode (both idempotent). */
 export async function applyOwnership(path: string, ownership: Ownership): Promise<void> {
-  // Together: the mode has no set-id bits for chown to clear, so their order does not matter.
+  if ((ownership.mode & SET_ID_BITS) !== 0) {
+    // chown clears them (on an executable file): the mode goes after it.
+    await chown(path, ownership.uid, ownership.gid);
+    await chmod(path, ownership.mode);
+    return;
+  }
+  // A mode without them comes out the same in either order: both at once.
   await Promise.all([chown(path, ownership.uid, ownership.gid), chmod(path, ownership.mode)]);
 }
 

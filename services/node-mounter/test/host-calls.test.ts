@@ -1,10 +1,11 @@
-import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
+  applyOwnership,
   bindMount,
   isMountedOn,
   isMountedOnByMountIds,
@@ -106,5 +107,21 @@ describe('mount, umount and mknod through libc', () => {
     const missing = join(dir, 'never-made.img');
     expect(await isMountRoot(missing)).toBeUndefined();
     expect(await isMountedOn(missing)).toBe(false);
+  });
+});
+
+describe('ownership of a hotplugged disk', () => {
+  it('ends with the owner and the mode asked for, set-id bits of an executable mode included', async () => {
+    for (const mode of [0o660, 0o2770]) {
+      const disk = join(dir, `owned-${mode.toString(8)}.img`);
+      await writeFile(disk, '');
+      await applyOwnership(disk, { uid: 107, gid: 107, mode });
+      const st = await stat(disk);
+      expect({ uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 }).toEqual({
+        uid: 107,
+        gid: 107,
+        mode,
+      });
+    }
   });
 });
