@@ -18,8 +18,8 @@ import {
 import type { CheckpointEntry, LoadedCheckpoint, ReconcileAction } from './checkpoint.js';
 import {
   allowDevice,
-  blockDeviceNumber,
   applyOwnership,
+  blockDeviceNumber,
   createBlockNode,
   denyDevice,
   mountFilesystem,
