@@ -243,15 +243,15 @@ export async function applyOwnership(path: string, ownership: Ownership): Promis
 }
 
 /**
- * Creates `target` as a block device node with the major:minor of the block device `source`, then
- * sets owner and mode. Same node already there → no new node; another node or file → replaced.
+ * Creates `target` as a block device node with the major:minor `dev` (of the block device the
+ * caller found with {@link blockDeviceNumber}), then sets owner and mode. Same node already there →
+ * no new node; another node or file → replaced.
  */
 export async function createBlockNode(
-  source: string,
+  dev: DeviceNumber,
   target: string,
   ownership: Ownership = QEMU_OWNERSHIP,
 ): Promise<BlockNodeResult> {
-  const dev = await blockDeviceNumber(source);
   const existing = await lstatOrUndefined(target);
   let changed = true;
   if (existing !== undefined) {
@@ -264,7 +264,7 @@ export async function createBlockNode(
     makeBlockNode(target, ownership.mode, dev.major, dev.minor);
   }
   await applyOwnership(target, ownership);
-  return { ...dev, changed };
+  return { major: dev.major, minor: dev.minor, changed };
 }
 
 export interface RemoveBlockNodeResult {

@@ -396,8 +396,8 @@ export class NodeMounter {
     ) {
       await this.undo(previous);
     }
-    // A block volume's record names its device number from the start: the one synced write
-    // before the node covers what its unplug denies in the cgroup.
+    // A block volume's record names its device number from the start, and the node is made with
+    // that number: the one synced write before the node covers what its unplug denies.
     const rdev =
       request.mode === VolumeMode.Block ? await blockDeviceNumber(located.source) : undefined;
     const intent: CheckpointEntry = {
@@ -418,19 +418,14 @@ export class NodeMounter {
       source: located.source,
       target: located.target,
     } as const;
-    if (request.mode === VolumeMode.Filesystem) {
+    if (rdev === undefined) {
+      // A filesystem volume: its disk file is bind-mounted.
       const result = await mountFilesystem(located.source, located.target);
       await applyOwnership(located.target, this.ownership);
       return { ...base, changed: result.changed, sourceMismatch: result.sourceMismatch };
     }
-    const node = await createBlockNode(located.source, located.target, this.ownership);
+    const node = await createBlockNode(rdev, located.target, this.ownership);
     const device = { major: node.major, minor: node.minor };
-    if (device.major !== rdev?.major || device.minor !== rdev.minor) {
-      // The source was replaced since it was looked at: record the number the node has.
-      await this.checkpoints.update(request.vmiUID, (entries) =>
-        withEntry(entries, { ...intent, rdev: device }),
-      );
-    }
     const cgroup: CgroupOutcome =
       cgroupDir === undefined
         ? { kind: 'skipped', reason: 'no device cgroup known for the launcher' }
