@@ -89,8 +89,13 @@ export type Disposition =
   | { kind: 'done' }
   /** `nak(delayMs)`: a precondition is not met yet; not an error. */
   | { kind: 'waiting'; delayMs: number }
-  /** `nak(delayMs ?? backoff)`: transient failure. */
-  | { kind: 'retry'; delayMs?: number; error?: Error }
+  /** `nak(delayMs ?? backoff)`: transient failure (`failure`: what the machine recorded of it). */
+  | {
+      kind: 'retry';
+      delayMs?: number;
+      error?: Error;
+      failure?: { reason: string; message: string };
+    }
   /** `term(reason)` + a `failed` event (unless the machine emitted one). */
   | { kind: 'terminal'; reason: string; message: string };
 
@@ -126,7 +131,11 @@ export function defaultDisposition(
     };
   }
   if (snapshot.hasTag(StageTag.Retry)) {
-    return untilWake === undefined ? { kind: 'retry' } : { kind: 'retry', delayMs: untilWake };
+    return {
+      kind: 'retry',
+      ...(untilWake === undefined ? {} : { delayMs: untilWake }),
+      ...(context.failure === undefined ? {} : { failure: context.failure }),
+    };
   }
   if (snapshot.hasTag(StageTag.Waiting)) {
     return { kind: 'waiting', delayMs: untilWake ?? waitingDelayMs };
@@ -1128,9 +1137,23 @@ class StageRuntime<TMachine extends AnyStateMachine> implements StageRunner {
         settler.nak(Math.max(0, Math.round(Math.min(d.delayMs, recheck))));
         break;
       }
-      case 'retry':
-        settler.nak(d.delayMs ?? this.#retryDelay(settler.attempt, d.error));
+      case 'retry': {
+        const delayMs = d.delayMs ?? this.#retryDelay(settler.attempt, d.error);
+        // An operator looking for a volume that does not move finds why here, at each retry.
+        if (d.failure !== undefined) {
+          log.info(
+            {
+              reason: d.failure.reason,
+              failure: d.failure.message,
+              attempt: settler.attempt,
+              delayMs,
+            },
+            'retrying the work item after its effect failed',
+          );
+        }
+        settler.nak(delayMs);
         break;
+      }
       case 'terminal':
         log.warn({ reason: d.reason, failure: d.message }, 'giving up the work item');
         settler.term(`${d.reason}: ${d.message}`);

@@ -53,6 +53,7 @@ let bus: Bus;
 /** pino's numeric levels, as its JSON lines carry them. */
 const PINO_WARN = 40;
 const PINO_DEBUG = 20;
+const PINO_INFO = 30;
 
 /** The unit machine whose `apply` effect takes `ms` (and calls `onCall` as it starts). */
 function applyTaking(ms: number, onCall?: () => void) {
@@ -439,7 +440,15 @@ describe('runStage', () => {
         }),
       },
     });
-    await using _stage = await runStage({ bus, stage: 'spec-watcher', machine, keyOf: unitKey });
+    let logged = '';
+    const logger = createLogger({ level: 'info' }, { write: (line: string) => (logged += line) });
+    await using _stage = await runStage({
+      bus,
+      stage: 'spec-watcher',
+      machine,
+      keyOf: unitKey,
+      logger,
+    });
     const flaky = workItem('vol-flaky');
     const doomed = workItem('vol-terminal');
     await sendWork(bus, flaky);
@@ -448,6 +457,13 @@ describe('runStage', () => {
       timeout: 10_000,
     });
     expect(calls).toBe(3);
+    // Each retry says why at info, for an operator looking at a volume that does not move.
+    const retries = logged
+      .split('\n')
+      .filter((line) => line.includes('retrying the work item after its effect failed'))
+      .map((line) => JSON.parse(line) as { level: number; reason: string; failure: string });
+    expect(retries).toHaveLength(2);
+    expect(retries.every((r) => r.level === PINO_INFO && r.failure === 'flaky')).toBe(true);
     await waitFor(async () => (await persistedState(bus, unitKey(doomed)))?.value === 'failed');
     const failed = await waitFor(async () =>
       (await readEvents(bus)).find(

@@ -94,7 +94,16 @@ export const unitMachine = setup({
               }),
             }),
           },
-          { target: 'retrying', actions: assign({ wakeAt: () => Date.now() + 100 }) },
+          {
+            target: 'retrying',
+            actions: assign({
+              wakeAt: () => Date.now() + 100,
+              failure: ({ event }) => ({
+                reason: 'EffectFailed',
+                message: event.error instanceof Error ? event.error.message : String(event.error),
+              }),
+            }),
+          },
         ],
       },
     },

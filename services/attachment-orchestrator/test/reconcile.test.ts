@@ -739,7 +739,11 @@ describe('orchestrator machine', () => {
     });
     const s = actor.getSnapshot();
     expect(s.context.failure).toEqual({ reason: 'ReconcileFailed', message: 'apiserver down' });
-    expect(orchestratorDisposition(s, T0)).toEqual({ kind: 'retry', delayMs: 1000 });
+    expect(orchestratorDisposition(s, T0)).toEqual({
+      kind: 'retry',
+      delayMs: 1000,
+      failure: { reason: 'ReconcileFailed', message: 'apiserver down' },
+    });
     actor.stop();
   });
 });

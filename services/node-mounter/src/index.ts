@@ -146,6 +146,7 @@ export type { Decision, PodView, PvcView, VolumeView } from './decide.js';
 
 export {
   CgroupState,
+  retryDelay,
   waitDelay,
   mountedFact,
   unmountedFact,

@@ -10,6 +10,8 @@ import {
   mounterStageActors,
   mounterStageMachine,
   MountError,
+  retryDelay,
+  SourceNotFoundError,
   waitDelay,
 } from '../src/index.js';
 import type { Decision, MounterWorkEvent, PlugResult, UnplugResult } from '../src/index.js';
@@ -167,6 +169,25 @@ describe('mounterStageMachine', () => {
     expect(snap.context.wakeAt).toBe(1_000 + 500);
     expect(snap.context.failures).toBe(1);
     expect(emitted).toEqual([]);
+  });
+
+  it("a plug whose attachment pod's disk is gone looks again as soon as a wait would, then backs off like one", async () => {
+    // The orchestrator deleted the pod the volume was attached through (the pod for the whole
+    // set runs now): the next look finds that pod, not the 500 ms backoff of a failure.
+    const gone = () => Promise.reject(new SourceNotFoundError('/k/pods/uid-attach/disk.img'));
+    const { actor, emitted } = run(plugDecision, { plug: gone });
+    const first = await waitFor(actor, (s) => s.matches('retrying') && settled(s));
+    expect(first.hasTag('retry')).toBe(true);
+    expect(first.context.wakeAt).toBe(1_000 + 50);
+    expect(first.context.failure).toMatchObject({ reason: 'NotFound' });
+    expect(emitted).toEqual([]);
+
+    // Still gone at the next looks: the deadline doubles, as a wait's does, up to 5 s.
+    actor.send({ type: 'work', item, attempt: 2, receivedAt: 2_000, observed: plugDecision });
+    const second = await waitFor(actor, (s) => s.context.failures === 2 && settled(s));
+    expect(second.context.wakeAt).toBe(2_000 + 100);
+    expect(retryDelay(20, new SourceNotFoundError('/k/x'))).toBe(5_000);
+    expect(retryDelay(1, new MountError('mount', 'busy', 'mount failed'))).toBe(500);
   });
 
   it('a terminal effect error (path escape) fails with its reason', async () => {
