@@ -173,6 +173,16 @@ export function renderMarkdown(r: Results, chartFile: string): string {
       ...(one.apiPerPair === undefined
         ? []
         : [...mapTable('Kubernetes API per plug + unplug', one.apiPerPair), '']),
+      ...(one.cpuPerPair === undefined
+        ? []
+        : [
+            '### CPU per plug + unplug, one at a time (ms, by process)',
+            '',
+            "Over the chain's pairs and over the floor's, each process's CPU (`/proc`) divided by the pairs; `bench` is this process, which runs the floor's script and the watches. Every process also wakes for the other side's changes (a watch sees the floor's pods), which counts where it happens.",
+            '',
+            ...mapTable('process', one.cpuPerPair),
+            '',
+          ]),
       '### Floor plug / unplug, per step',
       '',
       ...stageTable({ ...floor.plugStages, ...prefixed('unplug: ', floor.unplugStages) }),

@@ -159,6 +159,12 @@ export interface Results {
     stepsPerOperation?: Record<string, Record<string, number>>;
     /** Kubernetes API requests and watch events per plug + unplug pair (absent in older results). */
     apiPerPair?: Record<string, number>;
+    /**
+     * CPU ms per plug + unplug pair by process (the services, nats-server, kube-sim, and `bench`:
+     * the floor's script and the watches), over the chain's pairs and over the floor's; the
+     * median over rounds. Absent in older results.
+     */
+    cpuPerPair?: Record<string, { chainMs: number; floorMs: number }>;
   };
   floor?: {
     acrossRounds: Directional<{ p50: Repeated; p90: Repeated; p99: Repeated }>;

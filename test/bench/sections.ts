@@ -283,26 +283,36 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
   const chainIntervals: [Record<string, string>, Record<string, string>][] = [];
   /** kube-sim's counters around the same operations. */
   const apiIntervals: [string, string][] = [];
+  const cpuRounds: CpuPerPair[] = [];
   for (let r = 0; r < cfg.repeat; r++) {
     const cp: OpResult[] = [];
     const cu: OpResult[] = [];
     const before = await scrapeMetrics(stack.services);
     const apiBefore = await scrapeApiServer(stack.apiUrl);
+    const cpuAtStart = stackCpu(h);
     for (let i = 0; i < cfg.ops; i++) {
       const pair = await chainOp();
       if (pair === undefined) continue;
       cp.push(pair[0]);
       cu.push(pair[1]);
     }
+    const cpuAfterChain = stackCpu(h);
     chainIntervals.push([before, await scrapeMetrics(stack.services)]);
     apiIntervals.push([apiBefore, await scrapeApiServer(stack.apiUrl)]);
     const fp: FloorOp[] = [];
     const fu: FloorOp[] = [];
+    const cpuBeforeFloor = stackCpu(h);
     for (let i = 0; i < cfg.ops; i++) {
       const [p, u] = await floorOp();
       fp.push(p);
       fu.push(u);
     }
+    cpuRounds.push(
+      cpuPerPair(
+        { from: cpuAtStart, to: cpuAfterChain, pairs: cp.length },
+        { from: cpuBeforeFloor, to: stackCpu(h), pairs: fp.length },
+      ),
+    );
     const c = {
       plug: percentiles(cp.map((o) => o.latencyMs)),
       unplug: percentiles(cu.map((o) => o.latencyMs)),
@@ -341,6 +351,7 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
       unplugStages: stagePercentiles(chainUnplugs),
       stepsPerOperation: stepsPerOperation(chainIntervals, chainPlugs.length),
       apiPerPair: apiPerPair(apiIntervals, chainPlugs.length),
+      cpuPerPair: medianCpuPerPair(cpuRounds),
       conflicts: chainPlugs.reduce((s, o) => s + o.conflicts, 0),
       stuck,
       samples: {
@@ -371,6 +382,57 @@ async function sequential(h: Harness, cfg: BenchConfig, log: Log) {
       },
     },
   };
+}
+
+/** CPU seconds so far of each of the stack's processes and of this one (the floor's script). */
+function stackCpu(h: Harness): Record<string, number> {
+  const own = process.cpuUsage();
+  return { ...cpuOf(h.procs()), bench: (own.user + own.system) / 1e6 };
+}
+
+/** CPU ms per plug + unplug pair, by process and in all, over the chain's and the floor's ops. */
+type CpuPerPair = Record<string, { chainMs: number; floorMs: number }>;
+
+interface CpuInterval {
+  from: Record<string, number>;
+  to: Record<string, number>;
+  pairs: number;
+}
+
+/**
+ * What each process spent over a round's sequential pairs, the chain's and the floor's: every
+ * process wakes for what the other one does too (a watch sees the floor's pods), and that counts
+ * where it happens. One plug at a time on two cores, this is what the chain's latency waits on.
+ */
+function cpuPerPair(chain: CpuInterval, floor: CpuInterval): CpuPerPair {
+  const perPair = (i: CpuInterval, id: string): number =>
+    (((i.to[id] ?? 0) - (i.from[id] ?? 0)) / Math.max(1, i.pairs)) * 1000;
+  const rows: CpuPerPair = {};
+  let chainMs = 0;
+  let floorMs = 0;
+  for (const id of Object.keys(chain.from)) {
+    const c = perPair(chain, id);
+    const f = perPair(floor, id);
+    chainMs += c;
+    floorMs += f;
+    rows[id] = { chainMs: round(c), floorMs: round(f) };
+  }
+  rows['all processes'] = { chainMs: round(chainMs), floorMs: round(floorMs) };
+  return rows;
+}
+
+/** Per process, the median over rounds of each figure. */
+function medianCpuPerPair(rounds: readonly CpuPerPair[]): CpuPerPair {
+  const ids = Object.keys(rounds[0] ?? {});
+  return Object.fromEntries(
+    ids.map((id) => [
+      id,
+      {
+        chainMs: repeated(rounds.map((r) => r[id]?.chainMs ?? Number.NaN)).median,
+        floorMs: repeated(rounds.map((r) => r[id]?.floorMs ?? Number.NaN)).median,
+      },
+    ]),
+  );
 }
 
 /** The slowest operations with the time each stage took: where an outlier waited. */
