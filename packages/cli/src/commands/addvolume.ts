@@ -1,10 +1,8 @@
-import { parseDuration, parseFlags, positionalArgs, str } from '../args.js';
-import { kubeFrom } from '../clients.js';
-import { parseCliConfig } from '../config.js';
+import { parseFlags, str } from '../args.js';
 import { ExitCode } from '../errors.js';
 import type { Io } from '../io.js';
 import { addVolume } from '../volume.js';
-import { DEFAULT_TIMEOUT_MS, openFollower, type Follower } from './follow.js';
+import { sendVolumeRequest, VOLUME_REQUEST_OPTIONS, volumeRequest } from './volume-request.js';
 
 export const ADDVOLUME_USAGE = `Add a volume to a running VM.
 
@@ -32,16 +30,12 @@ Flags:
 `;
 
 const OPTIONS = {
-  'volume-name': { type: 'string' },
+  ...VOLUME_REQUEST_OPTIONS,
   'disk-name': { type: 'string' },
   serial: { type: 'string' },
   cache: { type: 'string' },
   'disk-type': { type: 'string' },
   bus: { type: 'string' },
-  'dry-run': { type: 'boolean' },
-  persist: { type: 'boolean' },
-  wait: { type: 'boolean' },
-  timeout: { type: 'string' },
 } as const;
 
 export async function addvolumeCommand(argv: readonly string[], io: Io): Promise<ExitCode> {
@@ -50,59 +44,37 @@ export async function addvolumeCommand(argv: readonly string[], io: Io): Promise
     io.out(ADDVOLUME_USAGE);
     return ExitCode.Ok;
   }
-  const [vmi] = positionalArgs(positionals, ['vmi']) as [string];
-  const volumeName = str(values['volume-name']) ?? '';
-  const dryRun = values['dry-run'] === true;
-  const timeoutMs =
-    str(values.timeout) === undefined
-      ? DEFAULT_TIMEOUT_MS
-      : parseDuration(str(values.timeout) as string, '--timeout');
-  if (values.persist === true) {
-    io.err(
-      'Flag --persist has been deprecated, the VM template is always updated when the VMI has a VM\n',
-    );
-  }
-  const config = parseCliConfig(values, io.env);
-  const kube = kubeFrom(config);
+  const request = volumeRequest(values, positionals, io);
+  const { vmi, volumeName, kube } = request;
   const diskName = str(values['disk-name']);
-  const name = diskName !== undefined && diskName !== '' ? diskName : volumeName;
-  let follower: Follower | undefined;
-  if (values.wait === true && !dryRun && volumeName !== '') {
-    follower = await openFollower(config, io, {
-      scope: { namespace: kube.namespace, vmi, volume: name },
-      operation: 'plug',
-      timeoutMs,
-      client: kube.client,
-    });
-  }
-  try {
-    const startedAt = Date.now();
-    const result = await addVolume(kube.client, {
-      namespace: kube.namespace,
-      vmi,
-      flags: {
-        volumeName,
-        diskName,
-        serial: str(values.serial),
-        cache: str(values.cache),
-        diskType: str(values['disk-type']),
-        bus: str(values.bus),
-        dryRun,
-      },
-    });
-    if (result.dryRun) {
-      io.out(
-        `Dry run: the request to add volume ${result.name} to ${result.target} ${vmi} is valid; nothing was changed.\n`,
-      );
-      io.out(
-        `${JSON.stringify({ volume: result.options?.volumeSource, disk: result.options?.disk })}\n`,
-      );
-      return ExitCode.Ok;
-    }
-    io.out(`Successfully submitted add volume request to VM ${vmi} for volume ${volumeName}\n`);
-    if (follower === undefined) return ExitCode.Ok;
-    return await follower.follow(result.name, startedAt);
-  } finally {
-    await follower?.close();
-  }
+  return sendVolumeRequest(request, io, {
+    volume: diskName !== undefined && diskName !== '' ? diskName : volumeName,
+    operation: 'plug',
+    send: () =>
+      addVolume(kube.client, {
+        namespace: kube.namespace,
+        vmi,
+        flags: {
+          volumeName,
+          diskName,
+          serial: str(values.serial),
+          cache: str(values.cache),
+          diskType: str(values['disk-type']),
+          bus: str(values.bus),
+          dryRun: request.dryRun,
+        },
+      }),
+    report: (result) => {
+      if (result.dryRun) {
+        io.out(
+          `Dry run: the request to add volume ${result.name} to ${result.target} ${vmi} is valid; nothing was changed.\n`,
+        );
+        io.out(
+          `${JSON.stringify({ volume: result.options?.volumeSource, disk: result.options?.disk })}\n`,
+        );
+        return;
+      }
+      io.out(`Successfully submitted add volume request to VM ${vmi} for volume ${volumeName}\n`);
+    },
+  });
 }
