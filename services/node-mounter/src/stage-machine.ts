@@ -7,8 +7,8 @@ import { EventType, PhaseMessage, Reason, Stage, VolumePhase } from '@plugline/c
 import type { WorkItem } from '@plugline/contracts';
 
 import { DecisionKind } from './decide.js';
-import { SourceNotFoundError } from './errors.js';
 import type { Decision } from './decide.js';
+import { SourceNotFoundError } from './errors.js';
 import { backoffDelay, isTerminalError, summarizeError } from './machine.js';
 import type { ErrorSummary } from './machine.js';
 import type { MountedFact, PlugRequest, UnmountedFact, UnplugRequest } from './node-mounter.js';
