@@ -424,13 +424,12 @@ export class NodeMounter {
       await applyOwnership(located.target, this.ownership);
       return { ...base, changed: result.changed, sourceMismatch: result.sourceMismatch };
     }
-    const node = await createBlockNode(rdev, located.target, this.ownership);
-    const device = { major: node.major, minor: node.minor };
+    const { changed } = await createBlockNode(rdev, located.target, this.ownership);
     const cgroup: CgroupOutcome =
       cgroupDir === undefined
         ? { kind: 'skipped', reason: 'no device cgroup known for the launcher' }
-        : allowDevice(cgroupDir, device.major, device.minor);
-    return { ...base, changed: node.changed, sourceMismatch: false, device, cgroup };
+        : allowDevice(cgroupDir, rdev.major, rdev.minor);
+    return { ...base, changed, sourceMismatch: false, device: rdev, cgroup };
   }
 
   /**
