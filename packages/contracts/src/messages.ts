@@ -179,13 +179,16 @@ export function compareOperationIds(a: string, b: string): number {
  * a stage states again within one operation with something new are messages of their own: a
  * volume in use announced on the pod that replaced its first one (`attached-to-node`, which the
  * status must follow: dropped as a duplicate, it left the status naming a deleted pod), each new
- * import progress, and a fact stated again in a resync round (`data.resync`: the status may have
- * lost the first statement, and would wait out the window, 2 minutes, to be repaired).
+ * import progress, a disk under another target (`ready` again after a re-add's guest let go of
+ * the disk it had kept and the disk was attached afresh, under the bus the spec asks for:
+ * dropped, the status named the target of a disk no longer there), and a fact stated again in a
+ * resync round (`data.resync`: the status may have lost the first statement, and would wait out
+ * the window, 2 minutes, to be repaired).
  */
 export function eventMsgId(event: VolumeEvent): string {
   const { volume } = keyOfEvent(event);
   const base = `${event.data.vmiUID}:${volume}:${event.data.operationId}:${eventTypeOf(event)}`;
-  const variant = event.data.attachPod?.uid ?? event.data.progress;
+  const variant = event.data.attachPod?.uid ?? event.data.progress ?? event.data.target;
   const id = variant === undefined ? base : `${base}:${variant}`;
   return event.data.resync === undefined ? id : `${id}@resync:${event.data.resync}`;
 }

@@ -203,9 +203,12 @@ describe('subjects', () => {
 });
 
 describe('Nats-Msg-Id', () => {
-  it('is <vmiUID>:<volume>:<operationId>:<type> for an event', () => {
-    const event = buildEvent(newEvent('ready'));
-    expect(eventMsgId(event)).toBe('b6e0c1e4-0d65-4c1f-9a7e:data-disk-4k9:op-1:ready');
+  it('is <vmiUID>:<volume>:<operationId>:<type> for an event, and names the target a fact states', () => {
+    const event = buildEvent(newEvent('mounted-to-pod'));
+    expect(eventMsgId(event)).toBe('b6e0c1e4-0d65-4c1f-9a7e:data-disk-4k9:op-1:mounted-to-pod');
+    expect(eventMsgId(buildEvent(newEvent('ready')))).toBe(
+      'b6e0c1e4-0d65-4c1f-9a7e:data-disk-4k9:op-1:ready:sda',
+    );
   });
 
   it('is stable for a retried publish and distinct per type and operation', () => {
@@ -215,7 +218,7 @@ describe('Nats-Msg-Id', () => {
     expect(eventMsgId(buildEvent(newEvent('ready', { operationId: 'op-2' })))).not.toBe(a);
   });
 
-  it('tells apart what one operation states again with something new: another pod, a new progress', () => {
+  it('tells apart what one operation states again with something new: another pod, a new progress, another target', () => {
     const onPod = (uid: string, id = 'evt') =>
       eventMsgId(
         buildEvent({
@@ -229,6 +232,12 @@ describe('Nats-Msg-Id', () => {
       eventMsgId(buildEvent(newEvent('import-progress', { progress: p })));
     expect(progress('45.10%')).not.toBe(progress('12.00%'));
     expect(progress('45.10%')).toBe(progress('45.10%'));
+    // A re-add's disk attached afresh under the bus its spec asks for, after the guest let go of
+    // the one it had kept: the status must follow it to the new target.
+    const readyOn = (target: string, id = 'evt') =>
+      eventMsgId(buildEvent({ ...newEvent('ready', { target }), id }));
+    expect(readyOn('vda')).not.toBe(readyOn('sda'));
+    expect(readyOn('vda', 'a-retry')).toBe(readyOn('vda'));
   });
 
   it('tells apart a fact each resync asked for again, and keeps a retried restatement one message', () => {

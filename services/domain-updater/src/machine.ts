@@ -432,9 +432,15 @@ export const domainUpdaterMachine = setup({
       }
       enqueue.assign({ detachRequestedAt: null, target: null, attempt: 0, failure: undefined });
     }),
+    /**
+     * The disk is there: `ready` once per operation, and again when the disk is not the one this
+     * unit last knew (attached afresh under another target while its report was lost, say to a
+     * crash or a store rolled back): a status naming a target the domain no longer has would
+     * stay so, as nothing else moves a `Ready` volume.
+     */
     reportAttached: enqueueActions(({ context, enqueue }) => {
       const target = observed(context).present!.target;
-      if (shouldReport(context, EventType.Ready)) {
+      if (shouldReport(context, EventType.Ready) || target !== context.target) {
         enqueue.emit(readyFact(context, target));
         enqueue.assign({ reported: markReported(context, EventType.Ready) });
       }

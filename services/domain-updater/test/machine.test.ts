@@ -613,6 +613,30 @@ describe('domainUpdaterMachine rules', () => {
     r.actor.stop();
   });
 
+  it('a disk found under another target than the one the unit reported is reported again, once: the status follows the domain', async () => {
+    // The NATS-restart chaos: a re-add was Ready on the disk the guest had kept (vdb), the disk
+    // was attached afresh (sda) and that report lost; the status named vdb for good.
+    const h = await attached();
+    const reported = h.actor.getPersistedSnapshot();
+    h.actor.stop();
+
+    const r = harness(reported);
+    const plugPresent = OBSERVATIONS.plugPresent as Extract<Observation, { kind: 'observed' }>;
+    const onSdb = (at: number) => ({
+      ...work('plugPresent', at, NudgeCause.DeviceAdded, `device-added-${at}`),
+      observed: { ...plugPresent, present: { target: 'sdb' } },
+    });
+    r.actor.send(onSdb(T0 + 10));
+    const facts = () => r.emitted.flatMap((e) => (e.type === 'plugline.fact' ? [e.fact] : []));
+    expect(facts().map((f) => [f.type, f.data.operationId, f.data.target])).toEqual([
+      ['ready', 'op-1', 'sdb'],
+    ]);
+    r.actor.send(onSdb(T0 + 11));
+    expect(facts()).toHaveLength(1);
+    expect(r.fx.calls).toEqual([]);
+    r.actor.stop();
+  });
+
   it("a late wake-up of an older operation does not take over: the unplug's facts stay its own", async () => {
     // Plugged under op-1, then unplugged under op-2 (its detach in flight) after op-1's own
     // unplug was reported once before: op-1's delayed item must not make op-2's detach a repeat.

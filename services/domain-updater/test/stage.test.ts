@@ -2,11 +2,12 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectBus, ensureStageBuckets, kvKey, type Bus } from '@plugline/bus';
+import { connectBus, ensureStageBuckets, kvKey, StreamName, type Bus } from '@plugline/bus';
 import {
   decodeEvent,
   decodeWorkItem,
   encodeMessage,
+  eventSubject,
   newOperationId,
   Stage,
   workSubject,
@@ -486,7 +487,7 @@ describe('domain-updater on the simulated hypervisor', () => {
     expectOnePerTimeout(detachTimes.get(vm2.domain) ?? []);
   });
 
-  it('a volume added back while the guest holds its detached disk is Ready with that disk past the grace, and attached afresh once the guest lets go', async () => {
+  it('a volume added back (on another bus) while the guest holds its detached disk is Ready with that disk past the grace, and attached afresh under the new bus once the guest lets go, its new target stored', async () => {
     const vm7 = await createVmi('vm7');
     const attachesOf = () => calls.attach.filter((c) => c.startsWith(vm7.domain));
     await plugVolume(vm7, 'clung');
@@ -498,7 +499,7 @@ describe('domain-updater on the simulated hypervisor', () => {
     await publish({ ...workFor(vm7, 'clung', 'unplug'), operationId: unplugId });
     await until('the detach call', () => calls.detach.some((c) => c.startsWith(vm7.domain)));
 
-    await addBack(vm7, 'clung');
+    await addBack(vm7, 'clung', 'virtio');
     const reAddId = newOperationId(new Date(Date.now() + 1));
     await publish({ ...workFor(vm7, 'clung', 'plug'), operationId: reAddId });
     const ready = await until('ready of the re-add', () =>
@@ -517,7 +518,19 @@ describe('domain-updater on the simulated hypervisor', () => {
     );
     expect(nodeMounterWork.filter((w) => w.volume === 'clung')).toEqual([]);
     expect(existsSync(`${vm7.hotplugDir}/clung.img`)).toBe(true);
-  });
+    // The re-add's `ready` again, naming the new disk, in the stream the status is made from: a
+    // second `ready` of one operation was once dropped there as a duplicate of the first.
+    const fresh = (await liveDisk(vm7, 'clung'))!;
+    expect(fresh.target).toMatch(/^vd/);
+    const stored = await until('the new target stored', async () => {
+      const last = await bus.jsm.streams.getMessage(StreamName.Events, {
+        last_by_subj: eventSubject({ namespace: ns, vmi: 'vm7', volume: 'clung' }, 'ready'),
+      });
+      const decoded = last === null ? undefined : decodeEvent(last.data);
+      return decoded?.ok === true && decoded.value.data.target === fresh.target && decoded.value;
+    });
+    expect(stored.data.operationId).toBe(reAddId);
+  }, 15_000);
 
   it("a unit's snapshot put back to a detach in flight, after the disk was removed and attached again, does not hold the next unplug: its detach goes out", async () => {
     // A NATS store rolled back after a SIGKILL can hand the unit a snapshot older than the domain.
