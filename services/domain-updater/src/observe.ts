@@ -6,6 +6,7 @@ import {
   PersistentVolumeMode,
   PluglineError,
   VirtualMachineInstancePhase,
+  VolumePhase,
   type Disk,
   type VirtualMachineInstance,
   type WorkItem,
@@ -115,6 +116,12 @@ export function specDiskOf(vmi: VirtualMachineInstance, volume: string): Disk | 
 /** Pure: the bus a disk asks for (scsi unless told). */
 export function busOf(disk: Disk): string {
   return disk.lun?.bus ?? disk.disk?.bus ?? DiskBus.Scsi;
+}
+
+/** Pure: the target the status entry of `volume` names while it is `Ready`. */
+export function readyTargetOf(vmi: VirtualMachineInstance, volume: string): string | undefined {
+  const entry = vmi.status?.volumeStatus?.find((s) => s.name === volume);
+  return entry?.phase === VolumePhase.Ready && entry.target ? entry.target : undefined;
 }
 
 /**

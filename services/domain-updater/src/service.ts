@@ -35,6 +35,7 @@ import {
   createObserver,
   createdByKeys,
   launcherFromCache,
+  readyTargetOf,
   runsOn,
   specDiskOf,
   type PodLike,
@@ -185,12 +186,18 @@ export async function startDomainUpdater(
     known.add(domain);
   }
 
+  /**
+   * Work for one volume's unit. With `restate`, a resync round of its own: the unit states its
+   * facts again, and they pass the event stream's duplicate window.
+   */
   async function nudge(
     vmi: VirtualMachineInstance,
     volume: string,
     cause: string,
     operation: OperationKind,
+    restate = false,
   ): Promise<void> {
+    const issuedAt = new Date().toISOString();
     const item: WorkItem = {
       v: 1,
       stage: Stage.DomainUpdater,
@@ -202,7 +209,8 @@ export async function startDomainUpdater(
       operationId: `${cause}-${randomUUID()}`,
       operation,
       cause,
-      issuedAt: new Date().toISOString(),
+      issuedAt,
+      ...(restate ? { resync: issuedAt } : {}),
     };
     await publisher.publishWork(item, stopping.signal);
   }
@@ -265,25 +273,38 @@ export async function startDomainUpdater(
     return false;
   }
 
-  /** Volumes whose domain and spec disagree get a nudge; the machines decide the rest. */
+  /**
+   * Volumes whose domain and spec disagree get a nudge, and so do attached volumes whose `Ready`
+   * status names another target than their disk has; the machines decide the rest.
+   */
   async function reconcile(): Promise<number> {
     let nudged = 0;
     for (const vmi of vmis.list((v) => runsOn(v, node))) {
       const ns = vmi.metadata.namespace!;
       const name = vmi.metadata.name!;
       const domain = domainNameOf(ns, name);
-      let aliases: (string | undefined)[];
+      let targets: Map<string, string>;
       try {
         await ensureDomain(domain);
-        aliases = (await driver.listDisks(domain)).map((d) => d.alias);
+        targets = new Map(
+          (await driver.listDisks(domain)).flatMap((d) => {
+            const volume = volumeOfAlias(d.alias);
+            return volume === undefined ? [] : [[volume, d.target] as const];
+          }),
+        );
       } catch (err) {
         log.warn({ err, domain }, 'reconcile: cannot read the domain');
         continue;
       }
-      const attached = new Set(aliases.map(volumeOfAlias).filter((v) => v !== undefined));
-      for (const volume of attached) {
-        if (specDiskOf(vmi, volume) === undefined && isName(volume, 'label')) {
+      const attached = new Set(targets.keys());
+      for (const [volume, target] of targets) {
+        if (!isName(volume, 'label')) continue;
+        if (specDiskOf(vmi, volume) === undefined) {
           await nudge(vmi, volume, NudgeCause.Reconcile, 'unplug');
+          nudged++;
+        } else if ((readyTargetOf(vmi, volume) ?? target) !== target) {
+          // Its report was lost (to a store rolled back, say) or dropped: stated again.
+          await nudge(vmi, volume, NudgeCause.Reconcile, 'plug', true);
           nudged++;
         }
       }

@@ -532,6 +532,39 @@ describe('domain-updater on the simulated hypervisor', () => {
     expect(stored.data.operationId).toBe(reAddId);
   }, 15_000);
 
+  it("its periodic look tells a Ready status that names another target than the volume's disk where the disk is, past the stream's duplicate window", async () => {
+    const vm9 = await createVmi('vm9');
+    await plugVolume(vm9, 'misnamed');
+    await publish(workFor(vm9, 'misnamed', 'plug'));
+    const first = await until('ready of misnamed', () => eventsOf('misnamed', 'ready')[0]);
+    // The status lost the disk's report and names the disk a guest had kept before.
+    const current = structuredClone(vmiOf('vm9'));
+    current.status = {
+      ...current.status,
+      volumeStatus: [{ name: 'misnamed', phase: 'Ready', target: 'vdq' }],
+    };
+    sim.store.update(Types.virtualmachineinstances, 'vm9', current as unknown as KubeObject, {
+      namespace: ns,
+      subresource: 'status',
+    });
+    await until('the informer has the status', () =>
+      updater!.reconcile().then((nudged) => nudged > 0),
+    );
+    // Stated again in a round of its own, so that the stream keeps it (the first is in it).
+    const again = await until('ready of misnamed stored again', async () => {
+      const last = await bus.jsm.streams.getMessage(StreamName.Events, {
+        last_by_subj: eventSubject({ namespace: ns, vmi: 'vm9', volume: 'misnamed' }, 'ready'),
+      });
+      const decoded = last === null ? undefined : decodeEvent(last.data);
+      return decoded?.ok === true && decoded.value.data.resync !== undefined && decoded.value;
+    });
+    expect(again.data).toMatchObject({
+      target: first.data.target,
+      operationId: first.data.operationId,
+    });
+    expect(first.data.target).toBe((await liveDisk(vm9, 'misnamed'))!.target);
+  }, 15_000);
+
   it("a unit's snapshot put back to a detach in flight, after the disk was removed and attached again, does not hold the next unplug: its detach goes out", async () => {
     // A NATS store rolled back after a SIGKILL can hand the unit a snapshot older than the domain.
     const vm8 = await createVmi('vm8');
