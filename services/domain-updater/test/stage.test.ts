@@ -237,6 +237,15 @@ const eventsOf = (volume: string, type: string) =>
       e.type === `io.plugline.volume.${type}`,
   );
 
+/** The volume's last `ready` the event stream keeps (what the status is made from). */
+async function lastStoredReady(vmi: string, volume: string): Promise<VolumeEvent | undefined> {
+  const last = await bus.jsm.streams.getMessage(StreamName.Events, {
+    last_by_subj: eventSubject({ namespace: ns, vmi, volume }, 'ready'),
+  });
+  const decoded = last === null ? undefined : decodeEvent(last.data);
+  return decoded?.ok === true ? decoded.value : undefined;
+}
+
 async function until<T>(
   what: string,
   check: () => T | undefined | false | Promise<T | undefined | false>,
@@ -523,11 +532,8 @@ describe('domain-updater on the simulated hypervisor', () => {
     const fresh = (await liveDisk(vm7, 'clung'))!;
     expect(fresh.target).toMatch(/^vd/);
     const stored = await until('the new target stored', async () => {
-      const last = await bus.jsm.streams.getMessage(StreamName.Events, {
-        last_by_subj: eventSubject({ namespace: ns, vmi: 'vm7', volume: 'clung' }, 'ready'),
-      });
-      const decoded = last === null ? undefined : decodeEvent(last.data);
-      return decoded?.ok === true && decoded.value.data.target === fresh.target && decoded.value;
+      const last = await lastStoredReady('vm7', 'clung');
+      return last?.data.target === fresh.target && last;
     });
     expect(stored.data.operationId).toBe(reAddId);
   }, 15_000);
@@ -552,11 +558,8 @@ describe('domain-updater on the simulated hypervisor', () => {
     );
     // Stated again in a round of its own, so that the stream keeps it (the first is in it).
     const again = await until('ready of misnamed stored again', async () => {
-      const last = await bus.jsm.streams.getMessage(StreamName.Events, {
-        last_by_subj: eventSubject({ namespace: ns, vmi: 'vm9', volume: 'misnamed' }, 'ready'),
-      });
-      const decoded = last === null ? undefined : decodeEvent(last.data);
-      return decoded?.ok === true && decoded.value.data.resync !== undefined && decoded.value;
+      const last = await lastStoredReady('vm9', 'misnamed');
+      return last?.data.resync !== undefined && last;
     });
     expect(again.data).toMatchObject({
       target: first.data.target,
