@@ -167,7 +167,7 @@ describe('Publisher', () => {
     expect(second.duplicate).toBe(true);
     const stored = await bus.jsm.streams.getMessage(StreamName.Events, { seq: first.seq });
     expect(stored!.subject).toBe('plugline.v1.events.ns1.vm1.vol-dedup.ready');
-    expect(stored!.header.get('Nats-Msg-Id')).toBe('uid1:vol-dedup:op1:ready');
+    expect(stored!.header.get('Nats-Msg-Id')).toBe('uid1:vol-dedup:op1:ready:sda');
   });
 
   it('stores a volume announced again on the pod that replaced its first one (same operation)', async () => {
