@@ -296,7 +296,6 @@ export async function startDomainUpdater(
         log.warn({ err, domain }, 'reconcile: cannot read the domain');
         continue;
       }
-      const attached = new Set(targets.keys());
       for (const [volume, target] of targets) {
         if (!isName(volume, 'label')) continue;
         if (specDiskOf(vmi, volume) === undefined) {
@@ -312,7 +311,7 @@ export async function startDomainUpdater(
       if (launcher === undefined) continue;
       const launcherUID = launcher.metadata!.uid!;
       for (const volume of (vmi.spec.volumes ?? []).filter(isHotpluggable)) {
-        if (attached.has(volume.name) || specDiskOf(vmi, volume.name) === undefined) continue;
+        if (targets.has(volume.name) || specDiskOf(vmi, volume.name) === undefined) continue;
         if (await sourceThere(launcherUID, volume.name)) {
           await nudge(vmi, volume.name, NudgeCause.Reconcile, 'plug');
           nudged++;
